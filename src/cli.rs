@@ -1,0 +1,389 @@
+//! The command line: one clap struct per subcommand, turned into the
+//! library's configurations. Every flag can also come from an environment
+//! variable `SHELLRELAY_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::peer::RelayAddr;
+use crate::tls::{self, TransportOptions, Trust};
+use crate::token::{self, Claims, Role, Secret, TokenSource, Verifier};
+use crate::{client, demo, host, relay};
+
+/// Relay ssh to a machine behind NAT over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "shellrelay", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay on a UDP-reachable server.
+    Relay(RelayOpt),
+    /// Run the host agent next to sshd, behind NAT.
+    Host(HostOpt),
+    /// Run the client forwarder: `ssh -p2222 localhost` reaches the host.
+    Client(ClientOpt),
+    /// Print a signed token on stdout.
+    Token(TokenOpt),
+    /// Write a self-signed certificate and key for the relay.
+    Certs(CertsOpt),
+    /// Relay, host and client in one process on loopback, for a first try.
+    Demo(DemoOpt),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 15m, 1h)"))
+}
+
+/// The shared secret, from a file or given directly.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct SecretOpt {
+    /// File holding the shared secret that signs tokens (at least 16 bytes).
+    #[arg(long, env = "SHELLRELAY_SECRET_FILE", value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+    /// The shared secret itself (prefer --secret-file: arguments are visible to other users).
+    #[arg(
+        long,
+        env = "SHELLRELAY_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    secret: Option<String>,
+}
+
+impl SecretOpt {
+    fn load(&self) -> anyhow::Result<Secret> {
+        match (&self.secret_file, &self.secret) {
+            (Some(path), _) => Secret::from_file(path),
+            (None, Some(s)) => Secret::new(s.trim().as_bytes().to_vec()).context("in --secret"),
+            (None, None) => bail!("pass --secret-file or --secret"),
+        }
+    }
+}
+
+/// Keep-alive and idle timeout.
+#[derive(Debug, Args)]
+pub struct TransportOpt {
+    /// Interval of keep-alive packets; keeps NAT mappings open.
+    #[arg(long, env = "SHELLRELAY_KEEP_ALIVE", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    keep_alive: Duration,
+    /// Silence after which the peer is considered gone.
+    #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value = "30s", value_parser = duration, value_name = "DURATION")]
+    idle_timeout: Duration,
+}
+
+impl TransportOpt {
+    fn options(&self) -> anyhow::Result<TransportOptions> {
+        if self.keep_alive >= self.idle_timeout {
+            bail!("--keep-alive must be shorter than --idle-timeout");
+        }
+        Ok(TransportOptions {
+            keep_alive: self.keep_alive,
+            idle_timeout: self.idle_timeout,
+        })
+    }
+}
+
+/// How hosts and clients reach the relay.
+#[derive(Debug, Args)]
+pub struct PeerOpt {
+    /// The relay's address.
+    #[arg(long, env = "SHELLRELAY_RELAY", value_name = "HOST:PORT")]
+    relay: String,
+    /// The relay's certificate (pinned); without it the system's roots verify the relay.
+    #[arg(long, env = "SHELLRELAY_RELAY_CERT", value_name = "PATH")]
+    relay_cert: Option<PathBuf>,
+    /// File holding this peer's token; re-read on every reconnect.
+    #[arg(
+        long,
+        env = "SHELLRELAY_TOKEN_FILE",
+        value_name = "PATH",
+        required_unless_present = "token",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
+    /// The token itself (prefer --token-file: arguments are visible to other users).
+    #[arg(
+        long,
+        env = "SHELLRELAY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    #[command(flatten)]
+    transport: TransportOpt,
+}
+
+impl PeerOpt {
+    fn relay(&self) -> anyhow::Result<RelayAddr> {
+        if !self.relay.contains(':') {
+            bail!(
+                "--relay {} needs a port, as in {}:4433",
+                self.relay,
+                self.relay
+            );
+        }
+        let trust = match &self.relay_cert {
+            Some(path) => Trust::Pinned(tls::load_certs(path)?),
+            None => Trust::System,
+        };
+        Ok(RelayAddr {
+            addr: self.relay.clone(),
+            trust,
+            transport: self.transport.options()?,
+        })
+    }
+
+    fn token(&self) -> anyhow::Result<TokenSource> {
+        let source = match (&self.token_file, &self.token) {
+            (Some(path), _) => TokenSource::File(path.clone()),
+            (None, Some(t)) => TokenSource::Literal(t.clone()),
+            (None, None) => bail!("pass --token-file or --token"),
+        };
+        // Fail now on a missing file rather than at the first reconnect.
+        source.load()?;
+        Ok(source)
+    }
+}
+
+/// `shellrelay relay`
+#[derive(Debug, Args)]
+pub struct RelayOpt {
+    /// UDP address to listen on.
+    #[arg(
+        long,
+        env = "SHELLRELAY_LISTEN",
+        default_value = "[::]:4433",
+        value_name = "ADDR"
+    )]
+    listen: SocketAddr,
+    #[command(flatten)]
+    secret: SecretOpt,
+    /// Certificate (PEM); made self-signed, with the key, when neither exists.
+    #[arg(
+        long,
+        env = "SHELLRELAY_CERT",
+        default_value = "certs/relay.crt",
+        value_name = "PATH"
+    )]
+    cert: PathBuf,
+    /// Private key (PEM) of the certificate.
+    #[arg(
+        long,
+        env = "SHELLRELAY_KEY",
+        default_value = "certs/relay.key",
+        value_name = "PATH"
+    )]
+    key: PathBuf,
+    /// The `aud` that tokens must carry.
+    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = token::DEFAULT_AUDIENCE)]
+    audience: String,
+    /// Extra DNS name or IP for a generated certificate (repeatable).
+    #[arg(
+        long = "name",
+        env = "SHELLRELAY_NAME",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    names: Vec<String>,
+    #[command(flatten)]
+    transport: TransportOpt,
+}
+
+/// `shellrelay host`
+#[derive(Debug, Args)]
+pub struct HostOpt {
+    #[command(flatten)]
+    peer: PeerOpt,
+    /// The one address every session is connected to.
+    #[arg(long, env = "SHELLRELAY_TARGET", default_value = host::DEFAULT_TARGET, value_name = "HOST:PORT")]
+    target: String,
+    /// Cap on the delay between reconnect attempts.
+    #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value = "30s", value_parser = duration, value_name = "DURATION")]
+    max_backoff: Duration,
+}
+
+/// `shellrelay client`
+#[derive(Debug, Args)]
+pub struct ClientOpt {
+    #[command(flatten)]
+    peer: PeerOpt,
+    /// Local TCP address that ssh connects to.
+    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = client::DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Host to reach (default: the host the token names).
+    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID")]
+    host: Option<String>,
+}
+
+/// `shellrelay token`
+#[derive(Debug, Args)]
+pub struct TokenOpt {
+    #[command(flatten)]
+    secret: SecretOpt,
+    /// What the token allows: register as the host, or reach it as a client.
+    #[arg(long, env = "SHELLRELAY_ROLE", value_enum)]
+    role: Role,
+    /// The host id.
+    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID")]
+    host: String,
+    /// How long the token is valid.
+    #[arg(long, env = "SHELLRELAY_TTL", default_value = "1h", value_parser = duration, value_name = "DURATION")]
+    ttl: Duration,
+    /// The relay's audience.
+    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = token::DEFAULT_AUDIENCE)]
+    audience: String,
+    /// Optional token id (`jti`).
+    #[arg(long, env = "SHELLRELAY_JTI", value_name = "ID")]
+    jti: Option<String>,
+}
+
+/// `shellrelay certs`
+#[derive(Debug, Args)]
+pub struct CertsOpt {
+    /// Directory for relay.crt and relay.key.
+    #[arg(
+        long,
+        env = "SHELLRELAY_OUT",
+        default_value = "certs",
+        value_name = "DIR"
+    )]
+    out: PathBuf,
+    /// Extra DNS name or IP the certificate is valid for (repeatable).
+    #[arg(
+        long = "name",
+        env = "SHELLRELAY_NAME",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    names: Vec<String>,
+    /// Replace an existing certificate and key.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `shellrelay demo`
+#[derive(Debug, Args)]
+pub struct DemoOpt {
+    /// What the demo host agent connects sessions to.
+    #[arg(long, env = "SHELLRELAY_TARGET", default_value = host::DEFAULT_TARGET, value_name = "HOST:PORT")]
+    target: String,
+    /// Local TCP address that ssh connects to.
+    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = client::DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: SocketAddr,
+}
+
+/// A token that is cancelled on SIGINT or SIGTERM.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        cancel.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        cancel.cancel();
+    });
+    token
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Relay(opt) => run_relay(opt).await,
+            Command::Host(opt) => {
+                let config = host::HostConfig {
+                    relay: opt.peer.relay()?,
+                    token: opt.peer.token()?,
+                    target: opt.target,
+                    max_backoff: opt.max_backoff,
+                };
+                host::run(config, shutdown_signal()).await
+            }
+            Command::Client(opt) => {
+                let config = client::ClientConfig {
+                    relay: opt.peer.relay()?,
+                    token: opt.peer.token()?,
+                    host: opt.host,
+                };
+                let listener = tokio::net::TcpListener::bind(opt.listen)
+                    .await
+                    .with_context(|| format!("could not listen on {}", opt.listen))?;
+                client::run(config, listener, shutdown_signal()).await
+            }
+            Command::Token(opt) => {
+                if opt.ttl.is_zero() {
+                    bail!("--ttl must be longer than zero");
+                }
+                let secret = opt.secret.load()?;
+                let mut claims = Claims::new(opt.role, &opt.host, &opt.audience, opt.ttl);
+                claims.jti = opt.jti;
+                println!("{}", token::mint(&secret, &claims)?);
+                Ok(())
+            }
+            Command::Certs(opt) => {
+                let (cert, key) = (opt.out.join("relay.crt"), opt.out.join("relay.key"));
+                if !opt.force && (cert.exists() || key.exists()) {
+                    bail!(
+                        "{} or {} exists already; pass --force to replace them",
+                        cert.display(),
+                        key.display()
+                    );
+                }
+                let names = tls::default_names(&opt.names);
+                let identity = tls::create_self_signed(&cert, &key, &names)?;
+                println!("wrote {} and {}", cert.display(), key.display());
+                println!("names: {}", names.join(", "));
+                println!(
+                    "sha-256 fingerprint: {}",
+                    tls::fingerprint(&identity.chain[0])
+                );
+                Ok(())
+            }
+            Command::Demo(opt) => demo::run(&opt.target, opt.listen, shutdown_signal()).await,
+        }
+    }
+}
+
+async fn run_relay(opt: RelayOpt) -> anyhow::Result<()> {
+    let secret = opt.secret.load()?;
+    let names = tls::default_names(&opt.names);
+    let (identity, created) = tls::load_or_create(&opt.cert, &opt.key, &names)?;
+    let fingerprint = tls::fingerprint(&identity.chain[0]);
+    if created {
+        info!(cert = %opt.cert.display(), key = %opt.key.display(), names = %names.join(","), %fingerprint, "made a self-signed certificate");
+    } else {
+        info!(cert = %opt.cert.display(), %fingerprint, "loaded certificate");
+    }
+    let server = tls::server_config(identity, opt.transport.options()?)?;
+    let relay = relay::Relay::bind(opt.listen, server, Verifier::new(&secret, &opt.audience))?;
+    relay.run(shutdown_signal()).await
+}

@@ -1,0 +1,226 @@
+//! The client forwarder: listens on a local TCP port and turns each accepted
+//! connection into a fresh QUIC stream to the relay, reading nothing from
+//! the socket until the host side reports `ready`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::peer::{self, ConnectError, RelayAddr};
+use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
+use crate::splice;
+use crate::token::{Role, TokenSource};
+
+/// Default local listening address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
+
+/// Longest wait for the relay to answer `open` with `ready` or a refusal:
+/// the relay's own setup timeout plus a margin.
+pub const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a stopping forwarder waits for its sessions to wind down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Settings of a client forwarder.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The relay to connect to.
+    pub relay: RelayAddr,
+    /// The client token; a file is re-read on every reconnect.
+    pub token: TokenSource,
+    /// The host to reach (default: the token's `sub`).
+    pub host: Option<String>,
+}
+
+/// A client forwarder's connection to the relay, made on demand and made
+/// again when it has closed.
+pub struct Forwarder {
+    config: ClientConfig,
+    session: tokio::sync::Mutex<Option<peer::Session>>,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// No registered connection to the relay.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The relay or host refused the session.
+    #[error("session refused: {0}")]
+    Refused(Refusal),
+    /// The connection failed while the session was being set up.
+    #[error("session setup failed: {0}")]
+    Failed(String),
+}
+
+impl Forwarder {
+    /// A forwarder that has not connected yet.
+    pub fn new(config: ClientConfig) -> Forwarder {
+        Forwarder {
+            config,
+            session: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The live connection, connecting (again) if there is none. The second
+    /// value says whether it was made just now.
+    pub async fn connection(&self) -> Result<(Connection, bool), ConnectError> {
+        let mut guard = self.session.lock().await;
+        if let Some(session) = guard.as_ref() {
+            if session.conn.close_reason().is_none() {
+                return Ok((session.conn.clone(), false));
+            }
+        }
+        *guard = None;
+        let session = peer::connect(
+            &self.config.relay,
+            &self.config.token,
+            Role::Client,
+            self.config.host.as_deref(),
+        )
+        .await?;
+        info!(host = %session.host, relay = %self.config.relay.addr, "connected to relay");
+        let conn = session.conn.clone();
+        *guard = Some(session);
+        Ok((conn, true))
+    }
+
+    /// Opens a session stream and waits for `ready`. Retries once on a fresh
+    /// connection when a reused one turns out to be dead.
+    pub async fn open(&self) -> Result<(u64, SendStream, RecvStream), OpenError> {
+        loop {
+            let (conn, fresh) = self.connection().await?;
+            match open_on(&conn).await {
+                Err(OpenError::Failed(_)) if !fresh && conn.close_reason().is_some() => continue,
+                Err(OpenError::Failed(err)) => {
+                    return Err(
+                        match conn
+                            .close_reason()
+                            .as_ref()
+                            .and_then(Refusal::from_connection_error)
+                        {
+                            Some(refusal) => OpenError::Refused(refusal),
+                            None => OpenError::Failed(err),
+                        },
+                    )
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Closes the connection to the relay, if any.
+    pub async fn close(&self) {
+        if let Some(session) = self.session.lock().await.take() {
+            session
+                .conn
+                .close(Reason::Done.varint(), b"client shutting down");
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, session.endpoint.wait_idle()).await;
+        }
+    }
+}
+
+async fn open_on(conn: &Connection) -> Result<(u64, SendStream, RecvStream), OpenError> {
+    let setup = async {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| OpenError::Failed(e.to_string()))?;
+        let open = Frame::Open {
+            session: 0,
+            client: None,
+        };
+        write_frame(&mut send, &open)
+            .await
+            .map_err(|e| OpenError::Failed(e.to_string()))?;
+        match read_frame(&mut recv).await {
+            Ok(Frame::Ready { session }) => Ok((session, send, recv)),
+            Ok(Frame::Refused { reason, message }) => {
+                Err(OpenError::Refused(Refusal { reason, message }))
+            }
+            Ok(other) => Err(OpenError::Failed(format!(
+                "unexpected answer to open: {other:?}"
+            ))),
+            Err(err) => Err(OpenError::Failed(err.to_string())),
+        }
+    };
+    match tokio::time::timeout(SESSION_SETUP_TIMEOUT, setup).await {
+        Ok(result) => result,
+        Err(_) => Err(OpenError::Failed(format!(
+            "no answer within {}s",
+            SESSION_SETUP_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Runs the forwarder on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: ClientConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr().context("listener has no address")?;
+    let forwarder = Arc::new(Forwarder::new(config));
+    info!(listen = %local, relay = %forwarder.config.relay.addr, "client forwarder listening");
+    // Connect early so that a wrong certificate or token shows at once; a
+    // failure is not fatal, every ssh connection tries again.
+    if let Err(err) = forwarder.connection().await {
+        warn!("could not connect to relay yet: {err}");
+    }
+    let tasks = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let span = tracing::info_span!("session", %peer);
+                tasks.spawn(forward(forwarder.clone(), tcp, peer).instrument(span));
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: log and go on, the
+                // listener itself is still good.
+                warn!(%err, "could not accept a connection");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    drop(listener);
+    forwarder.close().await;
+    tasks.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+    Ok(())
+}
+
+async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let (session, send, recv) = match forwarder.open().await {
+        Ok(opened) => opened,
+        Err(err) => {
+            warn!(%peer, "closing ssh connection: {err}");
+            return;
+        }
+    };
+    let host = forwarder.config.host.as_deref().unwrap_or("");
+    info!(session, host, %peer, "session started");
+    let t = splice::tcp_quic(tcp, send, recv).await;
+    info!(
+        session,
+        %peer,
+        up = t.sent,
+        down = t.received,
+        aborted = t.aborted,
+        duration = ?started.elapsed(),
+        "session ended"
+    );
+}

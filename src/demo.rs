@@ -1,0 +1,90 @@
+//! `shellrelay demo`: relay, host agent and client forwarder in one process
+//! on loopback, with a throwaway secret and certificate.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, ClientConfig};
+use crate::host::{self, HostConfig};
+use crate::peer::RelayAddr;
+use crate::relay::Relay;
+use crate::tls::{self, TransportOptions, Trust};
+use crate::token::{self, Claims, Role, Secret, TokenSource, Verifier};
+
+/// Host id the demo registers.
+pub const DEMO_HOST: &str = "demo";
+
+/// Longest wait for the demo host to register with the demo relay.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the demo until `shutdown` is cancelled.
+pub async fn run(
+    target: &str,
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let secret = Secret::generate();
+    let identity = tls::self_signed(&["localhost".into(), "127.0.0.1".into()])?;
+    let trust = Trust::Pinned(identity.chain.clone());
+    let server = tls::server_config(identity, TransportOptions::default())?;
+    let relay = Relay::bind(
+        (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+        server,
+        Verifier::new(&secret, token::DEFAULT_AUDIENCE),
+    )?;
+    let relay_addr = relay.local_addr()?;
+    let registry = relay.handle();
+    let ttl = Duration::from_secs(24 * 3600);
+    let mint = |role| {
+        token::mint(
+            &secret,
+            &Claims::new(role, DEMO_HOST, token::DEFAULT_AUDIENCE, ttl),
+        )
+    };
+    let relay_at = RelayAddr {
+        addr: relay_addr.to_string(),
+        trust,
+        transport: TransportOptions::default(),
+    };
+    let host_config = HostConfig {
+        relay: relay_at.clone(),
+        token: TokenSource::Literal(mint(Role::Host)?),
+        target: target.to_owned(),
+        max_backoff: host::DEFAULT_MAX_BACKOFF,
+    };
+    let client_config = ClientConfig {
+        relay: relay_at,
+        token: TokenSource::Literal(mint(Role::Client)?),
+        host: None,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("could not listen on {listen}"))?;
+    let local = listener.local_addr()?;
+
+    let relay_task = tokio::spawn(relay.run(shutdown.child_token()));
+    let host_task = tokio::spawn(host::run(host_config, shutdown.child_token()));
+    tokio::time::timeout(REGISTER_TIMEOUT, registry.wait_host(DEMO_HOST, true))
+        .await
+        .context("the demo host did not register with the demo relay")?;
+    if tokio::net::TcpStream::connect(target).await.is_err() {
+        tracing::warn!("nothing accepts connections on {target}: sessions will be refused until it does (is sshd running? try --target)");
+    }
+    let client_task = tokio::spawn(client::run(client_config, listener, shutdown.child_token()));
+
+    let user = std::env::var("USER").unwrap_or_else(|_| "$USER".into());
+    println!("shellrelay demo: relay on udp {relay_addr}, host \"{DEMO_HOST}\" -> {target}, client on tcp {local}");
+    println!();
+    println!("    ssh -p {} {user}@{}", local.port(), local.ip());
+    println!();
+    println!("Ctrl-C stops the demo.");
+
+    let (r, h, c) = tokio::join!(relay_task, host_task, client_task);
+    for result in [r, h, c] {
+        result.context("a demo task panicked")??;
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The host agent: keeps one QUIC connection out to the relay (so no inbound
+//! port is needed) and, for each session stream the relay opens, dials its
+//! one configured target and pipes bytes. It never dials a peer-chosen address.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use quinn::{RecvStream, SendStream};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::peer::{self, RelayAddr};
+use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
+use crate::splice;
+use crate::token::{fmt_unix, Role, TokenSource};
+
+/// Default target: the local sshd.
+pub const DEFAULT_TARGET: &str = "127.0.0.1:22";
+
+/// Longest wait for the target to accept a TCP connection.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for the relay's `open` frame on a new session stream.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First reconnect delay after the relay goes away.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Default cap on the reconnect delay.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A connection that lasted this long was healthy: the next reconnect starts
+/// again from [`INITIAL_BACKOFF`] instead of where the last outage left off.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a stopping agent waits for its sessions to wind down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Settings of a host agent.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The relay to register with.
+    pub relay: RelayAddr,
+    /// The host token; a file is re-read on every reconnect.
+    pub token: TokenSource,
+    /// `HOST:PORT` dialled for every session (default [`DEFAULT_TARGET`]).
+    pub target: String,
+    /// Cap on the reconnect delay (default [`DEFAULT_MAX_BACKOFF`]).
+    pub max_backoff: Duration,
+}
+
+/// Exponential backoff with jitter, capped.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Backoff from [`INITIAL_BACKOFF`] up to `max`.
+    pub fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: INITIAL_BACKOFF.min(max),
+            max,
+        }
+    }
+
+    /// The delay before the next attempt: the current step with up to half
+    /// of it taken off at random, so that many agents do not reconnect in step.
+    pub fn delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = rand::rng().random_range(0.0..=0.5);
+        step.mul_f64(1.0 - jitter)
+    }
+
+    /// Starts again from the first step.
+    pub fn reset(&mut self) {
+        self.next = INITIAL_BACKOFF.min(self.max);
+    }
+}
+
+/// Runs the host agent until `shutdown` is cancelled. Returns an error only
+/// when going on makes no sense (another agent took over this host id).
+pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let target: Arc<str> = config.target.clone().into();
+    let tasks = TaskTracker::new();
+    let mut backoff = Backoff::new(config.max_backoff);
+    loop {
+        let connect = peer::connect(&config.relay, &config.token, Role::Host, None);
+        let attempt = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            attempt = connect => attempt,
+        };
+        match attempt {
+            Ok(session) => {
+                let started = Instant::now();
+                info!(
+                    host = %session.host,
+                    relay = %config.relay.addr,
+                    target = %target,
+                    expires = %fmt_unix(session.expires_at),
+                    "registered with relay"
+                );
+                let ended = serve(&session, &target, &tasks, &shutdown).await;
+                match ended {
+                    None => break,
+                    Some(Some(refusal)) if refusal.reason == Reason::Replaced => {
+                        bail!(
+                            "{}; is another host agent running with this host id?",
+                            refusal.message
+                        );
+                    }
+                    Some(Some(refusal)) => {
+                        warn!(reason = %refusal.message, "relay closed the connection")
+                    }
+                    Some(None) => warn!("lost the connection to the relay"),
+                }
+                if started.elapsed() >= STABLE_AFTER {
+                    backoff.reset();
+                }
+            }
+            Err(err) => warn!("could not register with relay: {err}"),
+        }
+        let delay = backoff.delay();
+        info!("reconnecting in {delay:.1?}");
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    tasks.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+    Ok(())
+}
+
+/// Serves sessions on a registered connection. `None` on shutdown, else why
+/// the connection ended (`Some(None)` when it was not an application close).
+async fn serve(
+    session: &peer::Session,
+    target: &Arc<str>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Option<Option<Refusal>> {
+    let conn = &session.conn;
+    loop {
+        let streams = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                conn.close(Reason::Done.varint(), b"host agent shutting down");
+                session.endpoint.wait_idle().await;
+                return None;
+            }
+            streams = conn.accept_bi() => streams,
+        };
+        match streams {
+            Ok(streams) => {
+                let span = tracing::info_span!("session", host = %session.host);
+                tasks.spawn(host_session(target.clone(), streams).instrument(span));
+            }
+            Err(err) => return Some(Refusal::from_connection_error(&err)),
+        }
+    }
+}
+
+async fn host_session(target: Arc<str>, (mut send, mut recv): (SendStream, RecvStream)) {
+    let (session, client) = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut recv)).await {
+        Ok(Ok(Frame::Open { session, client })) => (session, client.unwrap_or_default()),
+        other => {
+            warn!(?other, "session stream did not start with open");
+            let _ = send.reset(Reason::Protocol.varint());
+            return;
+        }
+    };
+    let started = Instant::now();
+    let dialled = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&*target)).await;
+    let tcp = match dialled {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(err)) => {
+            let message = format!("could not connect to {target}: {err}");
+            return refuse(
+                send,
+                session,
+                Refusal::new(Reason::TargetUnreachable, message),
+            )
+            .await;
+        }
+        Err(_) => {
+            let secs = DIAL_TIMEOUT.as_secs();
+            let message = format!("could not connect to {target}: no answer within {secs}s");
+            return refuse(
+                send,
+                session,
+                Refusal::new(Reason::TargetUnreachable, message),
+            )
+            .await;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    if write_frame(&mut send, &Frame::Ready { session })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    info!(session, %client, "session started");
+    let t = splice::tcp_quic(tcp, send, recv).await;
+    info!(
+        session,
+        %client,
+        up = t.sent,
+        down = t.received,
+        aborted = t.aborted,
+        duration = ?started.elapsed(),
+        "session ended"
+    );
+}
+
+async fn refuse(mut send: SendStream, session: u64, refusal: Refusal) {
+    warn!(session, reason = %refusal.message, "session refused");
+    if write_frame(&mut send, &refusal.frame()).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let max = Duration::from_secs(4);
+        let mut b = Backoff::new(max);
+        let mut prev_step = Duration::ZERO;
+        for _ in 0..20 {
+            let step = b.next;
+            let d = b.delay();
+            assert!(
+                d <= step && d >= step / 2,
+                "{d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
+            assert!(step >= prev_step && step <= max);
+            prev_step = step;
+        }
+        assert_eq!(b.next, max);
+        b.reset();
+        assert_eq!(b.next, INITIAL_BACKOFF);
+    }
+}

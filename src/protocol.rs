@@ -1,0 +1,364 @@
+//! Wire protocol version 1: ALPN, length-prefixed JSON frames and the
+//! application error codes that say why a connection or stream ended.
+//!
+//! Every peer opens one control stream and sends [`Frame::Hello`]; the relay
+//! answers [`Frame::Welcome`] or [`Frame::Refused`]. Each session is a fresh
+//! bidirectional stream that starts with [`Frame::Open`] and is answered with
+//! [`Frame::Ready`] or [`Frame::Refused`]; after `Ready` the stream carries raw
+//! ssh bytes, untouched.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::token::Role;
+
+/// ALPN protocol name; a peer that offers anything else fails the handshake.
+pub const ALPN: &[u8] = b"shellrelay/1";
+
+/// Protocol version carried in every hello.
+pub const VERSION: u32 = 1;
+
+/// Largest frame body accepted from a peer. A hello is a JWT plus a little
+/// JSON (well under 4 KiB); the cap keeps a hostile peer from making anyone
+/// buffer more than this before it is authenticated.
+pub const MAX_FRAME_LEN: usize = 16 * 1024;
+
+/// A control or session-header frame. On the wire: a big-endian `u16` body
+/// length followed by that many bytes of JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Frame {
+    /// First frame on a peer's control stream.
+    Hello {
+        /// Protocol version the peer speaks ([`VERSION`]).
+        version: u32,
+        /// The role the peer asks for.
+        role: Role,
+        /// The peer's JWT.
+        token: String,
+        /// For clients: the host to reach (defaults to the token's `sub`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+    },
+    /// The relay accepted a hello.
+    Welcome {
+        /// Host id the connection is bound to.
+        host: String,
+        /// The role granted.
+        role: Role,
+        /// Unix time (seconds) at which the relay closes this connection.
+        expires_at: u64,
+    },
+    /// Opens a session; first frame on every session stream.
+    Open {
+        /// Session id assigned by the relay (0 from a client, which has none yet).
+        #[serde(default)]
+        session: u64,
+        /// Address of the client forwarder, as seen by the relay (to hosts only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+    },
+    /// The host's stream is open and its target connected: raw bytes follow.
+    Ready {
+        /// Session id assigned by the relay.
+        session: u64,
+    },
+    /// A hello or session was refused.
+    Refused {
+        /// Why, as a machine-readable reason.
+        reason: Reason,
+        /// Why, in plain words.
+        message: String,
+    },
+}
+
+/// Why a connection or stream ended. The numeric value is the QUIC
+/// application error code used when closing a connection or resetting a
+/// stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Orderly end, nothing went wrong.
+    Done,
+    /// The peer broke the protocol (malformed, oversize or unexpected frame).
+    Protocol,
+    /// The token was refused (signature, audience, role, validity, host).
+    BadToken,
+    /// The token's `exp` has passed.
+    TokenExpired,
+    /// The host named by a client is not connected to the relay.
+    HostOffline,
+    /// The host agent could not connect to its target.
+    TargetUnreachable,
+    /// A newer connection registered the same host id.
+    Replaced,
+    /// The relay is shutting down.
+    ShuttingDown,
+    /// The peer's side of a session was aborted (TCP reset, stream reset).
+    Aborted,
+    /// A limit was reached (sessions, connections).
+    Limit,
+    /// Any code this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Reason {
+    /// The QUIC application error code for this reason.
+    pub fn code(self) -> u32 {
+        match self {
+            Reason::Done => 0,
+            Reason::Protocol => 1,
+            Reason::BadToken => 2,
+            Reason::TokenExpired => 3,
+            Reason::HostOffline => 4,
+            Reason::TargetUnreachable => 5,
+            Reason::Replaced => 6,
+            Reason::ShuttingDown => 7,
+            Reason::Aborted => 8,
+            Reason::Limit => 9,
+            Reason::Unknown => 0xff,
+        }
+    }
+
+    /// The reason for a QUIC application error code.
+    pub fn from_code(code: u64) -> Reason {
+        match code {
+            0 => Reason::Done,
+            1 => Reason::Protocol,
+            2 => Reason::BadToken,
+            3 => Reason::TokenExpired,
+            4 => Reason::HostOffline,
+            5 => Reason::TargetUnreachable,
+            6 => Reason::Replaced,
+            7 => Reason::ShuttingDown,
+            8 => Reason::Aborted,
+            9 => Reason::Limit,
+            _ => Reason::Unknown,
+        }
+    }
+
+    /// The code as a QUIC variable-length integer.
+    pub fn varint(self) -> quinn::VarInt {
+        quinn::VarInt::from_u32(self.code())
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Reason::Done => "done",
+            Reason::Protocol => "protocol error",
+            Reason::BadToken => "bad token",
+            Reason::TokenExpired => "token expired",
+            Reason::HostOffline => "host offline",
+            Reason::TargetUnreachable => "target unreachable",
+            Reason::Replaced => "replaced by a newer host connection",
+            Reason::ShuttingDown => "relay shutting down",
+            Reason::Aborted => "aborted",
+            Reason::Limit => "limit reached",
+            Reason::Unknown => "unknown reason",
+        };
+        f.write_str(s)
+    }
+}
+
+/// A refusal or close as the peer sees it: a reason and its plain words.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// Machine-readable reason.
+    pub reason: Reason,
+    /// Plain-words explanation.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with the given reason and message.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Reads an application close of a connection as a refusal, if it was one.
+    pub fn from_connection_error(err: &quinn::ConnectionError) -> Option<Refusal> {
+        match err {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                let reason = Reason::from_code(close.error_code.into_inner());
+                let mut message = String::from_utf8_lossy(&close.reason).into_owned();
+                if message.is_empty() {
+                    message = reason.to_string();
+                }
+                Some(Refusal { reason, message })
+            }
+            _ => None,
+        }
+    }
+
+    /// The frame that carries this refusal.
+    pub fn frame(&self) -> Frame {
+        Frame::Refused {
+            reason: self.reason,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, Error)]
+pub enum FrameError {
+    /// The stream ended before a whole frame arrived.
+    #[error("stream ended in the middle of a frame")]
+    Truncated,
+    /// The length prefix exceeds [`MAX_FRAME_LEN`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN} bytes")]
+    TooLong(usize),
+    /// The body is not a frame of this protocol version.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The underlying stream failed.
+    #[error(transparent)]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(err: std::io::Error) -> Self {
+        if err.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(err)
+        }
+    }
+}
+
+impl Frame {
+    /// Encodes the frame with its length prefix.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        let body = serde_json::to_vec(self)?;
+        if body.len() > MAX_FRAME_LEN {
+            return Err(FrameError::TooLong(body.len()));
+        }
+        let mut out = Vec::with_capacity(2 + body.len());
+        // Cannot truncate: MAX_FRAME_LEN < u16::MAX.
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Decodes a frame body (without its length prefix).
+    pub fn decode(body: &[u8]) -> Result<Frame, FrameError> {
+        if body.len() > MAX_FRAME_LEN {
+            return Err(FrameError::TooLong(body.len()));
+        }
+        Ok(serde_json::from_slice(body)?)
+    }
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &Frame,
+) -> Result<(), FrameError> {
+    w.write_all(&frame.encode()?).await?;
+    Ok(())
+}
+
+/// Reads exactly one frame, never a byte past it: what follows on the
+/// stream (raw ssh bytes) stays unread.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len).await?;
+    let len = u16::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLong(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Frame::decode(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_leave_following_bytes_unread() {
+        let frames = [
+            Frame::Hello {
+                version: VERSION,
+                role: Role::Client,
+                token: "a.b.c".into(),
+                host: Some("lab1".into()),
+            },
+            Frame::Welcome {
+                host: "lab1".into(),
+                role: Role::Host,
+                expires_at: 42,
+            },
+            Frame::Open {
+                session: 7,
+                client: Some("127.0.0.1:5".into()),
+            },
+            Frame::Ready { session: 7 },
+            Refusal::new(Reason::HostOffline, "host lab1 is not connected").frame(),
+        ];
+        for frame in frames {
+            let (mut a, mut b) = tokio::io::duplex(1024);
+            write_frame(&mut a, &frame).await.unwrap();
+            a.write_all(b"SSH-2.0-x\r\n").await.unwrap();
+            drop(a);
+            assert_eq!(read_frame(&mut b).await.unwrap(), frame);
+            let mut rest = Vec::new();
+            b.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, b"SSH-2.0-x\r\n");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_frames_are_errors_not_panics() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![], "truncated"),
+            (vec![0], "truncated"),
+            (vec![0, 5, b'{'], "truncated"),
+            (vec![0xff, 0xff], "too long"),
+            (b"\x00\x02{}".to_vec(), "malformed"),
+            (b"\x00\x04\xff\xfe\xfd\xfc".to_vec(), "malformed"),
+            (b"\x00\x0f{\"type\":\"nope\"}".to_vec(), "malformed"),
+        ];
+        for (bytes, want) in cases {
+            let mut r = &bytes[..];
+            let err = read_frame(&mut r).await.unwrap_err();
+            let got = match err {
+                FrameError::Truncated => "truncated",
+                FrameError::TooLong(_) => "too long",
+                FrameError::Malformed(_) => "malformed",
+                FrameError::Io(_) => "io",
+            };
+            assert_eq!(got, want, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn reason_codes_round_trip() {
+        for r in [
+            Reason::Done,
+            Reason::Protocol,
+            Reason::BadToken,
+            Reason::TokenExpired,
+            Reason::HostOffline,
+            Reason::TargetUnreachable,
+            Reason::Replaced,
+            Reason::ShuttingDown,
+            Reason::Aborted,
+            Reason::Limit,
+        ] {
+            assert_eq!(Reason::from_code(r.code().into()), r);
+        }
+        assert_eq!(Reason::from_code(12345), Reason::Unknown);
+    }
+}

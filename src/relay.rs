@@ -1,0 +1,508 @@
+//! The relay: accepts QUIC connections from hosts and clients, checks their
+//! tokens, keeps the registry `host id → connection`, and splices each
+//! client session stream to a fresh stream on the host's connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
+use crate::splice;
+use crate::token::{fmt_unix, unix_now, Claims, Role, Verifier};
+
+/// Longest a QUIC handshake may take before the attempt is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a connected peer may take to open its control stream and send
+/// its hello; a peer that says nothing is dropped rather than held.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a session stream may take to send its `open` frame.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest the host may take to open its target and answer `ready`: the
+/// host's own dial timeout plus a margin for the round trip.
+pub const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a refused peer gets to read its refusal frame before the
+/// connection is closed (the close carries the same words).
+pub const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How long a shutting-down relay waits for peers to acknowledge the close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// A bound relay, ready to [`run`](Relay::run).
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+}
+
+/// A view of a running relay's registry, for status and tests.
+#[derive(Clone)]
+pub struct RelayHandle {
+    state: Arc<State>,
+}
+
+struct State {
+    verifier: Verifier,
+    hosts: Mutex<HashMap<String, HostEntry>>,
+    /// Bumped on every registry change, so waiters need not poll.
+    changes: watch::Sender<u64>,
+    next_id: AtomicU64,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+struct HostEntry {
+    conn: Connection,
+    generation: u64,
+}
+
+impl Relay {
+    /// Binds the relay's UDP socket on `addr` (port 0 picks a free port).
+    pub fn bind(
+        addr: SocketAddr,
+        server: quinn::ServerConfig,
+        verifier: Verifier,
+    ) -> anyhow::Result<Relay> {
+        let endpoint = quinn::Endpoint::server(server, addr)
+            .with_context(|| format!("could not listen on {addr}"))?;
+        let (changes, _) = watch::channel(0);
+        Ok(Relay {
+            endpoint,
+            state: Arc::new(State {
+                verifier,
+                hosts: Mutex::new(HashMap::new()),
+                changes,
+                next_id: AtomicU64::new(1),
+                tasks: TaskTracker::new(),
+                cancel: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The address the relay listens on.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.endpoint
+            .local_addr()
+            .context("relay socket has no address")
+    }
+
+    /// A handle to the registry.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes every connection
+    /// with [`Reason::ShuttingDown`].
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Relay { endpoint, state } = self;
+        info!(addr = %endpoint.local_addr()?, "relay listening");
+        loop {
+            let incoming = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                incoming = endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            let remote = incoming.remote_address();
+            let span = tracing::info_span!("conn", %remote);
+            state
+                .tasks
+                .spawn(handle_incoming(state.clone(), incoming).instrument(span));
+        }
+        info!("relay shutting down");
+        state.cancel.cancel();
+        endpoint.close(Reason::ShuttingDown.varint(), b"relay shutting down");
+        state.tasks.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            state.tasks.wait().await;
+            endpoint.wait_idle().await;
+        })
+        .await;
+        Ok(())
+    }
+}
+
+impl RelayHandle {
+    /// Ids of the hosts connected now.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.state.lock_hosts().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Waits until host `id` is connected (`online`) or not (`!online`).
+    pub async fn wait_host(&self, id: &str, online: bool) {
+        let mut changes = self.state.changes.subscribe();
+        loop {
+            if self.state.lock_hosts().contains_key(id) == online {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl State {
+    fn lock_hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostEntry>> {
+        // A panic while holding this lock cannot leave the map half-updated
+        // (every update is a single insert or remove), so poisoning is ignored.
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn host_conn(&self, id: &str) -> Option<Connection> {
+        self.lock_hosts().get(id).map(|e| e.conn.clone())
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
+    let conn =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => {
+                debug!(%err, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!("handshake timed out");
+                return;
+            }
+        };
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let frame = read_frame(&mut recv).await;
+        Ok::<_, String>((send, recv, frame))
+    })
+    .await;
+    let (mut send, recv, frame) = match hello {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(err)) => {
+            debug!(%err, "connection ended before its hello");
+            return;
+        }
+        Err(_) => {
+            let secs = HELLO_TIMEOUT.as_secs();
+            warn!("no hello within {secs}s; closing");
+            conn.close(
+                Reason::Protocol.varint(),
+                format!("no hello within {secs}s").as_bytes(),
+            );
+            return;
+        }
+    };
+    let (role, token, host) = match frame {
+        Ok(Frame::Hello {
+            version: crate::protocol::VERSION,
+            role,
+            token,
+            host,
+        }) => (role, token, host),
+        Ok(Frame::Hello { version, .. }) => {
+            let msg = format!(
+                "protocol version {version} is not supported (this relay speaks {})",
+                crate::protocol::VERSION
+            );
+            return refuse(&conn, Some(&mut send), Refusal::new(Reason::Protocol, msg)).await;
+        }
+        Ok(_) => {
+            return refuse(
+                &conn,
+                Some(&mut send),
+                Refusal::new(Reason::Protocol, "expected a hello frame"),
+            )
+            .await
+        }
+        Err(err) => {
+            return refuse(
+                &conn,
+                Some(&mut send),
+                Refusal::new(Reason::Protocol, format!("bad hello: {err}")),
+            )
+            .await;
+        }
+    };
+    let claims = match state.verifier.verify(&token, role, unix_now()) {
+        Ok(claims) => claims,
+        Err(err) => {
+            let reason = match err {
+                crate::token::TokenError::Expired(_) => Reason::TokenExpired,
+                _ => Reason::BadToken,
+            };
+            warn!(%role, %err, "refused token");
+            return refuse(
+                &conn,
+                Some(&mut send),
+                Refusal::new(reason, err.to_string()),
+            )
+            .await;
+        }
+    };
+    match role {
+        Role::Host => serve_host(state, conn, claims, send, recv).await,
+        Role::Client => serve_client(state, conn, claims, host, send, recv).await,
+    }
+}
+
+/// Sends a refusal on the control stream, lets the peer read it, and
+/// closes the connection with the refusal's code and words.
+async fn refuse(conn: &Connection, send: Option<&mut SendStream>, refusal: Refusal) {
+    if let Some(send) = send {
+        if write_frame(send, &refusal.frame()).await.is_ok() {
+            let _ = send.finish();
+        }
+    }
+    let _ = tokio::time::timeout(REFUSE_LINGER, conn.closed()).await;
+    conn.close(refusal.reason.varint(), refusal.message.as_bytes());
+}
+
+/// Resolves when a token with expiry `exp` (Unix seconds) runs out.
+async fn expiry(exp: u64) {
+    let at = UNIX_EPOCH + Duration::from_secs(exp);
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(left).await;
+}
+
+/// Why a live connection ended, for the log.
+enum Ended {
+    Shutdown,
+    Expired(u64),
+    Closed(quinn::ConnectionError),
+}
+
+/// Waits until the connection closes, its token expires or the relay shuts
+/// down, closing it with the matching reason in the latter two cases.
+async fn hold(state: &State, conn: &Connection, exp: u64) -> Ended {
+    tokio::select! {
+        biased;
+        _ = state.cancel.cancelled() => {
+            conn.close(Reason::ShuttingDown.varint(), b"relay shutting down");
+            Ended::Shutdown
+        }
+        _ = expiry(exp) => {
+            let msg = format!("token expired at {}", fmt_unix(exp));
+            conn.close(Reason::TokenExpired.varint(), msg.as_bytes());
+            Ended::Expired(exp)
+        }
+        err = conn.closed() => Ended::Closed(err),
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Shutdown => f.write_str("relay shutting down"),
+            Ended::Expired(exp) => write!(f, "token expired at {}", fmt_unix(*exp)),
+            Ended::Closed(err) => match Refusal::from_connection_error(err) {
+                Some(r) => write!(f, "{}", r.message),
+                None => write!(f, "{err}"),
+            },
+        }
+    }
+}
+
+async fn welcome(send: &mut SendStream, claims: &Claims, host: &str) -> bool {
+    let frame = Frame::Welcome {
+        host: host.to_owned(),
+        role: claims.role,
+        expires_at: claims.exp,
+    };
+    write_frame(send, &frame).await.is_ok()
+}
+
+async fn serve_host(
+    state: Arc<State>,
+    conn: Connection,
+    claims: Claims,
+    mut send: SendStream,
+    _recv: RecvStream,
+) {
+    let id = claims.sub.clone();
+    let remote = conn.remote_address();
+    let generation = state.next_id();
+    let replaced = state.lock_hosts().insert(
+        id.clone(),
+        HostEntry {
+            conn: conn.clone(),
+            generation,
+        },
+    );
+    if let Some(old) = replaced {
+        info!(host = %id, old = %old.conn.remote_address(), "replacing older connection of host");
+        let msg = format!("replaced by a newer connection for host {id}");
+        old.conn.close(Reason::Replaced.varint(), msg.as_bytes());
+    }
+    state.changes.send_modify(|g| *g += 1);
+    if welcome(&mut send, &claims, &id).await {
+        info!(host = %id, %remote, expires = %fmt_unix(claims.exp), "host registered");
+        let ended = hold(&state, &conn, claims.exp).await;
+        info!(host = %id, %remote, reason = %ended, "host unregistered");
+    }
+    {
+        let mut hosts = state.lock_hosts();
+        if hosts.get(&id).map(|e| e.generation) == Some(generation) {
+            hosts.remove(&id);
+        }
+    }
+    state.changes.send_modify(|g| *g += 1);
+}
+
+async fn serve_client(
+    state: Arc<State>,
+    conn: Connection,
+    claims: Claims,
+    requested: Option<String>,
+    mut send: SendStream,
+    _recv: RecvStream,
+) {
+    let host = requested.unwrap_or_else(|| claims.sub.clone());
+    if host != claims.sub {
+        let msg = format!(
+            "client token for host {} cannot reach host {host}",
+            claims.sub
+        );
+        warn!(%msg, "refused client");
+        return refuse(&conn, Some(&mut send), Refusal::new(Reason::BadToken, msg)).await;
+    }
+    if state.host_conn(&host).is_none() {
+        let msg = format!("host {host} is not connected");
+        info!(host = %host, "refused client: host offline");
+        return refuse(
+            &conn,
+            Some(&mut send),
+            Refusal::new(Reason::HostOffline, msg),
+        )
+        .await;
+    }
+    if !welcome(&mut send, &claims, &host).await {
+        return;
+    }
+    let remote = conn.remote_address();
+    info!(host = %host, %remote, expires = %fmt_unix(claims.exp), "client connected");
+    let ended = tokio::select! {
+        ended = hold(&state, &conn, claims.exp) => ended,
+        () = accept_sessions(&state, &conn, &host) => Ended::Shutdown,
+    };
+    info!(host = %host, %remote, reason = %ended, "client disconnected");
+}
+
+async fn accept_sessions(state: &Arc<State>, conn: &Connection, host: &str) {
+    let remote = conn.remote_address();
+    while let Ok(streams) = conn.accept_bi().await {
+        let session = state.next_id();
+        let span = tracing::info_span!("session", id = session, host = %host);
+        state.tasks.spawn(
+            relay_session(state.clone(), session, host.to_owned(), remote, streams)
+                .instrument(span),
+        );
+    }
+    // The connection is closed; `hold` reports why.
+    std::future::pending::<()>().await;
+}
+
+async fn relay_session(
+    state: Arc<State>,
+    session: u64,
+    host: String,
+    client: SocketAddr,
+    (mut c_send, mut c_recv): (SendStream, RecvStream),
+) {
+    let started = Instant::now();
+    match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut c_recv)).await {
+        Ok(Ok(Frame::Open { .. })) => {}
+        other => {
+            debug!(?other, "session stream did not start with open");
+            let _ = c_send.reset(Reason::Protocol.varint());
+            let _ = c_recv.stop(Reason::Protocol.varint());
+            return;
+        }
+    }
+    let Some(host_conn) = state.host_conn(&host) else {
+        let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
+        return refuse_session(c_send, refusal).await;
+    };
+    let setup = tokio::time::timeout(SESSION_SETUP_TIMEOUT, async {
+        let (mut h_send, mut h_recv) = host_conn.open_bi().await.map_err(|e| e.to_string())?;
+        let open = Frame::Open {
+            session,
+            client: Some(client.to_string()),
+        };
+        write_frame(&mut h_send, &open)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = read_frame(&mut h_recv).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((h_send, h_recv, reply))
+    })
+    .await;
+    let (h_send, h_recv) = match setup {
+        Ok(Ok((h_send, h_recv, Frame::Ready { .. }))) => (h_send, h_recv),
+        Ok(Ok((_, _, Frame::Refused { reason, message }))) => {
+            info!(%client, %message, "host refused session");
+            return refuse_session(c_send, Refusal { reason, message }).await;
+        }
+        Ok(Ok((mut h_send, _, other))) => {
+            warn!(?other, "host answered open with an unexpected frame");
+            let _ = h_send.reset(Reason::Protocol.varint());
+            let refusal = Refusal::new(Reason::Protocol, format!("host {host} broke the protocol"));
+            return refuse_session(c_send, refusal).await;
+        }
+        Ok(Err(err)) => {
+            let refusal = Refusal::new(
+                Reason::HostOffline,
+                format!("host {host} dropped the session: {err}"),
+            );
+            return refuse_session(c_send, refusal).await;
+        }
+        Err(_) => {
+            let secs = SESSION_SETUP_TIMEOUT.as_secs();
+            let refusal = Refusal::new(
+                Reason::TargetUnreachable,
+                format!("host {host} did not open the session within {secs}s"),
+            );
+            return refuse_session(c_send, refusal).await;
+        }
+    };
+    if write_frame(&mut c_send, &Frame::Ready { session })
+        .await
+        .is_err()
+    {
+        let mut h_send = h_send;
+        let _ = h_send.reset(Reason::Aborted.varint());
+        return;
+    }
+    info!(%client, "session started");
+    let t = splice::quic_quic((c_send, c_recv), (h_send, h_recv)).await;
+    info!(
+        %client,
+        up = t.sent,
+        down = t.received,
+        aborted = t.aborted,
+        duration = ?started.elapsed(),
+        "session ended"
+    );
+}
+
+async fn refuse_session(mut send: SendStream, refusal: Refusal) {
+    if write_frame(&mut send, &refusal.frame()).await.is_ok() {
+        let _ = send.finish();
+    }
+}

@@ -1,0 +1,164 @@
+//! Moving session bytes: TCP ⇄ QUIC stream at the host and client, QUIC
+//! stream ⇄ QUIC stream at the relay. Half-close (FIN) and aborts (TCP reset,
+//! stream reset, stop-sending) are carried across, never swallowed.
+
+use bytes::BytesMut;
+use quinn::{ReadError, RecvStream, SendStream, WriteError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::Reason;
+
+/// Size of each read from a TCP socket: large enough for bulk transfers,
+/// small enough that thousands of idle sessions cost little (the buffer
+/// exists only while a read is outstanding with data).
+const TCP_READ_CHUNK: usize = 64 * 1024;
+
+/// Bytes moved by a session, each way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    /// Bytes from the local TCP side (or the client, at the relay) outward.
+    pub sent: u64,
+    /// Bytes towards the local TCP side (or the client, at the relay).
+    pub received: u64,
+    /// Whether either direction ended in an abort rather than a FIN.
+    pub aborted: bool,
+}
+
+/// An abort seen in one direction, with the count moved before it.
+struct Aborted(u64);
+
+/// Pipes a TCP connection and a QUIC stream pair until both directions end.
+/// An abort on either side (TCP reset, stream reset or stop) aborts both:
+/// the stream is reset and stopped and the TCP connection is reset.
+pub async fn tcp_quic(mut tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) -> Transfer {
+    let (mut tcp_read, mut tcp_write) = tcp.split();
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let received = std::sync::atomic::AtomicU64::new(0);
+    let upstream = async {
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(TCP_READ_CHUNK);
+            let n = tokio::select! {
+                n = tcp_read.read_buf(&mut buf) => n,
+                _ = send.stopped() => return Err(Aborted(0)),
+            };
+            match n {
+                Ok(0) => {
+                    // Half-close: the far side sees a FIN and keeps sending.
+                    let _ = send.finish();
+                    return Ok(());
+                }
+                Ok(n) => {
+                    if send.write_chunk(buf.split().freeze()).await.is_err() {
+                        return Err(Aborted(0));
+                    }
+                    sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(_) => return Err(Aborted(0)),
+            }
+        }
+    };
+    let downstream = async {
+        loop {
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => {
+                    if tcp_write.write_all(&chunk.bytes).await.is_err() {
+                        return Err(Aborted(0));
+                    }
+                    received.fetch_add(
+                        chunk.bytes.len() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+                Ok(None) => {
+                    let _ = tcp_write.shutdown().await;
+                    return Ok(());
+                }
+                Err(_) => return Err(Aborted(0)),
+            }
+        }
+    };
+    let result = tokio::try_join!(upstream, downstream);
+    let aborted = result.is_err();
+    if aborted {
+        let _ = send.reset(Reason::Aborted.varint());
+        let _ = recv.stop(Reason::Aborted.varint());
+        // Linger 0 makes the close a TCP reset, so the local peer learns of
+        // the abort instead of seeing an orderly end of stream.
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+    }
+    Transfer {
+        sent: sent.into_inner(),
+        received: received.into_inner(),
+        aborted,
+    }
+}
+
+/// Splices two QUIC stream pairs (client side `a`, host side `b`) without
+/// copying payload: chunks read from one are written to the other as is.
+pub async fn quic_quic(a: (SendStream, RecvStream), b: (SendStream, RecvStream)) -> Transfer {
+    let (mut a_send, mut a_recv) = a;
+    let (mut b_send, mut b_recv) = b;
+    let (up, down) = tokio::join!(
+        forward(&mut a_recv, &mut b_send),
+        forward(&mut b_recv, &mut a_send)
+    );
+    let (sent, up_aborted) = match up {
+        Ok(n) => (n, false),
+        Err(Aborted(n)) => (n, true),
+    };
+    let (received, down_aborted) = match down {
+        Ok(n) => (n, false),
+        Err(Aborted(n)) => (n, true),
+    };
+    Transfer {
+        sent,
+        received,
+        aborted: up_aborted || down_aborted,
+    }
+}
+
+/// Forwards one direction, carrying FIN, reset and stop-sending across.
+async fn forward(from: &mut RecvStream, to: &mut SendStream) -> Result<u64, Aborted> {
+    let mut total = 0u64;
+    loop {
+        let read = tokio::select! {
+            read = from.read_chunk(usize::MAX, true) => read,
+            stopped = to.stopped() => {
+                let code = match stopped {
+                    Ok(Some(code)) => code,
+                    _ => Reason::Aborted.varint(),
+                };
+                let _ = from.stop(code);
+                return Err(Aborted(total));
+            }
+        };
+        match read {
+            Ok(Some(chunk)) => {
+                let len = chunk.bytes.len() as u64;
+                if let Err(err) = to.write_chunk(chunk.bytes).await {
+                    let code = match err {
+                        WriteError::Stopped(code) => code,
+                        _ => Reason::Aborted.varint(),
+                    };
+                    let _ = from.stop(code);
+                    return Err(Aborted(total));
+                }
+                total += len;
+            }
+            Ok(None) => {
+                let _ = to.finish();
+                return Ok(total);
+            }
+            Err(err) => {
+                let code = match err {
+                    ReadError::Reset(code) => code,
+                    _ => Reason::Aborted.varint(),
+                };
+                let _ = to.reset(code);
+                return Err(Aborted(total));
+            }
+        }
+    }
+}

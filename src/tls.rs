@@ -1,0 +1,291 @@
+//! Certificates (self-signed with rcgen, or loaded from PEM files) and the
+//! rustls/quinn configurations that every role builds on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::ALPN;
+
+/// Most concurrent sessions (bidirectional streams) per connection: far
+/// above quinn's default of 100 so that many ssh sessions share one
+/// connection without waiting.
+pub const MAX_STREAMS: u32 = 4096;
+
+/// Per-stream receive window: enough for one session at several Gbit/s on a
+/// path with a few milliseconds of round trip.
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// Per-connection receive and send windows, shared by all its sessions.
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// Default keep-alive: well under the common 30 s UDP NAT mapping timeout.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Default idle timeout: a peer silent this long is gone.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct Identity {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// Names a relay certificate is made for by default: loopback and this
+/// machine's hostname, plus `extra`.
+pub fn default_names(extra: &[String]) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Ok(host) = hostname::get() {
+        if let Some(host) = host.to_str() {
+            names.push(host.to_owned());
+        }
+    }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Makes a self-signed certificate for `names`, in memory.
+pub fn self_signed(names: &[String]) -> anyhow::Result<Identity> {
+    let (identity, _, _) = generate(names)?;
+    Ok(identity)
+}
+
+/// Makes a self-signed certificate for `names` and writes it as PEM: the
+/// certificate world-readable, the key readable by its owner only.
+pub fn create_self_signed(cert: &Path, key: &Path, names: &[String]) -> anyhow::Result<Identity> {
+    use std::io::Write;
+    let (identity, cert_pem, key_pem) = generate(names)?;
+    for path in [cert, key] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("could not create {}", dir.display()))?;
+        }
+    }
+    std::fs::write(cert, cert_pem)
+        .with_context(|| format!("could not write {}", cert.display()))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(key)
+        .and_then(|mut f| f.write_all(key_pem.as_bytes()))
+        .with_context(|| format!("could not write {}", key.display()))?;
+    Ok(identity)
+}
+
+fn generate(names: &[String]) -> anyhow::Result<(Identity, String, String)> {
+    let certified = rcgen::generate_simple_self_signed(names.to_vec())
+        .context("could not generate a self-signed certificate")?;
+    let identity = Identity {
+        chain: vec![certified.cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into()),
+    };
+    Ok((
+        identity,
+        certified.cert.pem(),
+        certified.signing_key.serialize_pem(),
+    ))
+}
+
+/// Reads certificates from a PEM file.
+pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("could not read certificate file {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("could not parse certificate file {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("no certificate found in {}", path.display());
+    }
+    Ok(certs)
+}
+
+/// Loads the relay identity, or makes and writes a self-signed one when
+/// neither file exists. Returns the identity and whether it was created.
+pub fn load_or_create(
+    cert: &Path,
+    key: &Path,
+    names: &[String],
+) -> anyhow::Result<(Identity, bool)> {
+    match (cert.exists(), key.exists()) {
+        (true, true) => {
+            let chain = load_certs(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("could not read private key {}", key.display()))?;
+            Ok((Identity { chain, key }, false))
+        }
+        (false, false) => Ok((create_self_signed(cert, key, names)?, true)),
+        (true, false) => bail!(
+            "certificate {} exists but key {} does not",
+            cert.display(),
+            key.display()
+        ),
+        (false, true) => bail!(
+            "key {} exists but certificate {} does not",
+            key.display(),
+            cert.display()
+        ),
+    }
+}
+
+/// SHA-256 fingerprint of a certificate, as colon-separated hex.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// How peers verify the relay's certificate.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Trust exactly these certificates (a pinned self-signed relay certificate).
+    Pinned(Vec<CertificateDer<'static>>),
+    /// A pinned certificate file, read when the configuration is built.
+    PinnedFile(PathBuf),
+    /// The system's root certificates.
+    System,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Transport settings shared by every role.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportOptions {
+    /// Interval of keep-alive packets.
+    pub keep_alive: Duration,
+    /// Silence after which a connection is considered dead.
+    pub idle_timeout: Duration,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// The quinn transport configuration for `opts`.
+pub fn transport(opts: TransportOptions) -> anyhow::Result<Arc<quinn::TransportConfig>> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .send_window(u64::from(CONNECTION_WINDOW))
+        .keep_alive_interval(Some(opts.keep_alive))
+        .max_idle_timeout(Some(
+            opts.idle_timeout
+                .try_into()
+                .context("idle timeout is too long")?,
+        ));
+    Ok(Arc::new(t))
+}
+
+/// The relay's server configuration.
+pub fn server_config(
+    identity: Identity,
+    opts: TransportOptions,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 is unavailable")?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .context("certificate and key do not form a usable identity")?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .context("could not build QUIC TLS configuration")?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport(opts)?);
+    Ok(config)
+}
+
+/// The configuration with which hosts and clients dial the relay.
+pub fn client_config(trust: &Trust, opts: TransportOptions) -> anyhow::Result<quinn::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    match trust {
+        Trust::Pinned(certs) => {
+            for c in certs {
+                roots
+                    .add(c.clone())
+                    .context("pinned certificate is not usable")?;
+            }
+        }
+        Trust::PinnedFile(path) => {
+            for c in load_certs(path)? {
+                roots
+                    .add(c)
+                    .with_context(|| format!("certificate in {} is not usable", path.display()))?;
+            }
+        }
+        Trust::System => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                // A malformed system root is skipped, as browsers do.
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                bail!("no system root certificates found; pass --relay-cert");
+            }
+        }
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 is unavailable")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .context("could not build QUIC TLS configuration")?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(opts)?);
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_identity_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+        let (made, created) = load_or_create(&cert, &key, &default_names(&[])).unwrap();
+        assert!(created);
+        let (loaded, created) = load_or_create(&cert, &key, &[]).unwrap();
+        assert!(!created);
+        assert_eq!(made.chain, loaded.chain);
+        assert_eq!(made.key.secret_der(), loaded.key.secret_der());
+        std::fs::remove_file(&key).unwrap();
+        assert!(load_or_create(&cert, &key, &[]).is_err());
+    }
+}

@@ -1,0 +1,344 @@
+//! JWT access tokens: claims, minting, and the relay's verification with a
+//! typed reason for every refusal.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Default `aud` claim: the relay's audience.
+pub const DEFAULT_AUDIENCE: &str = "shellrelay";
+
+/// Shortest shared secret accepted; HS256 with less is guessable offline.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// What a token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Register as host `sub` and receive its sessions.
+    Host,
+    /// Open sessions to host `sub`.
+    Client,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Host => "host",
+            Role::Client => "client",
+        })
+    }
+}
+
+/// The claims of a Shellrelay token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Host id.
+    pub sub: String,
+    /// Host or client.
+    pub role: Role,
+    /// The relay's audience.
+    pub aud: String,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Not valid before, Unix seconds.
+    pub nbf: u64,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Optional token id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+impl Claims {
+    /// Claims for `role` on host `sub`, valid from `now` for `ttl`.
+    pub fn new(role: Role, sub: &str, audience: &str, ttl: Duration) -> Claims {
+        let now = unix_now();
+        Claims {
+            sub: sub.to_owned(),
+            role,
+            aud: audience.to_owned(),
+            exp: now.saturating_add(ttl.as_secs()),
+            nbf: now,
+            iat: now,
+            jti: None,
+        }
+    }
+}
+
+/// The shared HS256 secret. Its `Debug` never shows the bytes.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+impl Secret {
+    /// A secret from bytes; refuses one shorter than [`MIN_SECRET_LEN`].
+    pub fn new(bytes: impl Into<Vec<u8>>) -> anyhow::Result<Secret> {
+        let bytes = bytes.into();
+        if bytes.len() < MIN_SECRET_LEN {
+            bail!(
+                "secret is {} bytes long; at least {MIN_SECRET_LEN} are needed",
+                bytes.len()
+            );
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// Reads a secret file, without its trailing newline.
+    pub fn from_file(path: &Path) -> anyhow::Result<Secret> {
+        let text = std::fs::read(path)
+            .with_context(|| format!("could not read secret file {}", path.display()))?;
+        let trimmed = text.trim_ascii_end();
+        Secret::new(trimmed.to_vec()).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// A fresh random 32-byte secret, hex-encoded so it can live in a file.
+    pub fn generate() -> Secret {
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        Secret(hex.into_bytes())
+    }
+
+    /// The secret's bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Where a peer's token comes from. A file is re-read on every connect, so a
+/// rotated token takes effect without a restart.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// A token given directly.
+    Literal(String),
+    /// A file holding the token.
+    File(PathBuf),
+}
+
+impl fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::Literal(_) => f.write_str("TokenSource::Literal(<redacted>)"),
+            TokenSource::File(p) => write!(f, "TokenSource::File({})", p.display()),
+        }
+    }
+}
+
+impl TokenSource {
+    /// The token, read afresh.
+    pub fn load(&self) -> anyhow::Result<String> {
+        let token = match self {
+            TokenSource::Literal(t) => t.trim().to_owned(),
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("could not read token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        };
+        if token.is_empty() {
+            bail!("token is empty");
+        }
+        Ok(token)
+    }
+}
+
+/// Signs claims into a JWT (HS256).
+pub fn mint(secret: &Secret, claims: &Claims) -> anyhow::Result<String> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.expose()),
+    )
+    .context("could not sign token")
+}
+
+/// Why the relay refused a token. Messages are what the peer is told.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TokenError {
+    /// Not a JWT, or claims missing or of the wrong type.
+    #[error("token is malformed")]
+    Malformed,
+    /// Signed with another key or algorithm.
+    #[error("token signature is invalid")]
+    BadSignature,
+    /// `exp` has passed.
+    #[error("token expired at {}", fmt_unix(*.0))]
+    Expired(u64),
+    /// `nbf` is still ahead.
+    #[error("token is not valid before {}", fmt_unix(*.0))]
+    NotYetValid(u64),
+    /// `aud` names another relay.
+    #[error("token audience {found:?} does not match this relay ({expected:?})")]
+    WrongAudience {
+        /// The token's `aud`.
+        found: String,
+        /// The relay's audience.
+        expected: String,
+    },
+    /// A host token used as a client token or the other way round.
+    #[error("{found} token used as a {wanted} token")]
+    WrongRole {
+        /// The token's role.
+        found: Role,
+        /// The role asked for.
+        wanted: Role,
+    },
+}
+
+/// Checks tokens for one relay.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    audience: String,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier for HS256 tokens signed with `secret` for `audience`.
+    pub fn new(secret: &Secret, audience: &str) -> Verifier {
+        Verifier {
+            key: DecodingKey::from_secret(secret.expose()),
+            audience: audience.to_owned(),
+        }
+    }
+
+    /// Verifies `token` for `role` at Unix time `now`.
+    pub fn verify(&self, token: &str, role: Role, now: u64) -> Result<Claims, TokenError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Time and audience are checked below, with exact reasons and no leeway:
+        // the relay enforces expiry on live connections to the second, so
+        // admitting a token it would close at once helps nobody.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    TokenError::BadSignature
+                }
+                _ => TokenError::Malformed,
+            }
+        })?;
+        let claims = data.claims;
+        if claims.aud != self.audience {
+            return Err(TokenError::WrongAudience {
+                found: claims.aud,
+                expected: self.audience.clone(),
+            });
+        }
+        if claims.role != role {
+            return Err(TokenError::WrongRole {
+                found: claims.role,
+                wanted: role,
+            });
+        }
+        if now >= claims.exp {
+            return Err(TokenError::Expired(claims.exp));
+        }
+        if now < claims.nbf {
+            return Err(TokenError::NotYetValid(claims.nbf));
+        }
+        Ok(claims)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Formats Unix seconds as RFC 3339 UTC.
+pub fn fmt_unix(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> Secret {
+        Secret::new(b"0123456789abcdef0123".to_vec()).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_good_token_and_names_every_refusal() {
+        let s = secret();
+        let v = Verifier::new(&s, "shellrelay");
+        let now = unix_now();
+        let good = Claims::new(Role::Host, "lab1", "shellrelay", Duration::from_secs(60));
+        let tok = mint(&s, &good).unwrap();
+        assert_eq!(v.verify(&tok, Role::Host, now).unwrap(), good);
+
+        assert_eq!(
+            v.verify(&tok, Role::Client, now),
+            Err(TokenError::WrongRole {
+                found: Role::Host,
+                wanted: Role::Client
+            })
+        );
+        let other = Secret::new(b"another secret, longer".to_vec()).unwrap();
+        assert_eq!(
+            v.verify(&mint(&other, &good).unwrap(), Role::Host, now),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            v.verify("garbage", Role::Host, now),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(v.verify("", Role::Host, now), Err(TokenError::Malformed));
+
+        let mut c = good.clone();
+        c.exp = now - 10;
+        let err = v
+            .verify(&mint(&s, &c).unwrap(), Role::Host, now)
+            .unwrap_err();
+        assert_eq!(err, TokenError::Expired(now - 10));
+        assert!(err.to_string().starts_with("token expired at 20"), "{err}");
+
+        let mut c = good.clone();
+        c.nbf = now + 100;
+        assert_eq!(
+            v.verify(&mint(&s, &c).unwrap(), Role::Host, now),
+            Err(TokenError::NotYetValid(now + 100))
+        );
+
+        let mut c = good.clone();
+        c.aud = "elsewhere".into();
+        assert!(matches!(
+            v.verify(&mint(&s, &c).unwrap(), Role::Host, now),
+            Err(TokenError::WrongAudience { .. })
+        ));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let s = secret();
+        assert!(!format!("{s:?}").contains("0123"));
+        let t = TokenSource::Literal("eyJsecret".into());
+        assert!(!format!("{t:?}").contains("eyJ"));
+        assert!(Secret::new(b"short".to_vec()).is_err());
+    }
+}
