@@ -46,6 +46,19 @@ pub struct Forwarder {
     session: tokio::sync::Mutex<Option<peer::Session>>,
 }
 
+/// A session stream the host side has reported `ready` on.
+#[derive(Debug)]
+pub struct Opened {
+    /// Session id assigned by the relay.
+    pub session: u64,
+    /// The host it reaches.
+    pub host: String,
+    /// Towards the host.
+    pub send: SendStream,
+    /// From the host.
+    pub recv: RecvStream,
+}
+
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -69,13 +82,13 @@ impl Forwarder {
         }
     }
 
-    /// The live connection, connecting (again) if there is none. The second
-    /// value says whether it was made just now.
-    pub async fn connection(&self) -> Result<(Connection, bool), ConnectError> {
+    /// The live connection and the host it reaches, connecting (again) if
+    /// there is none. The last value says whether it was made just now.
+    pub async fn connection(&self) -> Result<(Connection, String, bool), ConnectError> {
         let mut guard = self.session.lock().await;
         if let Some(session) = guard.as_ref() {
             if session.conn.close_reason().is_none() {
-                return Ok((session.conn.clone(), false));
+                return Ok((session.conn.clone(), session.host.clone(), false));
             }
         }
         *guard = None;
@@ -87,17 +100,25 @@ impl Forwarder {
         )
         .await?;
         info!(host = %session.host, relay = %self.config.relay.addr, "connected to relay");
-        let conn = session.conn.clone();
+        let (conn, host) = (session.conn.clone(), session.host.clone());
         *guard = Some(session);
-        Ok((conn, true))
+        Ok((conn, host, true))
     }
 
     /// Opens a session stream and waits for `ready`. Retries once on a fresh
     /// connection when a reused one turns out to be dead.
-    pub async fn open(&self) -> Result<(u64, SendStream, RecvStream), OpenError> {
+    pub async fn open(&self) -> Result<Opened, OpenError> {
         loop {
-            let (conn, fresh) = self.connection().await?;
+            let (conn, host, fresh) = self.connection().await?;
             match open_on(&conn).await {
+                Ok((session, send, recv)) => {
+                    return Ok(Opened {
+                        session,
+                        host,
+                        send,
+                        recv,
+                    })
+                }
                 Err(OpenError::Failed(_)) if !fresh && conn.close_reason().is_some() => continue,
                 Err(OpenError::Failed(err)) => {
                     return Err(
@@ -111,7 +132,7 @@ impl Forwarder {
                         },
                     )
                 }
-                other => return other,
+                Err(err) => return Err(err),
             }
         }
     }
@@ -204,21 +225,22 @@ pub async fn run(
 async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
-    let (session, send, recv) = match forwarder.open().await {
+    let opened = match forwarder.open().await {
         Ok(opened) => opened,
         Err(err) => {
             warn!(%peer, "closing ssh connection: {err}");
             return;
         }
     };
-    let host = forwarder.config.host.as_deref().unwrap_or("");
-    info!(session, host, %peer, "session started");
-    let t = splice::tcp_quic(tcp, send, recv).await;
+    let (session, host) = (opened.session, opened.host);
+    info!(session, %host, %peer, "session started");
+    let t = splice::tcp_quic(tcp, opened.send, opened.recv).await;
     info!(
         session,
+        %host,
         %peer,
-        up = t.sent,
-        down = t.received,
+        to_host = t.sent,
+        to_client = t.received,
         aborted = t.aborted,
         duration = ?started.elapsed(),
         "session ended"

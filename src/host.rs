@@ -214,8 +214,8 @@ async fn host_session(target: Arc<str>, (mut send, mut recv): (SendStream, RecvS
     info!(
         session,
         %client,
-        up = t.sent,
-        down = t.received,
+        to_client = t.sent,
+        to_host = t.received,
         aborted = t.aborted,
         duration = ?started.elapsed(),
         "session ended"

@@ -493,8 +493,8 @@ async fn relay_session(
     let t = splice::quic_quic((c_send, c_recv), (h_send, h_recv)).await;
     info!(
         %client,
-        up = t.sent,
-        down = t.received,
+        to_host = t.sent,
+        to_client = t.received,
         aborted = t.aborted,
         duration = ?started.elapsed(),
         "session ended"
