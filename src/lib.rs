@@ -14,3 +14,23 @@ pub mod relay;
 pub mod splice;
 pub mod tls;
 pub mod token;
+
+/// Raises this process's soft limit on open files to its hard limit: every
+/// session holds sockets, and the common soft default of 1024 would cap a
+/// forwarder or host agent at a few hundred concurrent sessions.
+pub fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The tunnel end to end (relay, host agent, client forwarder in-process,
+//! real TCP targets on loopback): integrity, ordering, auth, expiry,
+//! offline hosts and stream semantics.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use shellrelay::peer::{self, ConnectError};
+use shellrelay::protocol::Reason;
+use shellrelay::token::{self, unix_now, Claims, Role, Secret, TokenSource};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Sends `len` bytes of noise through one session to the echo target and
+/// checks that exactly the same bytes come back.
+async fn echo_roundtrip(client: std::net::SocketAddr, seed: u64, len: u64) {
+    let tcp = TcpStream::connect(client).await.unwrap();
+    let (mut r, mut w) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let sent = write_noise(&mut w, seed, len).await;
+        w.shutdown().await.unwrap();
+        sent
+    });
+    let (count, got) = hash_to_end(&mut r).await;
+    let sent = writer.await.unwrap();
+    assert_eq!(count, len, "session {seed}: byte count");
+    assert_eq!(hex(&got), hex(&sent), "session {seed}: SHA-256");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_concurrent_sessions_carry_8_mib_each_intact() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let client = tunnel.client("lab1").await;
+    let sessions: Vec<_> = (0..32)
+        .map(|seed| tokio::spawn(echo_roundtrip(client, seed, 8 << 20)))
+        .collect();
+    within(Duration::from_secs(240), "32 sessions of 8 MiB", async {
+        for s in sessions {
+            s.await.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_sessions_share_one_connection() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let client = tunnel.client("lab1").await;
+    within(Duration::from_secs(120), "1,000 open sessions", async {
+        // Open all sessions first and keep them open, then use them all.
+        let mut open = Vec::new();
+        for i in 0..1000u32 {
+            let mut tcp = TcpStream::connect(client).await.unwrap();
+            tcp.write_all(&i.to_be_bytes()).await.unwrap();
+            open.push(tcp);
+        }
+        for (i, tcp) in open.iter_mut().enumerate() {
+            let mut back = [0u8; 4];
+            tcp.read_exact(&mut back).await.unwrap();
+            assert_eq!(u32::from_be_bytes(back), i as u32);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_written_at_once_against_a_target_that_speaks_first_arrive_in_order() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", greeting_server().await).await;
+    let client = tunnel.client("lab1").await;
+    let sessions: Vec<_> = (0..50u32)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut tcp = TcpStream::connect(client).await.unwrap();
+                // Written before anything is read, the instant TCP connects.
+                let mut sent = Vec::new();
+                for line in 0..200u32 {
+                    sent.extend_from_slice(format!("session {i} line {line}\n").as_bytes());
+                }
+                tcp.write_all(&sent).await.unwrap();
+                tcp.shutdown().await.unwrap();
+                let got = read_until_closed(&mut tcp).await;
+                let mut want = GREETING.to_vec();
+                want.extend_from_slice(&sent);
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&want)
+                );
+            })
+        })
+        .collect();
+    within(WAIT, "50 ordered sessions", async {
+        for s in sessions {
+            s.await.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_keeps_the_other_direction_open() {
+    let tunnel = Tunnel::start().await;
+    // Reads everything until FIN, then answers with a count: only works if
+    // the FIN travelled end to end while the way back stayed open.
+    let target = serve(|mut tcp| async move {
+        let mut all = Vec::new();
+        tcp.read_to_end(&mut all).await.unwrap();
+        tcp.write_all(format!("got {} bytes", all.len()).as_bytes())
+            .await
+            .unwrap();
+    })
+    .await;
+    let _host = tunnel.host("lab1", target).await;
+    let client = tunnel.client("lab1").await;
+    let mut tcp = TcpStream::connect(client).await.unwrap();
+    tcp.write_all(&vec![7u8; 100_000]).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let got = within(WAIT, "answer after half-close", read_until_closed(&mut tcp)).await;
+    assert_eq!(got, b"got 100000 bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_session_resets_the_far_side() {
+    let tunnel = Tunnel::start().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let target = serve(move |mut tcp| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = [0u8; 1024];
+            let ended = loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) => break "eof",
+                    Ok(_) => {}
+                    Err(_) => break "reset",
+                }
+            };
+            let _ = tx.send(ended);
+        }
+    })
+    .await;
+    let _host = tunnel.host("lab1", target).await;
+    let client = tunnel.client("lab1").await;
+    let tcp = TcpStream::connect(client).await.unwrap();
+    let mut tcp = tcp;
+    tcp.write_all(b"hello").await.unwrap();
+    // Make sure the session is established end to end before aborting.
+    tcp.write_all(b" again").await.unwrap();
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(tcp);
+    let ended = within(WAIT, "target to see the abort", rx.recv()).await;
+    assert_eq!(ended, Some("reset"));
+}
+
+/// Connects as `role` with `token` and returns the refusal.
+async fn refusal(
+    tunnel: &Tunnel,
+    role: Role,
+    token: String,
+    host: Option<&str>,
+) -> (Reason, String) {
+    let err = within(
+        WAIT,
+        "hello answer",
+        peer::connect(
+            &tunnel.relay_addr(),
+            &TokenSource::Literal(token),
+            role,
+            host,
+        ),
+    )
+    .await
+    .expect_err("the relay accepted a token it should refuse");
+    match err {
+        ConnectError::Refused(r) => (r.reason, r.message),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_with_their_reason_and_the_relay_serves_on() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let client = tunnel.client("lab1").await;
+    let now = unix_now();
+    let claims = |role| Claims::new(role, "lab1", token::DEFAULT_AUDIENCE, HOUR);
+    let other = Secret::new(b"some other secret, long enough".to_vec()).unwrap();
+
+    let mut expired = claims(Role::Client);
+    expired.exp = now - 60;
+    expired.nbf = now - 120;
+    let mut early = claims(Role::Client);
+    early.nbf = now + 600;
+    let mut elsewhere = claims(Role::Client);
+    elsewhere.aud = "another-relay".into();
+
+    let cases: Vec<(&str, Role, String, Option<&str>, Reason, &str)> = vec![
+        (
+            "bad signature",
+            Role::Client,
+            token::mint(&other, &claims(Role::Client)).unwrap(),
+            None,
+            Reason::BadToken,
+            "token signature is invalid",
+        ),
+        (
+            "expired",
+            Role::Client,
+            tunnel.sign(&expired),
+            None,
+            Reason::TokenExpired,
+            "token expired at ",
+        ),
+        (
+            "not yet valid",
+            Role::Client,
+            tunnel.sign(&early),
+            None,
+            Reason::BadToken,
+            "token is not valid before ",
+        ),
+        (
+            "wrong audience",
+            Role::Client,
+            tunnel.sign(&elsewhere),
+            None,
+            Reason::BadToken,
+            "audience",
+        ),
+        (
+            "host token as client",
+            Role::Client,
+            tunnel.sign(&claims(Role::Host)),
+            None,
+            Reason::BadToken,
+            "host token used as a client token",
+        ),
+        (
+            "client token as host",
+            Role::Host,
+            tunnel.sign(&claims(Role::Client)),
+            None,
+            Reason::BadToken,
+            "client token used as a host token",
+        ),
+        (
+            "client token for another host",
+            Role::Client,
+            tunnel.token(Role::Client, "lab2", HOUR),
+            Some("lab1"),
+            Reason::BadToken,
+            "client token for host lab2 cannot reach host lab1",
+        ),
+        (
+            "client token for a host that is not connected",
+            Role::Client,
+            tunnel.token(Role::Client, "lab2", HOUR),
+            None,
+            Reason::HostOffline,
+            "host lab2 is not connected",
+        ),
+        (
+            "garbage",
+            Role::Client,
+            "not a token at all".into(),
+            None,
+            Reason::BadToken,
+            "token is malformed",
+        ),
+        (
+            "garbage host",
+            Role::Host,
+            "x.y.z".into(),
+            None,
+            Reason::BadToken,
+            "token is malformed",
+        ),
+    ];
+    for (name, role, token, host, reason, words) in cases {
+        let (got_reason, message) = refusal(&tunnel, role, token, host).await;
+        assert_eq!(got_reason, reason, "{name}: {message}");
+        assert!(
+            message.contains(words),
+            "{name}: {message:?} lacks {words:?}"
+        );
+        // The refused peer did not disturb anyone else.
+        assert_eq!(tunnel.registry.hosts(), vec!["lab1".to_owned()], "{name}");
+    }
+    echo_roundtrip(client, 1, 64 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_is_closed_when_the_client_token_expires() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let token = tunnel.token(Role::Client, "lab1", Duration::from_secs(3));
+    let exp = unix_now() + 3;
+    let (client, _peer) = tunnel.client_with(token, None).await;
+    let mut tcp = TcpStream::connect(client).await.unwrap();
+    tcp.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    within(WAIT, "echo", tcp.read_exact(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    within(
+        Duration::from_secs(15),
+        "session to close at expiry",
+        read_until_closed(&mut tcp),
+    )
+    .await;
+    assert!(unix_now() >= exp, "closed before the token expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_is_unregistered_when_its_token_expires() {
+    let tunnel = Tunnel::start().await;
+    let exp = unix_now() + 3;
+    let token = tunnel.token(Role::Host, "lab1", Duration::from_secs(3));
+    let _host = tunnel.spawn_host(token, echo_server().await);
+    within(
+        WAIT,
+        "host to register",
+        tunnel.registry.wait_host("lab1", true),
+    )
+    .await;
+    within(
+        Duration::from_secs(15),
+        "host to be dropped at expiry",
+        tunnel.registry.wait_host("lab1", false),
+    )
+    .await;
+    assert!(unix_now() >= exp, "unregistered before the token expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_host_closes_the_session_promptly_then_works_once_it_connects() {
+    let tunnel = Tunnel::start().await;
+    let client = tunnel.client("lab1").await;
+    let mut tcp = TcpStream::connect(client).await.unwrap();
+    tcp.write_all(b"SSH-2.0-client\r\n").await.unwrap();
+    let started = Instant::now();
+    let got = within(
+        Duration::from_secs(10),
+        "offline session to close",
+        read_until_closed(&mut tcp),
+    )
+    .await;
+    assert!(got.is_empty(), "nothing should come back: {got:?}");
+    eprintln!("offline session closed after {:?}", started.elapsed());
+
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    echo_roundtrip(client, 2, 1 << 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_target_closes_the_session_promptly() {
+    let tunnel = Tunnel::start().await;
+    // A port that was free a moment ago: nothing listens there.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let _host = tunnel.host("lab1", dead).await;
+    let client = tunnel.client("lab1").await;
+    let mut tcp = TcpStream::connect(client).await.unwrap();
+    let got = within(
+        Duration::from_secs(10),
+        "session to close",
+        read_until_closed(&mut tcp),
+    )
+    .await;
+    assert!(got.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_host_connection_replaces_the_older_one() {
+    let tunnel = Tunnel::start().await;
+    let first = tunnel.host("lab1", echo_server().await).await;
+    let _second = tunnel.spawn_host(tunnel.token(Role::Host, "lab1", HOUR), echo_server().await);
+    let ended = within(WAIT, "first agent to stop", first.task)
+        .await
+        .unwrap();
+    let err = ended.expect_err("the replaced agent should report why it stopped");
+    assert!(err.to_string().contains("replaced"), "{err:#}");
+    within(
+        WAIT,
+        "second host to register",
+        tunnel.registry.wait_host("lab1", true),
+    )
+    .await;
+    let client = tunnel.client("lab1").await;
+    echo_roundtrip(client, 3, 1 << 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_shutdown_closes_peers_with_the_reason() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let session = within(
+        WAIT,
+        "client hello",
+        peer::connect(
+            &tunnel.relay_addr(),
+            &TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR)),
+            Role::Client,
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    let conn = session.conn.clone();
+    tunnel.stop().await;
+    let err = within(WAIT, "client connection to close", conn.closed()).await;
+    let refusal =
+        shellrelay::protocol::Refusal::from_connection_error(&err).expect("an application close");
+    assert_eq!(refusal.reason, Reason::ShuttingDown);
+}
