@@ -53,6 +53,8 @@ pub struct Opened {
     pub session: u64,
     /// The host it reaches.
     pub host: String,
+    /// The connection it lives on.
+    pub conn: Connection,
     /// Towards the host.
     pub send: SendStream,
     /// From the host.
@@ -115,6 +117,7 @@ impl Forwarder {
                     return Ok(Opened {
                         session,
                         host,
+                        conn,
                         send,
                         recv,
                     })
@@ -232,9 +235,16 @@ async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let (session, host) = (opened.session, opened.host);
+    let (session, host, conn) = (opened.session, opened.host, opened.conn);
     info!(session, %host, %peer, "session started");
     let t = splice::tcp_quic(tcp, opened.send, opened.recv).await;
+    if let Some(refusal) = conn
+        .close_reason()
+        .as_ref()
+        .and_then(Refusal::from_connection_error)
+    {
+        warn!(session, %host, "relay closed the connection: {}", refusal.message);
+    }
     info!(
         session,
         %host,

@@ -29,7 +29,9 @@ pub const MAX_FRAME_LEN: usize = 16 * 1024;
 /// A control or session-header frame. On the wire: a big-endian `u16` body
 /// length followed by that many bytes of JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// Unknown fields are ignored so that a later minor revision can add
+// optional fields without breaking version-1 peers.
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Frame {
     /// First frame on a peer's control stream.
     Hello {

@@ -2,17 +2,21 @@
 //! stream ⇄ QUIC stream at the relay. Half-close (FIN) and aborts (TCP reset,
 //! stream reset, stop-sending) are carried across, never swallowed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::BytesMut;
 use quinn::{ReadError, RecvStream, SendStream, WriteError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::protocol::Reason;
 
-/// Size of each read from a TCP socket: large enough for bulk transfers,
-/// small enough that thousands of idle sessions cost little (the buffer
-/// exists only while a read is outstanding with data).
+/// Size of the buffer TCP reads go into: large enough for bulk transfers.
 const TCP_READ_CHUNK: usize = 64 * 1024;
+
+/// Below this much free space a fresh read buffer is taken, so that a read
+/// is never starved into tiny chunks.
+const MIN_READ: usize = 8 * 1024;
 
 /// Bytes moved by a session, each way.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -32,29 +36,38 @@ struct Aborted(u64);
 /// An abort on either side (TCP reset, stream reset or stop) aborts both:
 /// the stream is reset and stopped and the TCP connection is reset.
 pub async fn tcp_quic(mut tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) -> Transfer {
-    let (mut tcp_read, mut tcp_write) = tcp.split();
-    let sent = std::sync::atomic::AtomicU64::new(0);
-    let received = std::sync::atomic::AtomicU64::new(0);
+    let (tcp_read, mut tcp_write) = tcp.split();
+    let sent = AtomicU64::new(0);
+    let received = AtomicU64::new(0);
     let upstream = async {
+        let stopped = send.stopped();
+        tokio::pin!(stopped);
         let mut buf = BytesMut::new();
         loop {
-            buf.reserve(TCP_READ_CHUNK);
-            let n = tokio::select! {
-                n = tcp_read.read_buf(&mut buf) => n,
-                _ = send.stopped() => return Err(Aborted(0)),
-            };
-            match n {
+            // Wait for data before taking a buffer, so an idle session
+            // holds none.
+            tokio::select! {
+                ready = tcp_read.readable() => if ready.is_err() { return Err(Aborted(0)) },
+                _ = &mut stopped => return Err(Aborted(0)),
+            }
+            if buf.capacity() < MIN_READ {
+                buf.reserve(TCP_READ_CHUNK);
+            }
+            match tcp_read.try_read_buf(&mut buf) {
                 Ok(0) => {
                     // Half-close: the far side sees a FIN and keeps sending.
                     let _ = send.finish();
                     return Ok(());
                 }
                 Ok(n) => {
+                    // Successive reads share one allocation; quinn frees it
+                    // once the last chunk in it is acknowledged.
                     if send.write_chunk(buf.split().freeze()).await.is_err() {
                         return Err(Aborted(0));
                     }
-                    sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    sent.fetch_add(n as u64, Ordering::Relaxed);
                 }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => return Err(Aborted(0)),
             }
         }
@@ -66,10 +79,7 @@ pub async fn tcp_quic(mut tcp: TcpStream, mut send: SendStream, mut recv: RecvSt
                     if tcp_write.write_all(&chunk.bytes).await.is_err() {
                         return Err(Aborted(0));
                     }
-                    received.fetch_add(
-                        chunk.bytes.len() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    received.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
                 }
                 Ok(None) => {
                     let _ = tcp_write.shutdown().await;
@@ -122,10 +132,12 @@ pub async fn quic_quic(a: (SendStream, RecvStream), b: (SendStream, RecvStream))
 /// Forwards one direction, carrying FIN, reset and stop-sending across.
 async fn forward(from: &mut RecvStream, to: &mut SendStream) -> Result<u64, Aborted> {
     let mut total = 0u64;
+    let stopped = to.stopped();
+    tokio::pin!(stopped);
     loop {
         let read = tokio::select! {
             read = from.read_chunk(usize::MAX, true) => read,
-            stopped = to.stopped() => {
+            stopped = &mut stopped => {
                 let code = match stopped {
                     Ok(Some(code)) => code,
                     _ => Reason::Aborted.varint(),
