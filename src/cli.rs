@@ -285,33 +285,23 @@ pub struct DemoOpt {
     listen: SocketAddr,
 }
 
-/// A token that is cancelled on SIGINT or SIGTERM.
-pub fn shutdown_signal() -> CancellationToken {
+/// A token that is cancelled on SIGINT or SIGTERM. The handlers are in
+/// place when this returns, so a signal that arrives right after start-up
+/// still ends in a graceful shutdown. Must be called inside the runtime.
+pub fn shutdown_signal() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("could not handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("could not handle SIGTERM")?;
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = ctrl_c.await;
-                        cancel.cancel();
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
+        tokio::select! {
+            _ = interrupt.recv() => info!("SIGINT: shutting down"),
+            _ = terminate.recv() => info!("SIGTERM: shutting down"),
         }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
         cancel.cancel();
     });
-    token
+    Ok(token)
 }
 
 impl Cli {
@@ -326,7 +316,7 @@ impl Cli {
                     target: opt.target,
                     max_backoff: opt.max_backoff,
                 };
-                host::run(config, shutdown_signal()).await
+                host::run(config, shutdown_signal()?).await
             }
             Command::Client(opt) => {
                 let config = client::ClientConfig {
@@ -337,11 +327,11 @@ impl Cli {
                 let listener = tokio::net::TcpListener::bind(opt.listen)
                     .await
                     .with_context(|| format!("could not listen on {}", opt.listen))?;
-                client::run(config, listener, shutdown_signal()).await
+                client::run(config, listener, shutdown_signal()?).await
             }
             Command::Token(opt) => {
-                if opt.ttl.is_zero() {
-                    bail!("--ttl must be longer than zero");
+                if opt.ttl < Duration::from_secs(1) {
+                    bail!("--ttl must be at least 1s (token times are whole seconds)");
                 }
                 let secret = opt.secret.load()?;
                 let mut claims = Claims::new(opt.role, &opt.host, &opt.audience, opt.ttl);
@@ -368,7 +358,7 @@ impl Cli {
                 );
                 Ok(())
             }
-            Command::Demo(opt) => demo::run(&opt.target, opt.listen, shutdown_signal()).await,
+            Command::Demo(opt) => demo::run(&opt.target, opt.listen, shutdown_signal()?).await,
         }
     }
 }
@@ -385,5 +375,5 @@ async fn run_relay(opt: RelayOpt) -> anyhow::Result<()> {
     }
     let server = tls::server_config(identity, opt.transport.options()?)?;
     let relay = relay::Relay::bind(opt.listen, server, Verifier::new(&secret, &opt.audience))?;
-    relay.run(shutdown_signal()).await
+    relay.run(shutdown_signal()?).await
 }

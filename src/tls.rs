@@ -91,7 +91,13 @@ pub fn create_self_signed(cert: &Path, key: &Path, names: &[String]) -> anyhow::
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     opts.open(key)
-        .and_then(|mut f| f.write_all(key_pem.as_bytes()))
+        .and_then(|mut f| {
+            // The mode above applies only to a new file; an old key file
+            // being replaced is made private too.
+            #[cfg(unix)]
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            f.write_all(key_pem.as_bytes())
+        })
         .with_context(|| format!("could not write {}", key.display()))?;
     Ok(identity)
 }

@@ -201,7 +201,9 @@ async fn bad_tokens_are_refused_with_their_reason_and_the_relay_serves_on() {
     let mut elsewhere = claims(Role::Client);
     elsewhere.aud = "another-relay".into();
 
-    let cases: Vec<(&str, Role, String, Option<&str>, Reason, &str)> = vec![
+    // (name, role asked for, token, host asked for, reason, words in the message)
+    type Case<'a> = (&'a str, Role, String, Option<&'a str>, Reason, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "bad signature",
             Role::Client,

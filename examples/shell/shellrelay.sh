@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Terminal 1 of 3: the relay.
+#
+# Makes a shared secret (once), mints one-hour host and client tokens, and
+# runs the relay on $SHELLRELAY_RELAY (default 127.0.0.1:4433). On its first
+# start the relay writes a self-signed certs/relay.crt and certs/relay.key
+# and logs the certificate's SHA-256 fingerprint.
+#
+# Next: run examples/shell/shellhost.sh in terminal 2.
+#
+# Environment:
+#   SHELLRELAY          command to run (default: cargo run --release --quiet --)
+#   SHELLRELAY_RELAY    address the relay listens on (default 127.0.0.1:4433)
+#   SHELLRELAY_HOST_ID  host id the tokens are minted for (default lab1)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+read -r -a shellrelay <<<"${SHELLRELAY:-cargo run --release --quiet --}"
+relay="${SHELLRELAY_RELAY:-127.0.0.1:4433}"
+host_id="${SHELLRELAY_HOST_ID:-lab1}"
+
+mkdir -p certs
+if [[ ! -s certs/secret ]]; then
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >certs/secret)
+    chmod 600 certs/secret
+    echo "made certs/secret"
+fi
+
+# Write each token to a temporary file first, so that a failed mint never
+# leaves an empty token behind.
+mint() {
+    local role=$1 out=$2 tmp="${2%.token}.new.token"
+    (umask 077 && "${shellrelay[@]}" token --secret-file certs/secret \
+        --role "$role" --host "$host_id" --ttl 1h >"$tmp")
+    mv "$tmp" "$out"
+    echo "made $out ($role token for host $host_id, valid for one hour)"
+}
+mint host certs/host.token
+mint client certs/client.token
+
+echo "starting the relay on udp $relay; next: examples/shell/shellhost.sh"
+exec "${shellrelay[@]}" relay --listen "$relay" --secret-file certs/secret

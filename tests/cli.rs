@@ -1,0 +1,999 @@
+//! Runs the real `shellrelay` binary: help texts, error messages, the
+//! `token` and `certs` subcommands, and relay and client processes talking
+//! to each other over loopback.
+//!
+//! Every wait is bounded by a timeout; every port is picked by the kernel.
+#![cfg(unix)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shellrelay");
+
+/// Longest wait for a process to finish or to log an expected line.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Longest wait for the far side to close a forwarded TCP connection.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// A secret long enough for the relay (the trailing newline is trimmed).
+const SECRET: &str = "0123456789abcdef0123456789abcdef\n";
+
+// ---------------------------------------------------------------- helpers
+
+/// A command for the binary with a clean environment: no `SHELLRELAY_*`
+/// variable from the caller leaks in, logs are plain text at info level,
+/// and a panic would print a backtrace (which the tests look for).
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SHELLRELAY_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// What a finished run printed.
+struct Out {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- stdout\n{}--- stderr\n{}---",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` to completion, within [`WAIT`].
+async fn run_cmd(mut cmd: Command) -> Out {
+    let what = format!("{cmd:?}");
+    let output = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("could not run {what}: {e}"));
+    Out {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs the binary with `args` to completion.
+async fn run(args: &[&str]) -> Out {
+    run_cmd(command(args)).await
+}
+
+/// Asserts a failed run printed a one-line `error: ...` naming `needle`.
+fn assert_one_line_error(out: &Out, needle: &str) {
+    assert!(!out.status.success(), "expected a failure: {out:?}");
+    assert!(!out.stderr.contains("panicked"), "panicked: {out:?}");
+    assert!(
+        !out.stderr.contains("backtrace"),
+        "printed a backtrace: {out:?}"
+    );
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr: {out:?}");
+    assert!(
+        lines[0].starts_with("error: "),
+        "expected `error: ...`: {out:?}"
+    );
+    assert!(
+        lines[0].contains(needle),
+        "expected the error to name {needle:?}: {out:?}"
+    );
+    assert!(out.stdout.is_empty(), "expected nothing on stdout: {out:?}");
+}
+
+/// Collapses runs of whitespace, so that help text wrapped at any terminal
+/// width reads as one line.
+fn squash(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `key=...` in a log line, up to the next space.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("{key}=");
+    let mut rest = line;
+    while let Some(at) = rest.find(&pat) {
+        let before = &rest[..at];
+        let value = &rest[at + pat.len()..];
+        // A whole field name: at the start or after a space, `{` or `,`.
+        if before.is_empty() || before.ends_with([' ', '{', ',']) {
+            return value.split([' ', '}', ',']).next();
+        }
+        rest = value;
+    }
+    None
+}
+
+/// The socket address in field `key` of a log line.
+fn addr_field(line: &str, key: &str) -> SocketAddr {
+    field(line, key)
+        .unwrap_or_else(|| panic!("no {key}= in log line {line:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{key}= in {line:?} is not an address: {e}"))
+}
+
+fn write_secret(dir: &Path) -> PathBuf {
+    let path = dir.join("secret");
+    std::fs::write(&path, SECRET).expect("write secret file");
+    path
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// Decodes unpadded base64url, as used in JWTs.
+fn base64url(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => panic!("{:?} is not base64url: {text:?}", c as char),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    assert!(bits < 6 && acc == 0, "trailing bits in base64url {text:?}");
+    out
+}
+
+/// HMAC-SHA256 (RFC 2104), to check a token's signature.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+/// Checks `jwt` is three base64url parts, HS256-signed with `secret`, and
+/// returns its header and claims.
+fn decode_jwt(jwt: &str, secret: &[u8]) -> (serde_json::Value, serde_json::Value) {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "a JWT has three parts: {jwt:?}");
+    assert!(
+        parts.iter().all(|p| !p.is_empty()),
+        "empty JWT part: {jwt:?}"
+    );
+    let json = |part: &str| -> serde_json::Value {
+        serde_json::from_slice(&base64url(part))
+            .unwrap_or_else(|e| panic!("JWT part {part:?} is not JSON: {e}"))
+    };
+    let (header, claims) = (json(parts[0]), json(parts[1]));
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    assert_eq!(
+        base64url(parts[2]),
+        hmac_sha256(secret, signed.as_bytes()),
+        "signature is not HMAC-SHA256 over the secret: {jwt:?}"
+    );
+    (header, claims)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Mints a token with the `token` subcommand and returns it.
+async fn mint(secret: &Path, role: &str, host: &str, ttl: &str) -> String {
+    let out = run(&[
+        "token",
+        "--secret-file",
+        path_str(secret),
+        "--role",
+        role,
+        "--host",
+        host,
+        "--ttl",
+        ttl,
+    ])
+    .await;
+    assert!(out.status.success(), "token failed: {out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "token prints exactly one line: {out:?}");
+    assert!(out.stdout.ends_with('\n'), "token ends its line: {out:?}");
+    lines[0].to_owned()
+}
+
+/// Runs `certs --out dir` and checks it worked.
+async fn make_certs(dir: &Path) -> (PathBuf, PathBuf) {
+    let out = run(&["certs", "--out", path_str(dir)]).await;
+    assert!(out.status.success(), "certs failed: {out:?}");
+    (dir.join("relay.crt"), dir.join("relay.key"))
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A SHA-256 fingerprint as the binary prints it: 32 colon-separated hex bytes.
+fn is_fingerprint(text: &str) -> bool {
+    let bytes: Vec<&str> = text.split(':').collect();
+    bytes.len() == 32
+        && bytes
+            .iter()
+            .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// A running `shellrelay` process whose stderr is read line by line. Drop
+/// kills it, so nothing outlives a failed assertion.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, args: &[&str]) -> Proc {
+        let mut cmd = command(args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {name}: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::unbounded_channel();
+        // Drains stderr for the life of the process, so it never blocks on
+        // a full pipe.
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(strip_ansi(&line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            name,
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    /// Waits for a stderr line that satisfies `pred` and returns it.
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let (lines, seen) = (&mut self.lines, &mut self.seen);
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.recv().await {
+                seen.push(line.clone());
+                if pred(&line) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!(
+                "{} closed stderr before logging {what}; it logged:\n{}",
+                self.name,
+                self.log()
+            ),
+            Err(_) => panic!(
+                "{} did not log {what} within {WAIT:?}; it logged:\n{}",
+                self.name,
+                self.log()
+            ),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    async fn wait_for_text(&mut self, needle: &str) -> String {
+        self.wait_for(&format!("{needle:?}"), |l| l.contains(needle))
+            .await
+    }
+
+    /// Asserts the process is still running.
+    fn assert_running(&mut self) {
+        match self.child.try_wait() {
+            Ok(None) => {}
+            other => panic!(
+                "{} is not running ({other:?}); it logged:\n{}",
+                self.name,
+                self.log()
+            ),
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    async fn terminate(&mut self) -> ExitStatus {
+        let pid = self
+            .child
+            .id()
+            .unwrap_or_else(|| panic!("{} has already been reaped", self.name));
+        let mut kill = Command::new("kill");
+        kill.args(["-TERM", &pid.to_string()]);
+        let out = run_cmd(kill).await;
+        assert!(out.status.success(), "kill -TERM {pid} failed: {out:?}");
+        match tokio::time::timeout(WAIT, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                // Keep whatever it logged while stopping, for messages.
+                while let Ok(Some(line)) = tokio::time::timeout(WAIT, self.lines.recv()).await {
+                    self.seen.push(line);
+                }
+                status
+            }
+            Ok(Err(e)) => panic!("could not wait for {}: {e}", self.name),
+            Err(_) => panic!(
+                "{} did not exit within {WAIT:?} of SIGTERM; it logged:\n{}",
+                self.name,
+                self.log()
+            ),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Starts a relay on a free loopback port with its certificate in `dir`.
+async fn start_relay(dir: &Path, secret: &Path) -> (Proc, SocketAddr) {
+    let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+    let mut relay = Proc::spawn(
+        "relay",
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--secret-file",
+            path_str(secret),
+            "--cert",
+            path_str(&cert),
+            "--key",
+            path_str(&key),
+        ],
+    );
+    let line = relay.wait_for_text("relay listening").await;
+    let addr = addr_field(&line, "addr");
+    assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
+    assert_ne!(addr.port(), 0, "{line}");
+    (relay, addr)
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test]
+async fn help_of_every_subcommand_names_the_defaults() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "relay",
+            &[
+                "--listen",
+                "[default: [::]:4433]",
+                "--secret-file",
+                "--secret",
+                "--cert",
+                "[default: certs/relay.crt]",
+                "--key",
+                "[default: certs/relay.key]",
+                "--audience",
+                "[default: shellrelay]",
+                "--name",
+                "--keep-alive",
+                "[default: 10s]",
+                "--idle-timeout",
+                "[default: 30s]",
+            ],
+        ),
+        (
+            "host",
+            &[
+                "--relay",
+                "--relay-cert",
+                "--token-file",
+                "--token",
+                "--target",
+                "[default: 127.0.0.1:22]",
+                "--max-backoff",
+                "--keep-alive",
+                "[default: 10s]",
+                "--idle-timeout",
+                "[default: 30s]",
+            ],
+        ),
+        (
+            "client",
+            &[
+                "--relay",
+                "--relay-cert",
+                "--token-file",
+                "--token",
+                "--listen",
+                "[default: 127.0.0.1:2222]",
+                "--host",
+                "--keep-alive",
+                "[default: 10s]",
+                "--idle-timeout",
+                "[default: 30s]",
+            ],
+        ),
+        (
+            "token",
+            &[
+                "--secret-file",
+                "--secret",
+                "--role",
+                "--host",
+                "--ttl",
+                "[default: 1h]",
+                "--audience",
+                "[default: shellrelay]",
+                "--jti",
+            ],
+        ),
+        ("certs", &["--out", "[default: certs]", "--name", "--force"]),
+        (
+            "demo",
+            &[
+                "--target",
+                "[default: 127.0.0.1:22]",
+                "--listen",
+                "[default: 127.0.0.1:2222]",
+            ],
+        ),
+    ];
+    for (sub, needles) in cases {
+        let out = run(&[sub, "--help"]).await;
+        assert!(out.status.success(), "{sub} --help failed: {out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{sub} --help wrote to stderr: {out:?}"
+        );
+        let help = squash(&out.stdout);
+        assert!(
+            help.contains(&format!("Usage: shellrelay {sub}")),
+            "{sub} --help has no usage line: {out:?}"
+        );
+        for needle in *needles {
+            assert!(
+                help.contains(needle),
+                "{sub} --help does not mention {needle:?}: {out:?}"
+            );
+        }
+    }
+
+    let out = run(&["--help"]).await;
+    assert!(out.status.success(), "--help failed: {out:?}");
+    for (sub, _) in cases {
+        assert!(
+            out.stdout.contains(sub),
+            "--help does not list {sub}: {out:?}"
+        );
+    }
+    let out = run(&["--version"]).await;
+    assert!(out.status.success(), "--version failed: {out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("shellrelay {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn wrong_flags_are_short_usage_errors() {
+    let mut cases: Vec<Vec<&str>> = ["relay", "host", "client", "token", "certs", "demo"]
+        .iter()
+        .map(|sub| vec![*sub, "--no-such-flag"])
+        .collect();
+    cases.push(vec!["no-such-command"]);
+    cases.push(vec![]);
+    cases.push(vec![
+        "token",
+        "--secret-file",
+        "s",
+        "--role",
+        "admin",
+        "--host",
+        "x",
+    ]);
+    cases.push(vec![
+        "relay",
+        "--secret",
+        "0123456789abcdef",
+        "--listen",
+        "nowhere",
+    ]);
+    for args in cases {
+        let out = run(&args).await;
+        assert!(!out.status.success(), "{args:?} succeeded: {out:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: clap's usage exit code: {out:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} wrote to stdout: {out:?}");
+        assert!(
+            out.stderr.starts_with("error: ") || out.stderr.starts_with("Relay ssh"),
+            "{args:?}: expected an error or the usage: {out:?}"
+        );
+        assert!(
+            out.stderr.lines().count() <= 20,
+            "{args:?}: too long: {out:?}"
+        );
+        for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+            assert!(!out.stderr.contains(bad), "{args:?}: {bad}: {out:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn missing_secret_file_is_a_one_line_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-such-secret");
+    let missing = path_str(&missing);
+    let out = run(&[
+        "token",
+        "--secret-file",
+        missing,
+        "--role",
+        "host",
+        "--host",
+        "lab1",
+    ])
+    .await;
+    assert_one_line_error(&out, missing);
+
+    let cert = dir.path().join("relay.crt");
+    let key = dir.path().join("relay.key");
+    let out = run(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--secret-file",
+        missing,
+        "--cert",
+        path_str(&cert),
+        "--key",
+        path_str(&key),
+    ])
+    .await;
+    assert_one_line_error(&out, missing);
+    assert!(
+        !cert.exists() && !key.exists(),
+        "a relay without a secret wrote a certificate"
+    );
+}
+
+#[tokio::test]
+async fn missing_token_file_is_a_one_line_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, _) = make_certs(dir.path()).await;
+    let missing = dir.path().join("no-such.token");
+    let missing = path_str(&missing);
+    for role in ["host", "client"] {
+        let mut args = vec![
+            role,
+            "--relay",
+            "127.0.0.1:9",
+            "--relay-cert",
+            path_str(&cert),
+            "--token-file",
+            missing,
+        ];
+        if role == "client" {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        let out = run(&args).await;
+        assert_one_line_error(&out, missing);
+    }
+}
+
+#[tokio::test]
+async fn missing_relay_cert_is_a_one_line_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let token = dir.path().join("host.token");
+    std::fs::write(&token, mint(&secret, "host", "lab1", "1h").await).expect("write token");
+    let missing = dir.path().join("no-such.crt");
+    let missing = path_str(&missing);
+    for role in ["host", "client"] {
+        let mut args = vec![
+            role,
+            "--relay",
+            "127.0.0.1:9",
+            "--relay-cert",
+            missing,
+            "--token-file",
+            path_str(&token),
+        ];
+        if role == "client" {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        let out = run(&args).await;
+        assert_one_line_error(&out, missing);
+    }
+
+    // The relay's own certificate: a key without its certificate is an
+    // error, not a reason to make a new pair over the old key.
+    let key = dir.path().join("relay.key");
+    std::fs::write(&key, "not really a key").expect("write key");
+    let out = run(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--secret-file",
+        path_str(&secret),
+        "--cert",
+        missing,
+        "--key",
+        path_str(&key),
+    ])
+    .await;
+    assert_one_line_error(&out, missing);
+    assert_eq!(
+        std::fs::read_to_string(&key).expect("read key"),
+        "not really a key"
+    );
+}
+
+#[tokio::test]
+async fn token_is_a_signed_jwt_with_the_asked_claims() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let before = unix_now();
+    let jwt = mint(&secret, "host", "lab1", "1h").await;
+    let after = unix_now();
+    let (header, claims) = decode_jwt(&jwt, SECRET.trim_end().as_bytes());
+    assert_eq!(header["alg"], "HS256", "{header}");
+    assert_eq!(claims["sub"], "lab1", "{claims}");
+    assert_eq!(claims["role"], "host", "{claims}");
+    assert_eq!(claims["aud"], "shellrelay", "{claims}");
+    let iat = claims["iat"].as_u64().expect("iat is a number");
+    let exp = claims["exp"].as_u64().expect("exp is a number");
+    assert_eq!(exp - iat, 3600, "{claims}");
+    assert_eq!(claims["nbf"].as_u64(), Some(iat), "{claims}");
+    assert!(
+        before <= iat && iat <= after,
+        "iat {iat} not in [{before}, {after}]"
+    );
+    assert!(claims.get("jti").is_none(), "{claims}");
+}
+
+#[tokio::test]
+async fn token_ttl_takes_durations_and_refuses_nonsense() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let key = SECRET.trim_end().as_bytes();
+    for (ttl, secs) in [("30s", 30), ("15m", 900), ("1h", 3600), ("2days", 172_800)] {
+        let jwt = mint(&secret, "client", "lab1", ttl).await;
+        let (_, claims) = decode_jwt(&jwt, key);
+        assert_eq!(claims["role"], "client", "{claims}");
+        let iat = claims["iat"].as_u64().expect("iat");
+        let exp = claims["exp"].as_u64().expect("exp");
+        assert_eq!(exp - iat, secs, "--ttl {ttl}: {claims}");
+    }
+    for ttl in ["banana", "0s", "-5m", ""] {
+        let out = run(&[
+            "token",
+            "--secret-file",
+            path_str(&secret),
+            "--role",
+            "host",
+            "--host",
+            "lab1",
+            // `=` so that "-5m" reaches the parser instead of looking like a flag.
+            &format!("--ttl={ttl}"),
+        ])
+        .await;
+        assert!(!out.status.success(), "--ttl {ttl:?} succeeded: {out:?}");
+        assert!(
+            out.stdout.is_empty(),
+            "--ttl {ttl:?} printed a token: {out:?}"
+        );
+        assert!(out.stderr.starts_with("error: "), "--ttl {ttl:?}: {out:?}");
+        assert!(out.stderr.contains("ttl"), "--ttl {ttl:?}: {out:?}");
+        assert!(!out.stderr.contains("panicked"), "--ttl {ttl:?}: {out:?}");
+    }
+}
+
+#[tokio::test]
+async fn short_secret_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = dir.path().join("short");
+    // Fifteen bytes, plus a newline that does not count.
+    std::fs::write(&secret, "0123456789abcde\n").expect("write secret");
+    let out = run(&[
+        "token",
+        "--secret-file",
+        path_str(&secret),
+        "--role",
+        "host",
+        "--host",
+        "lab1",
+    ])
+    .await;
+    assert_one_line_error(&out, path_str(&secret));
+    assert!(out.stderr.contains("15 bytes"), "{out:?}");
+    assert!(out.stderr.contains("at least 16"), "{out:?}");
+
+    let out = run(&[
+        "token", "--secret", "tooshort", "--role", "host", "--host", "lab1",
+    ])
+    .await;
+    assert_one_line_error(&out, "at least 16");
+}
+
+#[tokio::test]
+async fn secret_file_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let mut cmd = command(&[
+        "token", "--role", "client", "--host", "lab1", "--ttl", "15m",
+    ]);
+    cmd.env("SHELLRELAY_SECRET_FILE", &secret);
+    let out = run_cmd(cmd).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+    let (_, claims) = decode_jwt(out.stdout.trim_end(), SECRET.trim_end().as_bytes());
+    assert_eq!(claims["sub"], "lab1", "{claims}");
+    assert_eq!(claims["role"], "client", "{claims}");
+    let iat = claims["iat"].as_u64().expect("iat");
+    assert_eq!(claims["exp"].as_u64(), Some(iat + 900), "{claims}");
+
+    // Without the flag or the variable, the secret is asked for.
+    let out = run(&["token", "--role", "client", "--host", "lab1"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("--secret-file"), "{out:?}");
+}
+
+#[tokio::test]
+async fn certs_writes_a_pair_and_replaces_it_only_with_force() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_dir = dir.path().join("out");
+    let (cert, key) = (out_dir.join("relay.crt"), out_dir.join("relay.key"));
+    let args = [
+        "certs",
+        "--out",
+        path_str(&out_dir),
+        "--name",
+        "relay.example.org",
+    ];
+
+    let out = run(&args).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let cert_pem = std::fs::read_to_string(&cert).expect("read cert");
+    let key_pem = std::fs::read_to_string(&key).expect("read key");
+    assert!(
+        cert_pem.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{cert_pem}"
+    );
+    assert!(
+        key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "not PKCS#8 PEM"
+    );
+    assert_eq!(
+        mode(&key),
+        0o600,
+        "the key must be readable by its owner only"
+    );
+    let fingerprint_line = out
+        .stdout
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("sha-256 fingerprint: "))
+        .unwrap_or_else(|| panic!("no sha-256 fingerprint printed: {out:?}"));
+    let fingerprint = &fingerprint_line["sha-256 fingerprint: ".len()..];
+    assert!(is_fingerprint(fingerprint), "{fingerprint_line}");
+    assert!(out.stdout.contains("relay.example.org"), "{out:?}");
+
+    let modified = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    };
+    let (cert_time, key_time) = (modified(&cert), modified(&key));
+    let out = run(&args).await;
+    assert_one_line_error(&out, "--force");
+    assert_eq!(std::fs::read_to_string(&cert).expect("cert"), cert_pem);
+    assert_eq!(std::fs::read_to_string(&key).expect("key"), key_pem);
+    assert_eq!(modified(&cert), cert_time, "cert was touched");
+    assert_eq!(modified(&key), key_time, "key was touched");
+
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let out = run(&forced).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(std::fs::read_to_string(&cert).expect("cert"), cert_pem);
+    assert_ne!(std::fs::read_to_string(&key).expect("key"), key_pem);
+    assert_eq!(mode(&key), 0o600);
+    assert!(
+        !out.stdout.contains(fingerprint),
+        "same fingerprint after --force"
+    );
+}
+
+#[tokio::test]
+async fn relay_makes_its_certificate_logs_its_port_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, _) = start_relay(&certs, &secret).await;
+
+    let made = relay
+        .seen
+        .iter()
+        .find(|l| l.contains("made a self-signed certificate"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no certificate was made:\n{}", relay.log()));
+    let fingerprint =
+        field(&made, "fingerprint").unwrap_or_else(|| panic!("no fingerprint= in {made:?}"));
+    assert!(is_fingerprint(fingerprint), "{made}");
+    let (cert, key) = (certs.join("relay.crt"), certs.join("relay.key"));
+    assert!(cert.is_file(), "{} was not written", cert.display());
+    assert!(key.is_file(), "{} was not written", key.display());
+    assert_eq!(
+        mode(&key),
+        0o600,
+        "the key must be readable by its owner only"
+    );
+    relay.assert_running();
+
+    let status = relay.terminate().await;
+    assert!(
+        status.success(),
+        "relay did not exit 0 on SIGTERM ({status}); it logged:\n{}",
+        relay.log()
+    );
+    assert!(
+        relay.seen.iter().any(|l| l.contains("relay shutting down")),
+        "no shutdown line:\n{}",
+        relay.log()
+    );
+
+    // A second start loads the same pair and logs the same fingerprint.
+    let (mut again, _) = start_relay(&certs, &secret).await;
+    let loaded = again
+        .seen
+        .iter()
+        .find(|l| l.contains("loaded certificate"))
+        .cloned()
+        .unwrap_or_else(|| panic!("certificate was not reused:\n{}", again.log()));
+    assert_eq!(field(&loaded, "fingerprint"), Some(fingerprint), "{loaded}");
+    let status = again.terminate().await;
+    assert!(status.success(), "{status}:\n{}", again.log());
+}
+
+#[tokio::test]
+async fn client_closes_ssh_connections_while_the_host_is_offline() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, relay_addr) = start_relay(&certs, &secret).await;
+
+    let token = dir.path().join("client.token");
+    std::fs::write(&token, mint(&secret, "client", "lab1", "1h").await + "\n")
+        .expect("write token");
+    let relay_at = relay_addr.to_string();
+    let cert = certs.join("relay.crt");
+    let mut client = Proc::spawn(
+        "client",
+        &[
+            "client",
+            "--relay",
+            &relay_at,
+            "--relay-cert",
+            path_str(&cert),
+            "--token-file",
+            path_str(&token),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let line = client.wait_for_text("client forwarder listening").await;
+    let listen = addr_field(&line, "listen");
+    assert_ne!(listen.port(), 0, "{line}");
+
+    let mut tcp = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(listen))
+        .await
+        .unwrap_or_else(|_| panic!("could not connect to the client on {listen} within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("could not connect to the client on {listen}: {e}"));
+    let ours = tcp.local_addr().expect("local address").to_string();
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(CLOSE_WAIT, tcp.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!(
+            "client sent {n} bytes ({:?}) instead of closing",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(_) => panic!(
+            "client did not close the connection within {CLOSE_WAIT:?}; it logged:\n{}",
+            client.log()
+        ),
+    }
+    // The refusal is logged for this very connection (its span names our
+    // address), not only for the forwarder's first connect.
+    client
+        .wait_for("the host-offline refusal of our connection", |l| {
+            l.contains("host lab1 is not connected") && l.contains(&ours)
+        })
+        .await;
+    relay.wait_for_text("host offline").await;
+    client.assert_running();
+    relay.assert_running();
+
+    let status = client.terminate().await;
+    assert!(status.success(), "client: {status}:\n{}", client.log());
+    let status = relay.terminate().await;
+    assert!(status.success(), "relay: {status}:\n{}", relay.log());
+    for (name, log) in [("client", client.log()), ("relay", relay.log())] {
+        assert!(!log.contains("panicked"), "{name} panicked:\n{log}");
+    }
+}
