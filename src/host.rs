@@ -125,6 +125,11 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
                     backoff.reset();
                 }
             }
+            // A newer registration can replace this one even before the
+            // welcome arrives.
+            Err(err) if err.refusal().is_some_and(|r| r.reason == Reason::Replaced) => {
+                bail!("{err}; is another host agent running with this host id?");
+            }
             Err(err) => warn!("could not register with relay: {err}"),
         }
         let delay = backoff.delay();
