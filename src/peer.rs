@@ -129,7 +129,7 @@ pub async fn connect(
         let hello = Frame::Hello {
             version: VERSION,
             role,
-            token,
+            token: crate::protocol::Jwt(token),
             host: host.map(str::to_owned),
         };
         let answer = async {

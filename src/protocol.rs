@@ -40,7 +40,7 @@ pub enum Frame {
         /// The role the peer asks for.
         role: Role,
         /// The peer's JWT.
-        token: String,
+        token: Jwt,
         /// For clients: the host to reach (defaults to the token's `sub`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host: Option<String>,
@@ -75,6 +75,24 @@ pub enum Frame {
         /// Why, in plain words.
         message: String,
     },
+}
+
+/// A JWT as carried in a hello. Its `Debug` never shows the token, so a
+/// frame can be logged safely.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Jwt(pub String);
+
+impl fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Jwt(<{} bytes>)", self.0.len())
+    }
+}
+
+impl From<&str> for Jwt {
+    fn from(s: &str) -> Jwt {
+        Jwt(s.to_owned())
+    }
 }
 
 /// Why a connection or stream ended. The numeric value is the QUIC
@@ -343,6 +361,17 @@ mod tests {
             };
             assert_eq!(got, want, "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn tokens_do_not_show_in_frame_debug() {
+        let hello = Frame::Hello {
+            version: VERSION,
+            role: Role::Host,
+            token: "eyJhbGciOiJIUzI1NiJ9.secret.sig".into(),
+            host: None,
+        };
+        assert!(!format!("{hello:?}").contains("eyJ"), "{hello:?}");
     }
 
     #[test]

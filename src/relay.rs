@@ -239,7 +239,7 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
             .await;
         }
     };
-    let claims = match state.verifier.verify(&token, role, unix_now()) {
+    let claims = match state.verifier.verify(&token.0, role, unix_now()) {
         Ok(claims) => claims,
         Err(err) => {
             let reason = match err {

@@ -138,3 +138,56 @@ async fn ssh_carries_256_mib_each_way_with_equal_sha256() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_carries_a_real_ssh_session_and_stops_on_sigterm() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let Some(sshd) = Sshd::start().await else {
+        return;
+    };
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_shellrelay"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &sshd.addr().to_string(),
+        ])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let port: u16 = within(WAIT, "the demo's ssh command", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.trim().strip_prefix("ssh -p ") {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("the demo ended without printing an ssh command");
+    })
+    .await;
+    let out = within(
+        WAIT,
+        "ssh through the demo",
+        sshd.ssh(port, "echo demo-ok").output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "demo-ok\n");
+
+    let pid = demo.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = within(WAIT, "the demo to stop", demo.wait()).await.unwrap();
+    assert!(status.success(), "demo exited with {status}");
+}
