@@ -14,7 +14,7 @@ use tracing::info;
 use crate::peer::RelayAddr;
 use crate::tls::{self, TransportOptions, Trust};
 use crate::token::{self, Claims, Role, Secret, TokenSource, Verifier};
-use crate::{client, demo, host, relay};
+use crate::{client, demo, host, limits, relay};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]
@@ -198,8 +198,45 @@ pub struct RelayOpt {
         value_delimiter = ','
     )]
     names: Vec<String>,
+    /// Longest a new connection may take to send its hello.
+    #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    hello_timeout: Duration,
+    #[command(flatten)]
+    limits: LimitsOpt,
     #[command(flatten)]
     transport: TransportOpt,
+}
+
+/// The relay's limits.
+#[derive(Debug, Args)]
+pub struct LimitsOpt {
+    /// Concurrent sessions per client connection; more are refused.
+    #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_CLIENT", default_value_t = limits::DEFAULT_SESSIONS_PER_CLIENT, value_name = "N")]
+    max_sessions_per_client: usize,
+    /// Concurrent sessions per host; more are refused.
+    #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_HOST", default_value_t = limits::DEFAULT_SESSIONS_PER_HOST, value_name = "N")]
+    max_sessions_per_host: usize,
+    /// Connections per IP address still in their handshake or hello; more are refused.
+    #[arg(long, env = "SHELLRELAY_MAX_HANDSHAKES_PER_ADDR", default_value_t = limits::DEFAULT_HANDSHAKES_PER_ADDR, value_name = "N")]
+    max_handshakes_per_addr: usize,
+    /// Hosts registered at once; more are refused.
+    #[arg(long, env = "SHELLRELAY_MAX_HOSTS", default_value_t = limits::DEFAULT_MAX_HOSTS, value_name = "N")]
+    max_hosts: usize,
+    /// Refused tokens per IP address per minute before its hellos are refused unread.
+    #[arg(long, env = "SHELLRELAY_MAX_FAILURES_PER_ADDR", default_value_t = limits::DEFAULT_FAILURES_PER_ADDR, value_name = "N")]
+    max_failures_per_addr: u32,
+}
+
+impl LimitsOpt {
+    fn limits(&self) -> limits::Limits {
+        limits::Limits {
+            sessions_per_client: self.max_sessions_per_client,
+            sessions_per_host: self.max_sessions_per_host,
+            handshakes_per_addr: self.max_handshakes_per_addr,
+            max_hosts: self.max_hosts,
+            failures_per_addr: self.max_failures_per_addr,
+        }
+    }
 }
 
 /// `shellrelay host`
@@ -374,6 +411,11 @@ async fn run_relay(opt: RelayOpt) -> anyhow::Result<()> {
         info!(cert = %opt.cert.display(), %fingerprint, "loaded certificate");
     }
     let server = tls::server_config(identity, opt.transport.options()?)?;
-    let relay = relay::Relay::bind(opt.listen, server, Verifier::new(&secret, &opt.audience))?;
+    let config = relay::RelayConfig {
+        verifier: Verifier::new(&secret, &opt.audience),
+        limits: opt.limits.limits(),
+        hello_timeout: opt.hello_timeout,
+    };
+    let relay = relay::Relay::bind(opt.listen, server, config)?;
     relay.run(shutdown_signal()?).await
 }

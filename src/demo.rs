@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{self, ClientConfig};
 use crate::host::{self, HostConfig};
 use crate::peer::RelayAddr;
-use crate::relay::Relay;
+use crate::relay::{Relay, RelayConfig};
 use crate::tls::{self, TransportOptions, Trust};
 use crate::token::{self, Claims, Role, Secret, TokenSource, Verifier};
 
@@ -33,7 +33,7 @@ pub async fn run(
     let relay = Relay::bind(
         (std::net::Ipv4Addr::LOCALHOST, 0).into(),
         server,
-        Verifier::new(&secret, token::DEFAULT_AUDIENCE),
+        RelayConfig::new(Verifier::new(&secret, token::DEFAULT_AUDIENCE)),
     )?;
     let relay_addr = relay.local_addr()?;
     let registry = relay.handle();

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod host;
+pub mod limits;
 pub mod peer;
 pub mod protocol;
 pub mod relay;

@@ -15,16 +15,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::limits::{Failures, Gauge, GaugeGuard, Limits, PerAddr, PerAddrGuard};
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
 use crate::splice;
+use crate::tls::CONNECTION_WINDOW;
 use crate::token::{fmt_unix, unix_now, Claims, Role, Verifier};
 
 /// Longest a QUIC handshake may take before the attempt is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest a connected peer may take to open its control stream and send
-/// its hello; a peer that says nothing is dropped rather than held.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`RelayConfig::hello_timeout`]: longest a connected peer may
+/// take to open its control stream and send its hello; a peer that says
+/// nothing is dropped rather than held.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Streams a client may open beyond its session limit, so that sessions
+/// over the limit reach the relay and get a typed refusal instead of
+/// waiting for stream credit.
+const REFUSAL_STREAMS: u32 = 64;
 
 /// Longest a session stream may take to send its `open` frame.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +48,28 @@ pub const REFUSE_LINGER: Duration = Duration::from_secs(1);
 /// How long a shutting-down relay waits for peers to acknowledge the close.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
+/// What the relay accepts and how much.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Checks tokens.
+    pub verifier: Verifier,
+    /// Caps on sessions, hosts and attempts.
+    pub limits: Limits,
+    /// Longest wait for a hello (default [`DEFAULT_HELLO_TIMEOUT`]).
+    pub hello_timeout: Duration,
+}
+
+impl RelayConfig {
+    /// Default limits and timeouts with `verifier`.
+    pub fn new(verifier: Verifier) -> RelayConfig {
+        RelayConfig {
+            verifier,
+            limits: Limits::default(),
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+        }
+    }
+}
+
 /// A bound relay, ready to [`run`](Relay::run).
 pub struct Relay {
     endpoint: quinn::Endpoint,
@@ -53,7 +83,10 @@ pub struct RelayHandle {
 }
 
 struct State {
-    verifier: Verifier,
+    config: RelayConfig,
+    handshakes: PerAddr,
+    failures: Failures,
+    connections: Gauge,
     hosts: Mutex<HashMap<String, HostEntry>>,
     /// Bumped on every registry change, so waiters need not poll.
     changes: watch::Sender<u64>,
@@ -65,6 +98,7 @@ struct State {
 struct HostEntry {
     conn: Connection,
     generation: u64,
+    sessions: Gauge,
 }
 
 impl Relay {
@@ -72,7 +106,7 @@ impl Relay {
     pub fn bind(
         addr: SocketAddr,
         server: quinn::ServerConfig,
-        verifier: Verifier,
+        config: RelayConfig,
     ) -> anyhow::Result<Relay> {
         let endpoint = quinn::Endpoint::server(server, addr)
             .with_context(|| format!("could not listen on {addr}"))?;
@@ -80,7 +114,10 @@ impl Relay {
         Ok(Relay {
             endpoint,
             state: Arc::new(State {
-                verifier,
+                config,
+                handshakes: PerAddr::default(),
+                failures: Failures::default(),
+                connections: Gauge::default(),
                 hosts: Mutex::new(HashMap::new()),
                 changes,
                 next_id: AtomicU64::new(1),
@@ -143,6 +180,16 @@ impl RelayHandle {
         ids
     }
 
+    /// Connections open now, authenticated or not.
+    pub fn connections(&self) -> usize {
+        self.state.connections.get()
+    }
+
+    /// Tasks running now: one per connection and one per session.
+    pub fn tasks(&self) -> usize {
+        self.state.tasks.len()
+    }
+
     /// Waits until host `id` is connected (`online`) or not (`!online`).
     pub async fn wait_host(&self, id: &str, online: bool) {
         let mut changes = self.state.changes.subscribe();
@@ -164,8 +211,10 @@ impl State {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn host_conn(&self, id: &str) -> Option<Connection> {
-        self.lock_hosts().get(id).map(|e| e.conn.clone())
+    fn host_conn(&self, id: &str) -> Option<(Connection, Gauge)> {
+        self.lock_hosts()
+            .get(id)
+            .map(|e| (e.conn.clone(), e.sessions.clone()))
     }
 
     fn next_id(&self) -> u64 {
@@ -174,6 +223,18 @@ impl State {
 }
 
 async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
+    let ip = incoming.remote_address().ip();
+    let Some(handshake) = state
+        .handshakes
+        .acquire(ip, state.config.limits.handshakes_per_addr)
+    else {
+        debug!("too many handshakes from this address; refusing");
+        incoming.refuse();
+        return;
+    };
+    let Some(_open) = state.connections.acquire(usize::MAX) else {
+        return;
+    };
     let conn =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await {
             Ok(Ok(conn)) => conn,
@@ -186,7 +247,21 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
                 return;
             }
         };
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+    if let Some(wait) =
+        state
+            .failures
+            .blocked(ip, state.config.limits.failures_per_addr, Instant::now())
+    {
+        let msg = format!(
+            "too many refused tokens from {ip}; try again in {}s",
+            wait.as_secs() + 1
+        );
+        debug!(%msg, "refusing without reading the hello");
+        conn.close(Reason::Limit.varint(), msg.as_bytes());
+        return;
+    }
+    let hello_timeout = state.config.hello_timeout;
+    let hello = tokio::time::timeout(hello_timeout, async {
         let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let frame = read_frame(&mut recv).await;
         Ok::<_, String>((send, recv, frame))
@@ -199,12 +274,9 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
             return;
         }
         Err(_) => {
-            let secs = HELLO_TIMEOUT.as_secs();
-            warn!("no hello within {secs}s; closing");
-            conn.close(
-                Reason::Protocol.varint(),
-                format!("no hello within {secs}s").as_bytes(),
-            );
+            let msg = format!("no hello within {hello_timeout:?}");
+            warn!("{msg}; closing");
+            conn.close(Reason::Protocol.varint(), msg.as_bytes());
             return;
         }
     };
@@ -239,9 +311,10 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
             .await;
         }
     };
-    let claims = match state.verifier.verify(&token.0, role, unix_now()) {
+    let claims = match state.config.verifier.verify(&token.0, role, unix_now()) {
         Ok(claims) => claims,
         Err(err) => {
+            state.failures.record(ip, Instant::now());
             let reason = match err {
                 crate::token::TokenError::Expired(_) => Reason::TokenExpired,
                 _ => Reason::BadToken,
@@ -256,8 +329,8 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
         }
     };
     match role {
-        Role::Host => serve_host(state, conn, claims, send, recv).await,
-        Role::Client => serve_client(state, conn, claims, host, send, recv).await,
+        Role::Host => serve_host(state, conn, claims, handshake, send, recv).await,
+        Role::Client => serve_client(state, conn, claims, host, handshake, send, recv).await,
     }
 }
 
@@ -333,19 +406,38 @@ async fn serve_host(
     state: Arc<State>,
     conn: Connection,
     claims: Claims,
+    handshake: PerAddrGuard,
     mut send: SendStream,
     _recv: RecvStream,
 ) {
     let id = claims.sub.clone();
     let remote = conn.remote_address();
     let generation = state.next_id();
-    let replaced = state.lock_hosts().insert(
-        id.clone(),
-        HostEntry {
-            conn: conn.clone(),
-            generation,
-        },
-    );
+    let max = state.config.limits.max_hosts;
+    let registered = {
+        let mut hosts = state.lock_hosts();
+        if hosts.len() >= max && !hosts.contains_key(&id) {
+            Err(Refusal::new(
+                Reason::Limit,
+                format!("relay is at its limit of {max} hosts"),
+            ))
+        } else {
+            let entry = HostEntry {
+                conn: conn.clone(),
+                generation,
+                sessions: Gauge::default(),
+            };
+            Ok(hosts.insert(id.clone(), entry))
+        }
+    };
+    let replaced = match registered {
+        Ok(replaced) => replaced,
+        Err(refusal) => {
+            warn!(host = %id, "refused host: {}", refusal.message);
+            return refuse(&conn, Some(&mut send), refusal).await;
+        }
+    };
+    drop(handshake);
     if let Some(old) = replaced {
         info!(host = %id, old = %old.conn.remote_address(), "replacing older connection of host");
         let msg = format!("replaced by a newer connection for host {id}");
@@ -371,6 +463,7 @@ async fn serve_client(
     conn: Connection,
     claims: Claims,
     requested: Option<String>,
+    handshake: PerAddrGuard,
     mut send: SendStream,
     _recv: RecvStream,
 ) {
@@ -393,6 +486,14 @@ async fn serve_client(
         )
         .await;
     }
+    // Authenticated: open the stream credit and window held back until now.
+    let limit = state.config.limits.sessions_per_client;
+    let streams = u32::try_from(limit)
+        .unwrap_or(u32::MAX)
+        .saturating_add(REFUSAL_STREAMS);
+    conn.set_max_concurrent_bi_streams(streams.into());
+    conn.set_receive_window(CONNECTION_WINDOW.into());
+    drop(handshake);
     if !welcome(&mut send, &claims, &host).await {
         return;
     }
@@ -407,13 +508,29 @@ async fn serve_client(
 
 async fn accept_sessions(state: &Arc<State>, conn: &Connection, host: &str) {
     let remote = conn.remote_address();
-    while let Ok(streams) = conn.accept_bi().await {
+    let sessions = Gauge::default();
+    let limit = state.config.limits.sessions_per_client;
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let Some(slot) = sessions.acquire(limit) else {
+            let refusal = Refusal::new(
+                Reason::Limit,
+                format!("too many sessions on this connection (limit {limit})"),
+            );
+            drop(recv);
+            state.tasks.spawn(refuse_session(send, refusal));
+            continue;
+        };
         let session = state.next_id();
         let span = tracing::info_span!("session", id = session, host = %host);
-        state.tasks.spawn(
-            relay_session(state.clone(), session, host.to_owned(), remote, streams)
-                .instrument(span),
+        let task = relay_session(
+            state.clone(),
+            session,
+            host.to_owned(),
+            remote,
+            (send, recv),
+            slot,
         );
+        state.tasks.spawn(task.instrument(span));
     }
     // The connection is closed; `hold` reports why.
     std::future::pending::<()>().await;
@@ -425,6 +542,7 @@ async fn relay_session(
     host: String,
     client: SocketAddr,
     (mut c_send, mut c_recv): (SendStream, RecvStream),
+    _slot: GaugeGuard,
 ) {
     let started = Instant::now();
     match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut c_recv)).await {
@@ -436,8 +554,16 @@ async fn relay_session(
             return;
         }
     }
-    let Some(host_conn) = state.host_conn(&host) else {
+    let Some((host_conn, host_sessions)) = state.host_conn(&host) else {
         let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
+        return refuse_session(c_send, refusal).await;
+    };
+    let limit = state.config.limits.sessions_per_host;
+    let Some(_host_slot) = host_sessions.acquire(limit) else {
+        let refusal = Refusal::new(
+            Reason::Limit,
+            format!("host {host} has too many sessions (limit {limit})"),
+        );
         return refuse_session(c_send, refusal).await;
     };
     let setup = tokio::time::timeout(SESSION_SETUP_TIMEOUT, async {

@@ -199,7 +199,7 @@ impl Default for TransportOptions {
 }
 
 /// The quinn transport configuration for `opts`.
-pub fn transport(opts: TransportOptions) -> anyhow::Result<Arc<quinn::TransportConfig>> {
+pub fn transport_config(opts: TransportOptions) -> anyhow::Result<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
@@ -212,10 +212,17 @@ pub fn transport(opts: TransportOptions) -> anyhow::Result<Arc<quinn::TransportC
                 .try_into()
                 .context("idle timeout is too long")?,
         ));
-    Ok(Arc::new(t))
+    Ok(t)
 }
 
-/// The relay's server configuration.
+/// Connection receive window of a peer that has not yet been authenticated:
+/// room for a hello, not for megabytes of unsolicited data.
+pub const PRE_AUTH_WINDOW: u32 = 64 * 1024;
+
+/// The relay's server configuration. A new connection may open only its
+/// control stream and send little until its token is accepted; the relay
+/// then raises both limits ([`quinn::Connection::set_max_concurrent_bi_streams`],
+/// [`quinn::Connection::set_receive_window`]).
 pub fn server_config(
     identity: Identity,
     opts: TransportOptions,
@@ -231,7 +238,11 @@ pub fn server_config(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .context("could not build QUIC TLS configuration")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(opts)?);
+    let mut transport = transport_config(opts)?;
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .receive_window(PRE_AUTH_WINDOW.into());
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 
@@ -273,7 +284,7 @@ pub fn client_config(trust: &Trust, opts: TransportOptions) -> anyhow::Result<qu
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .context("could not build QUIC TLS configuration")?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(opts)?);
+    config.transport_config(Arc::new(transport_config(opts)?));
     Ok(config)
 }
 

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use shellrelay::client::{self, ClientConfig};
 use shellrelay::host::{self, HostConfig};
 use shellrelay::peer::RelayAddr;
-use shellrelay::relay::{Relay, RelayHandle};
+use shellrelay::relay::{Relay, RelayConfig, RelayHandle};
 use shellrelay::tls::{self, TransportOptions, Trust};
 use shellrelay::token::{self, Claims, Role, Secret, TokenSource, Verifier};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -75,7 +75,7 @@ impl Tunnel {
         let relay = Relay::bind(
             "127.0.0.1:0".parse().unwrap(),
             server,
-            Verifier::new(&secret, token::DEFAULT_AUDIENCE),
+            RelayConfig::new(Verifier::new(&secret, token::DEFAULT_AUDIENCE)),
         )
         .unwrap();
         let addr = relay.local_addr().unwrap();

@@ -1,0 +1,217 @@
+//! The relay's limits on what peers may hold or try: sessions per
+//! connection, connections per address in the handshake phase, hosts, and
+//! failed token attempts per address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Default cap on concurrent sessions of one client connection.
+pub const DEFAULT_SESSIONS_PER_CLIENT: usize = 1024;
+
+/// Default cap on concurrent sessions to one host.
+pub const DEFAULT_SESSIONS_PER_HOST: usize = 4096;
+
+/// Default cap on connections from one IP address that have not yet
+/// finished their hello (handshake or token check under way).
+pub const DEFAULT_HANDSHAKES_PER_ADDR: usize = 16;
+
+/// Default cap on hosts registered at once.
+pub const DEFAULT_MAX_HOSTS: usize = 10_000;
+
+/// Default number of refused tokens from one IP address per
+/// [`FAILURE_WINDOW`] before further hellos from it are refused unread.
+pub const DEFAULT_FAILURES_PER_ADDR: u32 = 10;
+
+/// The window over which failed token attempts are counted.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most addresses the failure limiter remembers; past this, the oldest
+/// windows are forgotten first, so a flood of addresses cannot grow it.
+const MAX_TRACKED_ADDRS: usize = 65_536;
+
+/// The relay's limits; every field has a flag and the default named above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrent sessions per client connection.
+    pub sessions_per_client: usize,
+    /// Concurrent sessions per host.
+    pub sessions_per_host: usize,
+    /// Connections per IP address in the handshake phase.
+    pub handshakes_per_addr: usize,
+    /// Hosts registered at once.
+    pub max_hosts: usize,
+    /// Refused tokens per IP address per minute.
+    pub failures_per_addr: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sessions_per_client: DEFAULT_SESSIONS_PER_CLIENT,
+            sessions_per_host: DEFAULT_SESSIONS_PER_HOST,
+            handshakes_per_addr: DEFAULT_HANDSHAKES_PER_ADDR,
+            max_hosts: DEFAULT_MAX_HOSTS,
+            failures_per_addr: DEFAULT_FAILURES_PER_ADDR,
+        }
+    }
+}
+
+/// A shared count with a cap; [`Gauge::acquire`] hands out a guard that
+/// gives its unit back when dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(Arc<AtomicUsize>);
+
+/// One unit of a [`Gauge`], returned on drop.
+#[derive(Debug)]
+pub struct GaugeGuard(Arc<AtomicUsize>);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Gauge {
+    /// Takes one unit if fewer than `cap` are out.
+    pub fn acquire(&self, cap: usize) -> Option<GaugeGuard> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| GaugeGuard(self.0.clone()))
+    }
+
+    /// Units out now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Counts per IP address, each unit held by a guard.
+#[derive(Debug, Clone, Default)]
+pub struct PerAddr(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One unit of a [`PerAddr`] count, returned on drop.
+#[derive(Debug)]
+pub struct PerAddrGuard {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    addr: IpAddr,
+}
+
+impl Drop for PerAddrGuard {
+    fn drop(&mut self) {
+        let mut map = lock(&self.map);
+        if let Some(n) = map.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.addr);
+            }
+        }
+    }
+}
+
+impl PerAddr {
+    /// Takes one unit for `addr` if fewer than `cap` are out.
+    pub fn acquire(&self, addr: IpAddr, cap: usize) -> Option<PerAddrGuard> {
+        let mut map = lock(&self.0);
+        let n = map.entry(addr).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(PerAddrGuard {
+            map: self.0.clone(),
+            addr,
+        })
+    }
+}
+
+/// Failed token attempts per IP address in fixed windows.
+#[derive(Debug, Default)]
+pub struct Failures(Mutex<HashMap<IpAddr, (Instant, u32)>>);
+
+impl Failures {
+    /// Whether `addr` has used up its failures in the current window; if
+    /// so, how long until it may try again.
+    pub fn blocked(&self, addr: IpAddr, cap: u32, now: Instant) -> Option<Duration> {
+        let map = lock(&self.0);
+        let (start, count) = *map.get(&addr)?;
+        let elapsed = now.saturating_duration_since(start);
+        (elapsed < FAILURE_WINDOW && count >= cap).then(|| FAILURE_WINDOW - elapsed)
+    }
+
+    /// Records a failed attempt from `addr`.
+    pub fn record(&self, addr: IpAddr, now: Instant) {
+        let mut map = lock(&self.0);
+        if map.len() >= MAX_TRACKED_ADDRS && !map.contains_key(&addr) {
+            map.retain(|_, (start, _)| now.saturating_duration_since(*start) < FAILURE_WINDOW);
+            if map.len() >= MAX_TRACKED_ADDRS {
+                // Every window is live: forget the oldest to stay bounded.
+                if let Some(oldest) = map.iter().min_by_key(|(_, (s, _))| *s).map(|(a, _)| *a) {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        let entry = map.entry(addr).or_insert((now, 0));
+        if now.saturating_duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a few map operations that cannot
+    // leave the map inconsistent, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauge_caps_and_gives_back() {
+        let g = Gauge::default();
+        let a = g.acquire(2).unwrap();
+        let _b = g.acquire(2).unwrap();
+        assert!(g.acquire(2).is_none());
+        drop(a);
+        assert!(g.acquire(2).is_some());
+    }
+
+    #[test]
+    fn per_addr_counts_each_address_apart() {
+        let p = PerAddr::default();
+        let x: IpAddr = "10.0.0.1".parse().unwrap();
+        let y: IpAddr = "10.0.0.2".parse().unwrap();
+        let g1 = p.acquire(x, 1).unwrap();
+        assert!(p.acquire(x, 1).is_none());
+        assert!(p.acquire(y, 1).is_some());
+        drop(g1);
+        assert!(p.acquire(x, 1).is_some());
+        assert!(lock(&p.0).is_empty(), "entries go when their guards do");
+    }
+
+    #[test]
+    fn failures_block_within_the_window_only() {
+        let f = Failures::default();
+        let x: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(f.blocked(x, 3, t0).is_none());
+            f.record(x, t0);
+        }
+        assert!(f.blocked(x, 3, t0 + Duration::from_secs(1)).is_some());
+        assert!(f.blocked(x, 3, t0 + FAILURE_WINDOW).is_none());
+        f.record(x, t0 + FAILURE_WINDOW);
+        assert!(
+            f.blocked(x, 3, t0 + FAILURE_WINDOW).is_none(),
+            "a new window starts"
+        );
+    }
+}
