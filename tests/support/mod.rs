@@ -64,20 +64,23 @@ impl Drop for Tunnel {
 }
 
 impl Tunnel {
-    /// Starts a relay on a free loopback port.
+    /// Starts a relay on a free loopback port. Refused tokens are not rate
+    /// limited here (tests try many on purpose); see [`Tunnel::start_with`].
     pub async fn start() -> Tunnel {
+        Tunnel::start_with(|c| c.limits.failures_per_addr = u32::MAX).await
+    }
+
+    /// Starts a relay whose default configuration `configure` adjusts.
+    pub async fn start_with(configure: impl FnOnce(&mut RelayConfig)) -> Tunnel {
         init_tracing();
         shellrelay::raise_fd_limit();
         let secret = Secret::new(b"test secret, at least sixteen bytes".to_vec()).unwrap();
         let identity = tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
         let cert = identity.chain.clone();
         let server = tls::server_config(identity, TransportOptions::default()).unwrap();
-        let relay = Relay::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            server,
-            RelayConfig::new(Verifier::new(&secret, token::DEFAULT_AUDIENCE)),
-        )
-        .unwrap();
+        let mut config = RelayConfig::new(Verifier::new(&secret, token::DEFAULT_AUDIENCE));
+        configure(&mut config);
+        let relay = Relay::bind("127.0.0.1:0".parse().unwrap(), server, config).unwrap();
         let addr = relay.local_addr().unwrap();
         let registry = relay.handle();
         let cancel = CancellationToken::new();

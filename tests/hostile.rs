@@ -1,0 +1,328 @@
+//! Hostile and bad input at the relay: garbage datagrams, wrong ALPN,
+//! silent or malformed hellos, limits, and rate limiting of bad tokens.
+//! Throughout, the relay keeps serving everyone else.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use shellrelay::client::{ClientConfig, Forwarder, OpenError};
+use shellrelay::peer::{self, ConnectError};
+use shellrelay::protocol::{Reason, Refusal, ALPN};
+use shellrelay::token::{Role, TokenSource};
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A raw QUIC connection to the relay offering `alpn`, for peers that
+/// misbehave on purpose.
+async fn raw_connect(
+    tunnel: &Tunnel,
+    alpn: &[u8],
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(tunnel.cert[0].clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    within(
+        WAIT,
+        "handshake",
+        endpoint.connect(tunnel.addr, "localhost").unwrap(),
+    )
+    .await
+}
+
+/// Checks that the relay still serves a real session through `client`.
+async fn still_serving(client: std::net::SocketAddr) {
+    let mut tcp = TcpStream::connect(client).await.unwrap();
+    tcp.write_all(b"still there?").await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let got = within(WAIT, "echo", read_until_closed(&mut tcp)).await;
+    assert_eq!(got, b"still there?");
+}
+
+fn close_reason(err: &quinn::ConnectionError) -> Refusal {
+    Refusal::from_connection_error(err).unwrap_or_else(|| panic!("not an application close: {err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_truncated_datagrams_are_ignored() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let client = tunnel.client("lab1").await;
+    still_serving(client).await;
+    let baseline = tunnel.registry.connections();
+
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for i in 0..20_000u32 {
+        let len = rng.random_range(0..1500);
+        let mut datagram = vec![0u8; len];
+        rng.fill(&mut datagram[..]);
+        if i % 2 == 0 && len > 0 {
+            // Looks like a QUIC long-header Initial, then garbage or a cut-off.
+            datagram[0] = 0xc0 | (datagram[0] & 0x0f);
+            if len > 5 {
+                datagram[1..5].copy_from_slice(&1u32.to_be_bytes());
+            }
+        }
+        let _ = socket.send_to(&datagram, tunnel.addr).await;
+        if i % 1000 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    still_serving(client).await;
+    assert_eq!(
+        tunnel.registry.connections(),
+        baseline,
+        "garbage left connections behind"
+    );
+    assert_eq!(tunnel.registry.hosts(), vec!["lab1".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_alpn_fails_the_handshake() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let client = tunnel.client("lab1").await;
+    let err = raw_connect(&tunnel, b"h3")
+        .await
+        .expect_err("a wrong ALPN must not connect");
+    assert!(
+        err.to_string()
+            .to_lowercase()
+            .contains("application protocol")
+            || err.to_string().contains("120"),
+        "{err}"
+    );
+    assert!(raw_connect(&tunnel, ALPN).await.is_ok());
+    still_serving(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_says_hello_is_dropped_after_the_hello_timeout() {
+    let tunnel = Tunnel::start_with(|c| c.hello_timeout = Duration::from_millis(500)).await;
+    let conn = raw_connect(&tunnel, ALPN).await.unwrap();
+    let err = within(
+        Duration::from_secs(10),
+        "relay to drop a silent peer",
+        conn.closed(),
+    )
+    .await;
+    let refusal = close_reason(&err);
+    assert_eq!(refusal.reason, Reason::Protocol);
+    assert!(
+        refusal.message.contains("no hello within"),
+        "{}",
+        refusal.message
+    );
+    within(WAIT, "connection count back to zero", async {
+        while tunnel.registry.connections() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_and_malformed_hellos_are_refused_as_protocol_errors() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let client = tunnel.client("lab1").await;
+    let framed = |body: &str| {
+        let mut bytes = (body.len() as u16).to_be_bytes().to_vec();
+        bytes.extend_from_slice(body.as_bytes());
+        bytes
+    };
+    let cases: [(Vec<u8>, &str); 5] = [
+        (b"\xff\xff".to_vec(), "exceeds the limit"),
+        (framed("{nope"), "malformed"),
+        (framed(r#"{"type":"open"}"#), "expected a hello"),
+        (
+            framed(r#"{"type":"hello","version":9,"role":"host","token":"x.y.z"}"#),
+            "version 9",
+        ),
+        (
+            b"\x00\x10{\"type\"".to_vec(),
+            "stream ended in the middle of a frame",
+        ),
+    ];
+    for (bytes, words) in cases {
+        let conn = raw_connect(&tunnel, ALPN).await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        let _ = send.finish();
+        let err = within(WAIT, "refusal", conn.closed()).await;
+        let refusal = close_reason(&err);
+        assert_eq!(
+            refusal.reason,
+            Reason::Protocol,
+            "{words}: {}",
+            refusal.message
+        );
+        assert!(
+            refusal.message.contains(words),
+            "{:?} lacks {words:?}",
+            refusal.message
+        );
+    }
+    still_serving(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_over_the_per_client_limit_are_refused_with_a_reason() {
+    let tunnel = Tunnel::start_with(|c| c.limits.sessions_per_client = 8).await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let forwarder = Forwarder::new(ClientConfig {
+        relay: tunnel.relay_addr(),
+        token: TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR)),
+        host: None,
+    });
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(within(WAIT, "session", forwarder.open()).await.unwrap());
+    }
+    for _ in 0..20 {
+        match within(WAIT, "refusal", forwarder.open()).await {
+            Err(OpenError::Refused(r)) => {
+                assert_eq!(r.reason, Reason::Limit);
+                assert!(r.message.contains("limit 8"), "{}", r.message);
+            }
+            Err(other) => panic!("expected a limit refusal, got {other}"),
+            Ok(_) => panic!("a session over the limit was opened"),
+        }
+    }
+    // Ending sessions frees their places.
+    open.clear();
+    within(WAIT, "a place to free up", async {
+        loop {
+            match forwarder.open().await {
+                Ok(_) => return,
+                Err(OpenError::Refused(r)) if r.reason == Reason::Limit => {
+                    tokio::task::yield_now().await
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_per_address_are_capped() {
+    let tunnel = Tunnel::start_with(|c| {
+        c.limits.handshakes_per_addr = 2;
+        c.hello_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let _silent1 = raw_connect(&tunnel, ALPN).await.unwrap();
+    let _silent2 = raw_connect(&tunnel, ALPN).await.unwrap();
+    let err = raw_connect(&tunnel, ALPN)
+        .await
+        .expect_err("a third pending connection must be refused");
+    assert!(
+        matches!(err, quinn::ConnectionError::ConnectionClosed(_)),
+        "{err}"
+    );
+    // Once the silent ones are dropped at the hello timeout, new peers get in.
+    within(WAIT, "silent peers to be dropped", _silent1.closed()).await;
+    within(WAIT, "silent peers to be dropped", _silent2.closed()).await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_over_the_limit_are_refused() {
+    let tunnel = Tunnel::start_with(|c| c.limits.max_hosts = 1).await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let err = peer::connect(
+        &tunnel.relay_addr(),
+        &TokenSource::Literal(tunnel.token(Role::Host, "lab2", HOUR)),
+        Role::Host,
+        None,
+    )
+    .await
+    .expect_err("a second host must be refused");
+    let refusal = err.refusal().expect("a refusal").clone();
+    assert_eq!(refusal.reason, Reason::Limit);
+    assert!(
+        refusal.message.contains("limit of 1 hosts"),
+        "{}",
+        refusal.message
+    );
+    // The same host id may still reconnect (it replaces itself).
+    let _again = tunnel.host("lab1", echo_server().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_bad_tokens_from_one_address_are_rate_limited() {
+    let tunnel = Tunnel::start_with(|c| c.limits.failures_per_addr = 3).await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let connect = |token: String| {
+        let relay = tunnel.relay_addr();
+        async move { peer::connect(&relay, &TokenSource::Literal(token), Role::Client, None).await }
+    };
+    for _ in 0..3 {
+        let err = connect("garbage".into()).await.expect_err("refused");
+        assert_eq!(
+            err.refusal().map(|r| r.reason),
+            Some(Reason::BadToken),
+            "{err}"
+        );
+    }
+    // Now even a good token from this address is refused unread, saying why.
+    let err = connect(tunnel.token(Role::Client, "lab1", HOUR))
+        .await
+        .expect_err("rate limited");
+    let refusal = err.refusal().expect("a refusal");
+    assert_eq!(refusal.reason, Reason::Limit, "{err}");
+    assert!(
+        refusal.message.contains("too many refused tokens"),
+        "{}",
+        refusal.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_does_not_reveal_whether_a_host_exists() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let other = shellrelay::token::Secret::new(b"not the relay's secret at all".to_vec()).unwrap();
+    let mut answers = Vec::new();
+    for host in ["lab1", "no-such-host"] {
+        let claims = shellrelay::token::Claims::new(
+            Role::Client,
+            host,
+            shellrelay::token::DEFAULT_AUDIENCE,
+            HOUR,
+        );
+        let forged = shellrelay::token::mint(&other, &claims).unwrap();
+        let err = peer::connect(
+            &tunnel.relay_addr(),
+            &TokenSource::Literal(forged),
+            Role::Client,
+            Some(host),
+        )
+        .await
+        .expect_err("forged token refused");
+        match err {
+            ConnectError::Refused(r) => answers.push((r.reason, r.message)),
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "refusals differ between an existing and a missing host"
+    );
+}
