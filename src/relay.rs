@@ -87,6 +87,10 @@ struct State {
     handshakes: PerAddr,
     failures: Failures,
     connections: Gauge,
+    /// Connections that completed the QUIC handshake, ever.
+    accepted: AtomicU64,
+    /// Hellos refused, ever.
+    refused: AtomicU64,
     hosts: Mutex<HashMap<String, HostEntry>>,
     /// Bumped on every registry change, so waiters need not poll.
     changes: watch::Sender<u64>,
@@ -118,6 +122,8 @@ impl Relay {
                 handshakes: PerAddr::default(),
                 failures: Failures::default(),
                 connections: Gauge::default(),
+                accepted: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
                 hosts: Mutex::new(HashMap::new()),
                 changes,
                 next_id: AtomicU64::new(1),
@@ -185,6 +191,17 @@ impl RelayHandle {
         self.state.connections.get()
     }
 
+    /// Connections that completed the QUIC handshake since the relay started;
+    /// a peer that migrates to a new address keeps its connection.
+    pub fn accepted(&self) -> u64 {
+        self.state.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Hellos refused since the relay started.
+    pub fn refused(&self) -> u64 {
+        self.state.refused.load(Ordering::Relaxed)
+    }
+
     /// Tasks running now: one per connection and one per session.
     pub fn tasks(&self) -> usize {
         self.state.tasks.len()
@@ -237,7 +254,10 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
     };
     let conn =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await {
-            Ok(Ok(conn)) => conn,
+            Ok(Ok(conn)) => {
+                state.accepted.fetch_add(1, Ordering::Relaxed);
+                conn
+            }
             Ok(Err(err)) => {
                 debug!(%err, "handshake failed");
                 return;
@@ -292,20 +312,28 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
                 "protocol version {version} is not supported (this relay speaks {})",
                 crate::protocol::VERSION
             );
-            return refuse(&conn, Some(&mut send), Refusal::new(Reason::Protocol, msg)).await;
+            return refuse(
+                &state,
+                &conn,
+                &mut send,
+                Refusal::new(Reason::Protocol, msg),
+            )
+            .await;
         }
         Ok(_) => {
             return refuse(
+                &state,
                 &conn,
-                Some(&mut send),
+                &mut send,
                 Refusal::new(Reason::Protocol, "expected a hello frame"),
             )
             .await
         }
         Err(err) => {
             return refuse(
+                &state,
                 &conn,
-                Some(&mut send),
+                &mut send,
                 Refusal::new(Reason::Protocol, format!("bad hello: {err}")),
             )
             .await;
@@ -321,8 +349,9 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
             };
             warn!(%role, %err, "refused token");
             return refuse(
+                &state,
                 &conn,
-                Some(&mut send),
+                &mut send,
                 Refusal::new(reason, err.to_string()),
             )
             .await;
@@ -336,11 +365,10 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
 
 /// Sends a refusal on the control stream, lets the peer read it, and
 /// closes the connection with the refusal's code and words.
-async fn refuse(conn: &Connection, send: Option<&mut SendStream>, refusal: Refusal) {
-    if let Some(send) = send {
-        if write_frame(send, &refusal.frame()).await.is_ok() {
-            let _ = send.finish();
-        }
+async fn refuse(state: &State, conn: &Connection, send: &mut SendStream, refusal: Refusal) {
+    state.refused.fetch_add(1, Ordering::Relaxed);
+    if write_frame(send, &refusal.frame()).await.is_ok() {
+        let _ = send.finish();
     }
     let _ = tokio::time::timeout(REFUSE_LINGER, conn.closed()).await;
     conn.close(refusal.reason.varint(), refusal.message.as_bytes());
@@ -434,7 +462,7 @@ async fn serve_host(
         Ok(replaced) => replaced,
         Err(refusal) => {
             warn!(host = %id, "refused host: {}", refusal.message);
-            return refuse(&conn, Some(&mut send), refusal).await;
+            return refuse(&state, &conn, &mut send, refusal).await;
         }
     };
     drop(handshake);
@@ -474,14 +502,21 @@ async fn serve_client(
             claims.sub
         );
         warn!(%msg, "refused client");
-        return refuse(&conn, Some(&mut send), Refusal::new(Reason::BadToken, msg)).await;
+        return refuse(
+            &state,
+            &conn,
+            &mut send,
+            Refusal::new(Reason::BadToken, msg),
+        )
+        .await;
     }
     if state.host_conn(&host).is_none() {
         let msg = format!("host {host} is not connected");
         info!(host = %host, "refused client: host offline");
         return refuse(
+            &state,
             &conn,
-            Some(&mut send),
+            &mut send,
             Refusal::new(Reason::HostOffline, msg),
         )
         .await;

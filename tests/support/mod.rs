@@ -3,6 +3,8 @@
 //! and greeting targets, a private OpenSSH server, and bounded waits.
 #![allow(dead_code)]
 
+pub mod netem;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,8 +54,11 @@ pub struct Tunnel {
     pub secret: Secret,
     /// Its self-signed certificate, pinned by peers.
     pub cert: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
     /// Cancelled on drop: stops the relay and every peer started from here.
     pub cancel: CancellationToken,
+    config: RelayConfig,
+    relay_cancel: CancellationToken,
     relay: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -77,22 +82,49 @@ impl Tunnel {
         let secret = Secret::new(b"test secret, at least sixteen bytes".to_vec()).unwrap();
         let identity = tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
         let cert = identity.chain.clone();
+        let key = identity.key.clone_key();
         let server = tls::server_config(identity, TransportOptions::default()).unwrap();
         let mut config = RelayConfig::new(Verifier::new(&secret, token::DEFAULT_AUDIENCE));
         configure(&mut config);
-        let relay = Relay::bind("127.0.0.1:0".parse().unwrap(), server, config).unwrap();
+        let relay = Relay::bind("127.0.0.1:0".parse().unwrap(), server, config.clone()).unwrap();
         let addr = relay.local_addr().unwrap();
         let registry = relay.handle();
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(relay.run(cancel.child_token()));
+        let relay_cancel = cancel.child_token();
+        let task = tokio::spawn(relay.run(relay_cancel.clone()));
         Tunnel {
             addr,
             registry,
             secret,
             cert,
+            key,
             cancel,
+            config,
+            relay_cancel,
             relay: Some(task),
         }
+    }
+
+    /// Stops the relay (peers stay up) and waits for it to exit.
+    pub async fn stop_relay(&mut self) {
+        self.relay_cancel.cancel();
+        if let Some(task) = self.relay.take() {
+            within(WAIT, "relay to stop", task).await.unwrap().unwrap();
+        }
+    }
+
+    /// Starts the relay again on the same address, secret and certificate.
+    pub async fn start_relay(&mut self) {
+        assert!(self.relay.is_none(), "the relay is running");
+        let identity = shellrelay::tls::Identity {
+            chain: self.cert.clone(),
+            key: self.key.clone_key(),
+        };
+        let server = tls::server_config(identity, TransportOptions::default()).unwrap();
+        let relay = Relay::bind(self.addr, server, self.config.clone()).unwrap();
+        self.registry = relay.handle();
+        self.relay_cancel = self.cancel.child_token();
+        self.relay = Some(tokio::spawn(relay.run(self.relay_cancel.clone())));
     }
 
     /// Signs `claims` with the relay's secret.
@@ -107,19 +139,30 @@ impl Tunnel {
 
     /// How peers reach this relay.
     pub fn relay_addr(&self) -> RelayAddr {
+        self.relay_via(self.addr, TransportOptions::default())
+    }
+
+    /// How peers reach this relay through `addr` (a proxy in front of it),
+    /// with `transport` settings.
+    pub fn relay_via(&self, addr: SocketAddr, transport: TransportOptions) -> RelayAddr {
         RelayAddr {
-            addr: self.addr.to_string(),
+            addr: addr.to_string(),
             trust: Trust::Pinned(self.cert.clone()),
-            transport: TransportOptions::default(),
+            transport,
         }
     }
 
     /// Starts a host agent without waiting for it to register.
     pub fn spawn_host(&self, token: String, target: SocketAddr) -> Peer {
+        self.spawn_host_via(self.relay_addr(), TokenSource::Literal(token), target)
+    }
+
+    /// Starts a host agent that reaches the relay as `relay` says.
+    pub fn spawn_host_via(&self, relay: RelayAddr, token: TokenSource, target: SocketAddr) -> Peer {
         let cancel = self.cancel.child_token();
         let config = HostConfig {
-            relay: self.relay_addr(),
-            token: TokenSource::Literal(token),
+            relay,
+            token,
             target: target.to_string(),
             max_backoff: Duration::from_secs(1),
         };
@@ -139,9 +182,19 @@ impl Tunnel {
 
     /// Starts a client forwarder with `token` on a free port; returns its address.
     pub async fn client_with(&self, token: String, host: Option<&str>) -> (SocketAddr, Peer) {
+        self.client_via(self.relay_addr(), token, host).await
+    }
+
+    /// Starts a client forwarder that reaches the relay as `relay` says.
+    pub async fn client_via(
+        &self,
+        relay: RelayAddr,
+        token: String,
+        host: Option<&str>,
+    ) -> (SocketAddr, Peer) {
         let cancel = self.cancel.child_token();
         let config = ClientConfig {
-            relay: self.relay_addr(),
+            relay,
             token: TokenSource::Literal(token),
             host: host.map(str::to_owned),
         };
@@ -160,12 +213,10 @@ impl Tunnel {
         addr
     }
 
-    /// Stops the relay and waits for it to exit.
+    /// Stops the relay and every peer, waiting for the relay to exit.
     pub async fn stop(mut self) {
+        self.stop_relay().await;
         self.cancel.cancel();
-        if let Some(task) = self.relay.take() {
-            within(WAIT, "relay to stop", task).await.unwrap().unwrap();
-        }
     }
 }
 
