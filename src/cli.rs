@@ -154,6 +154,15 @@ impl PeerOpt {
         };
         // Fail now on a missing file rather than at the first reconnect.
         source.load()?;
+        if let Some(path) = &self.token_file {
+            if let Some(mode) = token::shared_mode(path) {
+                tracing::warn!(
+                    "token file {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
         Ok(source)
     }
 }

@@ -95,8 +95,16 @@ impl Secret {
         Ok(Secret(bytes))
     }
 
-    /// Reads a secret file, without its trailing newline.
+    /// Reads a secret file, without its trailing newline. The file must not
+    /// be readable by other users (as ssh insists for private keys).
     pub fn from_file(path: &Path) -> anyhow::Result<Secret> {
+        if let Some(mode) = shared_mode(path) {
+            bail!(
+                "secret file {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
         let text = std::fs::read(path)
             .with_context(|| format!("could not read secret file {}", path.display()))?;
         let trimmed = text.trim_ascii_end();
@@ -114,6 +122,21 @@ impl Secret {
     /// The secret's bytes.
     pub fn expose(&self) -> &[u8] {
         &self.0
+    }
+}
+
+/// The permission bits of `path` if group or others may read it (Unix).
+pub fn shared_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 

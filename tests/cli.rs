@@ -157,7 +157,13 @@ fn addr_field(line: &str, key: &str) -> SocketAddr {
 fn write_secret(dir: &Path) -> PathBuf {
     let path = dir.join("secret");
     std::fs::write(&path, SECRET).expect("write secret file");
+    make_private(&path);
     path
+}
+
+fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
 fn path_str(path: &Path) -> &str {
@@ -770,6 +776,7 @@ async fn short_secret_is_refused_with_a_clear_message() {
     let secret = dir.path().join("short");
     // Fifteen bytes, plus a newline that does not count.
     std::fs::write(&secret, "0123456789abcde\n").expect("write secret");
+    make_private(&secret);
     let out = run(&[
         "token",
         "--secret-file",
@@ -996,4 +1003,25 @@ async fn client_closes_ssh_connections_while_the_host_is_offline() {
     for (name, log) in [("client", client.log()), ("relay", relay.log())] {
         assert!(!log.contains("panicked"), "{name} panicked:\n{log}");
     }
+}
+
+#[tokio::test]
+async fn a_secret_file_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = run(&[
+        "token",
+        "--secret-file",
+        path_str(&secret),
+        "--role",
+        "host",
+        "--host",
+        "lab1",
+    ])
+    .await;
+    assert_one_line_error(&out, path_str(&secret));
+    assert!(out.stderr.contains("readable by other users"), "{out:?}");
+    assert!(out.stderr.contains("chmod 600"), "{out:?}");
 }
