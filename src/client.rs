@@ -103,6 +103,17 @@ impl Forwarder {
         .await?;
         info!(host = %session.host, relay = %self.config.relay.addr, "connected to relay");
         let (conn, host) = (session.conn.clone(), session.host.clone());
+        // Say when and why the relay connection ends, not only when the
+        // next ssh connection finds it gone. Ends with the connection.
+        let watched = conn.clone();
+        tokio::spawn(async move {
+            let err = watched.closed().await;
+            match Refusal::from_connection_error(&err) {
+                Some(r) if r.reason == Reason::Done => {}
+                Some(r) => warn!("relay closed the connection: {}", r.message),
+                None => warn!("lost the connection to the relay: {err}"),
+            }
+        });
         *guard = Some(session);
         Ok((conn, host, true))
     }

@@ -1025,3 +1025,59 @@ async fn a_secret_file_readable_by_others_is_refused() {
     assert!(out.stderr.contains("readable by other users"), "{out:?}");
     assert!(out.stderr.contains("chmod 600"), "{out:?}");
 }
+
+#[tokio::test]
+async fn every_role_stops_gracefully_and_the_relay_says_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, relay_addr) = start_relay(&certs, &secret).await;
+    let relay_at = relay_addr.to_string();
+    let cert = certs.join("relay.crt");
+    let host_token = dir.path().join("host.token");
+    std::fs::write(&host_token, mint(&secret, "host", "lab1", "1h").await).expect("write token");
+    make_private(&host_token);
+    let client_token = dir.path().join("client.token");
+    std::fs::write(&client_token, mint(&secret, "client", "lab1", "1h").await)
+        .expect("write token");
+    make_private(&client_token);
+    let peer = |role: &'static str, token: &Path, extra: &[&str]| {
+        let mut args = vec![
+            role,
+            "--relay",
+            &relay_at,
+            "--relay-cert",
+            path_str(&cert),
+            "--token-file",
+            path_str(token),
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(role, &args)
+    };
+    let mut host = peer("host", &host_token, &["--target", "127.0.0.1:9"]);
+    host.wait_for_text("registered with relay").await;
+    let mut client = peer("client", &client_token, &["--listen", "127.0.0.1:0"]);
+    client.wait_for_text("connected to relay").await;
+
+    let started = std::time::Instant::now();
+    let status = relay.terminate().await;
+    let took = started.elapsed();
+    assert!(status.success(), "relay: {status}:\n{}", relay.log());
+    assert!(
+        took <= Duration::from_secs(2),
+        "relay took {took:?} to stop"
+    );
+    host.wait_for_text("relay shutting down").await;
+    client.wait_for_text("relay shutting down").await;
+
+    for (name, proc) in [("host", &mut host), ("client", &mut client)] {
+        proc.assert_running();
+        let status = proc.terminate().await;
+        assert!(status.success(), "{name}: {status}:\n{}", proc.log());
+        assert!(
+            !proc.log().contains("panicked"),
+            "{name} panicked:\n{}",
+            proc.log()
+        );
+    }
+}

@@ -191,3 +191,35 @@ async fn the_demo_carries_a_real_ssh_session_and_stops_on_sigterm() {
     let status = within(WAIT, "the demo to stop", demo.wait()).await.unwrap();
     assert!(status.success(), "demo exited with {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_cat_into_a_file_ends_with_the_file_complete() {
+    let Some(rig) = rig().await else { return };
+    let source = rig.sshd.dir.path().join("source");
+    let copy = rig.sshd.dir.path().join("copy");
+    let len = 32u64 << 20;
+    let sent = {
+        let mut f = tokio::fs::File::create(&source).await.unwrap();
+        let h = write_noise(&mut f, 5, len).await;
+        f.flush().await.unwrap();
+        h
+    };
+    // `ssh host 'cat > f' < file`: the end of stdin is the only signal that
+    // the copy is complete, so the half-close must travel end to end.
+    let stdin = std::fs::File::open(&source).unwrap();
+    let status = within(
+        Duration::from_secs(120),
+        "ssh cat > f",
+        rig.sshd
+            .ssh(rig.client_port, &format!("cat > {}", copy.display()))
+            .stdin(stdin)
+            .status(),
+    )
+    .await
+    .unwrap();
+    assert!(status.success(), "ssh failed: {status}");
+    let mut f = tokio::fs::File::open(&copy).await.unwrap();
+    let (count, got) = hash_to_end(&mut f).await;
+    assert_eq!(count, len);
+    assert_eq!(hex(&got), hex(&sent));
+}
