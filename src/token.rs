@@ -357,6 +357,25 @@ mod tests {
     }
 
     #[test]
+    fn only_hs256_is_accepted() {
+        let s = secret();
+        let v = Verifier::new(&s, "shellrelay");
+        let claims = Claims::new(Role::Host, "lab1", "shellrelay", Duration::from_secs(60));
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &claims,
+            &EncodingKey::from_secret(s.expose()),
+        )
+        .unwrap();
+        assert!(v.verify(&hs384, Role::Host, unix_now()).is_err());
+        // An unsigned token: header {"alg":"none"}, the same claims, no signature.
+        let good = mint(&s, &claims).unwrap();
+        let body = good.split('.').nth(1).unwrap();
+        let unsigned = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{body}.");
+        assert!(v.verify(&unsigned, Role::Host, unix_now()).is_err());
+    }
+
+    #[test]
     fn secrets_never_show_in_debug() {
         let s = secret();
         assert!(!format!("{s:?}").contains("0123"));
