@@ -42,6 +42,17 @@ pub enum Command {
     Demo(DemoOpt),
 }
 
+fn host_id(s: &str) -> Result<String, String> {
+    if token::valid_host_id(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "a host id is 1 to {} letters, digits, '.', '_' or '-'",
+            token::MAX_HOST_ID_LEN
+        ))
+    }
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 15m, 1h)"))
 }
@@ -270,7 +281,7 @@ pub struct ClientOpt {
     #[arg(long, env = "SHELLRELAY_LISTEN", default_value = client::DEFAULT_LISTEN, value_name = "ADDR")]
     listen: SocketAddr,
     /// Host to reach (default: the host the token names).
-    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID")]
+    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID", value_parser = host_id)]
     host: Option<String>,
 }
 
@@ -283,7 +294,7 @@ pub struct TokenOpt {
     #[arg(long, env = "SHELLRELAY_ROLE", value_enum)]
     role: Role,
     /// The host id.
-    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID")]
+    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID", value_parser = host_id)]
     host: String,
     /// How long the token is valid.
     #[arg(long, env = "SHELLRELAY_TTL", default_value = "1h", value_parser = duration, value_name = "DURATION")]

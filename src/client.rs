@@ -14,19 +14,19 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::peer::{self, ConnectError, RelayAddr};
-use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
+use crate::protocol::{
+    read_frame, write_frame, Frame, Reason, Refusal, CLIENT_SETUP_TIMEOUT, SHUTDOWN_GRACE,
+};
 use crate::splice;
 use crate::token::{Role, TokenSource};
 
 /// Default local listening address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
 
-/// Longest wait for the relay to answer `open` with `ready` or a refusal:
-/// the relay's own setup timeout plus a margin.
-pub const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// How long a stopping forwarder waits for its sessions to wind down.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// After a failed connect, ssh connections within this long get the same
+/// error at once instead of each queueing behind a fresh attempt (a relay
+/// that is down takes up to the connect timeout to fail).
+pub const RECONNECT_HOLDOFF: Duration = Duration::from_secs(1);
 
 /// Settings of a client forwarder.
 #[derive(Debug, Clone)]
@@ -43,7 +43,14 @@ pub struct ClientConfig {
 /// again when it has closed.
 pub struct Forwarder {
     config: ClientConfig,
-    session: tokio::sync::Mutex<Option<peer::Session>>,
+    session: tokio::sync::Mutex<Link>,
+}
+
+/// The forwarder's connection, or why the last attempt failed.
+#[derive(Default)]
+struct Link {
+    session: Option<peer::Session>,
+    failed: Option<(Instant, ConnectError)>,
 }
 
 /// A session stream the host side has reported `ready` on.
@@ -80,27 +87,44 @@ impl Forwarder {
     pub fn new(config: ClientConfig) -> Forwarder {
         Forwarder {
             config,
-            session: tokio::sync::Mutex::new(None),
+            session: tokio::sync::Mutex::new(Link::default()),
         }
     }
 
     /// The live connection and the host it reaches, connecting (again) if
     /// there is none. The last value says whether it was made just now.
     pub async fn connection(&self) -> Result<(Connection, String, bool), ConnectError> {
-        let mut guard = self.session.lock().await;
-        if let Some(session) = guard.as_ref() {
+        let mut link = self.session.lock().await;
+        if let Some(session) = link.session.as_ref() {
             if session.conn.close_reason().is_none() {
                 return Ok((session.conn.clone(), session.host.clone(), false));
             }
         }
-        *guard = None;
-        let session = peer::connect(
+        link.session = None;
+        if let Some((at, err)) = &link.failed {
+            if at.elapsed() < RECONNECT_HOLDOFF {
+                return Err(err.clone());
+            }
+        }
+        let attempt = peer::connect(
             &self.config.relay,
             &self.config.token,
             Role::Client,
             self.config.host.as_deref(),
         )
-        .await?;
+        .await;
+        let session = match attempt {
+            Ok(session) => session,
+            Err(err) => {
+                // Only an unreachable relay is slow to fail; a refusal is
+                // quick, and may be gone a moment later (a host coming online).
+                if matches!(err, ConnectError::Connect { .. }) {
+                    link.failed = Some((Instant::now(), err.clone()));
+                }
+                return Err(err);
+            }
+        };
+        link.failed = None;
         info!(host = %session.host, relay = %self.config.relay.addr, "connected to relay");
         let (conn, host) = (session.conn.clone(), session.host.clone());
         // Say when and why the relay connection ends, not only when the
@@ -114,7 +138,7 @@ impl Forwarder {
                 None => warn!("lost the connection to the relay: {err}"),
             }
         });
-        *guard = Some(session);
+        link.session = Some(session);
         Ok((conn, host, true))
     }
 
@@ -153,7 +177,7 @@ impl Forwarder {
 
     /// Closes the connection to the relay, if any.
     pub async fn close(&self) {
-        if let Some(session) = self.session.lock().await.take() {
+        if let Some(session) = self.session.lock().await.session.take() {
             session
                 .conn
                 .close(Reason::Done.varint(), b"client shutting down");
@@ -186,11 +210,11 @@ async fn open_on(conn: &Connection) -> Result<(u64, SendStream, RecvStream), Ope
             Err(err) => Err(OpenError::Failed(err.to_string())),
         }
     };
-    match tokio::time::timeout(SESSION_SETUP_TIMEOUT, setup).await {
+    match tokio::time::timeout(CLIENT_SETUP_TIMEOUT, setup).await {
         Ok(result) => result,
         Err(_) => Err(OpenError::Failed(format!(
             "no answer within {}s",
-            SESSION_SETUP_TIMEOUT.as_secs()
+            CLIENT_SETUP_TIMEOUT.as_secs()
         ))),
     }
 }

@@ -14,18 +14,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::peer::{self, RelayAddr};
-use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
+use crate::protocol::{
+    read_frame, send_refusal, write_frame, Frame, Reason, Refusal, DIAL_TIMEOUT, OPEN_TIMEOUT,
+    SHUTDOWN_GRACE,
+};
 use crate::splice;
 use crate::token::{fmt_unix, Role, TokenSource};
 
 /// Default target: the local sshd.
 pub const DEFAULT_TARGET: &str = "127.0.0.1:22";
-
-/// Longest wait for the target to accept a TCP connection.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest wait for the relay's `open` frame on a new session stream.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// First reconnect delay after the relay goes away.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
@@ -36,9 +33,6 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A connection that lasted this long was healthy: the next reconnect starts
 /// again from [`INITIAL_BACKOFF`] instead of where the last outage left off.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
-
-/// How long a stopping agent waits for its sessions to wind down.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Settings of a host agent.
 #[derive(Debug, Clone)]
@@ -87,14 +81,27 @@ impl Backoff {
 /// Runs the host agent until `shutdown` is cancelled. Returns an error only
 /// when going on makes no sense (another agent took over this host id).
 pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let target: Arc<str> = config.target.clone().into();
     let tasks = TaskTracker::new();
+    let result = keep_registered(&config, &tasks, &shutdown).await;
+    tasks.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+    result
+}
+
+/// Registers with the relay and serves sessions, reconnecting with backoff,
+/// until shutdown (`Ok`) or until another agent takes over the host id.
+async fn keep_registered(
+    config: &HostConfig,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let target: Arc<str> = config.target.clone().into();
     let mut backoff = Backoff::new(config.max_backoff);
     loop {
         let connect = peer::connect(&config.relay, &config.token, Role::Host, None);
         let attempt = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
+                        biased;
+            _ = shutdown.cancelled() => return Ok(()),
             attempt = connect => attempt,
         };
         match attempt {
@@ -107,9 +114,9 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
                     expires = %fmt_unix(session.expires_at),
                     "registered with relay"
                 );
-                let ended = serve(&session, &target, &tasks, &shutdown).await;
+                let ended = serve(&session, &target, tasks, shutdown).await;
                 match ended {
-                    None => break,
+                    None => return Ok(()),
                     Some(Some(refusal)) if refusal.reason == Reason::Replaced => {
                         bail!(
                             "{}; is another host agent running with this host id?",
@@ -136,13 +143,10 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         info!("reconnecting in {delay:.1?}");
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    tasks.close();
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
-    Ok(())
 }
 
 /// Serves sessions on a registered connection. `None` on shutdown, else why
@@ -158,8 +162,8 @@ async fn serve(
         let streams = tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                conn.close(Reason::Done.varint(), b"host agent shutting down");
-                session.endpoint.wait_idle().await;
+                                conn.close(Reason::Done.varint(), b"host agent shutting down");
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, session.endpoint.wait_idle()).await;
                 return None;
             }
             streams = conn.accept_bi() => streams,
@@ -229,9 +233,7 @@ async fn host_session(target: Arc<str>, (mut send, mut recv): (SendStream, RecvS
 
 async fn refuse(mut send: SendStream, session: u64, refusal: Refusal) {
     warn!(session, reason = %refusal.message, "session refused");
-    if write_frame(&mut send, &refusal.frame()).await.is_ok() {
-        let _ = send.finish();
-    }
+    send_refusal(&mut send, &refusal).await;
 }
 
 #[cfg(test)]

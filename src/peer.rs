@@ -2,6 +2,7 @@
 //! the client forwarder.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +14,10 @@ use crate::token::{Role, TokenSource};
 
 /// Longest wait for the QUIC handshake and the relay's answer to a hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// When the control stream fails before the relay's answer, how long to wait
+/// for the connection's close, which carries the refusal's reason.
+const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);
 
 /// Where and how to reach the relay.
 #[derive(Debug, Clone)]
@@ -60,19 +65,20 @@ pub struct Session {
     pub expires_at: u64,
 }
 
-/// Why connecting to the relay failed.
-#[derive(Debug, Error)]
+/// Why connecting to the relay failed. Cheap to clone, so that one failed
+/// attempt can answer several waiting sessions.
+#[derive(Debug, Clone, Error)]
 pub enum ConnectError {
     /// Local setup failed: address, certificate or token file.
     #[error("{0:#}")]
-    Setup(anyhow::Error),
+    Setup(Arc<anyhow::Error>),
     /// No QUIC connection could be made.
     #[error("could not connect to relay {addr}: {source}")]
     Connect {
         /// The relay's address.
         addr: String,
         /// The cause.
-        source: anyhow::Error,
+        source: Arc<anyhow::Error>,
     },
     /// The relay refused the hello.
     #[error("relay refused: {0}")]
@@ -83,6 +89,10 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    fn setup(err: anyhow::Error) -> ConnectError {
+        ConnectError::Setup(Arc::new(err))
+    }
+
     /// The refusal, if the relay refused.
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {
@@ -99,9 +109,9 @@ pub async fn connect(
     role: Role,
     host: Option<&str>,
 ) -> Result<Session, ConnectError> {
-    let token = token.load().map_err(ConnectError::Setup)?;
-    let config = tls::client_config(&relay.trust, relay.transport).map_err(ConnectError::Setup)?;
-    let addr = relay.resolve().await.map_err(ConnectError::Setup)?;
+    let token = token.load().map_err(ConnectError::setup)?;
+    let config = tls::client_config(&relay.trust, relay.transport).map_err(ConnectError::setup)?;
+    let addr = relay.resolve().await.map_err(ConnectError::setup)?;
     let bind: SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -109,11 +119,11 @@ pub async fn connect(
     };
     let connect_err = |source: anyhow::Error| ConnectError::Connect {
         addr: relay.addr.clone(),
-        source,
+        source: Arc::new(source),
     };
     let mut endpoint = quinn::Endpoint::client(bind)
         .with_context(|| format!("could not bind a UDP socket on {bind}"))
-        .map_err(ConnectError::Setup)?;
+        .map_err(ConnectError::setup)?;
     endpoint.set_default_client_config(config);
     let connecting = endpoint
         .connect(addr, relay.server_name())
@@ -148,7 +158,7 @@ pub async fn connect(
                 expires_at,
             }),
             Ok(Frame::Refused { reason, message }) => {
-                conn.close(0u32.into(), b"");
+                conn.close(crate::protocol::Reason::Done.varint(), b"");
                 Err(ConnectError::Refused(Refusal { reason, message }))
             }
             Ok(other) => {
@@ -163,7 +173,7 @@ pub async fn connect(
             Err(err) => {
                 // A refusal may arrive as the connection's close reason
                 // before the frame that carries it.
-                let closed = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+                let closed = tokio::time::timeout(CLOSE_REASON_WAIT, conn.closed()).await;
                 match closed
                     .ok()
                     .as_ref()

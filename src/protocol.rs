@@ -8,6 +8,7 @@
 //! ssh bytes, untouched.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -25,6 +26,24 @@ pub const VERSION: u32 = 1;
 /// JSON (well under 4 KiB); the cap keeps a hostile peer from making anyone
 /// buffer more than this before it is authenticated.
 pub const MAX_FRAME_LEN: usize = 16 * 1024;
+
+/// Longest a session stream may take to deliver its `open` frame.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest the host agent waits for its target to accept a TCP connection.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest the relay waits for the host's `ready`: the host's dial timeout
+/// plus a margin for the round trip.
+pub const HOST_SETUP_TIMEOUT: Duration = Duration::from_secs(DIAL_TIMEOUT.as_secs() + 5);
+
+/// Longest the client forwarder waits for `ready` or a refusal: the relay's
+/// own wait plus a margin.
+pub const CLIENT_SETUP_TIMEOUT: Duration = Duration::from_secs(HOST_SETUP_TIMEOUT.as_secs() + 5);
+
+/// How long a stopping role waits for its peers to acknowledge the close
+/// and its sessions to wind down.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// A control or session-header frame. On the wire: a big-endian `u16` body
 /// length followed by that many bytes of JSON.
@@ -286,6 +305,14 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 ) -> Result<(), FrameError> {
     w.write_all(&frame.encode()?).await?;
     Ok(())
+}
+
+/// Writes a refusal and finishes the stream: the peer reads the reason, then
+/// the end of the stream.
+pub async fn send_refusal(send: &mut quinn::SendStream, refusal: &Refusal) {
+    if write_frame(send, &refusal.frame()).await.is_ok() {
+        let _ = send.finish();
+    }
 }
 
 /// Reads exactly one frame, never a byte past it: what follows on the

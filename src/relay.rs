@@ -16,10 +16,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::limits::{Failures, Gauge, GaugeGuard, Limits, PerAddr, PerAddrGuard};
-use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
+use crate::protocol::{
+    read_frame, send_refusal, write_frame, Frame, FrameError, Reason, Refusal, HOST_SETUP_TIMEOUT,
+    OPEN_TIMEOUT, SHUTDOWN_GRACE,
+};
 use crate::splice;
-use crate::tls::CONNECTION_WINDOW;
-use crate::token::{fmt_unix, unix_now, Claims, Role, Verifier};
+use crate::token::{fmt_unix, unix_now, Claims, Role, TokenError, Verifier};
 
 /// Longest a QUIC handshake may take before the attempt is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,19 +36,9 @@ pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// waiting for stream credit.
 const REFUSAL_STREAMS: u32 = 64;
 
-/// Longest a session stream may take to send its `open` frame.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest the host may take to open its target and answer `ready`: the
-/// host's own dial timeout plus a margin for the round trip.
-pub const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// How long a refused peer gets to read its refusal frame before the
 /// connection is closed (the close carries the same words).
 pub const REFUSE_LINGER: Duration = Duration::from_secs(1);
-
-/// How long a shutting-down relay waits for peers to acknowledge the close.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// What the relay accepts and how much.
 #[derive(Debug, Clone)]
@@ -174,6 +166,8 @@ impl Relay {
             endpoint.wait_idle().await;
         })
         .await;
+        // Let go of every connection so the socket closes with the endpoint.
+        state.lock_hosts().clear();
         Ok(())
     }
 }
@@ -342,9 +336,14 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
     let claims = match state.config.verifier.verify(&token.0, role, unix_now()) {
         Ok(claims) => claims,
         Err(err) => {
-            state.failures.record(ip, Instant::now());
+            // Only tokens that could be guesses count towards the limit: a
+            // well-signed token that expired (an agent retrying with a stale
+            // token) must not lock out everyone behind the same address.
+            if matches!(err, TokenError::BadSignature | TokenError::Malformed) {
+                state.failures.record(ip, Instant::now());
+            }
             let reason = match err {
-                crate::token::TokenError::Expired(_) => Reason::TokenExpired,
+                TokenError::Expired(_) => Reason::TokenExpired,
                 _ => Reason::BadToken,
             };
             warn!(%role, %err, "refused token");
@@ -367,16 +366,24 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
 /// closes the connection with the refusal's code and words.
 async fn refuse(state: &State, conn: &Connection, send: &mut SendStream, refusal: Refusal) {
     state.refused.fetch_add(1, Ordering::Relaxed);
-    if write_frame(send, &refusal.frame()).await.is_ok() {
-        let _ = send.finish();
-    }
+    send_refusal(send, &refusal).await;
     let _ = tokio::time::timeout(REFUSE_LINGER, conn.closed()).await;
     conn.close(refusal.reason.varint(), refusal.message.as_bytes());
 }
 
+/// Nothing follows a hello on a peer's control stream in this version;
+/// stopping it keeps a peer from parking data there.
+fn stop_control(mut recv: RecvStream) {
+    let _ = recv.stop(Reason::Done.varint());
+}
+
 /// Resolves when a token with expiry `exp` (Unix seconds) runs out.
 async fn expiry(exp: u64) {
-    let at = UNIX_EPOCH + Duration::from_secs(exp);
+    // The verifier refuses an `exp` past MAX_EXP, so this cannot overflow;
+    // should it, the connection simply never expires by timer.
+    let Some(at) = UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
+        return std::future::pending().await;
+    };
     let left = at
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
@@ -436,8 +443,9 @@ async fn serve_host(
     claims: Claims,
     handshake: PerAddrGuard,
     mut send: SendStream,
-    _recv: RecvStream,
+    recv: RecvStream,
 ) {
+    stop_control(recv);
     let id = claims.sub.clone();
     let remote = conn.remote_address();
     let generation = state.next_id();
@@ -465,7 +473,14 @@ async fn serve_host(
             return refuse(&state, &conn, &mut send, refusal).await;
         }
     };
+    // Unregisters on every way out of here, a panic included.
+    let _registration = Registration {
+        state: state.clone(),
+        id: id.clone(),
+        generation,
+    };
     drop(handshake);
+    conn.set_receive_window(quinn::VarInt::MAX);
     if let Some(old) = replaced {
         info!(host = %id, old = %old.conn.remote_address(), "replacing older connection of host");
         let msg = format!("replaced by a newer connection for host {id}");
@@ -477,13 +492,26 @@ async fn serve_host(
         let ended = hold(&state, &conn, claims.exp).await;
         info!(host = %id, %remote, reason = %ended, "host unregistered");
     }
-    {
-        let mut hosts = state.lock_hosts();
-        if hosts.get(&id).map(|e| e.generation) == Some(generation) {
-            hosts.remove(&id);
+}
+
+/// A host's place in the registry, given up when dropped, unless a newer
+/// connection has taken it over.
+struct Registration {
+    state: Arc<State>,
+    id: String,
+    generation: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        {
+            let mut hosts = self.state.lock_hosts();
+            if hosts.get(&self.id).map(|e| e.generation) == Some(self.generation) {
+                hosts.remove(&self.id);
+            }
         }
+        self.state.changes.send_modify(|g| *g += 1);
     }
-    state.changes.send_modify(|g| *g += 1);
 }
 
 async fn serve_client(
@@ -493,9 +521,17 @@ async fn serve_client(
     requested: Option<String>,
     handshake: PerAddrGuard,
     mut send: SendStream,
-    _recv: RecvStream,
+    recv: RecvStream,
 ) {
+    stop_control(recv);
     let host = requested.unwrap_or_else(|| claims.sub.clone());
+    if !crate::token::valid_host_id(&host) {
+        let refusal = Refusal::new(
+            Reason::Protocol,
+            "the host asked for is not a valid host id",
+        );
+        return refuse(&state, &conn, &mut send, refusal).await;
+    }
     if host != claims.sub {
         let msg = format!(
             "client token for host {} cannot reach host {host}",
@@ -527,7 +563,7 @@ async fn serve_client(
         .unwrap_or(u32::MAX)
         .saturating_add(REFUSAL_STREAMS);
     conn.set_max_concurrent_bi_streams(streams.into());
-    conn.set_receive_window(CONNECTION_WINDOW.into());
+    conn.set_receive_window(quinn::VarInt::MAX);
     drop(handshake);
     if !welcome(&mut send, &claims, &host).await {
         return;
@@ -552,7 +588,10 @@ async fn accept_sessions(state: &Arc<State>, conn: &Connection, host: &str) {
                 format!("too many sessions on this connection (limit {limit})"),
             );
             drop(recv);
-            state.tasks.spawn(refuse_session(send, refusal));
+            let mut send = send;
+            state
+                .tasks
+                .spawn(async move { send_refusal(&mut send, &refusal).await });
             continue;
         };
         let session = state.next_id();
@@ -591,7 +630,7 @@ async fn relay_session(
     }
     let Some((host_conn, host_sessions)) = state.host_conn(&host) else {
         let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
-        return refuse_session(c_send, refusal).await;
+        return send_refusal(&mut c_send, &refusal).await;
     };
     let limit = state.config.limits.sessions_per_host;
     let Some(_host_slot) = host_sessions.acquire(limit) else {
@@ -599,55 +638,77 @@ async fn relay_session(
             Reason::Limit,
             format!("host {host} has too many sessions (limit {limit})"),
         );
-        return refuse_session(c_send, refusal).await;
+        return send_refusal(&mut c_send, &refusal).await;
     };
-    let setup = tokio::time::timeout(SESSION_SETUP_TIMEOUT, async {
-        let (mut h_send, mut h_recv) = host_conn.open_bi().await.map_err(|e| e.to_string())?;
-        let open = Frame::Open {
-            session,
-            client: Some(client.to_string()),
+    let deadline = tokio::time::Instant::now() + HOST_SETUP_TIMEOUT;
+    let (mut h_send, mut h_recv) =
+        match tokio::time::timeout_at(deadline, host_conn.open_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(err)) => {
+                let refusal =
+                    Refusal::new(Reason::HostOffline, format!("host {host} went away: {err}"));
+                return send_refusal(&mut c_send, &refusal).await;
+            }
+            Err(_) => {
+                let refusal = Refusal::new(
+                    Reason::Limit,
+                    format!("host {host} has no room for another session"),
+                );
+                return send_refusal(&mut c_send, &refusal).await;
+            }
         };
-        write_frame(&mut h_send, &open)
-            .await
-            .map_err(|e| e.to_string())?;
-        let reply = read_frame(&mut h_recv).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((h_send, h_recv, reply))
+    let open = Frame::Open {
+        session,
+        client: Some(client.to_string()),
+    };
+    let reply = tokio::time::timeout_at(deadline, async {
+        write_frame(&mut h_send, &open).await?;
+        read_frame(&mut h_recv).await
     })
     .await;
-    let (h_send, h_recv) = match setup {
-        Ok(Ok((h_send, h_recv, Frame::Ready { .. }))) => (h_send, h_recv),
-        Ok(Ok((_, _, Frame::Refused { reason, message }))) => {
-            info!(%client, %message, "host refused session");
-            return refuse_session(c_send, Refusal { reason, message }).await;
-        }
-        Ok(Ok((mut h_send, _, other))) => {
+    let failure = match reply {
+        Ok(Ok(Frame::Ready { .. })) => None,
+        Ok(Ok(Frame::Refused { reason, message })) => Some(Refusal { reason, message }),
+        Ok(Ok(other)) => {
             warn!(?other, "host answered open with an unexpected frame");
-            let _ = h_send.reset(Reason::Protocol.varint());
-            let refusal = Refusal::new(Reason::Protocol, format!("host {host} broke the protocol"));
-            return refuse_session(c_send, refusal).await;
+            Some(Refusal::new(
+                Reason::Protocol,
+                format!("host {host} broke the protocol"),
+            ))
         }
-        Ok(Err(err)) => {
-            let refusal = Refusal::new(
-                Reason::HostOffline,
-                format!("host {host} dropped the session: {err}"),
-            );
-            return refuse_session(c_send, refusal).await;
+        Ok(Err(err @ (FrameError::TooLong(_) | FrameError::Malformed(_)))) => {
+            warn!(%err, "host answered open with a bad frame");
+            Some(Refusal::new(
+                Reason::Protocol,
+                format!("host {host} broke the protocol"),
+            ))
         }
+        Ok(Err(_)) if host_conn.close_reason().is_some() => Some(Refusal::new(
+            Reason::HostOffline,
+            format!("host {host} went away"),
+        )),
+        Ok(Err(_)) => Some(Refusal::new(
+            Reason::Aborted,
+            format!("host {host} dropped the session"),
+        )),
         Err(_) => {
-            let secs = SESSION_SETUP_TIMEOUT.as_secs();
-            let refusal = Refusal::new(
-                Reason::TargetUnreachable,
-                format!("host {host} did not open the session within {secs}s"),
-            );
-            return refuse_session(c_send, refusal).await;
+            let secs = HOST_SETUP_TIMEOUT.as_secs();
+            let message = format!("host {host} did not open the session within {secs}s");
+            Some(Refusal::new(Reason::TargetUnreachable, message))
         }
     };
+    if let Some(refusal) = failure {
+        info!(%client, reason = %refusal.message, "session refused");
+        let _ = h_send.reset(refusal.reason.varint());
+        let _ = h_recv.stop(refusal.reason.varint());
+        return send_refusal(&mut c_send, &refusal).await;
+    }
     if write_frame(&mut c_send, &Frame::Ready { session })
         .await
         .is_err()
     {
-        let mut h_send = h_send;
         let _ = h_send.reset(Reason::Aborted.varint());
+        let _ = h_recv.stop(Reason::Aborted.varint());
         return;
     }
     info!(%client, "session started");
@@ -660,10 +721,4 @@ async fn relay_session(
         duration = ?started.elapsed(),
         "session ended"
     );
-}
-
-async fn refuse_session(mut send: SendStream, refusal: Refusal) {
-    if write_frame(&mut send, &refusal.frame()).await.is_ok() {
-        let _ = send.finish();
-    }
 }

@@ -44,8 +44,8 @@ pub async fn tcp_quic(mut tcp: TcpStream, mut send: SendStream, mut recv: RecvSt
         tokio::pin!(stopped);
         let mut buf = BytesMut::new();
         loop {
-            // Wait for data before taking a buffer, so an idle session
-            // holds none.
+            // Readiness is cached: during a bulk transfer this returns at
+            // once; an idle session waits here holding no buffer.
             tokio::select! {
                 ready = tcp_read.readable() => if ready.is_err() { return Err(Aborted(0)) },
                 _ = &mut stopped => return Err(Aborted(0)),
@@ -67,7 +67,11 @@ pub async fn tcp_quic(mut tcp: TcpStream, mut send: SendStream, mut recv: RecvSt
                     }
                     sent.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Drained: give the rest of the buffer back before going
+                    // idle (chunks still queued in quinn keep theirs alive).
+                    buf = BytesMut::new();
+                }
                 Err(_) => return Err(Aborted(0)),
             }
         }

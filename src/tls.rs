@@ -17,12 +17,14 @@ use crate::protocol::ALPN;
 /// connection without waiting.
 pub const MAX_STREAMS: u32 = 4096;
 
-/// Per-stream receive window: enough for one session at several Gbit/s on a
-/// path with a few milliseconds of round trip.
-pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+/// Per-stream receive window: one session at 1 Gbit/s over a 30 ms round
+/// trip. It is also what one stalled session (an ssh client that stops
+/// reading) can hold buffered at each hop.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
-/// Per-connection receive and send windows, shared by all its sessions.
-pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+/// Send buffer per connection, shared by its sessions: room for several
+/// sessions at full window.
+pub const SEND_WINDOW: u64 = 64 * 1024 * 1024;
 
 /// Default keep-alive: well under the common 30 s UDP NAT mapping timeout.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
@@ -204,8 +206,12 @@ pub fn transport_config(opts: TransportOptions) -> anyhow::Result<quinn::Transpo
     t.max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window(STREAM_WINDOW.into())
-        .receive_window(CONNECTION_WINDOW.into())
-        .send_window(u64::from(CONNECTION_WINDOW))
+        // No connection-level cap: with one, sessions whose readers stall
+        // would use up the shared window and freeze every other session on
+        // the connection. Memory stays bounded by the stream window times
+        // the session limit.
+        .receive_window(quinn::VarInt::MAX)
+        .send_window(SEND_WINDOW)
         .keep_alive_interval(Some(opts.keep_alive))
         .max_idle_timeout(Some(
             opts.idle_timeout

@@ -57,14 +57,15 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Claims for `role` on host `sub`, valid from `now` for `ttl`.
+    /// Claims for `role` on host `sub`, valid from `now` for `ttl` (at most
+    /// until [`MAX_EXP`]).
     pub fn new(role: Role, sub: &str, audience: &str, ttl: Duration) -> Claims {
         let now = unix_now();
         Claims {
             sub: sub.to_owned(),
             role,
             aud: audience.to_owned(),
-            exp: now.saturating_add(ttl.as_secs()),
+            exp: now.saturating_add(ttl.as_secs()).min(MAX_EXP),
             nbf: now,
             iat: now,
             jti: None,
@@ -209,6 +210,12 @@ pub enum TokenError {
         /// The relay's audience.
         expected: String,
     },
+    /// `exp` or `nbf` beyond [`MAX_EXP`].
+    #[error("token times are out of range")]
+    OutOfRange,
+    /// `sub` is not a valid host id.
+    #[error("token names an invalid host id")]
+    BadHostId,
     /// A host token used as a client token or the other way round.
     #[error("{found} token used as a {wanted} token")]
     WrongRole {
@@ -263,6 +270,12 @@ impl Verifier {
             }
         })?;
         let claims = data.claims;
+        if claims.exp > MAX_EXP || claims.nbf > MAX_EXP {
+            return Err(TokenError::OutOfRange);
+        }
+        if !valid_host_id(&claims.sub) {
+            return Err(TokenError::BadHostId);
+        }
         if claims.aud != self.audience {
             return Err(TokenError::WrongAudience {
                 found: claims.aud,
@@ -293,9 +306,30 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Formats Unix seconds as RFC 3339 UTC.
+/// Formats Unix seconds as RFC 3339 UTC (or as plain seconds past the
+/// year 9999, which RFC 3339 cannot write).
 pub fn fmt_unix(secs: u64) -> String {
+    if secs > MAX_EXP {
+        return format!("{secs} seconds after 1970");
+    }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// Latest `exp` or `nbf` accepted: the end of the year 9999.
+pub const MAX_EXP: u64 = 253_402_300_799;
+
+/// Longest host id accepted.
+pub const MAX_HOST_ID_LEN: usize = 64;
+
+/// Whether `id` is a valid host id: 1 to [`MAX_HOST_ID_LEN`] ASCII letters,
+/// digits, `.`, `_` or `-`, so that ids are safe in logs, file names and
+/// ssh configuration.
+pub fn valid_host_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_HOST_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -354,6 +388,39 @@ mod tests {
             v.verify(&mint(&s, &c).unwrap(), Role::Host, now),
             Err(TokenError::WrongAudience { .. })
         ));
+    }
+
+    #[test]
+    fn far_future_times_and_odd_host_ids_are_refused_not_panicked_on() {
+        let s = secret();
+        let v = Verifier::new(&s, "shellrelay");
+        let mut c = Claims::new(Role::Host, "lab1", "shellrelay", Duration::from_secs(60));
+        c.exp = u64::MAX;
+        assert_eq!(
+            v.verify(&mint(&s, &c).unwrap(), Role::Host, unix_now()),
+            Err(TokenError::OutOfRange)
+        );
+        assert_eq!(
+            fmt_unix(u64::MAX),
+            format!("{} seconds after 1970", u64::MAX)
+        );
+        assert!(fmt_unix(MAX_EXP).starts_with("9999-12-31T23:59:59"));
+        let c = Claims::new(
+            Role::Host,
+            "lab1",
+            "shellrelay",
+            Duration::from_secs(u64::MAX),
+        );
+        assert_eq!(c.exp, MAX_EXP);
+        for bad in ["", "a b", "lab\nforged", "ünï", &"x".repeat(65)] {
+            let c = Claims::new(Role::Host, bad, "shellrelay", Duration::from_secs(60));
+            assert_eq!(
+                v.verify(&mint(&s, &c).unwrap(), Role::Host, unix_now()),
+                Err(TokenError::BadHostId),
+                "{bad:?}"
+            );
+        }
+        assert!(valid_host_id("lab-1.example_2"));
     }
 
     #[test]

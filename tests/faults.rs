@@ -88,6 +88,7 @@ async fn loss_reordering_duplication_and_jitter_lose_no_byte() {
     };
     rig.host_proxy.set_impairment(bad, bad);
     rig.client_proxy.set_impairment(bad, bad);
+    let t0 = std::time::Instant::now();
     // 64 MiB each way in all, over 8 concurrent sessions.
     let sessions: Vec<_> = (0..8)
         .map(|seed| tokio::spawn(echo_roundtrip(rig.client, seed, 8 << 20)))
@@ -102,6 +103,10 @@ async fn loss_reordering_duplication_and_jitter_lose_no_byte() {
         },
     )
     .await;
+    eprintln!(
+        "64 MiB each way through the lossy path in {:?}",
+        t0.elapsed()
+    );
     for (side, proxy) in [("host", &rig.host_proxy), ("client", &rig.client_proxy)] {
         let stats = proxy.stats();
         eprintln!("{side} side: {stats:?}");

@@ -425,3 +425,70 @@ async fn relay_shutdown_closes_peers_with_the_reason() {
         shellrelay::protocol::Refusal::from_connection_error(&err).expect("an application close");
     assert_eq!(refusal.reason, Reason::ShuttingDown);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_sessions_do_not_block_other_sessions_of_the_host() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let tunnel = Tunnel::start().await;
+    // 'S' makes the target stream without end (counting what it wrote);
+    // anything else is echoed.
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = written.clone();
+    let target = serve(move |mut tcp| {
+        let counter = counter.clone();
+        async move {
+            let mut first = [0u8; 1];
+            if tcp.read_exact(&mut first).await.is_err() {
+                return;
+            }
+            if &first == b"S" {
+                let chunk = vec![7u8; 64 * 1024];
+                while tcp.write_all(&chunk).await.is_ok() {
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            } else {
+                tcp.write_all(&first).await.unwrap();
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        }
+    })
+    .await;
+    let _host = tunnel.host("lab1", target).await;
+    let stalling_client = tunnel.client("lab1").await;
+    let other_client = tunnel.client("lab1").await;
+
+    // Eight sessions whose ssh side never reads: their data piles up in
+    // every buffer on the way, stream windows included.
+    let stalled = 8u64;
+    let mut keep = Vec::new();
+    for _ in 0..stalled {
+        let mut tcp = TcpStream::connect(stalling_client).await.unwrap();
+        tcp.write_all(b"S").await.unwrap();
+        keep.push(tcp);
+    }
+    let enough = stalled * 2 * u64::from(shellrelay::tls::STREAM_WINDOW);
+    within(WAIT, "stalled sessions to fill their windows", async {
+        while written.load(Ordering::Relaxed) < enough {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Another session of the same host, from another client connection,
+    // and one from the stalling client's own connection, still flow.
+    for client in [other_client, stalling_client] {
+        let mut tcp = TcpStream::connect(client).await.unwrap();
+        tcp.write_all(b"Eping").await.unwrap();
+        let mut got = [0u8; 5];
+        within(
+            Duration::from_secs(10),
+            "an echo past the stalled sessions",
+            tcp.read_exact(&mut got),
+        )
+        .await
+        .unwrap();
+        assert_eq!(&got, b"Eping");
+    }
+    drop(keep);
+}

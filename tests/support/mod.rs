@@ -121,7 +121,17 @@ impl Tunnel {
             key: self.key.clone_key(),
         };
         let server = tls::server_config(identity, TransportOptions::default()).unwrap();
-        let relay = Relay::bind(self.addr, server, self.config.clone()).unwrap();
+        // The old relay's socket closes when quinn's endpoint driver notices
+        // the last handle is gone, a moment after `run` returns.
+        let relay = within(WAIT, "the relay's port to be free again", async {
+            loop {
+                match Relay::bind(self.addr, server.clone(), self.config.clone()) {
+                    Ok(relay) => return relay,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await;
         self.registry = relay.handle();
         self.relay_cancel = self.cancel.child_token();
         self.relay = Some(tokio::spawn(relay.run(self.relay_cancel.clone())));
