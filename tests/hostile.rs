@@ -326,3 +326,27 @@ async fn a_bad_token_does_not_reveal_whether_a_host_exists() {
         "refusals differ between an existing and a missing host"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_its_hello_a_peer_gets_one_stream_and_a_small_window() {
+    let tunnel = Tunnel::start().await;
+    let conn = raw_connect(&tunnel, ALPN).await.unwrap();
+    let (mut control, _recv) = conn.open_bi().await.unwrap();
+    // The control stream is all the credit there is: a second stream cannot
+    // even be opened until the relay grants more, which it does only to an
+    // authenticated client.
+    control.write_all(b"\x00").await.unwrap();
+    let second = tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await;
+    assert!(
+        second.is_err(),
+        "a second stream was opened before the hello"
+    );
+    // And it cannot push more than the pre-auth window: a write far larger
+    // stalls instead of being buffered at the relay.
+    let big = vec![0u8; 4 << 20];
+    let pushed = tokio::time::timeout(Duration::from_millis(500), control.write_all(&big)).await;
+    assert!(
+        pushed.is_err(),
+        "the relay accepted 4 MiB from an unauthenticated peer"
+    );
+}
