@@ -15,7 +15,7 @@ use crate::protocol::ALPN;
 /// Most concurrent sessions (bidirectional streams) per connection: far
 /// above quinn's default of 100 so that many ssh sessions share one
 /// connection without waiting.
-pub const MAX_STREAMS: u32 = 4096;
+pub const MAX_STREAMS: u32 = 16_384;
 
 /// Per-stream receive window: one session at 1 Gbit/s over a 30 ms round
 /// trip. It is also what one stalled session (an ssh client that stops

@@ -1,0 +1,585 @@
+//! `cargo bench --bench relay`: relay, host agent and client forwarder as
+//! separate processes on loopback, measured against direct TCP in the same
+//! run. Prints one table: each figure, its baseline and the ratio.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use shellrelay::client::{ClientConfig, Forwarder};
+use shellrelay::peer::{self, RelayAddr};
+use shellrelay::tls::{TransportOptions, Trust};
+use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shellrelay");
+const GREETING: u8 = b'G';
+const CHUNK: usize = 256 * 1024;
+
+/// Sizes, scaled down by `SHELLRELAY_BENCH_QUICK=1` for a smoke run.
+struct Plan {
+    bulk: u64,
+    per8: u64,
+    per64: u64,
+    pings: usize,
+    setups: usize,
+    idle_hosts: usize,
+    idle_sessions: usize,
+}
+
+fn plan() -> Plan {
+    if std::env::var("SHELLRELAY_BENCH_QUICK").is_ok() {
+        Plan {
+            bulk: 64 << 20,
+            per8: 8 << 20,
+            per64: 1 << 20,
+            pings: 500,
+            setups: 50,
+            idle_hosts: 50,
+            idle_sessions: 200,
+        }
+    } else {
+        Plan {
+            bulk: 1 << 30,
+            per8: 128 << 20,
+            per64: 16 << 20,
+            pings: 10_000,
+            setups: 1_000,
+            idle_hosts: 1_000,
+            idle_sessions: 10_000,
+        }
+    }
+}
+
+/// The target behind the host agent (and the direct baseline): greets with
+/// one byte as sshd does, then obeys a one-byte command.
+async fn target() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind target");
+    let addr = listener.local_addr().expect("target address");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = serve(tcp).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn serve(mut tcp: TcpStream) -> std::io::Result<()> {
+    tcp.set_nodelay(true)?;
+    tcp.write_all(&[GREETING]).await?;
+    let mut cmd = [0u8; 1];
+    tcp.read_exact(&mut cmd).await?;
+    match cmd[0] {
+        // Upload: count to EOF, answer with the count.
+        b'U' => {
+            let mut buf = vec![0u8; CHUNK];
+            let mut n = 0u64;
+            loop {
+                let got = tcp.read(&mut buf).await?;
+                if got == 0 {
+                    break;
+                }
+                n += got as u64;
+            }
+            tcp.write_all(&n.to_be_bytes()).await?;
+        }
+        // Download: send the asked number of bytes, then close.
+        b'D' => {
+            let mut len = [0u8; 8];
+            tcp.read_exact(&mut len).await?;
+            let mut left = u64::from_be_bytes(len);
+            let buf = vec![0x5au8; CHUNK];
+            while left > 0 {
+                let n = left.min(CHUNK as u64) as usize;
+                tcp.write_all(&buf[..n]).await?;
+                left -= n as u64;
+            }
+        }
+        // Echo; also holds idle sessions open.
+        _ => {
+            let (mut r, mut w) = tcp.split();
+            tokio::io::copy(&mut r, &mut w).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn open(addr: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut g = [0u8; 1];
+    tcp.read_exact(&mut g).await.expect("greeting");
+    tcp
+}
+
+/// Sends `len` bytes up; returns seconds until the target counted them all.
+async fn upload(addr: SocketAddr, len: u64) -> f64 {
+    let mut tcp = open(addr).await;
+    let buf = vec![0xa5u8; CHUNK];
+    let start = Instant::now();
+    tcp.write_all(b"U").await.expect("cmd");
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        tcp.write_all(&buf[..n]).await.expect("upload");
+        left -= n as u64;
+    }
+    tcp.shutdown().await.expect("fin");
+    let mut count = [0u8; 8];
+    tcp.read_exact(&mut count).await.expect("count");
+    assert_eq!(u64::from_be_bytes(count), len, "upload lost bytes");
+    start.elapsed().as_secs_f64()
+}
+
+/// Asks for `len` bytes down; returns seconds until all arrived.
+async fn download(addr: SocketAddr, len: u64) -> f64 {
+    let mut tcp = open(addr).await;
+    let mut buf = vec![0u8; CHUNK];
+    let start = Instant::now();
+    tcp.write_all(b"D").await.expect("cmd");
+    tcp.write_all(&len.to_be_bytes()).await.expect("len");
+    let mut got = 0u64;
+    loop {
+        let n = tcp.read(&mut buf).await.expect("download");
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    assert_eq!(got, len, "download lost bytes");
+    start.elapsed().as_secs_f64()
+}
+
+/// Aggregate Gbit/s of `sessions` concurrent transfers of `each` bytes up
+/// and down at once, and the slowest session's share of the fair share.
+async fn aggregate(addr: SocketAddr, sessions: usize, each: u64) -> (f64, f64) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..sessions {
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                upload(addr, each).await
+            } else {
+                download(addr, each).await
+            }
+        }));
+    }
+    let mut slowest: f64 = 0.0;
+    for t in tasks {
+        slowest = slowest.max(t.await.expect("session"));
+    }
+    let total = start.elapsed().as_secs_f64();
+    let gbits = (sessions as u64 * each * 8) as f64 / total / 1e9;
+    // Each session's rate against the fair share (aggregate / sessions):
+    // the slowest session moved `each` bytes in `slowest` seconds.
+    let fair = (sessions as u64 * each) as f64 / total / sessions as f64;
+    let worst = each as f64 / slowest;
+    (gbits, worst / fair)
+}
+
+fn gbps(len: u64, secs: f64) -> f64 {
+    (len * 8) as f64 / secs / 1e9
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn pings(addr: SocketAddr, count: usize) -> (Duration, Duration) {
+    let mut tcp = open(addr).await;
+    tcp.write_all(b"E").await.expect("cmd");
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut rtts = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        tcp.write_all(&msg).await.expect("ping");
+        tcp.read_exact(&mut back).await.expect("pong");
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    (percentile(&rtts, 0.5), percentile(&rtts, 0.99))
+}
+
+async fn setups(addr: SocketAddr, count: usize) -> (Duration, Duration) {
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        let tcp = open(addr).await;
+        times.push(t.elapsed());
+        drop(tcp);
+    }
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+/// A child process whose log lines arrive on a channel; killed on drop.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> anyhow::Result<Proc> {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "warn,shellrelay=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("could not start {BIN}"))?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Proc { child, lines })
+    }
+
+    /// The value of `key=` in the first log line containing `needle`.
+    fn wait_for(&self, needle: &str, key: &str) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .with_context(|| format!("no {needle:?} in the log"))?;
+            if line.contains(needle) {
+                let value = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                    .unwrap_or_default();
+                return Ok(value.to_owned());
+            }
+        }
+        bail!("no {needle:?} in the log within 30 s")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Resident set size of `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User plus system CPU seconds of `pid`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at ')'.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!("{cores} cores, {cpu}")
+}
+
+struct Table(Vec<[String; 4]>);
+
+impl Table {
+    fn row(&mut self, what: &str, ours: String, base: String, ratio: String) {
+        println!("  {what:<44} {ours:>14} {base:>14} {ratio:>9}");
+        self.0.push([what.into(), ours, base, ratio]);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is taken.
+    shellrelay::raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let plan = plan();
+    let dir = tempfile::tempdir()?;
+    let secret_path = dir.path().join("secret");
+    let secret = Secret::generate();
+    std::fs::write(&secret_path, secret.expose())?;
+    set_private(&secret_path)?;
+    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    let mint = |role, host: &str| {
+        token::mint(
+            &secret,
+            &Claims::new(
+                role,
+                host,
+                token::DEFAULT_AUDIENCE,
+                Duration::from_secs(3600),
+            ),
+        )
+    };
+    let host_token = dir.path().join("host.token");
+    std::fs::write(&host_token, mint(Role::Host, "bench")?)?;
+    let client_token = dir.path().join("client.token");
+    std::fs::write(&client_token, mint(Role::Client, "bench")?)?;
+
+    let sink = target().await;
+    let s = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .context("temp path is not UTF-8")
+    };
+    let limit = (plan.idle_sessions + 1_000).to_string();
+    let relay = Proc::spawn(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--secret-file",
+        &s(&secret_path)?,
+        "--cert",
+        &s(&cert)?,
+        "--key",
+        &s(&key)?,
+        "--max-sessions-per-client",
+        &limit,
+        "--max-sessions-per-host",
+        &limit,
+        "--max-handshakes-per-addr",
+        "100000",
+        "--max-hosts",
+        &limit,
+    ])?;
+    let relay_addr = relay.wait_for("relay listening", "addr")?;
+    let peer_args = |role: &'static str, token: &Path| -> anyhow::Result<Vec<String>> {
+        Ok(vec![
+            role.into(),
+            "--relay".into(),
+            relay_addr.clone(),
+            "--relay-cert".into(),
+            s(&cert)?,
+            "--token-file".into(),
+            s(token)?,
+        ])
+    };
+    let mut host_args = peer_args("host", &host_token)?;
+    host_args.extend(["--target".into(), sink.to_string()]);
+    let host = Proc::spawn(&host_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    host.wait_for("registered with relay", "host")?;
+    let mut client_args = peer_args("client", &client_token)?;
+    client_args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    let client = Proc::spawn(&client_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let tunnel: SocketAddr = client
+        .wait_for("client forwarder listening", "listen")?
+        .parse()?;
+    client.wait_for("connected to relay", "host")?;
+
+    println!("shellrelay relay benchmark: {}", machine());
+    println!(
+        "relay, host agent and client forwarder as processes; baseline: direct loopback TCP\n"
+    );
+    println!(
+        "  {:<44} {:>14} {:>14} {:>9}",
+        "measure", "shellrelay", "direct TCP", "ratio"
+    );
+    let mut table = Table(Vec::new());
+
+    // Warm up both paths.
+    upload(tunnel, 16 << 20).await;
+    download(sink, 16 << 20).await;
+
+    let cpu0 = cpu_secs(relay.pid());
+    let up = gbps(plan.bulk, upload(tunnel, plan.bulk).await);
+    let down = gbps(plan.bulk, download(tunnel, plan.bulk).await);
+    let cpu = cpu_secs(relay.pid()) - cpu0;
+    let (up_d, down_d) = (
+        gbps(plan.bulk, upload(sink, plan.bulk).await),
+        gbps(plan.bulk, download(sink, plan.bulk).await),
+    );
+    table.row(
+        "1 session, client to host (Gbit/s)",
+        format!("{up:.2}"),
+        format!("{up_d:.2}"),
+        format!("{:.2}", up / up_d),
+    );
+    table.row(
+        "1 session, host to client (Gbit/s)",
+        format!("{down:.2}"),
+        format!("{down_d:.2}"),
+        format!("{:.2}", down / down_d),
+    );
+    for (n, each) in [(8usize, plan.per8), (64, plan.per64)] {
+        let (ours, fair) = aggregate(tunnel, n, each).await;
+        let (base, _) = aggregate(sink, n, each).await;
+        table.row(
+            &format!("{n} sessions, aggregate (Gbit/s)"),
+            format!("{ours:.2}"),
+            format!("{base:.2}"),
+            format!("{:.2}", ours / base),
+        );
+        table.row(
+            &format!("{n} sessions, slowest / fair share"),
+            format!("{fair:.2}"),
+            "-".into(),
+            "-".into(),
+        );
+    }
+    let (p50, p99) = pings(tunnel, plan.pings).await;
+    let (b50, b99) = pings(sink, plan.pings).await;
+    table.row(
+        "64 B echo round trip p50 (µs)",
+        us(p50),
+        us(b50),
+        format!("+{}", us(p50.saturating_sub(b50))),
+    );
+    table.row(
+        "64 B echo round trip p99 (µs)",
+        us(p99),
+        us(b99),
+        format!("+{}", us(p99.saturating_sub(b99))),
+    );
+    let (s50, s99) = setups(tunnel, plan.setups).await;
+    let (d50, d99) = setups(sink, plan.setups).await;
+    table.row(
+        "session setup to first byte p50 (µs)",
+        us(s50),
+        us(d50),
+        format!("+{}", us(s50.saturating_sub(d50))),
+    );
+    table.row(
+        "session setup to first byte p99 (µs)",
+        us(s99),
+        us(d99),
+        format!("+{}", us(s99.saturating_sub(d99))),
+    );
+    let gib = (2 * plan.bulk) as f64 / (1u64 << 30) as f64;
+    table.row(
+        "relay CPU seconds per GiB relayed",
+        format!("{:.2}", cpu / gib),
+        "-".into(),
+        "-".into(),
+    );
+
+    // Footprint: idle host connections, then idle sessions.
+    let relay_at = RelayAddr {
+        addr: relay_addr.clone(),
+        trust: Trust::PinnedFile(cert.clone()),
+        transport: TransportOptions::default(),
+    };
+    let base_rss = settle_rss(relay.pid()).await;
+    let mut hosts = Vec::new();
+    for i in 0..plan.idle_hosts {
+        let token = TokenSource::Literal(mint(Role::Host, &format!("idle-{i}"))?);
+        hosts.push(peer::connect(&relay_at, &token, Role::Host, None).await?);
+    }
+    let with_hosts = settle_rss(relay.pid()).await;
+    let per_host = with_hosts.saturating_sub(base_rss) as f64 / plan.idle_hosts as f64;
+    table.row(
+        &format!(
+            "relay RSS per idle host connection (KiB, {})",
+            plan.idle_hosts
+        ),
+        format!("{per_host:.1}"),
+        "-".into(),
+        "-".into(),
+    );
+    for h in &hosts {
+        h.conn.close(0u32.into(), b"done");
+    }
+    drop(hosts);
+    let after_hosts = settle_rss(relay.pid()).await;
+
+    let forwarder = Forwarder::new(ClientConfig {
+        relay: relay_at,
+        token: TokenSource::Literal(mint(Role::Client, "bench")?),
+        host: None,
+    });
+    let before_sessions = settle_rss(relay.pid()).await;
+    let mut sessions = Vec::with_capacity(plan.idle_sessions);
+    for _ in 0..plan.idle_sessions {
+        sessions.push(forwarder.open().await?);
+    }
+    let with_sessions = settle_rss(relay.pid()).await;
+    let per_session =
+        with_sessions.saturating_sub(before_sessions) as f64 / plan.idle_sessions as f64;
+    table.row(
+        &format!("relay RSS per idle session (KiB, {})", plan.idle_sessions),
+        format!("{per_session:.1}"),
+        "-".into(),
+        "-".into(),
+    );
+    drop(sessions);
+    forwarder.close().await;
+    let after_sessions = settle_rss(relay.pid()).await;
+    println!();
+    println!(
+        "relay RSS: {base_rss} KiB at start, {with_hosts} with idle hosts, {after_hosts} after they left, \
+         {with_sessions} with idle sessions, {after_sessions} after they ended"
+    );
+    drop((client, host, relay));
+    Ok(())
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1e6)
+}
+
+/// RSS once it has stopped moving (allocator and kernel catch up).
+async fn settle_rss(pid: u32) -> u64 {
+    let mut last = rss_kib(pid);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = rss_kib(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+fn set_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
