@@ -121,9 +121,7 @@ pub async fn connect(
         addr: relay.addr.clone(),
         source: Arc::new(source),
     };
-    let mut endpoint = quinn::Endpoint::client(bind)
-        .with_context(|| format!("could not bind a UDP socket on {bind}"))
-        .map_err(ConnectError::setup)?;
+    let mut endpoint = tls::bind_endpoint(bind, None).map_err(ConnectError::setup)?;
     endpoint.set_default_client_config(config);
     let connecting = endpoint
         .connect(addr, relay.server_name())

@@ -104,8 +104,7 @@ impl Relay {
         server: quinn::ServerConfig,
         config: RelayConfig,
     ) -> anyhow::Result<Relay> {
-        let endpoint = quinn::Endpoint::server(server, addr)
-            .with_context(|| format!("could not listen on {addr}"))?;
+        let endpoint = crate::tls::bind_endpoint(addr, Some(server))?;
         let (changes, _) = watch::channel(0);
         Ok(Relay {
             endpoint,

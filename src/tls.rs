@@ -1,6 +1,7 @@
 //! Certificates (self-signed with rcgen, or loaded from PEM files) and the
 //! rustls/quinn configurations that every role builds on.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -219,6 +220,57 @@ pub fn transport_config(opts: TransportOptions) -> anyhow::Result<quinn::Transpo
                 .context("idle timeout is too long")?,
         ));
     Ok(t)
+}
+
+/// UDP socket buffer asked for, each way: a burst of a few windows at
+/// multi-Gbit/s must fit, or the kernel drops datagrams and congestion
+/// control backs off. The kernel caps it at `net.core.rmem_max` /
+/// `net.core.wmem_max`.
+pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Binds a UDP socket with large buffers on `addr` and makes a quinn
+/// endpoint of it, a server when `server` is given. Logs once per process
+/// when the kernel grants smaller buffers, with the sysctl that raises them.
+pub fn bind_endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> anyhow::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .context("could not create a UDP socket")?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 too, as a plain bind would on Linux.
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    let got = (
+        socket.recv_buffer_size().unwrap_or(0),
+        socket.send_buffer_size().unwrap_or(0),
+    );
+    if got.0 < UDP_BUFFER || got.1 < UDP_BUFFER {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                recv = got.0,
+                send = got.1,
+                wanted = UDP_BUFFER,
+                "the kernel caps UDP socket buffers below what bulk transfers need; \
+                 raise them with: sysctl -w net.core.rmem_max={UDP_BUFFER} net.core.wmem_max={UDP_BUFFER}"
+            );
+        });
+    }
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("could not bind UDP {addr}"))?;
+    let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket.into(),
+        runtime,
+    )
+    .with_context(|| format!("could not listen on {addr}"))
 }
 
 /// Connection receive window of a peer that has not yet been authenticated:
