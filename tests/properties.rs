@@ -1,0 +1,794 @@
+//! Property tests for every decoder of peer-controlled bytes: frames
+//! (`read_frame`, `Frame::decode`), tokens (`Verifier::verify`) and close
+//! codes and reasons (`Reason::from_code`, `Refusal::from_connection_error`).
+//!
+//! Failing cases are printed (shrunk) but not persisted to a regressions
+//! file; add a plain test for any case worth keeping.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use serde_json::Value;
+use shellrelay::protocol::{read_frame, Frame, FrameError, Jwt, Reason, Refusal, MAX_FRAME_LEN};
+use shellrelay::token::{
+    mint, valid_host_id, Claims, Role, Secret, TokenError, Verifier, MAX_EXP, MAX_HOST_ID_LEN,
+};
+use tokio::runtime::Runtime;
+
+const AUDIENCE: &str = "shellrelay";
+
+const ALL_REASONS: [Reason; 11] = [
+    Reason::Done,
+    Reason::Protocol,
+    Reason::BadToken,
+    Reason::TokenExpired,
+    Reason::HostOffline,
+    Reason::TargetUnreachable,
+    Reason::Replaced,
+    Reason::ShuttingDown,
+    Reason::Aborted,
+    Reason::Limit,
+    Reason::Unknown,
+];
+
+/// Field names of every frame variant, so generated JSON hits real fields.
+const FIELD_NAMES: [&str; 11] = [
+    "type",
+    "version",
+    "role",
+    "token",
+    "host",
+    "expires_at",
+    "session",
+    "client",
+    "reason",
+    "message",
+    "jti",
+];
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Runs `read_frame` over `input`; returns its result and how many bytes it
+/// consumed.
+fn read_one(rt: &Runtime, input: &[u8]) -> (Result<Frame, FrameError>, usize) {
+    let mut r = input;
+    let res = rt.block_on(read_frame(&mut r));
+    (res, input.len() - r.len())
+}
+
+fn kind(res: &Result<Frame, FrameError>) -> &'static str {
+    match res {
+        Ok(_) => "ok",
+        Err(FrameError::Truncated) => "truncated",
+        Err(FrameError::TooLong(_)) => "too long",
+        Err(FrameError::Malformed(_)) => "malformed",
+        Err(FrameError::Io(_)) => "io",
+    }
+}
+
+// ---------------------------------------------------------------- strategies
+
+/// Any string: unicode, control characters, quotes and backslashes (which
+/// JSON must escape), usually short, sometimes long enough that the frame
+/// exceeds MAX_FRAME_LEN.
+fn text() -> BoxedStrategy<String> {
+    prop_oneof![
+        8 => any::<String>(),
+        8 => prop::collection::vec(any::<char>(), 0..48).prop_map(String::from_iter),
+        2 => "[\"\\\\\\x00-\\x1f\\u{7f}\\u{2028}\\u{2029}\\u{feff}\\u{fffd}\\u{10ffff}]{0,16}",
+        1 => prop::collection::vec(any::<char>(), 0..6000).prop_map(String::from_iter),
+        // Control characters take six bytes each in JSON: this straddles
+        // MAX_FRAME_LEN.
+        1 => "[\\x00-\\x1f]{2900,3300}",
+    ]
+    .boxed()
+}
+
+fn bytes(max: usize) -> BoxedStrategy<Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..max).boxed()
+}
+
+fn arb_role() -> BoxedStrategy<Role> {
+    prop_oneof![Just(Role::Host), Just(Role::Client)].boxed()
+}
+
+fn arb_reason() -> BoxedStrategy<Reason> {
+    prop::sample::select(ALL_REASONS.to_vec()).boxed()
+}
+
+fn arb_u64() -> BoxedStrategy<u64> {
+    prop_oneof![
+        any::<u64>(),
+        Just(0u64),
+        Just(u64::MAX),
+        Just(i64::MAX as u64),
+        Just(1u64 << 53),
+        Just((1u64 << 53) + 1)
+    ]
+    .boxed()
+}
+
+fn arb_frame() -> BoxedStrategy<Frame> {
+    prop_oneof![
+        (any::<u32>(), arb_role(), text(), prop::option::of(text())).prop_map(
+            |(version, role, token, host)| Frame::Hello {
+                version,
+                role,
+                token: Jwt(token),
+                host,
+            }
+        ),
+        (text(), arb_role(), arb_u64()).prop_map(|(host, role, expires_at)| Frame::Welcome {
+            host,
+            role,
+            expires_at,
+        }),
+        (arb_u64(), prop::option::of(text()))
+            .prop_map(|(session, client)| Frame::Open { session, client }),
+        arb_u64().prop_map(|session| Frame::Ready { session }),
+        (arb_reason(), text()).prop_map(|(reason, message)| Frame::Refused { reason, message }),
+    ]
+    .boxed()
+}
+
+/// Any JSON value, biased towards the field names frames use.
+fn json_value() -> BoxedStrategy<Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        arb_u64().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        text().prop_map(Value::from),
+        prop::sample::select(vec![
+            "hello", "welcome", "open", "ready", "refused", "host", "client", "done", "limit",
+            "unknown", "",
+        ])
+        .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(field_name(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+    .boxed()
+}
+
+fn field_name() -> BoxedStrategy<String> {
+    prop_oneof![
+        3 => prop::sample::select(FIELD_NAMES.to_vec()).prop_map(str::to_owned),
+        1 => text(),
+    ]
+    .boxed()
+}
+
+/// An edit to a frame's JSON object.
+#[derive(Debug, Clone)]
+enum Edit {
+    Remove(Index),
+    Replace(Index, Value),
+    Insert(String, Value),
+}
+
+fn edit() -> BoxedStrategy<Edit> {
+    prop_oneof![
+        any::<Index>().prop_map(Edit::Remove),
+        (any::<Index>(), json_value()).prop_map(|(i, v)| Edit::Replace(i, v)),
+        (field_name(), json_value()).prop_map(|(k, v)| Edit::Insert(k, v)),
+    ]
+    .boxed()
+}
+
+fn apply(frame: &Frame, edits: &[Edit]) -> Value {
+    let mut v = serde_json::to_value(frame).expect("frame to JSON");
+    let obj = v.as_object_mut().expect("frames are JSON objects");
+    for e in edits {
+        match e {
+            Edit::Remove(i) if !obj.is_empty() => {
+                let key = obj.keys().nth(i.index(obj.len())).cloned();
+                if let Some(key) = key {
+                    obj.remove(&key);
+                }
+            }
+            Edit::Replace(i, val) if !obj.is_empty() => {
+                let n = i.index(obj.len());
+                if let Some((_, slot)) = obj.iter_mut().nth(n) {
+                    *slot = val.clone();
+                }
+            }
+            Edit::Insert(k, val) => {
+                obj.insert(k.clone(), val.clone());
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+/// Bytes for `read_frame`: pure noise, noise behind a plausible length
+/// prefix, and real frames with bytes flipped and noise after them.
+fn wire_input() -> BoxedStrategy<Vec<u8>> {
+    prop_oneof![
+        2 => bytes(600),
+        2 => (bytes(600), any::<u16>()).prop_map(|(body, n)| {
+            // A prefix within two bytes of the body's length either way.
+            let len = (n as usize) % (body.len() + 3);
+            let mut out = (len as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&body);
+            out
+        }),
+        3 => (
+            arb_frame(),
+            prop::collection::vec((any::<Index>(), any::<u8>()), 0..3),
+            bytes(32)
+        )
+            .prop_map(|(frame, flips, trailing)| {
+                let mut out = frame
+                    .encode()
+                    .unwrap_or_else(|_| Frame::Ready { session: 1 }.encode().expect("encode"));
+                for (i, b) in flips {
+                    let n = i.index(out.len());
+                    out[n] = b;
+                }
+                out.extend_from_slice(&trailing);
+                out
+            }),
+        2 => (arb_frame(), prop::collection::vec(edit(), 0..4), bytes(16)).prop_map(
+            |(frame, edits, trailing)| {
+                let body = serde_json::to_vec(&apply(&frame, &edits)).expect("JSON");
+                let len = body.len().min(u16::MAX as usize);
+                let mut out = (len as u16).to_be_bytes().to_vec();
+                out.extend_from_slice(&body);
+                out.extend_from_slice(&trailing);
+                out
+            }
+        ),
+    ]
+    .boxed()
+}
+
+// -------------------------------------------------------------------- frames
+
+#[test]
+fn every_frame_round_trips_and_read_frame_leaves_trailing_bytes() {
+    let rt = runtime();
+    proptest!(config(768), |(frame in arb_frame(), trailing in bytes(64))| {
+        match frame.encode() {
+            Ok(wire) => {
+                prop_assert!(wire.len() >= 2);
+                let body = &wire[2..];
+                prop_assert!(body.len() <= MAX_FRAME_LEN);
+                prop_assert_eq!(u16::from_be_bytes([wire[0], wire[1]]) as usize, body.len());
+                match Frame::decode(body) {
+                    Ok(decoded) => prop_assert_eq!(&decoded, &frame),
+                    Err(e) => prop_assert!(false, "decode failed: {e}"),
+                }
+
+                let mut input = wire.clone();
+                input.extend_from_slice(&trailing);
+                let mut r = &input[..];
+                match rt.block_on(read_frame(&mut r)) {
+                    Ok(read) => prop_assert_eq!(&read, &frame),
+                    Err(e) => prop_assert!(false, "read_frame failed: {e}"),
+                }
+                prop_assert_eq!(r, &trailing[..], "read_frame must leave what follows unread");
+            }
+            Err(FrameError::TooLong(n)) => {
+                // Only a body over the limit may be refused, and it says how long.
+                prop_assert!(n > MAX_FRAME_LEN);
+                prop_assert_eq!(n, serde_json::to_vec(&frame).expect("JSON").len());
+            }
+            Err(e) => prop_assert!(false, "encode failed: {e}"),
+        }
+    });
+}
+
+#[test]
+fn read_frame_of_any_bytes_follows_its_spec() {
+    let rt = runtime();
+    proptest!(config(2048), |(input in wire_input())| {
+        let (res, consumed) = read_one(&rt, &input);
+        if input.len() < 2 {
+            prop_assert_eq!(kind(&res), "truncated");
+            return Ok(());
+        }
+        let len = u16::from_be_bytes([input[0], input[1]]) as usize;
+        if len > MAX_FRAME_LEN {
+            prop_assert!(matches!(res, Err(FrameError::TooLong(n)) if n == len), "{}", kind(&res));
+        } else if input.len() < 2 + len {
+            prop_assert_eq!(kind(&res), "truncated");
+        } else {
+            let body = &input[2..2 + len];
+            match (&res, Frame::decode(body)) {
+                (Ok(read), Ok(decoded)) => {
+                    prop_assert_eq!(read, &decoded);
+                    prop_assert_eq!(consumed, 2 + len, "must consume exactly one frame");
+                }
+                (Err(FrameError::Malformed(_)), Err(FrameError::Malformed(_))) => {}
+                (got, want) => prop_assert!(
+                    false,
+                    "read_frame gave {} but Frame::decode of the body gave {}",
+                    kind(got),
+                    kind(&want)
+                ),
+            }
+        }
+        if res.is_ok() {
+            prop_assert_eq!(consumed, 2 + len);
+        }
+    });
+}
+
+#[test]
+fn a_prefix_above_the_limit_is_too_long_whatever_follows() {
+    let rt = runtime();
+    let follow = prop_oneof![
+        bytes(256).prop_map(Follow::Noise),
+        // A real frame's JSON padded with whitespace to exactly the announced
+        // length: valid JSON, and still refused for its size.
+        (arb_frame(), bytes(8)).prop_map(|(f, tail)| Follow::Padded(f, tail)),
+    ];
+    proptest!(config(192), |(len in (MAX_FRAME_LEN as u16 + 1)..=u16::MAX, follow in follow)| {
+        let body = follow.materialise(len as usize);
+        let mut input = len.to_be_bytes().to_vec();
+        input.extend_from_slice(&body);
+        let (res, _) = read_one(&rt, &input);
+        prop_assert!(
+            matches!(res, Err(FrameError::TooLong(n)) if n == len as usize),
+            "prefix {} gave {}", len, kind(&res)
+        );
+        if body.len() > MAX_FRAME_LEN {
+            prop_assert!(matches!(Frame::decode(&body), Err(FrameError::TooLong(_))));
+        }
+    });
+}
+
+#[test]
+fn the_limit_is_exactly_max_frame_len() {
+    let rt = runtime();
+    let lens = (MAX_FRAME_LEN - 3)..=(MAX_FRAME_LEN + 3);
+    proptest!(config(96), |(frame in arb_frame(), len in lens, trailing in bytes(8))| {
+        let mut body = serde_json::to_vec(&frame).expect("JSON");
+        prop_assume!(body.len() <= len);
+        body.resize(len, b' ');
+        let mut input = (len as u16).to_be_bytes().to_vec();
+        input.extend_from_slice(&body);
+        input.extend_from_slice(&trailing);
+        let (res, consumed) = read_one(&rt, &input);
+        if len <= MAX_FRAME_LEN {
+            match res {
+                Ok(read) => prop_assert_eq!(read, frame.clone()),
+                Err(e) => prop_assert!(false, "a {len}-byte frame was refused: {e}"),
+            }
+            prop_assert_eq!(consumed, 2 + len);
+            prop_assert_eq!(Frame::decode(&body).expect("decodes"), frame);
+        } else {
+            prop_assert!(matches!(res, Err(FrameError::TooLong(n)) if n == len));
+            prop_assert!(matches!(Frame::decode(&body), Err(FrameError::TooLong(n)) if n == len));
+        }
+    });
+}
+
+/// What follows an oversize prefix.
+#[derive(Debug, Clone)]
+enum Follow {
+    Noise(Vec<u8>),
+    Padded(Frame, Vec<u8>),
+}
+
+impl Follow {
+    fn materialise(&self, len: usize) -> Vec<u8> {
+        match self {
+            Follow::Noise(b) => b.clone(),
+            Follow::Padded(f, tail) => {
+                let mut body = serde_json::to_vec(f).expect("JSON");
+                if body.len() < len {
+                    body.resize(len, b' ');
+                }
+                body.extend_from_slice(tail);
+                body
+            }
+        }
+    }
+}
+
+/// Whatever decodes must survive a trip back through the encoder. Encoding
+/// may only fail for size: defaults (an `open` without `session`) make the
+/// re-encoded body a little longer than a body right at the limit.
+fn check_reencodes(frame: &Frame) -> Result<(), TestCaseError> {
+    match frame.encode() {
+        Ok(wire) => match Frame::decode(&wire[2..]) {
+            Ok(again) => prop_assert_eq!(&again, frame),
+            Err(e) => prop_assert!(false, "a re-encoded frame failed to decode: {e}"),
+        },
+        Err(FrameError::TooLong(n)) => prop_assert!(n > MAX_FRAME_LEN),
+        Err(e) => prop_assert!(false, "a decoded frame failed to re-encode: {e}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn decode_of_any_bytes_never_panics() {
+    proptest!(config(2048), |(body in prop_oneof![bytes(1024), wire_input()])| {
+        if let Ok(frame) = Frame::decode(&body) {
+            check_reencodes(&frame)?;
+        }
+    });
+}
+
+#[test]
+fn decode_of_edited_frame_json_never_panics_and_ignores_unknown_fields() {
+    proptest!(config(1024), |(
+        frame in arb_frame(),
+        edits in prop::collection::vec(edit(), 0..5),
+        unknown in prop::collection::btree_map("x-[a-z_]{0,8}", json_value(), 1..4),
+    )| {
+        let edited = serde_json::to_vec(&apply(&frame, &edits)).expect("JSON");
+        if let Ok(decoded) = Frame::decode(&edited) {
+            check_reencodes(&decoded)?;
+        }
+
+        // Fields this version does not know are ignored (forward compatibility).
+        let mut v = serde_json::to_value(&frame).expect("JSON");
+        let obj = v.as_object_mut().expect("object");
+        for (k, val) in unknown {
+            obj.insert(k, val);
+        }
+        let body = serde_json::to_vec(&v).expect("JSON");
+        if body.len() <= MAX_FRAME_LEN {
+            match Frame::decode(&body) {
+                Ok(decoded) => prop_assert_eq!(decoded, frame),
+                Err(e) => prop_assert!(false, "unknown fields broke decoding: {e}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
+    let rt = runtime();
+    let open = prop::sample::select(vec!["[", "{\"a\":", "{\"type\":", "[{\"x\":"]);
+    proptest!(config(48), |(depth in 0usize..MAX_FRAME_LEN, open in open)| {
+        let mut body = open.repeat(depth).into_bytes();
+        body.truncate(MAX_FRAME_LEN);
+        prop_assert!(Frame::decode(&body).is_err());
+        let mut input = (body.len() as u16).to_be_bytes().to_vec();
+        input.extend_from_slice(&body);
+        let (res, _) = read_one(&rt, &input);
+        prop_assert!(res.is_err());
+    });
+}
+
+// -------------------------------------------------------------------- tokens
+
+fn secret() -> Secret {
+    Secret::new(b"property-test-secret-0123456789".to_vec()).expect("secret")
+}
+
+fn b64url(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Host ids: mostly valid ones, some of any text, some just past the limits.
+fn arb_sub() -> BoxedStrategy<String> {
+    prop_oneof![
+        12 => "[A-Za-z0-9._-]{1,64}",
+        2 => text(),
+        1 => Just("x".repeat(MAX_HOST_ID_LEN + 1)),
+        1 => "[A-Za-z0-9]{1,8}[^A-Za-z0-9._-][A-Za-z0-9]{0,8}",
+    ]
+    .boxed()
+}
+
+/// Token times: mostly plausible, some at or past MAX_EXP.
+fn arb_time() -> BoxedStrategy<u64> {
+    prop_oneof![
+        30 => 0..=MAX_EXP,
+        1 => Just(MAX_EXP),
+        1 => Just(MAX_EXP + 1),
+        2 => arb_u64(),
+    ]
+    .boxed()
+}
+
+fn arb_claims() -> BoxedStrategy<Claims> {
+    (
+        arb_sub(),
+        arb_role(),
+        prop_oneof![3 => Just(AUDIENCE.to_owned()), 1 => text()],
+        arb_time(),
+        arb_time(),
+        arb_u64(),
+        prop::option::of(text()),
+    )
+        .prop_map(|(sub, role, aud, exp, nbf, iat, jti)| Claims {
+            sub,
+            role,
+            aud,
+            exp,
+            nbf,
+            iat,
+            jti,
+        })
+        .boxed()
+}
+
+/// What `verify` must answer for a validly signed token with these claims.
+fn model(claims: &Claims, role: Role, now: u64) -> Result<Claims, TokenError> {
+    if claims.exp > MAX_EXP || claims.nbf > MAX_EXP {
+        Err(TokenError::OutOfRange)
+    } else if !valid_host_id(&claims.sub) {
+        Err(TokenError::BadHostId)
+    } else if claims.aud != AUDIENCE {
+        Err(TokenError::WrongAudience {
+            found: claims.aud.clone(),
+            expected: AUDIENCE.to_owned(),
+        })
+    } else if claims.role != role {
+        Err(TokenError::WrongRole {
+            found: claims.role,
+            wanted: role,
+        })
+    } else if now >= claims.exp {
+        Err(TokenError::Expired(claims.exp))
+    } else if now < claims.nbf {
+        Err(TokenError::NotYetValid(claims.nbf))
+    } else {
+        Ok(claims.clone())
+    }
+}
+
+/// Strings shaped like JWTs (but never validly signed), and noise.
+fn token_like() -> BoxedStrategy<String> {
+    let header = prop_oneof![
+        prop::sample::select(vec![
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            r#"{"alg":"HS256"}"#,
+            r#"{"alg":"none","typ":"JWT"}"#,
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"HS512"}"#,
+            r#"{"alg":"RS256"}"#,
+            r#"{"alg":"ES256"}"#,
+            r#"{"alg":"EdDSA"}"#,
+            r#"{"alg":"HS256","crit":["exp"]}"#,
+            r#"{"alg":"HS256","jwk":{"kty":"oct","k":"AAAA"}}"#,
+        ])
+        .prop_map(|h| h.as_bytes().to_vec()),
+        json_value().prop_map(|v| serde_json::to_vec(&v).expect("JSON")),
+        bytes(64),
+    ];
+    let payload = prop_oneof![
+        arb_claims().prop_map(|c| serde_json::to_vec(&c).expect("JSON")),
+        json_value().prop_map(|v| serde_json::to_vec(&v).expect("JSON")),
+        bytes(128),
+    ];
+    let segment = prop_oneof![
+        "[A-Za-z0-9_=+/-]{0,64}",
+        "[A-Za-z0-9_-]{0,8}[^A-Za-z0-9_-][A-Za-z0-9_-]{0,8}",
+        bytes(48).prop_map(|b| b64url(&b)),
+    ];
+    prop_oneof![
+        any::<String>(),
+        prop::collection::vec(any::<char>(), 0..256).prop_map(String::from_iter),
+        (header, payload, prop_oneof![Just(Vec::new()), bytes(40)]).prop_map(|(h, p, s)| format!(
+            "{}.{}.{}",
+            b64url(&h),
+            b64url(&p),
+            b64url(&s)
+        )),
+        prop::collection::vec(segment, 0..6).prop_map(|s| s.join(".")),
+    ]
+    .boxed()
+}
+
+#[test]
+fn verify_of_any_string_never_panics_and_never_accepts() {
+    let v = Verifier::new(&secret(), AUDIENCE);
+    proptest!(config(1024), |(token in token_like(), role in arb_role(), now in arb_u64())| {
+        let res = v.verify(&token, role, now);
+        prop_assert!(res.is_err(), "accepted an unsigned token: {:?}", res);
+        // The relay sends this text to the peer.
+        let _ = res.map_err(|e| e.to_string());
+    });
+}
+
+#[test]
+fn verify_of_signed_tokens_matches_the_model() {
+    let s = secret();
+    let v = Verifier::new(&s, AUDIENCE);
+    proptest!(config(768), |(
+        claims in arb_claims(),
+        other_role in any::<bool>(),
+        now in arb_u64(),
+        pick in 0u8..8,
+    )| {
+        let role = match (claims.role, other_role) {
+            (r, false) => r,
+            (Role::Host, true) => Role::Client,
+            (Role::Client, true) => Role::Host,
+        };
+        let now = match pick {
+            0 => claims.exp,
+            1 => claims.exp.wrapping_sub(1),
+            2 => claims.nbf,
+            3 => claims.nbf.wrapping_sub(1),
+            4 | 5 => claims.nbf / 2 + claims.exp / 2,
+            _ => now,
+        };
+        let token = mint(&s, &claims).expect("mint");
+        let got = v.verify(&token, role, now);
+        prop_assert_eq!(&got, &model(&claims, role, now));
+        // The relay logs this and sends it to the peer: it must not panic
+        // whatever times the token holds.
+        if let Err(e) = got {
+            prop_assert!(!e.to_string().is_empty());
+        }
+    });
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Replace(Index, u8),
+    Delete(Index),
+    Insert(Index, u8),
+}
+
+#[test]
+fn verify_of_a_mutated_token_never_panics_or_yields_other_claims() {
+    let s = secret();
+    let v = Verifier::new(&s, AUDIENCE);
+    let mutation = prop_oneof![
+        6 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Replace(i, b)),
+        1 => any::<Index>().prop_map(Mutation::Delete),
+        1 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+    ];
+    let valid = (
+        arb_claims(),
+        "[A-Za-z0-9._-]{1,64}",
+        0..MAX_EXP / 2,
+        1..MAX_EXP / 2,
+        any::<Index>(),
+    )
+        .prop_map(|(mut c, sub, nbf, span, at)| {
+            c.sub = sub;
+            c.aud = AUDIENCE.to_owned();
+            c.nbf = nbf;
+            c.exp = nbf + span;
+            let now = nbf + at.index(span as usize) as u64;
+            (c, now)
+        });
+    proptest!(config(1024), |((claims, now) in valid, m in mutation)| {
+        let token = mint(&s, &claims).expect("mint");
+        prop_assert_eq!(v.verify(&token, claims.role, now), Ok(claims.clone()));
+
+        let mut raw = token.clone().into_bytes();
+        match m {
+            Mutation::Replace(i, b) => {
+                let n = i.index(raw.len());
+                raw[n] = b;
+            }
+            Mutation::Delete(i) => {
+                raw.remove(i.index(raw.len()));
+            }
+            Mutation::Insert(i, b) => raw.insert(i.index(raw.len() + 1), b),
+        }
+        let mutated = String::from_utf8_lossy(&raw);
+        for role in [Role::Host, Role::Client] {
+            match v.verify(&mutated, role, now) {
+                // Only a change the decoders cannot see (none, or a base64
+                // padding bit) may pass, and then it must mean the same.
+                Ok(got) => prop_assert_eq!(got, claims.clone()),
+                Err(e) => {
+                    let _ = e.to_string();
+                }
+            }
+        }
+    });
+}
+
+// ------------------------------------------------------ close codes/reasons
+
+#[test]
+fn every_reason_code_round_trips() {
+    for r in ALL_REASONS {
+        assert_eq!(Reason::from_code(r.code().into()), r, "{r:?}");
+        assert_eq!(Reason::from_code(r.varint().into_inner()), r, "{r:?}");
+    }
+}
+
+fn arb_code() -> BoxedStrategy<u64> {
+    prop_oneof![
+        0u64..16,
+        any::<u64>(),
+        Just(0xff),
+        // Known codes in the low bits with junk above, to catch truncation.
+        (0u64..12, 1u64..=u32::MAX as u64).prop_map(|(lo, hi)| hi << 32 | lo),
+        (0u64..12, 1u64..=0xffff).prop_map(|(lo, hi)| hi << 16 | lo),
+    ]
+    .boxed()
+}
+
+#[test]
+fn unknown_codes_are_unknown_and_known_codes_map_back() {
+    proptest!(config(2048), |(code in arb_code())| {
+        let r = Reason::from_code(code);
+        if code <= 9 {
+            prop_assert_ne!(r, Reason::Unknown);
+            prop_assert_eq!(u64::from(r.code()), code);
+        } else {
+            prop_assert_eq!(r, Reason::Unknown);
+        }
+    });
+}
+
+#[test]
+fn any_application_close_reads_as_a_refusal() {
+    let reason_bytes = prop_oneof![
+        bytes(1200),
+        text().prop_map(String::into_bytes),
+        Just(Vec::new()),
+    ];
+    let code = arb_code().prop_map(|c| c & ((1 << 62) - 1));
+    proptest!(config(1024), |(code in code, reason in reason_bytes)| {
+        let err = quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: quinn::VarInt::from_u64(code).expect("within varint range"),
+            reason: Bytes::from(reason.clone()),
+        });
+        let refusal = Refusal::from_connection_error(&err);
+        prop_assert!(refusal.is_some());
+        let refusal = refusal.expect("checked");
+        prop_assert_eq!(refusal.reason, Reason::from_code(code));
+        if reason.is_empty() {
+            prop_assert_eq!(&refusal.message, &refusal.reason.to_string());
+        } else {
+            prop_assert_eq!(&refusal.message, &String::from_utf8_lossy(&reason).into_owned());
+        }
+        prop_assert!(!refusal.message.is_empty());
+        prop_assert_eq!(refusal.to_string(), refusal.message.clone());
+
+        // A close reason fits in one packet, so the refusal always fits in a frame.
+        if reason.len() <= 1200 {
+            let frame = refusal.frame();
+            let wire = frame.encode().expect("refusal frame encodes");
+            prop_assert_eq!(Frame::decode(&wire[2..]).expect("decodes"), frame);
+        }
+    });
+}
+
+#[test]
+fn other_connection_errors_are_not_refusals() {
+    for err in [
+        quinn::ConnectionError::VersionMismatch,
+        quinn::ConnectionError::Reset,
+        quinn::ConnectionError::TimedOut,
+        quinn::ConnectionError::LocallyClosed,
+        quinn::ConnectionError::CidsExhausted,
+    ] {
+        assert_eq!(Refusal::from_connection_error(&err), None, "{err}");
+    }
+}
