@@ -424,6 +424,57 @@ async fn run() -> anyhow::Result<()> {
     );
     let mut table = Table(Vec::new());
 
+    // Footprint: idle host connections, then idle sessions.
+    let relay_at = RelayAddr {
+        addr: relay_addr.clone(),
+        trust: Trust::PinnedFile(cert.clone()),
+        transport: TransportOptions::default(),
+    };
+    let base_rss = settle_rss(relay.pid()).await;
+    let mut hosts = Vec::new();
+    for i in 0..plan.idle_hosts {
+        let token = TokenSource::Literal(mint(Role::Host, &format!("idle-{i}"))?);
+        hosts.push(peer::connect(&relay_at, &token, Role::Host, None).await?);
+    }
+    let with_hosts = settle_rss(relay.pid()).await;
+    let per_host = with_hosts.saturating_sub(base_rss) as f64 / plan.idle_hosts as f64;
+    table.row(
+        &format!(
+            "relay RSS per idle host connection (KiB, {})",
+            plan.idle_hosts
+        ),
+        format!("{per_host:.1}"),
+        "-".into(),
+        "-".into(),
+    );
+    for h in &hosts {
+        h.conn.close(0u32.into(), b"done");
+    }
+    drop(hosts);
+    let after_hosts = settle_rss(relay.pid()).await;
+
+    let forwarder = Forwarder::new(ClientConfig {
+        relay: relay_at,
+        token: TokenSource::Literal(mint(Role::Client, "bench")?),
+        host: None,
+    });
+    let before_sessions = settle_rss(relay.pid()).await;
+    let mut sessions = Vec::with_capacity(plan.idle_sessions);
+    for _ in 0..plan.idle_sessions {
+        sessions.push(forwarder.open().await?);
+    }
+    let with_sessions = settle_rss(relay.pid()).await;
+    let per_session =
+        with_sessions.saturating_sub(before_sessions) as f64 / plan.idle_sessions as f64;
+    table.row(
+        &format!("relay RSS per idle session (KiB, {})", plan.idle_sessions),
+        format!("{per_session:.1}"),
+        "-".into(),
+        "-".into(),
+    );
+    drop(sessions);
+    forwarder.close().await;
+    let after_sessions = settle_rss(relay.pid()).await;
     // Warm up both paths.
     upload(tunnel, 16 << 20).await;
     download(sink, 16 << 20).await;
@@ -500,61 +551,11 @@ async fn run() -> anyhow::Result<()> {
         "-".into(),
     );
 
-    // Footprint: idle host connections, then idle sessions.
-    let relay_at = RelayAddr {
-        addr: relay_addr.clone(),
-        trust: Trust::PinnedFile(cert.clone()),
-        transport: TransportOptions::default(),
-    };
-    let base_rss = settle_rss(relay.pid()).await;
-    let mut hosts = Vec::new();
-    for i in 0..plan.idle_hosts {
-        let token = TokenSource::Literal(mint(Role::Host, &format!("idle-{i}"))?);
-        hosts.push(peer::connect(&relay_at, &token, Role::Host, None).await?);
-    }
-    let with_hosts = settle_rss(relay.pid()).await;
-    let per_host = with_hosts.saturating_sub(base_rss) as f64 / plan.idle_hosts as f64;
-    table.row(
-        &format!(
-            "relay RSS per idle host connection (KiB, {})",
-            plan.idle_hosts
-        ),
-        format!("{per_host:.1}"),
-        "-".into(),
-        "-".into(),
-    );
-    for h in &hosts {
-        h.conn.close(0u32.into(), b"done");
-    }
-    drop(hosts);
-    let after_hosts = settle_rss(relay.pid()).await;
-
-    let forwarder = Forwarder::new(ClientConfig {
-        relay: relay_at,
-        token: TokenSource::Literal(mint(Role::Client, "bench")?),
-        host: None,
-    });
-    let before_sessions = settle_rss(relay.pid()).await;
-    let mut sessions = Vec::with_capacity(plan.idle_sessions);
-    for _ in 0..plan.idle_sessions {
-        sessions.push(forwarder.open().await?);
-    }
-    let with_sessions = settle_rss(relay.pid()).await;
-    let per_session =
-        with_sessions.saturating_sub(before_sessions) as f64 / plan.idle_sessions as f64;
-    table.row(
-        &format!("relay RSS per idle session (KiB, {})", plan.idle_sessions),
-        format!("{per_session:.1}"),
-        "-".into(),
-        "-".into(),
-    );
-    drop(sessions);
-    forwarder.close().await;
-    let after_sessions = settle_rss(relay.pid()).await;
+    let after_bulk = settle_rss(relay.pid()).await;
     println!();
     println!(
         "relay RSS: {base_rss} KiB at start, {with_hosts} with idle hosts, {after_hosts} after they left, \
-         {with_sessions} with idle sessions, {after_sessions} after they ended"
+         {with_sessions} with idle sessions, {after_sessions} after they ended, {after_bulk} after the transfers"
     );
     drop((client, host, relay));
     Ok(())
