@@ -574,6 +574,22 @@ async fn run() -> anyhow::Result<()> {
         "relay RSS: {base_rss} KiB at start, {with_hosts} with idle hosts, {after_hosts} after they left, \
          {with_sessions} with idle sessions, {after_sessions} after they ended, {after_bulk} after the transfers"
     );
+    if std::env::var("SHELLRELAY_BENCH_DEBUG").is_ok() {
+        for (name, proc) in [("host", &host), ("relay", &relay), ("client", &client)] {
+            let mut sent: Vec<u64> = proc
+                .lines
+                .try_iter()
+                .filter(|l| l.contains("session ended"))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("to_client="))
+                        .and_then(|v| v.parse().ok())
+                })
+                .collect();
+            sent.sort();
+            eprintln!("{name}: to_client per session: {sent:?}");
+        }
+    }
     drop((client, host, relay));
     Ok(())
 }
