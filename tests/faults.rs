@@ -16,22 +16,6 @@ use tokio::net::TcpStream;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Sends `len` bytes of noise through one session to an echo target and
-/// checks the same bytes come back.
-async fn echo_roundtrip(client: SocketAddr, seed: u64, len: u64) {
-    let tcp = TcpStream::connect(client).await.unwrap();
-    let (mut r, mut w) = tcp.into_split();
-    let writer = tokio::spawn(async move {
-        let sent = write_noise(&mut w, seed, len).await;
-        w.shutdown().await.unwrap();
-        sent
-    });
-    let (count, got) = hash_to_end(&mut r).await;
-    let sent = writer.await.unwrap();
-    assert_eq!(count, len, "session {seed}: byte count");
-    assert_eq!(hex(&got), hex(&sent), "session {seed}: SHA-256");
-}
-
 /// A relay with a proxy in front of it on the host's side and one on the
 /// client's side, an echo target, and a client forwarder.
 struct Rig {

@@ -15,22 +15,6 @@ use tokio::net::TcpStream;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Sends `len` bytes of noise through one session to the echo target and
-/// checks that exactly the same bytes come back.
-async fn echo_roundtrip(client: std::net::SocketAddr, seed: u64, len: u64) {
-    let tcp = TcpStream::connect(client).await.unwrap();
-    let (mut r, mut w) = tcp.into_split();
-    let writer = tokio::spawn(async move {
-        let sent = write_noise(&mut w, seed, len).await;
-        w.shutdown().await.unwrap();
-        sent
-    });
-    let (count, got) = hash_to_end(&mut r).await;
-    let sent = writer.await.unwrap();
-    assert_eq!(count, len, "session {seed}: byte count");
-    assert_eq!(hex(&got), hex(&sent), "session {seed}: SHA-256");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_concurrent_sessions_carry_8_mib_each_intact() {
     let tunnel = Tunnel::start().await;

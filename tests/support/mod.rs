@@ -338,6 +338,22 @@ pub async fn hash_to_end<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> (u64, [u
     }
 }
 
+/// Sends `len` bytes of noise (for `seed`) through one session at `client`
+/// to an echo target and checks that exactly the same bytes come back.
+pub async fn echo_roundtrip(client: SocketAddr, seed: u64, len: u64) {
+    let tcp = TcpStream::connect(client).await.unwrap();
+    let (mut r, mut w) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let sent = write_noise(&mut w, seed, len).await;
+        w.shutdown().await.unwrap();
+        sent
+    });
+    let (count, got) = hash_to_end(&mut r).await;
+    let sent = writer.await.unwrap();
+    assert_eq!(count, len, "session {seed}: byte count");
+    assert_eq!(hex(&got), hex(&sent), "session {seed}: SHA-256");
+}
+
 /// Hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
