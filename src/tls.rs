@@ -23,9 +23,12 @@ pub const MAX_STREAMS: u32 = 16_384;
 /// reading) can hold buffered at each hop.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
-/// Send buffer per connection, shared by its sessions: room for several
-/// sessions at full window.
-pub const SEND_WINDOW: u64 = 64 * 1024 * 1024;
+/// Send buffer per connection, shared by its sessions: never the binding
+/// limit. With a smaller shared buffer the first sessions to fill it keep
+/// it, and the rest of a busy connection's sessions starve. What a session
+/// can have buffered is already capped by the peer's stream window, so
+/// memory stays bounded by the stream window times the session limit.
+pub const SEND_WINDOW: u64 = STREAM_WINDOW as u64 * MAX_STREAMS as u64;
 
 /// Default keep-alive: well under the common 30 s UDP NAT mapping timeout.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);

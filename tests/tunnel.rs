@@ -476,3 +476,48 @@ async fn stalled_sessions_do_not_block_other_sessions_of_the_host() {
     }
     drop(keep);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_bulk_sessions_share_a_connection_without_starving_any() {
+    // A target that streams without end: every session wants all the
+    // bandwidth there is, so any unfairness in the shared connection shows.
+    let tunnel = Tunnel::start().await;
+    let target = serve(|mut tcp| async move {
+        let chunk = vec![7u8; 64 * 1024];
+        while tcp.write_all(&chunk).await.is_ok() {}
+    })
+    .await;
+    let _host = tunnel.host("lab1", target).await;
+    let client = tunnel.client("lab1").await;
+    let sessions = 48;
+    let mut open = Vec::new();
+    for _ in 0..sessions {
+        open.push(TcpStream::connect(client).await.unwrap());
+    }
+    // Count what each session receives; when the leader has 16 MiB, a fair
+    // share for everyone is far more than 1 MiB.
+    let counts: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> =
+        std::sync::Arc::new((0..sessions).map(|_| Default::default()).collect());
+    for (i, mut tcp) in open.into_iter().enumerate() {
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = tcp.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                counts[i].fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    within(WAIT, "one session to reach 16 MiB", async {
+        while counts.iter().map(load).max().unwrap_or(0) < 16 << 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let snapshot: Vec<u64> = counts.iter().map(load).collect();
+    let slowest = snapshot.iter().copied().min().unwrap_or(0);
+    assert!(slowest >= 1 << 20, "starved sessions: {snapshot:?}");
+}
