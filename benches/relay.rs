@@ -568,6 +568,8 @@ async fn run() -> anyhow::Result<()> {
         "-".into(),
     );
 
+    // The relay hands freed memory back every MEMORY_TRIM_INTERVAL.
+    tokio::time::sleep(shellrelay::relay::MEMORY_TRIM_INTERVAL + Duration::from_secs(1)).await;
     let after_bulk = settle_rss(relay.pid()).await;
     println!();
     println!(

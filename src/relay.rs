@@ -83,6 +83,9 @@ struct State {
     accepted: AtomicU64,
     /// Hellos refused, ever.
     refused: AtomicU64,
+    /// Set when a session ends: memory may have been freed that the
+    /// allocator could hand back to the system.
+    trim_due: std::sync::atomic::AtomicBool,
     hosts: Mutex<HashMap<String, HostEntry>>,
     /// Bumped on every registry change, so waiters need not poll.
     changes: watch::Sender<u64>,
@@ -115,6 +118,7 @@ impl Relay {
                 connections: Gauge::default(),
                 accepted: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                trim_due: std::sync::atomic::AtomicBool::new(false),
                 hosts: Mutex::new(HashMap::new()),
                 changes,
                 next_id: AtomicU64::new(1),
@@ -143,6 +147,9 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Relay { endpoint, state } = self;
         info!(addr = %endpoint.local_addr()?, "relay listening");
+        // Not in `tasks`, which counts connections and sessions; it ends
+        // with the cancel token.
+        tokio::spawn(give_back_memory(state.clone()));
         loop {
             let incoming = tokio::select! {
                 biased;
@@ -717,7 +724,40 @@ async fn relay_session(
         to_host = t.sent,
         to_client = t.received,
         aborted = t.aborted,
-        duration = ?started.elapsed(),
+                duration = ?started.elapsed(),
         "session ended"
     );
+    state.trim_due.store(true, Ordering::Relaxed);
+}
+
+/// How often the relay hands memory freed by ended sessions back to the
+/// system. Bulk sessions buffer megabytes each; glibc's allocator keeps
+/// freed memory for reuse, so without this the relay would stay at its
+/// high-water mark long after the sessions are gone.
+pub const MEMORY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Trims the allocator's free memory after sessions end, until shutdown.
+async fn give_back_memory(state: Arc<State>) {
+    let mut tick = tokio::time::interval(MEMORY_TRIM_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = state.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if state.trim_due.swap(false, Ordering::Relaxed) {
+            // malloc_trim walks the heap: keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(trim_allocator).await;
+        }
+    }
+}
+
+fn trim_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is safe to call at
+    // any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
