@@ -568,6 +568,11 @@ async fn run() -> anyhow::Result<()> {
         "-".into(),
     );
 
+    let ours = [up, down, p50.as_secs_f64() * 1e6, s50.as_secs_f64() * 1e6];
+    if let Err(err) = openssh_rows(sink, &plan, ours).await {
+        println!("\nOpenSSH reverse tunnel: skipped ({err:#})");
+    }
+
     // The relay hands freed memory back every MEMORY_TRIM_INTERVAL.
     tokio::time::sleep(shellrelay::relay::MEMORY_TRIM_INTERVAL + Duration::from_secs(1)).await;
     let after_bulk = settle_rss(relay.pid()).await;
@@ -594,6 +599,133 @@ async fn run() -> anyhow::Result<()> {
     }
     drop((client, host, relay));
     Ok(())
+}
+
+/// The same traffic through an OpenSSH reverse tunnel (`ssh -N -R`) to a
+/// private sshd, when OpenSSH is installed: the tool people use instead.
+/// `ours` holds shellrelay's up and down Gbit/s, echo p50 and setup p50 (µs).
+async fn openssh_rows(sink: SocketAddr, plan: &Plan, ours: [f64; 4]) -> anyhow::Result<()> {
+    let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("sshd not found")?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    for key in ["host_key", "id"] {
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join(key))
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "ssh-keygen failed");
+    }
+    std::fs::copy(d.join("id.pub"), d.join("authorized_keys"))?;
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    std::fs::write(
+        d.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nPasswordAuthentication no\nStrictModes no\nUsePAM no\n\
+             PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nMaxStartups 2000\n",
+            d = d.display()
+        ),
+    )?;
+    let mut daemon = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut daemon_log = BufReader::new(daemon.stderr.take().context("no stderr")?).lines();
+    let listening = daemon_log
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Server listening"));
+    // Keep draining its log, or sshd blocks on a full pipe.
+    std::thread::spawn(move || daemon_log.for_each(drop));
+    let _daemon = KillOnDrop(daemon);
+    anyhow::ensure!(listening, "sshd did not start");
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let mut tunnel = Command::new("ssh")
+        .args(["-F", "/dev/null", "-N", "-p", &port.to_string(), "-i"])
+        .arg(d.join("id"))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"])
+        .args(["-R", &format!("0:{sink}"), &format!("{user}@127.0.0.1")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(tunnel.stderr.take().context("no stderr")?).lines();
+    let forwarded: u16 = out
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("Allocated port ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|p| p.parse().ok())
+        })
+        .context("ssh -R did not report its port")?;
+    std::thread::spawn(move || out.for_each(drop));
+    let _tunnel = KillOnDrop(tunnel);
+    let via: SocketAddr = ([127, 0, 0, 1], forwarded).into();
+    upload(via, 16 << 20).await;
+    let up = gbps(plan.bulk, upload(via, plan.bulk).await);
+    let down = gbps(plan.bulk, download(via, plan.bulk).await);
+    let (p50, _) = pings(via, plan.pings).await;
+    let (s50, _) = setups(via, plan.setups).await;
+    println!("\nOpenSSH reverse tunnel (ssh -N -R through a private sshd) on the same traffic:");
+    println!(
+        "  {:<44} {:>14} {:>14} {:>9}",
+        "measure", "shellrelay", "ssh -R", "ratio"
+    );
+    let rows = [
+        (
+            "1 session, client to host (Gbit/s)",
+            ours[0],
+            up,
+            ours[0] / up,
+        ),
+        (
+            "1 session, host to client (Gbit/s)",
+            ours[1],
+            down,
+            ours[1] / down,
+        ),
+        (
+            "64 B echo round trip p50 (µs)",
+            ours[2],
+            p50.as_secs_f64() * 1e6,
+            ours[2] / (p50.as_secs_f64() * 1e6),
+        ),
+        (
+            "session setup to first byte p50 (µs)",
+            ours[3],
+            s50.as_secs_f64() * 1e6,
+            ours[3] / (s50.as_secs_f64() * 1e6),
+        ),
+    ];
+    for (what, a, b, ratio) in rows {
+        println!("  {what:<44} {a:>14.2} {b:>14.2} {ratio:>9.2}");
+    }
+    Ok(())
+}
+
+/// Kills a helper process when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn us(d: Duration) -> String {
