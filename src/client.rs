@@ -159,16 +159,10 @@ impl Forwarder {
                 }
                 Err(OpenError::Failed(_)) if !fresh && conn.close_reason().is_some() => continue,
                 Err(OpenError::Failed(err)) => {
-                    return Err(
-                        match conn
-                            .close_reason()
-                            .as_ref()
-                            .and_then(Refusal::from_connection_error)
-                        {
-                            Some(refusal) => OpenError::Refused(refusal),
-                            None => OpenError::Failed(err),
-                        },
-                    )
+                    return Err(match Refusal::of_closed(&conn) {
+                        Some(refusal) => OpenError::Refused(refusal),
+                        None => OpenError::Failed(err),
+                    })
                 }
                 Err(err) => return Err(err),
             }
@@ -273,11 +267,7 @@ async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr) {
     let (session, host, conn) = (opened.session, opened.host, opened.conn);
     info!(session, %host, %peer, "session started");
     let t = splice::tcp_quic(tcp, opened.send, opened.recv).await;
-    if let Some(refusal) = conn
-        .close_reason()
-        .as_ref()
-        .and_then(Refusal::from_connection_error)
-    {
+    if let Some(refusal) = Refusal::of_closed(&conn) {
         warn!(session, %host, "relay closed the connection: {}", refusal.message);
     }
     info!(

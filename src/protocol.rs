@@ -224,6 +224,13 @@ impl Refusal {
         }
     }
 
+    /// Why `conn` was closed, if it is closed with an application close.
+    pub fn of_closed(conn: &quinn::Connection) -> Option<Refusal> {
+        conn.close_reason()
+            .as_ref()
+            .and_then(Refusal::from_connection_error)
+    }
+
     /// Reads an application close of a connection as a refusal, if it was one.
     pub fn from_connection_error(err: &quinn::ConnectionError) -> Option<Refusal> {
         match err {
