@@ -225,6 +225,44 @@ async fn pings(addr: SocketAddr, count: usize) -> (Duration, Duration) {
     (percentile(&rtts, 0.5), percentile(&rtts, 0.99))
 }
 
+/// Round trips of 64 bytes over one raw quinn connection on loopback, both
+/// ends in this process: the floor that each QUIC hop of the tunnel adds.
+async fn quinn_pings(count: usize) -> anyhow::Result<(Duration, Duration)> {
+    use shellrelay::tls;
+    let identity = tls::self_signed(&["localhost".into()])?;
+    let trust = Trust::Pinned(identity.chain.clone());
+    let opts = TransportOptions::default();
+    let server = tls::bind_endpoint(
+        "127.0.0.1:0".parse()?,
+        Some(tls::server_config(identity, opts)?),
+    )?;
+    let addr = server.local_addr()?;
+    tokio::spawn(async move {
+        let conn = server.accept().await.context("no connection")?.await?;
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let mut buf = [0u8; 64];
+        while recv.read_exact(&mut buf).await.is_ok() {
+            send.write_all(&buf).await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut client = tls::bind_endpoint("127.0.0.1:0".parse()?, None)?;
+    client.set_default_client_config(tls::client_config(&trust, opts)?);
+    let conn = client.connect(addr, "localhost")?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut rtts = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        send.write_all(&msg).await?;
+        recv.read_exact(&mut back).await?;
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    Ok((percentile(&rtts, 0.5), percentile(&rtts, 0.99)))
+}
+
 async fn setups(addr: SocketAddr, count: usize) -> (Duration, Duration) {
     let mut times = Vec::with_capacity(count);
     for _ in 0..count {
@@ -545,6 +583,19 @@ async fn run() -> anyhow::Result<()> {
         us(p99),
         us(b99),
         format!("+{}", us(p99.saturating_sub(b99))),
+    );
+    let (q50, q99) = quinn_pings(plan.pings).await?;
+    table.row(
+        "  one raw QUIC hop, same process, p50 (µs)",
+        us(q50),
+        us(b50),
+        format!("+{}", us(q50.saturating_sub(b50))),
+    );
+    table.row(
+        "  one raw QUIC hop, same process, p99 (µs)",
+        us(q99),
+        us(b99),
+        format!("+{}", us(q99.saturating_sub(b99))),
     );
     let (s50, s99) = setups(tunnel, plan.setups).await;
     let (d50, d99) = setups(sink, plan.setups).await;
