@@ -14,7 +14,7 @@ use tracing::info;
 use crate::peer::RelayAddr;
 use crate::tls::{self, TransportOptions, Trust};
 use crate::token::{self, Claims, Role, Secret, TokenSource, Verifier};
-use crate::{client, demo, host, limits, relay};
+use crate::{client, demo, host, keys, limits, relay};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]
@@ -36,6 +36,8 @@ pub enum Command {
     Client(ClientOpt),
     /// Print a signed token on stdout.
     Token(TokenOpt),
+    /// Write a new token-signing key: a shared secret or a key pair.
+    Keygen(KeygenOpt),
     /// Write a self-signed certificate and key for the relay.
     Certs(CertsOpt),
     /// Relay, host and client in one process on loopback, for a first try.
@@ -57,9 +59,31 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 15m, 1h)"))
 }
 
+fn host_pattern(s: &str) -> Result<String, String> {
+    if token::valid_host_pattern(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "a host is 1 to {} letters, digits, '.', '_' or '-', and a pattern may use '*' and '?'",
+            token::MAX_HOST_ID_LEN
+        ))
+    }
+}
+
+fn kid(s: &str) -> Result<String, String> {
+    if keys::valid_kid(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "a key id is 1 to {} letters, digits, '.', '_' or '-'",
+            keys::MAX_KID_LEN
+        ))
+    }
+}
+
 /// The shared secret, from a file or given directly.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
+#[group(multiple = false)]
 pub struct SecretOpt {
     /// File holding the shared secret that signs tokens (at least 16 bytes).
     #[arg(long, env = "SHELLRELAY_SECRET_FILE", value_name = "PATH")]
@@ -75,11 +99,13 @@ pub struct SecretOpt {
 }
 
 impl SecretOpt {
-    fn load(&self) -> anyhow::Result<Secret> {
+    fn load(&self) -> anyhow::Result<Option<Secret>> {
         match (&self.secret_file, &self.secret) {
-            (Some(path), _) => Secret::from_file(path),
-            (None, Some(s)) => Secret::new(s.trim().as_bytes().to_vec()).context("in --secret"),
-            (None, None) => bail!("pass --secret-file or --secret"),
+            (Some(path), _) => Secret::from_file(path).map(Some),
+            (None, Some(s)) => Secret::new(s.trim().as_bytes().to_vec())
+                .context("in --secret")
+                .map(Some),
+            (None, None) => Ok(None),
         }
     }
 }
@@ -189,8 +215,21 @@ pub struct RelayOpt {
         value_name = "ADDR"
     )]
     listen: SocketAddr,
+    /// Settings file (TOML) whose keys are this command's long flags; flags
+    /// and SHELLRELAY_* variables override it.
+    #[arg(long, env = "SHELLRELAY_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Key for tokens without a key id (kid): the shared secret.
     #[command(flatten)]
     secret: SecretOpt,
+    /// Key for tokens whose header names key id KID (repeatable): a shared
+    /// secret file (HS256) or an Ed25519 or P-256 public key in PEM.
+    #[arg(long = "key", env = "SHELLRELAY_KEY", value_name = "KID=PATH", value_parser = keys::parse_kid_path, value_delimiter = ',')]
+    keys: Vec<(String, PathBuf)>,
+    /// File of revoked token ids and host ids, one `jti ID` or `host ID` a
+    /// line; re-read on SIGHUP and when it changes.
+    #[arg(long, env = "SHELLRELAY_REVOCATION_FILE", value_name = "PATH")]
+    revocation_file: Option<PathBuf>,
     /// Certificate (PEM); made self-signed, with the key, when neither exists.
     #[arg(
         long,
@@ -290,21 +329,46 @@ pub struct ClientOpt {
 pub struct TokenOpt {
     #[command(flatten)]
     secret: SecretOpt,
+    /// Sign with this key instead of the shared secret: a PEM private key
+    /// (Ed25519 or P-256, as `shellrelay keygen` writes) or a secret file.
+    #[arg(long, env = "SHELLRELAY_SIGNING_KEY", value_name = "PATH", conflicts_with_all = ["secret_file", "secret"])]
+    signing_key: Option<PathBuf>,
+    /// Key id (kid) to name in the token's header, so the relay knows which
+    /// of its keys checks it.
+    #[arg(long, env = "SHELLRELAY_KID", value_name = "KID", value_parser = kid)]
+    kid: Option<String>,
     /// What the token allows: register as the host, or reach it as a client.
     #[arg(long, env = "SHELLRELAY_ROLE", value_enum)]
     role: Role,
-    /// The host id.
-    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID", value_parser = host_id)]
-    host: String,
+    /// The host id. A client token may name several (repeat, or separate
+    /// with commas) and patterns such as `lab-*`.
+    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID", value_parser = host_pattern, value_delimiter = ',', required = true)]
+    host: Vec<String>,
+    /// Who a client token naming several hosts is for (its `sub`).
+    #[arg(long, env = "SHELLRELAY_SUBJECT", value_name = "NAME", value_parser = host_id, default_value = "client")]
+    subject: String,
     /// How long the token is valid.
     #[arg(long, env = "SHELLRELAY_TTL", default_value = "1h", value_parser = duration, value_name = "DURATION")]
     ttl: Duration,
     /// The relay's audience.
     #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = token::DEFAULT_AUDIENCE)]
     audience: String,
-    /// Optional token id (`jti`).
-    #[arg(long, env = "SHELLRELAY_JTI", value_name = "ID")]
+    /// Token id (`jti`), which a revocation file can name (default: random).
+    #[arg(long, env = "SHELLRELAY_JTI", value_name = "ID", value_parser = host_id)]
     jti: Option<String>,
+}
+
+/// `shellrelay keygen`
+#[derive(Debug, Args)]
+pub struct KeygenOpt {
+    /// Kind of key: a shared secret, or a key pair whose public half the
+    /// relay verifies with.
+    #[arg(long, env = "SHELLRELAY_KIND", value_enum, default_value = "ed25519")]
+    kind: keys::KeyKind,
+    /// File for the new secret or private key (mode 0600); a key pair's
+    /// public key goes to the same path with `.pub` appended.
+    #[arg(long, env = "SHELLRELAY_OUT", value_name = "PATH")]
+    out: PathBuf,
 }
 
 /// `shellrelay certs`
@@ -400,10 +464,19 @@ impl Cli {
                 if opt.ttl < Duration::from_secs(1) {
                     bail!("--ttl must be at least 1s (token times are whole seconds)");
                 }
-                let secret = opt.secret.load()?;
-                let mut claims = Claims::new(opt.role, &opt.host, &opt.audience, opt.ttl);
-                claims.jti = opt.jti;
-                println!("{}", token::mint(&secret, &claims)?);
+                let key = match (&opt.signing_key, opt.secret.load()?) {
+                    (Some(path), _) => keys::SigningKey::from_file(path)?,
+                    (None, Some(secret)) => keys::SigningKey::secret(&secret),
+                    (None, None) => bail!("pass --secret-file, --secret or --signing-key"),
+                };
+                let claims = token_claims(&opt)?;
+                println!("{}", token::mint_with(&key, opt.kid.as_deref(), &claims)?);
+                Ok(())
+            }
+            Command::Keygen(opt) => {
+                for path in keys::generate(opt.kind, &opt.out)? {
+                    println!("wrote {}", path.display());
+                }
                 Ok(())
             }
             Command::Certs(opt) => {
@@ -430,8 +503,50 @@ impl Cli {
     }
 }
 
+/// The claims `shellrelay token` signs.
+fn token_claims(opt: &TokenOpt) -> anyhow::Result<Claims> {
+    let single = match opt.host.as_slice() {
+        [one] if token::valid_host_id(one) => Some(one.as_str()),
+        _ => None,
+    };
+    let mut claims = match (opt.role, single) {
+        (_, Some(host)) => Claims::new(opt.role, host, &opt.audience, opt.ttl),
+        (Role::Host, None) => {
+            bail!("a host token names exactly one host id, without '*' or '?'")
+        }
+        (Role::Client, None) => {
+            let mut c = Claims::new(opt.role, &opt.subject, &opt.audience, opt.ttl);
+            c.hosts = opt.host.clone();
+            c
+        }
+    };
+    claims.jti = Some(match &opt.jti {
+        Some(jti) => jti.clone(),
+        None => token::random_id(),
+    });
+    Ok(claims)
+}
+
+/// The relay's verification keys from its flags.
+fn relay_keys(opt: &RelayOpt) -> anyhow::Result<keys::KeySet> {
+    let mut set = keys::KeySet::default();
+    if let Some(secret) = opt.secret.load()? {
+        set.set_default(keys::VerifyKey::secret(&secret));
+    }
+    for (kid, path) in &opt.keys {
+        set.insert(kid, keys::VerifyKey::from_file(path)?)?;
+    }
+    if set.is_empty() {
+        bail!(
+            "pass --secret-file, --secret or --key KID=PATH: the relay needs a key to check tokens"
+        );
+    }
+    Ok(set)
+}
+
 async fn run_relay(opt: RelayOpt) -> anyhow::Result<()> {
-    let secret = opt.secret.load()?;
+    let keys = relay_keys(&opt)?;
+    info!(kids = ?keys.kids(), "token keys loaded");
     let names = tls::default_names(&opt.names);
     let (identity, created) = tls::load_or_create(&opt.cert, &opt.key, &names)?;
     let fingerprint = tls::fingerprint(&identity.chain[0]);
@@ -442,10 +557,27 @@ async fn run_relay(opt: RelayOpt) -> anyhow::Result<()> {
     }
     let server = tls::server_config(identity, opt.transport.options()?)?;
     let config = relay::RelayConfig {
-        verifier: Verifier::new(&secret, &opt.audience),
+        verifier: Verifier::with_keys(keys, &opt.audience),
         limits: opt.limits.limits(),
         hello_timeout: opt.hello_timeout,
+        revocation_file: opt.revocation_file.clone(),
     };
     let relay = relay::Relay::bind(opt.listen, server, config)?;
+    reload_on_hangup(relay.handle())?;
     relay.run(shutdown_signal()?).await
+}
+
+/// Re-reads the relay's revocation file on every SIGHUP.
+fn reload_on_hangup(relay: relay::RelayHandle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("could not handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match relay.reload_revocations() {
+                Ok(n) => info!(entries = n, "SIGHUP: revocation file re-read"),
+                Err(err) => tracing::warn!("SIGHUP: {err:#}; the previous list stays in force"),
+            }
+        }
+    });
+    Ok(())
 }

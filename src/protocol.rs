@@ -140,6 +140,8 @@ pub enum Reason {
     Aborted,
     /// A limit was reached (sessions, connections).
     Limit,
+    /// The token or the host id is on the relay's revocation list.
+    Revoked,
     /// Any code this version does not know.
     #[serde(other)]
     Unknown,
@@ -159,6 +161,7 @@ impl Reason {
             Reason::ShuttingDown => 7,
             Reason::Aborted => 8,
             Reason::Limit => 9,
+            Reason::Revoked => 10,
             Reason::Unknown => 0xff,
         }
     }
@@ -176,6 +179,7 @@ impl Reason {
             7 => Reason::ShuttingDown,
             8 => Reason::Aborted,
             9 => Reason::Limit,
+            10 => Reason::Revoked,
             _ => Reason::Unknown,
         }
     }
@@ -199,6 +203,7 @@ impl fmt::Display for Reason {
             Reason::ShuttingDown => "relay shutting down",
             Reason::Aborted => "aborted",
             Reason::Limit => "limit reached",
+            Reason::Revoked => "revoked",
             Reason::Unknown => "unknown reason",
         };
         f.write_str(s)
@@ -421,6 +426,7 @@ mod tests {
             Reason::ShuttingDown,
             Reason::Aborted,
             Reason::Limit,
+            Reason::Revoked,
         ] {
             assert_eq!(Reason::from_code(r.code().into()), r);
         }

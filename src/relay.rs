@@ -20,6 +20,7 @@ use crate::protocol::{
     read_frame, send_refusal, write_frame, Frame, FrameError, Reason, Refusal, HOST_SETUP_TIMEOUT,
     OPEN_TIMEOUT, SHUTDOWN_GRACE,
 };
+use crate::revoke::RevocationList;
 use crate::splice;
 use crate::token::{fmt_unix, unix_now, Claims, Role, TokenError, Verifier};
 
@@ -49,6 +50,8 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// Longest wait for a hello (default [`DEFAULT_HELLO_TIMEOUT`]).
     pub hello_timeout: Duration,
+    /// Revoked token and host ids ([`crate::revoke`]); none by default.
+    pub revocation_file: Option<std::path::PathBuf>,
 }
 
 impl RelayConfig {
@@ -58,6 +61,7 @@ impl RelayConfig {
             verifier,
             limits: Limits::default(),
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            revocation_file: None,
         }
     }
 }
@@ -87,6 +91,7 @@ struct State {
     /// allocator could hand back to the system.
     trim_due: std::sync::atomic::AtomicBool,
     hosts: Mutex<HashMap<String, HostEntry>>,
+    revoked: RevocationList,
     /// Bumped on every registry change, so waiters need not poll.
     changes: watch::Sender<u64>,
     next_id: AtomicU64,
@@ -107,6 +112,7 @@ impl Relay {
         server: quinn::ServerConfig,
         config: RelayConfig,
     ) -> anyhow::Result<Relay> {
+        let revoked = RevocationList::open(config.revocation_file.clone())?;
         let endpoint = crate::tls::bind_endpoint(addr, Some(server))?;
         let (changes, _) = watch::channel(0);
         Ok(Relay {
@@ -120,6 +126,7 @@ impl Relay {
                 refused: AtomicU64::new(0),
                 trim_due: std::sync::atomic::AtomicBool::new(false),
                 hosts: Mutex::new(HashMap::new()),
+                revoked,
                 changes,
                 next_id: AtomicU64::new(1),
                 tasks: TaskTracker::new(),
@@ -150,6 +157,9 @@ impl Relay {
         // Not in `tasks`, which counts connections and sessions; it ends
         // with the cancel token.
         tokio::spawn(give_back_memory(state.clone()));
+        if state.revoked.has_file() {
+            tokio::spawn(watch_revocations(state.clone()));
+        }
         loop {
             let incoming = tokio::select! {
                 biased;
@@ -179,6 +189,13 @@ impl Relay {
 }
 
 impl RelayHandle {
+    /// Re-reads the revocation file (as SIGHUP does) and closes the live
+    /// connections it revokes. Returns the entries now in force; on an
+    /// error the previous list stays.
+    pub fn reload_revocations(&self) -> anyhow::Result<usize> {
+        self.state.revoked.reload()
+    }
+
     /// Ids of the hosts connected now.
     pub fn hosts(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.state.lock_hosts().keys().cloned().collect();
@@ -400,24 +417,75 @@ async fn expiry(exp: u64) {
 enum Ended {
     Shutdown,
     Expired(u64),
+    Revoked(String),
     Closed(quinn::ConnectionError),
 }
 
-/// Waits until the connection closes, its token expires or the relay shuts
-/// down, closing it with the matching reason in the latter two cases.
-async fn hold(state: &State, conn: &Connection, exp: u64) -> Ended {
-    tokio::select! {
-        biased;
-        _ = state.cancel.cancelled() => {
-            conn.close(Reason::ShuttingDown.varint(), b"relay shutting down");
-            Ended::Shutdown
+/// Waits until the connection closes, its token expires or is revoked, or
+/// the relay shuts down, closing it with the matching reason in all but the
+/// first case. `host` is the host the connection is bound to.
+async fn hold(state: &State, conn: &Connection, claims: &Claims, host: &str) -> Ended {
+    let mut revoked = state.revoked.subscribe();
+    let jti = claims.jti.as_deref();
+    loop {
+        tokio::select! {
+            biased;
+            _ = state.cancel.cancelled() => {
+                conn.close(Reason::ShuttingDown.varint(), b"relay shutting down");
+                return Ended::Shutdown;
+            }
+            _ = expiry(claims.exp) => {
+                let msg = format!("token expired at {}", fmt_unix(claims.exp));
+                conn.close(Reason::TokenExpired.varint(), msg.as_bytes());
+                return Ended::Expired(claims.exp);
+            }
+            changed = revoked.changed() => {
+                if changed.is_err() {
+                    // The list outlives every connection; should it not,
+                    // nothing more can be revoked.
+                    return Ended::Closed(conn.closed().await);
+                }
+                let why = revoked.borrow_and_update().check(jti, host);
+                if let Some(msg) = why {
+                    conn.close(Reason::Revoked.varint(), msg.as_bytes());
+                    return Ended::Revoked(msg);
+                }
+            }
+            err = conn.closed() => return Ended::Closed(err),
         }
-        _ = expiry(exp) => {
-            let msg = format!("token expired at {}", fmt_unix(exp));
-            conn.close(Reason::TokenExpired.varint(), msg.as_bytes());
-            Ended::Expired(exp)
+    }
+}
+
+/// Refuses a peer whose token or host is revoked; true if it was.
+async fn refuse_revoked(
+    state: &State,
+    conn: &Connection,
+    send: &mut SendStream,
+    claims: &Claims,
+    host: &str,
+) -> bool {
+    let Some(msg) = state.revoked.current().check(claims.jti.as_deref(), host) else {
+        return false;
+    };
+    warn!(host = %host, role = %claims.role, "refused: {msg}");
+    refuse(state, conn, send, Refusal::new(Reason::Revoked, msg)).await;
+    true
+}
+
+/// Re-reads the revocation file when it changes.
+async fn watch_revocations(state: Arc<State>) {
+    let mut tick = tokio::time::interval(crate::revoke::POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.cancel.cancelled() => return,
+            _ = tick.tick() => {}
         }
-        err = conn.closed() => Ended::Closed(err),
+        match state.revoked.reload_if_changed() {
+            Some(Ok(n)) => info!(entries = n, "revocation file re-read"),
+            Some(Err(err)) => warn!("{err:#}; the previous list stays in force"),
+            None => {}
+        }
     }
 }
 
@@ -426,6 +494,7 @@ impl std::fmt::Display for Ended {
         match self {
             Ended::Shutdown => f.write_str("relay shutting down"),
             Ended::Expired(exp) => write!(f, "token expired at {}", fmt_unix(*exp)),
+            Ended::Revoked(msg) => f.write_str(msg),
             Ended::Closed(err) => match Refusal::from_connection_error(err) {
                 Some(r) => write!(f, "{}", r.message),
                 None => write!(f, "{err}"),
@@ -453,6 +522,9 @@ async fn serve_host(
 ) {
     stop_control(recv);
     let id = claims.sub.clone();
+    if refuse_revoked(&state, &conn, &mut send, &claims, &id).await {
+        return;
+    }
     let remote = conn.remote_address();
     let generation = state.next_id();
     let max = state.config.limits.max_hosts;
@@ -495,7 +567,7 @@ async fn serve_host(
     state.changes.send_modify(|g| *g += 1);
     if welcome(&mut send, &claims, &id).await {
         info!(host = %id, %remote, expires = %fmt_unix(claims.exp), "host registered");
-        let ended = hold(&state, &conn, claims.exp).await;
+        let ended = hold(&state, &conn, &claims, &id).await;
         info!(host = %id, %remote, reason = %ended, "host unregistered");
     }
 }
@@ -530,7 +602,19 @@ async fn serve_client(
     recv: RecvStream,
 ) {
     stop_control(recv);
-    let host = requested.unwrap_or_else(|| claims.sub.clone());
+    let Some(host) = requested.or_else(|| claims.only_host().map(str::to_owned)) else {
+        let msg = format!(
+            "client token covers several hosts ({}); name one with --host",
+            claims.hosts.join(", ")
+        );
+        return refuse(
+            &state,
+            &conn,
+            &mut send,
+            Refusal::new(Reason::Protocol, msg),
+        )
+        .await;
+    };
     if !crate::token::valid_host_id(&host) {
         let refusal = Refusal::new(
             Reason::Protocol,
@@ -538,11 +622,14 @@ async fn serve_client(
         );
         return refuse(&state, &conn, &mut send, refusal).await;
     }
-    if host != claims.sub {
-        let msg = format!(
-            "client token for host {} cannot reach host {host}",
-            claims.sub
-        );
+    // Before the registry is consulted: a token learns nothing about hosts
+    // it does not cover, not even whether they are online.
+    if !claims.covers(&host) {
+        let covered = match claims.hosts.as_slice() {
+            [] => claims.sub.clone(),
+            many => many.join(", "),
+        };
+        let msg = format!("client token for host {covered} cannot reach host {host}");
         warn!(%msg, "refused client");
         return refuse(
             &state,
@@ -551,6 +638,9 @@ async fn serve_client(
             Refusal::new(Reason::BadToken, msg),
         )
         .await;
+    }
+    if refuse_revoked(&state, &conn, &mut send, &claims, &host).await {
+        return;
     }
     if state.host_conn(&host).is_none() {
         let msg = format!("host {host} is not connected");
@@ -577,7 +667,7 @@ async fn serve_client(
     let remote = conn.remote_address();
     info!(host = %host, %remote, expires = %fmt_unix(claims.exp), "client connected");
     let ended = tokio::select! {
-        ended = hold(&state, &conn, claims.exp) => ended,
+        ended = hold(&state, &conn, &claims, &host) => ended,
         () = accept_sessions(&state, &conn, &host) => Ended::Shutdown,
     };
     info!(host = %host, %remote, reason = %ended, "client disconnected");

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::keys::{self, KeySet, SigningKey, VerifyKey};
 
 /// Default `aud` claim: the relay's audience.
 pub const DEFAULT_AUDIENCE: &str = "shellrelay";
@@ -51,9 +53,13 @@ pub struct Claims {
     pub nbf: u64,
     /// Issued at, Unix seconds.
     pub iat: u64,
-    /// Optional token id.
+    /// Optional token id, which the relay's revocation list can name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Client tokens only: the hosts the token reaches, as host ids or
+    /// patterns (`lab-*`, `db?`). Empty: the one host named by `sub`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 impl Claims {
@@ -69,8 +75,68 @@ impl Claims {
             nbf: now,
             iat: now,
             jti: None,
+            hosts: Vec::new(),
         }
     }
+
+    /// Whether this token reaches host `id`.
+    pub fn covers(&self, id: &str) -> bool {
+        if self.hosts.is_empty() {
+            self.sub == id
+        } else {
+            self.hosts.iter().any(|p| glob_match(p, id))
+        }
+    }
+
+    /// The host a client reaches when it names none: the token's only host,
+    /// or `None` when the token covers several.
+    pub fn only_host(&self) -> Option<&str> {
+        match self.hosts.as_slice() {
+            [] => Some(&self.sub),
+            [one] if valid_host_id(one) => Some(one),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `id` matches `pattern`, where `*` stands for any run of
+/// characters and `?` for any one.
+pub fn glob_match(pattern: &str, id: &str) -> bool {
+    let (p, s) = (pattern.as_bytes(), id.as_bytes());
+    let (mut pi, mut si) = (0, 0);
+    // Where the last `*` was, and how much of `s` it has taken so far.
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Whether `pattern` is a host id or a pattern of one: the characters of a
+/// host id plus `*` and `?`, at most [`MAX_HOST_ID_LEN`] long.
+pub fn valid_host_pattern(pattern: &str) -> bool {
+    !pattern.is_empty()
+        && pattern.len() <= MAX_HOST_ID_LEN
+        && pattern
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'*' | b'?'))
 }
 
 /// The shared HS256 secret. Its `Debug` never shows the bytes.
@@ -177,14 +243,16 @@ impl TokenSource {
     }
 }
 
-/// Signs claims into a JWT (HS256).
+/// Signs claims into a JWT (HS256, no `kid`).
 pub fn mint(secret: &Secret, claims: &Claims) -> anyhow::Result<String> {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.expose()),
-    )
-    .context("could not sign token")
+    mint_with(&SigningKey::secret(secret), None, claims)
+}
+
+/// Signs claims with `key`, naming `kid` in the header when given.
+pub fn mint_with(key: &SigningKey, kid: Option<&str>, claims: &Claims) -> anyhow::Result<String> {
+    let mut header = Header::new(key.algorithm);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &key.key).context("could not sign token")
 }
 
 /// Why the relay refused a token. Messages are what the peer is told.
@@ -213,9 +281,13 @@ pub enum TokenError {
     /// `exp` or `nbf` beyond [`MAX_EXP`].
     #[error("token times are out of range")]
     OutOfRange,
-    /// `sub` is not a valid host id.
+    /// `sub` is not a valid host id, or `hosts` holds an invalid pattern.
     #[error("token names an invalid host id")]
     BadHostId,
+    /// The header's `kid` names no key of this relay (or there is no `kid`
+    /// and the relay has no key for tokens without one).
+    #[error("{}", match .0 { Some(kid) => format!("token key id {kid:?} is not known to this relay"), None => "token has no key id (kid) and this relay needs one".to_owned() })]
+    UnknownKey(Option<String>),
     /// A host token used as a client token or the other way round.
     #[error("{found} token used as a {wanted} token")]
     WrongRole {
@@ -229,7 +301,7 @@ pub enum TokenError {
 /// Checks tokens for one relay.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    keys: KeySet,
     audience: String,
 }
 
@@ -242,17 +314,30 @@ impl fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// A verifier for HS256 tokens signed with `secret` for `audience`.
+    /// A verifier for HS256 tokens without `kid` signed with `secret` for
+    /// `audience`.
     pub fn new(secret: &Secret, audience: &str) -> Verifier {
+        Verifier::with_keys(KeySet::single(VerifyKey::secret(secret)), audience)
+    }
+
+    /// A verifier that picks each token's key from `keys` by its `kid`.
+    pub fn with_keys(keys: KeySet, audience: &str) -> Verifier {
         Verifier {
-            key: DecodingKey::from_secret(secret.expose()),
+            keys,
             audience: audience.to_owned(),
         }
     }
 
     /// Verifies `token` for `role` at Unix time `now`.
     pub fn verify(&self, token: &str, role: Role, now: u64) -> Result<Claims, TokenError> {
-        let mut validation = Validation::new(Algorithm::HS256);
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let kid = header.kid.as_deref();
+        let key = self.keys.get(kid).ok_or_else(|| {
+            // Peer-controlled: keep what is echoed short and printable.
+            TokenError::UnknownKey(kid.map(|k| k.chars().take(keys::MAX_KID_LEN).collect()))
+        })?;
+        // Each key accepts exactly its own algorithm.
+        let mut validation = Validation::new(key.algorithm);
         // Time and audience are checked below, with exact reasons and no leeway:
         // the relay enforces expiry on live connections to the second, so
         // admitting a token it would close at once helps nobody.
@@ -260,7 +345,7 @@ impl Verifier {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &validation).map_err(|e| {
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
@@ -273,7 +358,10 @@ impl Verifier {
         if claims.exp > MAX_EXP || claims.nbf > MAX_EXP {
             return Err(TokenError::OutOfRange);
         }
-        if !valid_host_id(&claims.sub) {
+        if !valid_host_id(&claims.sub)
+            || !claims.hosts.iter().all(|p| valid_host_pattern(p))
+            || (claims.role == Role::Host && !claims.hosts.is_empty())
+        {
             return Err(TokenError::BadHostId);
         }
         if claims.aud != self.audience {
@@ -296,6 +384,13 @@ impl Verifier {
         }
         Ok(claims)
     }
+}
+
+/// A random token id: 16 bytes, hex.
+pub fn random_id() -> String {
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Seconds since the Unix epoch.
@@ -335,6 +430,7 @@ pub fn valid_host_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::{Algorithm, EncodingKey};
 
     fn secret() -> Secret {
         Secret::new(b"0123456789abcdef0123".to_vec()).unwrap()

@@ -28,6 +28,7 @@ const ALL_REASONS: [Reason; 11] = [
     Reason::ShuttingDown,
     Reason::Aborted,
     Reason::Limit,
+    Reason::Revoked,
     Reason::Unknown,
 ];
 
@@ -737,7 +738,7 @@ fn arb_code() -> BoxedStrategy<u64> {
 fn unknown_codes_are_unknown_and_known_codes_map_back() {
     proptest!(config(2048), |(code in arb_code())| {
         let r = Reason::from_code(code);
-        if code <= 9 {
+        if code <= 10 {
             prop_assert_ne!(r, Reason::Unknown);
             prop_assert_eq!(u64::from(r.code()), code);
         } else {

@@ -1,0 +1,316 @@
+//! Token keys: HS256 shared secrets and Ed25519 (EdDSA) or P-256 (ES256)
+//! key pairs, chosen by the token's `kid`, so keys rotate without downtime
+//! and an issuer need not share a signing secret with the relay.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+
+use crate::token::Secret;
+
+/// Longest key id accepted, here and in tokens.
+pub const MAX_KID_LEN: usize = 64;
+
+/// Whether `kid` is a usable key id: 1 to [`MAX_KID_LEN`] ASCII letters,
+/// digits, `.`, `_` or `-` (the same rule as host ids, so ids are safe in
+/// logs and config files).
+pub fn valid_kid(kid: &str) -> bool {
+    crate::token::valid_host_id(kid)
+}
+
+/// The kinds of key a token can be signed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyKind {
+    /// A shared secret (HS256): whoever verifies can also sign.
+    Hs256,
+    /// An Ed25519 key pair (EdDSA): the relay holds only the public key.
+    Ed25519,
+    /// A P-256 key pair (ES256): the relay holds only the public key.
+    Es256,
+}
+
+/// A key that checks signatures, with the one algorithm it accepts.
+#[derive(Clone)]
+pub struct VerifyKey {
+    pub(crate) algorithm: Algorithm,
+    pub(crate) key: DecodingKey,
+}
+
+impl fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VerifyKey({:?})", self.algorithm)
+    }
+}
+
+fn is_pem(text: &[u8]) -> bool {
+    text.trim_ascii_start().starts_with(b"-----BEGIN ")
+}
+
+impl VerifyKey {
+    /// An HS256 key.
+    pub fn secret(secret: &Secret) -> VerifyKey {
+        VerifyKey {
+            algorithm: Algorithm::HS256,
+            key: DecodingKey::from_secret(secret.expose()),
+        }
+    }
+
+    /// Reads a key file: a PEM public key (Ed25519 or P-256), or else a
+    /// shared secret, which must not be readable by other users.
+    pub fn from_file(path: &Path) -> anyhow::Result<VerifyKey> {
+        let text = std::fs::read(path)
+            .with_context(|| format!("could not read key {}", path.display()))?;
+        if !is_pem(&text) {
+            return Ok(VerifyKey::secret(&Secret::from_file(path)?));
+        }
+        if String::from_utf8_lossy(&text).contains("PRIVATE KEY") {
+            bail!(
+                "{} holds a private key; give the relay the public key (keygen writes it beside the private key as .pub)",
+                path.display()
+            );
+        }
+        if let Ok(key) = DecodingKey::from_ed_pem(&text) {
+            return Ok(VerifyKey {
+                algorithm: Algorithm::EdDSA,
+                key,
+            });
+        }
+        if let Ok(key) = DecodingKey::from_ec_pem(&text) {
+            return Ok(VerifyKey {
+                algorithm: Algorithm::ES256,
+                key,
+            });
+        }
+        bail!(
+            "{} is not an Ed25519 or P-256 public key in PEM",
+            path.display()
+        )
+    }
+}
+
+/// A key that signs tokens.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub(crate) algorithm: Algorithm,
+    pub(crate) key: EncodingKey,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKey({:?})", self.algorithm)
+    }
+}
+
+impl SigningKey {
+    /// An HS256 key.
+    pub fn secret(secret: &Secret) -> SigningKey {
+        SigningKey {
+            algorithm: Algorithm::HS256,
+            key: EncodingKey::from_secret(secret.expose()),
+        }
+    }
+
+    /// Reads a key file: a PEM private key (PKCS#8, Ed25519 or P-256), or
+    /// else a shared secret. Either must not be readable by other users.
+    pub fn from_file(path: &Path) -> anyhow::Result<SigningKey> {
+        if let Some(mode) = crate::token::shared_mode(path) {
+            bail!(
+                "key file {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+        let text = std::fs::read(path)
+            .with_context(|| format!("could not read key {}", path.display()))?;
+        if !is_pem(&text) {
+            return Ok(SigningKey::secret(&Secret::from_file(path)?));
+        }
+        if let Ok(key) = EncodingKey::from_ed_pem(&text) {
+            return Ok(SigningKey {
+                algorithm: Algorithm::EdDSA,
+                key,
+            });
+        }
+        if let Ok(key) = EncodingKey::from_ec_pem(&text) {
+            return Ok(SigningKey {
+                algorithm: Algorithm::ES256,
+                key,
+            });
+        }
+        bail!(
+            "{} is not an Ed25519 or P-256 private key in PEM (PKCS#8)",
+            path.display()
+        )
+    }
+}
+
+/// The relay's verification keys: one per `kid`, and optionally one for
+/// tokens that carry no `kid`.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    default: Option<VerifyKey>,
+    by_kid: HashMap<String, VerifyKey>,
+}
+
+impl KeySet {
+    /// A set with only a key for tokens without `kid`.
+    pub fn single(key: VerifyKey) -> KeySet {
+        KeySet {
+            default: Some(key),
+            by_kid: HashMap::new(),
+        }
+    }
+
+    /// Sets the key for tokens without `kid`.
+    pub fn set_default(&mut self, key: VerifyKey) {
+        self.default = Some(key);
+    }
+
+    /// Adds the key for `kid`; refuses an invalid or repeated id.
+    pub fn insert(&mut self, kid: &str, key: VerifyKey) -> anyhow::Result<()> {
+        if !valid_kid(kid) {
+            bail!("key id {kid:?} is not 1 to {MAX_KID_LEN} letters, digits, '.', '_' or '-'");
+        }
+        if self.by_kid.insert(kid.to_owned(), key).is_some() {
+            bail!("key id {kid} is given twice");
+        }
+        Ok(())
+    }
+
+    /// Whether the set holds no key at all.
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.by_kid.is_empty()
+    }
+
+    /// The key for a token's `kid` (or for no `kid`).
+    pub fn get(&self, kid: Option<&str>) -> Option<&VerifyKey> {
+        match kid {
+            Some(kid) => self.by_kid.get(kid),
+            None => self.default.as_ref(),
+        }
+    }
+
+    /// Key ids, sorted, for logs.
+    pub fn kids(&self) -> Vec<&str> {
+        let mut kids: Vec<&str> = self.by_kid.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        kids
+    }
+}
+
+/// Parses `KID=PATH` as given to `relay --key`.
+pub fn parse_kid_path(s: &str) -> Result<(String, PathBuf), String> {
+    let (kid, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KID=PATH"))?;
+    if !valid_kid(kid) {
+        return Err(format!(
+            "key id {kid:?} is not 1 to {MAX_KID_LEN} letters, digits, '.', '_' or '-'"
+        ));
+    }
+    if path.is_empty() {
+        return Err(format!("no path after {kid}="));
+    }
+    Ok((kid.to_owned(), PathBuf::from(path)))
+}
+
+/// Writes a new key of `kind` to `out` (mode 0600), and for key pairs the
+/// public key to `out` with `.pub` appended. Refuses to overwrite. Returns
+/// the files written.
+pub fn generate(kind: KeyKind, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let public = {
+        let mut p = out.as_os_str().to_owned();
+        p.push(".pub");
+        PathBuf::from(p)
+    };
+    let (private_text, public_text) = match kind {
+        KeyKind::Hs256 => {
+            let mut text = Secret::generate().expose().to_vec();
+            text.push(b'\n');
+            (text, None)
+        }
+        KeyKind::Ed25519 | KeyKind::Es256 => {
+            let alg = if kind == KeyKind::Ed25519 {
+                &rcgen::PKCS_ED25519
+            } else {
+                &rcgen::PKCS_ECDSA_P256_SHA256
+            };
+            let pair = rcgen::KeyPair::generate_for(alg).context("could not generate a key")?;
+            (
+                pair.serialize_pem().into_bytes(),
+                Some(pair.public_key_pem()),
+            )
+        }
+    };
+    for p in std::iter::once(out).chain(public_text.as_ref().map(|_| public.as_path())) {
+        if p.exists() {
+            bail!("{} exists already; not replacing it", p.display());
+        }
+    }
+    write_private(out, &private_text)?;
+    let mut written = vec![out.to_owned()];
+    if let Some(text) = public_text {
+        std::fs::write(&public, text)
+            .with_context(|| format!("could not write {}", public.display()))?;
+        written.push(public);
+    }
+    Ok(written)
+}
+
+/// Creates `path` readable by its owner only, then writes `bytes`.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts
+        .open(path)
+        .with_context(|| format!("could not create {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("could not write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pairs_sign_and_verify_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        for (kind, alg) in [
+            (KeyKind::Ed25519, Algorithm::EdDSA),
+            (KeyKind::Es256, Algorithm::ES256),
+            (KeyKind::Hs256, Algorithm::HS256),
+        ] {
+            let out = dir.path().join(format!("{kind:?}"));
+            let files = generate(kind, &out).unwrap();
+            let signing = SigningKey::from_file(&out).unwrap();
+            assert_eq!(signing.algorithm, alg);
+            let verify = VerifyKey::from_file(files.last().unwrap()).unwrap();
+            assert_eq!(verify.algorithm, alg);
+            assert!(generate(kind, &out).is_err(), "must not overwrite");
+            if kind != KeyKind::Hs256 {
+                let err = VerifyKey::from_file(&out).unwrap_err().to_string();
+                assert!(err.contains("holds a private key"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn kid_paths_parse_with_clear_errors() {
+        assert_eq!(
+            parse_kid_path("2026-11=/etc/k").unwrap(),
+            ("2026-11".into(), PathBuf::from("/etc/k"))
+        );
+        assert!(parse_kid_path("nokid").unwrap_err().contains("KID=PATH"));
+        assert!(parse_kid_path("a b=/k").is_err());
+        assert!(parse_kid_path("a=").is_err());
+    }
+}
