@@ -224,8 +224,8 @@ pub struct RelayOpt {
     secret: SecretOpt,
     /// Key for tokens whose header names key id KID (repeatable): a shared
     /// secret file (HS256) or an Ed25519 or P-256 public key in PEM.
-    #[arg(long = "key", env = "SHELLRELAY_KEY", value_name = "KID=PATH", value_parser = keys::parse_kid_path, value_delimiter = ',')]
-    keys: Vec<(String, PathBuf)>,
+    #[arg(long = "token-key", env = "SHELLRELAY_TOKEN_KEY", value_name = "KID=PATH", value_parser = keys::parse_kid_path, value_delimiter = ',')]
+    token_keys: Vec<(String, PathBuf)>,
     /// File of revoked token ids and host ids, one `jti ID` or `host ID` a
     /// line; re-read on SIGHUP and when it changes.
     #[arg(long, env = "SHELLRELAY_REVOCATION_FILE", value_name = "PATH")]
@@ -326,6 +326,7 @@ pub struct ClientOpt {
 
 /// `shellrelay token`
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("signing").required(true).args(["secret_file", "secret", "signing_key"])))]
 pub struct TokenOpt {
     #[command(flatten)]
     secret: SecretOpt,
@@ -533,12 +534,12 @@ fn relay_keys(opt: &RelayOpt) -> anyhow::Result<keys::KeySet> {
     if let Some(secret) = opt.secret.load()? {
         set.set_default(keys::VerifyKey::secret(&secret));
     }
-    for (kid, path) in &opt.keys {
+    for (kid, path) in &opt.token_keys {
         set.insert(kid, keys::VerifyKey::from_file(path)?)?;
     }
     if set.is_empty() {
         bail!(
-            "pass --secret-file, --secret or --key KID=PATH: the relay needs a key to check tokens"
+            "pass --secret-file, --secret or --token-key KID=PATH: the relay needs a key to check tokens"
         );
     }
     Ok(set)
@@ -546,7 +547,9 @@ fn relay_keys(opt: &RelayOpt) -> anyhow::Result<keys::KeySet> {
 
 async fn run_relay(opt: RelayOpt) -> anyhow::Result<()> {
     let keys = relay_keys(&opt)?;
-    info!(kids = ?keys.kids(), "token keys loaded");
+    if !keys.kids().is_empty() {
+        info!(kids = ?keys.kids(), "token keys by key id");
+    }
     let names = tls::default_names(&opt.names);
     let (identity, created) = tls::load_or_create(&opt.cert, &opt.key, &names)?;
     let fingerprint = tls::fingerprint(&identity.chain[0]);
@@ -580,4 +583,138 @@ fn reload_on_hangup(relay: relay::RelayHandle) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// Parses the command line; for `relay --config FILE`, fills the flags not
+/// given (on the command line or as SHELLRELAY_* variables) from the file.
+/// Exits with a usage error as clap does.
+pub fn parse() -> Cli {
+    parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// [`parse`] over `args` (the first being the program name).
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let cmd = Cli::command();
+    let matches = cmd.clone().try_get_matches_from(&args)?;
+    let config = match matches.subcommand() {
+        Some(("relay", sub)) => sub.get_one::<PathBuf>("config").map(|p| (sub, p)),
+        _ => None,
+    };
+    let Some((sub, path)) = config else {
+        return Cli::from_arg_matches(&matches);
+    };
+    let mut cmd = cmd;
+    let fail =
+        |cmd: &mut clap::Command, msg: String| cmd.error(clap::error::ErrorKind::InvalidValue, msg);
+    let extra = match cmd.find_subcommand("relay") {
+        Some(relay) => config_args(path, relay, sub),
+        None => Err(anyhow::anyhow!("no relay command")),
+    }
+    .map_err(|e| fail(&mut cmd, format!("{e:#}")))?;
+    let mut all = args;
+    all.extend(extra);
+    let matches = cmd.clone().try_get_matches_from(&all).map_err(|e| {
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        let what = first.strip_prefix("error: ").unwrap_or(first);
+        fail(&mut cmd, format!("in {}: {what}", path.display()))
+    })?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// The flags that the settings file at `path` adds to `relay`'s command
+/// line `given`: one per key, except keys whose flag `given` sets already.
+fn config_args(
+    path: &std::path::Path,
+    relay: &clap::Command,
+    given: &clap::ArgMatches,
+) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    use clap::parser::ValueSource;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read settings file {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let set = |id: &str| {
+        matches!(
+            given.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    // The secret comes from one place: a flag for either wins over the file.
+    let secret_given = set("secret_file") || set("secret");
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let long = if key == "token_keys" {
+            "token-key".to_owned()
+        } else {
+            key.replace('_', "-")
+        };
+        let arg = relay.get_arguments().find(|a| {
+            a.get_long() == Some(long.as_str()) && !matches!(long.as_str(), "config" | "help")
+        });
+        let Some(arg) = arg else {
+            bail!(
+                "{}, line {}: unknown key `{key}` (the keys are the long flags of `shellrelay relay --help`, and come before any [table])",
+                path.display(),
+                line_of(&text, &key)
+            );
+        };
+        let id = arg.get_id().as_str();
+        if set(id) || (secret_given && matches!(id, "secret_file" | "secret")) {
+            continue;
+        }
+        let flag = format!("--{long}");
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                Ok(v.to_string())
+            }
+            _ => Err(anyhow::anyhow!(
+                "{}, line {}: `{key}` takes a string or a number",
+                path.display(),
+                line_of(&text, &key)
+            )),
+        };
+        let values: Vec<String> = match &value {
+            toml::Value::Table(kids) if key == "token_keys" => kids
+                .iter()
+                .map(|(kid, p)| scalar(p).map(|p| format!("{kid}={p}")))
+                .collect::<anyhow::Result<_>>()?,
+            toml::Value::Array(items) => {
+                items.iter().map(&scalar).collect::<anyhow::Result<_>>()?
+            }
+            toml::Value::Boolean(b) if !arg.get_action().takes_values() => {
+                if *b {
+                    out.push(flag.into());
+                }
+                continue;
+            }
+            v => vec![scalar(v)?],
+        };
+        for v in values {
+            out.push(flag.clone().into());
+            out.push(v.into());
+        }
+    }
+    Ok(out)
+}
+
+/// The 1-based line on which `key` is set in `text` (0 if not found).
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start();
+            let rest = line
+                .strip_prefix(key)
+                .or_else(|| line.strip_prefix(&format!("\"{key}\"")));
+            rest.is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map_or(0, |n| n + 1)
 }

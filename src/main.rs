@@ -2,11 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = shellrelay::cli::Cli::parse();
+    let cli = shellrelay::cli::parse();
     shellrelay::raise_fd_limit();
     tracing_subscriber::fmt()
         .with_env_filter(

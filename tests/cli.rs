@@ -730,7 +730,12 @@ async fn token_is_a_signed_jwt_with_the_asked_claims() {
         before <= iat && iat <= after,
         "iat {iat} not in [{before}, {after}]"
     );
-    assert!(claims.get("jti").is_none(), "{claims}");
+    // A random token id, which a revocation file can name.
+    let jti = claims["jti"].as_str().expect("jti is a string");
+    assert!(
+        jti.len() == 32 && jti.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{claims}"
+    );
 }
 
 #[tokio::test]
