@@ -718,3 +718,108 @@ fn line_of(text: &str, key: &str) -> usize {
         })
         .map_or(0, |n| n + 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    fn relay_opt(args: &[&str]) -> Result<RelayOpt, String> {
+        let mut all = vec!["shellrelay", "relay"];
+        all.extend_from_slice(args);
+        match parse_from(all) {
+            Ok(Cli {
+                command: Command::Relay(opt),
+                ..
+            }) => Ok(opt),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_relay_settings_file_fills_what_flags_do_not_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            r#"
+# the relay of the lab
+listen = "127.0.0.1:7000"
+secret_file = "/etc/shellrelay/secret"
+max_hosts = 5
+name = ["relay.example.com", "10.0.0.1"]
+hello_timeout = "3s"
+revocation_file = "/etc/shellrelay/revoked"
+
+[token_keys]
+2026-11 = "/etc/shellrelay/hs-2026-11"
+issuer = "/etc/shellrelay/issuer.pub"
+"#,
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let opt = relay_opt(&["--config", file]).unwrap();
+        assert_eq!(opt.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(opt.limits.max_hosts, 5);
+        assert_eq!(opt.names, ["relay.example.com", "10.0.0.1"]);
+        assert_eq!(opt.hello_timeout, Duration::from_secs(3));
+        assert_eq!(
+            opt.secret.secret_file.as_deref(),
+            Some(std::path::Path::new("/etc/shellrelay/secret"))
+        );
+        assert_eq!(opt.token_keys.len(), 2);
+        assert!(opt
+            .token_keys
+            .contains(&("issuer".into(), "/etc/shellrelay/issuer.pub".into())));
+        // Untouched keys keep their defaults.
+        assert_eq!(
+            opt.limits.max_sessions_per_host,
+            limits::DEFAULT_SESSIONS_PER_HOST
+        );
+
+        // Flags win, and a secret given by flag replaces the file's.
+        let opt = relay_opt(&[
+            "--config",
+            file,
+            "--max-hosts",
+            "9",
+            "--secret",
+            "a secret given on the command line",
+        ])
+        .unwrap();
+        assert_eq!(opt.limits.max_hosts, 9);
+        assert_eq!(opt.secret.secret_file, None);
+        assert_eq!(opt.listen, "127.0.0.1:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn settings_file_errors_name_the_file_the_key_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        let file = path.to_str().unwrap().to_owned();
+        let err_for = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            relay_opt(&["--config", &file]).unwrap_err()
+        };
+        let err = err_for("max_hosts = 5\n\nmax_hots = 6\n");
+        assert!(
+            err.contains(&format!("{file}, line 3: unknown key `max_hots`")),
+            "{err}"
+        );
+        let err = err_for("max_hosts = \"many\"\n");
+        assert!(err.contains(&file) && err.contains("--max-hosts"), "{err}");
+        let err = err_for("max_hosts = = 5\n");
+        assert!(err.contains(&file) && err.contains("line 1"), "{err}");
+        let err = err_for("listen = { a = 1 }\n");
+        assert!(err.contains("`listen` takes a string or a number"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        let err = relay_opt(&["--config", &file]).unwrap_err();
+        assert!(err.contains("could not read settings file"), "{err}");
+    }
+}

@@ -1086,3 +1086,115 @@ async fn every_role_stops_gracefully_and_the_relay_says_why() {
         );
     }
 }
+
+#[tokio::test]
+async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let out = run(&[
+        "token",
+        "--secret-file",
+        path_str(&secret),
+        "--role",
+        "client",
+        "--host",
+        "lab-1,lab-2",
+        "--host",
+        "web-*",
+        "--subject",
+        "alice",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let (_, claims) = decode_jwt(out.stdout.trim_end(), SECRET.trim_end().as_bytes());
+    assert_eq!(claims["sub"], "alice", "{claims}");
+    assert_eq!(
+        claims["hosts"],
+        serde_json::json!(["lab-1", "lab-2", "web-*"]),
+        "{claims}"
+    );
+    let out = run(&[
+        "token",
+        "--secret-file",
+        path_str(&secret),
+        "--role",
+        "host",
+        "--host",
+        "lab-*",
+    ])
+    .await;
+    assert_one_line_error(&out, "a host token names exactly one host id");
+
+    let key = dir.path().join("issuer");
+    let out = run(&["keygen", "--kind", "ed25519", "--out", path_str(&key)]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("issuer.pub"), "{out:?}");
+    assert_eq!(mode(&key) & 0o077, 0, "private key must be private");
+    let out = run(&[
+        "token",
+        "--signing-key",
+        path_str(&key),
+        "--kid",
+        "issuer",
+        "--role",
+        "host",
+        "--host",
+        "lab1",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let jwt = out.stdout.trim_end();
+    let header: serde_json::Value =
+        serde_json::from_slice(&base64url(jwt.split('.').next().unwrap_or_default()))
+            .expect("header is JSON");
+    assert_eq!(header["alg"], "EdDSA", "{header}");
+    assert_eq!(header["kid"], "issuer", "{header}");
+
+    // A relay that knows the issuer's public key by its kid, from a
+    // settings file, accepts that token; SIGHUP re-reads its revocations.
+    let (cert, relay_key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    let revoked = dir.path().join("revoked");
+    std::fs::write(&revoked, "jti nobody\n").expect("write revocations");
+    let settings = dir.path().join("relay.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "listen = \"127.0.0.1:0\"\ncert = {cert:?}\nkey = {relay_key:?}\nrevocation_file = {revoked:?}\n\n[token_keys]\nissuer = {:?}\n",
+            dir.path().join("issuer.pub")
+        ),
+    )
+    .expect("write settings");
+    let mut relay = Proc::spawn("relay", &["relay", "--config", path_str(&settings)]);
+    relay.wait_for_text("token keys by key id").await;
+    let line = relay.wait_for_text("relay listening").await;
+    let addr = addr_field(&line, "addr");
+    let token_file = dir.path().join("host.token");
+    std::fs::write(&token_file, jwt).expect("write token");
+    make_private(&token_file);
+    let mut host = Proc::spawn(
+        "host",
+        &[
+            "host",
+            "--relay",
+            &addr.to_string(),
+            "--relay-cert",
+            path_str(&cert),
+            "--token-file",
+            path_str(&token_file),
+        ],
+    );
+    host.wait_for_text("registered with relay").await;
+    let pid = relay.child.id().expect("relay runs");
+    let out = run_cmd({
+        let mut kill = Command::new("kill");
+        kill.args(["-HUP", &pid.to_string()]);
+        kill
+    })
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    relay
+        .wait_for_text("SIGHUP: revocation file re-read entries=1")
+        .await;
+    relay.assert_running();
+    host.assert_running();
+}

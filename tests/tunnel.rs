@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use shellrelay::peer::{self, ConnectError};
+use shellrelay::peer;
 use shellrelay::protocol::Reason;
 use shellrelay::token::{self, unix_now, Claims, Role, Secret, TokenSource};
 use support::*;
@@ -141,31 +141,6 @@ async fn an_aborted_session_resets_the_far_side() {
     drop(tcp);
     let ended = within(WAIT, "target to see the abort", rx.recv()).await;
     assert_eq!(ended, Some("reset"));
-}
-
-/// Connects as `role` with `token` and returns the refusal.
-async fn refusal(
-    tunnel: &Tunnel,
-    role: Role,
-    token: String,
-    host: Option<&str>,
-) -> (Reason, String) {
-    let err = within(
-        WAIT,
-        "hello answer",
-        peer::connect(
-            &tunnel.relay_addr(),
-            &TokenSource::Literal(token),
-            role,
-            host,
-        ),
-    )
-    .await
-    .expect_err("the relay accepted a token it should refuse");
-    match err {
-        ConnectError::Refused(r) => (r.reason, r.message),
-        other => panic!("expected a refusal, got {other}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

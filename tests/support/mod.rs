@@ -16,7 +16,8 @@ use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use shellrelay::client::{self, ClientConfig};
 use shellrelay::host::{self, HostConfig};
-use shellrelay::peer::RelayAddr;
+use shellrelay::peer::{self, ConnectError, RelayAddr};
+use shellrelay::protocol::Reason;
 use shellrelay::relay::{Relay, RelayConfig, RelayHandle};
 use shellrelay::tls::{self, TransportOptions, Trust};
 use shellrelay::token::{self, Claims, Role, Secret, TokenSource, Verifier};
@@ -43,6 +44,9 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// The secret that signs tokens without a key id in every [`Tunnel`].
+pub const SECRET: &[u8] = b"test secret, at least sixteen bytes";
 
 /// A relay running in this process, and what peers need to reach it.
 pub struct Tunnel {
@@ -79,7 +83,7 @@ impl Tunnel {
     pub async fn start_with(configure: impl FnOnce(&mut RelayConfig)) -> Tunnel {
         init_tracing();
         shellrelay::raise_fd_limit();
-        let secret = Secret::new(b"test secret, at least sixteen bytes".to_vec()).unwrap();
+        let secret = Secret::new(SECRET.to_vec()).unwrap();
         let identity = tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
         let cert = identity.chain.clone();
         let key = identity.key.clone_key();
@@ -550,5 +554,30 @@ impl Sshd {
             .stdin(Stdio::null())
             .kill_on_drop(true);
         cmd
+    }
+}
+
+/// Connects as `role` with `token` and returns the refusal.
+pub async fn refusal(
+    tunnel: &Tunnel,
+    role: Role,
+    token: String,
+    host: Option<&str>,
+) -> (Reason, String) {
+    let err = within(
+        WAIT,
+        "hello answer",
+        peer::connect(
+            &tunnel.relay_addr(),
+            &TokenSource::Literal(token),
+            role,
+            host,
+        ),
+    )
+    .await
+    .expect_err("the relay accepted a token it should refuse");
+    match err {
+        ConnectError::Refused(r) => (r.reason, r.message),
+        other => panic!("expected a refusal, got {other}"),
     }
 }
