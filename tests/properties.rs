@@ -11,13 +11,14 @@ use proptest::sample::Index;
 use serde_json::Value;
 use shellrelay::protocol::{read_frame, Frame, FrameError, Jwt, Reason, Refusal, MAX_FRAME_LEN};
 use shellrelay::token::{
-    mint, valid_host_id, Claims, Role, Secret, TokenError, Verifier, MAX_EXP, MAX_HOST_ID_LEN,
+    glob_match, mint, valid_host_id, valid_host_pattern, Claims, Role, Secret, TokenError,
+    Verifier, MAX_EXP, MAX_HOST_ID_LEN,
 };
 use tokio::runtime::Runtime;
 
 const AUDIENCE: &str = "shellrelay";
 
-const ALL_REASONS: [Reason; 11] = [
+const ALL_REASONS: [Reason; 12] = [
     Reason::Done,
     Reason::Protocol,
     Reason::BadToken,
@@ -526,8 +527,13 @@ fn arb_claims() -> BoxedStrategy<Claims> {
         arb_time(),
         arb_u64(),
         prop::option::of(text()),
+        prop_oneof![
+            4 => Just(Vec::new()),
+            2 => prop::collection::vec("[a-z0-9*?.-]{1,12}", 1..4),
+            1 => prop::collection::vec(text(), 1..3),
+        ],
     )
-        .prop_map(|(sub, role, aud, exp, nbf, iat, jti)| Claims {
+        .prop_map(|(sub, role, aud, exp, nbf, iat, jti, hosts)| Claims {
             sub,
             role,
             aud,
@@ -535,15 +541,38 @@ fn arb_claims() -> BoxedStrategy<Claims> {
             nbf,
             iat,
             jti,
+            hosts,
         })
         .boxed()
+}
+
+/// The obvious recursive matcher that `glob_match` must agree with.
+fn glob_model(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_model(rest, &s[i..])),
+        Some((&c, rest)) => match s.split_first() {
+            Some((&d, tail)) => (c == b'?' || c == d) && glob_model(rest, tail),
+            None => false,
+        },
+    }
+}
+
+#[test]
+fn host_patterns_match_as_the_simple_model_does() {
+    proptest!(config(4096), |(p in "[ab*?]{0,8}", s in "[ab]{0,10}")| {
+        prop_assert_eq!(glob_match(&p, &s), glob_model(p.as_bytes(), s.as_bytes()), "{} {}", p, s);
+    });
 }
 
 /// What `verify` must answer for a validly signed token with these claims.
 fn model(claims: &Claims, role: Role, now: u64) -> Result<Claims, TokenError> {
     if claims.exp > MAX_EXP || claims.nbf > MAX_EXP {
         Err(TokenError::OutOfRange)
-    } else if !valid_host_id(&claims.sub) {
+    } else if !valid_host_id(&claims.sub)
+        || !claims.hosts.iter().all(|p| valid_host_pattern(p))
+        || (claims.role == Role::Host && !claims.hosts.is_empty())
+    {
         Err(TokenError::BadHostId)
     } else if claims.aud != AUDIENCE {
         Err(TokenError::WrongAudience {
@@ -678,6 +707,11 @@ fn verify_of_a_mutated_token_never_panics_or_yields_other_claims() {
         .prop_map(|(mut c, sub, nbf, span, at)| {
             c.sub = sub;
             c.aud = AUDIENCE.to_owned();
+            // Valid host lists, and only on client tokens.
+            c.hosts.retain(|p| valid_host_pattern(p));
+            if c.role == Role::Host {
+                c.hosts.clear();
+            }
             c.nbf = nbf;
             c.exp = nbf + span;
             let now = nbf + at.index(span as usize) as u64;
