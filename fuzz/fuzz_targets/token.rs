@@ -29,6 +29,7 @@ fn fixture() -> &'static Fixture {
             nbf: 0,
             iat: 0,
             jti: Some("fuzz".into()),
+            hosts: Vec::new(),
         };
         let token = mint(&secret, &claims).expect("mint");
         let verifier = Verifier::new(&secret, DEFAULT_AUDIENCE);
