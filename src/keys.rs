@@ -116,13 +116,7 @@ impl SigningKey {
     /// Reads a key file: a PEM private key (PKCS#8, Ed25519 or P-256), or
     /// else a shared secret. Either must not be readable by other users.
     pub fn from_file(path: &Path) -> anyhow::Result<SigningKey> {
-        if let Some(mode) = crate::token::shared_mode(path) {
-            bail!(
-                "key file {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
-                path.display(),
-                path.display()
-            );
-        }
+        crate::token::ensure_private(path, "key file")?;
         let text = std::fs::read(path)
             .with_context(|| format!("could not read key {}", path.display()))?;
         if !is_pem(&text) {

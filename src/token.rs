@@ -165,13 +165,7 @@ impl Secret {
     /// Reads a secret file, without its trailing newline. The file must not
     /// be readable by other users (as ssh insists for private keys).
     pub fn from_file(path: &Path) -> anyhow::Result<Secret> {
-        if let Some(mode) = shared_mode(path) {
-            bail!(
-                "secret file {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
-                path.display(),
-                path.display()
-            );
-        }
+        ensure_private(path, "secret file")?;
         let text = std::fs::read(path)
             .with_context(|| format!("could not read secret file {}", path.display()))?;
         let trimmed = text.trim_ascii_end();
@@ -189,6 +183,18 @@ impl Secret {
     /// The secret's bytes.
     pub fn expose(&self) -> &[u8] {
         &self.0
+    }
+}
+
+/// Refuses `path` (a `what`, for the message) if other users may read it.
+pub fn ensure_private(path: &Path, what: &str) -> anyhow::Result<()> {
+    match shared_mode(path) {
+        Some(mode) => bail!(
+            "{what} {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
+            path.display(),
+            path.display()
+        ),
+        None => Ok(()),
     }
 }
 

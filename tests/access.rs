@@ -183,17 +183,23 @@ async fn tokens_are_checked_with_the_key_their_kid_names() {
     assert!(message.contains("no key id"), "{message}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoking_a_token_closes_its_live_session_and_refuses_it_from_then_on() {
+/// A relay with a revocation file that starts as `text`.
+async fn with_revocations(text: &str) -> (tempfile::TempDir, std::path::PathBuf, Tunnel) {
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("revoked");
-    std::fs::write(&list, "# nothing revoked yet\n").unwrap();
+    std::fs::write(&list, text).unwrap();
     let file = list.clone();
     let tunnel = Tunnel::start_with(move |c| {
         c.revocation_file = Some(file);
         c.limits.failures_per_addr = u32::MAX;
     })
     .await;
+    (dir, list, tunnel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_closes_its_live_session_and_refuses_it_from_then_on() {
+    let (_dir, list, tunnel) = with_revocations("# nothing revoked yet\n").await;
     let _host = tunnel.host("lab1", echo_server().await).await;
     let alice = tunnel.sign(&client_claims(&["lab1"], "alice-laptop"));
     let bob = tunnel.sign(&client_claims(&["lab1"], "bob-desktop"));
@@ -231,15 +237,7 @@ async fn revoking_a_token_closes_its_live_session_and_refuses_it_from_then_on() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_revocation_file_is_read_without_a_signal_and_can_revoke_a_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("revoked");
-    std::fs::write(&list, "").unwrap();
-    let file = list.clone();
-    let tunnel = Tunnel::start_with(move |c| {
-        c.revocation_file = Some(file);
-        c.limits.failures_per_addr = u32::MAX;
-    })
-    .await;
+    let (_dir, list, tunnel) = with_revocations("").await;
     let _host = tunnel.host("lab1", echo_server().await).await;
     let client = tunnel.client("lab1").await;
     let mut tcp = ping(client).await;
