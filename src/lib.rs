@@ -9,6 +9,7 @@ pub mod client;
 pub mod demo;
 pub mod host;
 pub mod limits;
+pub mod manual;
 pub mod peer;
 pub mod protocol;
 pub mod relay;
