@@ -20,8 +20,7 @@ use crate::{client, demo, host, limits, manual, relay};
 #[derive(Debug, Parser)]
 #[command(name = "shellrelay", version, about, long_about = None)]
 pub struct Cli {
-    /// How log lines on stderr are written: text for people, or one JSON
-    /// object per line for log collectors.
+    /// Log lines on stderr as text, or as one JSON object per line.
     #[arg(
         long,
         global = true,
