@@ -14,12 +14,22 @@ use tracing::info;
 use crate::peer::RelayAddr;
 use crate::tls::{self, TransportOptions, Trust};
 use crate::token::{self, Claims, Role, Secret, TokenSource, Verifier};
-use crate::{client, demo, host, keys, limits, relay};
+use crate::{client, demo, host, keys, limits, manual, relay};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]
 #[command(name = "shellrelay", version, about, long_about = None)]
 pub struct Cli {
+    /// Log lines on stderr as text, or as one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "SHELLRELAY_LOG_FORMAT",
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
@@ -42,6 +52,19 @@ pub enum Command {
     Certs(CertsOpt),
     /// Relay, host and client in one process on loopback, for a first try.
     Demo(DemoOpt),
+    /// Print the completion script for a shell on stdout.
+    Completions(CompletionsOpt),
+    /// Print the man page on stdout, or write one page per subcommand with --dir.
+    Man(ManOpt),
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, for people.
+    Text,
+    /// One JSON object per line; session and host ids under `span`.
+    Json,
 }
 
 fn host_id(s: &str) -> Result<String, String> {
@@ -407,6 +430,22 @@ pub struct DemoOpt {
     listen: SocketAddr,
 }
 
+/// `shellrelay completions`
+#[derive(Debug, Args)]
+pub struct CompletionsOpt {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+/// `shellrelay man`
+#[derive(Debug, Args)]
+pub struct ManOpt {
+    /// Write shellrelay.1 and one page per subcommand (shellrelay-relay.1, ...) here instead.
+    #[arg(long, env = "SHELLRELAY_DIR", value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
 /// A token that is cancelled on SIGINT or SIGTERM. The handlers are in
 /// place when this returns, so a signal that arrives right after start-up
 /// still ends in a graceful shutdown. Must be called inside the runtime.
@@ -500,6 +539,14 @@ impl Cli {
                 Ok(())
             }
             Command::Demo(opt) => demo::run(&opt.target, opt.listen, shutdown_signal()?).await,
+            Command::Completions(opt) => manual::completions(opt.shell, &mut std::io::stdout()),
+            Command::Man(ManOpt { dir: None }) => manual::man(&mut std::io::stdout()),
+            Command::Man(ManOpt { dir: Some(dir) }) => {
+                for path in manual::man_pages(&dir)? {
+                    println!("wrote {}", path.display());
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -236,7 +236,13 @@ pub async fn run(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let span = tracing::info_span!("session", %peer);
+                // Session and host ids arrive with `ready`; forward records them.
+                let span = tracing::info_span!(
+                    "session",
+                    %peer,
+                    session = tracing::field::Empty,
+                    host = tracing::field::Empty
+                );
                 tasks.spawn(forward(forwarder.clone(), tcp, peer).instrument(span));
             }
             Err(err) => {
@@ -265,15 +271,15 @@ async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let (session, host, conn) = (opened.session, opened.host, opened.conn);
-    info!(session, %host, %peer, "session started");
+    let span = tracing::Span::current();
+    span.record("session", session);
+    span.record("host", host.as_str());
+    info!("session started");
     let t = splice::tcp_quic(tcp, opened.send, opened.recv).await;
     if let Some(refusal) = Refusal::of_closed(&conn) {
-        warn!(session, %host, "relay closed the connection: {}", refusal.message);
+        warn!("relay closed the connection: {}", refusal.message);
     }
     info!(
-        session,
-        %host,
-        %peer,
         to_host = t.sent,
         to_client = t.received,
         aborted = t.aborted,

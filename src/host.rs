@@ -170,7 +170,12 @@ async fn serve(
         };
         match streams {
             Ok(streams) => {
-                let span = tracing::info_span!("session", host = %session.host);
+                // The session id arrives with `open`; host_session records it.
+                let span = tracing::info_span!(
+                    "session",
+                    session = tracing::field::Empty,
+                    host = %session.host
+                );
                 tasks.spawn(host_session(target.clone(), streams).instrument(span));
             }
             Err(err) => return Some(Refusal::from_connection_error(&err)),
@@ -187,28 +192,19 @@ async fn host_session(target: Arc<str>, (mut send, mut recv): (SendStream, RecvS
             return;
         }
     };
+    tracing::Span::current().record("session", session);
     let started = Instant::now();
     let dialled = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&*target)).await;
     let tcp = match dialled {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(err)) => {
             let message = format!("could not connect to {target}: {err}");
-            return refuse(
-                send,
-                session,
-                Refusal::new(Reason::TargetUnreachable, message),
-            )
-            .await;
+            return refuse(send, Refusal::new(Reason::TargetUnreachable, message)).await;
         }
         Err(_) => {
             let secs = DIAL_TIMEOUT.as_secs();
             let message = format!("could not connect to {target}: no answer within {secs}s");
-            return refuse(
-                send,
-                session,
-                Refusal::new(Reason::TargetUnreachable, message),
-            )
-            .await;
+            return refuse(send, Refusal::new(Reason::TargetUnreachable, message)).await;
         }
     };
     let _ = tcp.set_nodelay(true);
@@ -218,10 +214,9 @@ async fn host_session(target: Arc<str>, (mut send, mut recv): (SendStream, RecvS
     {
         return;
     }
-    info!(session, %client, "session started");
+    info!(%client, "session started");
     let t = splice::tcp_quic(tcp, send, recv).await;
     info!(
-        session,
         %client,
         to_client = t.sent,
         to_host = t.received,
@@ -231,8 +226,8 @@ async fn host_session(target: Arc<str>, (mut send, mut recv): (SendStream, RecvS
     );
 }
 
-async fn refuse(mut send: SendStream, session: u64, refusal: Refusal) {
-    warn!(session, reason = %refusal.message, "session refused");
+async fn refuse(mut send: SendStream, refusal: Refusal) {
+    warn!(reason = %refusal.message, "session refused");
     send_refusal(&mut send, &refusal).await;
 }
 

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod host;
 pub mod keys;
 pub mod limits;
+pub mod manual;
 pub mod peer;
 pub mod protocol;
 pub mod relay;

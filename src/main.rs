@@ -2,18 +2,30 @@
 
 use std::process::ExitCode;
 
+use shellrelay::cli::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = shellrelay::cli::parse();
     shellrelay::raise_fd_limit();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The current span carries the session and host ids; the list of
+        // enclosing spans would repeat them.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_ansi(false)
+            .init(),
+    }
     let runtime = if cli.single_threaded() {
         tokio::runtime::Builder::new_current_thread()
     } else {

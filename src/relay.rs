@@ -691,7 +691,7 @@ async fn accept_sessions(state: &Arc<State>, conn: &Connection, host: &str) {
             continue;
         };
         let session = state.next_id();
-        let span = tracing::info_span!("session", id = session, host = %host);
+        let span = tracing::info_span!("session", session, host = %host);
         let task = relay_session(
             state.clone(),
             session,

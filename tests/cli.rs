@@ -302,7 +302,11 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &'static str, args: &[&str]) -> Proc {
-        let mut cmd = command(args);
+        Proc::spawn_cmd(name, command(args))
+    }
+
+    /// Starts `cmd`, made by [`command`] and perhaps given more environment.
+    fn spawn_cmd(name: &'static str, mut cmd: Command) -> Proc {
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
@@ -590,8 +594,9 @@ async fn wrong_flags_are_short_usage_errors() {
             out.stderr.starts_with("error: ") || out.stderr.starts_with("Relay ssh"),
             "{args:?}: expected an error or the usage: {out:?}"
         );
+        // The bare command prints the short help: a line per subcommand.
         assert!(
-            out.stderr.lines().count() <= 20,
+            out.stderr.lines().count() <= 30,
             "{args:?}: too long: {out:?}"
         );
         for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
@@ -1197,4 +1202,551 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
         .await;
     relay.assert_running();
     host.assert_running();
+}
+
+// ------------------------------------------- completions, man pages, units
+
+/// Every subcommand, as completions and man pages must name them.
+const SUBCOMMANDS: [&str; 9] = [
+    "relay",
+    "host",
+    "client",
+    "token",
+    "keygen",
+    "certs",
+    "demo",
+    "completions",
+    "man",
+];
+
+#[tokio::test]
+async fn completions_for_every_shell_name_the_subcommands() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run(&["completions", shell]).await;
+        assert!(out.status.success(), "completions {shell}: {out:?}");
+        assert!(out.stderr.is_empty(), "completions {shell}: {out:?}");
+        assert!(
+            out.stdout.contains("shellrelay"),
+            "completions {shell}: {out:?}"
+        );
+        for sub in SUBCOMMANDS {
+            assert!(
+                out.stdout.contains(sub),
+                "completions {shell} does not name {sub}: {out:?}"
+            );
+        }
+        assert!(
+            out.stdout.contains("--log-format") || out.stdout.contains("log-format"),
+            "completions {shell} do not know --log-format: {out:?}"
+        );
+    }
+    let out = run(&["completions", "tcsh"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("bash"), "lists the shells: {out:?}");
+}
+
+#[tokio::test]
+async fn bash_completion_completes_subcommands_flags_and_values() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run(&["completions", "bash"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let script = dir.path().join("shellrelay.bash");
+    std::fs::write(&script, &out.stdout).expect("write completion script");
+    // What bash does on TAB: the words so far, the index of the word under
+    // the cursor, then the completion function with (command, word, previous word).
+    let complete = |words: &[&str]| {
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let cword = words.len() - 1;
+        let prev = words[cword.saturating_sub(1)];
+        format!(
+            "COMP_WORDS=({}); COMP_CWORD={cword}; COMP_LINE='{}'; COMP_POINT=${{#COMP_LINE}}; \
+             _shellrelay shellrelay '{}' '{prev}'; echo \"${{COMPREPLY[*]}}\"",
+            quoted.join(" "),
+            words.join(" "),
+            words[cword],
+        )
+    };
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["shellrelay", "re"], &["relay"]),
+        (&["shellrelay", "co"], &["completions"]),
+        (
+            &["shellrelay", "relay", "--se"],
+            &["--secret-file", "--secret"],
+        ),
+        (&["shellrelay", "host", "--token-f"], &["--token-file"]),
+        (&["shellrelay", "--log-format", ""], &["text", "json"]),
+        (&["shellrelay", "completions", "b"], &["bash"]),
+    ];
+    for (words, expected) in cases {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!("source \"$1\" && {}", complete(words)))
+            .arg("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = run_cmd(cmd).await;
+        assert!(out.status.success(), "{words:?}: {out:?}");
+        let mut got: Vec<&str> = out.stdout.split_whitespace().collect();
+        let mut want = expected.to_vec();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "completing {words:?}: {out:?}");
+    }
+}
+
+#[tokio::test]
+async fn man_prints_roff_and_writes_one_page_per_subcommand() {
+    let out = run(&["man"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    assert!(
+        out.stdout.starts_with(".ie") || out.stdout.contains("\n.TH "),
+        "not roff: {out:?}"
+    );
+    assert!(out.stdout.contains(".TH shellrelay 1"), "{out:?}");
+    assert!(out.stdout.contains(".SH SYNOPSIS"), "{out:?}");
+    for sub in SUBCOMMANDS {
+        assert!(out.stdout.contains(sub), "man does not list {sub}: {out:?}");
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let man1 = dir.path().join("share/man/man1");
+    let out = run(&["man", "--dir", path_str(&man1)]).await;
+    assert!(out.status.success(), "{out:?}");
+    let mut pages: Vec<String> = std::fs::read_dir(&man1)
+        .expect("read the man page directory")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    pages.sort();
+    let mut expected: Vec<String> = SUBCOMMANDS
+        .iter()
+        .map(|sub| format!("shellrelay-{sub}.1"))
+        .chain(["shellrelay.1".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(pages, expected, "{out:?}");
+    for page in &pages {
+        let path = man1.join(page);
+        assert!(
+            out.stdout.contains(path_str(&path)),
+            "{page} is not reported: {out:?}"
+        );
+        let roff = std::fs::read_to_string(&path).expect("read man page");
+        let title = page.trim_end_matches(".1");
+        assert!(
+            roff.contains(&format!(".TH {title} 1")),
+            "{page} has no title line:\n{roff}"
+        );
+    }
+    let relay = std::fs::read_to_string(man1.join("shellrelay-relay.1")).expect("read page");
+    for flag in ["secret\\-file", "listen", "cert", "log\\-format"] {
+        assert!(
+            relay.contains(flag),
+            "shellrelay-relay.1 lacks {flag}:\n{relay}"
+        );
+    }
+}
+
+/// The example units, sorted by name.
+fn unit_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd");
+    let mut units: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "service"))
+        .collect();
+    units.sort();
+    units
+}
+
+/// A unit's `Key=value` settings in order, continuation lines joined and
+/// comments left out.
+fn unit_settings(text: &str) -> Vec<(String, String)> {
+    let mut settings = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if pending.is_empty() && (line.is_empty() || line.starts_with(['#', ';', '['])) {
+            continue;
+        }
+        if let Some(part) = line.strip_suffix('\\') {
+            pending.push_str(part);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(line);
+        let (key, value) = pending
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not a setting: {pending:?}"));
+        settings.push((key.trim().to_owned(), value.trim().to_owned()));
+        pending.clear();
+    }
+    settings
+}
+
+#[tokio::test]
+async fn systemd_units_start_the_binary_with_flags_it_accepts() {
+    use clap::Parser;
+    use shellrelay::cli::{Cli, Command as Sub};
+
+    let units = unit_files();
+    let names: Vec<String> = units
+        .iter()
+        .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["shellrelay-host.service", "shellrelay-relay.service"],
+        "the example units"
+    );
+    for unit in &units {
+        let name = unit
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(unit).expect("read unit");
+        let settings = unit_settings(&text);
+        let values = |key: &str| -> Vec<&str> {
+            settings
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        for (key, value) in [
+            ("DynamicUser", "yes"),
+            ("NoNewPrivileges", "yes"),
+            ("Restart", "on-failure"),
+            ("ProtectSystem", "strict"),
+            ("ProtectHome", "yes"),
+            ("PrivateTmp", "yes"),
+            ("PrivateDevices", "yes"),
+            ("CapabilityBoundingSet", ""),
+            ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+            ("SystemCallFilter", "@system-service"),
+            ("MemoryDenyWriteExecute", "yes"),
+            ("LockPersonality", "yes"),
+        ] {
+            assert!(
+                values(key).contains(&value),
+                "{name}: expected {key}={value}"
+            );
+        }
+        assert_eq!(values("RestartSec").len(), 1, "{name}: RestartSec");
+
+        let exec = values("ExecStart");
+        assert_eq!(exec.len(), 1, "{name}: one ExecStart= line");
+        let exec = exec[0];
+        // Every credential the command reads is one the unit loads.
+        let loaded: Vec<&str> = values("LoadCredential")
+            .iter()
+            .map(|v| v.split_once(':').map_or(*v, |(id, _)| id))
+            .collect();
+        for word in exec.split_whitespace() {
+            if let Some(id) = word.strip_prefix("%d/") {
+                assert!(loaded.contains(&id), "{name}: %d/{id} is not loaded");
+                assert!(
+                    text.contains(&format!("LoadCredential={id}:/etc/shellrelay/{id}")),
+                    "{name}: {id} should come from /etc/shellrelay/{id}"
+                );
+            }
+            if let Some(path) = word.strip_prefix("%S/") {
+                let state = path.split('/').next().expect("a directory");
+                assert!(
+                    values("StateDirectory").contains(&state),
+                    "{name}: %S/{state} is not a StateDirectory="
+                );
+            }
+        }
+
+        // The command line after systemd expands the specifiers.
+        let expanded = exec
+            .replace("%d", "/run/credentials/unit")
+            .replace("%S", "/var/lib");
+        assert!(
+            !expanded.contains('%'),
+            "{name}: a specifier this test does not know: {exec}"
+        );
+        let mut args: Vec<&str> = expanded.split_whitespace().collect();
+        assert!(
+            args[0].starts_with('/') && args[0].ends_with("/shellrelay"),
+            "{name}: ExecStart= should run the installed binary by its full path: {exec}"
+        );
+        args[0] = "shellrelay";
+        let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| {
+            panic!("{name}: ExecStart= does not parse (or a SHELLRELAY_* variable of this environment conflicts): {exec}\n{e}")
+        });
+        let role_matches = match name.as_str() {
+            "shellrelay-relay.service" => matches!(cli.command, Sub::Relay(_)),
+            "shellrelay-host.service" => matches!(cli.command, Sub::Host(_)),
+            _ => false,
+        };
+        assert!(role_matches, "{name} runs {:?}", cli.command);
+    }
+}
+
+#[tokio::test]
+async fn systemd_units_pass_systemd_analyze_verify() {
+    let have = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let units = Path::new("/usr/lib/systemd/system");
+    if !have || !units.is_dir() {
+        eprintln!(
+            "SKIPPED systemd_units_pass_systemd_analyze_verify: no systemd-analyze or no {} \
+             (apt-get install systemd)",
+            units.display()
+        );
+        return;
+    }
+    // A root of its own: the system's units (for the targets the examples
+    // name), an executable at the path ExecStart= names, and the examples.
+    let root = tempfile::tempdir().expect("temp dir");
+    let r = root.path();
+    for d in ["usr/lib/systemd", "usr/local/bin", "etc/systemd/system"] {
+        std::fs::create_dir_all(r.join(d)).expect("mkdir");
+    }
+    let mut copy = Command::new("cp");
+    copy.arg("-r")
+        .arg(units)
+        .arg(r.join("usr/lib/systemd/"))
+        .stdin(Stdio::null());
+    let out = run_cmd(copy).await;
+    assert!(out.status.success(), "copy the system's units: {out:?}");
+    let bin = r.join("usr/local/bin/shellrelay");
+    std::fs::write(&bin, "#!/bin/sh\n").expect("write stand-in binary");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mut names = Vec::new();
+    for unit in unit_files() {
+        let name = unit.file_name().expect("name").to_owned();
+        std::fs::copy(&unit, r.join("etc/systemd/system").join(&name)).expect("copy unit");
+        names.push(name);
+    }
+    let mut verify = Command::new("systemd-analyze");
+    verify
+        .arg("verify")
+        .arg("--man=no")
+        .arg(format!("--root={}", path_str(r)))
+        .args(&names)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = run_cmd(verify).await;
+    // Unknown keys and bad values are warnings with exit status 0: any
+    // output at all is a finding.
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.trim().is_empty(), "{out:?}");
+    assert!(out.stdout.trim().is_empty(), "{out:?}");
+}
+
+// ------------------------------------------------------------- JSON logs
+
+/// A log line as JSON; panics naming the line when it is not.
+fn json(line: &str) -> serde_json::Value {
+    let value: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line:?}"));
+    assert!(value.is_object(), "log line is not an object: {line:?}");
+    value
+}
+
+/// The `message` of a JSON log line, if it is one.
+fn message(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value["fields"]["message"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_session_and_host_ids() {
+    // The target: echoes what it reads, then closes.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the echo target");
+    let target_addr = target.local_addr().expect("target address").to_string();
+    let echo = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = target.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+
+    // The flag after the subcommand: it is global.
+    let mut demo = Proc::spawn(
+        "demo",
+        &[
+            "demo",
+            "--log-format",
+            "json",
+            "--target",
+            &target_addr,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let line = demo
+        .wait_for("the client forwarder's address", |l| {
+            message(l).as_deref() == Some("client forwarder listening")
+        })
+        .await;
+    let listen: SocketAddr = json(&line)["fields"]["listen"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no listen address in {line:?}"));
+
+    // One session: bytes there and back, then both sides close.
+    let mut tcp = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(listen))
+        .await
+        .expect("connect within the wait")
+        .expect("connect to the client forwarder");
+    let sent = b"one session through the demo\n";
+    let echoed = tokio::time::timeout(WAIT, async {
+        use tokio::io::AsyncWriteExt;
+        tcp.write_all(sent).await?;
+        tcp.shutdown().await?;
+        let mut got = Vec::new();
+        tcp.read_to_end(&mut got).await?;
+        std::io::Result::Ok(got)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no echo within {WAIT:?}; demo logged:\n{}", demo.log()))
+    .expect("echo through the demo");
+    assert_eq!(echoed, sent);
+
+    // Relay, host agent and client forwarder each log the session's end.
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        let line = demo
+            .wait_for("session ended", |l| {
+                message(l).as_deref() == Some("session ended")
+            })
+            .await;
+        ended.push(json(&line)["target"].as_str().unwrap_or("").to_owned());
+    }
+    ended.sort();
+    assert_eq!(
+        ended,
+        [
+            "shellrelay::client",
+            "shellrelay::host",
+            "shellrelay::relay"
+        ],
+        "demo logged:\n{}",
+        demo.log()
+    );
+    let status = demo.terminate().await;
+    assert!(status.success(), "demo: {status}:\n{}", demo.log());
+    echo.abort();
+
+    let lines: Vec<serde_json::Value> = demo.seen.iter().map(|l| json(l)).collect();
+    assert!(lines.len() >= 8, "too few lines:\n{}", demo.log());
+    for (value, line) in lines.iter().zip(&demo.seen) {
+        for key in ["timestamp", "level", "target"] {
+            assert!(value[key].is_string(), "no {key} in {line:?}");
+        }
+        assert!(
+            value["fields"]["message"].is_string(),
+            "no message in {line:?}"
+        );
+    }
+    // Every line about the session, in any role, names it and its host.
+    let about_session: Vec<(&serde_json::Value, &String)> = lines
+        .iter()
+        .zip(&demo.seen)
+        .filter(|(v, _)| {
+            v["span"]["name"] == "session"
+                || v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("session "))
+        })
+        .collect();
+    let first = about_session
+        .first()
+        .unwrap_or_else(|| panic!("no line about the session:\n{}", demo.log()))
+        .0;
+    let id = first["span"]["session"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no session id in {first}"));
+    for (value, line) in &about_session {
+        assert_eq!(value["span"]["name"], "session", "{line}");
+        assert_eq!(value["span"]["session"].as_u64(), Some(id), "{line}");
+        assert_eq!(value["span"]["host"], "demo", "{line}");
+    }
+    for target in [
+        "shellrelay::relay",
+        "shellrelay::host",
+        "shellrelay::client",
+    ] {
+        for what in ["session started", "session ended"] {
+            assert!(
+                about_session
+                    .iter()
+                    .any(|(v, _)| v["target"] == target && v["fields"]["message"] == what),
+                "{target} did not log {what:?} in the session's span:\n{}",
+                demo.log()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn log_format_comes_from_the_environment_and_refuses_unknown_values() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let mut cmd = command(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--secret-file",
+        path_str(&secret),
+        "--cert",
+        path_str(&certs.join("relay.crt")),
+        "--key",
+        path_str(&certs.join("relay.key")),
+    ]);
+    cmd.env("SHELLRELAY_LOG_FORMAT", "json");
+    let mut relay = Proc::spawn_cmd("relay", cmd);
+    let line = relay
+        .wait_for("relay listening", |l| {
+            message(l).as_deref() == Some("relay listening")
+        })
+        .await;
+    assert!(json(&line)["fields"]["addr"].is_string(), "{line}");
+    let status = relay.terminate().await;
+    assert!(status.success(), "relay: {status}:\n{}", relay.log());
+    for line in &relay.seen {
+        json(line);
+    }
+    assert!(
+        relay
+            .seen
+            .iter()
+            .any(|l| message(l).as_deref() == Some("relay shutting down")),
+        "{}",
+        relay.log()
+    );
+
+    let out = run(&["--log-format", "yaml", "demo"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("text") && out.stderr.contains("json"),
+        "{out:?}"
+    );
+    let mut cmd = command(&["demo"]);
+    cmd.env("SHELLRELAY_LOG_FORMAT", "yaml");
+    let out = run_cmd(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
