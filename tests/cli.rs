@@ -1513,7 +1513,7 @@ async fn systemd_units_pass_systemd_analyze_verify() {
     // name), an executable at the path ExecStart= names, and the examples.
     let root = tempfile::tempdir().expect("temp dir");
     let r = root.path();
-    for d in ["usr/lib/systemd", "usr/local/bin", "etc/systemd/system"] {
+    for d in ["usr/lib/systemd", "usr/local/bin", "bin", "etc/systemd/system"] {
         std::fs::create_dir_all(r.join(d)).expect("mkdir");
     }
     let mut copy = Command::new("cp");
@@ -1523,9 +1523,10 @@ async fn systemd_units_pass_systemd_analyze_verify() {
         .stdin(Stdio::null());
     let out = run_cmd(copy).await;
     assert!(out.status.success(), "copy the system's units: {out:?}");
-    let bin = r.join("usr/local/bin/shellrelay");
-    std::fs::write(&bin, "#!/bin/sh\n").expect("write stand-in binary");
-    {
+    // Stand-ins for the executables ExecStart= and ExecReload= name.
+    for bin in ["usr/local/bin/shellrelay", "bin/kill"] {
+        let bin = r.join(bin);
+        std::fs::write(&bin, "#!/bin/sh\n").expect("write stand-in binary");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
