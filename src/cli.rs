@@ -14,7 +14,7 @@ use tracing::info;
 use crate::peer::RelayAddr;
 use crate::tls::{self, TransportOptions, Trust};
 use crate::token::{self, Claims, Role, Secret, TokenSource, Verifier};
-use crate::{client, demo, host, limits, relay};
+use crate::{client, demo, host, limits, relay, status};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]
@@ -40,6 +40,8 @@ pub enum Command {
     Certs(CertsOpt),
     /// Relay, host and client in one process on loopback, for a first try.
     Demo(DemoOpt),
+    /// Print the hosts online at a relay, from its metrics endpoint.
+    Status(StatusOpt),
 }
 
 fn host_id(s: &str) -> Result<String, String> {
@@ -221,6 +223,9 @@ pub struct RelayOpt {
     /// Longest a new connection may take to send its hello.
     #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
     hello_timeout: Duration,
+    /// Serve /metrics (Prometheus) and /status (JSON) over HTTP on this TCP address; off by default.
+    #[arg(long, env = "SHELLRELAY_METRICS", value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     #[command(flatten)]
     limits: LimitsOpt,
     #[command(flatten)]
@@ -342,6 +347,14 @@ pub struct DemoOpt {
     listen: SocketAddr,
 }
 
+/// `shellrelay status`
+#[derive(Debug, Args)]
+pub struct StatusOpt {
+    /// The relay's metrics endpoint (the address it was given with --metrics).
+    #[arg(long, env = "SHELLRELAY_METRICS", default_value = status::DEFAULT_METRICS, value_name = "HOST:PORT")]
+    metrics: String,
+}
+
 /// A token that is cancelled on SIGINT or SIGTERM. The handlers are in
 /// place when this returns, so a signal that arrives right after start-up
 /// still ends in a graceful shutdown. Must be called inside the runtime.
@@ -366,10 +379,13 @@ impl Cli {
     /// client forwarder sit at the edges: on one thread their tasks hand
     /// data to quinn's connection task without waking another thread for
     /// every packet, which bought about a quarter more throughput per
-    /// session in `cargo bench --bench relay`. The relay serves many
-    /// connections at once and uses every core.
+    /// session in `cargo bench --bench relay`. `status` makes one request.
+    /// The relay serves many connections at once and uses every core.
     pub fn single_threaded(&self) -> bool {
-        matches!(self.command, Command::Host(_) | Command::Client(_))
+        matches!(
+            self.command,
+            Command::Host(_) | Command::Client(_) | Command::Status(_)
+        )
     }
 
     /// Runs the chosen subcommand.
@@ -426,6 +442,11 @@ impl Cli {
                 Ok(())
             }
             Command::Demo(opt) => demo::run(&opt.target, opt.listen, shutdown_signal()?).await,
+            Command::Status(opt) => {
+                let report = status::fetch(&opt.metrics).await?;
+                print!("{}", status::table(&report));
+                Ok(())
+            }
         }
     }
 }
@@ -445,6 +466,7 @@ async fn run_relay(opt: RelayOpt) -> anyhow::Result<()> {
         verifier: Verifier::new(&secret, &opt.audience),
         limits: opt.limits.limits(),
         hello_timeout: opt.hello_timeout,
+        metrics: opt.metrics,
     };
     let relay = relay::Relay::bind(opt.listen, server, config)?;
     relay.run(shutdown_signal()?).await

@@ -9,10 +9,12 @@ pub mod client;
 pub mod demo;
 pub mod host;
 pub mod limits;
+pub mod metrics;
 pub mod peer;
 pub mod protocol;
 pub mod relay;
 pub mod splice;
+pub mod status;
 pub mod tls;
 pub mod token;
 
