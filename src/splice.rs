@@ -157,8 +157,8 @@ pub async fn quic_quic(a: (SendStream, RecvStream), b: (SendStream, RecvStream))
     quic_quic_counted(a, b, |_| {}, |_| {}).await
 }
 
-/// [`quic_quic`] that reports bytes as they move: `up(n)` after each batch
-/// written from `a` to `b`, `down(n)` after each batch from `b` to `a`.
+/// [`quic_quic`] that reports bytes as they move: `up(n)` for each batch
+/// passed on from `a` to `b`, `down(n)` for each batch from `b` to `a`.
 /// Called once per batch (up to 32 received chunks), so a relaxed atomic add
 /// there costs nothing measurable.
 pub async fn quic_quic_counted(
@@ -189,7 +189,8 @@ pub async fn quic_quic_counted(
 }
 
 /// Forwards one direction, carrying FIN, reset and stop-sending across.
-/// `count` hears of every batch once it is written.
+/// `count` hears of every batch as it is passed on: before the write, so
+/// that whoever has received bytes finds them counted already.
 async fn forward(
     from: &mut RecvStream,
     to: &mut SendStream,
@@ -214,6 +215,7 @@ async fn forward(
         match read {
             Ok(Some(n)) => {
                 let len = chunks[..n].iter().map(|c| c.len() as u64).sum::<u64>();
+                count(len);
                 if let Err(err) = to.write_all_chunks(&mut chunks[..n]).await {
                     let code = match err {
                         WriteError::Stopped(code) => code,
@@ -223,7 +225,6 @@ async fn forward(
                     return Err(Aborted(total));
                 }
                 total += len;
-                count(len);
             }
             Ok(None) => {
                 let _ = to.finish();

@@ -26,6 +26,13 @@ pub const MAX_REQUEST: usize = 8 * 1024;
 /// a slow or silent peer is dropped rather than held.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest a connection is read from after its answer (see `linger`).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes read from a connection after its answer; a peer that keeps
+/// sending is cut off.
+const LINGER_BYTES: usize = 64 * 1024;
+
 /// Most connections served at once; more are closed unanswered, so a flood
 /// of connections cannot hold the relay's memory or file descriptors.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -117,9 +124,26 @@ async fn answer(mut tcp: TcpStream, relay: &RelayHandle) {
         ),
         Err(Head::Closed) => return,
     };
-    if tcp.write_all(&reply).await.is_ok() {
-        let _ = tcp.shutdown().await;
+    if tcp.write_all(&reply).await.is_ok() && tcp.shutdown().await.is_ok() {
+        linger(&mut tcp).await;
     }
+}
+
+/// After answering, reads and drops what the peer still sends (the rest of
+/// an oversized request, a body) until it closes: closing with unread bytes
+/// would reset the connection, and the peer could lose the answer.
+async fn linger(tcp: &mut TcpStream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut buf = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// Why no request head was read.
