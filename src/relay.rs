@@ -117,11 +117,8 @@ impl Relay {
         config: RelayConfig,
     ) -> anyhow::Result<Relay> {
         let endpoint = crate::tls::bind_endpoint(addr, Some(server))?;
-        let metrics_listener = config.metrics.map(crate::status::bind).transpose()?;
-        let metrics_addr = match &metrics_listener {
-            Some(l) => Some(l.local_addr().context("metrics socket has no address")?),
-            None => None,
-        };
+        let (metrics_listener, metrics_addr) =
+            config.metrics.map(crate::status::bind).transpose()?.unzip();
         let (changes, _) = watch::channel(0);
         Ok(Relay {
             endpoint,
@@ -169,14 +166,11 @@ impl Relay {
         } = self;
         info!(addr = %endpoint.local_addr()?, "relay listening");
         if let Some(listener) = metrics_listener {
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .context("could not serve the metrics socket")?;
-            info!(addr = %listener.local_addr()?, "metrics listening");
             // Not in `tasks` either; it ends with the cancel token.
             let handle = RelayHandle {
                 state: state.clone(),
             };
-            tokio::spawn(crate::status::serve(listener, handle, state.cancel.clone()));
+            crate::status::start(listener, handle, state.cancel.clone())?;
         }
         // Not in `tasks`, which counts connections and sessions; it ends
         // with the cancel token.

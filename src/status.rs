@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, Instrument};
+use tracing::{debug, info, Instrument};
 
 use crate::limits::Gauge;
 use crate::metrics::{Status, CONTENT_TYPE};
@@ -48,14 +48,31 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// so this holds the default limit of 10,000 hosts many times over.
 pub const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 
-/// Binds the endpoint's TCP socket on `addr` (port 0 picks a free port).
-pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+/// Binds the endpoint's TCP socket on `addr` (port 0 picks a free port);
+/// returns it with the address it got.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<(std::net::TcpListener, SocketAddr)> {
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("could not listen for metrics on {addr}"))?;
     listener
         .set_nonblocking(true)
         .context("could not make the metrics socket non-blocking")?;
-    Ok(listener)
+    let bound = listener
+        .local_addr()
+        .context("metrics socket has no address")?;
+    Ok((listener, bound))
+}
+
+/// Serves on `listener` (from [`bind`]) in a task of its own until
+/// `shutdown` is cancelled. Must be called inside the runtime.
+pub fn start(
+    listener: std::net::TcpListener,
+    relay: RelayHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::from_std(listener).context("could not serve the metrics socket")?;
+    info!(addr = %listener.local_addr()?, "metrics listening");
+    tokio::spawn(serve(listener, relay, shutdown));
+    Ok(())
 }
 
 /// Answers requests on `listener` until `shutdown` is cancelled.
