@@ -14,7 +14,7 @@ use tracing::info;
 use crate::peer::RelayAddr;
 use crate::tls::{self, TransportOptions, Trust};
 use crate::token::{self, Claims, Role, Secret, TokenSource, Verifier};
-use crate::{client, demo, host, keys, limits, manual, relay};
+use crate::{client, demo, host, keys, limits, manual, relay, status};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]
@@ -52,6 +52,8 @@ pub enum Command {
     Certs(CertsOpt),
     /// Relay, host and client in one process on loopback, for a first try.
     Demo(DemoOpt),
+    /// Print the hosts online at a relay, from its metrics endpoint.
+    Status(StatusOpt),
     /// Print the completion script for a shell on stdout.
     Completions(CompletionsOpt),
     /// Print the man page on stdout, or write one page per subcommand with --dir.
@@ -283,6 +285,9 @@ pub struct RelayOpt {
     /// Longest a new connection may take to send its hello.
     #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
     hello_timeout: Duration,
+    /// Serve /metrics (Prometheus) and /status (JSON) over HTTP on this TCP address; off by default.
+    #[arg(long, env = "SHELLRELAY_METRICS", value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     #[command(flatten)]
     limits: LimitsOpt,
     #[command(flatten)]
@@ -430,6 +435,14 @@ pub struct DemoOpt {
     listen: SocketAddr,
 }
 
+/// `shellrelay status`
+#[derive(Debug, Args)]
+pub struct StatusOpt {
+    /// The relay's metrics endpoint (the address it was given with --metrics).
+    #[arg(long, env = "SHELLRELAY_METRICS", default_value = status::DEFAULT_METRICS, value_name = "HOST:PORT")]
+    metrics: String,
+}
+
 /// `shellrelay completions`
 #[derive(Debug, Args)]
 pub struct CompletionsOpt {
@@ -470,10 +483,13 @@ impl Cli {
     /// client forwarder sit at the edges: on one thread their tasks hand
     /// data to quinn's connection task without waking another thread for
     /// every packet, which bought about a quarter more throughput per
-    /// session in `cargo bench --bench relay`. The relay serves many
-    /// connections at once and uses every core.
+    /// session in `cargo bench --bench relay`. `status` makes one request.
+    /// The relay serves many connections at once and uses every core.
     pub fn single_threaded(&self) -> bool {
-        matches!(self.command, Command::Host(_) | Command::Client(_))
+        matches!(
+            self.command,
+            Command::Host(_) | Command::Client(_) | Command::Status(_)
+        )
     }
 
     /// Runs the chosen subcommand.
@@ -539,6 +555,11 @@ impl Cli {
                 Ok(())
             }
             Command::Demo(opt) => demo::run(&opt.target, opt.listen, shutdown_signal()?).await,
+            Command::Status(opt) => {
+                let report = status::fetch(&opt.metrics).await?;
+                print!("{}", status::table(&report));
+                Ok(())
+            }
             Command::Completions(opt) => manual::completions(opt.shell, &mut std::io::stdout()),
             Command::Man(ManOpt { dir: None }) => manual::man(&mut std::io::stdout()),
             Command::Man(ManOpt { dir: Some(dir) }) => {
@@ -611,6 +632,7 @@ async fn run_relay(opt: RelayOpt) -> anyhow::Result<()> {
         limits: opt.limits.limits(),
         hello_timeout: opt.hello_timeout,
         revocation_file: opt.revocation_file.clone(),
+        metrics: opt.metrics,
     };
     let relay = relay::Relay::bind(opt.listen, server, config)?;
     reload_on_hangup(relay.handle())?;

@@ -11,11 +11,13 @@ pub mod host;
 pub mod keys;
 pub mod limits;
 pub mod manual;
+pub mod metrics;
 pub mod peer;
 pub mod protocol;
 pub mod relay;
 pub mod revoke;
 pub mod splice;
+pub mod status;
 pub mod tls;
 pub mod token;
 

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::limits::{Failures, Gauge, GaugeGuard, Limits, PerAddr, PerAddrGuard};
+use crate::metrics::{HostStats, HostStatus, Metrics, Status};
 use crate::protocol::{
     read_frame, send_refusal, write_frame, Frame, FrameError, Reason, Refusal, HOST_SETUP_TIMEOUT,
     OPEN_TIMEOUT, SHUTDOWN_GRACE,
@@ -52,6 +53,9 @@ pub struct RelayConfig {
     pub hello_timeout: Duration,
     /// Revoked token and host ids ([`crate::revoke`]); none by default.
     pub revocation_file: Option<std::path::PathBuf>,
+    /// TCP address of the HTTP endpoint for `/metrics` and `/status`
+    /// (default none: no endpoint).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl RelayConfig {
@@ -62,6 +66,7 @@ impl RelayConfig {
             limits: Limits::default(),
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
             revocation_file: None,
+            metrics: None,
         }
     }
 }
@@ -69,6 +74,7 @@ impl RelayConfig {
 /// A bound relay, ready to [`run`](Relay::run).
 pub struct Relay {
     endpoint: quinn::Endpoint,
+    metrics_listener: Option<std::net::TcpListener>,
     state: Arc<State>,
 }
 
@@ -92,6 +98,8 @@ struct State {
     trim_due: std::sync::atomic::AtomicBool,
     hosts: Mutex<HashMap<String, HostEntry>>,
     revoked: RevocationList,
+    metrics: Metrics,
+    metrics_addr: Option<SocketAddr>,
     /// Bumped on every registry change, so waiters need not poll.
     changes: watch::Sender<u64>,
     next_id: AtomicU64,
@@ -103,6 +111,7 @@ struct HostEntry {
     conn: Connection,
     generation: u64,
     sessions: Gauge,
+    stats: Arc<HostStats>,
 }
 
 impl Relay {
@@ -114,9 +123,12 @@ impl Relay {
     ) -> anyhow::Result<Relay> {
         let revoked = RevocationList::open(config.revocation_file.clone())?;
         let endpoint = crate::tls::bind_endpoint(addr, Some(server))?;
+        let (metrics_listener, metrics_addr) =
+            config.metrics.map(crate::status::bind).transpose()?.unzip();
         let (changes, _) = watch::channel(0);
         Ok(Relay {
             endpoint,
+            metrics_listener,
             state: Arc::new(State {
                 config,
                 handshakes: PerAddr::default(),
@@ -127,6 +139,8 @@ impl Relay {
                 trim_due: std::sync::atomic::AtomicBool::new(false),
                 hosts: Mutex::new(HashMap::new()),
                 revoked,
+                metrics: Metrics::new(),
+                metrics_addr,
                 changes,
                 next_id: AtomicU64::new(1),
                 tasks: TaskTracker::new(),
@@ -152,8 +166,19 @@ impl Relay {
     /// Serves until `shutdown` is cancelled, then closes every connection
     /// with [`Reason::ShuttingDown`].
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Relay { endpoint, state } = self;
+        let Relay {
+            endpoint,
+            metrics_listener,
+            state,
+        } = self;
         info!(addr = %endpoint.local_addr()?, "relay listening");
+        if let Some(listener) = metrics_listener {
+            // Not in `tasks` either; it ends with the cancel token.
+            let handle = RelayHandle {
+                state: state.clone(),
+            };
+            crate::status::start(listener, handle, state.cancel.clone())?;
+        }
         // Not in `tasks`, which counts connections and sessions; it ends
         // with the cancel token.
         tokio::spawn(give_back_memory(state.clone()));
@@ -224,6 +249,36 @@ impl RelayHandle {
         self.state.tasks.len()
     }
 
+    /// The address of the HTTP endpoint for `/metrics` and `/status`, if on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.state.metrics_addr
+    }
+
+    /// The metrics as OpenMetrics text.
+    pub fn metrics(&self) -> String {
+        let hosts = self.state.lock_hosts().len();
+        self.state.metrics.encode(hosts)
+    }
+
+    /// The hosts online now, with their counters.
+    pub fn status(&self) -> Status {
+        let mut hosts: Vec<HostStatus> = self
+            .state
+            .lock_hosts()
+            .iter()
+            .map(|(id, e)| HostStatus {
+                id: id.clone(),
+                since: e.stats.since,
+                remote: e.conn.remote_address(),
+                sessions: e.sessions.get() as u64,
+                bytes_to_host: e.stats.to_host(),
+                bytes_to_client: e.stats.to_client(),
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        Status { hosts }
+    }
+
     /// Waits until host `id` is connected (`online`) or not (`!online`).
     pub async fn wait_host(&self, id: &str, online: bool) {
         let mut changes = self.state.changes.subscribe();
@@ -245,10 +300,10 @@ impl State {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn host_conn(&self, id: &str) -> Option<(Connection, Gauge)> {
+    fn host_conn(&self, id: &str) -> Option<(Connection, Gauge, Arc<HostStats>)> {
         self.lock_hosts()
             .get(id)
-            .map(|e| (e.conn.clone(), e.sessions.clone()))
+            .map(|e| (e.conn.clone(), e.sessions.clone(), e.stats.clone()))
     }
 
     fn next_id(&self) -> u64 {
@@ -257,6 +312,7 @@ impl State {
 }
 
 async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
+    let accepted = Instant::now();
     let ip = incoming.remote_address().ip();
     let Some(handshake) = state
         .handshakes
@@ -294,6 +350,7 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
             wait.as_secs() + 1
         );
         debug!(%msg, "refusing without reading the hello");
+        state.metrics.refused(Reason::Limit);
         conn.close(Reason::Limit.varint(), msg.as_bytes());
         return;
     }
@@ -379,6 +436,7 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
             .await;
         }
     };
+    state.metrics.hello_accepted(accepted);
     match role {
         Role::Host => serve_host(state, conn, claims, handshake, send, recv).await,
         Role::Client => serve_client(state, conn, claims, host, handshake, send, recv).await,
@@ -389,6 +447,7 @@ async fn handle_incoming(state: Arc<State>, incoming: quinn::Incoming) {
 /// closes the connection with the refusal's code and words.
 async fn refuse(state: &State, conn: &Connection, send: &mut SendStream, refusal: Refusal) {
     state.refused.fetch_add(1, Ordering::Relaxed);
+    state.metrics.refused(refusal.reason);
     send_refusal(send, &refusal).await;
     let _ = tokio::time::timeout(REFUSE_LINGER, conn.closed()).await;
     conn.close(refusal.reason.varint(), refusal.message.as_bytes());
@@ -540,6 +599,7 @@ async fn serve_host(
                 conn: conn.clone(),
                 generation,
                 sessions: Gauge::default(),
+                stats: Arc::new(HostStats::new(unix_now())),
             };
             Ok(hosts.insert(id.clone(), entry))
         }
@@ -685,6 +745,7 @@ async fn accept_sessions(state: &Arc<State>, conn: &Connection, host: &str) {
             );
             drop(recv);
             let mut send = send;
+            state.metrics.refused(refusal.reason);
             state
                 .tasks
                 .spawn(async move { send_refusal(&mut send, &refusal).await });
@@ -724,9 +785,9 @@ async fn relay_session(
             return;
         }
     }
-    let Some((host_conn, host_sessions)) = state.host_conn(&host) else {
+    let Some((host_conn, host_sessions, stats)) = state.host_conn(&host) else {
         let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
-        return send_refusal(&mut c_send, &refusal).await;
+        return refuse_session(&state, &mut c_send, &refusal).await;
     };
     let limit = state.config.limits.sessions_per_host;
     let Some(_host_slot) = host_sessions.acquire(limit) else {
@@ -734,7 +795,7 @@ async fn relay_session(
             Reason::Limit,
             format!("host {host} has too many sessions (limit {limit})"),
         );
-        return send_refusal(&mut c_send, &refusal).await;
+        return refuse_session(&state, &mut c_send, &refusal).await;
     };
     let deadline = tokio::time::Instant::now() + HOST_SETUP_TIMEOUT;
     let (mut h_send, mut h_recv) =
@@ -743,14 +804,14 @@ async fn relay_session(
             Ok(Err(err)) => {
                 let refusal =
                     Refusal::new(Reason::HostOffline, format!("host {host} went away: {err}"));
-                return send_refusal(&mut c_send, &refusal).await;
+                return refuse_session(&state, &mut c_send, &refusal).await;
             }
             Err(_) => {
                 let refusal = Refusal::new(
                     Reason::Limit,
                     format!("host {host} has no room for another session"),
                 );
-                return send_refusal(&mut c_send, &refusal).await;
+                return refuse_session(&state, &mut c_send, &refusal).await;
             }
         };
     let open = Frame::Open {
@@ -797,7 +858,7 @@ async fn relay_session(
         info!(%client, reason = %refusal.message, "session refused");
         let _ = h_send.reset(refusal.reason.varint());
         let _ = h_recv.stop(refusal.reason.varint());
-        return send_refusal(&mut c_send, &refusal).await;
+        return refuse_session(&state, &mut c_send, &refusal).await;
     }
     if write_frame(&mut c_send, &Frame::Ready { session })
         .await
@@ -807,8 +868,16 @@ async fn relay_session(
         let _ = h_recv.stop(Reason::Aborted.varint());
         return;
     }
+    let _active = state.metrics.session_started(started);
     info!(%client, "session started");
-    let t = splice::quic_quic((c_send, c_recv), (h_send, h_recv)).await;
+    let metrics = &state.metrics;
+    let t = splice::quic_quic_counted(
+        (c_send, c_recv),
+        (h_send, h_recv),
+        |n| metrics.to_host(&stats, n),
+        |n| metrics.to_client(&stats, n),
+    )
+    .await;
     info!(
         %client,
         to_host = t.sent,
@@ -818,6 +887,12 @@ async fn relay_session(
         "session ended"
     );
     state.trim_due.store(true, Ordering::Relaxed);
+}
+
+/// Counts a session refusal and sends it on the client's stream.
+async fn refuse_session(state: &State, send: &mut SendStream, refusal: &Refusal) {
+    state.metrics.refused(refusal.reason);
+    send_refusal(send, refusal).await;
 }
 
 /// How often the relay hands memory freed by ended sessions back to the

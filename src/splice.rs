@@ -154,11 +154,24 @@ pub async fn tcp_quic(mut tcp: TcpStream, mut send: SendStream, mut recv: RecvSt
 /// Splices two QUIC stream pairs (client side `a`, host side `b`) without
 /// copying payload: chunks read from one are written to the other as is.
 pub async fn quic_quic(a: (SendStream, RecvStream), b: (SendStream, RecvStream)) -> Transfer {
+    quic_quic_counted(a, b, |_| {}, |_| {}).await
+}
+
+/// [`quic_quic`] that reports bytes as they move: `up(n)` for each batch
+/// passed on from `a` to `b`, `down(n)` for each batch from `b` to `a`.
+/// Called once per batch (up to 32 received chunks), so a relaxed atomic add
+/// there costs nothing measurable.
+pub async fn quic_quic_counted(
+    a: (SendStream, RecvStream),
+    b: (SendStream, RecvStream),
+    up: impl Fn(u64),
+    down: impl Fn(u64),
+) -> Transfer {
     let (mut a_send, mut a_recv) = a;
     let (mut b_send, mut b_recv) = b;
     let (up, down) = tokio::join!(
-        forward(&mut a_recv, &mut b_send),
-        forward(&mut b_recv, &mut a_send)
+        forward(&mut a_recv, &mut b_send, up),
+        forward(&mut b_recv, &mut a_send, down)
     );
     let (sent, up_aborted) = match up {
         Ok(n) => (n, false),
@@ -176,7 +189,13 @@ pub async fn quic_quic(a: (SendStream, RecvStream), b: (SendStream, RecvStream))
 }
 
 /// Forwards one direction, carrying FIN, reset and stop-sending across.
-async fn forward(from: &mut RecvStream, to: &mut SendStream) -> Result<u64, Aborted> {
+/// `count` hears of every batch as it is passed on: before the write, so
+/// that whoever has received bytes finds them counted already.
+async fn forward(
+    from: &mut RecvStream,
+    to: &mut SendStream,
+    count: impl Fn(u64),
+) -> Result<u64, Aborted> {
     let mut total = 0u64;
     let mut chunks: [Bytes; BATCH] = Default::default();
     let stopped = to.stopped();
@@ -196,6 +215,7 @@ async fn forward(from: &mut RecvStream, to: &mut SendStream) -> Result<u64, Abor
         match read {
             Ok(Some(n)) => {
                 let len = chunks[..n].iter().map(|c| c.len() as u64).sum::<u64>();
+                count(len);
                 if let Err(err) = to.write_all_chunks(&mut chunks[..n]).await {
                     let code = match err {
                         WriteError::Stopped(code) => code,

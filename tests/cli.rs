@@ -417,21 +417,25 @@ impl Drop for Proc {
 
 /// Starts a relay on a free loopback port with its certificate in `dir`.
 async fn start_relay(dir: &Path, secret: &Path) -> (Proc, SocketAddr) {
+    start_relay_with(dir, secret, &[]).await
+}
+
+/// [`start_relay`] with `extra` arguments.
+async fn start_relay_with(dir: &Path, secret: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
     let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
-    let mut relay = Proc::spawn(
+    let mut args = vec![
         "relay",
-        &[
-            "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--secret-file",
-            path_str(secret),
-            "--cert",
-            path_str(&cert),
-            "--key",
-            path_str(&key),
-        ],
-    );
+        "--listen",
+        "127.0.0.1:0",
+        "--secret-file",
+        path_str(secret),
+        "--cert",
+        path_str(&cert),
+        "--key",
+        path_str(&key),
+    ];
+    args.extend_from_slice(extra);
+    let mut relay = Proc::spawn("relay", &args);
     let line = relay.wait_for_text("relay listening").await;
     let addr = addr_field(&line, "addr");
     assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
@@ -462,6 +466,7 @@ async fn help_of_every_subcommand_names_the_defaults() {
                 "[default: 10s]",
                 "--idle-timeout",
                 "[default: 30s]",
+                "--metrics",
             ],
         ),
         (
@@ -520,6 +525,7 @@ async fn help_of_every_subcommand_names_the_defaults() {
                 "[default: 127.0.0.1:2222]",
             ],
         ),
+        ("status", &["--metrics", "[default: 127.0.0.1:9100]"]),
     ];
     for (sub, needles) in cases {
         let out = run(&[sub, "--help"]).await;
@@ -1207,7 +1213,7 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
 // ------------------------------------------- completions, man pages, units
 
 /// Every subcommand, as completions and man pages must name them.
-const SUBCOMMANDS: [&str; 9] = [
+const SUBCOMMANDS: [&str; 10] = [
     "relay",
     "host",
     "client",
@@ -1215,6 +1221,7 @@ const SUBCOMMANDS: [&str; 9] = [
     "keygen",
     "certs",
     "demo",
+    "status",
     "completions",
     "man",
 ];
@@ -1761,4 +1768,89 @@ async fn log_format_comes_from_the_environment_and_refuses_unknown_values() {
     cmd.env("SHELLRELAY_LOG_FORMAT", "yaml");
     let out = run_cmd(cmd).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[tokio::test]
+async fn status_prints_the_hosts_online_from_the_relays_metrics_endpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, relay_addr) =
+        start_relay_with(&certs, &secret, &["--metrics", "127.0.0.1:0"]).await;
+    let line = relay.wait_for_text("metrics listening").await;
+    let metrics = addr_field(&line, "addr");
+    assert_eq!(metrics.ip().to_string(), "127.0.0.1", "{line}");
+    assert_ne!(metrics.port(), 0, "{line}");
+    let metrics = metrics.to_string();
+
+    let out = run(&["status", "--metrics", &metrics]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, "no hosts online\n", "{out:?}");
+
+    let token = dir.path().join("host.token");
+    std::fs::write(&token, mint(&secret, "host", "lab1", "1h").await).expect("write token");
+    make_private(&token);
+    let mut host = Proc::spawn(
+        "host",
+        &[
+            "host",
+            "--relay",
+            &relay_addr.to_string(),
+            "--relay-cert",
+            path_str(&certs.join("relay.crt")),
+            "--token-file",
+            path_str(&token),
+            "--target",
+            "127.0.0.1:9",
+        ],
+    );
+    host.wait_for_text("registered with relay").await;
+
+    // The address may come from the environment, as every flag's may.
+    let mut cmd = command(&["status"]);
+    cmd.env("SHELLRELAY_METRICS", &metrics);
+    let out = run_cmd(cmd).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let lines: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "a header and one host: {out:?}");
+    assert_eq!(
+        lines[0],
+        [
+            "HOST",
+            "SINCE",
+            "REMOTE",
+            "SESSIONS",
+            "BYTES TO HOST",
+            "BYTES TO CLIENT"
+        ],
+        "{out:?}"
+    );
+    let row = &lines[1];
+    assert_eq!(row.len(), 6, "{out:?}");
+    assert_eq!(row[0], "lab1", "{out:?}");
+    assert!(
+        row[1].len() == "2024-01-01T00:00:00Z".len() && row[1].ends_with('Z'),
+        "since is RFC 3339: {out:?}"
+    );
+    let remote: SocketAddr = row[2].parse().expect("remote is an address");
+    assert_eq!(remote.ip().to_string(), "127.0.0.1", "{out:?}");
+    assert_eq!(&row[3..], ["0", "0", "0"], "{out:?}");
+
+    host.terminate().await;
+    relay.terminate().await;
+    let out = run(&["status", "--metrics", &metrics]).await;
+    assert_one_line_error(
+        &out,
+        &format!("could not reach the relay's metrics endpoint at {metrics}"),
+    );
 }
