@@ -63,7 +63,12 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         }
         _ = hangup.recv() => {
             // ssh is done with the session: what it wrote has been sent.
+            // Let the host side end too (sshd closes right after ssh's
+            // disconnect), so that the session ends cleanly everywhere
+            // rather than in an abort; what comes is for nobody.
             let _ = send.finish();
+            let drained = async { while let Ok(Some(_)) = recv.read_chunk(usize::MAX, false).await {} };
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
             None
         }
         _ = interrupt.recv() => Some("SIGINT"),
