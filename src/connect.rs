@@ -29,17 +29,26 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let forwarder = Forwarder::new(config);
-    let opened = tokio::select! {
-        opened = forwarder.open() => opened,
-        _ = hangup.recv() => return Ok(()),
-        _ = interrupt.recv() => anyhow::bail!("interrupted (SIGINT) before the session was ready"),
-        _ = terminate.recv() => anyhow::bail!("interrupted (SIGTERM) before the session was ready"),
+    let started = tokio::select! {
+        opened = forwarder.open() => Ok(opened),
+        _ = hangup.recv() => Err("SIGHUP"),
+        _ = interrupt.recv() => Err("SIGINT"),
+        _ = terminate.recv() => Err("SIGTERM"),
     };
-    let opened = match opened {
-        Ok(opened) => opened,
-        Err(err) => {
+    let opened = match started {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(err)) => {
             forwarder.close().await;
             return Err(err.into());
+        }
+        // ssh gave up before the session was ready: nothing to report.
+        Err("SIGHUP") => {
+            forwarder.close().await;
+            return Ok(());
+        }
+        Err(signal) => {
+            forwarder.close().await;
+            anyhow::bail!("interrupted ({signal}) before the session was ready");
         }
     };
     let (session, host, conn) = (opened.session, opened.host, opened.conn);
