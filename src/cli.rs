@@ -314,6 +314,11 @@ impl LimitsOpt {
 
 /// `shellrelay host`
 #[derive(Debug, Args)]
+// The host agent reads no config file: the relay and a token are flags.
+#[command(
+    mut_arg("relay", |a| a.required(true)),
+    mut_arg("token_file", |a| a.required_unless_present("token"))
+)]
 pub struct HostOpt {
     #[command(flatten)]
     peer: PeerOpt,
