@@ -1,6 +1,7 @@
 //! The command line: one clap struct per subcommand, turned into the
 //! library's configurations. Every flag can also come from an environment
-//! variable `SHELLRELAY_<FLAG>`.
+//! variable `SHELLRELAY_<FLAG>`; `client` and `connect` take what both
+//! leave out from the client config file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use tracing::info;
 use crate::peer::RelayAddr;
 use crate::tls::{self, TransportOptions, Trust};
 use crate::token::{self, Claims, Role, Secret, TokenSource, Verifier};
-use crate::{client, demo, host, keys, limits, manual, relay, status};
+use crate::{client, config, connect, demo, host, keys, limits, manual, relay, status};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]
@@ -44,6 +45,8 @@ pub enum Command {
     Host(HostOpt),
     /// Run the client forwarder: `ssh -p2222 localhost` reaches the host.
     Client(ClientOpt),
+    /// One session to a host over stdin and stdout, for ssh's ProxyCommand.
+    Connect(ConnectOpt),
     /// Print a signed token on stdout.
     Token(TokenOpt),
     /// Write a new token-signing key: a shared secret or a key pair.
@@ -158,12 +161,13 @@ impl TransportOpt {
     }
 }
 
-/// How hosts and clients reach the relay.
+/// How hosts and clients reach the relay. The relay and a token are
+/// required; `client` and `connect` may take them from the config file.
 #[derive(Debug, Args)]
 pub struct PeerOpt {
     /// The relay's address.
     #[arg(long, env = "SHELLRELAY_RELAY", value_name = "HOST:PORT")]
-    relay: String,
+    relay: Option<String>,
     /// The relay's certificate (pinned); without it the system's roots verify the relay.
     #[arg(long, env = "SHELLRELAY_RELAY_CERT", value_name = "PATH")]
     relay_cert: Option<PathBuf>,
@@ -172,7 +176,6 @@ pub struct PeerOpt {
         long,
         env = "SHELLRELAY_TOKEN_FILE",
         value_name = "PATH",
-        required_unless_present = "token",
         conflicts_with = "token"
     )]
     token_file: Option<PathBuf>,
@@ -189,34 +192,48 @@ pub struct PeerOpt {
 }
 
 impl PeerOpt {
-    fn relay(&self) -> anyhow::Result<RelayAddr> {
-        if !self.relay.contains(':') {
-            bail!(
-                "--relay {} needs a port, as in {}:4433",
-                self.relay,
-                self.relay
-            );
-        }
-        let trust = match &self.relay_cert {
+    /// The relay and the token, from flags (and their environment
+    /// variables) first, then from the config file `file`. `wanted` says
+    /// where a missing value may be given, for the error.
+    fn reach(
+        &self,
+        file: Option<&config::Loaded>,
+        wanted: &dyn Fn(&str) -> String,
+    ) -> anyhow::Result<(RelayAddr, TokenSource)> {
+        let keys = file.map(|f| &f.file);
+        let relay = match (&self.relay, keys.and_then(|k| k.relay.as_ref())) {
+            (Some(relay), _) => {
+                if !relay.contains(':') {
+                    bail!("--relay {relay} needs a port, as in {relay}:4433");
+                }
+                relay.clone()
+            }
+            (None, Some(relay)) => relay.clone(),
+            (None, None) => bail!("{}", wanted("--relay HOST:PORT")),
+        };
+        let relay_cert = self
+            .relay_cert
+            .as_ref()
+            .or_else(|| keys.and_then(|k| k.relay_cert.as_ref()));
+        let trust = match relay_cert {
             Some(path) => Trust::Pinned(tls::load_certs(path)?),
             None => Trust::System,
         };
-        Ok(RelayAddr {
-            addr: self.relay.clone(),
+        let relay = RelayAddr {
+            addr: relay,
             trust,
             transport: self.transport.options()?,
-        })
-    }
-
-    fn token(&self) -> anyhow::Result<TokenSource> {
-        let source = match (&self.token_file, &self.token) {
-            (Some(path), _) => TokenSource::File(path.clone()),
-            (None, Some(t)) => TokenSource::Literal(t.clone()),
-            (None, None) => bail!("pass --token-file or --token"),
+        };
+        let file_token = keys.and_then(|k| k.token_file.as_ref());
+        let token = match (&self.token_file, &self.token, file_token) {
+            (Some(path), _, _) => TokenSource::File(path.clone()),
+            (None, Some(t), _) => TokenSource::Literal(t.clone()),
+            (None, None, Some(path)) => TokenSource::File(path.clone()),
+            (None, None, None) => bail!("{}", wanted("--token-file PATH (or --token)")),
         };
         // Fail now on a missing file rather than at the first reconnect.
-        source.load()?;
-        if let Some(path) = &self.token_file {
+        token.load()?;
+        if let TokenSource::File(path) = &token {
             if let Some(mode) = token::shared_mode(path) {
                 tracing::warn!(
                     "token file {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
@@ -225,7 +242,43 @@ impl PeerOpt {
                 );
             }
         }
-        Ok(source)
+        Ok((relay, token))
+    }
+}
+
+/// What `client` and `connect` share: the relay, the token and the host,
+/// each from a flag, its environment variable or the config file.
+#[derive(Debug, Args)]
+pub struct ReachOpt {
+    #[command(flatten)]
+    peer: PeerOpt,
+    /// Host to reach (default: `host` in the config file, else the host the token names).
+    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID", value_parser = host_id)]
+    host: Option<String>,
+    /// Client config file (TOML) for what flags leave out [default:
+    /// $XDG_CONFIG_HOME/shellrelay/client.toml or ~/.config/shellrelay/client.toml,
+    /// read if it exists]. A file named here must exist.
+    #[arg(long, env = config::CONFIG_ENV, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+impl ReachOpt {
+    /// The client's configuration: flags and environment variables, then
+    /// the config file.
+    pub fn client_config(&self) -> anyhow::Result<client::ClientConfig> {
+        let file = config::load(self.config.as_deref())?;
+        let place = match (&file, config::default_path()) {
+            (Some(loaded), _) => format!("set it in {}", loaded.path.display()),
+            (None, Some(path)) => format!("set it in {}", path.display()),
+            (None, None) => format!(
+                "name a config file with --config or ${}",
+                config::CONFIG_ENV
+            ),
+        };
+        let wanted = |flag: &str| format!("pass {flag}, or {place}");
+        let (relay, token) = self.peer.reach(file.as_ref(), &wanted)?;
+        let host = self.host.clone().or_else(|| file.and_then(|f| f.file.host));
+        Ok(client::ClientConfig { relay, token, host })
     }
 }
 
@@ -328,6 +381,11 @@ impl LimitsOpt {
 
 /// `shellrelay host`
 #[derive(Debug, Args)]
+// The host agent reads no config file: the relay and a token are flags.
+#[command(
+    mut_arg("relay", |a| a.required(true)),
+    mut_arg("token_file", |a| a.required_unless_present("token"))
+)]
 pub struct HostOpt {
     #[command(flatten)]
     peer: PeerOpt,
@@ -343,13 +401,17 @@ pub struct HostOpt {
 #[derive(Debug, Args)]
 pub struct ClientOpt {
     #[command(flatten)]
-    peer: PeerOpt,
+    reach: ReachOpt,
     /// Local TCP address that ssh connects to.
     #[arg(long, env = "SHELLRELAY_LISTEN", default_value = client::DEFAULT_LISTEN, value_name = "ADDR")]
     listen: SocketAddr,
-    /// Host to reach (default: the host the token names).
-    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID", value_parser = host_id)]
-    host: Option<String>,
+}
+
+/// `shellrelay connect`
+#[derive(Debug, Args)]
+pub struct ConnectOpt {
+    #[command(flatten)]
+    reach: ReachOpt,
 }
 
 /// `shellrelay token`
@@ -488,8 +550,17 @@ impl Cli {
     pub fn single_threaded(&self) -> bool {
         matches!(
             self.command,
-            Command::Host(_) | Command::Client(_) | Command::Status(_)
+            Command::Host(_) | Command::Client(_) | Command::Connect(_) | Command::Status(_)
         )
+    }
+
+    /// Log level when `RUST_LOG` is not set. `connect` runs inside ssh,
+    /// whose terminal its stderr shares: it says only what went wrong.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Connect(_) => "warn",
+            _ => "info",
+        }
     }
 
     /// Runs the chosen subcommand.
@@ -497,25 +568,24 @@ impl Cli {
         match self.command {
             Command::Relay(opt) => run_relay(opt).await,
             Command::Host(opt) => {
+                let wanted = |flag: &str| format!("pass {flag}");
+                let (relay, token) = opt.peer.reach(None, &wanted)?;
                 let config = host::HostConfig {
-                    relay: opt.peer.relay()?,
-                    token: opt.peer.token()?,
+                    relay,
+                    token,
                     target: opt.target,
                     max_backoff: opt.max_backoff,
                 };
                 host::run(config, shutdown_signal()?).await
             }
             Command::Client(opt) => {
-                let config = client::ClientConfig {
-                    relay: opt.peer.relay()?,
-                    token: opt.peer.token()?,
-                    host: opt.host,
-                };
+                let config = opt.reach.client_config()?;
                 let listener = tokio::net::TcpListener::bind(opt.listen)
                     .await
                     .with_context(|| format!("could not listen on {}", opt.listen))?;
                 client::run(config, listener, shutdown_signal()?).await
             }
+            Command::Connect(opt) => connect::run(opt.reach.client_config()?).await,
             Command::Token(opt) => {
                 if opt.ttl < Duration::from_secs(1) {
                     bail!("--ttl must be at least 1s (token times are whole seconds)");
@@ -742,9 +812,9 @@ fn config_args(
         let flag = format!("--{long}");
         let scalar = |v: &toml::Value| match v {
             toml::Value::String(s) => Ok(s.clone()),
-            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
-                Ok(v.to_string())
-            }
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
             _ => Err(anyhow::anyhow!(
                 "{}, line {}: `{key}` takes a string or a number",
                 path.display(),

@@ -132,6 +132,9 @@ impl Forwarder {
         let watched = conn.clone();
         tokio::spawn(async move {
             let err = watched.closed().await;
+            if matches!(err, quinn::ConnectionError::LocallyClosed) {
+                return;
+            }
             match Refusal::from_connection_error(&err) {
                 Some(r) if r.reason == Reason::Done => {}
                 Some(r) => warn!("relay closed the connection: {}", r.message),

@@ -10,7 +10,8 @@ fn main() -> ExitCode {
     shellrelay::raise_fd_limit();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(cli.default_log_level())),
         )
         .with_writer(std::io::stderr);
     match cli.log_format {
@@ -40,7 +41,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli.run()) {
+    let result = runtime.block_on(cli.run());
+    // `connect` reads stdin on a blocking thread whose read cannot be
+    // cancelled: do not wait for it (or anything else) on the way out.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -1,4 +1,5 @@
-//! Moving session bytes: TCP ⇄ QUIC stream at the host and client, QUIC
+//! Moving session bytes: TCP ⇄ QUIC stream at the host and client, a
+//! reader and writer (stdin and stdout) ⇄ QUIC stream for `connect`, QUIC
 //! stream ⇄ QUIC stream at the relay. Half-close (FIN) and aborts (TCP reset,
 //! stream reset, stop-sending) are carried across, never swallowed.
 
@@ -7,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::{ReadError, RecvStream, SendStream, WriteError};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::protocol::Reason;
@@ -143,6 +144,88 @@ pub async fn tcp_quic(mut tcp: TcpStream, mut send: SendStream, mut recv: RecvSt
         // Linger 0 makes the close a TCP reset, so the local peer learns of
         // the abort instead of seeing an orderly end of stream.
         let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+    }
+    Transfer {
+        sent: sent.into_inner(),
+        received: received.into_inner(),
+        aborted,
+    }
+}
+
+/// Pipes a reader and a writer (stdin and stdout of `connect`) and a QUIC
+/// stream pair until both directions end. The end of `reader` finishes the
+/// stream; the end of the stream shuts `writer` down, and the reader goes
+/// on until its own end. An abort on either side (a read or write error, a
+/// stream reset or stop) resets and stops the stream. Each batch of chunks
+/// is flushed to `writer` before the next is read.
+pub async fn io_quic<R, W>(
+    mut reader: R,
+    mut writer: W,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Transfer
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let sent = AtomicU64::new(0);
+    let received = AtomicU64::new(0);
+    let upstream = async {
+        let stopped = send.stopped();
+        tokio::pin!(stopped);
+        let mut buf = BytesMut::new();
+        loop {
+            if buf.capacity() < MIN_READ {
+                buf.reserve(TCP_READ_CHUNK);
+            }
+            let read = tokio::select! {
+                read = reader.read_buf(&mut buf) => read,
+                _ = &mut stopped => return Err(Aborted(0)),
+            };
+            match read {
+                Ok(0) => {
+                    let _ = send.finish();
+                    return Ok(());
+                }
+                Ok(n) => {
+                    if send.write_chunk(buf.split().freeze()).await.is_err() {
+                        return Err(Aborted(0));
+                    }
+                    sent.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(_) => return Err(Aborted(0)),
+            }
+        }
+    };
+    let downstream = async {
+        let mut chunks: [Bytes; BATCH] = Default::default();
+        loop {
+            match recv.read_chunks(&mut chunks).await {
+                Ok(Some(n)) => {
+                    let len = chunks[..n].iter().map(|c| c.len() as u64).sum::<u64>();
+                    let written = async {
+                        write_all_vectored(&mut writer, &mut chunks[..n]).await?;
+                        writer.flush().await
+                    };
+                    if written.await.is_err() {
+                        return Err(Aborted(0));
+                    }
+                    received.fetch_add(len, Ordering::Relaxed);
+                }
+                Ok(None) => {
+                    return match writer.shutdown().await {
+                        Ok(()) => Ok(()),
+                        Err(_) => Err(Aborted(0)),
+                    };
+                }
+                Err(_) => return Err(Aborted(0)),
+            }
+        }
+    };
+    let aborted = tokio::try_join!(upstream, downstream).is_err();
+    if aborted {
+        let _ = send.reset(Reason::Aborted.varint());
+        let _ = recv.stop(Reason::Aborted.varint());
     }
     Transfer {
         sent: sent.into_inner(),

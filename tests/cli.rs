@@ -29,7 +29,7 @@ const SECRET: &str = "0123456789abcdef0123456789abcdef\n";
 // ---------------------------------------------------------------- helpers
 
 /// A command for the binary with a clean environment: no `SHELLRELAY_*`
-/// variable from the caller leaks in, logs are plain text at info level,
+/// variable or client config file from the caller leaks in, logs are plain text at info level,
 /// and a panic would print a backtrace (which the tests look for).
 fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
@@ -39,6 +39,11 @@ fn command(args: &[&str]) -> Command {
             cmd.env_remove(&key);
         }
     }
+    // Nor does the user's client config file.
+    cmd.env(
+        "XDG_CONFIG_HOME",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-config-dir"),
+    );
     cmd.env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
         .env("RUST_BACKTRACE", "1")
@@ -495,6 +500,24 @@ async fn help_of_every_subcommand_names_the_defaults() {
                 "--listen",
                 "[default: 127.0.0.1:2222]",
                 "--host",
+                "--config",
+                "client.toml",
+                "--keep-alive",
+                "[default: 10s]",
+                "--idle-timeout",
+                "[default: 30s]",
+            ],
+        ),
+        (
+            "connect",
+            &[
+                "--relay",
+                "--relay-cert",
+                "--token-file",
+                "--token",
+                "--host",
+                "--config",
+                "client.toml",
                 "--keep-alive",
                 "[default: 10s]",
                 "--idle-timeout",
@@ -565,10 +588,12 @@ async fn help_of_every_subcommand_names_the_defaults() {
 
 #[tokio::test]
 async fn wrong_flags_are_short_usage_errors() {
-    let mut cases: Vec<Vec<&str>> = ["relay", "host", "client", "token", "certs", "demo"]
-        .iter()
-        .map(|sub| vec![*sub, "--no-such-flag"])
-        .collect();
+    let mut cases: Vec<Vec<&str>> = [
+        "relay", "host", "client", "connect", "token", "certs", "demo",
+    ]
+    .iter()
+    .map(|sub| vec![*sub, "--no-such-flag"])
+    .collect();
     cases.push(vec!["no-such-command"]);
     cases.push(vec![]);
     cases.push(vec![

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -222,4 +224,319 @@ async fn ssh_cat_into_a_file_ends_with_the_file_complete() {
     let (count, got) = hash_to_end(&mut f).await;
     assert_eq!(count, len);
     assert_eq!(hex(&got), hex(&sent));
+}
+
+/// Host id behind `shellrelay connect`; matches the `Host lab-*` block.
+const LAB: &str = "lab-proxy";
+/// A second host behind the same `Host lab-*` block and client token.
+const LAB2: &str = "lab-second";
+
+/// A relay and a host agent in front of a private sshd, the files
+/// `shellrelay connect` reads, and an ssh_config whose `Host lab-*` block
+/// reaches the host through it.
+struct ProxyRig {
+    sshd: Sshd,
+    files: ClientFiles,
+    ssh_config: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    _tunnel: Tunnel,
+    _hosts: [Peer; 2],
+}
+
+async fn proxy_rig() -> Option<ProxyRig> {
+    let sshd = Sshd::start().await?;
+    let tunnel = Tunnel::start().await;
+    let hosts = [
+        tunnel.host(LAB, sshd.addr()).await,
+        tunnel.host(LAB2, sshd.addr()).await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    // One client token for every host the ssh_config block covers.
+    let files = tunnel.client_files(dir.path(), "lab-*");
+    let ssh_config = dir.path().join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host lab-* db-*\n\
+             \x20   User {user}\n\
+             \x20   ProxyCommand {bin} connect --host %h\n\
+             \x20   IdentityFile {id}\n\
+             \x20   IdentitiesOnly yes\n\
+             \x20   BatchMode yes\n\
+             \x20   StrictHostKeyChecking no\n\
+             \x20   UserKnownHostsFile /dev/null\n\
+             \x20   LogLevel ERROR\n",
+            user = user(),
+            bin = env!("CARGO_BIN_EXE_shellrelay"),
+            id = sshd.dir.path().join("id").display(),
+        ),
+    )
+    .unwrap();
+    Some(ProxyRig {
+        sshd,
+        files,
+        ssh_config,
+        dir,
+        _tunnel: tunnel,
+        _hosts: hosts,
+    })
+}
+
+impl ProxyRig {
+    /// `program` with the environment `shellrelay connect` inherits from
+    /// ssh: the config file, and nothing else of shellrelay's.
+    fn command(&self, program: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SHELLRELAY_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env_remove("RUST_LOG")
+            .env("SHELLRELAY_CONFIG", &self.files.config)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// `program args…` with [`ProxyRig::command`]'s environment, which must
+    /// succeed within two minutes and print nothing on stderr (connect is
+    /// quiet); returns stdout.
+    async fn run(&self, program: &str, args: &[&str]) -> String {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        let what = format!("{program} {args:?}");
+        let out = within(Duration::from_secs(120), &what, cmd.output())
+            .await
+            .unwrap_or_else(|e| panic!("could not run {what}: {e}"));
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{what}: {}\nstderr: {}\nsshd log: {:#?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.sshd.log()
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    fn cfg(&self) -> &str {
+        self.ssh_config.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_runs_a_command_through_connect_as_its_proxy_command() {
+    let Some(rig) = proxy_rig().await else { return };
+    // As a person types it: no ssh_config, the ProxyCommand on the line.
+    let mut cmd = rig.command("ssh");
+    cmd.args(["-F", "/dev/null", "-T"])
+        .arg("-o")
+        .arg(format!(
+            "ProxyCommand={} connect --host %h",
+            env!("CARGO_BIN_EXE_shellrelay")
+        ))
+        .args(["-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+        .args(["-o", "IdentitiesOnly=yes", "-i"])
+        .arg(rig.sshd.dir.path().join("id"))
+        .arg(format!("{}@{LAB}", user()))
+        .arg("echo hello from $(hostname); exit 3");
+    let out = within(Duration::from_secs(120), "ssh", cmd.output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the remote exit status comes back: {stderr}\nsshd log: {:#?}",
+        rig.sshd.log()
+    );
+    assert!(stderr.is_empty(), "connect is quiet: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("hello from "), "{stdout}");
+
+    // Through the ssh_config's `Host lab-*` block, to either host, with the
+    // one token.
+    for host in [LAB, LAB2] {
+        let out = rig.run("ssh", &["-F", rig.cfg(), host, "echo hello"]).await;
+        assert_eq!(out, "hello\n", "{host}");
+    }
+    // A host the ssh_config block names but the token does not cover is
+    // refused, in one line.
+    let mut cmd = rig.command("ssh");
+    cmd.args(["-F", rig.cfg(), "db-1", "true"]);
+    let out = within(Duration::from_secs(120), "ssh db-1", cmd.output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach host db-1"),
+        "the refusal reaches the user: {stderr}"
+    );
+}
+
+/// Every file under `root` (by path relative to it) with its mode and
+/// SHA-256, and every directory.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = BTreeMap::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::metadata(&path).unwrap();
+            if meta.is_dir() {
+                found.insert(name, "dir".into());
+                dirs.push(path);
+            } else {
+                let mode = meta.permissions().mode() & 0o777;
+                let hash = hex(&Sha256::digest(std::fs::read(&path).unwrap()));
+                found.insert(name, format!("{mode:o} {hash}"));
+            }
+        }
+    }
+    found
+}
+
+/// `sha256sum` output (`hash  ./path` lines) as a path → hash map.
+fn sums(output: &str) -> BTreeMap<String, String> {
+    output
+        .lines()
+        .map(|line| {
+            let (hash, path) = line.split_once("  ").expect("sha256sum line");
+            (path.trim_start_matches("./").to_owned(), hash.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scp_and_rsync_through_connect_copy_files_with_equal_sha256() {
+    let Some(rig) = proxy_rig().await else { return };
+    let Some(_) = required_program("rsync", "rsync") else {
+        return;
+    };
+    // A tree of nested directories: random bytes, text, an empty file, an
+    // empty directory and an executable, about 5 MiB in all.
+    let local = rig.dir.path().join("local");
+    let files: &[(&str, u64)] = &[
+        ("big.bin", 2 << 20),
+        ("a.bin", 1 << 20),
+        ("docs/deep/nested/b.bin", 1_500_000),
+        ("docs/deep/empty", 0),
+        ("x/y/z/small.bin", 1000),
+    ];
+    for (i, (name, len)) in files.iter().enumerate() {
+        let path = local.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut f = tokio::fs::File::create(&path).await.unwrap();
+        write_noise(&mut f, 100 + i as u64, *len).await;
+        f.flush().await.unwrap();
+    }
+    std::fs::write(
+        local.join("docs/readme.txt"),
+        "a tree for rsync\n".repeat(100),
+    )
+    .unwrap();
+    std::fs::create_dir_all(local.join("docs/empty-dir")).unwrap();
+    let script = local.join("x/run.sh");
+    std::fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let want = tree(&local);
+    let remote = rig.sshd.dir.path().join("remote");
+    std::fs::create_dir_all(&remote).unwrap();
+    let at = |path: &Path| format!("{LAB}:{}", path.display());
+    let path = |p: &Path| p.to_str().expect("temp paths are UTF-8").to_owned();
+
+    // scp up and back down: one file of random bytes.
+    let big = local.join("big.bin");
+    let up = remote.join("scp.bin");
+    rig.run("scp", &["-F", rig.cfg(), "-q", &path(&big), &at(&up)])
+        .await;
+    let down = rig.dir.path().join("scp-back.bin");
+    rig.run("scp", &["-F", rig.cfg(), "-q", &at(&up), &path(&down)])
+        .await;
+    let big_hash = hex(&Sha256::digest(std::fs::read(&big).unwrap()));
+    let remote_sum = rig
+        .run(
+            "ssh",
+            &["-F", rig.cfg(), LAB, &format!("sha256sum {}", up.display())],
+        )
+        .await;
+    assert_eq!(
+        remote_sum.split_whitespace().next(),
+        Some(big_hash.as_str()),
+        "SHA-256 after scp, on the host's side"
+    );
+    assert_eq!(
+        hex(&Sha256::digest(std::fs::read(&down).unwrap())),
+        big_hash,
+        "SHA-256 after scp there and back"
+    );
+
+    // rsync -a of the whole tree up, and back down into a fresh directory.
+    let ssh = format!("ssh -F {}", rig.cfg());
+    let up = remote.join("tree");
+    rig.run(
+        "rsync",
+        &[
+            "-a",
+            "-e",
+            &ssh,
+            &format!("{}/", local.display()),
+            &format!("{}/", at(&up)),
+        ],
+    )
+    .await;
+    let listing = rig
+        .run(
+            "ssh",
+            &[
+                "-F",
+                rig.cfg(),
+                LAB,
+                &format!(
+                    "cd {} && find . -type f -exec sha256sum {{}} +",
+                    up.display()
+                ),
+            ],
+        )
+        .await;
+    let want_sums: BTreeMap<String, String> = want
+        .iter()
+        .filter(|(_, v)| *v != "dir")
+        .map(|(k, v)| (k.clone(), v.split(' ').nth(1).unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        sums(&listing),
+        want_sums,
+        "SHA-256 of every file on the host's side"
+    );
+    assert_eq!(
+        tree(&up),
+        want,
+        "files, modes and directories on the host's side"
+    );
+    let down = rig.dir.path().join("back");
+    rig.run(
+        "rsync",
+        &[
+            "-a",
+            "-e",
+            &ssh,
+            &format!("{}/", at(&up)),
+            &format!("{}/", down.display()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        tree(&down),
+        want,
+        "files, modes and directories there and back"
+    );
 }

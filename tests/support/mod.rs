@@ -234,6 +234,101 @@ impl Tunnel {
     }
 }
 
+/// What a `client` or `connect` process needs to reach a [`Tunnel`], as
+/// files in one directory.
+pub struct ClientFiles {
+    /// The relay's certificate, PEM.
+    pub cert: PathBuf,
+    /// A one-hour client token, mode 0600.
+    pub token: PathBuf,
+    /// A client config file naming the relay, `cert` and `token`.
+    pub config: PathBuf,
+}
+
+impl Tunnel {
+    /// Writes the relay's certificate, a client token for `host` (a host
+    /// id, or a pattern such as `lab-*`) and a client config file naming
+    /// both into `dir`.
+    pub fn client_files(&self, dir: &Path, host: &str) -> ClientFiles {
+        use std::os::unix::fs::PermissionsExt;
+        let cert = dir.join("relay.crt");
+        std::fs::write(&cert, pem("CERTIFICATE", &self.cert[0])).unwrap();
+        let token = dir.join("client.token");
+        let jwt = if token::valid_host_id(host) {
+            self.token(Role::Client, host, Duration::from_secs(3600))
+        } else {
+            let mut claims = Claims::new(
+                Role::Client,
+                "tester",
+                token::DEFAULT_AUDIENCE,
+                Duration::from_secs(3600),
+            );
+            claims.hosts = vec![host.to_owned()];
+            self.sign(&claims)
+        };
+        std::fs::write(&token, jwt + "\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = dir.join("client.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "relay = \"{}\"\nrelay_cert = {:?}\ntoken_file = {:?}\n",
+                self.addr,
+                cert.display().to_string(),
+                token.display().to_string()
+            ),
+        )
+        .unwrap();
+        ClientFiles {
+            cert,
+            token,
+            config,
+        }
+    }
+}
+
+/// `der` as a PEM block with `label`.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.len();
+        let v = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= n {
+                b64.push(ALPHABET[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Finds program `name` for a test, or returns `None` saying loudly that
+/// the test is skipped. Under `CI=true` a missing program fails the test,
+/// naming the Debian `package` that has it.
+pub fn required_program(name: &str, package: &str) -> Option<PathBuf> {
+    if let Some(path) = find_program(name, &["/usr/bin", "/usr/local/bin", "/bin"]) {
+        return Some(path);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{name} is not installed, and CI=true: install {package} (apt-get install {package})"
+        );
+    }
+    eprintln!("\n!!! SKIPPED: {name} is not installed; install {package} to run this test !!!\n");
+    None
+}
+
 /// A host agent or client forwarder running in this process.
 pub struct Peer {
     /// Stops it.

@@ -1,0 +1,287 @@
+//! The client config file (TOML) that `client` and `connect` read for what
+//! flags and environment variables leave out: the relay, its certificate,
+//! the token file and a default host.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::token;
+
+/// Environment variable naming the config file (as `--config` does); a
+/// file named there must exist.
+pub const CONFIG_ENV: &str = "SHELLRELAY_CONFIG";
+
+/// Largest config file read: a handful of keys fit many times over, and a
+/// path named by mistake (a log, a disk image) fails fast.
+const MAX_CONFIG_LEN: u64 = 64 * 1024;
+
+/// The keys of a client config file. Every key is optional; a flag or its
+/// environment variable overrides the key. Unknown keys are errors, so that
+/// a misspelt key is not silently ignored.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// The relay's `HOST:PORT` (`--relay`).
+    pub relay: Option<String>,
+    /// The relay's certificate, pinned (`--relay-cert`). Relative paths are
+    /// taken from the config file's directory; `~/` is the home directory.
+    pub relay_cert: Option<PathBuf>,
+    /// File holding the client token (`--token-file`); paths as for
+    /// `relay_cert`.
+    pub token_file: Option<PathBuf>,
+    /// Host to reach when `--host` is not given (default: the host the
+    /// token names).
+    pub host: Option<String>,
+}
+
+/// A config file as read from disk, its paths made absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// What it says.
+    pub file: ClientFile,
+}
+
+/// Where the config file is looked for when none is named:
+/// `$XDG_CONFIG_HOME/shellrelay/client.toml`, else
+/// `~/.config/shellrelay/client.toml`.
+pub fn default_path() -> Option<PathBuf> {
+    default_path_from(
+        std::env::var_os("XDG_CONFIG_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+/// [`default_path`] for the given `XDG_CONFIG_HOME` and `HOME`. A relative
+/// or empty `XDG_CONFIG_HOME` is ignored, as the XDG spec asks.
+pub fn default_path_from(xdg: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let base = match xdg.map(PathBuf::from).filter(|p| p.is_absolute()) {
+        Some(dir) => dir,
+        None => PathBuf::from(home.filter(|h| !h.is_empty())?).join(".config"),
+    };
+    Some(base.join("shellrelay").join("client.toml"))
+}
+
+/// Reads the config file. A file named by `--config` or
+/// `$SHELLRELAY_CONFIG` (`explicit`) must exist; the default file may be
+/// missing, which gives `None`.
+pub fn load(explicit: Option<&Path>) -> anyhow::Result<Option<Loaded>> {
+    let (path, required) = match explicit {
+        Some(path) => (path.to_owned(), true),
+        None => match default_path() {
+            Some(path) => (path, false),
+            None => return Ok(None),
+        },
+    };
+    match std::fs::metadata(&path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("could not read config file {}", path.display()))
+        }
+        Ok(meta) if meta.len() > MAX_CONFIG_LEN => bail!(
+            "config file {} is {} bytes; a config file is at most {MAX_CONFIG_LEN}",
+            path.display(),
+            meta.len()
+        ),
+        Ok(_) => {}
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("could not read config file {}", path.display()))?;
+    let file = parse(&path, &text)?;
+    Ok(Some(Loaded { path, file }))
+}
+
+/// Parses the text of config file `path`: checks its values and makes its
+/// paths absolute. Errors name the file, and the line and column where
+/// TOML reports them.
+pub fn parse(path: &Path, text: &str) -> anyhow::Result<ClientFile> {
+    let mut file: ClientFile = toml::from_str(text).map_err(|err| {
+        // toml's own Display spans several lines with a snippet; errors here
+        // are one line.
+        let message = err.message().trim().replace('\n', " ");
+        match err.span() {
+            Some(span) => {
+                let (line, column) = line_column(text, span.start);
+                anyhow::anyhow!(
+                    "config file {}: line {line}, column {column}: {message}",
+                    path.display()
+                )
+            }
+            None => anyhow::anyhow!("config file {}: {message}", path.display()),
+        }
+    })?;
+    if let Some(relay) = &file.relay {
+        if !relay.contains(':') {
+            bail!(
+                "config file {}: relay = {relay:?} needs a port, as in \"{relay}:4433\"",
+                path.display()
+            );
+        }
+    }
+    if let Some(host) = &file.host {
+        if !token::valid_host_id(host) {
+            bail!(
+                "config file {}: host = {host:?} is not a host id (1 to {} letters, digits, '.', '_' or '-')",
+                path.display(),
+                token::MAX_HOST_ID_LEN
+            );
+        }
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    for p in [&mut file.relay_cert, &mut file.token_file]
+        .into_iter()
+        .flatten()
+    {
+        *p = resolve(dir, home.as_deref(), p);
+    }
+    Ok(file)
+}
+
+/// `path` from a config file in `dir`: `~/` is `home`; a relative path is
+/// relative to `dir`.
+fn resolve(dir: &Path, home: Option<&Path>, path: &Path) -> PathBuf {
+    if let (Ok(rest), Some(home)) = (path.strip_prefix("~"), home) {
+        return home.join(rest);
+    }
+    dir.join(path)
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_of(text: &str) -> String {
+        format!(
+            "{:#}",
+            parse(Path::new("/etc/x/client.toml"), text).unwrap_err()
+        )
+    }
+
+    #[test]
+    fn every_key_is_read_and_paths_are_taken_from_the_files_directory() {
+        let text = "# the lab relay\n\
+                    relay = \"relay.example.org:4433\"\n\
+                    relay_cert = \"relay.crt\"\n\
+                    token_file = \"/secure/client.token\"\n\
+                    host = \"lab-1\"\n";
+        let file = parse(Path::new("/etc/shellrelay/client.toml"), text).unwrap();
+        assert_eq!(
+            file,
+            ClientFile {
+                relay: Some("relay.example.org:4433".into()),
+                relay_cert: Some("/etc/shellrelay/relay.crt".into()),
+                token_file: Some("/secure/client.token".into()),
+                host: Some("lab-1".into()),
+            }
+        );
+        assert_eq!(
+            parse(Path::new("/x/c.toml"), "").unwrap(),
+            ClientFile::default()
+        );
+    }
+
+    #[test]
+    fn a_tilde_path_is_in_the_home_directory() {
+        let home = Path::new("/home/ann");
+        assert_eq!(
+            resolve(Path::new("/etc"), Some(home), Path::new("~/.shellrelay/t")),
+            Path::new("/home/ann/.shellrelay/t")
+        );
+        assert_eq!(
+            resolve(Path::new("/etc"), Some(home), Path::new("t")),
+            Path::new("/etc/t")
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line_and_column() {
+        let err = err_of("relay = \"r:1\"\n\n  colour = \"blue\"\n");
+        assert!(err.contains("/etc/x/client.toml"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+        assert!(err.contains("line 3, column 3"), "{err}");
+        assert!(err.contains("token_file"), "lists the known keys: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_the_file_and_line() {
+        for (text, line) in [
+            ("relay = \"r:1\"\nhost = \n", "line 2"),
+            ("relay = 4433\n", "line 1"),
+            ("relay = \"r:1\"\nrelay = \"s:2\"\n", "line 2"),
+        ] {
+            let err = err_of(text);
+            assert!(err.contains("/etc/x/client.toml"), "{text:?}: {err}");
+            assert!(err.contains(line), "{text:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_key() {
+        let err = err_of("relay = \"relay.example.org\"\n");
+        assert!(
+            err.contains("relay = \"relay.example.org\" needs a port"),
+            "{err}"
+        );
+        let err = err_of("host = \"no spaces\"\n");
+        assert!(
+            err.contains("host = \"no spaces\" is not a host id"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_default_path_follows_xdg_then_home() {
+        let p = |x: Option<&str>, h: Option<&str>| {
+            default_path_from(x.map(Into::into), h.map(Into::into))
+        };
+        assert_eq!(
+            p(Some("/xdg"), Some("/home/ann")),
+            Some("/xdg/shellrelay/client.toml".into())
+        );
+        for xdg in [None, Some(""), Some("relative")] {
+            assert_eq!(
+                p(xdg, Some("/home/ann")),
+                Some("/home/ann/.config/shellrelay/client.toml".into()),
+                "XDG_CONFIG_HOME={xdg:?}"
+            );
+        }
+        assert_eq!(p(None, None), None);
+    }
+
+    #[test]
+    fn a_named_file_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let err = format!("{:#}", load(Some(&missing)).unwrap_err());
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        assert!(err.contains("No such file"), "{err}");
+        let named = dir.path().join("client.toml");
+        std::fs::write(&named, "host = \"lab1\"\n").unwrap();
+        let loaded = load(Some(&named)).unwrap().unwrap();
+        assert_eq!(loaded.path, named);
+        assert_eq!(loaded.file.host.as_deref(), Some("lab1"));
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        assert_eq!(line_column("ab\ncé d", 0), (1, 1));
+        assert_eq!(line_column("ab\ncé d", 3), (2, 1));
+        assert_eq!(line_column("ab\ncé d", 7), (2, 4));
+    }
+}

@@ -1,0 +1,142 @@
+//! `shellrelay connect`: one session to a host over stdin and stdout, for
+//! ssh's `ProxyCommand`. It opens the session as the client forwarder does
+//! and reads nothing from stdin until the host side reports `ready`.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context as TaskContext, Poll};
+
+use tokio::io::{AsyncWrite, BufWriter};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{debug, info};
+
+use crate::client::{ClientConfig, Forwarder};
+use crate::protocol::{Reason, Refusal, SHUTDOWN_GRACE};
+use crate::splice;
+
+/// Bytes from the stream gathered into one write to stdout: stdout is
+/// written on a blocking thread, one hand-off per write.
+const STDOUT_BUFFER: usize = 256 * 1024;
+
+/// Opens one session to the configured host and copies stdin to it and it
+/// to stdout until both directions end. Stdout carries only the session's
+/// bytes: every message goes to stderr through the caller.
+///
+/// SIGHUP (which ssh sends its `ProxyCommand` when it exits) ends the
+/// session quietly; SIGINT and SIGTERM abort it and make an error.
+pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let forwarder = Forwarder::new(config);
+    let started = tokio::select! {
+        opened = forwarder.open() => Ok(opened),
+        _ = hangup.recv() => Err("SIGHUP"),
+        _ = interrupt.recv() => Err("SIGINT"),
+        _ = terminate.recv() => Err("SIGTERM"),
+    };
+    let opened = match started {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(err)) => {
+            forwarder.close().await;
+            return Err(err.into());
+        }
+        // ssh gave up before the session was ready: nothing to report.
+        Err("SIGHUP") => {
+            forwarder.close().await;
+            return Ok(());
+        }
+        Err(signal) => {
+            forwarder.close().await;
+            anyhow::bail!("interrupted ({signal}) before the session was ready");
+        }
+    };
+    let (session, host, conn) = (opened.session, opened.host, opened.conn);
+    let (mut send, mut recv) = (opened.send, opened.recv);
+    info!(session, %host, "session started");
+    // Only now, with `ready` in, is stdin read: ssh's first bytes wait in
+    // the pipe until the host side can take them.
+    let stdin = tokio::io::stdin();
+    let stdout = BufWriter::with_capacity(STDOUT_BUFFER, Stdout(tokio::io::stdout()));
+    let interrupted = tokio::select! {
+        t = splice::io_quic(stdin, stdout, &mut send, &mut recv) => {
+            info!(session, to_host = t.sent, to_client = t.received, aborted = t.aborted, "session ended");
+            if t.aborted {
+                let why = Refusal::of_closed(&conn)
+                    .map(|r| r.message)
+                    .unwrap_or_else(|| "aborted".into());
+                forwarder.close().await;
+                anyhow::bail!("session to host {host} ended: {why}");
+            }
+            None
+        }
+        _ = hangup.recv() => {
+            // ssh is done with the session: what it wrote has been sent.
+            // Let the host side end too (sshd closes right after ssh's
+            // disconnect), so that the session ends cleanly everywhere
+            // rather than in an abort; what comes is for nobody.
+            let _ = send.finish();
+            let drained = async { while let Ok(Some(_)) = recv.read_chunk(usize::MAX, false).await {} };
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
+            None
+        }
+        _ = interrupt.recv() => Some("SIGINT"),
+        _ = terminate.recv() => Some("SIGTERM"),
+    };
+    if let Some(signal) = interrupted {
+        let _ = send.reset(Reason::Aborted.varint());
+        let _ = recv.stop(Reason::Aborted.varint());
+        forwarder.close().await;
+        anyhow::bail!("interrupted ({signal})");
+    }
+    // Closing the connection drops stream data not yet delivered: wait for
+    // the host side to have every byte, within the grace period.
+    if tokio::time::timeout(SHUTDOWN_GRACE, send.stopped())
+        .await
+        .is_err()
+    {
+        debug!(session, "stream not acknowledged within the grace period");
+    }
+    forwarder.close().await;
+    Ok(())
+}
+
+/// Stdout whose shutdown also ends it for the reader (ssh sees end of
+/// file) while stdin may still be read: fd 1 is pointed at `/dev/null`
+/// rather than closed, so that no file opened later takes its number.
+struct Stdout(tokio::io::Stdout);
+
+impl AsyncWrite for Stdout {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        ready!(Pin::new(&mut self.0).poll_shutdown(cx))?;
+        // Everything is written; failing to end stdout early only means the
+        // reader sees the end when the process exits.
+        if let Err(err) = end_stdout() {
+            debug!(%err, "could not end stdout early");
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn end_stdout() -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    // SAFETY: dup2 only takes two descriptor numbers; `null` is open, and
+    // fd 1 is this process's stdout, which nothing else writes to.
+    if unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
