@@ -1238,10 +1238,11 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
 // ------------------------------------------- completions, man pages, units
 
 /// Every subcommand, as completions and man pages must name them.
-const SUBCOMMANDS: [&str; 10] = [
+const SUBCOMMANDS: [&str; 11] = [
     "relay",
     "host",
     "client",
+    "connect",
     "token",
     "keygen",
     "certs",
@@ -1300,7 +1301,7 @@ async fn bash_completion_completes_subcommands_flags_and_values() {
     };
     let cases: &[(&[&str], &[&str])] = &[
         (&["shellrelay", "re"], &["relay"]),
-        (&["shellrelay", "co"], &["completions"]),
+        (&["shellrelay", "co"], &["completions", "connect"]),
         (
             &["shellrelay", "relay", "--se"],
             &["--secret-file", "--secret"],
