@@ -1,0 +1,370 @@
+//! The command line: one clap struct per subcommand, turned into the
+//! library's configurations. Every flag can also come from an environment
+//! variable `SHELLRELAY_<FLAG>`; `client` and `connect` take what both
+//! leave out from the client config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+mod peer_opts;
+mod relay_opts;
+mod token_opts;
+
+pub use peer_opts::{ClientOpt, ConnectOpt, HostOpt, PeerOpt, ReachOpt};
+pub use relay_opts::{LimitsOpt, RelayOpt};
+pub use token_opts::{KeygenOpt, TokenOpt};
+
+use crate::tls::{self, TransportOptions};
+use crate::token::{self, Secret};
+use crate::{client, connect, demo, host, keys, manual, status};
+
+/// Relay ssh to a machine behind NAT over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "shellrelay", version, about, long_about = None)]
+pub struct Cli {
+    /// Log lines on stderr as text, or as one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "SHELLRELAY_LOG_FORMAT",
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay on a UDP-reachable server.
+    Relay(RelayOpt),
+    /// Run the host agent next to sshd, behind NAT.
+    Host(HostOpt),
+    /// Run the client forwarder: `ssh -p2222 localhost` reaches the host.
+    Client(ClientOpt),
+    /// One session to a host over stdin and stdout, for ssh's ProxyCommand.
+    Connect(ConnectOpt),
+    /// Print a signed token on stdout.
+    Token(TokenOpt),
+    /// Write a new token-signing key: a shared secret or a key pair.
+    Keygen(KeygenOpt),
+    /// Write a self-signed certificate and key for the relay.
+    Certs(CertsOpt),
+    /// Relay, host and client in one process on loopback, for a first try.
+    Demo(DemoOpt),
+    /// Print the hosts online at a relay, from its metrics endpoint.
+    Status(StatusOpt),
+    /// Print the completion script for a shell on stdout.
+    Completions(CompletionsOpt),
+    /// Print the man page on stdout, or write one page per subcommand with --dir.
+    Man(ManOpt),
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, for people.
+    Text,
+    /// One JSON object per line; session and host ids under `span`.
+    Json,
+}
+
+fn host_id(s: &str) -> Result<String, String> {
+    if token::valid_host_id(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "a host id is 1 to {} letters, digits, '.', '_' or '-'",
+            token::MAX_HOST_ID_LEN
+        ))
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 15m, 1h)"))
+}
+
+fn host_pattern(s: &str) -> Result<String, String> {
+    if token::valid_host_pattern(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "a host is 1 to {} letters, digits, '.', '_' or '-', and a pattern may use '*' and '?'",
+            token::MAX_HOST_ID_LEN
+        ))
+    }
+}
+
+fn kid(s: &str) -> Result<String, String> {
+    if keys::valid_kid(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "a key id is 1 to {} letters, digits, '.', '_' or '-'",
+            keys::MAX_KID_LEN
+        ))
+    }
+}
+
+/// The shared secret, from a file or given directly.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct SecretOpt {
+    /// File holding the shared secret that signs tokens (at least 16 bytes).
+    #[arg(long, env = "SHELLRELAY_SECRET_FILE", value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+    /// The shared secret itself (prefer --secret-file: arguments are visible to other users).
+    #[arg(
+        long,
+        env = "SHELLRELAY_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    secret: Option<String>,
+}
+
+impl SecretOpt {
+    fn load(&self) -> anyhow::Result<Option<Secret>> {
+        match (&self.secret_file, &self.secret) {
+            (Some(path), _) => Secret::from_file(path).map(Some),
+            (None, Some(s)) => Secret::new(s.trim().as_bytes().to_vec())
+                .context("in --secret")
+                .map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Keep-alive and idle timeout.
+#[derive(Debug, Args)]
+pub struct TransportOpt {
+    /// Interval of keep-alive packets; keeps NAT mappings open.
+    #[arg(long, env = "SHELLRELAY_KEEP_ALIVE", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    keep_alive: Duration,
+    /// Silence after which the peer is considered gone.
+    #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value = "30s", value_parser = duration, value_name = "DURATION")]
+    idle_timeout: Duration,
+}
+
+impl TransportOpt {
+    fn options(&self) -> anyhow::Result<TransportOptions> {
+        if self.keep_alive >= self.idle_timeout {
+            bail!("--keep-alive must be shorter than --idle-timeout");
+        }
+        Ok(TransportOptions {
+            keep_alive: self.keep_alive,
+            idle_timeout: self.idle_timeout,
+        })
+    }
+}
+
+/// `shellrelay certs`
+#[derive(Debug, Args)]
+pub struct CertsOpt {
+    /// Directory for relay.crt and relay.key.
+    #[arg(
+        long,
+        env = "SHELLRELAY_OUT",
+        default_value = "certs",
+        value_name = "DIR"
+    )]
+    out: PathBuf,
+    /// Extra DNS name or IP the certificate is valid for (repeatable).
+    #[arg(
+        long = "name",
+        env = "SHELLRELAY_NAME",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    names: Vec<String>,
+    /// Replace an existing certificate and key.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `shellrelay demo`
+#[derive(Debug, Args)]
+pub struct DemoOpt {
+    /// What the demo host agent connects sessions to.
+    #[arg(long, env = "SHELLRELAY_TARGET", default_value = host::DEFAULT_TARGET, value_name = "HOST:PORT")]
+    target: String,
+    /// Local TCP address that ssh connects to.
+    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = client::DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: SocketAddr,
+}
+
+/// `shellrelay status`
+#[derive(Debug, Args)]
+pub struct StatusOpt {
+    /// The relay's metrics endpoint (the address it was given with --metrics).
+    #[arg(long, env = "SHELLRELAY_METRICS", default_value = status::DEFAULT_METRICS, value_name = "HOST:PORT")]
+    metrics: String,
+}
+
+/// `shellrelay completions`
+#[derive(Debug, Args)]
+pub struct CompletionsOpt {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+/// `shellrelay man`
+#[derive(Debug, Args)]
+pub struct ManOpt {
+    /// Write shellrelay.1 and one page per subcommand (shellrelay-relay.1, ...) here instead.
+    #[arg(long, env = "SHELLRELAY_DIR", value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+/// A token that is cancelled on SIGINT or SIGTERM. The handlers are in
+/// place when this returns, so a signal that arrives right after start-up
+/// still ends in a graceful shutdown. Must be called inside the runtime.
+pub fn shutdown_signal() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("could not handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("could not handle SIGTERM")?;
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!("SIGINT: shutting down"),
+            _ = terminate.recv() => info!("SIGTERM: shutting down"),
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}
+
+impl Cli {
+    /// Whether the role runs best on one thread. The host agent and the
+    /// client forwarder sit at the edges: on one thread their tasks hand
+    /// data to quinn's connection task without waking another thread for
+    /// every packet, which bought about a quarter more throughput per
+    /// session in `cargo bench --bench relay`. `status` makes one request.
+    /// The relay serves many connections at once and uses every core.
+    pub fn single_threaded(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Host(_) | Command::Client(_) | Command::Connect(_) | Command::Status(_)
+        )
+    }
+
+    /// Log level when `RUST_LOG` is not set. `connect` runs inside ssh,
+    /// whose terminal its stderr shares: it says only what went wrong.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Connect(_) => "warn",
+            _ => "info",
+        }
+    }
+
+    /// Runs the chosen subcommand.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Relay(opt) => relay_opts::run(opt).await,
+            Command::Host(opt) => peer_opts::run_host(opt).await,
+            Command::Client(opt) => peer_opts::run_client(opt).await,
+            Command::Connect(opt) => connect::run(opt.reach.client_config()?).await,
+            Command::Token(opt) => token_opts::run(opt),
+            Command::Keygen(opt) => token_opts::keygen(opt),
+            Command::Certs(opt) => {
+                let (cert, key) = (opt.out.join("relay.crt"), opt.out.join("relay.key"));
+                if !opt.force && (cert.exists() || key.exists()) {
+                    bail!(
+                        "{} or {} exists already; pass --force to replace them",
+                        cert.display(),
+                        key.display()
+                    );
+                }
+                let names = tls::default_names(&opt.names);
+                let identity = tls::create_self_signed(&cert, &key, &names)?;
+                println!("wrote {} and {}", cert.display(), key.display());
+                println!("names: {}", names.join(", "));
+                println!(
+                    "sha-256 fingerprint: {}",
+                    tls::fingerprint(&identity.chain[0])
+                );
+                Ok(())
+            }
+            Command::Demo(opt) => demo::run(&opt.target, opt.listen, shutdown_signal()?).await,
+            Command::Status(opt) => {
+                let report = status::fetch(&opt.metrics).await?;
+                print!("{}", status::table(&report));
+                Ok(())
+            }
+            Command::Completions(opt) => manual::completions(opt.shell, &mut std::io::stdout()),
+            Command::Man(ManOpt { dir: None }) => manual::man(&mut std::io::stdout()),
+            Command::Man(ManOpt { dir: Some(dir) }) => {
+                for path in manual::man_pages(&dir)? {
+                    println!("wrote {}", path.display());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Parses the command line; for `relay --config FILE`, fills the flags not
+/// given (on the command line or as SHELLRELAY_* variables) from the file.
+/// Exits with a usage error as clap does.
+pub fn parse() -> Cli {
+    parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// [`parse`] over `args` (the first being the program name).
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let cmd = Cli::command();
+    let matches = cmd.clone().try_get_matches_from(&args)?;
+    let config = match matches.subcommand() {
+        Some(("relay", sub)) => sub.get_one::<PathBuf>("config").map(|p| (sub, p)),
+        _ => None,
+    };
+    let Some((sub, path)) = config else {
+        return Cli::from_arg_matches(&matches);
+    };
+    let mut cmd = cmd;
+    let fail =
+        |cmd: &mut clap::Command, msg: String| cmd.error(clap::error::ErrorKind::InvalidValue, msg);
+    let extra = match cmd.find_subcommand("relay") {
+        Some(relay) => relay_opts::config_args(path, relay, sub),
+        None => Err(anyhow::anyhow!("no relay command")),
+    }
+    .map_err(|e| fail(&mut cmd, format!("{e:#}")))?;
+    let mut all = args;
+    all.extend(extra);
+    let matches = cmd.clone().try_get_matches_from(&all).map_err(|e| {
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        let what = first.strip_prefix("error: ").unwrap_or(first);
+        fail(&mut cmd, format!("in {}: {what}", path.display()))
+    })?;
+    Cli::from_arg_matches(&matches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

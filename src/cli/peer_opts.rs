@@ -1,0 +1,194 @@
+//! What hosts, clients and `connect` share: how to reach the relay, with
+//! which token, and for `client` and `connect` the config file that fills
+//! in what flags leave out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::{duration, host_id, shutdown_signal, TransportOpt};
+use crate::peer::RelayAddr;
+use crate::tls::{self, Trust};
+use crate::token::{self, TokenSource};
+use crate::{client, config, host};
+
+/// How hosts and clients reach the relay. The relay and a token are
+/// required; `client` and `connect` may take them from the config file.
+#[derive(Debug, Args)]
+pub struct PeerOpt {
+    /// The relay's address.
+    #[arg(long, env = "SHELLRELAY_RELAY", value_name = "HOST:PORT")]
+    relay: Option<String>,
+    /// The relay's certificate (pinned); without it the system's roots verify the relay.
+    #[arg(long, env = "SHELLRELAY_RELAY_CERT", value_name = "PATH")]
+    relay_cert: Option<PathBuf>,
+    /// File holding this peer's token; re-read on every reconnect.
+    #[arg(
+        long,
+        env = "SHELLRELAY_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
+    /// The token itself (prefer --token-file: arguments are visible to other users).
+    #[arg(
+        long,
+        env = "SHELLRELAY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    #[command(flatten)]
+    transport: TransportOpt,
+}
+
+impl PeerOpt {
+    /// The relay and the token, from flags (and their environment
+    /// variables) first, then from the config file `file`. `wanted` says
+    /// where a missing value may be given, for the error.
+    fn reach(
+        &self,
+        file: Option<&config::Loaded>,
+        wanted: &dyn Fn(&str) -> String,
+    ) -> anyhow::Result<(RelayAddr, TokenSource)> {
+        let keys = file.map(|f| &f.file);
+        let relay = match (&self.relay, keys.and_then(|k| k.relay.as_ref())) {
+            (Some(relay), _) => {
+                if !relay.contains(':') {
+                    bail!("--relay {relay} needs a port, as in {relay}:4433");
+                }
+                relay.clone()
+            }
+            (None, Some(relay)) => relay.clone(),
+            (None, None) => bail!("{}", wanted("--relay HOST:PORT")),
+        };
+        let relay_cert = self
+            .relay_cert
+            .as_ref()
+            .or_else(|| keys.and_then(|k| k.relay_cert.as_ref()));
+        let trust = match relay_cert {
+            Some(path) => Trust::Pinned(tls::load_certs(path)?),
+            None => Trust::System,
+        };
+        let relay = RelayAddr {
+            addr: relay,
+            trust,
+            transport: self.transport.options()?,
+        };
+        let file_token = keys.and_then(|k| k.token_file.as_ref());
+        let token = match (&self.token_file, &self.token, file_token) {
+            (Some(path), _, _) => TokenSource::File(path.clone()),
+            (None, Some(t), _) => TokenSource::Literal(t.clone()),
+            (None, None, Some(path)) => TokenSource::File(path.clone()),
+            (None, None, None) => bail!("{}", wanted("--token-file PATH (or --token)")),
+        };
+        // Fail now on a missing file rather than at the first reconnect.
+        token.load()?;
+        if let TokenSource::File(path) = &token {
+            if let Some(mode) = token::shared_mode(path) {
+                tracing::warn!(
+                    "token file {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+        Ok((relay, token))
+    }
+}
+
+/// What `client` and `connect` share: the relay, the token and the host,
+/// each from a flag, its environment variable or the config file.
+#[derive(Debug, Args)]
+pub struct ReachOpt {
+    #[command(flatten)]
+    peer: PeerOpt,
+    /// Host to reach (default: `host` in the config file, else the host the token names).
+    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID", value_parser = host_id)]
+    host: Option<String>,
+    /// Client config file (TOML) for what flags leave out [default:
+    /// $XDG_CONFIG_HOME/shellrelay/client.toml or ~/.config/shellrelay/client.toml,
+    /// read if it exists]. A file named here must exist.
+    #[arg(long, env = config::CONFIG_ENV, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+impl ReachOpt {
+    /// The client's configuration: flags and environment variables, then
+    /// the config file.
+    pub fn client_config(&self) -> anyhow::Result<client::ClientConfig> {
+        let file = config::load(self.config.as_deref())?;
+        let place = match (&file, config::default_path()) {
+            (Some(loaded), _) => format!("set it in {}", loaded.path.display()),
+            (None, Some(path)) => format!("set it in {}", path.display()),
+            (None, None) => format!(
+                "name a config file with --config or ${}",
+                config::CONFIG_ENV
+            ),
+        };
+        let wanted = |flag: &str| format!("pass {flag}, or {place}");
+        let (relay, token) = self.peer.reach(file.as_ref(), &wanted)?;
+        let host = self.host.clone().or_else(|| file.and_then(|f| f.file.host));
+        Ok(client::ClientConfig { relay, token, host })
+    }
+}
+
+/// `shellrelay host`
+#[derive(Debug, Args)]
+// The host agent reads no config file: the relay and a token are flags.
+#[command(
+    mut_arg("relay", |a| a.required(true)),
+    mut_arg("token_file", |a| a.required_unless_present("token"))
+)]
+pub struct HostOpt {
+    #[command(flatten)]
+    peer: PeerOpt,
+    /// The one address every session is connected to.
+    #[arg(long, env = "SHELLRELAY_TARGET", default_value = host::DEFAULT_TARGET, value_name = "HOST:PORT")]
+    target: String,
+    /// Cap on the delay between reconnect attempts.
+    #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value = "30s", value_parser = duration, value_name = "DURATION")]
+    max_backoff: Duration,
+}
+
+/// `shellrelay client`
+#[derive(Debug, Args)]
+pub struct ClientOpt {
+    #[command(flatten)]
+    reach: ReachOpt,
+    /// Local TCP address that ssh connects to.
+    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = client::DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: SocketAddr,
+}
+
+/// `shellrelay connect`
+#[derive(Debug, Args)]
+pub struct ConnectOpt {
+    #[command(flatten)]
+    pub(super) reach: ReachOpt,
+}
+
+/// Runs the host agent.
+pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
+    let wanted = |flag: &str| format!("pass {flag}");
+    let (relay, token) = opt.peer.reach(None, &wanted)?;
+    let config = host::HostConfig {
+        relay,
+        token,
+        target: opt.target,
+        max_backoff: opt.max_backoff,
+    };
+    host::run(config, shutdown_signal()?).await
+}
+
+/// Runs the client forwarder.
+pub(super) async fn run_client(opt: ClientOpt) -> anyhow::Result<()> {
+    let config = opt.reach.client_config()?;
+    let listener = tokio::net::TcpListener::bind(opt.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", opt.listen))?;
+    client::run(config, listener, shutdown_signal()?).await
+}

@@ -1,0 +1,107 @@
+//! `shellrelay token` and `shellrelay keygen`: minting tokens and making
+//! the keys that sign them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+
+use super::{duration, host_id, host_pattern, kid, SecretOpt};
+use crate::keys;
+use crate::token::{self, Claims, Role};
+
+/// `shellrelay token`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("signing").required(true).args(["secret_file", "secret", "signing_key"])))]
+pub struct TokenOpt {
+    #[command(flatten)]
+    secret: SecretOpt,
+    /// Sign with this key instead of the shared secret: a PEM private key
+    /// (Ed25519 or P-256, as `shellrelay keygen` writes) or a secret file.
+    #[arg(long, env = "SHELLRELAY_SIGNING_KEY", value_name = "PATH", conflicts_with_all = ["secret_file", "secret"])]
+    signing_key: Option<PathBuf>,
+    /// Key id (kid) to name in the token's header, so the relay knows which
+    /// of its keys checks it.
+    #[arg(long, env = "SHELLRELAY_KID", value_name = "KID", value_parser = kid)]
+    kid: Option<String>,
+    /// What the token allows: register as the host, or reach it as a client.
+    #[arg(long, env = "SHELLRELAY_ROLE", value_enum)]
+    role: Role,
+    /// The host id. A client token may name several (repeat, or separate
+    /// with commas) and patterns such as `lab-*`.
+    #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID", value_parser = host_pattern, value_delimiter = ',', required = true)]
+    host: Vec<String>,
+    /// Who a client token naming several hosts is for (its `sub`).
+    #[arg(long, env = "SHELLRELAY_SUBJECT", value_name = "NAME", value_parser = host_id, default_value = "client")]
+    subject: String,
+    /// How long the token is valid.
+    #[arg(long, env = "SHELLRELAY_TTL", default_value = "1h", value_parser = duration, value_name = "DURATION")]
+    ttl: Duration,
+    /// The relay's audience.
+    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = token::DEFAULT_AUDIENCE)]
+    audience: String,
+    /// Token id (`jti`), which a revocation file can name (default: random).
+    #[arg(long, env = "SHELLRELAY_JTI", value_name = "ID", value_parser = host_id)]
+    jti: Option<String>,
+}
+
+/// `shellrelay keygen`
+#[derive(Debug, Args)]
+pub struct KeygenOpt {
+    /// Kind of key: a shared secret, or a key pair whose public half the
+    /// relay verifies with.
+    #[arg(long, env = "SHELLRELAY_KIND", value_enum, default_value = "ed25519")]
+    kind: keys::KeyKind,
+    /// File for the new secret or private key (mode 0600); a key pair's
+    /// public key goes to the same path with `.pub` appended.
+    #[arg(long, env = "SHELLRELAY_OUT", value_name = "PATH")]
+    out: PathBuf,
+}
+
+/// Prints a signed token.
+pub(super) fn run(opt: TokenOpt) -> anyhow::Result<()> {
+    if opt.ttl < Duration::from_secs(1) {
+        bail!("--ttl must be at least 1s (token times are whole seconds)");
+    }
+    let key = match (&opt.signing_key, opt.secret.load()?) {
+        (Some(path), _) => keys::SigningKey::from_file(path)?,
+        (None, Some(secret)) => keys::SigningKey::secret(&secret),
+        (None, None) => bail!("pass --secret-file, --secret or --signing-key"),
+    };
+    let claims = token_claims(&opt)?;
+    println!("{}", token::mint_with(&key, opt.kid.as_deref(), &claims)?);
+    Ok(())
+}
+
+/// Writes a new key.
+pub(super) fn keygen(opt: KeygenOpt) -> anyhow::Result<()> {
+    for path in keys::generate(opt.kind, &opt.out)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The claims `shellrelay token` signs.
+fn token_claims(opt: &TokenOpt) -> anyhow::Result<Claims> {
+    let single = match opt.host.as_slice() {
+        [one] if token::valid_host_id(one) => Some(one.as_str()),
+        _ => None,
+    };
+    let mut claims = match (opt.role, single) {
+        (_, Some(host)) => Claims::new(opt.role, host, &opt.audience, opt.ttl),
+        (Role::Host, None) => {
+            bail!("a host token names exactly one host id, without '*' or '?'")
+        }
+        (Role::Client, None) => {
+            let mut c = Claims::new(opt.role, &opt.subject, &opt.audience, opt.ttl);
+            c.hosts = opt.host.clone();
+            c
+        }
+    };
+    claims.jti = Some(match &opt.jti {
+        Some(jti) => jti.clone(),
+        None => token::random_id(),
+    });
+    Ok(claims)
+}
