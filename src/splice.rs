@@ -114,28 +114,7 @@ pub async fn tcp_quic(mut tcp: TcpStream, mut send: SendStream, mut recv: RecvSt
             }
         }
     };
-    let downstream = async {
-        let mut chunks: [Bytes; BATCH] = Default::default();
-        loop {
-            match recv.read_chunks(&mut chunks).await {
-                Ok(Some(n)) => {
-                    let len = chunks[..n].iter().map(|c| c.len() as u64).sum::<u64>();
-                    if write_all_vectored(&mut tcp_write, &mut chunks[..n])
-                        .await
-                        .is_err()
-                    {
-                        return Err(Aborted(0));
-                    }
-                    received.fetch_add(len, Ordering::Relaxed);
-                }
-                Ok(None) => {
-                    let _ = tcp_write.shutdown().await;
-                    return Ok(());
-                }
-                Err(_) => return Err(Aborted(0)),
-            }
-        }
-    };
+    let downstream = quic_to_writer(&mut recv, &mut tcp_write, &received);
     let result = tokio::try_join!(upstream, downstream);
     let aborted = result.is_err();
     if aborted {
@@ -197,31 +176,7 @@ where
             }
         }
     };
-    let downstream = async {
-        let mut chunks: [Bytes; BATCH] = Default::default();
-        loop {
-            match recv.read_chunks(&mut chunks).await {
-                Ok(Some(n)) => {
-                    let len = chunks[..n].iter().map(|c| c.len() as u64).sum::<u64>();
-                    let written = async {
-                        write_all_vectored(&mut writer, &mut chunks[..n]).await?;
-                        writer.flush().await
-                    };
-                    if written.await.is_err() {
-                        return Err(Aborted(0));
-                    }
-                    received.fetch_add(len, Ordering::Relaxed);
-                }
-                Ok(None) => {
-                    return match writer.shutdown().await {
-                        Ok(()) => Ok(()),
-                        Err(_) => Err(Aborted(0)),
-                    };
-                }
-                Err(_) => return Err(Aborted(0)),
-            }
-        }
-    };
+    let downstream = quic_to_writer(recv, &mut writer, &received);
     let aborted = tokio::try_join!(upstream, downstream).is_err();
     if aborted {
         let _ = send.reset(Reason::Aborted.varint());
@@ -231,6 +186,35 @@ where
         sent: sent.into_inner(),
         received: received.into_inner(),
         aborted,
+    }
+}
+
+/// Writes what arrives on `recv` to `writer`, a batch of up to [`BATCH`]
+/// chunks at a time, each flushed before the next is read, and shuts
+/// `writer` down at the end of the stream. Bytes written are added to
+/// `received`. A failed read or write is an abort.
+async fn quic_to_writer<W: AsyncWrite + Unpin>(
+    recv: &mut RecvStream,
+    writer: &mut W,
+    received: &AtomicU64,
+) -> Result<(), Aborted> {
+    let mut chunks: [Bytes; BATCH] = Default::default();
+    loop {
+        match recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => {
+                let len = chunks[..n].iter().map(|c| c.len() as u64).sum::<u64>();
+                let written = async {
+                    write_all_vectored(writer, &mut chunks[..n]).await?;
+                    writer.flush().await
+                };
+                if written.await.is_err() {
+                    return Err(Aborted(0));
+                }
+                received.fetch_add(len, Ordering::Relaxed);
+            }
+            Ok(None) => return writer.shutdown().await.map_err(|_| Aborted(0)),
+            Err(_) => return Err(Aborted(0)),
+        }
     }
 }
 
