@@ -45,10 +45,6 @@ impl fmt::Debug for VerifyKey {
     }
 }
 
-fn is_pem(text: &[u8]) -> bool {
-    text.trim_ascii_start().starts_with(b"-----BEGIN ")
-}
-
 impl VerifyKey {
     /// An HS256 key.
     pub fn secret(secret: &Secret) -> VerifyKey {
@@ -58,14 +54,12 @@ impl VerifyKey {
         }
     }
 
-    /// Reads a key file: a PEM public key (Ed25519 or P-256), or else a
-    /// shared secret, which must not be readable by other users.
-    pub fn from_file(path: &Path) -> anyhow::Result<VerifyKey> {
+    /// Reads an Ed25519 or P-256 public key in PEM (as `keygen` writes to
+    /// `.pub`). Anything else is refused: a file taken for a shared secret
+    /// by mistake would let whoever holds the public key sign tokens.
+    pub fn public_key_file(path: &Path) -> anyhow::Result<VerifyKey> {
         let text = std::fs::read(path)
-            .with_context(|| format!("could not read key {}", path.display()))?;
-        if !is_pem(&text) {
-            return Ok(VerifyKey::secret(&Secret::from_file(path)?));
-        }
+            .with_context(|| format!("could not read public key {}", path.display()))?;
         if String::from_utf8_lossy(&text).contains("PRIVATE KEY") {
             bail!(
                 "{} holds a private key; give the relay the public key (keygen writes it beside the private key as .pub)",
@@ -85,9 +79,23 @@ impl VerifyKey {
             });
         }
         bail!(
-            "{} is not an Ed25519 or P-256 public key in PEM",
+            "{} is not an Ed25519 or P-256 public key in PEM (-----BEGIN PUBLIC KEY-----); \
+             a shared secret goes to --token-secret",
             path.display()
         )
+    }
+
+    /// Reads a shared secret file (HS256), which must not be readable by
+    /// other users and must not be a key in PEM.
+    pub fn secret_file(path: &Path) -> anyhow::Result<VerifyKey> {
+        let secret = Secret::from_file(path)?;
+        if secret.expose().windows(11).any(|w| w == b"-----BEGIN ") {
+            bail!(
+                "{} holds a key in PEM, not a shared secret; a public key goes to --token-key",
+                path.display()
+            );
+        }
+        Ok(VerifyKey::secret(&secret))
     }
 }
 
@@ -113,15 +121,12 @@ impl SigningKey {
         }
     }
 
-    /// Reads a key file: a PEM private key (PKCS#8, Ed25519 or P-256), or
-    /// else a shared secret. Either must not be readable by other users.
-    pub fn from_file(path: &Path) -> anyhow::Result<SigningKey> {
+    /// Reads a PEM private key (PKCS#8, Ed25519 or P-256, as `keygen`
+    /// writes), which must not be readable by other users.
+    pub fn private_key_file(path: &Path) -> anyhow::Result<SigningKey> {
         crate::token::ensure_private(path, "key file")?;
         let text = std::fs::read(path)
             .with_context(|| format!("could not read key {}", path.display()))?;
-        if !is_pem(&text) {
-            return Ok(SigningKey::secret(&Secret::from_file(path)?));
-        }
         if let Ok(key) = EncodingKey::from_ed_pem(&text) {
             return Ok(SigningKey {
                 algorithm: Algorithm::EdDSA,
@@ -135,7 +140,8 @@ impl SigningKey {
             });
         }
         bail!(
-            "{} is not an Ed25519 or P-256 private key in PEM (PKCS#8)",
+            "{} is not an Ed25519 or P-256 private key in PEM (PKCS#8); \
+             a shared secret goes to --secret-file",
             path.display()
         )
     }
@@ -274,6 +280,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn generated_pairs_sign_and_verify_by_kind() {
@@ -285,15 +292,30 @@ mod tests {
         ] {
             let out = dir.path().join(format!("{kind:?}"));
             let files = generate(kind, &out).unwrap();
-            let signing = SigningKey::from_file(&out).unwrap();
-            assert_eq!(signing.algorithm, alg);
-            let verify = VerifyKey::from_file(files.last().unwrap()).unwrap();
-            assert_eq!(verify.algorithm, alg);
             assert!(generate(kind, &out).is_err(), "must not overwrite");
-            if kind != KeyKind::Hs256 {
-                let err = VerifyKey::from_file(&out).unwrap_err().to_string();
-                assert!(err.contains("holds a private key"), "{err}");
+            if kind == KeyKind::Hs256 {
+                assert_eq!(VerifyKey::secret_file(&out).unwrap().algorithm, alg);
+                let err = VerifyKey::public_key_file(&out).unwrap_err().to_string();
+                assert!(err.contains("--token-secret"), "{err}");
+                assert!(SigningKey::private_key_file(&out).is_err());
+                continue;
             }
+            let signing = SigningKey::private_key_file(&out).unwrap();
+            assert_eq!(signing.algorithm, alg);
+            let public = files.last().unwrap();
+            let verify = VerifyKey::public_key_file(public).unwrap();
+            assert_eq!(verify.algorithm, alg);
+            let err = VerifyKey::public_key_file(&out).unwrap_err().to_string();
+            assert!(err.contains("holds a private key"), "{err}");
+            // A public key, however it is written, is never a shared secret.
+            std::fs::set_permissions(public, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let err = VerifyKey::secret_file(public).unwrap_err().to_string();
+            assert!(err.contains("not a shared secret"), "{err}");
+            let text = std::fs::read_to_string(public).unwrap();
+            let odd = dir.path().join(format!("{kind:?}.odd"));
+            std::fs::write(&odd, format!("# issuer key\n{text}")).unwrap();
+            std::fs::set_permissions(&odd, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert!(VerifyKey::secret_file(&odd).is_err());
         }
     }
 

@@ -92,8 +92,8 @@ async fn a_client_token_for_several_hosts_reaches_each_of_them_and_no_other() {
 fn key_pair(dir: &Path, kind: KeyKind) -> (VerifyKey, SigningKey) {
     let out = dir.join(format!("{kind:?}"));
     let files = keys::generate(kind, &out).unwrap();
-    let verify = VerifyKey::from_file(files.last().unwrap()).unwrap();
-    (verify, SigningKey::from_file(&out).unwrap())
+    let verify = VerifyKey::public_key_file(files.last().unwrap()).unwrap();
+    (verify, SigningKey::private_key_file(&out).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

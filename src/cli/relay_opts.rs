@@ -26,15 +26,19 @@ pub struct RelayOpt {
     listen: SocketAddr,
     /// Settings file (TOML) whose keys are this command's long flags; flags
     /// and SHELLRELAY_* variables override it.
-    #[arg(long, env = "SHELLRELAY_CONFIG", value_name = "PATH")]
+    #[arg(long, env = "SHELLRELAY_RELAY_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
     /// Key for tokens without a key id (kid): the shared secret.
     #[command(flatten)]
     secret: SecretOpt,
-    /// Key for tokens whose header names key id KID (repeatable): a shared
-    /// secret file (HS256) or an Ed25519 or P-256 public key in PEM.
+    /// Public key for tokens whose header names key id KID (repeatable): an
+    /// Ed25519 (EdDSA) or P-256 (ES256) public key in PEM.
     #[arg(long = "token-key", env = "SHELLRELAY_TOKEN_KEY", value_name = "KID=PATH", value_parser = keys::parse_kid_path, value_delimiter = ',')]
     token_keys: Vec<(String, PathBuf)>,
+    /// Shared secret file (HS256) for tokens whose header names key id KID
+    /// (repeatable).
+    #[arg(long = "token-secret", env = "SHELLRELAY_TOKEN_SECRET", value_name = "KID=PATH", value_parser = keys::parse_kid_path, value_delimiter = ',')]
+    token_secrets: Vec<(String, PathBuf)>,
     /// File of revoked token ids and host ids, one `jti ID` or `host ID` a
     /// line; re-read on SIGHUP and when it changes.
     #[arg(long, env = "SHELLRELAY_REVOCATION_FILE", value_name = "PATH")]
@@ -117,17 +121,24 @@ fn relay_keys(opt: &RelayOpt) -> anyhow::Result<keys::KeySet> {
         set.set_default(keys::VerifyKey::secret(&secret));
     }
     for (kid, path) in &opt.token_keys {
-        set.insert(kid, keys::VerifyKey::from_file(path)?)?;
+        set.insert(kid, keys::VerifyKey::public_key_file(path)?)?;
+    }
+    for (kid, path) in &opt.token_secrets {
+        set.insert(kid, keys::VerifyKey::secret_file(path)?)?;
     }
     if set.is_empty() {
         bail!(
-            "pass --secret-file, --secret or --token-key KID=PATH: the relay needs a key to check tokens"
+            "pass --secret-file, --secret, --token-key KID=PATH or --token-secret KID=PATH: the relay needs a key to check tokens"
         );
     }
     Ok(set)
 }
 
 pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
+    // First of all: SIGHUP's default action ends the process, and a reload
+    // may come while the relay is still starting.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("could not handle SIGHUP")?;
     let keys = relay_keys(&opt)?;
     if !keys.kids().is_empty() {
         info!(kids = ?keys.kids(), "token keys by key id");
@@ -149,14 +160,12 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
         metrics: opt.metrics,
     };
     let relay = relay::Relay::bind(opt.listen, server, config)?;
-    reload_on_hangup(relay.handle())?;
+    reload_on_hangup(hangup, relay.handle());
     relay.run(shutdown_signal()?).await
 }
 
 /// Re-reads the relay's revocation file on every SIGHUP.
-fn reload_on_hangup(relay: relay::RelayHandle) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup()).context("could not handle SIGHUP")?;
+fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, relay: relay::RelayHandle) {
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             match relay.reload_revocations() {
@@ -165,7 +174,6 @@ fn reload_on_hangup(relay: relay::RelayHandle) -> anyhow::Result<()> {
             }
         }
     });
-    Ok(())
 }
 
 /// The flags that the settings file at `path` adds to `relay`'s command
@@ -187,14 +195,17 @@ pub(super) fn config_args(
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         )
     };
+    if table.contains_key("secret") {
+        crate::token::ensure_private(path, "settings file with a secret")?;
+    }
     // The secret comes from one place: a flag for either wins over the file.
     let secret_given = set("secret_file") || set("secret");
     let mut out = Vec::new();
     for (key, value) in table {
-        let long = if key == "token_keys" {
-            "token-key".to_owned()
-        } else {
-            key.replace('_', "-")
+        let long = match key.as_str() {
+            "token_keys" => "token-key".to_owned(),
+            "token_secrets" => "token-secret".to_owned(),
+            _ => key.replace('_', "-"),
         };
         let arg = relay.get_arguments().find(|a| {
             a.get_long() == Some(long.as_str()) && !matches!(long.as_str(), "config" | "help")
@@ -223,10 +234,11 @@ pub(super) fn config_args(
             )),
         };
         let values: Vec<String> = match &value {
-            toml::Value::Table(kids) if key == "token_keys" => kids
-                .iter()
-                .map(|(kid, p)| scalar(p).map(|p| format!("{kid}={p}")))
-                .collect::<anyhow::Result<_>>()?,
+            toml::Value::Table(kids) if matches!(key.as_str(), "token_keys" | "token_secrets") => {
+                kids.iter()
+                    .map(|(kid, p)| scalar(p).map(|p| format!("{kid}={p}")))
+                    .collect::<anyhow::Result<_>>()?
+            }
             toml::Value::Array(items) => {
                 items.iter().map(&scalar).collect::<anyhow::Result<_>>()?
             }
@@ -293,8 +305,11 @@ hello_timeout = "3s"
 revocation_file = "/etc/shellrelay/revoked"
 
 [token_keys]
-2026-11 = "/etc/shellrelay/hs-2026-11"
 issuer = "/etc/shellrelay/issuer.pub"
+issuer-2 = "/etc/shellrelay/issuer-2.pub"
+
+[token_secrets]
+2026-11 = "/etc/shellrelay/hs-2026-11"
 "#,
         )
         .unwrap();
@@ -309,6 +324,10 @@ issuer = "/etc/shellrelay/issuer.pub"
             Some(std::path::Path::new("/etc/shellrelay/secret"))
         );
         assert_eq!(opt.token_keys.len(), 2);
+        assert_eq!(
+            opt.token_secrets,
+            [("2026-11".into(), "/etc/shellrelay/hs-2026-11".into())]
+        );
         assert!(opt
             .token_keys
             .contains(&("issuer".into(), "/etc/shellrelay/issuer.pub".into())));
@@ -353,6 +372,16 @@ issuer = "/etc/shellrelay/issuer.pub"
         assert!(err.contains(&file) && err.contains("line 1"), "{err}");
         let err = err_for("listen = { a = 1 }\n");
         assert!(err.contains("`listen` takes a string or a number"), "{err}");
+        // A secret in the file itself: only in a private file.
+        std::fs::write(&path, "secret = \"a secret of sixteen bytes or more\"\n").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = relay_opt(&["--config", &file]).unwrap_err();
+            assert!(err.contains("readable by other users"), "{err}");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert!(relay_opt(&["--config", &file]).is_ok());
+        }
         std::fs::remove_file(&path).unwrap();
         let err = relay_opt(&["--config", &file]).unwrap_err();
         assert!(err.contains("could not read settings file"), "{err}");

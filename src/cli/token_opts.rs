@@ -17,8 +17,8 @@ use crate::token::{self, Claims, Role};
 pub struct TokenOpt {
     #[command(flatten)]
     secret: SecretOpt,
-    /// Sign with this key instead of the shared secret: a PEM private key
-    /// (Ed25519 or P-256, as `shellrelay keygen` writes) or a secret file.
+    /// Sign with this private key instead of the shared secret: Ed25519 or
+    /// P-256 in PEM, as `shellrelay keygen` writes.
     #[arg(long, env = "SHELLRELAY_SIGNING_KEY", value_name = "PATH", conflicts_with_all = ["secret_file", "secret"])]
     signing_key: Option<PathBuf>,
     /// Key id (kid) to name in the token's header, so the relay knows which
@@ -65,7 +65,7 @@ pub(super) fn run(opt: TokenOpt) -> anyhow::Result<()> {
         bail!("--ttl must be at least 1s (token times are whole seconds)");
     }
     let key = match (&opt.signing_key, opt.secret.load()?) {
-        (Some(path), _) => keys::SigningKey::from_file(path)?,
+        (Some(path), _) => keys::SigningKey::private_key_file(path)?,
         (None, Some(secret)) => keys::SigningKey::secret(&secret),
         (None, None) => bail!("pass --secret-file, --secret or --signing-key"),
     };
