@@ -107,6 +107,9 @@ fn stamp(path: &Path) -> Option<Stamp> {
 pub struct RevocationList {
     path: Option<PathBuf>,
     current: watch::Sender<Arc<Revocations>>,
+    /// The version of the file last read, good or bad. Held across a whole
+    /// reload, so that SIGHUP and the file watch never put an older read in
+    /// force after a newer one.
     seen: std::sync::Mutex<Option<Stamp>>,
 }
 
@@ -143,11 +146,14 @@ impl RevocationList {
         let Some(path) = &self.path else {
             return Ok(0);
         };
-        let seen = stamp(path);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Recorded even when the file does not parse: it is reported once,
+        // not at every look, and read again when it changes.
+        *seen = stamp(path);
         let list = Revocations::load(path)?;
-        if let Ok(mut s) = self.seen.lock() {
-            *s = seen;
-        }
         let n = list.len();
         self.current.send_if_modified(|old| {
             let changed = **old != list;

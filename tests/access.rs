@@ -76,6 +76,14 @@ async fn a_client_token_for_several_hosts_reaches_each_of_them_and_no_other() {
     assert_eq!(reason, Reason::Protocol, "{message}");
     assert!(message.contains("name one with --host"), "{message}");
 
+    // A long list is named in part, so the refusal still reaches the peer.
+    let many: Vec<String> = (0..300).map(|i| format!("host-number-{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let token = tunnel.sign(&client_claims(&many, "t3"));
+    let (reason, message) = refusal(&tunnel, Role::Client, token, None).await;
+    assert_eq!(reason, Reason::Protocol, "{message}");
+    assert!(message.contains("host-number-7, …"), "{message}");
+
     // One exact host in the list works without naming it.
     let token = tunnel.sign(&client_claims(&["lab-2"], "t2"));
     let (client, _peer) = tunnel.client_with(token, None).await;

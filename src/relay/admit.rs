@@ -171,13 +171,17 @@ async fn refuse_revoked(
     true
 }
 
-async fn welcome(send: &mut SendStream, claims: &Claims, host: &str) -> bool {
+/// Sends the welcome, within the hello timeout: a peer that withholds
+/// flow-control credit must not stay admitted without expiry or revocation
+/// being enforced.
+async fn welcome(state: &State, send: &mut SendStream, claims: &Claims, host: &str) -> bool {
     let frame = Frame::Welcome {
         host: host.to_owned(),
         role: claims.role,
         expires_at: claims.exp,
     };
-    write_frame(send, &frame).await.is_ok()
+    let sent = tokio::time::timeout(state.config.hello_timeout, write_frame(send, &frame)).await;
+    matches!(sent, Ok(Ok(())))
 }
 
 async fn serve_host(
@@ -239,7 +243,7 @@ async fn serve_host(
         old.conn.close(Reason::Replaced.varint(), msg.as_bytes());
     }
     state.changes.send_modify(|g| *g += 1);
-    if welcome(&mut send, &claims, &id).await {
+    if welcome(&state, &mut send, &claims, &id).await {
         info!(
             target: LOG_TARGET,
             host = %id,
@@ -303,7 +307,7 @@ async fn serve_client(
     conn.set_max_concurrent_bi_streams(streams.into());
     conn.set_receive_window(quinn::VarInt::MAX);
     drop(handshake);
-    if !welcome(&mut send, &claims, &host).await {
+    if !welcome(&state, &mut send, &claims, &host).await {
         return;
     }
     let remote = conn.remote_address();
@@ -327,7 +331,7 @@ fn client_host(claims: &Claims, requested: Option<String>) -> Result<String, Ref
     let Some(host) = requested.or_else(|| claims.only_host().map(str::to_owned)) else {
         let msg = format!(
             "client token covers several hosts ({}); name one with --host",
-            claims.hosts.join(", ")
+            covered(claims)
         );
         return Err(Refusal::new(Reason::Protocol, msg));
     };
@@ -340,13 +344,23 @@ fn client_host(claims: &Claims, requested: Option<String>) -> Result<String, Ref
     // Before the registry is consulted: a token learns nothing about hosts
     // it does not cover, not even whether they are online.
     if !claims.covers(&host) {
-        let covered = match claims.hosts.as_slice() {
-            [] => claims.sub.clone(),
-            many => many.join(", "),
-        };
-        let msg = format!("client token for host {covered} cannot reach host {host}");
+        let msg = format!(
+            "client token for host {} cannot reach host {host}",
+            covered(claims)
+        );
         warn!(target: LOG_TARGET, %msg, "refused client");
         return Err(Refusal::new(Reason::BadToken, msg));
     }
     Ok(host)
+}
+
+/// The hosts a client token covers, for a refusal. The list is the peer's:
+/// a few are named, so that the refusal always fits in a frame.
+fn covered(claims: &Claims) -> String {
+    const NAMED: usize = 8;
+    match claims.hosts.as_slice() {
+        [] => claims.sub.clone(),
+        many if many.len() > NAMED => format!("{}, …", many[..NAMED].join(", ")),
+        many => many.join(", "),
+    }
 }

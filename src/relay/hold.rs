@@ -36,6 +36,13 @@ pub(super) enum Ended {
 pub(super) async fn hold(state: &State, conn: &Connection, claims: &Claims, host: &str) -> Ended {
     let mut revoked = state.revoked.subscribe();
     let jti = claims.jti.as_deref();
+    // A list that came in after the peer was admitted, and before this
+    // subscription, applies now.
+    let why = revoked.borrow_and_update().check(jti, host);
+    if let Some(msg) = why {
+        conn.close(Reason::Revoked.varint(), msg.as_bytes());
+        return Ended::Revoked(msg);
+    }
     loop {
         tokio::select! {
             biased;
