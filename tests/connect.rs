@@ -110,16 +110,7 @@ async fn connect_carries_stdin_and_stdout_exactly_and_exits_0() {
     let sent = writer.await.unwrap();
     assert_eq!(count, len, "echoed byte count");
     assert_eq!(hex(&got), hex(&sent), "echoed SHA-256");
-    let out = within(WAIT, "connect to exit", child.wait_with_output())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        out.status,
-        text(&out.stderr)
-    );
-    assert!(out.stderr.is_empty(), "quiet: {}", text(&out.stderr));
+    exits_quietly(child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,16 +136,7 @@ async fn connect_ends_quietly_on_the_sighup_ssh_sends_its_proxy() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = within(WAIT, "connect to exit", child.wait_with_output())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        out.status,
-        text(&out.stderr)
-    );
-    assert!(out.stderr.is_empty(), "quiet: {}", text(&out.stderr));
+    exits_quietly(child).await;
     drop(stdin);
 }
 
@@ -303,4 +285,18 @@ async fn config_file_errors_name_the_file_and_the_line() {
     cmd.env("XDG_CONFIG_HOME", dir.path());
     let out = finish(cmd).await;
     assert_one_error_line(&out, &["pass --relay"]);
+}
+
+/// Waits for `connect` to exit 0 having printed nothing on stderr.
+async fn exits_quietly(child: tokio::process::Child) {
+    let out = within(WAIT, "connect to exit", child.wait_with_output())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(out.stderr.is_empty(), "quiet: {}", text(&out.stderr));
 }
