@@ -503,7 +503,7 @@ async fn run() -> anyhow::Result<()> {
         "-".into(),
     );
     for h in &hosts {
-        h.conn.close(0u32.into(), b"done");
+        h.conn.close(shellrelay::protocol::Reason::Done, "done");
     }
     drop(hosts);
     let after_hosts = settle_rss(relay.pid()).await;

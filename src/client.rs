@@ -7,18 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use quinn::{Connection, RecvStream, SendStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
-use crate::peer::{self, ConnectError, RelayAddr};
+use crate::peer::{self, ConnectError, RelayAddr, RelayLink};
 use crate::protocol::{
-    read_frame, write_frame, Frame, Reason, Refusal, CLIENT_SETUP_TIMEOUT, SHUTDOWN_GRACE,
+    read_frame, write_frame, Frame, FrameError, Reason, Refusal, CLIENT_SETUP_TIMEOUT,
+    SHUTDOWN_GRACE,
 };
 use crate::splice;
+use crate::tasks::Tasks;
 use crate::token::{Role, TokenSource};
+use crate::transport::{Closed, Conn, Stream};
 
 /// Default local listening address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
@@ -27,6 +28,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
 /// error at once instead of each queueing behind a fresh attempt (a relay
 /// that is down takes up to the connect timeout to fail).
 pub const RECONNECT_HOLDOFF: Duration = Duration::from_secs(1);
+
+/// Pause after a failed accept (out of file descriptors, say), so that the
+/// accept loop does not spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Settings of a client forwarder.
 #[derive(Debug, Clone)]
@@ -43,13 +48,15 @@ pub struct ClientConfig {
 /// again when it has closed.
 pub struct Forwarder {
     config: ClientConfig,
-    session: tokio::sync::Mutex<Link>,
+    link: tokio::sync::Mutex<LinkState>,
+    /// The watcher of each connection's end.
+    tasks: Tasks,
 }
 
 /// The forwarder's connection, or why the last attempt failed.
 #[derive(Default)]
-struct Link {
-    session: Option<peer::Session>,
+struct LinkState {
+    current: Option<RelayLink>,
     failed: Option<(Instant, ConnectError)>,
 }
 
@@ -61,11 +68,9 @@ pub struct Opened {
     /// The host it reaches.
     pub host: String,
     /// The connection it lives on.
-    pub conn: Connection,
-    /// Towards the host.
-    pub send: SendStream,
-    /// From the host.
-    pub recv: RecvStream,
+    pub conn: Conn,
+    /// The stream, towards the host and from it.
+    pub stream: Stream,
 }
 
 /// Why a session could not be opened.
@@ -77,9 +82,26 @@ pub enum OpenError {
     /// The relay or host refused the session.
     #[error("session refused: {0}")]
     Refused(Refusal),
-    /// The connection failed while the session was being set up.
+    /// The session could not be set up.
     #[error("session setup failed: {0}")]
-    Failed(String),
+    Setup(#[from] SetupError),
+}
+
+/// Why setting up a session failed, short of a refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The connection closed.
+    #[error("{0}")]
+    Closed(#[from] Closed),
+    /// The stream failed, or did not carry a frame.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    /// The relay answered `open` with a frame that is not an answer.
+    #[error("unexpected answer to open: {0:?}")]
+    Unexpected(Box<Frame>),
+    /// No answer in time.
+    #[error("no answer within {}s", CLIENT_SETUP_TIMEOUT.as_secs())]
+    Timeout,
 }
 
 impl Forwarder {
@@ -87,21 +109,22 @@ impl Forwarder {
     pub fn new(config: ClientConfig) -> Forwarder {
         Forwarder {
             config,
-            session: tokio::sync::Mutex::new(Link::default()),
+            link: tokio::sync::Mutex::new(LinkState::default()),
+            tasks: Tasks::new(),
         }
     }
 
     /// The live connection and the host it reaches, connecting (again) if
     /// there is none. The last value says whether it was made just now.
-    pub async fn connection(&self) -> Result<(Connection, String, bool), ConnectError> {
-        let mut link = self.session.lock().await;
-        if let Some(session) = link.session.as_ref() {
-            if session.conn.close_reason().is_none() {
-                return Ok((session.conn.clone(), session.host.clone(), false));
+    pub async fn connection(&self) -> Result<(Conn, String, bool), ConnectError> {
+        let mut state = self.link.lock().await;
+        if let Some(link) = state.current.as_ref() {
+            if link.conn.close_reason().is_none() {
+                return Ok((link.conn.clone(), link.host.clone(), false));
             }
         }
-        link.session = None;
-        if let Some((at, err)) = &link.failed {
+        state.current = None;
+        if let Some((at, err)) = &state.failed {
             if at.elapsed() < RECONNECT_HOLDOFF {
                 return Err(err.clone());
             }
@@ -113,35 +136,32 @@ impl Forwarder {
             self.config.host.as_deref(),
         )
         .await;
-        let session = match attempt {
-            Ok(session) => session,
+        let link = match attempt {
+            Ok(link) => link,
             Err(err) => {
                 // Only an unreachable relay is slow to fail; a refusal is
                 // quick, and may be gone a moment later (a host coming online).
                 if matches!(err, ConnectError::Connect { .. }) {
-                    link.failed = Some((Instant::now(), err.clone()));
+                    state.failed = Some((Instant::now(), err.clone()));
                 }
                 return Err(err);
             }
         };
-        link.failed = None;
-        info!(host = %session.host, relay = %self.config.relay.addr, "connected to relay");
-        let (conn, host) = (session.conn.clone(), session.host.clone());
+        state.failed = None;
+        info!(host = %link.host, relay = %self.config.relay.addr, "connected to relay");
+        let (conn, host) = (link.conn.clone(), link.host.clone());
         // Say when and why the relay connection ends, not only when the
         // next ssh connection finds it gone. Ends with the connection.
         let watched = conn.clone();
-        tokio::spawn(async move {
-            let err = watched.closed().await;
-            if matches!(err, quinn::ConnectionError::LocallyClosed) {
-                return;
-            }
-            match Refusal::from_connection_error(&err) {
-                Some(r) if r.reason == Reason::Done => {}
-                Some(r) => warn!("relay closed the connection: {}", r.message),
-                None => warn!("lost the connection to the relay: {err}"),
+        self.tasks.spawn(async move {
+            match watched.closed().await {
+                Closed::Local => {}
+                Closed::Peer(r) if r.reason == Reason::Done => {}
+                Closed::Peer(r) => warn!("relay closed the connection: {}", r.message),
+                Closed::Lost(err) => warn!("lost the connection to the relay: {err}"),
             }
         });
-        link.session = Some(session);
+        state.current = Some(link);
         Ok((conn, host, true))
     }
 
@@ -151,20 +171,19 @@ impl Forwarder {
         loop {
             let (conn, host, fresh) = self.connection().await?;
             match open_on(&conn).await {
-                Ok((session, send, recv)) => {
+                Ok((session, stream)) => {
                     return Ok(Opened {
                         session,
                         host,
                         conn,
-                        send,
-                        recv,
+                        stream,
                     })
                 }
-                Err(OpenError::Failed(_)) if !fresh && conn.close_reason().is_some() => continue,
-                Err(OpenError::Failed(err)) => {
-                    return Err(match Refusal::of_closed(&conn) {
+                Err(OpenError::Setup(_)) if !fresh && conn.close_reason().is_some() => continue,
+                Err(OpenError::Setup(err)) => {
+                    return Err(match conn.refusal() {
                         Some(refusal) => OpenError::Refused(refusal),
-                        None => OpenError::Failed(err),
+                        None => OpenError::Setup(err),
                     })
                 }
                 Err(err) => return Err(err),
@@ -174,45 +193,35 @@ impl Forwarder {
 
     /// Closes the connection to the relay, if any.
     pub async fn close(&self) {
-        if let Some(session) = self.session.lock().await.session.take() {
-            session
-                .conn
-                .close(Reason::Done.varint(), b"client shutting down");
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, session.endpoint.wait_idle()).await;
+        let current = self.link.lock().await.current.take();
+        if let Some(link) = current {
+            link.close(Reason::Done, "client shutting down").await;
         }
+        self.tasks.shutdown(SHUTDOWN_GRACE).await;
     }
 }
 
-async fn open_on(conn: &Connection) -> Result<(u64, SendStream, RecvStream), OpenError> {
+async fn open_on(conn: &Conn) -> Result<(u64, Stream), OpenError> {
     let setup = async {
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| OpenError::Failed(e.to_string()))?;
+        let (mut send, mut recv) = conn.open().await.map_err(SetupError::from)?;
         let open = Frame::Open {
             session: 0,
             client: None,
         };
         write_frame(&mut send, &open)
             .await
-            .map_err(|e| OpenError::Failed(e.to_string()))?;
-        match read_frame(&mut recv).await {
-            Ok(Frame::Ready { session }) => Ok((session, send, recv)),
-            Ok(Frame::Refused { reason, message }) => {
+            .map_err(SetupError::from)?;
+        match read_frame(&mut recv).await.map_err(SetupError::from)? {
+            Frame::Ready { session } => Ok((session, (send, recv))),
+            Frame::Refused { reason, message } => {
                 Err(OpenError::Refused(Refusal { reason, message }))
             }
-            Ok(other) => Err(OpenError::Failed(format!(
-                "unexpected answer to open: {other:?}"
-            ))),
-            Err(err) => Err(OpenError::Failed(err.to_string())),
+            other => Err(SetupError::Unexpected(Box::new(other)).into()),
         }
     };
     match tokio::time::timeout(CLIENT_SETUP_TIMEOUT, setup).await {
         Ok(result) => result,
-        Err(_) => Err(OpenError::Failed(format!(
-            "no answer within {}s",
-            CLIENT_SETUP_TIMEOUT.as_secs()
-        ))),
+        Err(_) => Err(SetupError::Timeout.into()),
     }
 }
 
@@ -230,7 +239,7 @@ pub async fn run(
     if let Err(err) = forwarder.connection().await {
         warn!("could not connect to relay yet: {err}");
     }
-    let tasks = TaskTracker::new();
+    let tasks = Tasks::new();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -240,26 +249,30 @@ pub async fn run(
         match accepted {
             Ok((tcp, peer)) => {
                 // Session and host ids arrive with `ready`; forward records them.
-                let span = tracing::info_span!(
+                let _span = tracing::info_span!(
                     "session",
                     %peer,
                     session = tracing::field::Empty,
                     host = tracing::field::Empty
-                );
-                tasks.spawn(forward(forwarder.clone(), tcp, peer).instrument(span));
+                )
+                .entered();
+                tasks.spawn(forward(forwarder.clone(), tcp, peer));
             }
             Err(err) => {
-                // Out of file descriptors and the like: log and go on, the
-                // listener itself is still good.
+                // Out of file descriptors and the like: log and go on after
+                // a pause, the listener itself is still good.
                 warn!(%err, "could not accept a connection");
-                tokio::task::yield_now().await;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
             }
         }
     }
     drop(listener);
     forwarder.close().await;
-    tasks.close();
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+    tasks.shutdown(SHUTDOWN_GRACE).await;
     Ok(())
 }
 
@@ -278,8 +291,8 @@ async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr) {
     span.record("session", session);
     span.record("host", host.as_str());
     info!("session started");
-    let t = splice::tcp_quic(tcp, opened.send, opened.recv).await;
-    if let Some(refusal) = Refusal::of_closed(&conn) {
+    let t = splice::tcp(tcp, opened.stream).await;
+    if let Some(refusal) = conn.refusal() {
         warn!("relay closed the connection: {}", refusal.message);
     }
     info!(

@@ -11,8 +11,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info};
 
 use crate::client::{ClientConfig, Forwarder};
-use crate::protocol::{Reason, Refusal, SHUTDOWN_GRACE};
+use crate::protocol::{Reason, SHUTDOWN_GRACE};
 use crate::splice;
+use crate::transport;
 
 /// Bytes from the stream gathered into one write to stdout: stdout is
 /// written on a blocking thread, one hand-off per write.
@@ -25,15 +26,11 @@ const STDOUT_BUFFER: usize = 256 * 1024;
 /// SIGHUP (which ssh sends its `ProxyCommand` when it exits) ends the
 /// session quietly; SIGINT and SIGTERM abort it and make an error.
 pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = Signals::new()?;
     let forwarder = Forwarder::new(config);
     let started = tokio::select! {
         opened = forwarder.open() => Ok(opened),
-        _ = hangup.recv() => Err("SIGHUP"),
-        _ = interrupt.recv() => Err("SIGINT"),
-        _ = terminate.recv() => Err("SIGTERM"),
+        signal = signals.recv() => Err(signal),
     };
     let opened = match started {
         Ok(Ok(opened)) => opened,
@@ -42,7 +39,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
             return Err(err.into());
         }
         // ssh gave up before the session was ready: nothing to report.
-        Err("SIGHUP") => {
+        Err(Signal::Hangup) => {
             forwarder.close().await;
             return Ok(());
         }
@@ -52,17 +49,18 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         }
     };
     let (session, host, conn) = (opened.session, opened.host, opened.conn);
-    let (mut send, mut recv) = (opened.send, opened.recv);
+    let mut stream = opened.stream;
     info!(session, %host, "session started");
     // Only now, with `ready` in, is stdin read: ssh's first bytes wait in
     // the pipe until the host side can take them.
-    let stdin = tokio::io::stdin();
+    let stdin = splice::Reader(tokio::io::stdin());
     let stdout = BufWriter::with_capacity(STDOUT_BUFFER, Stdout(tokio::io::stdout()));
     let interrupted = tokio::select! {
-        t = splice::io_quic(stdin, stdout, &mut send, &mut recv) => {
+        t = splice::io(stdin, stdout, &mut stream) => {
             info!(session, to_host = t.sent, to_client = t.received, aborted = t.aborted, "session ended");
             if t.aborted {
-                let why = Refusal::of_closed(&conn)
+                let why = conn
+                    .refusal()
                     .map(|r| r.message)
                     .unwrap_or_else(|| "aborted".into());
                 forwarder.close().await;
@@ -70,28 +68,31 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
             }
             None
         }
-        _ = hangup.recv() => {
-            // ssh is done with the session: what it wrote has been sent.
-            // Let the host side end too (sshd closes right after ssh's
-            // disconnect), so that the session ends cleanly everywhere
-            // rather than in an abort; what comes is for nobody.
-            let _ = send.finish();
-            let drained = async { while let Ok(Some(_)) = recv.read_chunk(usize::MAX, false).await {} };
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
-            None
-        }
-        _ = interrupt.recv() => Some("SIGINT"),
-        _ = terminate.recv() => Some("SIGTERM"),
+        signal = signals.recv() => match signal {
+            Signal::Hangup => {
+                // ssh is done with the session: what it wrote has been sent.
+                // Let the host side end too (sshd closes right after ssh's
+                // disconnect), so that the session ends cleanly everywhere
+                // rather than in an abort; what comes is for nobody.
+                let _ = stream.0.finish();
+                let drained = async {
+                    let mut chunks: [bytes::Bytes; 32] = Default::default();
+                    while let Ok(Some(_)) = stream.1.read_chunks(&mut chunks).await {}
+                };
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
+                None
+            }
+            signal => Some(signal),
+        },
     };
     if let Some(signal) = interrupted {
-        let _ = send.reset(Reason::Aborted.varint());
-        let _ = recv.stop(Reason::Aborted.varint());
+        transport::abort(&mut stream, Reason::Aborted);
         forwarder.close().await;
         anyhow::bail!("interrupted ({signal})");
     }
     // Closing the connection drops stream data not yet delivered: wait for
     // the host side to have every byte, within the grace period.
-    if tokio::time::timeout(SHUTDOWN_GRACE, send.stopped())
+    if tokio::time::timeout(SHUTDOWN_GRACE, stream.0.stopped())
         .await
         .is_err()
     {
@@ -99,6 +100,53 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     }
     forwarder.close().await;
     Ok(())
+}
+
+/// The signals `connect` acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// ssh is done with its `ProxyCommand`: end quietly.
+    Hangup,
+    /// Ctrl-C: abort.
+    Interrupt,
+    /// Asked to stop: abort.
+    Terminate,
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Signal::Hangup => "SIGHUP",
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        })
+    }
+}
+
+/// Handlers for [`Signal`]s, in place from creation on.
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next signal.
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.hangup.recv() => Signal::Hangup,
+            _ = self.interrupt.recv() => Signal::Interrupt,
+            _ = self.terminate.recv() => Signal::Terminate,
+        }
+    }
 }
 
 /// Stdout whose shutdown also ends it for the reader (ssh sees end of

@@ -6,20 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use quinn::{RecvStream, SendStream};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
-use crate::peer::{self, RelayAddr};
+use crate::peer::{self, RelayAddr, RelayLink};
 use crate::protocol::{
-    read_frame, send_refusal, write_frame, Frame, Reason, Refusal, DIAL_TIMEOUT, OPEN_TIMEOUT,
-    SHUTDOWN_GRACE,
+    read_frame, write_frame, Frame, Reason, Refusal, DIAL_TIMEOUT, OPEN_TIMEOUT, SHUTDOWN_GRACE,
 };
 use crate::splice;
+use crate::tasks::Tasks;
 use crate::token::{fmt_unix, Role, TokenSource};
+use crate::transport::{Closed, SendStream, Stream};
 
 /// Default target: the local sshd.
 pub const DEFAULT_TARGET: &str = "127.0.0.1:22";
@@ -81,10 +80,9 @@ impl Backoff {
 /// Runs the host agent until `shutdown` is cancelled. Returns an error only
 /// when going on makes no sense (another agent took over this host id).
 pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let tasks = TaskTracker::new();
+    let tasks = Tasks::new();
     let result = keep_registered(&config, &tasks, &shutdown).await;
-    tasks.close();
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+    tasks.shutdown(SHUTDOWN_GRACE).await;
     result
 }
 
@@ -92,7 +90,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
 /// until shutdown (`Ok`) or until another agent takes over the host id.
 async fn keep_registered(
     config: &HostConfig,
-    tasks: &TaskTracker,
+    tasks: &Tasks,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let target: Arc<str> = config.target.clone().into();
@@ -105,28 +103,27 @@ async fn keep_registered(
             attempt = connect => attempt,
         };
         match attempt {
-            Ok(session) => {
+            Ok(link) => {
                 let started = Instant::now();
                 info!(
-                    host = %session.host,
+                    host = %link.host,
                     relay = %config.relay.addr,
                     target = %target,
-                    expires = %fmt_unix(session.expires_at),
+                    expires = %fmt_unix(link.expires_at),
                     "registered with relay"
                 );
-                let ended = serve(&session, &target, tasks, shutdown).await;
-                match ended {
-                    None => return Ok(()),
-                    Some(Some(refusal)) if refusal.reason == Reason::Replaced => {
+                match serve(&link, &target, tasks, shutdown).await {
+                    Served::Shutdown => return Ok(()),
+                    Served::Closed(Closed::Peer(refusal)) if refusal.reason == Reason::Replaced => {
                         bail!(
                             "{}; is another host agent running with this host id?",
                             refusal.message
                         );
                     }
-                    Some(Some(refusal)) => {
+                    Served::Closed(Closed::Peer(refusal)) => {
                         warn!(reason = %refusal.message, "relay closed the connection")
                     }
-                    Some(None) => warn!("lost the connection to the relay"),
+                    Served::Closed(_) => warn!("lost the connection to the relay"),
                 }
                 if started.elapsed() >= STABLE_AFTER {
                     backoff.reset();
@@ -149,46 +146,54 @@ async fn keep_registered(
     }
 }
 
-/// Serves sessions on a registered connection. `None` on shutdown, else why
-/// the connection ended (`Some(None)` when it was not an application close).
+/// How serving a registered connection ended.
+enum Served {
+    /// The agent is shutting down.
+    Shutdown,
+    /// The connection closed, for this reason.
+    Closed(Closed),
+}
+
+/// Serves sessions on a registered connection until it closes or the agent
+/// shuts down.
 async fn serve(
-    session: &peer::Session,
+    link: &RelayLink,
     target: &Arc<str>,
-    tasks: &TaskTracker,
+    tasks: &Tasks,
     shutdown: &CancellationToken,
-) -> Option<Option<Refusal>> {
-    let conn = &session.conn;
+) -> Served {
     loop {
-        let streams = tokio::select! {
+        let stream = tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                                conn.close(Reason::Done.varint(), b"host agent shutting down");
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, session.endpoint.wait_idle()).await;
-                return None;
+                link.close(Reason::Done, "host agent shutting down").await;
+                return Served::Shutdown;
             }
-            streams = conn.accept_bi() => streams,
+            stream = link.conn.accept() => stream,
         };
-        match streams {
-            Ok(streams) => {
+        match stream {
+            Ok(stream) => {
                 // The session id arrives with `open`; host_session records it.
-                let span = tracing::info_span!(
+                let _span = tracing::info_span!(
                     "session",
                     session = tracing::field::Empty,
-                    host = %session.host
-                );
-                tasks.spawn(host_session(target.clone(), streams).instrument(span));
+                    host = %link.host
+                )
+                .entered();
+                tasks.spawn(host_session(target.clone(), stream));
             }
-            Err(err) => return Some(Refusal::from_connection_error(&err)),
+            Err(closed) => return Served::Closed(closed),
         }
     }
 }
 
-async fn host_session(target: Arc<str>, (mut send, mut recv): (SendStream, RecvStream)) {
-    let (session, client) = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut recv)).await {
+async fn host_session(target: Arc<str>, mut stream: Stream) {
+    let (session, client) = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.1)).await
+    {
         Ok(Ok(Frame::Open { session, client })) => (session, client.unwrap_or_default()),
         other => {
             warn!(?other, "session stream did not start with open");
-            let _ = send.reset(Reason::Protocol.varint());
+            stream.0.reset(Reason::Protocol);
             return;
         }
     };
@@ -199,23 +204,23 @@ async fn host_session(target: Arc<str>, (mut send, mut recv): (SendStream, RecvS
         Ok(Ok(tcp)) => tcp,
         Ok(Err(err)) => {
             let message = format!("could not connect to {target}: {err}");
-            return refuse(send, Refusal::new(Reason::TargetUnreachable, message)).await;
+            return refuse(stream.0, Refusal::new(Reason::TargetUnreachable, message)).await;
         }
         Err(_) => {
             let secs = DIAL_TIMEOUT.as_secs();
             let message = format!("could not connect to {target}: no answer within {secs}s");
-            return refuse(send, Refusal::new(Reason::TargetUnreachable, message)).await;
+            return refuse(stream.0, Refusal::new(Reason::TargetUnreachable, message)).await;
         }
     };
     let _ = tcp.set_nodelay(true);
-    if write_frame(&mut send, &Frame::Ready { session })
+    if write_frame(&mut stream.0, &Frame::Ready { session })
         .await
         .is_err()
     {
         return;
     }
     info!(%client, "session started");
-    let t = splice::tcp_quic(tcp, send, recv).await;
+    let t = splice::tcp(tcp, stream).await;
     info!(
         %client,
         to_client = t.sent,
@@ -228,7 +233,7 @@ async fn host_session(target: Arc<str>, (mut send, mut recv): (SendStream, RecvS
 
 async fn refuse(mut send: SendStream, refusal: Refusal) {
     warn!(reason = %refusal.message, "session refused");
-    send_refusal(&mut send, &refusal).await;
+    send.refuse(&refusal).await;
 }
 
 #[cfg(test)]

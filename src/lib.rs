@@ -21,8 +21,10 @@ pub mod relay;
 pub mod revoke;
 pub mod splice;
 pub mod status;
+pub mod tasks;
 pub mod tls;
 pub mod token;
+pub mod transport;
 
 /// Raises this process's soft limit on open files to its hard limit: every
 /// session holds sockets, and the common soft default of 1024 would cap a

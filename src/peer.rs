@@ -8,9 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use thiserror::Error;
 
-use crate::protocol::{read_frame, write_frame, Frame, FrameError, Refusal, VERSION};
+use crate::protocol::{
+    read_frame, write_frame, Frame, FrameError, Jwt, Reason, Refusal, SHUTDOWN_GRACE, VERSION,
+};
 use crate::tls::{self, TransportOptions, Trust};
 use crate::token::{Role, TokenSource};
+use crate::transport::{Closed, Conn, Stream};
 
 /// Longest wait for the QUIC handshake and the relay's answer to a hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,19 +53,29 @@ impl RelayAddr {
     }
 }
 
-/// A registered connection to the relay.
+/// A connection to the relay whose hello was welcomed: a host agent's
+/// registration, or a client's admission.
 #[derive(Debug)]
-pub struct Session {
-    /// The QUIC connection.
-    pub conn: quinn::Connection,
-    /// The endpoint it lives on (kept so its socket lives as long as it does).
-    pub endpoint: quinn::Endpoint,
+pub struct RelayLink {
+    /// The connection.
+    pub conn: Conn,
     /// The control stream, kept open for the connection's lifetime.
-    pub control: (quinn::SendStream, quinn::RecvStream),
+    pub control: Stream,
     /// What the relay granted: host id and expiry (Unix seconds).
     pub host: String,
     /// Unix time at which the relay closes this connection.
     pub expires_at: u64,
+    /// The endpoint it lives on (kept so its socket lives as long as it does).
+    endpoint: quinn::Endpoint,
+}
+
+impl RelayLink {
+    /// Closes the connection with `reason` and waits, within the shutdown
+    /// grace, for the relay to acknowledge it.
+    pub async fn close(&self, reason: Reason, message: &str) {
+        self.conn.close(reason, message);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
+    }
 }
 
 /// Why connecting to the relay failed. Cheap to clone, so that one failed
@@ -72,7 +85,7 @@ pub enum ConnectError {
     /// Local setup failed: address, certificate or token file.
     #[error("{0:#}")]
     Setup(Arc<anyhow::Error>),
-    /// No QUIC connection could be made.
+    /// No connection could be made.
     #[error("could not connect to relay {addr}: {source}")]
     Connect {
         /// The relay's address.
@@ -83,9 +96,12 @@ pub enum ConnectError {
     /// The relay refused the hello.
     #[error("relay refused: {0}")]
     Refused(Refusal),
-    /// The relay answered with something that is not a hello answer.
+    /// The relay answered the hello with a frame that is not an answer.
+    #[error("relay broke the protocol: unexpected answer to hello: {0:?}")]
+    Unexpected(Box<Frame>),
+    /// The relay's answer could not be read as a frame.
     #[error("relay broke the protocol: {0}")]
-    Protocol(String),
+    BadAnswer(Arc<FrameError>),
 }
 
 impl ConnectError {
@@ -108,7 +124,7 @@ pub async fn connect(
     token: &TokenSource,
     role: Role,
     host: Option<&str>,
-) -> Result<Session, ConnectError> {
+) -> Result<RelayLink, ConnectError> {
     let token = token.load().map_err(ConnectError::setup)?;
     let config = tls::client_config(&relay.trust, relay.transport).map_err(ConnectError::setup)?;
     let addr = relay.resolve().await.map_err(ConnectError::setup)?;
@@ -126,18 +142,17 @@ pub async fn connect(
     let connecting = endpoint
         .connect(addr, relay.server_name())
         .map_err(|e| connect_err(e.into()))?;
+    let lost = |closed: Closed| match closed {
+        Closed::Peer(refusal) => ConnectError::Refused(refusal),
+        other => connect_err(other.into()),
+    };
     let exchange = async {
-        let conn = connecting
-            .await
-            .map_err(|e| handshake_error(e, &connect_err))?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| handshake_error(e, &connect_err))?;
+        let conn = Conn::Quic(connecting.await.map_err(|e| lost(Closed::from(e)))?);
+        let (mut send, mut recv) = conn.open().await.map_err(lost)?;
         let hello = Frame::Hello {
             version: VERSION,
             role,
-            token: crate::protocol::Jwt(token),
+            token: Jwt(token),
             host: host.map(str::to_owned),
         };
         let answer = async {
@@ -148,37 +163,30 @@ pub async fn connect(
         match answer {
             Ok(Frame::Welcome {
                 host, expires_at, ..
-            }) => Ok(Session {
+            }) => Ok(RelayLink {
                 conn,
-                endpoint: endpoint.clone(),
                 control: (send, recv),
                 host,
                 expires_at,
+                endpoint: endpoint.clone(),
             }),
             Ok(Frame::Refused { reason, message }) => {
-                conn.close(crate::protocol::Reason::Done.varint(), b"");
+                conn.close(Reason::Done, "");
                 Err(ConnectError::Refused(Refusal { reason, message }))
             }
             Ok(other) => {
-                conn.close(
-                    crate::protocol::Reason::Protocol.varint(),
-                    b"unexpected frame",
-                );
-                Err(ConnectError::Protocol(format!(
-                    "unexpected answer to hello: {other:?}"
-                )))
+                conn.close(Reason::Protocol, "unexpected frame");
+                Err(ConnectError::Unexpected(Box::new(other)))
             }
             Err(err) => {
                 // A refusal may arrive as the connection's close reason
                 // before the frame that carries it.
-                let closed = tokio::time::timeout(CLOSE_REASON_WAIT, conn.closed()).await;
-                match closed
-                    .ok()
-                    .as_ref()
-                    .and_then(Refusal::from_connection_error)
-                {
-                    Some(refusal) => Err(ConnectError::Refused(refusal)),
-                    None => Err(frame_error(err, &conn, &connect_err)),
+                match tokio::time::timeout(CLOSE_REASON_WAIT, conn.closed()).await {
+                    Ok(Closed::Peer(refusal)) => Err(ConnectError::Refused(refusal)),
+                    _ => match conn.close_reason() {
+                        Some(closed) => Err(lost(closed)),
+                        None => Err(ConnectError::BadAnswer(Arc::new(err))),
+                    },
                 }
             }
         }
@@ -189,27 +197,6 @@ pub async fn connect(
             "no answer within {}s",
             CONNECT_TIMEOUT.as_secs()
         ))),
-    }
-}
-
-fn handshake_error(
-    err: quinn::ConnectionError,
-    connect_err: &impl Fn(anyhow::Error) -> ConnectError,
-) -> ConnectError {
-    match Refusal::from_connection_error(&err) {
-        Some(refusal) => ConnectError::Refused(refusal),
-        None => connect_err(err.into()),
-    }
-}
-
-fn frame_error(
-    err: FrameError,
-    conn: &quinn::Connection,
-    connect_err: &impl Fn(anyhow::Error) -> ConnectError,
-) -> ConnectError {
-    match conn.close_reason() {
-        Some(reason) => handshake_error(reason, connect_err),
-        None => ConnectError::Protocol(err.to_string()),
     }
 }
 

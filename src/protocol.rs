@@ -116,9 +116,8 @@ impl From<&str> for Jwt {
 
 /// Why a connection or stream ended. The numeric value is the QUIC
 /// application error code used when closing a connection or resetting a
-/// stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// stream; [`Reason::as_str`] is its name in frames and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// Orderly end, nothing went wrong.
     Done,
@@ -142,12 +141,26 @@ pub enum Reason {
     Limit,
     /// The token or the host id is on the relay's revocation list.
     Revoked,
-    /// Any code this version does not know.
-    #[serde(other)]
+    /// Any code or name this version does not know.
     Unknown,
 }
 
 impl Reason {
+    /// Every reason this version knows, [`Reason::Unknown`] aside.
+    pub const ALL: [Reason; 11] = [
+        Reason::Done,
+        Reason::Protocol,
+        Reason::BadToken,
+        Reason::TokenExpired,
+        Reason::HostOffline,
+        Reason::TargetUnreachable,
+        Reason::Replaced,
+        Reason::ShuttingDown,
+        Reason::Aborted,
+        Reason::Limit,
+        Reason::Revoked,
+    ];
+
     /// The QUIC application error code for this reason.
     pub fn code(self) -> u32 {
         match self {
@@ -166,27 +179,56 @@ impl Reason {
         }
     }
 
+    /// The reason's name in frames and metrics (`bad_token`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Done => "done",
+            Reason::Protocol => "protocol",
+            Reason::BadToken => "bad_token",
+            Reason::TokenExpired => "token_expired",
+            Reason::HostOffline => "host_offline",
+            Reason::TargetUnreachable => "target_unreachable",
+            Reason::Replaced => "replaced",
+            Reason::ShuttingDown => "shutting_down",
+            Reason::Aborted => "aborted",
+            Reason::Limit => "limit",
+            Reason::Revoked => "revoked",
+            Reason::Unknown => "unknown",
+        }
+    }
+
     /// The reason for a QUIC application error code.
     pub fn from_code(code: u64) -> Reason {
-        match code {
-            0 => Reason::Done,
-            1 => Reason::Protocol,
-            2 => Reason::BadToken,
-            3 => Reason::TokenExpired,
-            4 => Reason::HostOffline,
-            5 => Reason::TargetUnreachable,
-            6 => Reason::Replaced,
-            7 => Reason::ShuttingDown,
-            8 => Reason::Aborted,
-            9 => Reason::Limit,
-            10 => Reason::Revoked,
-            _ => Reason::Unknown,
-        }
+        Reason::ALL
+            .into_iter()
+            .find(|r| u64::from(r.code()) == code)
+            .unwrap_or(Reason::Unknown)
+    }
+
+    /// The reason named `name` ([`Reason::as_str`]).
+    pub fn from_name(name: &str) -> Reason {
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == name)
+            .unwrap_or(Reason::Unknown)
     }
 
     /// The code as a QUIC variable-length integer.
     pub fn varint(self) -> quinn::VarInt {
         quinn::VarInt::from_u32(self.code())
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Reason, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(Reason::from_name(&name))
     }
 }
 
@@ -229,19 +271,12 @@ impl Refusal {
         }
     }
 
-    /// Why `conn` was closed, if it is closed with an application close.
-    pub fn of_closed(conn: &quinn::Connection) -> Option<Refusal> {
-        conn.close_reason()
-            .as_ref()
-            .and_then(Refusal::from_connection_error)
-    }
-
     /// Reads an application close of a connection as a refusal, if it was one.
     pub fn from_connection_error(err: &quinn::ConnectionError) -> Option<Refusal> {
         match err {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 let reason = Reason::from_code(close.error_code.into_inner());
-                let mut message = String::from_utf8_lossy(&close.reason).into_owned();
+                let mut message = printable(&String::from_utf8_lossy(&close.reason));
                 if message.is_empty() {
                     message = reason.to_string();
                 }
@@ -258,6 +293,24 @@ impl Refusal {
             message: self.message.clone(),
         }
     }
+}
+
+/// Longest refusal message kept from a peer, in characters: a sentence or
+/// two, however much the peer sent.
+pub const MAX_MESSAGE_CHARS: usize = 512;
+
+/// `text` from a peer made safe to print on a terminal or in a log line:
+/// control characters (escape sequences, line breaks) and bidirectional
+/// overrides become spaces, and it is cut at [`MAX_MESSAGE_CHARS`].
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .take(MAX_MESSAGE_CHARS)
+        .map(|c| match c {
+            c if c.is_control() => ' ',
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => ' ',
+            c => c,
+        })
+        .collect()
 }
 
 /// Why a frame could not be read or written.
@@ -301,12 +354,19 @@ impl Frame {
         Ok(out)
     }
 
-    /// Decodes a frame body (without its length prefix).
+    /// Decodes a frame body (without its length prefix). A refusal's
+    /// words are made [`printable`]: they end up on a user's terminal.
     pub fn decode(body: &[u8]) -> Result<Frame, FrameError> {
         if body.len() > MAX_FRAME_LEN {
             return Err(FrameError::TooLong(body.len()));
         }
-        Ok(serde_json::from_slice(body)?)
+        Ok(match serde_json::from_slice(body)? {
+            Frame::Refused { reason, message } => Frame::Refused {
+                reason,
+                message: printable(&message),
+            },
+            frame => frame,
+        })
     }
 }
 
@@ -317,14 +377,6 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 ) -> Result<(), FrameError> {
     w.write_all(&frame.encode()?).await?;
     Ok(())
-}
-
-/// Writes a refusal and finishes the stream: the peer reads the reason, then
-/// the end of the stream.
-pub async fn send_refusal(send: &mut quinn::SendStream, refusal: &Refusal) {
-    if write_frame(send, &refusal.frame()).await.is_ok() {
-        let _ = send.finish();
-    }
 }
 
 /// Reads exactly one frame, never a byte past it: what follows on the
@@ -414,21 +466,20 @@ mod tests {
     }
 
     #[test]
+    fn refusal_words_from_a_peer_are_printable() {
+        let body = br#"{"type":"refused","reason":"target_unreachable","message":"no\u001b[2J\nway\u202e"}"#;
+        assert_eq!(
+            Frame::decode(body).unwrap(),
+            Refusal::new(Reason::TargetUnreachable, "no [2J way ").frame()
+        );
+        assert_eq!(printable(&"x".repeat(10_000)).len(), MAX_MESSAGE_CHARS);
+    }
+
+    #[test]
     fn reason_codes_round_trip() {
-        for r in [
-            Reason::Done,
-            Reason::Protocol,
-            Reason::BadToken,
-            Reason::TokenExpired,
-            Reason::HostOffline,
-            Reason::TargetUnreachable,
-            Reason::Replaced,
-            Reason::ShuttingDown,
-            Reason::Aborted,
-            Reason::Limit,
-            Reason::Revoked,
-        ] {
+        for r in Reason::ALL {
             assert_eq!(Reason::from_code(r.code().into()), r);
+            assert_eq!(Reason::from_name(r.as_str()), r);
         }
         assert_eq!(Reason::from_code(12345), Reason::Unknown);
     }

@@ -3,32 +3,33 @@
 //! client session stream to a fresh stream on the host's connection.
 //!
 //! This module owns the relay's state, its accept loop and shutdown;
-//! `admit` reads hellos and admits hosts and clients, `hold` keeps an
+//! `conn` runs each connection's life from handshake to close, `admit`
+//! decides on hellos, `registry` owns the host registry, `hold` keeps an
 //! admitted connection until it expires, is revoked or closes, and
 //! `session` sets up and splices each session.
 
 mod admit;
+mod conn;
 mod hold;
+mod registry;
 mod session;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use quinn::Connection;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 use crate::limits::{Failures, Gauge, Limits, PerAddr};
-use crate::metrics::{HostStats, HostStatus, Metrics, Status};
+use crate::metrics::{Metrics, Status};
 use crate::protocol::{Reason, SHUTDOWN_GRACE};
 use crate::revoke::RevocationList;
+use crate::tasks::Tasks;
 use crate::token::Verifier;
+use registry::Registry;
 
 /// Target of every relay log line, the submodules' included: the target is
 /// part of the documented log format.
@@ -57,9 +58,6 @@ pub struct RelayConfig {
     pub hello_timeout: Duration,
     /// Revoked token and host ids ([`crate::revoke`]); none by default.
     pub revocation_file: Option<std::path::PathBuf>,
-    /// TCP address of the HTTP endpoint for `/metrics` and `/status`
-    /// (default none: no endpoint).
-    pub metrics: Option<SocketAddr>,
 }
 
 impl RelayConfig {
@@ -70,7 +68,6 @@ impl RelayConfig {
             limits: Limits::default(),
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
             revocation_file: None,
-            metrics: None,
         }
     }
 }
@@ -78,44 +75,37 @@ impl RelayConfig {
 /// A bound relay, ready to [`run`](Relay::run).
 pub struct Relay {
     endpoint: quinn::Endpoint,
-    metrics_listener: Option<std::net::TcpListener>,
     state: Arc<State>,
 }
 
-/// A view of a running relay's registry, for status and tests.
+/// A view of a running relay's registry and counters, for status and tests.
 #[derive(Clone)]
 pub struct RelayHandle {
     state: Arc<State>,
 }
 
+/// What every connection and session of the relay shares.
 struct State {
     config: RelayConfig,
+    /// Connections per address still in their handshake or hello.
     handshakes: PerAddr,
+    /// Refused tokens per address.
     failures: Failures,
+    /// Connections open now, authenticated or not.
     connections: Gauge,
     /// Connections that completed the QUIC handshake, ever.
     accepted: AtomicU64,
-    /// Hellos refused, ever.
-    refused: AtomicU64,
     /// Set when a session ends: memory may have been freed that the
     /// allocator could hand back to the system.
-    trim_due: std::sync::atomic::AtomicBool,
-    hosts: Mutex<HashMap<String, HostEntry>>,
+    trim_due: AtomicBool,
+    hosts: Arc<Registry>,
     revoked: RevocationList,
     metrics: Metrics,
-    metrics_addr: Option<SocketAddr>,
-    /// Bumped on every registry change, so waiters need not poll.
-    changes: watch::Sender<u64>,
-    next_id: AtomicU64,
-    tasks: TaskTracker,
+    /// The next session id.
+    session_ids: AtomicU64,
+    /// One task per connection and per session.
+    tasks: Tasks,
     cancel: CancellationToken,
-}
-
-struct HostEntry {
-    conn: Connection,
-    generation: u64,
-    sessions: Gauge,
-    stats: Arc<HostStats>,
 }
 
 impl Relay {
@@ -127,27 +117,21 @@ impl Relay {
     ) -> anyhow::Result<Relay> {
         let revoked = RevocationList::open(config.revocation_file.clone())?;
         let endpoint = crate::tls::bind_endpoint(addr, Some(server))?;
-        let (metrics_listener, metrics_addr) =
-            config.metrics.map(crate::status::bind).transpose()?.unzip();
-        let (changes, _) = watch::channel(0);
+        let hosts = Arc::new(Registry::new(config.limits.max_hosts));
         Ok(Relay {
             endpoint,
-            metrics_listener,
             state: Arc::new(State {
                 config,
                 handshakes: PerAddr::default(),
                 failures: Failures::default(),
                 connections: Gauge::default(),
                 accepted: AtomicU64::new(0),
-                refused: AtomicU64::new(0),
-                trim_due: std::sync::atomic::AtomicBool::new(false),
-                hosts: Mutex::new(HashMap::new()),
+                trim_due: AtomicBool::new(false),
+                hosts,
                 revoked,
                 metrics: Metrics::new(),
-                metrics_addr,
-                changes,
-                next_id: AtomicU64::new(1),
-                tasks: TaskTracker::new(),
+                session_ids: AtomicU64::new(1),
+                tasks: Tasks::new(),
                 cancel: CancellationToken::new(),
             }),
         })
@@ -170,24 +154,14 @@ impl Relay {
     /// Serves until `shutdown` is cancelled, then closes every connection
     /// with [`Reason::ShuttingDown`].
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Relay {
-            endpoint,
-            metrics_listener,
-            state,
-        } = self;
+        let Relay { endpoint, state } = self;
         info!(addr = %endpoint.local_addr()?, "relay listening");
-        if let Some(listener) = metrics_listener {
-            // Not in `tasks` either; it ends with the cancel token.
-            let handle = RelayHandle {
-                state: state.clone(),
-            };
-            crate::status::start(listener, handle, state.cancel.clone())?;
-        }
-        // Not in `tasks`, which counts connections and sessions; it ends
-        // with the cancel token.
-        tokio::spawn(give_back_memory(state.clone()));
+        // Housekeeping lives apart from `tasks`, which counts connections
+        // and sessions.
+        let housekeeping = Tasks::new();
+        housekeeping.spawn(give_back_memory(state.clone()));
         if state.revoked.has_file() {
-            tokio::spawn(watch_revocations(state.clone()));
+            housekeeping.spawn(watch_revocations(state.clone()));
         }
         loop {
             let incoming = tokio::select! {
@@ -197,22 +171,19 @@ impl Relay {
             };
             let Some(incoming) = incoming else { break };
             let remote = incoming.remote_address();
-            let span = tracing::info_span!("conn", %remote);
-            state
-                .tasks
-                .spawn(admit::handle_incoming(state.clone(), incoming).instrument(span));
+            let _span = tracing::info_span!("conn", %remote).entered();
+            state.tasks.spawn(conn::quic(state.clone(), incoming));
         }
         info!("relay shutting down");
         state.cancel.cancel();
         endpoint.close(Reason::ShuttingDown.varint(), b"relay shutting down");
-        state.tasks.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            state.tasks.wait().await;
-            endpoint.wait_idle().await;
-        })
-        .await;
+        let idle = async {
+            state.tasks.shutdown(SHUTDOWN_GRACE).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
+        };
+        tokio::join!(idle, housekeeping.shutdown(SHUTDOWN_GRACE));
         // Let go of every connection so the socket closes with the endpoint.
-        state.lock_hosts().clear();
+        state.hosts.clear();
         Ok(())
     }
 }
@@ -225,11 +196,9 @@ impl RelayHandle {
         self.state.revoked.reload()
     }
 
-    /// Ids of the hosts connected now.
+    /// Ids of the hosts connected now, sorted.
     pub fn hosts(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.state.lock_hosts().keys().cloned().collect();
-        ids.sort();
-        ids
+        self.state.hosts.snapshot().into_iter().map(|h| h.id).collect()
     }
 
     /// Connections open now, authenticated or not.
@@ -243,9 +212,10 @@ impl RelayHandle {
         self.state.accepted.load(Ordering::Relaxed)
     }
 
-    /// Hellos refused since the relay started.
+    /// Hellos and sessions refused since the relay started, as
+    /// `shellrelay_refusals_total` counts them.
     pub fn refused(&self) -> u64 {
-        self.state.refused.load(Ordering::Relaxed)
+        self.state.metrics.refusals()
     }
 
     /// Tasks running now: one per connection and one per session.
@@ -253,65 +223,27 @@ impl RelayHandle {
         self.state.tasks.len()
     }
 
-    /// The address of the HTTP endpoint for `/metrics` and `/status`, if on.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.state.metrics_addr
-    }
-
     /// The metrics as OpenMetrics text.
     pub fn metrics(&self) -> String {
-        let hosts = self.state.lock_hosts().len();
-        self.state.metrics.encode(hosts)
+        self.state.metrics.encode(self.state.hosts.len())
     }
 
     /// The hosts online now, with their counters.
     pub fn status(&self) -> Status {
-        let mut hosts: Vec<HostStatus> = self
-            .state
-            .lock_hosts()
-            .iter()
-            .map(|(id, e)| HostStatus {
-                id: id.clone(),
-                since: e.stats.since,
-                remote: e.conn.remote_address(),
-                sessions: e.sessions.get() as u64,
-                bytes_to_host: e.stats.to_host(),
-                bytes_to_client: e.stats.to_client(),
-            })
-            .collect();
-        hosts.sort_by(|a, b| a.id.cmp(&b.id));
-        Status { hosts }
+        Status {
+            hosts: self.state.hosts.snapshot(),
+        }
     }
 
     /// Waits until host `id` is connected (`online`) or not (`!online`).
     pub async fn wait_host(&self, id: &str, online: bool) {
-        let mut changes = self.state.changes.subscribe();
-        loop {
-            if self.state.lock_hosts().contains_key(id) == online {
-                return;
-            }
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
+        self.state.hosts.wait(id, online).await
     }
 }
 
 impl State {
-    fn lock_hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostEntry>> {
-        // A panic while holding this lock cannot leave the map half-updated
-        // (every update is a single insert or remove), so poisoning is ignored.
-        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn host_conn(&self, id: &str) -> Option<(Connection, Gauge, Arc<HostStats>)> {
-        self.lock_hosts()
-            .get(id)
-            .map(|e| (e.conn.clone(), e.sessions.clone(), e.stats.clone()))
-    }
-
-    fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    fn next_session_id(&self) -> u64 {
+        self.session_ids.fetch_add(1, Ordering::Relaxed)
     }
 }
 

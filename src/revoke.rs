@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use thiserror::Error;
 use tokio::sync::watch;
 
 /// How often the relay looks for a changed revocation file.
@@ -31,7 +32,7 @@ pub struct Revocations {
 
 impl Revocations {
     /// Parses the file format described in the module documentation.
-    pub fn parse(text: &str) -> Result<Revocations, String> {
+    pub fn parse(text: &str) -> Result<Revocations, ParseError> {
         let mut list = Revocations::default();
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
@@ -44,17 +45,22 @@ impl Revocations {
                 Some("jti") => &mut list.jtis,
                 Some("host") => &mut list.hosts,
                 _ => {
-                    return Err(format!(
-                        "line {}: expected `jti ID` or `host ID`, found {line:?}",
-                        n + 1
-                    ))
+                    return Err(ParseError::UnknownKind {
+                        line: n + 1,
+                        text: line.to_owned(),
+                    })
                 }
             };
             match (id, extra) {
                 (Some(id), None) => {
                     set.insert(id.to_owned());
                 }
-                _ => return Err(format!("line {}: expected one id after {kind:?}", n + 1)),
+                _ => {
+                    return Err(ParseError::NotOneId {
+                        line: n + 1,
+                        kind: kind.unwrap_or_default().to_owned(),
+                    })
+                }
             }
         }
         Ok(list)
@@ -64,19 +70,18 @@ impl Revocations {
     pub fn load(path: &Path) -> anyhow::Result<Revocations> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("could not read revocation file {}", path.display()))?;
-        Revocations::parse(&text)
-            .map_err(|e| anyhow::anyhow!("revocation file {}: {e}", path.display()))
+        Revocations::parse(&text).with_context(|| format!("revocation file {}", path.display()))
     }
 
     /// Why a connection with token id `jti` bound to `host` is revoked, if
     /// it is.
-    pub fn check(&self, jti: Option<&str>, host: &str) -> Option<String> {
+    pub fn check(&self, jti: Option<&str>, host: &str) -> Option<Revoked> {
         if let Some(jti) = jti.filter(|j| self.jtis.contains(*j)) {
-            return Some(format!("token {jti} is revoked"));
+            return Some(Revoked::Token(jti.to_owned()));
         }
         self.hosts
             .contains(host)
-            .then(|| format!("host {host} is revoked"))
+            .then(|| Revoked::Host(host.to_owned()))
     }
 
     /// Number of entries.
@@ -88,6 +93,38 @@ impl Revocations {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Why a connection is revoked; the words are what the peer is told.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Revoked {
+    /// Its token id is on the list.
+    #[error("token {0} is revoked")]
+    Token(String),
+    /// Its host id is on the list.
+    #[error("host {0} is revoked")]
+    Host(String),
+}
+
+/// A line of a revocation file that is not an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ParseError {
+    /// The line starts with neither `jti` nor `host`.
+    #[error("line {line}: expected `jti ID` or `host ID`, found {text:?}")]
+    UnknownKind {
+        /// 1-based line number.
+        line: usize,
+        /// The line, without its comment.
+        text: String,
+    },
+    /// `jti` or `host` is not followed by exactly one id.
+    #[error("line {line}: expected one id after {kind:?}")]
+    NotOneId {
+        /// 1-based line number.
+        line: usize,
+        /// `jti` or `host`.
+        kind: String,
+    },
 }
 
 /// What identifies a version of the file without reading it.
@@ -190,18 +227,18 @@ mod tests {
                 .unwrap();
         assert_eq!(list.len(), 3);
         assert_eq!(
-            list.check(Some("abc"), "lab-1").as_deref(),
-            Some("token abc is revoked")
+            list.check(Some("abc"), "lab-1").map(|r| r.to_string()),
+            Some("token abc is revoked".into())
         );
         assert_eq!(
-            list.check(None, "lab-7").as_deref(),
-            Some("host lab-7 is revoked")
+            list.check(None, "lab-7").map(|r| r.to_string()),
+            Some("host lab-7 is revoked".into())
         );
         assert_eq!(list.check(Some("other"), "lab-1"), None);
         let err = Revocations::parse("jti a\nuser bob\n").unwrap_err();
-        assert!(err.starts_with("line 2:"), "{err}");
+        assert!(err.to_string().starts_with("line 2:"), "{err}");
         let err = Revocations::parse("host a b\n").unwrap_err();
-        assert!(err.starts_with("line 1:"), "{err}");
+        assert!(err.to_string().starts_with("line 1:"), "{err}");
         assert!(Revocations::parse("jti\n").is_err());
     }
 

@@ -1,17 +1,18 @@
-//! Moving session bytes: TCP ⇄ QUIC stream at the host and client, a
-//! reader and writer (stdin and stdout) ⇄ QUIC stream for `connect`, QUIC
-//! stream ⇄ QUIC stream at the relay. Half-close (FIN) and aborts (TCP reset,
-//! stream reset, stop-sending) are carried across, never swallowed.
+//! Moving session bytes: TCP ⇄ stream at the host and client, a reader
+//! and writer (stdin and stdout) ⇄ stream for `connect`, stream ⇄ stream at
+//! the relay. Half-close (FIN) and aborts (TCP reset, stream reset,
+//! stop-sending) are carried across, never swallowed.
 
-use std::io::IoSlice;
+use std::future::Future;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
-use quinn::{ReadError, RecvStream, SendStream, WriteError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::protocol::Reason;
+use crate::transport::{RecvStream, SendStream, Stream};
 
 /// Size of the buffer TCP reads go into: large enough for bulk transfers.
 const TCP_READ_CHUNK: usize = 64 * 1024;
@@ -59,9 +60,9 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 /// Bytes moved by a session, each way.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transfer {
-    /// Bytes from the local TCP side (or the client, at the relay) outward.
+    /// Bytes from the local side (or the client, at the relay) outward.
     pub sent: u64,
-    /// Bytes towards the local TCP side (or the client, at the relay).
+    /// Bytes towards the local side (or the client, at the relay).
     pub received: u64,
     /// Whether either direction ended in an abort rather than a FIN.
     pub aborted: bool,
@@ -70,11 +71,74 @@ pub struct Transfer {
 /// An abort seen in one direction, with the count moved before it.
 struct Aborted(u64);
 
-/// Pipes a TCP connection and a QUIC stream pair until both directions end.
-/// An abort on either side (TCP reset, stream reset or stop) aborts both:
-/// the stream is reset and stopped and the TCP connection is reset.
-pub async fn tcp_quic(mut tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) -> Transfer {
-    let (tcp_read, mut tcp_write) = tcp.split();
+/// Where a session's outgoing bytes come from: a TCP connection or any
+/// reader ([`Reader`]).
+pub trait Source {
+    /// Reads what is available into `buf`, growing it as needed; 0 at the
+    /// end. Cancel-safe: nothing read is lost when the future is dropped.
+    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>>;
+}
+
+impl Source for tokio::net::tcp::ReadHalf<'_> {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            // Readiness is cached: during a bulk transfer this returns at
+            // once; an idle session waits here holding no buffer.
+            self.readable().await?;
+            if buf.capacity() < MIN_READ {
+                buf.reserve(TCP_READ_CHUNK);
+            }
+            match self.try_read_buf(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    // Drained: give the rest of the buffer back before going
+                    // idle (chunks still queued in the stream keep theirs).
+                    *buf = BytesMut::new();
+                }
+                read => return read,
+            }
+        }
+    }
+}
+
+/// Any reader (stdin of `connect`) as a [`Source`].
+pub struct Reader<R>(pub R);
+
+impl<R: AsyncRead + Unpin> Source for Reader<R> {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if buf.capacity() < MIN_READ {
+            buf.reserve(TCP_READ_CHUNK);
+        }
+        self.0.read_buf(buf).await
+    }
+}
+
+/// Pipes a TCP connection and a stream until both directions end. An
+/// abort on either side (TCP reset, stream reset or stop) aborts both: the
+/// stream is reset and stopped and the TCP connection is reset.
+pub async fn tcp(mut tcp: TcpStream, mut stream: Stream) -> Transfer {
+    let (read, write) = tcp.split();
+    let t = io(read, write, &mut stream).await;
+    if t.aborted {
+        // Linger 0 makes the close a TCP reset, so the local peer learns of
+        // the abort instead of seeing an orderly end of stream.
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+    }
+    t
+}
+
+/// Pipes `source` and `writer` (a TCP connection's halves, or stdin and
+/// stdout of `connect`) and a stream until both directions end. The end of
+/// `source` finishes the stream; the end of the stream shuts `writer` down,
+/// and the source goes on until its own end. An abort on either side (a
+/// read or write error, a stream reset or stop) resets and stops the
+/// stream. Each batch of chunks is flushed to `writer` before the next is
+/// read.
+pub async fn io<S, W>(mut source: S, mut writer: W, stream: &mut Stream) -> Transfer
+where
+    S: Source,
+    W: AsyncWrite + Unpin,
+{
+    let (send, recv) = stream;
     let sent = AtomicU64::new(0);
     let received = AtomicU64::new(0);
     let upstream = async {
@@ -82,91 +146,19 @@ pub async fn tcp_quic(mut tcp: TcpStream, mut send: SendStream, mut recv: RecvSt
         tokio::pin!(stopped);
         let mut buf = BytesMut::new();
         loop {
-            // Readiness is cached: during a bulk transfer this returns at
-            // once; an idle session waits here holding no buffer.
-            tokio::select! {
-                ready = tcp_read.readable() => if ready.is_err() { return Err(Aborted(0)) },
+            let read = tokio::select! {
+                read = source.read_into(&mut buf) => read,
                 _ = &mut stopped => return Err(Aborted(0)),
-            }
-            if buf.capacity() < MIN_READ {
-                buf.reserve(TCP_READ_CHUNK);
-            }
-            match tcp_read.try_read_buf(&mut buf) {
+            };
+            match read {
                 Ok(0) => {
                     // Half-close: the far side sees a FIN and keeps sending.
                     let _ = send.finish();
                     return Ok(());
                 }
                 Ok(n) => {
-                    // Successive reads share one allocation; quinn frees it
-                    // once the last chunk in it is acknowledged.
-                    if send.write_chunk(buf.split().freeze()).await.is_err() {
-                        return Err(Aborted(0));
-                    }
-                    sent.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Drained: give the rest of the buffer back before going
-                    // idle (chunks still queued in quinn keep theirs alive).
-                    buf = BytesMut::new();
-                }
-                Err(_) => return Err(Aborted(0)),
-            }
-        }
-    };
-    let downstream = quic_to_writer(&mut recv, &mut tcp_write, &received);
-    let result = tokio::try_join!(upstream, downstream);
-    let aborted = result.is_err();
-    if aborted {
-        let _ = send.reset(Reason::Aborted.varint());
-        let _ = recv.stop(Reason::Aborted.varint());
-        // Linger 0 makes the close a TCP reset, so the local peer learns of
-        // the abort instead of seeing an orderly end of stream.
-        let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
-    }
-    Transfer {
-        sent: sent.into_inner(),
-        received: received.into_inner(),
-        aborted,
-    }
-}
-
-/// Pipes a reader and a writer (stdin and stdout of `connect`) and a QUIC
-/// stream pair until both directions end. The end of `reader` finishes the
-/// stream; the end of the stream shuts `writer` down, and the reader goes
-/// on until its own end. An abort on either side (a read or write error, a
-/// stream reset or stop) resets and stops the stream. Each batch of chunks
-/// is flushed to `writer` before the next is read.
-pub async fn io_quic<R, W>(
-    mut reader: R,
-    mut writer: W,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
-) -> Transfer
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let sent = AtomicU64::new(0);
-    let received = AtomicU64::new(0);
-    let upstream = async {
-        let stopped = send.stopped();
-        tokio::pin!(stopped);
-        let mut buf = BytesMut::new();
-        loop {
-            if buf.capacity() < MIN_READ {
-                buf.reserve(TCP_READ_CHUNK);
-            }
-            let read = tokio::select! {
-                read = reader.read_buf(&mut buf) => read,
-                _ = &mut stopped => return Err(Aborted(0)),
-            };
-            match read {
-                Ok(0) => {
-                    let _ = send.finish();
-                    return Ok(());
-                }
-                Ok(n) => {
+                    // Successive reads share one allocation, freed once the
+                    // last chunk in it is acknowledged.
                     if send.write_chunk(buf.split().freeze()).await.is_err() {
                         return Err(Aborted(0));
                     }
@@ -176,11 +168,11 @@ where
             }
         }
     };
-    let downstream = quic_to_writer(recv, &mut writer, &received);
+    let downstream = to_writer(recv, &mut writer, &received);
     let aborted = tokio::try_join!(upstream, downstream).is_err();
     if aborted {
-        let _ = send.reset(Reason::Aborted.varint());
-        let _ = recv.stop(Reason::Aborted.varint());
+        send.reset(Reason::Aborted);
+        recv.stop(Reason::Aborted);
     }
     Transfer {
         sent: sent.into_inner(),
@@ -193,7 +185,7 @@ where
 /// chunks at a time, each flushed before the next is read, and shuts
 /// `writer` down at the end of the stream. Bytes written are added to
 /// `received`. A failed read or write is an abort.
-async fn quic_to_writer<W: AsyncWrite + Unpin>(
+async fn to_writer<W: AsyncWrite + Unpin>(
     recv: &mut RecvStream,
     writer: &mut W,
     received: &AtomicU64,
@@ -218,22 +210,13 @@ async fn quic_to_writer<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Splices two QUIC stream pairs (client side `a`, host side `b`) without
-/// copying payload: chunks read from one are written to the other as is.
-pub async fn quic_quic(a: (SendStream, RecvStream), b: (SendStream, RecvStream)) -> Transfer {
-    quic_quic_counted(a, b, |_| {}, |_| {}).await
-}
-
-/// [`quic_quic`] that reports bytes as they move: `up(n)` for each batch
-/// passed on from `a` to `b`, `down(n)` for each batch from `b` to `a`.
-/// Called once per batch (up to 32 received chunks), so a relaxed atomic add
-/// there costs nothing measurable.
-pub async fn quic_quic_counted(
-    a: (SendStream, RecvStream),
-    b: (SendStream, RecvStream),
-    up: impl Fn(u64),
-    down: impl Fn(u64),
-) -> Transfer {
+/// Splices two streams at the relay (client side `a`, host side `b`)
+/// without copying payload: chunks read from one are written to the other
+/// as they are. Reports bytes as they move: `up(n)` for each batch passed
+/// on from `a` to `b`, `down(n)` for each batch from `b` to `a`; called once
+/// per batch (up to 32 received chunks), so a relaxed atomic add there
+/// costs nothing measurable.
+pub async fn relay(a: Stream, b: Stream, up: impl Fn(u64), down: impl Fn(u64)) -> Transfer {
     let (mut a_send, mut a_recv) = a;
     let (mut b_send, mut b_recv) = b;
     let (up, down) = tokio::join!(
@@ -255,9 +238,10 @@ pub async fn quic_quic_counted(
     }
 }
 
-/// Forwards one direction, carrying FIN, reset and stop-sending across.
-/// `count` hears of every batch as it is passed on: before the write, so
-/// that whoever has received bytes finds them counted already.
+/// Forwards one direction, carrying FIN, reset and stop-sending across
+/// with the peer's own code. `count` hears of every batch as it is passed
+/// on: before the write, so that whoever has received bytes finds them
+/// counted already.
 async fn forward(
     from: &mut RecvStream,
     to: &mut SendStream,
@@ -271,11 +255,7 @@ async fn forward(
         let read = tokio::select! {
             read = from.read_chunks(&mut chunks) => read,
             stopped = &mut stopped => {
-                let code = match stopped {
-                    Ok(Some(code)) => code,
-                    _ => Reason::Aborted.varint(),
-                };
-                let _ = from.stop(code);
+                from.stop(stopped.unwrap_or(Reason::Aborted.into()));
                 return Err(Aborted(total));
             }
         };
@@ -284,11 +264,7 @@ async fn forward(
                 let len = chunks[..n].iter().map(|c| c.len() as u64).sum::<u64>();
                 count(len);
                 if let Err(err) = to.write_all_chunks(&mut chunks[..n]).await {
-                    let code = match err {
-                        WriteError::Stopped(code) => code,
-                        _ => Reason::Aborted.varint(),
-                    };
-                    let _ = from.stop(code);
+                    from.stop(err.code());
                     return Err(Aborted(total));
                 }
                 total += len;
@@ -298,11 +274,7 @@ async fn forward(
                 return Ok(total);
             }
             Err(err) => {
-                let code = match err {
-                    ReadError::Reset(code) => code,
-                    _ => Reason::Aborted.varint(),
-                };
-                let _ = to.reset(code);
+                to.reset(err.code());
                 return Err(Aborted(total));
             }
         }

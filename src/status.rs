@@ -9,11 +9,12 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info};
 
 use crate::limits::Gauge;
 use crate::metrics::{Status, CONTENT_TYPE};
 use crate::relay::RelayHandle;
+use crate::tasks::Tasks;
 use crate::token::fmt_unix;
 
 /// Default address of the endpoint for `shellrelay status`.
@@ -62,21 +63,27 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<(std::net::TcpListener, SocketAd
     Ok((listener, bound))
 }
 
-/// Serves on `listener` (from [`bind`]) in a task of its own until
-/// `shutdown` is cancelled. Must be called inside the runtime.
-pub fn start(
+/// Answers requests on `listener` (from [`bind`]) until `shutdown` is
+/// cancelled. Must be called inside the runtime.
+pub async fn serve(
     listener: std::net::TcpListener,
     relay: RelayHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::from_std(listener).context("could not serve the metrics socket")?;
     info!(addr = %listener.local_addr()?, "metrics listening");
-    tokio::spawn(serve(listener, relay, shutdown));
+    let tasks = Tasks::new();
+    serve_on(&listener, &relay, &shutdown, &tasks).await;
+    tasks.shutdown(REQUEST_TIMEOUT).await;
     Ok(())
 }
 
-/// Answers requests on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, relay: RelayHandle, shutdown: CancellationToken) {
+async fn serve_on(
+    listener: &TcpListener,
+    relay: &RelayHandle,
+    shutdown: &CancellationToken,
+    tasks: &Tasks,
+) {
     let open = Gauge::default();
     loop {
         let accepted = tokio::select! {
@@ -100,22 +107,19 @@ pub async fn serve(listener: TcpListener, relay: RelayHandle, shutdown: Cancella
             continue;
         };
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
-        let span = tracing::debug_span!("metrics", %remote);
-        tokio::spawn(
-            async move {
-                let _slot = slot;
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => {}
-                    done = tokio::time::timeout(REQUEST_TIMEOUT, answer(tcp, &relay)) => {
-                        if done.is_err() {
-                            debug!("metrics request timed out");
-                        }
+        let _span = tracing::debug_span!("metrics", %remote).entered();
+        tasks.spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {}
+                done = tokio::time::timeout(REQUEST_TIMEOUT, answer(tcp, &relay)) => {
+                    if done.is_err() {
+                        debug!("metrics request timed out");
                     }
                 }
             }
-            .instrument(span),
-        );
+        });
     }
 }
 
@@ -129,14 +133,14 @@ async fn answer(mut tcp: TcpStream, relay: &RelayHandle) {
                     json.push(b'\n');
                     ok("application/json", json)
                 }
-                Err(err) => error("500 Internal Server Error", &err.to_string()),
+                Err(err) => error(HttpError::Internal, &err.to_string()),
             },
-            Route::NotFound => error("404 Not Found", "not found; try /metrics or /status"),
-            Route::NotAllowed => error("405 Method Not Allowed", "only GET is served"),
-            Route::Bad => error("400 Bad Request", "not an HTTP/1 request"),
+            Route::NotFound => error(HttpError::NotFound, "not found; try /metrics or /status"),
+            Route::NotAllowed => error(HttpError::NotAllowed, "only GET is served"),
+            Route::Bad => error(HttpError::Bad, "not an HTTP/1 request"),
         },
         Err(Head::TooLarge) => error(
-            "431 Request Header Fields Too Large",
+            HttpError::TooLarge,
             &format!("request longer than {MAX_REQUEST} bytes"),
         ),
         Err(Head::Closed) => return,
@@ -246,14 +250,35 @@ fn ok(content_type: &str, body: Vec<u8>) -> Vec<u8> {
     reply("200 OK", content_type, "", body)
 }
 
-fn error(status: &str, message: &str) -> Vec<u8> {
-    let allow = if status.starts_with("405") {
-        "Allow: GET\r\n"
-    } else {
-        ""
+/// The errors the endpoint answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HttpError {
+    Bad,
+    NotFound,
+    NotAllowed,
+    TooLarge,
+    Internal,
+}
+
+impl HttpError {
+    fn status(self) -> &'static str {
+        match self {
+            HttpError::Bad => "400 Bad Request",
+            HttpError::NotFound => "404 Not Found",
+            HttpError::NotAllowed => "405 Method Not Allowed",
+            HttpError::TooLarge => "431 Request Header Fields Too Large",
+            HttpError::Internal => "500 Internal Server Error",
+        }
+    }
+}
+
+fn error(kind: HttpError, message: &str) -> Vec<u8> {
+    let allow = match kind {
+        HttpError::NotAllowed => "Allow: GET\r\n",
+        _ => "",
     };
     let body = format!("{message}\n").into_bytes();
-    reply(status, "text/plain; charset=utf-8", allow, body)
+    reply(kind.status(), "text/plain; charset=utf-8", allow, body)
 }
 
 fn reply(status: &str, content_type: &str, extra: &str, body: Vec<u8>) -> Vec<u8> {

@@ -20,20 +20,25 @@ use tokio::net::TcpStream;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// A relay with its metrics endpoint on a free loopback port.
+/// A relay that never blocks an address for refused tokens.
 async fn tunnel() -> Tunnel {
     Tunnel::start_with(|c| {
         c.limits.failures_per_addr = u32::MAX;
-        c.metrics = Some("127.0.0.1:0".parse().unwrap());
     })
     .await
 }
 
+/// Starts the relay's metrics endpoint on a free loopback port, as
+/// `relay --metrics` does, until the tunnel stops.
 fn metrics_addr(tunnel: &Tunnel) -> SocketAddr {
-    tunnel
-        .registry
-        .metrics_addr()
-        .expect("the metrics endpoint is on")
+    let (listener, addr) =
+        shellrelay::status::bind("127.0.0.1:0".parse().unwrap()).expect("bind metrics");
+    tokio::spawn(shellrelay::status::serve(
+        listener,
+        tunnel.registry.clone(),
+        tunnel.cancel.child_token(),
+    ));
+    addr
 }
 
 /// An HTTP answer: status code, head and body.

@@ -380,8 +380,7 @@ async fn relay_shutdown_closes_peers_with_the_reason() {
     let conn = session.conn.clone();
     tunnel.stop().await;
     let err = within(WAIT, "client connection to close", conn.closed()).await;
-    let refusal =
-        shellrelay::protocol::Refusal::from_connection_error(&err).expect("an application close");
+    let refusal = err.refusal().expect("an application close");
     assert_eq!(refusal.reason, Reason::ShuttingDown);
 }
 

@@ -20,6 +20,7 @@ pub use peer_opts::{ClientOpt, ConnectOpt, HostOpt, PeerOpt, ReachOpt};
 pub use relay_opts::{LimitsOpt, RelayOpt};
 pub use token_opts::{KeygenOpt, TokenOpt};
 
+use crate::tasks::Tasks;
 use crate::tls::{self, TransportOptions};
 use crate::token::{self, Secret};
 use crate::{client, connect, demo, host, keys, manual, status};
@@ -227,23 +228,40 @@ pub struct ManOpt {
     dir: Option<PathBuf>,
 }
 
-/// A token that is cancelled on SIGINT or SIGTERM. The handlers are in
-/// place when this returns, so a signal that arrives right after start-up
-/// still ends in a graceful shutdown. Must be called inside the runtime.
-pub fn shutdown_signal() -> anyhow::Result<CancellationToken> {
+/// A token that is cancelled on SIGINT or SIGTERM, by a task in `tasks`.
+/// The handlers are in place when this returns, so a signal that arrives
+/// right after start-up still ends in a graceful shutdown. Must be called
+/// inside the runtime.
+pub fn shutdown_signal(tasks: &Tasks) -> anyhow::Result<CancellationToken> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt()).context("could not handle SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("could not handle SIGTERM")?;
     let token = CancellationToken::new();
     let cancel = token.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         tokio::select! {
+            _ = cancel.cancelled() => return,
             _ = interrupt.recv() => info!("SIGINT: shutting down"),
             _ = terminate.recv() => info!("SIGTERM: shutting down"),
         }
         cancel.cancel();
     });
     Ok(token)
+}
+
+/// Runs `role` until SIGINT or SIGTERM cancels the token it is given, then
+/// stops the signal handler's task.
+async fn until_signalled<F, Fut>(role: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let tasks = Tasks::new();
+    let shutdown = shutdown_signal(&tasks)?;
+    let result = role(shutdown.clone()).await;
+    shutdown.cancel();
+    tasks.shutdown(crate::protocol::SHUTDOWN_GRACE).await;
+    result
 }
 
 impl Cli {
@@ -297,7 +315,9 @@ impl Cli {
                 );
                 Ok(())
             }
-            Command::Demo(opt) => demo::run(&opt.target, opt.listen, shutdown_signal()?).await,
+            Command::Demo(opt) => {
+                until_signalled(|shutdown| demo::run(&opt.target, opt.listen, shutdown)).await
+            }
             Command::Status(opt) => {
                 let report = status::fetch(&opt.metrics).await?;
                 print!("{}", status::table(&report));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::{duration, host_id, shutdown_signal, TransportOpt};
+use super::{duration, host_id, until_signalled, TransportOpt};
 use crate::peer::RelayAddr;
 use crate::tls::{self, Trust};
 use crate::token::{self, TokenSource};
@@ -181,7 +181,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         target: opt.target,
         max_backoff: opt.max_backoff,
     };
-    host::run(config, shutdown_signal()?).await
+    until_signalled(|shutdown| host::run(config, shutdown)).await
 }
 
 /// Runs the client forwarder.
@@ -190,5 +190,5 @@ pub(super) async fn run_client(opt: ClientOpt) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(opt.listen)
         .await
         .with_context(|| format!("could not listen on {}", opt.listen))?;
-    client::run(config, listener, shutdown_signal()?).await
+    until_signalled(|shutdown| client::run(config, listener, shutdown)).await
 }

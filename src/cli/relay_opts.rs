@@ -10,8 +10,10 @@ use clap::Args;
 use tracing::info;
 
 use super::{duration, shutdown_signal, SecretOpt, TransportOpt};
+use crate::protocol::SHUTDOWN_GRACE;
+use crate::tasks::Tasks;
 use crate::token::{self, Verifier};
-use crate::{keys, limits, relay, tls};
+use crate::{keys, limits, relay, status, tls};
 
 /// `shellrelay relay`
 #[derive(Debug, Args)]
@@ -157,23 +159,34 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
         limits: opt.limits.limits(),
         hello_timeout: opt.hello_timeout,
         revocation_file: opt.revocation_file.clone(),
-        metrics: opt.metrics,
     };
     let relay = relay::Relay::bind(opt.listen, server, config)?;
-    reload_on_hangup(hangup, relay.handle());
-    relay.run(shutdown_signal()?).await
+    let metrics = opt.metrics.map(status::bind).transpose()?;
+    let tasks = Tasks::new();
+    let shutdown = shutdown_signal(&tasks)?;
+    tasks.spawn(reload_on_hangup(hangup, relay.handle()));
+    if let Some((listener, _)) = metrics {
+        let (handle, shutdown) = (relay.handle(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(err) = status::serve(listener, handle, shutdown).await {
+                tracing::error!("metrics endpoint stopped: {err:#}");
+            }
+        });
+    }
+    let result = relay.run(shutdown.clone()).await;
+    shutdown.cancel();
+    tasks.shutdown(SHUTDOWN_GRACE).await;
+    result
 }
 
 /// Re-reads the relay's revocation file on every SIGHUP.
-fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, relay: relay::RelayHandle) {
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            match relay.reload_revocations() {
-                Ok(n) => info!(entries = n, "SIGHUP: revocation file re-read"),
-                Err(err) => tracing::warn!("SIGHUP: {err:#}; the previous list stays in force"),
-            }
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, relay: relay::RelayHandle) {
+    while hangup.recv().await.is_some() {
+        match relay.reload_revocations() {
+            Ok(n) => info!(entries = n, "SIGHUP: revocation file re-read"),
+            Err(err) => tracing::warn!("SIGHUP: {err:#}; the previous list stays in force"),
         }
-    });
+    }
 }
 
 /// The flags that the settings file at `path` adds to `relay`'s command

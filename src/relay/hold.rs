@@ -3,11 +3,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use quinn::Connection;
-
 use super::State;
-use crate::protocol::{Reason, Refusal};
+use crate::protocol::Reason;
+use crate::revoke::Revoked;
 use crate::token::{fmt_unix, Claims};
+use crate::transport::{Closed, Conn};
 
 /// Resolves when a token with expiry `exp` (Unix seconds) runs out.
 async fn expiry(exp: u64) {
@@ -26,33 +26,33 @@ async fn expiry(exp: u64) {
 pub(super) enum Ended {
     Shutdown,
     Expired(u64),
-    Revoked(String),
-    Closed(quinn::ConnectionError),
+    Revoked(Revoked),
+    Closed(Closed),
 }
 
 /// Waits until the connection closes, its token expires or is revoked, or
 /// the relay shuts down, closing it with the matching reason in all but the
 /// first case. `host` is the host the connection is bound to.
-pub(super) async fn hold(state: &State, conn: &Connection, claims: &Claims, host: &str) -> Ended {
+pub(super) async fn hold(state: &State, conn: &Conn, claims: &Claims, host: &str) -> Ended {
     let mut revoked = state.revoked.subscribe();
     let jti = claims.jti.as_deref();
     // A list that came in after the peer was admitted, and before this
     // subscription, applies now.
     let why = revoked.borrow_and_update().check(jti, host);
-    if let Some(msg) = why {
-        conn.close(Reason::Revoked.varint(), msg.as_bytes());
-        return Ended::Revoked(msg);
+    if let Some(why) = why {
+        conn.close(Reason::Revoked, &why.to_string());
+        return Ended::Revoked(why);
     }
     loop {
         tokio::select! {
             biased;
             _ = state.cancel.cancelled() => {
-                conn.close(Reason::ShuttingDown.varint(), b"relay shutting down");
+                conn.close(Reason::ShuttingDown, "relay shutting down");
                 return Ended::Shutdown;
             }
             _ = expiry(claims.exp) => {
                 let msg = format!("token expired at {}", fmt_unix(claims.exp));
-                conn.close(Reason::TokenExpired.varint(), msg.as_bytes());
+                conn.close(Reason::TokenExpired, &msg);
                 return Ended::Expired(claims.exp);
             }
             changed = revoked.changed() => {
@@ -62,9 +62,9 @@ pub(super) async fn hold(state: &State, conn: &Connection, claims: &Claims, host
                     return Ended::Closed(conn.closed().await);
                 }
                 let why = revoked.borrow_and_update().check(jti, host);
-                if let Some(msg) = why {
-                    conn.close(Reason::Revoked.varint(), msg.as_bytes());
-                    return Ended::Revoked(msg);
+                if let Some(why) = why {
+                    conn.close(Reason::Revoked, &why.to_string());
+                    return Ended::Revoked(why);
                 }
             }
             err = conn.closed() => return Ended::Closed(err),
@@ -77,11 +77,8 @@ impl std::fmt::Display for Ended {
         match self {
             Ended::Shutdown => f.write_str("relay shutting down"),
             Ended::Expired(exp) => write!(f, "token expired at {}", fmt_unix(*exp)),
-            Ended::Revoked(msg) => f.write_str(msg),
-            Ended::Closed(err) => match Refusal::from_connection_error(err) {
-                Some(r) => write!(f, "{}", r.message),
-                None => write!(f, "{err}"),
-            },
+            Ended::Revoked(why) => write!(f, "{why}"),
+            Ended::Closed(closed) => write!(f, "{closed}"),
         }
     }
 }

@@ -6,37 +6,37 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use quinn::{Connection, RecvStream, SendStream};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
 use super::{State, LOG_TARGET};
 use crate::limits::{Gauge, GaugeGuard};
 use crate::protocol::{
-    read_frame, send_refusal, write_frame, Frame, FrameError, Reason, Refusal, HOST_SETUP_TIMEOUT,
-    OPEN_TIMEOUT,
+    read_frame, write_frame, Frame, FrameError, Reason, Refusal, HOST_SETUP_TIMEOUT, OPEN_TIMEOUT,
 };
 use crate::splice;
+use crate::transport::{self, Conn, SendStream, Stream};
 
-pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Connection, host: &str) {
-    let remote = conn.remote_address();
+/// Accepts the session streams a client opens, each in a task of its own,
+/// until the connection closes.
+pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Conn, host: &str) {
+    let remote = conn.remote();
     let sessions = Gauge::default();
     let limit = state.config.limits.sessions_per_client;
-    while let Ok((send, recv)) = conn.accept_bi().await {
+    while let Ok((mut send, recv)) = conn.accept().await {
         let Some(slot) = sessions.acquire(limit) else {
             let refusal = Refusal::new(
                 Reason::Limit,
                 format!("too many sessions on this connection (limit {limit})"),
             );
             drop(recv);
-            let mut send = send;
             state.metrics.refused(refusal.reason);
             state
                 .tasks
-                .spawn(async move { send_refusal(&mut send, &refusal).await });
+                .spawn(async move { send.refuse(&refusal).await });
             continue;
         };
-        let session = state.next_id();
-        let span = tracing::info_span!(target: LOG_TARGET, "session", session, host = %host);
+        let session = state.next_session_id();
+        let _span = tracing::info_span!(target: LOG_TARGET, "session", session, host = %host).entered();
         let task = relay_session(
             state.clone(),
             session,
@@ -45,7 +45,7 @@ pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Connection, host:
             (send, recv),
             slot,
         );
-        state.tasks.spawn(task.instrument(span));
+        state.tasks.spawn(task);
     }
     // The connection is closed; `hold` reports why.
     std::future::pending::<()>().await;
@@ -56,55 +56,54 @@ async fn relay_session(
     session: u64,
     host: String,
     client: SocketAddr,
-    (mut c_send, mut c_recv): (SendStream, RecvStream),
+    mut client_stream: Stream,
     _slot: GaugeGuard,
 ) {
     let started = Instant::now();
-    match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut c_recv)).await {
+    match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.1)).await {
         Ok(Ok(Frame::Open { .. })) => {}
         other => {
             debug!(target: LOG_TARGET, ?other, "session stream did not start with open");
-            let _ = c_send.reset(Reason::Protocol.varint());
-            let _ = c_recv.stop(Reason::Protocol.varint());
+            transport::abort(&mut client_stream, Reason::Protocol);
             return;
         }
     }
-    let Some((host_conn, host_sessions, stats)) = state.host_conn(&host) else {
+    let c_send = &mut client_stream.0;
+    let Some(target) = state.hosts.get(&host) else {
         let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
-        return refuse_session(&state, &mut c_send, &refusal).await;
+        return refuse_session(&state, c_send, &refusal).await;
     };
     let limit = state.config.limits.sessions_per_host;
-    let Some(_host_slot) = host_sessions.acquire(limit) else {
+    let Some(_host_slot) = target.sessions.acquire(limit) else {
         let refusal = Refusal::new(
             Reason::Limit,
             format!("host {host} has too many sessions (limit {limit})"),
         );
-        return refuse_session(&state, &mut c_send, &refusal).await;
+        return refuse_session(&state, c_send, &refusal).await;
     };
     let deadline = tokio::time::Instant::now() + HOST_SETUP_TIMEOUT;
-    let (mut h_send, mut h_recv) =
-        match tokio::time::timeout_at(deadline, host_conn.open_bi()).await {
-            Ok(Ok(streams)) => streams,
-            Ok(Err(err)) => {
-                let refusal =
-                    Refusal::new(Reason::HostOffline, format!("host {host} went away: {err}"));
-                return refuse_session(&state, &mut c_send, &refusal).await;
-            }
-            Err(_) => {
-                let refusal = Refusal::new(
-                    Reason::Limit,
-                    format!("host {host} has no room for another session"),
-                );
-                return refuse_session(&state, &mut c_send, &refusal).await;
-            }
-        };
+    let mut host_stream = match tokio::time::timeout_at(deadline, target.conn.open()).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            let refusal =
+                Refusal::new(Reason::HostOffline, format!("host {host} went away: {err}"));
+            return refuse_session(&state, c_send, &refusal).await;
+        }
+        Err(_) => {
+            let refusal = Refusal::new(
+                Reason::Limit,
+                format!("host {host} has no room for another session"),
+            );
+            return refuse_session(&state, c_send, &refusal).await;
+        }
+    };
     let open = Frame::Open {
         session,
         client: Some(client.to_string()),
     };
     let reply = tokio::time::timeout_at(deadline, async {
-        write_frame(&mut h_send, &open).await?;
-        read_frame(&mut h_recv).await
+        write_frame(&mut host_stream.0, &open).await?;
+        read_frame(&mut host_stream.1).await
     })
     .await;
     let failure = match reply {
@@ -124,7 +123,7 @@ async fn relay_session(
                 format!("host {host} broke the protocol"),
             ))
         }
-        Ok(Err(_)) if host_conn.close_reason().is_some() => Some(Refusal::new(
+        Ok(Err(_)) if target.conn.close_reason().is_some() => Some(Refusal::new(
             Reason::HostOffline,
             format!("host {host} went away"),
         )),
@@ -140,26 +139,22 @@ async fn relay_session(
     };
     if let Some(refusal) = failure {
         info!(target: LOG_TARGET, %client, reason = %refusal.message, "session refused");
-        let _ = h_send.reset(refusal.reason.varint());
-        let _ = h_recv.stop(refusal.reason.varint());
-        return refuse_session(&state, &mut c_send, &refusal).await;
+        transport::abort(&mut host_stream, refusal.reason);
+        return refuse_session(&state, c_send, &refusal).await;
     }
-    if write_frame(&mut c_send, &Frame::Ready { session })
-        .await
-        .is_err()
-    {
-        let _ = h_send.reset(Reason::Aborted.varint());
-        let _ = h_recv.stop(Reason::Aborted.varint());
+    if write_frame(c_send, &Frame::Ready { session }).await.is_err() {
+        transport::abort(&mut host_stream, Reason::Aborted);
         return;
     }
     let _active = state.metrics.session_started(started);
     info!(target: LOG_TARGET, %client, "session started");
     let metrics = &state.metrics;
-    let t = splice::quic_quic_counted(
-        (c_send, c_recv),
-        (h_send, h_recv),
-        |n| metrics.to_host(&stats, n),
-        |n| metrics.to_client(&stats, n),
+    let stats = &target.stats;
+    let t = splice::relay(
+        client_stream,
+        host_stream,
+        |n| metrics.to_host(stats, n),
+        |n| metrics.to_client(stats, n),
     )
     .await;
     info!(
@@ -177,5 +172,5 @@ async fn relay_session(
 /// Counts a session refusal and sends it on the client's stream.
 async fn refuse_session(state: &State, send: &mut SendStream, refusal: &Refusal) {
     state.metrics.refused(refusal.reason);
-    send_refusal(send, refusal).await;
+    send.refuse(refusal).await;
 }

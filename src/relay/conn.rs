@@ -1,0 +1,245 @@
+//! A connection's whole life at the relay: the transport handshake, the
+//! hello, registration as a host or admission as a client, and holding it
+//! until it ends.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::admit::{check_hello, client_host, revoked};
+use super::hold::{hold, Ended};
+use super::registry::Full;
+use super::session::accept_sessions;
+use super::{State, HANDSHAKE_TIMEOUT, LOG_TARGET, REFUSE_LINGER};
+use crate::limits::PerAddrGuard;
+use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
+use crate::token::{fmt_unix, unix_now, Claims, Role};
+use crate::transport::{Closed, Conn, SendStream};
+
+/// Streams a client may open beyond its session limit, so that sessions
+/// over the limit reach the relay and get a typed refusal instead of
+/// waiting for stream credit.
+const REFUSAL_STREAMS: u32 = 64;
+
+/// Runs a QUIC connection attempt: the handshake, within its limits, then
+/// [`serve`].
+pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
+    let accepted = Instant::now();
+    let ip = incoming.remote_address().ip();
+    let Some(handshake) = state
+        .handshakes
+        .acquire(ip, state.config.limits.handshakes_per_addr)
+    else {
+        debug!(target: LOG_TARGET, "too many handshakes from this address; refusing");
+        incoming.refuse();
+        return;
+    };
+    let Some(_open) = state.connections.acquire(usize::MAX) else {
+        return;
+    };
+    let conn =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await {
+            Ok(Ok(conn)) => {
+                state.accepted.fetch_add(1, Ordering::Relaxed);
+                Conn::Quic(conn)
+            }
+            Ok(Err(err)) => {
+                debug!(target: LOG_TARGET, %err, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(target: LOG_TARGET, "handshake timed out");
+                return;
+            }
+        };
+    serve(state, conn, ip, handshake, accepted).await;
+}
+
+/// A connection from the moment its transport is up: reads the hello and
+/// serves the host or client it admits. `handshake` is the address's
+/// handshake slot, held until the peer is admitted or refused.
+async fn serve(
+    state: Arc<State>,
+    conn: Conn,
+    ip: IpAddr,
+    handshake: PerAddrGuard,
+    accepted: Instant,
+) {
+    if let Some(wait) =
+        state
+            .failures
+            .blocked(ip, state.config.limits.failures_per_addr, Instant::now())
+    {
+        let msg = format!(
+            "too many refused tokens from {ip}; try again in {}s",
+            wait.as_secs() + 1
+        );
+        debug!(target: LOG_TARGET, %msg, "refusing without reading the hello");
+        state.metrics.refused(Reason::Limit);
+        conn.close(Reason::Limit, &msg);
+        return;
+    }
+    let hello_timeout = state.config.hello_timeout;
+    let hello = tokio::time::timeout(hello_timeout, async {
+        let (send, mut recv) = conn.accept().await?;
+        let frame = read_frame(&mut recv).await;
+        Ok::<_, Closed>((send, recv, frame))
+    })
+    .await;
+    let (mut send, mut recv, frame) = match hello {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(err)) => {
+            debug!(target: LOG_TARGET, %err, "connection ended before its hello");
+            return;
+        }
+        Err(_) => {
+            let msg = format!("no hello within {hello_timeout:?}");
+            warn!(target: LOG_TARGET, "{msg}; closing");
+            conn.close(Reason::Protocol, &msg);
+            return;
+        }
+    };
+    let hello = match check_hello(&state, ip, frame) {
+        Ok(hello) => hello,
+        Err(refusal) => return refuse(&state, &conn, &mut send, refusal).await,
+    };
+    state.metrics.hello_accepted(accepted);
+    // Nothing follows a hello on a peer's control stream in this version;
+    // stopping it keeps a peer from parking data there.
+    recv.stop(Reason::Done);
+    let peer = Admitted {
+        state,
+        conn,
+        send,
+        handshake: Some(handshake),
+    };
+    match hello.role {
+        Role::Host => peer.serve_host(hello.claims).await,
+        Role::Client => peer.serve_client(hello.claims, hello.host).await,
+    }
+}
+
+/// Sends a refusal on the control stream, lets the peer read it, and
+/// closes the connection with the refusal's code and words.
+async fn refuse(state: &State, conn: &Conn, send: &mut SendStream, refusal: Refusal) {
+    state.metrics.refused(refusal.reason);
+    send.refuse(&refusal).await;
+    let _ = tokio::time::timeout(REFUSE_LINGER, conn.closed()).await;
+    conn.close(refusal.reason, &refusal.message);
+}
+
+/// A connection whose hello was good, with its control stream.
+struct Admitted {
+    state: Arc<State>,
+    conn: Conn,
+    send: SendStream,
+    /// The address's handshake slot, given back once the peer is admitted.
+    handshake: Option<PerAddrGuard>,
+}
+
+impl Admitted {
+    async fn refuse(mut self, refusal: Refusal) {
+        refuse(&self.state, &self.conn, &mut self.send, refusal).await
+    }
+
+    /// Sends the welcome, within the hello timeout: a peer that withholds
+    /// flow-control credit must not stay admitted without expiry or
+    /// revocation being enforced.
+    async fn welcome(&mut self, claims: &Claims, host: &str) -> bool {
+        let frame = Frame::Welcome {
+            host: host.to_owned(),
+            role: claims.role,
+            expires_at: claims.exp,
+        };
+        let timeout = self.state.config.hello_timeout;
+        let sent = tokio::time::timeout(timeout, write_frame(&mut self.send, &frame)).await;
+        matches!(sent, Ok(Ok(())))
+    }
+
+    async fn serve_host(mut self, claims: Claims) {
+        let id = claims.sub.clone();
+        if let Some(refusal) = revoked(&self.state, &claims, &id) {
+            return self.refuse(refusal).await;
+        }
+        let state = self.state.clone();
+        let remote = self.conn.remote();
+        // Unregisters on every way out of here, a panic included.
+        let (_registration, replaced) =
+            match state.hosts.register(&id, self.conn.clone(), unix_now()) {
+                Ok(registered) => registered,
+                Err(Full(max)) => {
+                    let message = format!("relay is at its limit of {max} hosts");
+                    warn!(target: LOG_TARGET, host = %id, "refused host: {message}");
+                    return self.refuse(Refusal::new(Reason::Limit, message)).await;
+                }
+            };
+        self.handshake = None;
+        // The host opens no streams: its control stream is all it keeps.
+        self.conn.admit(1);
+        if let Some(old) = replaced {
+            info!(
+                target: LOG_TARGET,
+                host = %id,
+                old = %old.remote(),
+                "replacing older connection of host"
+            );
+            old.close(
+                Reason::Replaced,
+                &format!("replaced by a newer connection for host {id}"),
+            );
+        }
+        if self.welcome(&claims, &id).await {
+            info!(
+                target: LOG_TARGET,
+                host = %id,
+                %remote,
+                expires = %fmt_unix(claims.exp),
+                "host registered"
+            );
+            let ended = hold(&state, &self.conn, &claims, &id).await;
+            info!(target: LOG_TARGET, host = %id, %remote, reason = %ended, "host unregistered");
+        }
+    }
+
+    async fn serve_client(mut self, claims: Claims, requested: Option<String>) {
+        let host = match client_host(&claims, requested) {
+            Ok(host) => host,
+            Err(refusal) => return self.refuse(refusal).await,
+        };
+        if let Some(refusal) = revoked(&self.state, &claims, &host) {
+            return self.refuse(refusal).await;
+        }
+        if self.state.hosts.get(&host).is_none() {
+            info!(target: LOG_TARGET, host = %host, "refused client: host offline");
+            let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
+            return self.refuse(refusal).await;
+        }
+        // Authenticated: open the stream credit and window held back until now.
+        let limit = self.state.config.limits.sessions_per_client;
+        let streams = u32::try_from(limit)
+            .unwrap_or(u32::MAX)
+            .saturating_add(REFUSAL_STREAMS);
+        self.conn.admit(streams);
+        self.handshake = None;
+        if !self.welcome(&claims, &host).await {
+            return;
+        }
+        let (state, conn) = (self.state, self.conn);
+        let remote = conn.remote();
+        info!(
+            target: LOG_TARGET,
+            host = %host,
+            %remote,
+            expires = %fmt_unix(claims.exp),
+            "client connected"
+        );
+        let ended = tokio::select! {
+            ended = hold(&state, &conn, &claims, &host) => ended,
+            () = accept_sessions(&state, &conn, &host) => Ended::Shutdown,
+        };
+        info!(target: LOG_TARGET, host = %host, %remote, reason = %ended, "client disconnected");
+    }
+}

@@ -1,0 +1,160 @@
+//! The host registry: which connection serves each host id. A host holds
+//! its place through a [`Registration`] guard; a newer connection for the
+//! same id takes the place over, and the older guard then gives up nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::limits::Gauge;
+use crate::metrics::{HostStats, HostStatus};
+use crate::transport::Conn;
+
+/// Host id → the connection that serves it.
+pub(super) struct Registry {
+    hosts: Mutex<HashMap<String, Entry>>,
+    /// Most hosts at once.
+    max: usize,
+    /// Bumped on every change, so waiters need not poll.
+    changes: watch::Sender<u64>,
+    /// Tells registrations of one host id apart.
+    generations: AtomicU64,
+}
+
+struct Entry {
+    generation: u64,
+    host: Host,
+}
+
+/// A registered host as sessions see it.
+#[derive(Clone)]
+pub(super) struct Host {
+    /// The host's connection.
+    pub conn: Conn,
+    /// Its sessions now, set up or running.
+    pub sessions: Gauge,
+    /// Its counters.
+    pub stats: Arc<HostStats>,
+}
+
+/// The registry is at its limit of hosts.
+#[derive(Debug)]
+pub(super) struct Full(pub usize);
+
+/// A host's place in the registry, given up when dropped unless a newer
+/// connection has taken it over.
+pub(super) struct Registration {
+    registry: Arc<Registry>,
+    id: String,
+    generation: u64,
+}
+
+impl Registry {
+    /// An empty registry for at most `max` hosts.
+    pub fn new(max: usize) -> Registry {
+        Registry {
+            hosts: Mutex::new(HashMap::new()),
+            max,
+            changes: watch::Sender::new(0),
+            generations: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // Every update is a single insert or remove, so a panic while the
+        // lock is held cannot leave the map half-updated.
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `conn` as host `id` since `since` (Unix seconds). Returns
+    /// the guard and the connection it replaced, if any; refuses a new id
+    /// when the registry is full.
+    pub fn register(
+        self: &Arc<Self>,
+        id: &str,
+        conn: Conn,
+        since: u64,
+    ) -> Result<(Registration, Option<Conn>), Full> {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let replaced = {
+            let mut hosts = self.lock();
+            if hosts.len() >= self.max && !hosts.contains_key(id) {
+                return Err(Full(self.max));
+            }
+            let host = Host {
+                conn,
+                sessions: Gauge::default(),
+                stats: Arc::new(HostStats::new(since)),
+            };
+            hosts.insert(id.to_owned(), Entry { generation, host })
+        };
+        self.changes.send_modify(|n| *n += 1);
+        let registration = Registration {
+            registry: self.clone(),
+            id: id.to_owned(),
+            generation,
+        };
+        Ok((registration, replaced.map(|e| e.host.conn)))
+    }
+
+    /// Host `id`, if registered.
+    pub fn get(&self, id: &str) -> Option<Host> {
+        self.lock().get(id).map(|e| e.host.clone())
+    }
+
+    /// Hosts registered now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Every host registered now with its counters, sorted by id.
+    pub fn snapshot(&self) -> Vec<HostStatus> {
+        let mut hosts: Vec<HostStatus> = self
+            .lock()
+            .iter()
+            .map(|(id, e)| HostStatus {
+                id: id.clone(),
+                since: e.host.stats.since,
+                remote: e.host.conn.remote(),
+                sessions: e.host.sessions.get() as u64,
+                bytes_to_host: e.host.stats.to_host(),
+                bytes_to_client: e.host.stats.to_client(),
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        hosts
+    }
+
+    /// Waits until host `id` is registered (`online`) or not (`!online`).
+    pub async fn wait(&self, id: &str, online: bool) {
+        let mut changes = self.changes.subscribe();
+        loop {
+            if self.lock().contains_key(id) == online {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Forgets every host, letting go of their connections.
+    pub fn clear(&self) {
+        self.lock().clear();
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        {
+            let mut hosts = self.registry.lock();
+            if hosts.get(&self.id).map(|e| e.generation) == Some(self.generation) {
+                hosts.remove(&self.id);
+            }
+        }
+        self.registry.changes.send_modify(|n| *n += 1);
+    }
+}

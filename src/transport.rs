@@ -1,0 +1,335 @@
+//! The transport seam: a connection that opens and accepts bidirectional
+//! byte streams, closes with a typed reason and knows its peer's address.
+//! The relay's admission, registry and session splicing, and the peers,
+//! speak only to these types; QUIC (quinn) is the one implementation so
+//! far. Each type is an enum over the transports, so a call costs one
+//! match and the QUIC path keeps quinn's zero-copy chunk API.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::protocol::{write_frame, Reason, Refusal};
+
+/// An application error code carried by a stream reset or stop, or a
+/// connection close: a [`Reason`]'s code, or whatever a peer sent, passed
+/// on unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub u64);
+
+impl From<Reason> for ErrorCode {
+    fn from(reason: Reason) -> ErrorCode {
+        ErrorCode(reason.code().into())
+    }
+}
+
+impl ErrorCode {
+    fn varint(self) -> quinn::VarInt {
+        // Every code comes from a reason or from the wire, so it fits.
+        quinn::VarInt::from_u64(self.0).unwrap_or(quinn::VarInt::MAX)
+    }
+}
+
+/// Why a connection is closed.
+#[derive(Debug, Clone, Error)]
+pub enum Closed {
+    /// The peer closed it and said why (a refusal, a revocation, a
+    /// shutdown, or [`Reason::Done`]).
+    #[error("{0}")]
+    Peer(Refusal),
+    /// This side closed it.
+    #[error("closed by this side")]
+    Local,
+    /// It broke: timed out, reset, or failed in the transport.
+    #[error("{0}")]
+    Lost(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl Closed {
+    /// The peer's reason, if the peer closed the connection.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Closed::Peer(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+
+    fn quic(err: quinn::ConnectionError) -> Closed {
+        Closed::from(err)
+    }
+}
+
+impl From<quinn::ConnectionError> for Closed {
+    fn from(err: quinn::ConnectionError) -> Closed {
+        match Refusal::from_connection_error(&err) {
+            Some(refusal) => Closed::Peer(refusal),
+            None if matches!(err, quinn::ConnectionError::LocallyClosed) => Closed::Local,
+            None => Closed::Lost(Arc::new(err)),
+        }
+    }
+}
+
+/// Why a stream could not be read or written.
+#[derive(Debug, Clone, Error)]
+pub enum StreamError {
+    /// The peer reset the stream (reading) or stopped it (writing).
+    #[error("stream aborted by the peer (code {})", .0 .0)]
+    Aborted(ErrorCode),
+    /// The connection closed.
+    #[error("connection closed: {0}")]
+    Closed(Closed),
+    /// This side already finished or reset the stream.
+    #[error("stream already closed")]
+    Finished,
+}
+
+impl StreamError {
+    /// The code to pass on to the other side of a splice: the peer's own,
+    /// or [`Reason::Aborted`].
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StreamError::Aborted(code) => *code,
+            _ => Reason::Aborted.into(),
+        }
+    }
+}
+
+impl From<quinn::ReadError> for StreamError {
+    fn from(err: quinn::ReadError) -> Self {
+        match err {
+            quinn::ReadError::Reset(code) => StreamError::Aborted(ErrorCode(code.into_inner())),
+            quinn::ReadError::ConnectionLost(err) => StreamError::Closed(Closed::quic(err)),
+            _ => StreamError::Finished,
+        }
+    }
+}
+
+impl From<quinn::WriteError> for StreamError {
+    fn from(err: quinn::WriteError) -> Self {
+        match err {
+            quinn::WriteError::Stopped(code) => StreamError::Aborted(ErrorCode(code.into_inner())),
+            quinn::WriteError::ConnectionLost(err) => StreamError::Closed(Closed::quic(err)),
+            _ => StreamError::Finished,
+        }
+    }
+}
+
+/// A connection to one peer.
+#[derive(Debug, Clone)]
+pub enum Conn {
+    /// A QUIC connection.
+    Quic(quinn::Connection),
+}
+
+impl Conn {
+    /// Opens a bidirectional stream.
+    pub async fn open(&self) -> Result<(SendStream, RecvStream), Closed> {
+        match self {
+            Conn::Quic(c) => match c.open_bi().await {
+                Ok((s, r)) => Ok((SendStream::Quic(s), RecvStream::Quic(r))),
+                Err(err) => Err(Closed::quic(err)),
+            },
+        }
+    }
+
+    /// Accepts the next bidirectional stream the peer opens.
+    pub async fn accept(&self) -> Result<(SendStream, RecvStream), Closed> {
+        match self {
+            Conn::Quic(c) => match c.accept_bi().await {
+                Ok((s, r)) => Ok((SendStream::Quic(s), RecvStream::Quic(r))),
+                Err(err) => Err(Closed::quic(err)),
+            },
+        }
+    }
+
+    /// Closes the connection, telling the peer why.
+    pub fn close(&self, reason: Reason, message: &str) {
+        match self {
+            Conn::Quic(c) => c.close(reason.varint(), message.as_bytes()),
+        }
+    }
+
+    /// Resolves when the connection is closed, with why.
+    pub async fn closed(&self) -> Closed {
+        match self {
+            Conn::Quic(c) => Closed::quic(c.closed().await),
+        }
+    }
+
+    /// Why the connection is closed, if it is.
+    pub fn close_reason(&self) -> Option<Closed> {
+        match self {
+            Conn::Quic(c) => c.close_reason().map(Closed::quic),
+        }
+    }
+
+    /// The peer's reason, if the peer has closed the connection with one.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self.close_reason()? {
+            Closed::Peer(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+
+    /// The peer's address as seen now (a QUIC peer may migrate).
+    pub fn remote(&self) -> SocketAddr {
+        match self {
+            Conn::Quic(c) => c.remote_address(),
+        }
+    }
+
+    /// Lifts the limits an unauthenticated peer is held to: lets it have
+    /// `streams` bidirectional streams open at once (its control stream
+    /// included) and send as much as the stream windows allow.
+    pub fn admit(&self, streams: u32) {
+        match self {
+            Conn::Quic(c) => {
+                c.set_max_concurrent_bi_streams(streams.into());
+                c.set_receive_window(quinn::VarInt::MAX);
+            }
+        }
+    }
+}
+
+/// The sending half of a bidirectional stream.
+#[derive(Debug)]
+pub enum SendStream {
+    /// A QUIC stream.
+    Quic(quinn::SendStream),
+}
+
+impl SendStream {
+    /// Queues one chunk without copying it.
+    pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), StreamError> {
+        match self {
+            SendStream::Quic(s) => Ok(s.write_chunk(chunk).await?),
+        }
+    }
+
+    /// Queues every chunk without copying them.
+    pub async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), StreamError> {
+        match self {
+            SendStream::Quic(s) => Ok(s.write_all_chunks(chunks).await?),
+        }
+    }
+
+    /// Writes `refusal` as a frame and finishes the stream: the peer reads
+    /// the reason, then the end of the stream.
+    pub async fn refuse(&mut self, refusal: &Refusal) {
+        if write_frame(self, &refusal.frame()).await.is_ok() {
+            let _ = self.finish();
+        }
+    }
+
+    /// Ends the stream after what is queued (a FIN). An error only means
+    /// it was ended already.
+    pub fn finish(&mut self) -> Result<(), StreamError> {
+        match self {
+            SendStream::Quic(s) => s.finish().map_err(|_| StreamError::Finished),
+        }
+    }
+
+    /// Abandons the stream, telling the peer `code`.
+    pub fn reset(&mut self, code: impl Into<ErrorCode>) {
+        match self {
+            SendStream::Quic(s) => {
+                let _ = s.reset(code.into().varint());
+            }
+        }
+    }
+
+    /// Resolves when the peer stops reading (with its code) or has
+    /// everything (`None`); independent of `self` once made, so it can be
+    /// awaited alongside writes.
+    pub fn stopped(&self) -> impl std::future::Future<Output = Option<ErrorCode>> + Send + 'static {
+        let stopped = match self {
+            SendStream::Quic(s) => s.stopped(),
+        };
+        async move {
+            match stopped.await {
+                Ok(Some(code)) => Some(ErrorCode(code.into_inner())),
+                Ok(None) => None,
+                Err(_) => Some(Reason::Aborted.into()),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SendStream::Quic(s) => AsyncWrite::poll_write(Pin::new(s), cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SendStream::Quic(s) => AsyncWrite::poll_flush(Pin::new(s), cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SendStream::Quic(s) => AsyncWrite::poll_shutdown(Pin::new(s), cx),
+        }
+    }
+}
+
+/// The receiving half of a bidirectional stream.
+#[derive(Debug)]
+pub enum RecvStream {
+    /// A QUIC stream.
+    Quic(quinn::RecvStream),
+}
+
+impl RecvStream {
+    /// Takes up to `chunks.len()` received chunks without copying them;
+    /// `None` at the end of the stream.
+    pub async fn read_chunks(&mut self, chunks: &mut [Bytes]) -> Result<Option<usize>, StreamError> {
+        match self {
+            RecvStream::Quic(s) => Ok(s.read_chunks(chunks).await?),
+        }
+    }
+
+    /// Tells the peer to stop sending, with `code`.
+    pub fn stop(&mut self, code: impl Into<ErrorCode>) {
+        match self {
+            RecvStream::Quic(s) => {
+                let _ = s.stop(code.into().varint());
+            }
+        }
+    }
+}
+
+impl AsyncRead for RecvStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RecvStream::Quic(s) => AsyncRead::poll_read(Pin::new(s), cx, buf),
+        }
+    }
+}
+
+/// Both halves of a bidirectional stream.
+pub type Stream = (SendStream, RecvStream);
+
+/// Abandons both halves of `stream`: resets the sending half and stops the
+/// receiving half with `code`.
+pub fn abort((send, recv): &mut Stream, code: impl Into<ErrorCode>) {
+    let code = code.into();
+    send.reset(code);
+    recv.stop(code);
+}
