@@ -188,15 +188,15 @@ async fn serve(
 }
 
 async fn host_session(target: Arc<str>, mut stream: Stream) {
-    let (session, client) = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.1)).await
-    {
-        Ok(Ok(Frame::Open { session, client })) => (session, client.unwrap_or_default()),
-        other => {
-            warn!(?other, "session stream did not start with open");
-            stream.0.reset(Reason::Protocol);
-            return;
-        }
-    };
+    let (session, client) =
+        match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.1)).await {
+            Ok(Ok(Frame::Open { session, client })) => (session, client.unwrap_or_default()),
+            other => {
+                warn!(?other, "session stream did not start with open");
+                stream.0.reset(Reason::Protocol);
+                return;
+            }
+        };
     tracing::Span::current().record("session", session);
     let started = Instant::now();
     let dialled = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&*target)).await;

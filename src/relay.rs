@@ -198,7 +198,12 @@ impl RelayHandle {
 
     /// Ids of the hosts connected now, sorted.
     pub fn hosts(&self) -> Vec<String> {
-        self.state.hosts.snapshot().into_iter().map(|h| h.id).collect()
+        self.state
+            .hosts
+            .snapshot()
+            .into_iter()
+            .map(|h| h.id)
+            .collect()
     }
 
     /// Connections open now, authenticated or not.

@@ -68,7 +68,8 @@ impl Closed {
 impl From<quinn::ConnectionError> for Closed {
     fn from(err: quinn::ConnectionError) -> Closed {
         match Refusal::from_connection_error(&err) {
-            Some(refusal) => Closed::Peer(refusal),
+            // A peer's words, bound for logs and terminals.
+            Some(refusal) => Closed::Peer(refusal.printable()),
             None if matches!(err, quinn::ConnectionError::LocallyClosed) => Closed::Local,
             None => Closed::Lost(Arc::new(err)),
         }
@@ -295,7 +296,10 @@ pub enum RecvStream {
 impl RecvStream {
     /// Takes up to `chunks.len()` received chunks without copying them;
     /// `None` at the end of the stream.
-    pub async fn read_chunks(&mut self, chunks: &mut [Bytes]) -> Result<Option<usize>, StreamError> {
+    pub async fn read_chunks(
+        &mut self,
+        chunks: &mut [Bytes],
+    ) -> Result<Option<usize>, StreamError> {
         match self {
             RecvStream::Quic(s) => Ok(s.read_chunks(chunks).await?),
         }

@@ -214,7 +214,8 @@ impl Admitted {
         }
         if self.state.hosts.get(&host).is_none() {
             info!(target: LOG_TARGET, host = %host, "refused client: host offline");
-            let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
+            let refusal =
+                Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
             return self.refuse(refusal).await;
         }
         // Authenticated: open the stream credit and window held back until now.

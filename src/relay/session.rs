@@ -36,7 +36,8 @@ pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Conn, host: &str)
             continue;
         };
         let session = state.next_session_id();
-        let _span = tracing::info_span!(target: LOG_TARGET, "session", session, host = %host).entered();
+        let _span =
+            tracing::info_span!(target: LOG_TARGET, "session", session, host = %host).entered();
         let task = relay_session(
             state.clone(),
             session,
@@ -108,7 +109,8 @@ async fn relay_session(
     .await;
     let failure = match reply {
         Ok(Ok(Frame::Ready { .. })) => None,
-        Ok(Ok(Frame::Refused { reason, message })) => Some(Refusal { reason, message }),
+        // The host's words end up on the ssh user's terminal.
+        Ok(Ok(Frame::Refused { reason, message })) => Some(Refusal { reason, message }.printable()),
         Ok(Ok(other)) => {
             warn!(target: LOG_TARGET, ?other, "host answered open with an unexpected frame");
             Some(Refusal::new(
@@ -142,7 +144,10 @@ async fn relay_session(
         transport::abort(&mut host_stream, refusal.reason);
         return refuse_session(&state, c_send, &refusal).await;
     }
-    if write_frame(c_send, &Frame::Ready { session }).await.is_err() {
+    if write_frame(c_send, &Frame::Ready { session })
+        .await
+        .is_err()
+    {
         transport::abort(&mut host_stream, Reason::Aborted);
         return;
     }
