@@ -14,8 +14,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const HOUR: Duration = Duration::from_secs(3600);
-
 /// A relay with a proxy in front of it on the host's side and one on the
 /// client's side, an echo target, and a client forwarder.
 struct Rig {

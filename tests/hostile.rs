@@ -16,8 +16,6 @@ use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const HOUR: Duration = Duration::from_secs(3600);
-
 /// A raw QUIC connection to the relay offering `alpn`, for peers that
 /// misbehave on purpose.
 async fn raw_connect(

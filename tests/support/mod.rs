@@ -29,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 /// Default bound on any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// The lifetime of a token that outlives any test.
+pub const HOUR: Duration = Duration::from_secs(3600);
+
 /// Awaits `fut`, failing the test with `what` if it takes longer than `limit`.
 pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {
@@ -186,10 +189,7 @@ impl Tunnel {
 
     /// Starts host agent `id` for `target` and waits until it is registered.
     pub async fn host(&self, id: &str, target: SocketAddr) -> Peer {
-        let peer = self.spawn_host(
-            self.token(Role::Host, id, Duration::from_secs(3600)),
-            target,
-        );
+        let peer = self.spawn_host(self.token(Role::Host, id, HOUR), target);
         within(WAIT, "host to register", self.registry.wait_host(id, true)).await;
         peer
     }
@@ -220,7 +220,7 @@ impl Tunnel {
 
     /// Starts a client forwarder for host `id` with a one-hour token.
     pub async fn client(&self, id: &str) -> SocketAddr {
-        let token = self.token(Role::Client, id, Duration::from_secs(3600));
+        let token = self.token(Role::Client, id, HOUR);
         let (addr, peer) = self.client_with(token, None).await;
         // Lives as long as the tunnel: cancelled through the tunnel's token.
         std::mem::forget(peer.task);
@@ -255,14 +255,9 @@ impl Tunnel {
         std::fs::write(&cert, pem("CERTIFICATE", &self.cert[0])).unwrap();
         let token = dir.join("client.token");
         let jwt = if token::valid_host_id(host) {
-            self.token(Role::Client, host, Duration::from_secs(3600))
+            self.token(Role::Client, host, HOUR)
         } else {
-            let mut claims = Claims::new(
-                Role::Client,
-                "tester",
-                token::DEFAULT_AUDIENCE,
-                Duration::from_secs(3600),
-            );
+            let mut claims = Claims::new(Role::Client, "tester", token::DEFAULT_AUDIENCE, HOUR);
             claims.hosts = vec![host.to_owned()];
             self.sign(&claims)
         };
@@ -451,6 +446,29 @@ pub async fn echo_roundtrip(client: SocketAddr, seed: u64, len: u64) {
     let sent = writer.await.unwrap();
     assert_eq!(count, len, "session {seed}: byte count");
     assert_eq!(hex(&got), hex(&sent), "session {seed}: SHA-256");
+}
+
+/// Opens a session through the client forwarder at `client` and checks
+/// that `ping` comes back from the echo target behind it; returns the
+/// session, still open.
+pub async fn ping(client: SocketAddr) -> TcpStream {
+    let mut tcp = within(WAIT, "connect to the client", TcpStream::connect(client))
+        .await
+        .unwrap();
+    echo(&mut tcp, b"ping").await;
+    tcp
+}
+
+/// Sends `data` on an open session to an echo target and checks that the
+/// same bytes come back.
+pub async fn echo(tcp: &mut TcpStream, data: &[u8]) {
+    let mut back = vec![0u8; data.len()];
+    within(WAIT, "the echo", async {
+        tcp.write_all(data).await.unwrap();
+        tcp.read_exact(&mut back).await.unwrap();
+    })
+    .await;
+    assert_eq!(back, data, "echoed bytes");
 }
 
 /// Hex of a digest.
