@@ -5,174 +5,29 @@
 //! Every wait is bounded by a timeout; every port is picked by the kernel.
 #![cfg(unix)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-
-const BIN: &str = env!("CARGO_BIN_EXE_shellrelay");
-
-/// Longest wait for a process to finish or to log an expected line.
-const WAIT: Duration = Duration::from_secs(20);
+use support::bin::*;
+use support::proc::{addr_field, field, Proc};
+use support::{SECRET, WAIT};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
 
 /// Longest wait for the far side to close a forwarded TCP connection.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
-/// A secret long enough for the relay (the trailing newline is trimmed).
-const SECRET: &str = "0123456789abcdef0123456789abcdef\n";
-
 // ---------------------------------------------------------------- helpers
-
-/// A command for the binary with a clean environment: no `SHELLRELAY_*`
-/// variable or client config file from the caller leaks in, logs are plain text at info level,
-/// and a panic would print a backtrace (which the tests look for).
-fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SHELLRELAY_") {
-            cmd.env_remove(&key);
-        }
-    }
-    // Nor does the user's client config file.
-    cmd.env(
-        "XDG_CONFIG_HOME",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-config-dir"),
-    );
-    cmd.env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// What a finished run printed.
-struct Out {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}\n--- stdout\n{}--- stderr\n{}---",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `cmd` to completion, within [`WAIT`].
-async fn run_cmd(mut cmd: Command) -> Out {
-    let what = format!("{cmd:?}");
-    let output = tokio::time::timeout(WAIT, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {WAIT:?}"))
-        .unwrap_or_else(|e| panic!("could not run {what}: {e}"));
-    Out {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Runs the binary with `args` to completion.
-async fn run(args: &[&str]) -> Out {
-    run_cmd(command(args)).await
-}
-
-/// Asserts a failed run printed a one-line `error: ...` naming `needle`.
-fn assert_one_line_error(out: &Out, needle: &str) {
-    assert!(!out.status.success(), "expected a failure: {out:?}");
-    assert!(!out.stderr.contains("panicked"), "panicked: {out:?}");
-    assert!(
-        !out.stderr.contains("backtrace"),
-        "printed a backtrace: {out:?}"
-    );
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one line on stderr: {out:?}");
-    assert!(
-        lines[0].starts_with("error: "),
-        "expected `error: ...`: {out:?}"
-    );
-    assert!(
-        lines[0].contains(needle),
-        "expected the error to name {needle:?}: {out:?}"
-    );
-    assert!(out.stdout.is_empty(), "expected nothing on stdout: {out:?}");
-}
 
 /// Collapses runs of whitespace, so that help text wrapped at any terminal
 /// width reads as one line.
 fn squash(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Removes ANSI escape sequences (`ESC [ ... letter`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The value of `key=...` in a log line, up to the next space.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("{key}=");
-    let mut rest = line;
-    while let Some(at) = rest.find(&pat) {
-        let before = &rest[..at];
-        let value = &rest[at + pat.len()..];
-        // A whole field name: at the start or after a space, `{` or `,`.
-        if before.is_empty() || before.ends_with([' ', '{', ',']) {
-            return value.split([' ', '}', ',']).next();
-        }
-        rest = value;
-    }
-    None
-}
-
-/// The socket address in field `key` of a log line.
-fn addr_field(line: &str, key: &str) -> SocketAddr {
-    field(line, key)
-        .unwrap_or_else(|| panic!("no {key}= in log line {line:?}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("{key}= in {line:?} is not an address: {e}"))
-}
-
-fn write_secret(dir: &Path) -> PathBuf {
-    let path = dir.join("secret");
-    std::fs::write(&path, SECRET).expect("write secret file");
-    make_private(&path);
-    path
-}
-
-fn make_private(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
 }
 
 /// Decodes unpadded base64url, as used in JWTs.
@@ -248,204 +103,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
-}
-
-/// Mints a token with the `token` subcommand and returns it.
-async fn mint(secret: &Path, role: &str, host: &str, ttl: &str) -> String {
-    let out = run(&[
-        "token",
-        "--secret-file",
-        path_str(secret),
-        "--role",
-        role,
-        "--host",
-        host,
-        "--ttl",
-        ttl,
-    ])
-    .await;
-    assert!(out.status.success(), "token failed: {out:?}");
-    let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "token prints exactly one line: {out:?}");
-    assert!(out.stdout.ends_with('\n'), "token ends its line: {out:?}");
-    lines[0].to_owned()
-}
-
-/// Runs `certs --out dir` and checks it worked.
-async fn make_certs(dir: &Path) -> (PathBuf, PathBuf) {
-    let out = run(&["certs", "--out", path_str(dir)]).await;
-    assert!(out.status.success(), "certs failed: {out:?}");
-    (dir.join("relay.crt"), dir.join("relay.key"))
-}
-
-fn mode(path: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
-
-/// A SHA-256 fingerprint as the binary prints it: 32 colon-separated hex bytes.
-fn is_fingerprint(text: &str) -> bool {
-    let bytes: Vec<&str> = text.split(':').collect();
-    bytes.len() == 32
-        && bytes
-            .iter()
-            .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-/// A running `shellrelay` process whose stderr is read line by line. Drop
-/// kills it, so nothing outlives a failed assertion.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, args: &[&str]) -> Proc {
-        Proc::spawn_cmd(name, command(args))
-    }
-
-    /// Starts `cmd`, made by [`command`] and perhaps given more environment.
-    fn spawn_cmd(name: &'static str, mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start {name}: {e}"));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, lines) = mpsc::unbounded_channel();
-        // Drains stderr for the life of the process, so it never blocks on
-        // a full pipe.
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(strip_ansi(&line)).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            name,
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.seen.join("\n")
-    }
-
-    /// Waits for a stderr line that satisfies `pred` and returns it.
-    async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let (lines, seen) = (&mut self.lines, &mut self.seen);
-        let found = tokio::time::timeout(WAIT, async {
-            while let Some(line) = lines.recv().await {
-                seen.push(line.clone());
-                if pred(&line) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => line,
-            Ok(None) => panic!(
-                "{} closed stderr before logging {what}; it logged:\n{}",
-                self.name,
-                self.log()
-            ),
-            Err(_) => panic!(
-                "{} did not log {what} within {WAIT:?}; it logged:\n{}",
-                self.name,
-                self.log()
-            ),
-        }
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    async fn wait_for_text(&mut self, needle: &str) -> String {
-        self.wait_for(&format!("{needle:?}"), |l| l.contains(needle))
-            .await
-    }
-
-    /// Asserts the process is still running.
-    fn assert_running(&mut self) {
-        match self.child.try_wait() {
-            Ok(None) => {}
-            other => panic!(
-                "{} is not running ({other:?}); it logged:\n{}",
-                self.name,
-                self.log()
-            ),
-        }
-    }
-
-    /// Sends SIGTERM and waits for the exit status.
-    async fn terminate(&mut self) -> ExitStatus {
-        let pid = self
-            .child
-            .id()
-            .unwrap_or_else(|| panic!("{} has already been reaped", self.name));
-        let mut kill = Command::new("kill");
-        kill.args(["-TERM", &pid.to_string()]);
-        let out = run_cmd(kill).await;
-        assert!(out.status.success(), "kill -TERM {pid} failed: {out:?}");
-        match tokio::time::timeout(WAIT, self.child.wait()).await {
-            Ok(Ok(status)) => {
-                // Keep whatever it logged while stopping, for messages.
-                while let Ok(Some(line)) = tokio::time::timeout(WAIT, self.lines.recv()).await {
-                    self.seen.push(line);
-                }
-                status
-            }
-            Ok(Err(e)) => panic!("could not wait for {}: {e}", self.name),
-            Err(_) => panic!(
-                "{} did not exit within {WAIT:?} of SIGTERM; it logged:\n{}",
-                self.name,
-                self.log()
-            ),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-/// Starts a relay on a free loopback port with its certificate in `dir`.
-async fn start_relay(dir: &Path, secret: &Path) -> (Proc, SocketAddr) {
-    start_relay_with(dir, secret, &[]).await
-}
-
-/// [`start_relay`] with `extra` arguments.
-async fn start_relay_with(dir: &Path, secret: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
-    let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
-    let mut args = vec![
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--secret-file",
-        path_str(secret),
-        "--cert",
-        path_str(&cert),
-        "--key",
-        path_str(&key),
-    ];
-    args.extend_from_slice(extra);
-    let mut relay = Proc::spawn("relay", &args);
-    let line = relay.wait_for_text("relay listening").await;
-    let addr = addr_field(&line, "addr");
-    assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
-    assert_ne!(addr.port(), 0, "{line}");
-    (relay, addr)
 }
 
 // ------------------------------------------------------------------ tests
@@ -651,7 +308,7 @@ async fn missing_secret_file_is_a_one_line_error() {
         "lab1",
     ])
     .await;
-    assert_one_line_error(&out, missing);
+    assert_error_line(&out, &[missing]);
 
     let cert = dir.path().join("relay.crt");
     let key = dir.path().join("relay.key");
@@ -667,7 +324,7 @@ async fn missing_secret_file_is_a_one_line_error() {
         path_str(&key),
     ])
     .await;
-    assert_one_line_error(&out, missing);
+    assert_error_line(&out, &[missing]);
     assert!(
         !cert.exists() && !key.exists(),
         "a relay without a secret wrote a certificate"
@@ -694,7 +351,7 @@ async fn missing_token_file_is_a_one_line_error() {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
         let out = run(&args).await;
-        assert_one_line_error(&out, missing);
+        assert_error_line(&out, &[missing]);
     }
 }
 
@@ -703,7 +360,7 @@ async fn missing_relay_cert_is_a_one_line_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = write_secret(dir.path());
     let token = dir.path().join("host.token");
-    std::fs::write(&token, mint(&secret, "host", "lab1", "1h").await).expect("write token");
+    std::fs::write(&token, mint_token(&secret, "host", "lab1", "1h").await).expect("write token");
     let missing = dir.path().join("no-such.crt");
     let missing = path_str(&missing);
     for role in ["host", "client"] {
@@ -720,7 +377,7 @@ async fn missing_relay_cert_is_a_one_line_error() {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
         let out = run(&args).await;
-        assert_one_line_error(&out, missing);
+        assert_error_line(&out, &[missing]);
     }
 
     // The relay's own certificate: a key without its certificate is an
@@ -739,7 +396,7 @@ async fn missing_relay_cert_is_a_one_line_error() {
         path_str(&key),
     ])
     .await;
-    assert_one_line_error(&out, missing);
+    assert_error_line(&out, &[missing]);
     assert_eq!(
         std::fs::read_to_string(&key).expect("read key"),
         "not really a key"
@@ -751,9 +408,9 @@ async fn token_is_a_signed_jwt_with_the_asked_claims() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = write_secret(dir.path());
     let before = unix_now();
-    let jwt = mint(&secret, "host", "lab1", "1h").await;
+    let jwt = mint_token(&secret, "host", "lab1", "1h").await;
     let after = unix_now();
-    let (header, claims) = decode_jwt(&jwt, SECRET.trim_end().as_bytes());
+    let (header, claims) = decode_jwt(&jwt, SECRET);
     assert_eq!(header["alg"], "HS256", "{header}");
     assert_eq!(claims["sub"], "lab1", "{claims}");
     assert_eq!(claims["role"], "host", "{claims}");
@@ -778,9 +435,9 @@ async fn token_is_a_signed_jwt_with_the_asked_claims() {
 async fn token_ttl_takes_durations_and_refuses_nonsense() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = write_secret(dir.path());
-    let key = SECRET.trim_end().as_bytes();
+    let key = SECRET;
     for (ttl, secs) in [("30s", 30), ("15m", 900), ("1h", 3600), ("2days", 172_800)] {
-        let jwt = mint(&secret, "client", "lab1", ttl).await;
+        let jwt = mint_token(&secret, "client", "lab1", ttl).await;
         let (_, claims) = decode_jwt(&jwt, key);
         assert_eq!(claims["role"], "client", "{claims}");
         let iat = claims["iat"].as_u64().expect("iat");
@@ -828,7 +485,7 @@ async fn short_secret_is_refused_with_a_clear_message() {
         "lab1",
     ])
     .await;
-    assert_one_line_error(&out, path_str(&secret));
+    assert_error_line(&out, &[path_str(&secret)]);
     assert!(out.stderr.contains("15 bytes"), "{out:?}");
     assert!(out.stderr.contains("at least 16"), "{out:?}");
 
@@ -836,21 +493,21 @@ async fn short_secret_is_refused_with_a_clear_message() {
         "token", "--secret", "tooshort", "--role", "host", "--host", "lab1",
     ])
     .await;
-    assert_one_line_error(&out, "at least 16");
+    assert_error_line(&out, &["at least 16"]);
 }
 
 #[tokio::test]
 async fn secret_file_can_come_from_the_environment() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = write_secret(dir.path());
-    let mut cmd = command(&[
+    let mut cmd = shellrelay(&[
         "token", "--role", "client", "--host", "lab1", "--ttl", "15m",
     ]);
     cmd.env("SHELLRELAY_SECRET_FILE", &secret);
-    let out = run_cmd(cmd).await;
+    let out = finish(cmd).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
-    let (_, claims) = decode_jwt(out.stdout.trim_end(), SECRET.trim_end().as_bytes());
+    let (_, claims) = decode_jwt(out.stdout.trim_end(), SECRET);
     assert_eq!(claims["sub"], "lab1", "{claims}");
     assert_eq!(claims["role"], "client", "{claims}");
     let iat = claims["iat"].as_u64().expect("iat");
@@ -909,7 +566,7 @@ async fn certs_writes_a_pair_and_replaces_it_only_with_force() {
     };
     let (cert_time, key_time) = (modified(&cert), modified(&key));
     let out = run(&args).await;
-    assert_one_line_error(&out, "--force");
+    assert_error_line(&out, &["--force"]);
     assert_eq!(std::fs::read_to_string(&cert).expect("cert"), cert_pem);
     assert_eq!(std::fs::read_to_string(&key).expect("key"), key_pem);
     assert_eq!(modified(&cert), cert_time, "cert was touched");
@@ -936,7 +593,7 @@ async fn relay_makes_its_certificate_logs_its_port_and_stops_on_sigterm() {
     let (mut relay, _) = start_relay(&certs, &secret).await;
 
     let made = relay
-        .seen
+        .lines()
         .iter()
         .find(|l| l.contains("made a self-signed certificate"))
         .cloned()
@@ -961,7 +618,10 @@ async fn relay_makes_its_certificate_logs_its_port_and_stops_on_sigterm() {
         relay.log()
     );
     assert!(
-        relay.seen.iter().any(|l| l.contains("relay shutting down")),
+        relay
+            .lines()
+            .iter()
+            .any(|l| l.contains("relay shutting down")),
         "no shutdown line:\n{}",
         relay.log()
     );
@@ -969,7 +629,7 @@ async fn relay_makes_its_certificate_logs_its_port_and_stops_on_sigterm() {
     // A second start loads the same pair and logs the same fingerprint.
     let (mut again, _) = start_relay(&certs, &secret).await;
     let loaded = again
-        .seen
+        .lines()
         .iter()
         .find(|l| l.contains("loaded certificate"))
         .cloned()
@@ -987,13 +647,16 @@ async fn client_closes_ssh_connections_while_the_host_is_offline() {
     let (mut relay, relay_addr) = start_relay(&certs, &secret).await;
 
     let token = dir.path().join("client.token");
-    std::fs::write(&token, mint(&secret, "client", "lab1", "1h").await + "\n")
-        .expect("write token");
+    std::fs::write(
+        &token,
+        mint_token(&secret, "client", "lab1", "1h").await + "\n",
+    )
+    .expect("write token");
     let relay_at = relay_addr.to_string();
     let cert = certs.join("relay.crt");
     let mut client = Proc::spawn(
         "client",
-        &[
+        shellrelay(&[
             "client",
             "--relay",
             &relay_at,
@@ -1003,7 +666,7 @@ async fn client_closes_ssh_connections_while_the_host_is_offline() {
             path_str(&token),
             "--listen",
             "127.0.0.1:0",
-        ],
+        ]),
     );
     let line = client.wait_for_text("client forwarder listening").await;
     let listen = addr_field(&line, "listen");
@@ -1062,7 +725,7 @@ async fn a_secret_file_readable_by_others_is_refused() {
         "lab1",
     ])
     .await;
-    assert_one_line_error(&out, path_str(&secret));
+    assert_error_line(&out, &[path_str(&secret)]);
     assert!(out.stderr.contains("readable by other users"), "{out:?}");
     assert!(out.stderr.contains("chmod 600"), "{out:?}");
 }
@@ -1076,11 +739,15 @@ async fn every_role_stops_gracefully_and_the_relay_says_why() {
     let relay_at = relay_addr.to_string();
     let cert = certs.join("relay.crt");
     let host_token = dir.path().join("host.token");
-    std::fs::write(&host_token, mint(&secret, "host", "lab1", "1h").await).expect("write token");
+    std::fs::write(&host_token, mint_token(&secret, "host", "lab1", "1h").await)
+        .expect("write token");
     make_private(&host_token);
     let client_token = dir.path().join("client.token");
-    std::fs::write(&client_token, mint(&secret, "client", "lab1", "1h").await)
-        .expect("write token");
+    std::fs::write(
+        &client_token,
+        mint_token(&secret, "client", "lab1", "1h").await,
+    )
+    .expect("write token");
     make_private(&client_token);
     let peer = |role: &'static str, token: &Path, extra: &[&str]| {
         let mut args = vec![
@@ -1093,7 +760,7 @@ async fn every_role_stops_gracefully_and_the_relay_says_why() {
             path_str(token),
         ];
         args.extend_from_slice(extra);
-        Proc::spawn(role, &args)
+        Proc::spawn(role, shellrelay(&args))
     };
     let mut host = peer("host", &host_token, &["--target", "127.0.0.1:9"]);
     host.wait_for_text("registered with relay").await;
@@ -1142,7 +809,7 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
     ])
     .await;
     assert!(out.status.success(), "{out:?}");
-    let (_, claims) = decode_jwt(out.stdout.trim_end(), SECRET.trim_end().as_bytes());
+    let (_, claims) = decode_jwt(out.stdout.trim_end(), SECRET);
     assert_eq!(claims["sub"], "alice", "{claims}");
     assert_eq!(
         claims["hosts"],
@@ -1159,7 +826,7 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
         "lab-*",
     ])
     .await;
-    assert_one_line_error(&out, "a host token names exactly one host id");
+    assert_error_line(&out, &["a host token names exactly one host id"]);
 
     let key = dir.path().join("issuer");
     let out = run(&["keygen", "--kind", "ed25519", "--out", path_str(&key)]).await;
@@ -1200,7 +867,10 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
         ),
     )
     .expect("write settings");
-    let mut relay = Proc::spawn("relay", &["relay", "--config", path_str(&settings)]);
+    let mut relay = Proc::spawn(
+        "relay",
+        shellrelay(&["relay", "--config", path_str(&settings)]),
+    );
     relay.wait_for_text("token keys by key id").await;
     let line = relay.wait_for_text("relay listening").await;
     let addr = addr_field(&line, "addr");
@@ -1209,7 +879,7 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
     make_private(&token_file);
     let mut host = Proc::spawn(
         "host",
-        &[
+        shellrelay(&[
             "host",
             "--relay",
             &addr.to_string(),
@@ -1217,17 +887,10 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
             path_str(&cert),
             "--token-file",
             path_str(&token_file),
-        ],
+        ]),
     );
     host.wait_for_text("registered with relay").await;
-    let pid = relay.child.id().expect("relay runs");
-    let out = run_cmd({
-        let mut kill = Command::new("kill");
-        kill.args(["-HUP", &pid.to_string()]);
-        kill
-    })
-    .await;
-    assert!(out.status.success(), "{out:?}");
+    relay.signal("HUP");
     relay
         .wait_for_text("SIGHUP: revocation file re-read entries=1")
         .await;
@@ -1318,7 +981,7 @@ async fn bash_completion_completes_subcommands_flags_and_values() {
             .arg(&script)
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        let out = run_cmd(cmd).await;
+        let out = finish(cmd).await;
         assert!(out.status.success(), "{words:?}: {out:?}");
         let mut got: Vec<&str> = out.stdout.split_whitespace().collect();
         let mut want = expected.to_vec();
@@ -1565,7 +1228,7 @@ async fn systemd_units_pass_systemd_analyze_verify() {
         .arg(units)
         .arg(r.join("usr/lib/systemd/"))
         .stdin(Stdio::null());
-    let out = run_cmd(copy).await;
+    let out = finish(copy).await;
     assert!(out.status.success(), "copy the system's units: {out:?}");
     // Stand-ins for the executables ExecStart= and ExecReload= name.
     for bin in ["usr/local/bin/shellrelay", "bin/kill"] {
@@ -1588,7 +1251,7 @@ async fn systemd_units_pass_systemd_analyze_verify() {
         .args(&names)
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    let out = run_cmd(verify).await;
+    let out = finish(verify).await;
     // Unknown keys and bad values are warnings with exit status 0: any
     // output at all is a finding.
     assert!(out.status.success(), "{out:?}");
@@ -1631,7 +1294,7 @@ async fn json_logs_are_one_object_per_line_with_session_and_host_ids() {
     // The flag after the subcommand: it is global.
     let mut demo = Proc::spawn(
         "demo",
-        &[
+        shellrelay(&[
             "demo",
             "--log-format",
             "json",
@@ -1639,7 +1302,7 @@ async fn json_logs_are_one_object_per_line_with_session_and_host_ids() {
             &target_addr,
             "--listen",
             "127.0.0.1:0",
-        ],
+        ]),
     );
     let line = demo
         .wait_for("the client forwarder's address", |l| {
@@ -1695,9 +1358,10 @@ async fn json_logs_are_one_object_per_line_with_session_and_host_ids() {
     assert!(status.success(), "demo: {status}:\n{}", demo.log());
     echo.abort();
 
-    let lines: Vec<serde_json::Value> = demo.seen.iter().map(|l| json(l)).collect();
+    let seen = demo.lines();
+    let lines: Vec<serde_json::Value> = seen.iter().map(|l| json(l)).collect();
     assert!(lines.len() >= 8, "too few lines:\n{}", demo.log());
-    for (value, line) in lines.iter().zip(&demo.seen) {
+    for (value, line) in lines.iter().zip(&seen) {
         for key in ["timestamp", "level", "target"] {
             assert!(value[key].is_string(), "no {key} in {line:?}");
         }
@@ -1709,7 +1373,7 @@ async fn json_logs_are_one_object_per_line_with_session_and_host_ids() {
     // Every line about the session, in any role, names it and its host.
     let about_session: Vec<(&serde_json::Value, &String)> = lines
         .iter()
-        .zip(&demo.seen)
+        .zip(&seen)
         .filter(|(v, _)| {
             v["span"]["name"] == "session"
                 || v["fields"]["message"]
@@ -1751,7 +1415,7 @@ async fn log_format_comes_from_the_environment_and_refuses_unknown_values() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = write_secret(dir.path());
     let certs = dir.path().join("certs");
-    let mut cmd = command(&[
+    let mut cmd = shellrelay(&[
         "relay",
         "--listen",
         "127.0.0.1:0",
@@ -1763,7 +1427,7 @@ async fn log_format_comes_from_the_environment_and_refuses_unknown_values() {
         path_str(&certs.join("relay.key")),
     ]);
     cmd.env("SHELLRELAY_LOG_FORMAT", "json");
-    let mut relay = Proc::spawn_cmd("relay", cmd);
+    let mut relay = Proc::spawn("relay", cmd);
     let line = relay
         .wait_for("relay listening", |l| {
             message(l).as_deref() == Some("relay listening")
@@ -1772,12 +1436,12 @@ async fn log_format_comes_from_the_environment_and_refuses_unknown_values() {
     assert!(json(&line)["fields"]["addr"].is_string(), "{line}");
     let status = relay.terminate().await;
     assert!(status.success(), "relay: {status}:\n{}", relay.log());
-    for line in &relay.seen {
+    for line in &relay.lines() {
         json(line);
     }
     assert!(
         relay
-            .seen
+            .lines()
             .iter()
             .any(|l| message(l).as_deref() == Some("relay shutting down")),
         "{}",
@@ -1790,9 +1454,9 @@ async fn log_format_comes_from_the_environment_and_refuses_unknown_values() {
         out.stderr.contains("text") && out.stderr.contains("json"),
         "{out:?}"
     );
-    let mut cmd = command(&["demo"]);
+    let mut cmd = shellrelay(&["demo"]);
     cmd.env("SHELLRELAY_LOG_FORMAT", "yaml");
-    let out = run_cmd(cmd).await;
+    let out = finish(cmd).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
@@ -1814,11 +1478,11 @@ async fn status_prints_the_hosts_online_from_the_relays_metrics_endpoint() {
     assert_eq!(out.stdout, "no hosts online\n", "{out:?}");
 
     let token = dir.path().join("host.token");
-    std::fs::write(&token, mint(&secret, "host", "lab1", "1h").await).expect("write token");
+    std::fs::write(&token, mint_token(&secret, "host", "lab1", "1h").await).expect("write token");
     make_private(&token);
     let mut host = Proc::spawn(
         "host",
-        &[
+        shellrelay(&[
             "host",
             "--relay",
             &relay_addr.to_string(),
@@ -1828,14 +1492,14 @@ async fn status_prints_the_hosts_online_from_the_relays_metrics_endpoint() {
             path_str(&token),
             "--target",
             "127.0.0.1:9",
-        ],
+        ]),
     );
     host.wait_for_text("registered with relay").await;
 
     // The address may come from the environment, as every flag's may.
-    let mut cmd = command(&["status"]);
+    let mut cmd = shellrelay(&["status"]);
     cmd.env("SHELLRELAY_METRICS", &metrics);
-    let out = run_cmd(cmd).await;
+    let out = finish(cmd).await;
     assert!(out.status.success(), "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
     let lines: Vec<Vec<&str>> = out
@@ -1875,8 +1539,10 @@ async fn status_prints_the_hosts_online_from_the_relays_metrics_endpoint() {
     host.terminate().await;
     relay.terminate().await;
     let out = run(&["status", "--metrics", &metrics]).await;
-    assert_one_line_error(
+    assert_error_line(
         &out,
-        &format!("could not reach the relay's metrics endpoint at {metrics}"),
+        &[&format!(
+            "could not reach the relay's metrics endpoint at {metrics}"
+        )],
     );
 }

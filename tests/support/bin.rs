@@ -89,7 +89,11 @@ pub async fn run(args: &[&str]) -> Out {
 /// stderr naming every needle, without a panic, and printed nothing on
 /// stdout (which `connect` keeps for session bytes).
 pub fn assert_error_line(out: &Out, needles: &[&str]) {
-    assert_eq!(out.status.code(), Some(1), "expected exit status 1: {out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit status 1: {out:?}"
+    );
     assert!(!out.stderr.contains("panicked"), "panicked: {out:?}");
     assert!(
         !out.stderr.contains("backtrace"),

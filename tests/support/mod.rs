@@ -1,15 +1,17 @@
 //! Shared test support: a relay on 127.0.0.1:0 with a pinned rcgen
 //! certificate, host agents and client forwarders started in-process, echo
-//! and greeting targets, a private OpenSSH server, and bounded waits.
+//! and greeting targets, a private OpenSSH server, and bounded waits; the
+//! binary run as a process in [`bin`] and [`proc`].
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod netem;
+pub mod proc;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
@@ -21,7 +23,7 @@ use shellrelay::protocol::Reason;
 use shellrelay::relay::{Relay, RelayConfig, RelayHandle};
 use shellrelay::tls::{self, TransportOptions, Trust};
 use shellrelay::token::{self, Claims, Role, Secret, TokenSource, Verifier};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -490,20 +492,13 @@ pub async fn read_until_closed(tcp: &mut TcpStream) -> Vec<u8> {
 }
 
 /// A private OpenSSH server on a free loopback port, with its own host
-/// key and an authorized key for the current user.
+/// key and an authorized key for the current user; stopped on drop.
 pub struct Sshd {
     /// The port sshd listens on (127.0.0.1).
     pub port: u16,
     /// Holds keys and config; removed on drop.
     pub dir: tempfile::TempDir,
-    child: tokio::process::Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
+    proc: proc::Proc,
 }
 
 fn find_program(name: &str, dirs: &[&str]) -> Option<PathBuf> {
@@ -581,58 +576,26 @@ impl Sshd {
                 ),
             )
             .unwrap();
-            let mut child = tokio::process::Command::new(&sshd)
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("sshd starts");
-            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-            let log = Arc::new(Mutex::new(Vec::new()));
-            let started = within(Duration::from_secs(20), "sshd to listen", async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    log.lock().unwrap().push(line.clone());
-                    if line.contains("Server listening on") {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await;
-            if !started {
+            let mut cmd = tokio::process::Command::new(&sshd);
+            cmd.arg("-D").arg("-e").arg("-f").arg(&config);
+            let mut proc = proc::Proc::spawn("sshd", cmd);
+            if proc
+                .find(|l| l.contains("Server listening on"))
+                .await
+                .is_none()
+            {
                 // Most likely the port was taken in between; try another.
-                let _ = child.kill().await;
-                eprintln!("sshd did not start: {:?}", log.lock().unwrap());
+                eprintln!("sshd did not start:\n{}", proc.log());
                 continue;
             }
-            // Keep draining sshd's log so it never blocks on a full pipe.
-            let sink = log.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut log = sink.lock().unwrap();
-                    if log.len() < 1000 {
-                        log.push(line);
-                    }
-                }
-            });
-            return Some(Sshd {
-                port,
-                dir,
-                child,
-                log,
-            });
+            return Some(Sshd { port, dir, proc });
         }
         panic!("sshd did not start after 5 attempts");
     }
 
     /// What sshd has logged so far.
     pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
+        self.proc.lines()
     }
 
     /// The target address for a host agent.

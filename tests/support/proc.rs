@@ -27,9 +27,10 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    /// Starts `cmd` (stdout discarded, stderr read) under `name`.
+    /// Starts `cmd` (no stdin, stdout discarded, stderr read) under `name`.
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::null())
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd
