@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use shellrelay::client::{self, ClientConfig};
 use shellrelay::host::{self, HostConfig};
@@ -63,7 +63,9 @@ pub struct Tunnel {
     pub secret: Secret,
     /// Its self-signed certificate, pinned by peers.
     pub cert: Vec<CertificateDer<'static>>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// The same certificate, PEM.
+    pub cert_pem: String,
+    key: PrivateKeyDer<'static>,
     /// Cancelled on drop: stops the relay and every peer started from here.
     pub cancel: CancellationToken,
     config: RelayConfig,
@@ -89,9 +91,16 @@ impl Tunnel {
         init_tracing();
         shellrelay::raise_fd_limit();
         let secret = Secret::new(SECRET.to_vec()).unwrap();
-        let identity = tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let cert = identity.chain.clone();
-        let key = identity.key.clone_key();
+        let certified =
+            rcgen::generate_simple_self_signed(["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let cert_pem = certified.cert.pem();
+        let cert = vec![certified.cert.der().clone()];
+        let key: PrivateKeyDer<'static> =
+            PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()).into();
+        let identity = tls::Identity {
+            chain: cert.clone(),
+            key: key.clone_key(),
+        };
         let server = tls::server_config(identity, TransportOptions::default()).unwrap();
         let mut config = RelayConfig::new(Verifier::new(&secret, token::DEFAULT_AUDIENCE));
         configure(&mut config);
@@ -106,6 +115,7 @@ impl Tunnel {
             registry,
             secret,
             cert,
+            cert_pem,
             key,
             cancel,
             config,
@@ -125,7 +135,7 @@ impl Tunnel {
     /// Starts the relay again on the same address, secret and certificate.
     pub async fn start_relay(&mut self) {
         assert!(self.relay.is_none(), "the relay is running");
-        let identity = shellrelay::tls::Identity {
+        let identity = tls::Identity {
             chain: self.cert.clone(),
             key: self.key.clone_key(),
         };
@@ -254,7 +264,7 @@ impl Tunnel {
     pub fn client_files(&self, dir: &Path, host: &str) -> ClientFiles {
         use std::os::unix::fs::PermissionsExt;
         let cert = dir.join("relay.crt");
-        std::fs::write(&cert, pem("CERTIFICATE", &self.cert[0])).unwrap();
+        std::fs::write(&cert, &self.cert_pem).unwrap();
         let token = dir.join("client.token");
         let jwt = if token::valid_host_id(host) {
             self.token(Role::Client, host, HOUR)
@@ -282,32 +292,6 @@ impl Tunnel {
             config,
         }
     }
-}
-
-/// `der` as a PEM block with `label`.
-pub fn pem(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let n = chunk.len();
-        let v = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= n {
-                b64.push(ALPHABET[((v >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// Finds program `name` for a test, or returns `None` saying loudly that
