@@ -16,7 +16,8 @@ use shellrelay::tls::{TransportOptions, Trust};
 use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
 use support::bin::{make_private, path_str, shellrelay};
 use support::proc::{field, Proc};
-use support::{Sshd, HOUR};
+use support::sshd::{user, Sshd};
+use support::HOUR;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -616,11 +617,7 @@ async fn openssh_rows(sink: SocketAddr, plan: &Plan, ours: [f64; 4]) -> anyhow::
             "UserKnownHostsFile=/dev/null",
         ])
         .args(["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"])
-        .args([
-            "-R",
-            &format!("0:{sink}"),
-            &format!("{}@127.0.0.1", support::user()),
-        ]);
+        .args(["-R", &format!("0:{sink}"), &format!("{}@127.0.0.1", user())]);
     let mut tunnel = Proc::spawn("ssh -R", cmd);
     let forwarded: u16 = tunnel
         .find(|l| l.starts_with("Allocated port "))

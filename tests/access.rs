@@ -11,6 +11,7 @@ use std::time::Duration;
 use shellrelay::keys::{self, KeyKind, KeySet, SigningKey, VerifyKey};
 use shellrelay::protocol::Reason;
 use shellrelay::token::{self, Claims, Role, Secret, Verifier};
+use support::traffic::*;
 use support::*;
 
 fn claims(role: Role, sub: &str) -> Claims {

@@ -12,6 +12,7 @@ use std::process::Stdio;
 
 use support::bin::{assert_error_line, finish, shellrelay};
 use support::proc::{addr_field, signal, Proc};
+use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use shellrelay::tls::TransportOptions;
 use shellrelay::token::{Claims, Role, TokenSource};
 use support::netem::{Impairment, Proxy};
+use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

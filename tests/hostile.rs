@@ -12,6 +12,7 @@ use shellrelay::client::{ClientConfig, Forwarder, OpenError};
 use shellrelay::peer::{self, ConnectError};
 use shellrelay::protocol::{Reason, Refusal, ALPN};
 use shellrelay::token::{Role, TokenSource};
+use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

@@ -13,7 +13,8 @@ use shellrelay::metrics::Status;
 use shellrelay::peer;
 use shellrelay::protocol::Reason;
 use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
-use support::{echo, echo_roundtrip, echo_server, within, Noise, Tunnel, HOUR, WAIT};
+use support::traffic::{echo, echo_roundtrip, echo_server, Noise};
+use support::{within, Tunnel, HOUR, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

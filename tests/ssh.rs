@@ -9,6 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use support::sshd::{required_program, user, Sshd};
+use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use shellrelay::peer;
 use shellrelay::protocol::Reason;
 use shellrelay::token::{self, unix_now, Claims, Role, Secret, TokenSource};
+use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
