@@ -2,22 +2,25 @@
 //! separate processes on loopback, measured against direct TCP in the same
 //! run. Prints one table: each figure, its baseline and the ratio.
 
-use std::io::{BufRead, BufReader};
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use shellrelay::client::{ClientConfig, Forwarder};
 use shellrelay::peer::{self, RelayAddr};
 use shellrelay::tls::{TransportOptions, Trust};
 use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
+use support::bin::{make_private, path_str, shellrelay};
+use support::proc::{field, Proc};
+use support::sshd::{user, Sshd};
+use support::HOUR;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shellrelay");
 const GREETING: u8 = b'G';
 const CHUNK: usize = 256 * 1024;
 
@@ -275,64 +278,32 @@ async fn setups(addr: SocketAddr, count: usize) -> (Duration, Duration) {
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
-/// A child process whose log lines arrive on a channel; killed on drop.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+/// Starts `shellrelay args` as process `name`, logging its own info lines
+/// and other crates' warnings.
+fn spawn(name: &str, args: &[&str]) -> Proc {
+    let mut cmd = shellrelay(args);
+    cmd.env("RUST_LOG", "warn,shellrelay=info");
+    Proc::spawn(name, cmd)
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The arguments of a host agent or client forwarder (`role`) for the
+/// relay at `relay` with certificate `cert`, with the token in `token`.
+fn peer_args<'a>(role: &'a str, relay: &'a str, cert: &'a Path, token: &'a Path) -> Vec<&'a str> {
+    vec![
+        role,
+        "--relay",
+        relay,
+        "--relay-cert",
+        path_str(cert),
+        "--token-file",
+        path_str(token),
+    ]
 }
 
-impl Proc {
-    fn spawn(args: &[&str]) -> anyhow::Result<Proc> {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "warn,shellrelay=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("could not start {BIN}"))?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Proc { child, lines })
-    }
-
-    /// The value of `key=` in the first log line containing `needle`.
-    fn wait_for(&self, needle: &str, key: &str) -> anyhow::Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .with_context(|| format!("no {needle:?} in the log"))?;
-            if line.contains(needle) {
-                let value = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                    .unwrap_or_default();
-                return Ok(value.to_owned());
-            }
-        }
-        bail!("no {needle:?} in the log within 30 s")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
+/// The value of `key=` in the next log line of `proc` containing `needle`.
+async fn logged(proc: &mut Proc, needle: &str, key: &str) -> String {
+    let line = proc.wait_for_text(needle).await;
+    field(&line, key).unwrap_or_default().to_owned()
 }
 
 /// Resident set size of `pid`, KiB.
@@ -401,17 +372,12 @@ async fn run() -> anyhow::Result<()> {
     let secret_path = dir.path().join("secret");
     let secret = Secret::generate();
     std::fs::write(&secret_path, secret.expose())?;
-    set_private(&secret_path)?;
+    make_private(&secret_path);
     let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
     let mint = |role, host: &str| {
         token::mint(
             &secret,
-            &Claims::new(
-                role,
-                host,
-                token::DEFAULT_AUDIENCE,
-                Duration::from_secs(3600),
-            ),
+            &Claims::new(role, host, token::DEFAULT_AUDIENCE, HOUR),
         )
     };
     let host_token = dir.path().join("host.token");
@@ -420,54 +386,42 @@ async fn run() -> anyhow::Result<()> {
     std::fs::write(&client_token, mint(Role::Client, "bench")?)?;
 
     let sink = target().await;
-    let s = |p: &Path| {
-        p.to_str()
-            .map(str::to_owned)
-            .context("temp path is not UTF-8")
-    };
     let limit = (plan.idle_sessions + 1_000).to_string();
-    let relay = Proc::spawn(&[
+    let mut relay = spawn(
         "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--secret-file",
-        &s(&secret_path)?,
-        "--cert",
-        &s(&cert)?,
-        "--key",
-        &s(&key)?,
-        "--max-sessions-per-client",
-        &limit,
-        "--max-sessions-per-host",
-        &limit,
-        "--max-handshakes-per-addr",
-        "100000",
-        "--max-hosts",
-        &limit,
-    ])?;
-    let relay_addr = relay.wait_for("relay listening", "addr")?;
-    let peer_args = |role: &'static str, token: &Path| -> anyhow::Result<Vec<String>> {
-        Ok(vec![
-            role.into(),
-            "--relay".into(),
-            relay_addr.clone(),
-            "--relay-cert".into(),
-            s(&cert)?,
-            "--token-file".into(),
-            s(token)?,
-        ])
-    };
-    let mut host_args = peer_args("host", &host_token)?;
-    host_args.extend(["--target".into(), sink.to_string()]);
-    let host = Proc::spawn(&host_args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    host.wait_for("registered with relay", "host")?;
-    let mut client_args = peer_args("client", &client_token)?;
-    client_args.extend(["--listen".into(), "127.0.0.1:0".into()]);
-    let client = Proc::spawn(&client_args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let tunnel: SocketAddr = client
-        .wait_for("client forwarder listening", "listen")?
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--secret-file",
+            path_str(&secret_path),
+            "--cert",
+            path_str(&cert),
+            "--key",
+            path_str(&key),
+            "--max-sessions-per-client",
+            &limit,
+            "--max-sessions-per-host",
+            &limit,
+            "--max-handshakes-per-addr",
+            "100000",
+            "--max-hosts",
+            &limit,
+        ],
+    );
+    let relay_addr = logged(&mut relay, "relay listening", "addr").await;
+    let sink_at = sink.to_string();
+    let mut host_args = peer_args("host", &relay_addr, &cert, &host_token);
+    host_args.extend(["--target", &sink_at]);
+    let mut host = spawn("host", &host_args);
+    logged(&mut host, "registered with relay", "host").await;
+    let mut client_args = peer_args("client", &relay_addr, &cert, &client_token);
+    client_args.extend(["--listen", "127.0.0.1:0"]);
+    let mut client = spawn("client", &client_args);
+    let tunnel: SocketAddr = logged(&mut client, "client forwarder listening", "listen")
+        .await
         .parse()?;
-    client.wait_for("connected to relay", "host")?;
+    logged(&mut client, "connected to relay", "host").await;
 
     println!("shellrelay relay benchmark: {}", machine());
     println!(
@@ -635,14 +589,10 @@ async fn run() -> anyhow::Result<()> {
     if std::env::var("SHELLRELAY_BENCH_DEBUG").is_ok() {
         for (name, proc) in [("host", &host), ("relay", &relay), ("client", &client)] {
             let mut sent: Vec<u64> = proc
-                .lines
-                .try_iter()
+                .lines()
+                .iter()
                 .filter(|l| l.contains("session ended"))
-                .filter_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix("to_client="))
-                        .and_then(|v| v.parse().ok())
-                })
+                .filter_map(|l| field(l, "to_client").and_then(|v| v.parse().ok()))
                 .collect();
             sent.sort();
             eprintln!("{name}: to_client per session: {sent:?}");
@@ -656,52 +606,10 @@ async fn run() -> anyhow::Result<()> {
 /// private sshd, when OpenSSH is installed: the tool people use instead.
 /// `ours` holds shellrelay's up and down Gbit/s, echo p50 and setup p50 (µs).
 async fn openssh_rows(sink: SocketAddr, plan: &Plan, ours: [f64; 4]) -> anyhow::Result<()> {
-    let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("sshd not found")?;
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
-    for key in ["host_key", "id"] {
-        let ok = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(d.join(key))
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "ssh-keygen failed");
-    }
-    std::fs::copy(d.join("id.pub"), d.join("authorized_keys"))?;
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    std::fs::write(
-        d.join("sshd_config"),
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
-             PidFile {d}/sshd.pid\nPasswordAuthentication no\nStrictModes no\nUsePAM no\n\
-             PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nMaxStartups 2000\n",
-            d = d.display()
-        ),
-    )?;
-    let mut daemon = Command::new(sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(d.join("sshd_config"))
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut daemon_log = BufReader::new(daemon.stderr.take().context("no stderr")?).lines();
-    let listening = daemon_log
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("Server listening"));
-    // Keep draining its log, or sshd blocks on a full pipe.
-    std::thread::spawn(move || daemon_log.for_each(drop));
-    let _daemon = KillOnDrop(daemon);
-    anyhow::ensure!(listening, "sshd did not start");
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
-    let mut tunnel = Command::new("ssh")
-        .args(["-F", "/dev/null", "-N", "-p", &port.to_string(), "-i"])
-        .arg(d.join("id"))
+    let sshd = Sshd::start().await.context("sshd not found")?;
+    let mut cmd = tokio::process::Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-N", "-p", &sshd.port.to_string(), "-i"])
+        .arg(sshd.dir.path().join("id"))
         .args([
             "-o",
             "StrictHostKeyChecking=no",
@@ -709,23 +617,19 @@ async fn openssh_rows(sink: SocketAddr, plan: &Plan, ours: [f64; 4]) -> anyhow::
             "UserKnownHostsFile=/dev/null",
         ])
         .args(["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"])
-        .args(["-R", &format!("0:{sink}"), &format!("{user}@127.0.0.1")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut out = BufReader::new(tunnel.stderr.take().context("no stderr")?).lines();
-    let forwarded: u16 = out
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.strip_prefix("Allocated port ")
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|p| p.parse().ok())
+        .args(["-R", &format!("0:{sink}"), &format!("{}@127.0.0.1", user())]);
+    let mut tunnel = Proc::spawn("ssh -R", cmd);
+    let forwarded: u16 = tunnel
+        .find(|l| l.starts_with("Allocated port "))
+        .await
+        .and_then(|l| {
+            l.strip_prefix("Allocated port ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
         })
         .context("ssh -R did not report its port")?;
-    std::thread::spawn(move || out.for_each(drop));
-    let _tunnel = KillOnDrop(tunnel);
     let via: SocketAddr = ([127, 0, 0, 1], forwarded).into();
     upload(via, 16 << 20).await;
     let up = gbps(plan.bulk, upload(via, plan.bulk).await);
@@ -769,16 +673,6 @@ async fn openssh_rows(sink: SocketAddr, plan: &Plan, ours: [f64; 4]) -> anyhow::
     Ok(())
 }
 
-/// Kills a helper process when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn us(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1e6)
 }
@@ -795,10 +689,4 @@ async fn settle_rss(pid: u32) -> u64 {
         last = now;
     }
     last
-}
-
-fn set_private(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(())
 }

@@ -11,11 +11,8 @@ use std::time::Duration;
 use shellrelay::keys::{self, KeyKind, KeySet, SigningKey, VerifyKey};
 use shellrelay::protocol::Reason;
 use shellrelay::token::{self, Claims, Role, Secret, Verifier};
+use support::traffic::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const HOUR: Duration = Duration::from_secs(3600);
 
 fn claims(role: Role, sub: &str) -> Claims {
     Claims::new(role, sub, token::DEFAULT_AUDIENCE, HOUR)
@@ -27,20 +24,6 @@ fn client_claims(hosts: &[&str], jti: &str) -> Claims {
     c.hosts = hosts.iter().map(|h| h.to_string()).collect();
     c.jti = Some(jti.into());
     c
-}
-
-/// Opens a session through `client` and checks it echoes.
-async fn ping(client: std::net::SocketAddr) -> TcpStream {
-    let mut tcp = within(WAIT, "connect", TcpStream::connect(client))
-        .await
-        .unwrap();
-    tcp.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    within(WAIT, "echo", tcp.read_exact(&mut buf))
-        .await
-        .unwrap();
-    assert_eq!(&buf, b"ping");
-    tcp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,12 +209,7 @@ async fn revoking_a_token_closes_its_live_session_and_refuses_it_from_then_on() 
     )
     .await;
     // Others carry on.
-    bob_tcp.write_all(b"pong").await.unwrap();
-    let mut buf = [0u8; 4];
-    within(WAIT, "echo", bob_tcp.read_exact(&mut buf))
-        .await
-        .unwrap();
-    assert_eq!(&buf, b"pong");
+    echo(&mut bob_tcp, b"pong").await;
     let (reason, message) = refusal(&tunnel, Role::Client, alice, None).await;
     assert_eq!(reason, Reason::Revoked, "{message}");
     assert_eq!(message, "token alice-laptop is revoked");

@@ -8,69 +8,16 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
+use support::bin::{assert_error_line, finish, shellrelay};
+use support::proc::{addr_field, signal, Proc};
+use support::traffic::*;
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_shellrelay");
-
-/// The binary with `args`, a clean environment (no `SHELLRELAY_*` variable
-/// from the caller, no `RUST_LOG`, no user config file) and piped stdio.
-fn shellrelay(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SHELLRELAY_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .env("RUST_BACKTRACE", "1")
-        .env(
-            "XDG_CONFIG_HOME",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-config-dir"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `cmd` with empty stdin to its end.
-async fn finish(mut cmd: Command) -> Output {
-    cmd.stdin(Stdio::null());
-    within(WAIT, &format!("{cmd:?}"), cmd.output())
-        .await
-        .expect("shellrelay runs")
-}
-
-/// Asserts a run failed with one `error: ...` line on stderr naming every
-/// needle, and nothing on stdout.
-fn assert_one_error_line(out: &Output, needles: &[&str]) {
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    let all = format!(
-        "{}\n--- stdout\n{stdout}--- stderr\n{stderr}---",
-        out.status
-    );
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(
-        stdout.is_empty(),
-        "stdout carries only session bytes: {all}"
-    );
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line on stderr: {all}");
-    assert!(lines[0].starts_with("error: "), "{all}");
-    for needle in needles {
-        assert!(lines[0].contains(needle), "expected {needle:?}: {all}");
-    }
 }
 
 /// A relay with host agent `host` in front of `target`, and the files a
@@ -88,6 +35,7 @@ async fn connect_carries_stdin_and_stdout_exactly_and_exits_0() {
     let (_tunnel, _host, files) = rig(dir.path(), "lab-greet", greeting_server().await).await;
     let mut child = shellrelay(&["connect", "--host", "lab-greet"])
         .env("SHELLRELAY_CONFIG", &files.config)
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     // Written the moment the process starts, long before the session is
@@ -119,6 +67,7 @@ async fn connect_ends_quietly_on_the_sighup_ssh_sends_its_proxy() {
     let (_tunnel, _host, files) = rig(dir.path(), "lab-echo", echo_server().await).await;
     let mut child = shellrelay(&["connect", "--config", files.config.to_str().unwrap()])
         .args(["--host", "lab-echo"])
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
@@ -130,12 +79,7 @@ async fn connect_ends_quietly_on_the_sighup_ssh_sends_its_proxy() {
         .unwrap();
     assert_eq!(&echo, b"ping\n");
     // stdin stays open: ssh sends SIGHUP without closing it first.
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(child.id().unwrap(), "HUP");
     exits_quietly(child).await;
     drop(stdin);
 }
@@ -156,19 +100,19 @@ async fn connect_failures_are_one_clear_line_and_exit_1() {
     let mut cmd = flags("lab-off");
     cmd.arg("--token-file").arg(&files.token);
     let out = finish(cmd).await;
-    assert_one_error_line(&out, &["host lab-off is not connected"]);
+    assert_error_line(&out, &["host lab-off is not connected"]);
 
     // A token that is not one.
     let mut cmd = flags("lab-off");
     cmd.args(["--token", "not.a.token"]);
     let out = finish(cmd).await;
-    assert_one_error_line(&out, &["relay refused"]);
+    assert_error_line(&out, &["relay refused"]);
 
     // A token for another host.
     let mut cmd = flags("lab-other");
     cmd.arg("--token-file").arg(&files.token);
     let out = finish(cmd).await;
-    assert_one_error_line(&out, &["cannot reach host lab-other"]);
+    assert_error_line(&out, &["cannot reach host lab-other"]);
 
     // The host is connected but nothing listens on its target.
     let closed = {
@@ -179,11 +123,11 @@ async fn connect_failures_are_one_clear_line_and_exit_1() {
     let mut cmd = flags("lab-off");
     cmd.arg("--token-file").arg(&files.token);
     let out = finish(cmd).await;
-    assert_one_error_line(&out, &["session refused"]);
+    assert_error_line(&out, &["session refused"]);
 
     // No relay to be had at all: nothing given, no config file.
     let out = finish(shellrelay(&["connect", "--host", "lab-off"])).await;
-    assert_one_error_line(&out, &["pass --relay", "client.toml"]);
+    assert_error_line(&out, &["pass --relay", "client.toml"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +146,7 @@ async fn config_file_keys_are_read_and_flags_and_env_override_them() {
     .unwrap();
     let mut cmd = shellrelay(&["connect"]);
     cmd.env("SHELLRELAY_CONFIG", &files.config);
-    assert_one_error_line(&finish(cmd).await, &["host lab1 is not connected"]);
+    assert_error_line(&finish(cmd).await, &["host lab1 is not connected"]);
 
     // A file whose relay and token would fail: flags win over both...
     let wrong = dir.path().join("wrong.toml");
@@ -214,43 +158,32 @@ async fn config_file_keys_are_read_and_flags_and_env_override_them() {
     let mut cmd = shellrelay(&["connect", "--relay", &relay]);
     cmd.arg("--config").arg(&wrong);
     cmd.arg("--token-file").arg(&files.token);
-    assert_one_error_line(&finish(cmd).await, &["host lab1 is not connected"]);
+    assert_error_line(&finish(cmd).await, &["host lab1 is not connected"]);
 
     // ...and so do environment variables; `--host` beats the file's host.
     let mut cmd = shellrelay(&["connect", "--host", "lab2"]);
     cmd.env("SHELLRELAY_CONFIG", &wrong)
         .env("SHELLRELAY_RELAY", &relay)
         .env("SHELLRELAY_TOKEN_FILE", &files.token);
-    assert_one_error_line(&finish(cmd).await, &["cannot reach host lab2"]);
+    assert_error_line(&finish(cmd).await, &["cannot reach host lab2"]);
 
     // The client forwarder reads the same file.
     let _host = tunnel.host("lab1", echo_server().await).await;
     let mut client = shellrelay(&["client", "--listen", "127.0.0.1:0"]);
     client
         .env("SHELLRELAY_CONFIG", &files.config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    let mut client = client.spawn().unwrap();
-    let mut lines = BufReader::new(client.stderr.take().unwrap()).lines();
-    let listen: SocketAddr = within(WAIT, "the client to listen", async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("listen=") {
-                let rest = &line[at + "listen=".len()..];
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("the client ended without listening");
-    })
-    .await;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .env("RUST_LOG", "info");
+    let mut client = Proc::spawn("client", client);
+    let line = client
+        .wait_for("the client to listen", |l| l.contains("listen="))
+        .await;
+    let listen: SocketAddr = addr_field(&line, "listen");
     within(
         WAIT,
         "an echo through the client",
         echo_roundtrip(listen, 3, 1 << 20),
     )
     .await;
-    let _ = client.start_kill();
 }
 
 #[tokio::test]
@@ -266,7 +199,7 @@ async fn config_file_errors_name_the_file_and_the_line() {
     for role in [&["connect"][..], &["client", "--listen", "127.0.0.1:0"]] {
         let mut cmd = shellrelay(role);
         cmd.args(["--config", path]);
-        assert_one_error_line(
+        assert_error_line(
             &finish(cmd).await,
             &[path, "line 3, column 1", "unknown field `colour`"],
         );
@@ -277,14 +210,14 @@ async fn config_file_errors_name_the_file_and_the_line() {
     let missing = dir.path().join("missing.toml");
     let missing = missing.to_str().unwrap();
     let out = finish(shellrelay(&["connect", "--config", missing])).await;
-    assert_one_error_line(&out, &[missing]);
+    assert_error_line(&out, &[missing]);
     let mut cmd = shellrelay(&["connect"]);
     cmd.env("SHELLRELAY_CONFIG", missing);
-    assert_one_error_line(&finish(cmd).await, &[missing]);
+    assert_error_line(&finish(cmd).await, &[missing]);
     let mut cmd = shellrelay(&["connect"]);
     cmd.env("XDG_CONFIG_HOME", dir.path());
     let out = finish(cmd).await;
-    assert_one_error_line(&out, &["pass --relay"]);
+    assert_error_line(&out, &["pass --relay"]);
 }
 
 /// Waits for `connect` to exit 0 having printed nothing on stderr.

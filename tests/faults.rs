@@ -10,11 +10,10 @@ use std::time::Duration;
 use shellrelay::tls::TransportOptions;
 use shellrelay::token::{Claims, Role, TokenSource};
 use support::netem::{Impairment, Proxy};
+use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const HOUR: Duration = Duration::from_secs(3600);
 
 /// A relay with a proxy in front of it on the host's side and one on the
 /// client's side, an echo target, and a client forwarder.

@@ -12,11 +12,10 @@ use shellrelay::client::{ClientConfig, Forwarder, OpenError};
 use shellrelay::peer::{self, ConnectError};
 use shellrelay::protocol::{Reason, Refusal, ALPN};
 use shellrelay::token::{Role, TokenSource};
+use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-const HOUR: Duration = Duration::from_secs(3600);
 
 /// A raw QUIC connection to the relay offering `alpn`, for peers that
 /// misbehave on purpose.

@@ -8,17 +8,15 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use shellrelay::metrics::Status;
 use shellrelay::peer;
 use shellrelay::protocol::Reason;
 use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
-use support::{echo_roundtrip, echo_server, within, Noise, Tunnel, WAIT};
+use support::traffic::{echo, echo_roundtrip, echo_server, Noise};
+use support::{within, Tunnel, HOUR, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const HOUR: Duration = Duration::from_secs(3600);
 
 /// A relay that never blocks an address for refused tokens.
 async fn tunnel() -> Tunnel {
@@ -140,13 +138,7 @@ async fn open_session(client: SocketAddr, len: usize) -> TcpStream {
         .unwrap();
     let mut data = vec![0u8; len];
     Noise::new(7).fill(&mut data);
-    let mut back = vec![0u8; len];
-    within(WAIT, "the echo", async {
-        tcp.write_all(&data).await.unwrap();
-        tcp.read_exact(&mut back).await.unwrap();
-    })
-    .await;
-    assert_eq!(back, data, "echoed bytes");
+    echo(&mut tcp, &data).await;
     tcp
 }
 

@@ -1,26 +1,16 @@
 //! Self-tests of the UDP impairment proxy in tests/support/netem.rs.
 
-#[path = "support/netem.rs"]
-mod netem;
+mod support;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netem::{Impairment, Proxy};
+use support::netem::{Impairment, Proxy};
+use support::{within, WAIT};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {WAIT:?}: {what}"),
-    }
-}
 
 /// A UDP echo server on 127.0.0.1:0 that answers each datagram with `tag`
 /// followed by the datagram, and records the sequence number (first 8 bytes)
@@ -110,7 +100,7 @@ async fn clean_proxy_delivers_everything() {
     let echo = Echo::start(b'A').await;
     let proxy = Proxy::start(echo.addr).await;
     let sock = client().await;
-    within("1000 round trips", async {
+    within(WAIT, "1000 round trips", async {
         for seq in 0..1000 {
             assert_eq!(round_trip(&sock, proxy.addr(), seq).await, b'A');
         }
@@ -133,7 +123,7 @@ async fn loss_drops_about_half() {
     proxy.set_impairment(Impairment::loss(0.5), Impairment::NONE);
     let sock = Arc::new(client().await);
     let to = proxy.addr();
-    let got = within("lossy burst", async {
+    let got = within(WAIT, "lossy burst", async {
         let reader = tokio::spawn({
             let sock = Arc::clone(&sock);
             async move { collect_until_quiet(&sock, Duration::from_secs(1)).await }
@@ -176,7 +166,7 @@ async fn duplicate_sends_everything_twice() {
         Impairment::NONE,
     );
     let sock = client().await;
-    within("duplicated round trips", async {
+    within(WAIT, "duplicated round trips", async {
         for seq in 0..100 {
             send_seq(&sock, proxy.addr(), seq).await;
             assert_eq!(recv_reply(&sock).await, (b'A', seq));
@@ -203,7 +193,7 @@ async fn reorder_changes_order_but_loses_nothing() {
         Impairment::NONE,
     );
     let sock = client().await;
-    let mut got = within("reordered burst", async {
+    let mut got = within(WAIT, "reordered burst", async {
         for seq in 0..N {
             send_seq(&sock, proxy.addr(), seq).await;
         }
@@ -236,7 +226,7 @@ async fn reorder_releases_a_lone_datagram() {
     };
     proxy.set_impairment(always, always);
     let sock = client().await;
-    within("held datagrams released", async {
+    within(WAIT, "held datagrams released", async {
         for seq in 0..20 {
             assert_eq!(round_trip(&sock, proxy.addr(), seq).await, b'A');
         }
@@ -255,7 +245,7 @@ async fn jitter_delays_but_delivers() {
     };
     proxy.set_impairment(jitter, jitter);
     let sock = client().await;
-    let mut got = within("jittered burst", async {
+    let mut got = within(WAIT, "jittered burst", async {
         for seq in 0..N {
             send_seq(&sock, proxy.addr(), seq).await;
         }
@@ -275,7 +265,7 @@ async fn blackhole_drops_both_ways_until_lifted() {
     let echo = Echo::start(b'A').await;
     let proxy = Proxy::start(echo.addr).await;
     let sock = client().await;
-    within("before", round_trip(&sock, proxy.addr(), 0)).await;
+    within(WAIT, "before", round_trip(&sock, proxy.addr(), 0)).await;
 
     proxy.set_blackhole(true);
     for seq in 1..=10 {
@@ -286,7 +276,7 @@ async fn blackhole_drops_both_ways_until_lifted() {
     assert_eq!(proxy.stats().to_upstream.dropped, 10);
 
     proxy.set_blackhole(false);
-    within("after", async {
+    within(WAIT, "after", async {
         for seq in 100..110 {
             assert_eq!(round_trip(&sock, proxy.addr(), seq).await, b'A');
         }
@@ -323,11 +313,16 @@ async fn rebind_changes_source_port() {
     let echo = Echo::start(b'A').await;
     let proxy = Proxy::start(echo.addr).await;
     let sock = client().await;
-    within("before rebind", round_trip(&sock, proxy.addr(), 0)).await;
-    within("rebind", proxy.rebind()).await;
-    within("after rebind", round_trip(&sock, proxy.addr(), 1)).await;
-    within("rebind again", proxy.rebind()).await;
-    within("after second rebind", round_trip(&sock, proxy.addr(), 2)).await;
+    within(WAIT, "before rebind", round_trip(&sock, proxy.addr(), 0)).await;
+    within(WAIT, "rebind", proxy.rebind()).await;
+    within(WAIT, "after rebind", round_trip(&sock, proxy.addr(), 1)).await;
+    within(WAIT, "rebind again", proxy.rebind()).await;
+    within(
+        WAIT,
+        "after second rebind",
+        round_trip(&sock, proxy.addr(), 2),
+    )
+    .await;
 
     let log = echo.log();
     let sources: Vec<SocketAddr> = log.iter().map(|(_, from)| *from).collect();
@@ -349,7 +344,7 @@ async fn flows_are_separate() {
     let proxy = Proxy::start(echo.addr).await;
     let a = client().await;
     let b = client().await;
-    within("two flows", async {
+    within(WAIT, "two flows", async {
         round_trip(&a, proxy.addr(), 1).await;
         round_trip(&b, proxy.addr(), 2).await;
         round_trip(&a, proxy.addr(), 3).await;
@@ -367,13 +362,13 @@ async fn set_upstream_switches_server() {
     let b = Echo::start(b'B').await;
     let proxy = Proxy::start(a.addr).await;
     let sock = client().await;
-    within("to A", async {
+    within(WAIT, "to A", async {
         assert_eq!(round_trip(&sock, proxy.addr(), 0).await, b'A');
     })
     .await;
     proxy.set_upstream(b.addr);
     assert_eq!(proxy.upstream(), b.addr);
-    within("to B", async {
+    within(WAIT, "to B", async {
         for seq in 1..10 {
             assert_eq!(round_trip(&sock, proxy.addr(), seq).await, b'B');
         }
@@ -389,7 +384,7 @@ async fn survives_upstream_restart_at_same_address() {
     let addr = echo.addr;
     let proxy = Proxy::start(addr).await;
     let sock = client().await;
-    within("before restart", round_trip(&sock, proxy.addr(), 0)).await;
+    within(WAIT, "before restart", round_trip(&sock, proxy.addr(), 0)).await;
 
     // Server gone: datagrams go nowhere, and the proxy keeps running.
     drop(echo);
@@ -402,7 +397,7 @@ async fn survives_upstream_restart_at_same_address() {
 
     // Back at the same address (the aborted task may take a moment to
     // release the port).
-    let echo = within("rebind the server's port", async {
+    let echo = within(WAIT, "rebind the server's port", async {
         loop {
             match UdpSocket::bind(addr).await {
                 Ok(probe) => {
@@ -414,7 +409,7 @@ async fn survives_upstream_restart_at_same_address() {
         }
     })
     .await;
-    within("after restart", async {
+    within(WAIT, "after restart", async {
         assert_eq!(round_trip(&sock, proxy.addr(), 100).await, b'C');
     })
     .await;
@@ -427,10 +422,10 @@ async fn drop_stops_the_proxy() {
     let proxy = Proxy::start(echo.addr).await;
     let addr = proxy.addr();
     let sock = client().await;
-    within("round trip", round_trip(&sock, addr, 0)).await;
+    within(WAIT, "round trip", round_trip(&sock, addr, 0)).await;
     drop(proxy);
     // The listening socket closes once the cancelled tasks let go of it.
-    within("listening port released", async {
+    within(WAIT, "listening port released", async {
         while UdpSocket::bind(addr).await.is_err() {
             tokio::task::yield_now().await;
         }

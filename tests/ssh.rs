@@ -9,6 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use support::sshd::{required_program, user, Sshd};
+use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
@@ -147,20 +149,16 @@ async fn the_demo_carries_a_real_ssh_session_and_stops_on_sigterm() {
     let Some(sshd) = Sshd::start().await else {
         return;
     };
-    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_shellrelay"))
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--target",
-            &sshd.addr().to_string(),
-        ])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut demo = bin::shellrelay(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        &sshd.addr().to_string(),
+    ])
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let port: u16 = within(WAIT, "the demo's ssh command", async {
         while let Some(line) = lines.next_line().await.unwrap() {
@@ -185,11 +183,7 @@ async fn the_demo_carries_a_real_ssh_session_and_stops_on_sigterm() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "demo-ok\n");
 
-    let pid = demo.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    proc::signal(demo.id().unwrap(), "TERM");
     let status = within(WAIT, "the demo to stop", demo.wait()).await.unwrap();
     assert!(status.success(), "demo exited with {status}");
 }
@@ -267,7 +261,7 @@ async fn proxy_rig() -> Option<ProxyRig> {
              \x20   UserKnownHostsFile /dev/null\n\
              \x20   LogLevel ERROR\n",
             user = user(),
-            bin = env!("CARGO_BIN_EXE_shellrelay"),
+            bin = bin::BIN,
             id = sshd.dir.path().join("id").display(),
         ),
     )
@@ -286,16 +280,8 @@ impl ProxyRig {
     /// `program` with the environment `shellrelay connect` inherits from
     /// ssh: the config file, and nothing else of shellrelay's.
     fn command(&self, program: &str) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(program);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SHELLRELAY_") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env_remove("RUST_LOG")
-            .env("SHELLRELAY_CONFIG", &self.files.config)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = bin::scrubbed(program);
+        cmd.env("SHELLRELAY_CONFIG", &self.files.config);
         cmd
     }
 
@@ -331,10 +317,7 @@ async fn ssh_runs_a_command_through_connect_as_its_proxy_command() {
     let mut cmd = rig.command("ssh");
     cmd.args(["-F", "/dev/null", "-T"])
         .arg("-o")
-        .arg(format!(
-            "ProxyCommand={} connect --host %h",
-            env!("CARGO_BIN_EXE_shellrelay")
-        ))
+        .arg(format!("ProxyCommand={} connect --host %h", bin::BIN))
         .args(["-o", "StrictHostKeyChecking=no"])
         .args(["-o", "UserKnownHostsFile=/dev/null"])
         .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use shellrelay::peer;
 use shellrelay::protocol::Reason;
 use shellrelay::token::{self, unix_now, Claims, Role, Secret, TokenSource};
+use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const HOUR: Duration = Duration::from_secs(3600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_concurrent_sessions_carry_8_mib_each_intact() {
@@ -264,13 +263,7 @@ async fn a_live_session_is_closed_when_the_client_token_expires() {
     let token = tunnel.token(Role::Client, "lab1", Duration::from_secs(3));
     let exp = unix_now() + 3;
     let (client, _peer) = tunnel.client_with(token, None).await;
-    let mut tcp = TcpStream::connect(client).await.unwrap();
-    tcp.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    within(WAIT, "echo", tcp.read_exact(&mut buf))
-        .await
-        .unwrap();
-    assert_eq!(&buf, b"ping");
+    let mut tcp = ping(client).await;
     within(
         Duration::from_secs(15),
         "session to close at expiry",

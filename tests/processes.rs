@@ -1,0 +1,291 @@
+//! The relay, host agent, client forwarder and `status` run as separate
+//! `shellrelay` processes talking over loopback: what they log, how they
+//! stop, and what a client does while its host is offline.
+//!
+//! Every wait is bounded by a timeout; every port is picked by the kernel.
+#![cfg(unix)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use support::bin::*;
+use support::proc::{addr_field, field, Proc};
+use support::WAIT;
+use tokio::io::AsyncReadExt;
+
+/// Longest wait for the far side to close a forwarded TCP connection.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn relay_makes_its_certificate_logs_its_port_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, _) = start_relay(&certs, &secret).await;
+
+    let made = relay
+        .lines()
+        .iter()
+        .find(|l| l.contains("made a self-signed certificate"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no certificate was made:\n{}", relay.log()));
+    let fingerprint =
+        field(&made, "fingerprint").unwrap_or_else(|| panic!("no fingerprint= in {made:?}"));
+    assert!(is_fingerprint(fingerprint), "{made}");
+    let (cert, key) = (certs.join("relay.crt"), certs.join("relay.key"));
+    assert!(cert.is_file(), "{} was not written", cert.display());
+    assert!(key.is_file(), "{} was not written", key.display());
+    assert_eq!(
+        mode(&key),
+        0o600,
+        "the key must be readable by its owner only"
+    );
+    relay.assert_running();
+
+    let status = relay.terminate().await;
+    assert!(
+        status.success(),
+        "relay did not exit 0 on SIGTERM ({status}); it logged:\n{}",
+        relay.log()
+    );
+    assert!(
+        relay
+            .lines()
+            .iter()
+            .any(|l| l.contains("relay shutting down")),
+        "no shutdown line:\n{}",
+        relay.log()
+    );
+
+    // A second start loads the same pair and logs the same fingerprint.
+    let (mut again, _) = start_relay(&certs, &secret).await;
+    let loaded = again
+        .lines()
+        .iter()
+        .find(|l| l.contains("loaded certificate"))
+        .cloned()
+        .unwrap_or_else(|| panic!("certificate was not reused:\n{}", again.log()));
+    assert_eq!(field(&loaded, "fingerprint"), Some(fingerprint), "{loaded}");
+    let status = again.terminate().await;
+    assert!(status.success(), "{status}:\n{}", again.log());
+}
+
+#[tokio::test]
+async fn client_closes_ssh_connections_while_the_host_is_offline() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, relay_addr) = start_relay(&certs, &secret).await;
+
+    let token = dir.path().join("client.token");
+    std::fs::write(
+        &token,
+        mint_token(&secret, "client", "lab1", "1h").await + "\n",
+    )
+    .expect("write token");
+    let relay_at = relay_addr.to_string();
+    let cert = certs.join("relay.crt");
+    let mut client = Proc::spawn(
+        "client",
+        shellrelay(&[
+            "client",
+            "--relay",
+            &relay_at,
+            "--relay-cert",
+            path_str(&cert),
+            "--token-file",
+            path_str(&token),
+            "--listen",
+            "127.0.0.1:0",
+        ]),
+    );
+    let line = client.wait_for_text("client forwarder listening").await;
+    let listen = addr_field(&line, "listen");
+    assert_ne!(listen.port(), 0, "{line}");
+
+    let mut tcp = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(listen))
+        .await
+        .unwrap_or_else(|_| panic!("could not connect to the client on {listen} within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("could not connect to the client on {listen}: {e}"));
+    let ours = tcp.local_addr().expect("local address").to_string();
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(CLOSE_WAIT, tcp.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!(
+            "client sent {n} bytes ({:?}) instead of closing",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(_) => panic!(
+            "client did not close the connection within {CLOSE_WAIT:?}; it logged:\n{}",
+            client.log()
+        ),
+    }
+    // The refusal is logged for this very connection (its span names our
+    // address), not only for the forwarder's first connect.
+    client
+        .wait_for("the host-offline refusal of our connection", |l| {
+            l.contains("host lab1 is not connected") && l.contains(&ours)
+        })
+        .await;
+    relay.wait_for_text("host offline").await;
+    client.assert_running();
+    relay.assert_running();
+
+    let status = client.terminate().await;
+    assert!(status.success(), "client: {status}:\n{}", client.log());
+    let status = relay.terminate().await;
+    assert!(status.success(), "relay: {status}:\n{}", relay.log());
+    for (name, log) in [("client", client.log()), ("relay", relay.log())] {
+        assert!(!log.contains("panicked"), "{name} panicked:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn every_role_stops_gracefully_and_the_relay_says_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, relay_addr) = start_relay(&certs, &secret).await;
+    let relay_at = relay_addr.to_string();
+    let cert = certs.join("relay.crt");
+    let host_token = dir.path().join("host.token");
+    std::fs::write(&host_token, mint_token(&secret, "host", "lab1", "1h").await)
+        .expect("write token");
+    make_private(&host_token);
+    let client_token = dir.path().join("client.token");
+    std::fs::write(
+        &client_token,
+        mint_token(&secret, "client", "lab1", "1h").await,
+    )
+    .expect("write token");
+    make_private(&client_token);
+    let peer = |role: &'static str, token: &Path, extra: &[&str]| {
+        let mut args = vec![
+            role,
+            "--relay",
+            &relay_at,
+            "--relay-cert",
+            path_str(&cert),
+            "--token-file",
+            path_str(token),
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(role, shellrelay(&args))
+    };
+    let mut host = peer("host", &host_token, &["--target", "127.0.0.1:9"]);
+    host.wait_for_text("registered with relay").await;
+    let mut client = peer("client", &client_token, &["--listen", "127.0.0.1:0"]);
+    client.wait_for_text("connected to relay").await;
+
+    let started = std::time::Instant::now();
+    let status = relay.terminate().await;
+    let took = started.elapsed();
+    assert!(status.success(), "relay: {status}:\n{}", relay.log());
+    assert!(
+        took <= Duration::from_secs(2),
+        "relay took {took:?} to stop"
+    );
+    host.wait_for_text("relay shutting down").await;
+    client.wait_for_text("relay shutting down").await;
+
+    for (name, proc) in [("host", &mut host), ("client", &mut client)] {
+        proc.assert_running();
+        let status = proc.terminate().await;
+        assert!(status.success(), "{name}: {status}:\n{}", proc.log());
+        assert!(
+            !proc.log().contains("panicked"),
+            "{name} panicked:\n{}",
+            proc.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn status_prints_the_hosts_online_from_the_relays_metrics_endpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, relay_addr) =
+        start_relay_with(&certs, &secret, &["--metrics", "127.0.0.1:0"]).await;
+    let line = relay.wait_for_text("metrics listening").await;
+    let metrics = addr_field(&line, "addr");
+    assert_eq!(metrics.ip().to_string(), "127.0.0.1", "{line}");
+    assert_ne!(metrics.port(), 0, "{line}");
+    let metrics = metrics.to_string();
+
+    let out = run(&["status", "--metrics", &metrics]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, "no hosts online\n", "{out:?}");
+
+    let token = dir.path().join("host.token");
+    std::fs::write(&token, mint_token(&secret, "host", "lab1", "1h").await).expect("write token");
+    make_private(&token);
+    let mut host = Proc::spawn(
+        "host",
+        shellrelay(&[
+            "host",
+            "--relay",
+            &relay_addr.to_string(),
+            "--relay-cert",
+            path_str(&certs.join("relay.crt")),
+            "--token-file",
+            path_str(&token),
+            "--target",
+            "127.0.0.1:9",
+        ]),
+    );
+    host.wait_for_text("registered with relay").await;
+
+    // The address may come from the environment, as every flag's may.
+    let mut cmd = shellrelay(&["status"]);
+    cmd.env("SHELLRELAY_METRICS", &metrics);
+    let out = finish(cmd).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let lines: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "a header and one host: {out:?}");
+    assert_eq!(
+        lines[0],
+        [
+            "HOST",
+            "SINCE",
+            "REMOTE",
+            "SESSIONS",
+            "BYTES TO HOST",
+            "BYTES TO CLIENT"
+        ],
+        "{out:?}"
+    );
+    let row = &lines[1];
+    assert_eq!(row.len(), 6, "{out:?}");
+    assert_eq!(row[0], "lab1", "{out:?}");
+    assert!(
+        row[1].len() == "2024-01-01T00:00:00Z".len() && row[1].ends_with('Z'),
+        "since is RFC 3339: {out:?}"
+    );
+    let remote: SocketAddr = row[2].parse().expect("remote is an address");
+    assert_eq!(remote.ip().to_string(), "127.0.0.1", "{out:?}");
+    assert_eq!(&row[3..], ["0", "0", "0"], "{out:?}");
+
+    host.terminate().await;
+    relay.terminate().await;
+    let out = run(&["status", "--metrics", &metrics]).await;
+    assert_error_line(
+        &out,
+        &[&format!(
+            "could not reach the relay's metrics endpoint at {metrics}"
+        )],
+    );
+}

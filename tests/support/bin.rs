@@ -1,0 +1,212 @@
+//! The `shellrelay` binary as tests run it: a command with a scrubbed
+//! environment, what a finished run printed, the one-line error check, and
+//! the files its subcommands read (secret, tokens, certificates).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use tokio::process::Command;
+
+use super::proc::{addr_field, Proc};
+use super::{within, SECRET, WAIT};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_shellrelay");
+
+/// `program` with an environment scrubbed of the caller's shellrelay
+/// settings: no `SHELLRELAY_*` variable, no `RUST_LOG` (each subcommand logs
+/// at its own default level) and no user client config file. Text logs
+/// without colour, a backtrace on a panic (which the tests look for), no
+/// stdin, stdout and stderr piped, killed on drop.
+pub fn scrubbed(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SHELLRELAY_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env_remove("RUST_LOG")
+        .env(
+            "XDG_CONFIG_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-config-dir"),
+        )
+        .env("NO_COLOR", "1")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The binary with `args`, [`scrubbed`].
+pub fn shellrelay(args: &[&str]) -> Command {
+    let mut cmd = scrubbed(BIN);
+    cmd.args(args);
+    cmd
+}
+
+/// What a finished run printed.
+pub struct Out {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Its standard output, lossily decoded.
+    pub stdout: String,
+    /// Its standard error, lossily decoded.
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- stdout\n{}--- stderr\n{}---",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` to completion, within [`WAIT`].
+pub async fn finish(mut cmd: Command) -> Out {
+    let what = format!("{cmd:?}");
+    let output = within(WAIT, &what, cmd.output())
+        .await
+        .unwrap_or_else(|e| panic!("could not run {what}: {e}"));
+    Out {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs the binary with `args` to completion.
+pub async fn run(args: &[&str]) -> Out {
+    finish(shellrelay(args)).await
+}
+
+/// Asserts a run failed with exit status 1 and one `error: ...` line on
+/// stderr naming every needle, without a panic, and printed nothing on
+/// stdout (which `connect` keeps for session bytes).
+pub fn assert_error_line(out: &Out, needles: &[&str]) {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit status 1: {out:?}"
+    );
+    assert!(!out.stderr.contains("panicked"), "panicked: {out:?}");
+    assert!(
+        !out.stderr.contains("backtrace"),
+        "printed a backtrace: {out:?}"
+    );
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr: {out:?}");
+    assert!(
+        lines[0].starts_with("error: "),
+        "expected `error: ...`: {out:?}"
+    );
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "expected the error to name {needle:?}: {out:?}"
+        );
+    }
+    assert!(out.stdout.is_empty(), "expected nothing on stdout: {out:?}");
+}
+
+/// `path` as text; temporary paths are UTF-8.
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// Makes `path` readable and writable by its owner only.
+pub fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
+
+/// The permission bits of `path`.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Writes [`SECRET`] and a trailing newline (which does not count) to a
+/// private file `secret` in `dir`.
+pub fn write_secret(dir: &Path) -> PathBuf {
+    let path = dir.join("secret");
+    std::fs::write(&path, [SECRET, b"\n"].concat()).expect("write secret file");
+    make_private(&path);
+    path
+}
+
+/// Mints a token with the `token` subcommand and returns it.
+pub async fn mint_token(secret: &Path, role: &str, host: &str, ttl: &str) -> String {
+    let out = run(&[
+        "token",
+        "--secret-file",
+        path_str(secret),
+        "--role",
+        role,
+        "--host",
+        host,
+        "--ttl",
+        ttl,
+    ])
+    .await;
+    assert!(out.status.success(), "token failed: {out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "token prints exactly one line: {out:?}");
+    assert!(out.stdout.ends_with('\n'), "token ends its line: {out:?}");
+    lines[0].to_owned()
+}
+
+/// Runs `certs --out dir` and checks it worked; returns the certificate
+/// and key paths.
+pub async fn make_certs(dir: &Path) -> (PathBuf, PathBuf) {
+    let out = run(&["certs", "--out", path_str(dir)]).await;
+    assert!(out.status.success(), "certs failed: {out:?}");
+    (dir.join("relay.crt"), dir.join("relay.key"))
+}
+
+/// A SHA-256 fingerprint as the binary prints it: 32 colon-separated hex bytes.
+pub fn is_fingerprint(text: &str) -> bool {
+    let bytes: Vec<&str> = text.split(':').collect();
+    bytes.len() == 32
+        && bytes
+            .iter()
+            .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Starts a relay process on a free loopback port with its certificate in
+/// `dir`; returns it once it listens, and its address.
+pub async fn start_relay(dir: &Path, secret: &Path) -> (Proc, SocketAddr) {
+    start_relay_with(dir, secret, &[]).await
+}
+
+/// [`start_relay`] with `extra` arguments.
+pub async fn start_relay_with(dir: &Path, secret: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
+    let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+    let mut args = vec![
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--secret-file",
+        path_str(secret),
+        "--cert",
+        path_str(&cert),
+        "--key",
+        path_str(&key),
+    ];
+    args.extend_from_slice(extra);
+    let mut relay = Proc::spawn("relay", shellrelay(&args));
+    let line = relay.wait_for_text("relay listening").await;
+    let addr = addr_field(&line, "addr");
+    assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
+    assert_ne!(addr.port(), 0, "{line}");
+    (relay, addr)
+}
