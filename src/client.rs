@@ -153,6 +153,8 @@ impl Forwarder {
         // Say when and why the relay connection ends, not only when the
         // next ssh connection finds it gone. Ends with the connection.
         let watched = conn.clone();
+        // Not in the span of the session that happened to connect.
+        let _none = tracing::Span::none().entered();
         self.tasks.spawn(async move {
             match watched.closed().await {
                 Closed::Local => {}

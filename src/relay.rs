@@ -177,9 +177,11 @@ impl Relay {
         info!("relay shutting down");
         state.cancel.cancel();
         endpoint.close(Reason::ShuttingDown.varint(), b"relay shutting down");
+        // One grace period for the sessions and the peers' acknowledgements.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let idle = async {
             state.tasks.shutdown(SHUTDOWN_GRACE).await;
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
+            let _ = tokio::time::timeout_at(deadline, endpoint.wait_idle()).await;
         };
         tokio::join!(idle, housekeeping.shutdown(SHUTDOWN_GRACE));
         // Let go of every connection so the socket closes with the endpoint.

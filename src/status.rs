@@ -50,13 +50,14 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// Binds the endpoint's TCP socket on `addr` (port 0 picks a free port);
-/// returns it with the address it got.
-pub fn bind(addr: SocketAddr) -> anyhow::Result<(std::net::TcpListener, SocketAddr)> {
+/// returns it with the address it got. Must be called inside the runtime.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("could not listen for metrics on {addr}"))?;
     listener
         .set_nonblocking(true)
         .context("could not make the metrics socket non-blocking")?;
+    let listener = TcpListener::from_std(listener).context("could not serve the metrics socket")?;
     let bound = listener
         .local_addr()
         .context("metrics socket has no address")?;
@@ -64,18 +65,14 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<(std::net::TcpListener, SocketAd
 }
 
 /// Answers requests on `listener` (from [`bind`]) until `shutdown` is
-/// cancelled. Must be called inside the runtime.
-pub async fn serve(
-    listener: std::net::TcpListener,
-    relay: RelayHandle,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::from_std(listener).context("could not serve the metrics socket")?;
-    info!(addr = %listener.local_addr()?, "metrics listening");
+/// cancelled.
+pub async fn serve(listener: TcpListener, relay: RelayHandle, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics listening");
+    }
     let tasks = Tasks::new();
     serve_on(&listener, &relay, &shutdown, &tasks).await;
     tasks.shutdown(REQUEST_TIMEOUT).await;
-    Ok(())
 }
 
 async fn serve_on(

@@ -2,12 +2,14 @@
 //! counts it, logs its panic instead of losing it, and at shutdown gives
 //! the running ones a grace period, then aborts what is left.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio_util::sync::CancellationToken;
+use tokio::task::{AbortHandle, Id};
 use tokio_util::task::TaskTracker;
 use tracing::{error, Instrument};
 
@@ -15,7 +17,9 @@ use tracing::{error, Instrument};
 #[derive(Debug, Clone, Default)]
 pub struct Tasks {
     tracker: TaskTracker,
-    abort: CancellationToken,
+    /// How to abort each running task. Touched once when a task starts and
+    /// once when it ends, never while it runs.
+    running: Arc<Mutex<HashMap<Id, AbortHandle>>>,
 }
 
 impl Tasks {
@@ -28,25 +32,25 @@ impl Tasks {
     /// with the task's span; [`Tasks::shutdown`] aborts the task if it
     /// outlives the grace period.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let abort = self.abort.clone();
-        let span = tracing::Span::current();
+        let running = self.running.clone();
         let task = async move {
-            tokio::select! {
-                biased;
-                _ = abort.cancelled() => {}
-                ended = AssertUnwindSafe(task).catch_unwind() => {
-                    if let Err(panic) = ended {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        error!("task panicked: {what}");
-                    }
-                }
+            if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!("task panicked: {what}");
             }
+            lock(&running).remove(&tokio::task::id());
         };
-        self.tracker.spawn(task.instrument(span));
+        // Held across the spawn, so the task's own removal (which may run
+        // at once on another thread) comes after this insertion.
+        let mut running = lock(&self.running);
+        let handle = self
+            .tracker
+            .spawn(task.instrument(tracing::Span::current()));
+        running.insert(handle.id(), handle.abort_handle());
     }
 
     /// Tasks running now.
@@ -67,10 +71,18 @@ impl Tasks {
             .await
             .is_err()
         {
-            self.abort.cancel();
+            for handle in lock(&self.running).drain().map(|(_, h)| h) {
+                handle.abort();
+            }
             self.tracker.wait().await;
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is one map operation, so a poisoned lock
+    // still holds a consistent map.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -87,8 +99,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             quick.spawn(async {});
         });
-        tokio::task::yield_now().await;
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
         assert_eq!(tasks.len(), 2, "the panicked task is gone");
+        assert_eq!(lock(&tasks.running).len(), 2);
         let started = tokio::time::Instant::now();
         tasks.shutdown(Duration::from_secs(1)).await;
         assert_eq!(started.elapsed(), Duration::from_secs(1));

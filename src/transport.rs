@@ -41,10 +41,10 @@ impl ErrorCode {
 pub enum Closed {
     /// The peer closed it and said why (a refusal, a revocation, a
     /// shutdown, or [`Reason::Done`]).
-    #[error("{0}")]
+    #[error("closed by peer: {} (code {})", .0.message, .0.reason.code())]
     Peer(Refusal),
     /// This side closed it.
-    #[error("closed by this side")]
+    #[error("closed")]
     Local,
     /// It broke: timed out, reset, or failed in the transport.
     #[error("{0}")]

@@ -164,14 +164,9 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     let metrics = opt.metrics.map(status::bind).transpose()?;
     let tasks = Tasks::new();
     let shutdown = shutdown_signal(&tasks)?;
-    tasks.spawn(reload_on_hangup(hangup, relay.handle()));
+    tasks.spawn(reload_on_hangup(hangup, relay.handle(), shutdown.clone()));
     if let Some((listener, _)) = metrics {
-        let (handle, shutdown) = (relay.handle(), shutdown.clone());
-        tasks.spawn(async move {
-            if let Err(err) = status::serve(listener, handle, shutdown).await {
-                tracing::error!("metrics endpoint stopped: {err:#}");
-            }
-        });
+        tasks.spawn(status::serve(listener, relay.handle(), shutdown.clone()));
     }
     let result = relay.run(shutdown.clone()).await;
     shutdown.cancel();
@@ -180,8 +175,17 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
 }
 
 /// Re-reads the relay's revocation file on every SIGHUP.
-async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, relay: relay::RelayHandle) {
-    while hangup.recv().await.is_some() {
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    relay: relay::RelayHandle,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            got = hangup.recv() => if got.is_none() { return },
+        }
         match relay.reload_revocations() {
             Ok(n) => info!(entries = n, "SIGHUP: revocation file re-read"),
             Err(err) => tracing::warn!("SIGHUP: {err:#}; the previous list stays in force"),

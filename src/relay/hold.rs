@@ -78,6 +78,7 @@ impl std::fmt::Display for Ended {
             Ended::Shutdown => f.write_str("relay shutting down"),
             Ended::Expired(exp) => write!(f, "token expired at {}", fmt_unix(*exp)),
             Ended::Revoked(why) => write!(f, "{why}"),
+            Ended::Closed(Closed::Peer(refusal)) => f.write_str(&refusal.message),
             Ended::Closed(closed) => write!(f, "{closed}"),
         }
     }
