@@ -25,20 +25,10 @@ use tokio::runtime::Runtime;
 
 const AUDIENCE: &str = "shellrelay";
 
-const ALL_REASONS: [Reason; 12] = [
-    Reason::Done,
-    Reason::Protocol,
-    Reason::BadToken,
-    Reason::TokenExpired,
-    Reason::HostOffline,
-    Reason::TargetUnreachable,
-    Reason::Replaced,
-    Reason::ShuttingDown,
-    Reason::Aborted,
-    Reason::Limit,
-    Reason::Revoked,
-    Reason::Unknown,
-];
+/// Every reason, the one for unknown codes included.
+fn all_reasons() -> Vec<Reason> {
+    Reason::ALL.into_iter().chain([Reason::Unknown]).collect()
+}
 
 /// Field names of every frame variant, so generated JSON hits real fields.
 const FIELD_NAMES: [&str; 11] = [
@@ -114,7 +104,7 @@ fn arb_role() -> BoxedStrategy<Role> {
 }
 
 fn arb_reason() -> BoxedStrategy<Reason> {
-    prop::sample::select(ALL_REASONS.to_vec()).boxed()
+    prop::sample::select(all_reasons()).boxed()
 }
 
 fn arb_u64() -> BoxedStrategy<u64> {
@@ -942,8 +932,9 @@ fn verify_of_a_mutated_token_never_panics_or_yields_other_claims() {
 
 #[test]
 fn every_reason_code_round_trips() {
-    for r in ALL_REASONS {
+    for r in all_reasons() {
         assert_eq!(Reason::from_code(r.code().into()), r, "{r:?}");
+        assert_eq!(Reason::from_name(r.as_str()), r, "{r:?}");
         assert_eq!(Reason::from_code(r.varint().into_inner()), r, "{r:?}");
     }
 }

@@ -83,3 +83,33 @@ impl std::fmt::Display for Ended {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_fires_when_the_token_runs_out_and_not_before() {
+        let exp = crate::token::unix_now() + 3600;
+        let started = tokio::time::Instant::now();
+        expiry(exp).await;
+        let waited = started.elapsed();
+        assert!(
+            waited > Duration::from_secs(3598) && waited <= Duration::from_secs(3600),
+            "{waited:?}"
+        );
+        let started = tokio::time::Instant::now();
+        expiry(crate::token::unix_now() - 5).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "a past expiry fires at once"
+        );
+        let century = Duration::from_secs(100 * 365 * 24 * 3600);
+        let never = tokio::time::timeout(century, expiry(u64::MAX)).await;
+        assert!(
+            never.is_err(),
+            "an expiry past the clock's range never fires"
+        );
+    }
+}
