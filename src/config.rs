@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::token;
+use crate::id;
 
 /// Environment variable naming the config file (as `--config` does); a
 /// file named there must exist.
@@ -124,12 +124,8 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<ClientFile> {
         }
     }
     if let Some(host) = &file.host {
-        if !token::valid_host_id(host) {
-            bail!(
-                "config file {}: host = {host:?} is not a host id (1 to {} letters, digits, '.', '_' or '-')",
-                path.display(),
-                token::MAX_HOST_ID_LEN
-            );
+        if let Err(err) = id::host_id(host) {
+            bail!("config file {}: host = {host:?} is {err}", path.display());
         }
     }
     let dir = path.parent().unwrap_or(Path::new("."));

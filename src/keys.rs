@@ -9,17 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
+use crate::id;
 use crate::token::Secret;
-
-/// Longest key id accepted, here and in tokens.
-pub const MAX_KID_LEN: usize = 64;
-
-/// Whether `kid` is a usable key id: 1 to [`MAX_KID_LEN`] ASCII letters,
-/// digits, `.`, `_` or `-` (the same rule as host ids, so ids are safe in
-/// logs and config files).
-pub fn valid_kid(kid: &str) -> bool {
-    crate::token::valid_host_id(kid)
-}
 
 /// The kinds of key a token can be signed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -171,9 +162,7 @@ impl KeySet {
 
     /// Adds the key for `kid`; refuses an invalid or repeated id.
     pub fn insert(&mut self, kid: &str, key: VerifyKey) -> anyhow::Result<()> {
-        if !valid_kid(kid) {
-            bail!("key id {kid:?} is not 1 to {MAX_KID_LEN} letters, digits, '.', '_' or '-'");
-        }
+        let kid = id::kid(kid).map_err(|err| anyhow::anyhow!("{kid:?} is {err}"))?;
         if self.by_kid.insert(kid.to_owned(), key).is_some() {
             bail!("key id {kid} is given twice");
         }
@@ -206,11 +195,7 @@ pub fn parse_kid_path(s: &str) -> Result<(String, PathBuf), String> {
     let (kid, path) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not KID=PATH"))?;
-    if !valid_kid(kid) {
-        return Err(format!(
-            "key id {kid:?} is not 1 to {MAX_KID_LEN} letters, digits, '.', '_' or '-'"
-        ));
-    }
+    let kid = id::kid(kid).map_err(|err| format!("{kid:?} is {err}"))?;
     if path.is_empty() {
         return Err(format!("no path after {kid}="));
     }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod connect;
 pub mod demo;
 pub mod host;
+pub mod id;
 pub mod keys;
 pub mod limits;
 pub mod manual;

@@ -11,7 +11,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::keys::{self, KeySet, SigningKey, VerifyKey};
+use crate::id::{self, glob_match, valid_host_id, valid_host_pattern};
+use crate::keys::{KeySet, SigningKey, VerifyKey};
 
 /// Default `aud` claim: the relay's audience.
 pub const DEFAULT_AUDIENCE: &str = "shellrelay";
@@ -97,46 +98,6 @@ impl Claims {
             _ => None,
         }
     }
-}
-
-/// Whether `id` matches `pattern`, where `*` stands for any run of
-/// characters and `?` for any one.
-pub fn glob_match(pattern: &str, id: &str) -> bool {
-    let (p, s) = (pattern.as_bytes(), id.as_bytes());
-    let (mut pi, mut si) = (0, 0);
-    // Where the last `*` was, and how much of `s` it has taken so far.
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        match p.get(pi) {
-            Some(b'*') => {
-                star = Some((pi, si));
-                pi += 1;
-            }
-            Some(&c) if c == b'?' || c == s[si] => {
-                pi += 1;
-                si += 1;
-            }
-            _ => match star {
-                Some((sp, ss)) => {
-                    pi = sp + 1;
-                    si = ss + 1;
-                    star = Some((sp, ss + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
-/// Whether `pattern` is a host id or a pattern of one: the characters of a
-/// host id plus `*` and `?`, at most [`MAX_HOST_ID_LEN`] long.
-pub fn valid_host_pattern(pattern: &str) -> bool {
-    !pattern.is_empty()
-        && pattern.len() <= MAX_HOST_ID_LEN
-        && pattern
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'*' | b'?'))
 }
 
 /// The shared HS256 secret. Its `Debug` never shows the bytes.
@@ -340,7 +301,7 @@ impl Verifier {
         let kid = header.kid.as_deref();
         let key = self.keys.get(kid).ok_or_else(|| {
             // Peer-controlled: keep what is echoed short and printable.
-            TokenError::UnknownKey(kid.map(|k| k.chars().take(keys::MAX_KID_LEN).collect()))
+            TokenError::UnknownKey(kid.map(|k| k.chars().take(id::MAX_KID_LEN).collect()))
         })?;
         // Each key accepts exactly its own algorithm.
         let mut validation = Validation::new(key.algorithm);
@@ -418,20 +379,6 @@ pub fn fmt_unix(secs: u64) -> String {
 
 /// Latest `exp` or `nbf` accepted: the end of the year 9999.
 pub const MAX_EXP: u64 = 253_402_300_799;
-
-/// Longest host id accepted.
-pub const MAX_HOST_ID_LEN: usize = 64;
-
-/// Whether `id` is a valid host id: 1 to [`MAX_HOST_ID_LEN`] ASCII letters,
-/// digits, `.`, `_` or `-`, so that ids are safe in logs, file names and
-/// ssh configuration.
-pub fn valid_host_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_HOST_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
 
 #[cfg(test)]
 mod tests {

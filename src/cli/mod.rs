@@ -21,8 +21,8 @@ pub use relay_opts::{LimitsOpt, RelayOpt};
 pub use token_opts::{KeygenOpt, TokenOpt};
 
 use crate::tls::{self, TransportOptions};
-use crate::token::{self, Secret};
-use crate::{client, connect, demo, host, keys, manual, status};
+use crate::token::Secret;
+use crate::{client, connect, demo, host, id, manual, status};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]
@@ -79,41 +79,23 @@ pub enum LogFormat {
     Json,
 }
 
-fn host_id(s: &str) -> Result<String, String> {
-    if token::valid_host_id(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "a host id is 1 to {} letters, digits, '.', '_' or '-'",
-            token::MAX_HOST_ID_LEN
-        ))
-    }
+/// Value parser for a host id.
+fn host_id(s: &str) -> Result<String, id::BadId> {
+    id::host_id(s).map(str::to_owned)
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 15m, 1h)"))
 }
 
-fn host_pattern(s: &str) -> Result<String, String> {
-    if token::valid_host_pattern(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "a host is 1 to {} letters, digits, '.', '_' or '-', and a pattern may use '*' and '?'",
-            token::MAX_HOST_ID_LEN
-        ))
-    }
+/// Value parser for a host id or pattern.
+fn host_pattern(s: &str) -> Result<String, id::BadId> {
+    id::host_pattern(s).map(str::to_owned)
 }
 
-fn kid(s: &str) -> Result<String, String> {
-    if keys::valid_kid(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "a key id is 1 to {} letters, digits, '.', '_' or '-'",
-            keys::MAX_KID_LEN
-        ))
-    }
+/// Value parser for a key id.
+fn kid(s: &str) -> Result<String, id::BadId> {
+    id::kid(s).map(str::to_owned)
 }
 
 /// The shared secret, from a file or given directly.

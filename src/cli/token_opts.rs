@@ -8,8 +8,8 @@ use anyhow::bail;
 use clap::Args;
 
 use super::{duration, host_id, host_pattern, kid, SecretOpt};
-use crate::keys;
 use crate::token::{self, Claims, Role};
+use crate::{id, keys};
 
 /// `shellrelay token`
 #[derive(Debug, Args)]
@@ -85,7 +85,7 @@ pub(super) fn keygen(opt: KeygenOpt) -> anyhow::Result<()> {
 /// The claims `shellrelay token` signs.
 fn token_claims(opt: &TokenOpt) -> anyhow::Result<Claims> {
     let single = match opt.host.as_slice() {
-        [one] if token::valid_host_id(one) => Some(one.as_str()),
+        [one] if id::valid_host_id(one) => Some(one.as_str()),
         _ => None,
     };
     let mut claims = match (opt.role, single) {

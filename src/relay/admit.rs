@@ -335,7 +335,7 @@ fn client_host(claims: &Claims, requested: Option<String>) -> Result<String, Ref
         );
         return Err(Refusal::new(Reason::Protocol, msg));
     };
-    if !crate::token::valid_host_id(&host) {
+    if !crate::id::valid_host_id(&host) {
         return Err(Refusal::new(
             Reason::Protocol,
             "the host asked for is not a valid host id",

@@ -254,7 +254,7 @@ impl Tunnel {
         let cert = dir.join("relay.crt");
         std::fs::write(&cert, pem("CERTIFICATE", &self.cert[0])).unwrap();
         let token = dir.join("client.token");
-        let jwt = if token::valid_host_id(host) {
+        let jwt = if shellrelay::id::valid_host_id(host) {
             self.token(Role::Client, host, Duration::from_secs(3600))
         } else {
             let mut claims = Claims::new(
