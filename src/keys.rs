@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
 use crate::id;
+use crate::private::{self, Existing};
 use crate::token::Secret;
 
 /// The kinds of key a token can be signed with.
@@ -115,7 +116,7 @@ impl SigningKey {
     /// Reads a PEM private key (PKCS#8, Ed25519 or P-256, as `keygen`
     /// writes), which must not be readable by other users.
     pub fn private_key_file(path: &Path) -> anyhow::Result<SigningKey> {
-        crate::token::ensure_private(path, "key file")?;
+        private::ensure_private(path, "key file")?;
         let text = std::fs::read(path)
             .with_context(|| format!("could not read key {}", path.display()))?;
         if let Ok(key) = EncodingKey::from_ed_pem(&text) {
@@ -235,7 +236,7 @@ pub fn generate(kind: KeyKind, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
             bail!("{} exists already; not replacing it", p.display());
         }
     }
-    write_private(out, &private_text)?;
+    private::write(out, &private_text, Existing::Refuse)?;
     let mut written = vec![out.to_owned()];
     if let Some(text) = public_text {
         std::fs::write(&public, text)
@@ -243,23 +244,6 @@ pub fn generate(kind: KeyKind, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         written.push(public);
     }
     Ok(written)
-}
-
-/// Creates `path` readable by its owner only, then writes `bytes`.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut file = opts
-        .open(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("could not write {}", path.display()))
 }
 
 #[cfg(test)]

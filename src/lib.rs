@@ -17,6 +17,7 @@ pub mod limits;
 pub mod manual;
 pub mod metrics;
 pub mod peer;
+pub mod private;
 pub mod protocol;
 pub mod relay;
 pub mod revoke;

@@ -11,6 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
+use crate::private::{self, Existing};
 use crate::protocol::ALPN;
 
 /// Most concurrent sessions (bidirectional streams) per connection: far
@@ -82,7 +83,6 @@ pub fn self_signed(names: &[String]) -> anyhow::Result<Identity> {
 /// Makes a self-signed certificate for `names` and writes it as PEM: the
 /// certificate world-readable, the key readable by its owner only.
 pub fn create_self_signed(cert: &Path, key: &Path, names: &[String]) -> anyhow::Result<Identity> {
-    use std::io::Write;
     let (identity, cert_pem, key_pem) = generate(names)?;
     for path in [cert, key] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -92,19 +92,7 @@ pub fn create_self_signed(cert: &Path, key: &Path, names: &[String]) -> anyhow::
     }
     std::fs::write(cert, cert_pem)
         .with_context(|| format!("could not write {}", cert.display()))?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(key)
-        .and_then(|mut f| {
-            // The mode above applies only to a new file; an old key file
-            // being replaced is made private too.
-            #[cfg(unix)]
-            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-            f.write_all(key_pem.as_bytes())
-        })
-        .with_context(|| format!("could not write {}", key.display()))?;
+    private::write(key, key_pem.as_bytes(), Existing::Replace)?;
     Ok(identity)
 }
 

@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::id::{self, glob_match, valid_host_id, valid_host_pattern};
 use crate::keys::{KeySet, SigningKey, VerifyKey};
+use crate::private;
 
 /// Default `aud` claim: the relay's audience.
 pub const DEFAULT_AUDIENCE: &str = "shellrelay";
@@ -126,7 +127,7 @@ impl Secret {
     /// Reads a secret file, without its trailing newline. The file must not
     /// be readable by other users (as ssh insists for private keys).
     pub fn from_file(path: &Path) -> anyhow::Result<Secret> {
-        ensure_private(path, "secret file")?;
+        private::ensure_private(path, "secret file")?;
         let text = std::fs::read(path)
             .with_context(|| format!("could not read secret file {}", path.display()))?;
         let trimmed = text.trim_ascii_end();
@@ -144,33 +145,6 @@ impl Secret {
     /// The secret's bytes.
     pub fn expose(&self) -> &[u8] {
         &self.0
-    }
-}
-
-/// Refuses `path` (a `what`, for the message) if other users may read it.
-pub fn ensure_private(path: &Path, what: &str) -> anyhow::Result<()> {
-    match shared_mode(path) {
-        Some(mode) => bail!(
-            "{what} {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
-            path.display(),
-            path.display()
-        ),
-        None => Ok(()),
-    }
-}
-
-/// The permission bits of `path` if group or others may read it (Unix).
-pub fn shared_mode(path: &Path) -> Option<u32> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-        (mode & 0o044 != 0).then_some(mode)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
     }
 }
 

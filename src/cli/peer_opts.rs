@@ -12,8 +12,8 @@ use clap::Args;
 use super::{duration, host_id, shutdown_signal, TransportOpt};
 use crate::peer::RelayAddr;
 use crate::tls::{self, Trust};
-use crate::token::{self, TokenSource};
-use crate::{client, config, host};
+use crate::token::TokenSource;
+use crate::{client, config, host, private};
 
 /// How hosts and clients reach the relay. The relay and a token are
 /// required; `client` and `connect` may take them from the config file.
@@ -88,7 +88,7 @@ impl PeerOpt {
         // Fail now on a missing file rather than at the first reconnect.
         token.load()?;
         if let TokenSource::File(path) = &token {
-            if let Some(mode) = token::shared_mode(path) {
+            if let Some(mode) = private::shared_mode(path) {
                 tracing::warn!(
                     "token file {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
                     path.display(),

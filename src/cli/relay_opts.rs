@@ -196,7 +196,7 @@ pub(super) fn config_args(
         )
     };
     if table.contains_key("secret") {
-        crate::token::ensure_private(path, "settings file with a secret")?;
+        crate::private::ensure_private(path, "settings file with a secret")?;
     }
     // The secret comes from one place: a flag for either wins over the file.
     let secret_given = set("secret_file") || set("secret");
