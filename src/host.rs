@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
+use crate::clock::fmt_unix;
 use crate::peer::{self, RelayAddr};
 use crate::protocol::{
     read_frame, send_refusal, write_frame, Frame, Reason, Refusal, DIAL_TIMEOUT, OPEN_TIMEOUT,
     SHUTDOWN_GRACE,
 };
 use crate::splice;
-use crate::token::{fmt_unix, Role, TokenSource};
+use crate::token::{Role, TokenSource};
 
 /// Default target: the local sshd.
 pub const DEFAULT_TARGET: &str = "127.0.0.1:22";

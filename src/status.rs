@@ -11,10 +11,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Instrument};
 
+use crate::clock::fmt_unix;
 use crate::limits::Gauge;
 use crate::metrics::{Status, CONTENT_TYPE};
 use crate::relay::RelayHandle;
-use crate::token::fmt_unix;
 
 /// Default address of the endpoint for `shellrelay status`.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9100";

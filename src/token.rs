@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use jsonwebtoken::{Header, Validation};
@@ -11,6 +11,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::clock::{fmt_unix, unix_now, MAX_EXP};
 use crate::id::{self, glob_match, valid_host_id, valid_host_pattern};
 use crate::keys::{KeySet, SigningKey, VerifyKey};
 use crate::private;
@@ -333,26 +334,6 @@ pub fn random_id() -> String {
     rand::rng().fill_bytes(&mut raw);
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Formats Unix seconds as RFC 3339 UTC (or as plain seconds past the
-/// year 9999, which RFC 3339 cannot write).
-pub fn fmt_unix(secs: u64) -> String {
-    if secs > MAX_EXP {
-        return format!("{secs} seconds after 1970");
-    }
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
-
-/// Latest `exp` or `nbf` accepted: the end of the year 9999.
-pub const MAX_EXP: u64 = 253_402_300_799;
 
 #[cfg(test)]
 mod tests {

@@ -245,10 +245,10 @@ async fn status_lists_each_host_with_its_counters() {
     let addr = metrics_addr(&tunnel);
     assert_eq!(status(addr).await, Status { hosts: vec![] });
 
-    let before = shellrelay::token::unix_now();
+    let before = shellrelay::clock::unix_now();
     let _lab1 = tunnel.host("lab1", echo_server().await).await;
     let _lab2 = tunnel.host("lab2", echo_server().await).await;
-    let after = shellrelay::token::unix_now();
+    let after = shellrelay::clock::unix_now();
     let client = tunnel.client("lab1").await;
     let _open = open_session(client, 10_000).await;
 

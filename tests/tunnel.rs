@@ -6,9 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use shellrelay::clock::unix_now;
 use shellrelay::peer;
 use shellrelay::protocol::Reason;
-use shellrelay::token::{self, unix_now, Claims, Role, Secret, TokenSource};
+use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -12,12 +12,13 @@ use tracing::{debug, info, warn};
 use super::hold::{hold, Ended};
 use super::session::accept_sessions;
 use super::{HostEntry, State, HANDSHAKE_TIMEOUT, LOG_TARGET, REFUSE_LINGER};
+use crate::clock::{fmt_unix, unix_now};
 use crate::limits::{Gauge, PerAddrGuard};
 use crate::metrics::HostStats;
 use crate::protocol::{
     read_frame, send_refusal, write_frame, Frame, FrameError, Reason, Refusal, VERSION,
 };
-use crate::token::{fmt_unix, unix_now, Claims, Role, TokenError};
+use crate::token::{Claims, Role, TokenError};
 
 /// Streams a client may open beyond its session limit, so that sessions
 /// over the limit reach the relay and get a typed refusal instead of

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use quinn::Connection;
 
 use super::State;
+use crate::clock::fmt_unix;
 use crate::protocol::{Reason, Refusal};
-use crate::token::{fmt_unix, Claims};
+use crate::token::Claims;
 
 /// Resolves when a token with expiry `exp` (Unix seconds) runs out.
 async fn expiry(exp: u64) {
