@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use shellrelay::client::{ClientConfig, Forwarder};
+use shellrelay::keys::Secret;
 use shellrelay::peer::{self, RelayAddr};
+use shellrelay::protocol::Role;
 use shellrelay::tls::{TransportOptions, Trust};
-use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
+use shellrelay::token::{self, Claims, TokenSource};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

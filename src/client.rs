@@ -15,10 +15,10 @@ use tracing::{info, warn, Instrument};
 
 use crate::peer::{self, ConnectError, RelayAddr};
 use crate::protocol::{
-    read_frame, write_frame, Frame, Reason, Refusal, CLIENT_SETUP_TIMEOUT, SHUTDOWN_GRACE,
+    read_frame, write_frame, Frame, Reason, Refusal, Role, CLIENT_SETUP_TIMEOUT, SHUTDOWN_GRACE,
 };
 use crate::splice;
-use crate::token::{Role, TokenSource};
+use crate::token::TokenSource;
 
 /// Default local listening address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";

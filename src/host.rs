@@ -16,11 +16,11 @@ use tracing::{info, warn, Instrument};
 use crate::clock::fmt_unix;
 use crate::peer::{self, RelayAddr};
 use crate::protocol::{
-    read_frame, send_refusal, write_frame, Frame, Reason, Refusal, DIAL_TIMEOUT, OPEN_TIMEOUT,
-    SHUTDOWN_GRACE,
+    read_frame, send_refusal, write_frame, Frame, Reason, Refusal, Role, DIAL_TIMEOUT,
+    OPEN_TIMEOUT, SHUTDOWN_GRACE,
 };
 use crate::splice;
-use crate::token::{Role, TokenSource};
+use crate::token::TokenSource;
 
 /// Default target: the local sshd.
 pub const DEFAULT_TARGET: &str = "127.0.0.1:22";

@@ -8,10 +8,60 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use rand::RngCore;
 
 use crate::id;
 use crate::private::{self, Existing};
-use crate::token::Secret;
+
+/// Shortest shared secret accepted; HS256 with less is guessable offline.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The shared HS256 secret. Its `Debug` never shows the bytes.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+impl Secret {
+    /// A secret from bytes; refuses one shorter than [`MIN_SECRET_LEN`].
+    pub fn new(bytes: impl Into<Vec<u8>>) -> anyhow::Result<Secret> {
+        let bytes = bytes.into();
+        if bytes.len() < MIN_SECRET_LEN {
+            bail!(
+                "secret is {} bytes long; at least {MIN_SECRET_LEN} are needed",
+                bytes.len()
+            );
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// Reads a secret file, without its trailing newline. The file must not
+    /// be readable by other users (as ssh insists for private keys).
+    pub fn from_file(path: &Path) -> anyhow::Result<Secret> {
+        private::ensure_private(path, "secret file")?;
+        let text = std::fs::read(path)
+            .with_context(|| format!("could not read secret file {}", path.display()))?;
+        let trimmed = text.trim_ascii_end();
+        Secret::new(trimmed.to_vec()).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// A fresh random 32-byte secret, hex-encoded so it can live in a file.
+    pub fn generate() -> Secret {
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        Secret(hex.into_bytes())
+    }
+
+    /// The secret's bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// The kinds of key a token can be signed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -15,7 +15,6 @@ pub mod host;
 pub mod id;
 pub mod keys;
 pub mod limits;
-pub mod manual;
 pub mod metrics;
 pub mod peer;
 pub mod private;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use thiserror::Error;
 
-use crate::protocol::{read_frame, write_frame, Frame, FrameError, Refusal, VERSION};
+use crate::protocol::{read_frame, write_frame, Frame, FrameError, Refusal, Role, VERSION};
 use crate::tls::{self, TransportOptions, Trust};
-use crate::token::{Role, TokenSource};
+use crate::token::TokenSource;
 
 /// Longest wait for the QUIC handshake and the relay's answer to a hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

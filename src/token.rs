@@ -2,7 +2,7 @@
 //! typed reason for every refusal.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -13,33 +13,11 @@ use thiserror::Error;
 
 use crate::clock::{fmt_unix, unix_now, MAX_EXP};
 use crate::id::{self, glob_match, valid_host_id, valid_host_pattern};
-use crate::keys::{KeySet, SigningKey, VerifyKey};
-use crate::private;
+use crate::keys::{KeySet, Secret, SigningKey, VerifyKey};
+use crate::protocol::Role;
 
 /// Default `aud` claim: the relay's audience.
 pub const DEFAULT_AUDIENCE: &str = "shellrelay";
-
-/// Shortest shared secret accepted; HS256 with less is guessable offline.
-pub const MIN_SECRET_LEN: usize = 16;
-
-/// What a token lets its holder do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Register as host `sub` and receive its sessions.
-    Host,
-    /// Open sessions to host `sub`.
-    Client,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Host => "host",
-            Role::Client => "client",
-        })
-    }
-}
 
 /// The claims of a Shellrelay token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,53 +77,6 @@ impl Claims {
             [one] if valid_host_id(one) => Some(one),
             _ => None,
         }
-    }
-}
-
-/// The shared HS256 secret. Its `Debug` never shows the bytes.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret(<{} bytes>)", self.0.len())
-    }
-}
-
-impl Secret {
-    /// A secret from bytes; refuses one shorter than [`MIN_SECRET_LEN`].
-    pub fn new(bytes: impl Into<Vec<u8>>) -> anyhow::Result<Secret> {
-        let bytes = bytes.into();
-        if bytes.len() < MIN_SECRET_LEN {
-            bail!(
-                "secret is {} bytes long; at least {MIN_SECRET_LEN} are needed",
-                bytes.len()
-            );
-        }
-        Ok(Secret(bytes))
-    }
-
-    /// Reads a secret file, without its trailing newline. The file must not
-    /// be readable by other users (as ssh insists for private keys).
-    pub fn from_file(path: &Path) -> anyhow::Result<Secret> {
-        private::ensure_private(path, "secret file")?;
-        let text = std::fs::read(path)
-            .with_context(|| format!("could not read secret file {}", path.display()))?;
-        let trimmed = text.trim_ascii_end();
-        Secret::new(trimmed.to_vec()).with_context(|| format!("in {}", path.display()))
-    }
-
-    /// A fresh random 32-byte secret, hex-encoded so it can live in a file.
-    pub fn generate() -> Secret {
-        let mut raw = [0u8; 32];
-        rand::rng().fill_bytes(&mut raw);
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        Secret(hex.into_bytes())
-    }
-
-    /// The secret's bytes.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
     }
 }
 

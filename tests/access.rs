@@ -8,9 +8,9 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use shellrelay::keys::{self, KeyKind, KeySet, SigningKey, VerifyKey};
-use shellrelay::protocol::Reason;
-use shellrelay::token::{self, Claims, Role, Secret, Verifier};
+use shellrelay::keys::{self, KeyKind, KeySet, Secret, SigningKey, VerifyKey};
+use shellrelay::protocol::{Reason, Role};
+use shellrelay::token::{self, Claims, Verifier};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

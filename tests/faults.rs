@@ -7,8 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shellrelay::protocol::Role;
 use shellrelay::tls::TransportOptions;
-use shellrelay::token::{Claims, Role, TokenSource};
+use shellrelay::token::{Claims, TokenSource};
 use support::netem::{Impairment, Proxy};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

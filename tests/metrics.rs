@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shellrelay::keys::Secret;
 use shellrelay::metrics::Status;
 use shellrelay::peer;
-use shellrelay::protocol::Reason;
-use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
+use shellrelay::protocol::{Reason, Role};
+use shellrelay::token::{self, Claims, TokenSource};
 use support::{echo_roundtrip, echo_server, within, Noise, Tunnel, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

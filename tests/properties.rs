@@ -11,8 +11,11 @@ use proptest::sample::Index;
 use serde_json::Value;
 use shellrelay::clock::MAX_EXP;
 use shellrelay::id::{glob_match, valid_host_id, valid_host_pattern, MAX_HOST_ID_LEN};
-use shellrelay::protocol::{read_frame, Frame, FrameError, Jwt, Reason, Refusal, MAX_FRAME_LEN};
-use shellrelay::token::{mint, Claims, Role, Secret, TokenError, Verifier};
+use shellrelay::keys::Secret;
+use shellrelay::protocol::{
+    read_frame, Frame, FrameError, Jwt, Reason, Refusal, Role, MAX_FRAME_LEN,
+};
+use shellrelay::token::{mint, Claims, TokenError, Verifier};
 use tokio::runtime::Runtime;
 
 const AUDIENCE: &str = "shellrelay";

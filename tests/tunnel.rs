@@ -7,9 +7,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use shellrelay::clock::unix_now;
+use shellrelay::keys::Secret;
 use shellrelay::peer;
-use shellrelay::protocol::Reason;
-use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
+use shellrelay::protocol::{Reason, Role};
+use shellrelay::token::{self, Claims, TokenSource};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

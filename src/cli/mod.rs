@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub mod manual;
 mod peer_opts;
 mod relay_opts;
 mod token_opts;
@@ -20,9 +21,9 @@ pub use peer_opts::{ClientOpt, ConnectOpt, HostOpt, PeerOpt, ReachOpt};
 pub use relay_opts::{LimitsOpt, RelayOpt};
 pub use token_opts::{KeygenOpt, TokenOpt};
 
+use crate::keys::Secret;
 use crate::tls::{self, TransportOptions};
-use crate::token::Secret;
-use crate::{client, connect, demo, host, id, manual, status};
+use crate::{client, connect, demo, host, id, status};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]

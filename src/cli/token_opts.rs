@@ -8,7 +8,8 @@ use anyhow::bail;
 use clap::Args;
 
 use super::{duration, host_id, host_pattern, kid, SecretOpt};
-use crate::token::{self, Claims, Role};
+use crate::protocol::Role;
+use crate::token::{self, Claims};
 use crate::{id, keys};
 
 /// `shellrelay token`

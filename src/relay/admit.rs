@@ -16,9 +16,9 @@ use crate::clock::{fmt_unix, unix_now};
 use crate::limits::{Gauge, PerAddrGuard};
 use crate::metrics::HostStats;
 use crate::protocol::{
-    read_frame, send_refusal, write_frame, Frame, FrameError, Reason, Refusal, VERSION,
+    read_frame, send_refusal, write_frame, Frame, FrameError, Reason, Refusal, Role, VERSION,
 };
-use crate::token::{Claims, Role, TokenError};
+use crate::token::{Claims, TokenError};
 
 /// Streams a client may open beyond its session limit, so that sessions
 /// over the limit reach the relay and get a typed refusal instead of
