@@ -53,8 +53,7 @@ impl Secret {
     pub fn generate() -> Secret {
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        Secret(hex.into_bytes())
+        Secret(hex::encode(raw).into_bytes())
     }
 
     /// The secret's bytes.

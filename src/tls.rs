@@ -154,7 +154,7 @@ pub fn load_or_create(
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     Sha256::digest(cert.as_ref())
         .iter()
-        .map(|b| format!("{b:02X}"))
+        .map(|b| hex::encode_upper([*b]))
         .collect::<Vec<_>>()
         .join(":")
 }
@@ -351,6 +351,13 @@ mod tests {
         assert!(!created);
         assert_eq!(made.chain, loaded.chain);
         assert_eq!(made.key.secret_der(), loaded.key.secret_der());
+        // 32 upper-case hex bytes, colon-separated, as openssl and
+        // browsers show them.
+        let fp = fingerprint(&made.chain[0]);
+        assert_eq!(fp.split(':').count(), 32, "{fp}");
+        assert!(fp
+            .bytes()
+            .all(|b| b == b':' || b.is_ascii_digit() || (b'A'..=b'F').contains(&b)));
         std::fs::remove_file(&key).unwrap();
         assert!(load_or_create(&cert, &key, &[]).is_err());
     }

@@ -263,7 +263,7 @@ impl Verifier {
 pub fn random_id() -> String {
     let mut raw = [0u8; 16];
     rand::rng().fill_bytes(&mut raw);
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(raw)
 }
 
 #[cfg(test)]
