@@ -34,6 +34,10 @@ use crate::token::Verifier;
 /// part of the documented log format.
 const LOG_TARGET: &str = module_path!();
 
+/// Default UDP address the relay listens on: every interface, IPv6 and
+/// IPv4, on the port that examples and error messages suggest.
+pub const DEFAULT_LISTEN: &str = "[::]:4433";
+
 /// Longest a QUIC handshake may take before the attempt is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

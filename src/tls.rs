@@ -37,6 +37,22 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Default idle timeout: a peer silent this long is gone.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where `certs` writes the relay's certificate and key, and `relay` looks
+/// for them, by default.
+pub const DEFAULT_CERT_DIR: &str = "certs";
+
+/// File name of the relay's certificate in the directory `certs` writes.
+pub const CERT_FILE: &str = "relay.crt";
+
+/// File name of the relay's private key in the directory `certs` writes.
+pub const KEY_FILE: &str = "relay.key";
+
+/// The relay's certificate by default: [`CERT_FILE`] in [`DEFAULT_CERT_DIR`].
+pub const DEFAULT_CERT: &str = "certs/relay.crt";
+
+/// The relay's private key by default: [`KEY_FILE`] in [`DEFAULT_CERT_DIR`].
+pub const DEFAULT_KEY: &str = "certs/relay.key";
+
 /// A certificate chain and its private key.
 #[derive(Debug)]
 pub struct Identity {
@@ -340,6 +356,13 @@ pub fn client_config(trust: &Trust, opts: TransportOptions) -> anyhow::Result<qu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_paths_are_the_files_certs_writes() {
+        let dir = Path::new(DEFAULT_CERT_DIR);
+        assert_eq!(Path::new(DEFAULT_CERT), dir.join(CERT_FILE));
+        assert_eq!(Path::new(DEFAULT_KEY), dir.join(KEY_FILE));
+    }
 
     #[test]
     fn written_identity_loads_back() {

@@ -19,6 +19,10 @@ use crate::protocol::Role;
 /// Default `aud` claim: the relay's audience.
 pub const DEFAULT_AUDIENCE: &str = "shellrelay";
 
+/// Default lifetime of a minted token: long enough to start work, short
+/// enough that a leaked token is soon useless.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60 * 60);
+
 /// The claims of a Shellrelay token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {

@@ -85,8 +85,32 @@ fn host_id(s: &str) -> Result<String, id::BadId> {
     id::host_id(s).map(str::to_owned)
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 15m, 1h)"))
+/// A duration as flags and their variables write it (`30s`, `15m`, `1h`),
+/// and as `--help` shows it: a default is written once, as the constant it
+/// comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct HumanDuration(Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("{e} (examples: 30s, 15m, 1h)"))
+    }
+}
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl PartialEq<Duration> for HumanDuration {
+    fn eq(&self, other: &Duration) -> bool {
+        self.0 == *other
+    }
 }
 
 /// Value parser for a host id or pattern.
@@ -132,11 +156,11 @@ impl SecretOpt {
 #[derive(Debug, Args)]
 pub struct TransportOpt {
     /// Interval of keep-alive packets; keeps NAT mappings open.
-    #[arg(long, env = "SHELLRELAY_KEEP_ALIVE", default_value = "10s", value_parser = duration, value_name = "DURATION")]
-    keep_alive: Duration,
+    #[arg(long, env = "SHELLRELAY_KEEP_ALIVE", default_value_t = HumanDuration(tls::DEFAULT_KEEP_ALIVE), value_name = "DURATION")]
+    keep_alive: HumanDuration,
     /// Silence after which the peer is considered gone.
-    #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value = "30s", value_parser = duration, value_name = "DURATION")]
-    idle_timeout: Duration,
+    #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value_t = HumanDuration(tls::DEFAULT_IDLE_TIMEOUT), value_name = "DURATION")]
+    idle_timeout: HumanDuration,
 }
 
 impl TransportOpt {
@@ -145,8 +169,8 @@ impl TransportOpt {
             bail!("--keep-alive must be shorter than --idle-timeout");
         }
         Ok(TransportOptions {
-            keep_alive: self.keep_alive,
-            idle_timeout: self.idle_timeout,
+            keep_alive: self.keep_alive.0,
+            idle_timeout: self.idle_timeout.0,
         })
     }
 }
@@ -158,7 +182,7 @@ pub struct CertsOpt {
     #[arg(
         long,
         env = "SHELLRELAY_OUT",
-        default_value = "certs",
+        default_value = tls::DEFAULT_CERT_DIR,
         value_name = "DIR"
     )]
     out: PathBuf,
@@ -262,7 +286,7 @@ impl Cli {
             Command::Token(opt) => token_opts::run(opt),
             Command::Keygen(opt) => token_opts::keygen(opt),
             Command::Certs(opt) => {
-                let (cert, key) = (opt.out.join("relay.crt"), opt.out.join("relay.key"));
+                let (cert, key) = (opt.out.join(tls::CERT_FILE), opt.out.join(tls::KEY_FILE));
                 if !opt.force && (cert.exists() || key.exists()) {
                     bail!(
                         "{} or {} exists already; pass --force to replace them",

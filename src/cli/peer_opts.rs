@@ -4,12 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::{duration, host_id, shutdown_signal, TransportOpt};
+use super::{host_id, shutdown_signal, HumanDuration, TransportOpt};
 use crate::peer::RelayAddr;
 use crate::tls::{self, Trust};
 use crate::token::TokenSource;
@@ -150,8 +149,8 @@ pub struct HostOpt {
     #[arg(long, env = "SHELLRELAY_TARGET", default_value = host::DEFAULT_TARGET, value_name = "HOST:PORT")]
     target: String,
     /// Cap on the delay between reconnect attempts.
-    #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value = "30s", value_parser = duration, value_name = "DURATION")]
-    max_backoff: Duration,
+    #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(host::DEFAULT_MAX_BACKOFF), value_name = "DURATION")]
+    max_backoff: HumanDuration,
 }
 
 /// `shellrelay client`
@@ -179,7 +178,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         relay,
         token,
         target: opt.target,
-        max_backoff: opt.max_backoff,
+        max_backoff: opt.max_backoff.0,
     };
     host::run(config, shutdown_signal()?).await
 }

@@ -3,13 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use tracing::info;
 
-use super::{duration, shutdown_signal, SecretOpt, TransportOpt};
+use super::{shutdown_signal, HumanDuration, SecretOpt, TransportOpt};
 use crate::token::{self, Verifier};
 use crate::{keys, limits, relay, tls};
 
@@ -20,7 +19,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_LISTEN",
-        default_value = "[::]:4433",
+        default_value = relay::DEFAULT_LISTEN,
         value_name = "ADDR"
     )]
     listen: SocketAddr,
@@ -47,7 +46,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_CERT",
-        default_value = "certs/relay.crt",
+        default_value = tls::DEFAULT_CERT,
         value_name = "PATH"
     )]
     cert: PathBuf,
@@ -55,7 +54,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_KEY",
-        default_value = "certs/relay.key",
+        default_value = tls::DEFAULT_KEY,
         value_name = "PATH"
     )]
     key: PathBuf,
@@ -71,8 +70,8 @@ pub struct RelayOpt {
     )]
     names: Vec<String>,
     /// Longest a new connection may take to send its hello.
-    #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
-    hello_timeout: Duration,
+    #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value_t = HumanDuration(relay::DEFAULT_HELLO_TIMEOUT), value_name = "DURATION")]
+    hello_timeout: HumanDuration,
     /// Serve /metrics (Prometheus) and /status (JSON) over HTTP on this TCP address; off by default.
     #[arg(long, env = "SHELLRELAY_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -155,7 +154,7 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     let config = relay::RelayConfig {
         verifier: Verifier::with_keys(keys, &opt.audience),
         limits: opt.limits.limits(),
-        hello_timeout: opt.hello_timeout,
+        hello_timeout: opt.hello_timeout.0,
         revocation_file: opt.revocation_file.clone(),
         metrics: opt.metrics,
     };
@@ -273,6 +272,8 @@ fn line_of(text: &str, key: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::cli::{parse_from, Cli, Command};
 
