@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::id;
+use crate::{id, peer};
 
 /// Environment variable naming the config file (as `--config` does); a
 /// file named there must exist.
@@ -116,11 +116,8 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<ClientFile> {
         }
     })?;
     if let Some(relay) = &file.relay {
-        if !relay.contains(':') {
-            bail!(
-                "config file {}: relay = {relay:?} needs a port, as in \"{relay}:4433\"",
-                path.display()
-            );
+        if let Err(err) = peer::check_relay_addr(relay) {
+            bail!("config file {}: relay = {relay:?} {err}", path.display());
         }
     }
     if let Some(host) = &file.host {

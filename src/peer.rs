@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use thiserror::Error;
 
-use crate::protocol::{read_frame, write_frame, Frame, FrameError, Refusal, Role, VERSION};
+use crate::protocol::{
+    read_frame, write_frame, Frame, FrameError, Refusal, Role, DEFAULT_PORT, VERSION,
+};
 use crate::tls::{self, TransportOptions, Trust};
 use crate::token::TokenSource;
 
@@ -47,6 +49,21 @@ impl RelayAddr {
             .with_context(|| format!("could not resolve relay address {}", self.addr))?
             .next()
             .with_context(|| format!("relay address {} resolves to nothing", self.addr))
+    }
+}
+
+/// A relay address given without a port.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("needs a port, as in {0}:{DEFAULT_PORT}")]
+pub struct NoPort(String);
+
+/// Checks that a relay address (`--relay`, `relay` in the client config
+/// file) names a port, as [`RelayAddr::addr`] must.
+pub fn check_relay_addr(addr: &str) -> Result<(), NoPort> {
+    if addr.contains(':') {
+        Ok(())
+    } else {
+        Err(NoPort(addr.to_owned()))
     }
 }
 

@@ -17,6 +17,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// ALPN protocol name; a peer that offers anything else fails the handshake.
 pub const ALPN: &[u8] = b"shellrelay/1";
 
+/// The relay's UDP port unless it is told otherwise, and the port that
+/// examples and error messages suggest.
+pub const DEFAULT_PORT: u16 = 4433;
+
 /// Protocol version carried in every hello.
 pub const VERSION: u32 = 1;
 

@@ -12,7 +12,7 @@ mod hold;
 mod session;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::limits::{Failures, Gauge, Limits, PerAddr};
 use crate::metrics::{HostStats, HostStatus, Metrics, Status};
-use crate::protocol::{Reason, SHUTDOWN_GRACE};
+use crate::protocol::{Reason, DEFAULT_PORT, SHUTDOWN_GRACE};
 use crate::revoke::RevocationList;
 use crate::token::Verifier;
 
@@ -35,8 +35,9 @@ use crate::token::Verifier;
 const LOG_TARGET: &str = module_path!();
 
 /// Default UDP address the relay listens on: every interface, IPv6 and
-/// IPv4, on the port that examples and error messages suggest.
-pub const DEFAULT_LISTEN: &str = "[::]:4433";
+/// IPv4, on [`DEFAULT_PORT`].
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, DEFAULT_PORT, 0, 0));
 
 /// Longest a QUIC handshake may take before the attempt is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::{host_id, shutdown_signal, HumanDuration, TransportOpt};
-use crate::peer::RelayAddr;
+use crate::peer::{self, RelayAddr};
 use crate::tls::{self, Trust};
 use crate::token::TokenSource;
 use crate::{client, config, host, private};
@@ -56,8 +56,8 @@ impl PeerOpt {
         let keys = file.map(|f| &f.file);
         let relay = match (&self.relay, keys.and_then(|k| k.relay.as_ref())) {
             (Some(relay), _) => {
-                if !relay.contains(':') {
-                    bail!("--relay {relay} needs a port, as in {relay}:4433");
+                if let Err(err) = peer::check_relay_addr(relay) {
+                    bail!("--relay {relay} {err}");
                 }
                 relay.clone()
             }

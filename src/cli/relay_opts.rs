@@ -19,7 +19,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_LISTEN",
-        default_value = relay::DEFAULT_LISTEN,
+        default_value_t = relay::DEFAULT_LISTEN,
         value_name = "ADDR"
     )]
     listen: SocketAddr,
