@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shellrelay::client::{ClientConfig, Forwarder};
+use shellrelay::keys::Secret;
 use shellrelay::peer::{self, RelayAddr};
+use shellrelay::protocol::Role;
 use shellrelay::tls::{TransportOptions, Trust};
-use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
+use shellrelay::token::{self, Claims, TokenSource};
 use support::bin::{make_private, path_str, shellrelay};
 use support::proc::{field, Proc};
 use support::sshd::{user, Sshd};

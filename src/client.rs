@@ -12,13 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::peer::{self, ConnectError, RelayAddr, RelayLink};
+use crate::protocol::Role;
 use crate::protocol::{
     read_frame, write_frame, Frame, FrameError, Reason, Refusal, CLIENT_SETUP_TIMEOUT,
     SHUTDOWN_GRACE,
 };
 use crate::splice;
 use crate::tasks::Tasks;
-use crate::token::{Role, TokenSource};
+use crate::token::TokenSource;
 use crate::transport::{Closed, Conn, Stream};
 
 /// Default local listening address.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::token;
+use crate::{id, peer};
 
 /// Environment variable naming the config file (as `--config` does); a
 /// file named there must exist.
@@ -116,20 +116,13 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<ClientFile> {
         }
     })?;
     if let Some(relay) = &file.relay {
-        if !relay.contains(':') {
-            bail!(
-                "config file {}: relay = {relay:?} needs a port, as in \"{relay}:4433\"",
-                path.display()
-            );
+        if let Err(err) = peer::check_relay_addr(relay) {
+            bail!("config file {}: relay = {relay:?} {err}", path.display());
         }
     }
     if let Some(host) = &file.host {
-        if !token::valid_host_id(host) {
-            bail!(
-                "config file {}: host = {host:?} is not a host id (1 to {} letters, digits, '.', '_' or '-')",
-                path.display(),
-                token::MAX_HOST_ID_LEN
-            );
+        if let Err(err) = id::host_id(host) {
+            bail!("config file {}: host = {host:?} is {err}", path.display());
         }
     }
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -9,10 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, ClientConfig};
 use crate::host::{self, HostConfig};
+use crate::keys::Secret;
 use crate::peer::RelayAddr;
+use crate::protocol::Role;
 use crate::relay::{Relay, RelayConfig};
 use crate::tls::{self, TransportOptions, Trust};
-use crate::token::{self, Claims, Role, Secret, TokenSource, Verifier};
+use crate::token::{self, Claims, TokenSource, Verifier};
 
 /// Host id the demo registers.
 pub const DEMO_HOST: &str = "demo";

@@ -11,13 +11,15 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::clock::fmt_unix;
 use crate::peer::{self, RelayAddr, RelayLink};
+use crate::protocol::Role;
 use crate::protocol::{
     read_frame, write_frame, Frame, Reason, Refusal, DIAL_TIMEOUT, OPEN_TIMEOUT, SHUTDOWN_GRACE,
 };
 use crate::splice;
 use crate::tasks::Tasks;
-use crate::token::{fmt_unix, Role, TokenSource};
+use crate::token::TokenSource;
 use crate::transport::{Closed, SendStream, Stream};
 
 /// Default target: the local sshd.

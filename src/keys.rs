@@ -8,17 +8,58 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use rand::RngCore;
 
-use crate::token::Secret;
+use crate::id;
+use crate::private::{self, Existing};
 
-/// Longest key id accepted, here and in tokens.
-pub const MAX_KID_LEN: usize = 64;
+/// Shortest shared secret accepted; HS256 with less is guessable offline.
+pub const MIN_SECRET_LEN: usize = 16;
 
-/// Whether `kid` is a usable key id: 1 to [`MAX_KID_LEN`] ASCII letters,
-/// digits, `.`, `_` or `-` (the same rule as host ids, so ids are safe in
-/// logs and config files).
-pub fn valid_kid(kid: &str) -> bool {
-    crate::token::valid_host_id(kid)
+/// The shared HS256 secret. Its `Debug` never shows the bytes.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+impl Secret {
+    /// A secret from bytes; refuses one shorter than [`MIN_SECRET_LEN`].
+    pub fn new(bytes: impl Into<Vec<u8>>) -> anyhow::Result<Secret> {
+        let bytes = bytes.into();
+        if bytes.len() < MIN_SECRET_LEN {
+            bail!(
+                "secret is {} bytes long; at least {MIN_SECRET_LEN} are needed",
+                bytes.len()
+            );
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// Reads a secret file, without its trailing newline. The file must not
+    /// be readable by other users (as ssh insists for private keys).
+    pub fn from_file(path: &Path) -> anyhow::Result<Secret> {
+        private::ensure_private(path, "secret file")?;
+        let text = std::fs::read(path)
+            .with_context(|| format!("could not read secret file {}", path.display()))?;
+        let trimmed = text.trim_ascii_end();
+        Secret::new(trimmed.to_vec()).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// A fresh random 32-byte secret, hex-encoded so it can live in a file.
+    pub fn generate() -> Secret {
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        Secret(hex::encode(raw).into_bytes())
+    }
+
+    /// The secret's bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// The kinds of key a token can be signed with.
@@ -124,7 +165,7 @@ impl SigningKey {
     /// Reads a PEM private key (PKCS#8, Ed25519 or P-256, as `keygen`
     /// writes), which must not be readable by other users.
     pub fn private_key_file(path: &Path) -> anyhow::Result<SigningKey> {
-        crate::token::ensure_private(path, "key file")?;
+        private::ensure_private(path, "key file")?;
         let text = std::fs::read(path)
             .with_context(|| format!("could not read key {}", path.display()))?;
         if let Ok(key) = EncodingKey::from_ed_pem(&text) {
@@ -171,9 +212,7 @@ impl KeySet {
 
     /// Adds the key for `kid`; refuses an invalid or repeated id.
     pub fn insert(&mut self, kid: &str, key: VerifyKey) -> anyhow::Result<()> {
-        if !valid_kid(kid) {
-            bail!("key id {kid:?} is not 1 to {MAX_KID_LEN} letters, digits, '.', '_' or '-'");
-        }
+        let kid = id::kid(kid).map_err(|err| anyhow::anyhow!("{kid:?} is {err}"))?;
         if self.by_kid.insert(kid.to_owned(), key).is_some() {
             bail!("key id {kid} is given twice");
         }
@@ -206,11 +245,7 @@ pub fn parse_kid_path(s: &str) -> Result<(String, PathBuf), String> {
     let (kid, path) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not KID=PATH"))?;
-    if !valid_kid(kid) {
-        return Err(format!(
-            "key id {kid:?} is not 1 to {MAX_KID_LEN} letters, digits, '.', '_' or '-'"
-        ));
-    }
+    let kid = id::kid(kid).map_err(|err| format!("{kid:?} is {err}"))?;
     if path.is_empty() {
         return Err(format!("no path after {kid}="));
     }
@@ -250,7 +285,7 @@ pub fn generate(kind: KeyKind, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
             bail!("{} exists already; not replacing it", p.display());
         }
     }
-    write_private(out, &private_text)?;
+    private::write(out, &private_text, Existing::Refuse)?;
     let mut written = vec![out.to_owned()];
     if let Some(text) = public_text {
         std::fs::write(&public, text)
@@ -258,23 +293,6 @@ pub fn generate(kind: KeyKind, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         written.push(public);
     }
     Ok(written)
-}
-
-/// Creates `path` readable by its owner only, then writes `bytes`.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut file = opts
-        .open(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("could not write {}", path.display()))
 }
 
 #[cfg(test)]

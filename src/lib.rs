@@ -7,15 +7,17 @@
 
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod connect;
 pub mod demo;
 pub mod host;
+pub mod id;
 pub mod keys;
 pub mod limits;
-pub mod manual;
 pub mod metrics;
 pub mod peer;
+pub mod private;
 pub mod protocol;
 pub mod relay;
 pub mod revoke;

@@ -8,11 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use thiserror::Error;
 
+use crate::protocol::Role;
 use crate::protocol::{
-    read_frame, write_frame, Frame, FrameError, Jwt, Reason, Refusal, SHUTDOWN_GRACE, VERSION,
+    read_frame, write_frame, Frame, FrameError, Jwt, Reason, Refusal, DEFAULT_PORT, SHUTDOWN_GRACE,
+    VERSION,
 };
 use crate::tls::{self, TransportOptions, Trust};
-use crate::token::{Role, TokenSource};
+use crate::token::TokenSource;
 use crate::transport::{Closed, Conn, Stream};
 
 /// Longest wait for the QUIC handshake and the relay's answer to a hello.
@@ -50,6 +52,21 @@ impl RelayAddr {
             .with_context(|| format!("could not resolve relay address {}", self.addr))?
             .next()
             .with_context(|| format!("relay address {} resolves to nothing", self.addr))
+    }
+}
+
+/// A relay address given without a port.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("needs a port, as in {0}:{DEFAULT_PORT}")]
+pub struct NoPort(String);
+
+/// Checks that a relay address (`--relay`, `relay` in the client config
+/// file) names a port, as [`RelayAddr::addr`] must.
+pub fn check_relay_addr(addr: &str) -> Result<(), NoPort> {
+    if addr.contains(':') {
+        Ok(())
+    } else {
+        Err(NoPort(addr.to_owned()))
     }
 }
 

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::token::Role;
-
 /// ALPN protocol name; a peer that offers anything else fails the handshake.
 pub const ALPN: &[u8] = b"shellrelay/1";
+
+/// The relay's UDP port unless it is told otherwise, and the port that
+/// examples and error messages suggest.
+pub const DEFAULT_PORT: u16 = 4433;
 
 /// Protocol version carried in every hello.
 pub const VERSION: u32 = 1;
@@ -44,6 +46,25 @@ pub const CLIENT_SETUP_TIMEOUT: Duration = Duration::from_secs(HOST_SETUP_TIMEOU
 /// How long a stopping role waits for its peers to acknowledge the close
 /// and its sessions to wind down.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// What a peer asks to be in its hello, and what its token lets it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Register as host `sub` and receive its sessions.
+    Host,
+    /// Open sessions to host `sub`.
+    Client,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Host => "host",
+            Role::Client => "client",
+        })
+    }
+}
 
 /// A control or session-header frame. On the wire: a big-endian `u16` body
 /// length followed by that many bytes of JSON.

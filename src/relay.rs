@@ -14,7 +14,7 @@ mod hold;
 mod registry;
 mod session;
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::limits::{Failures, Gauge, Limits, PerAddr};
 use crate::metrics::{Metrics, Status};
-use crate::protocol::{Reason, SHUTDOWN_GRACE};
+use crate::protocol::{Reason, DEFAULT_PORT, SHUTDOWN_GRACE};
 use crate::revoke::RevocationList;
 use crate::tasks::Tasks;
 use crate::token::Verifier;
@@ -34,6 +34,11 @@ use registry::Registry;
 /// Target of every relay log line, the submodules' included: the target is
 /// part of the documented log format.
 const LOG_TARGET: &str = module_path!();
+
+/// Default UDP address the relay listens on: every interface, IPv6 and
+/// IPv4, on [`DEFAULT_PORT`].
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, DEFAULT_PORT, 0, 0));
 
 /// Longest a QUIC handshake may take before the attempt is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,6 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
+use crate::private::{self, Existing};
 use crate::protocol::ALPN;
 
 /// Most concurrent sessions (bidirectional streams) per connection: far
@@ -35,6 +36,22 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// Default idle timeout: a peer silent this long is gone.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where `certs` writes the relay's certificate and key, and `relay` looks
+/// for them, by default.
+pub const DEFAULT_CERT_DIR: &str = "certs";
+
+/// File name of the relay's certificate in the directory `certs` writes.
+pub const CERT_FILE: &str = "relay.crt";
+
+/// File name of the relay's private key in the directory `certs` writes.
+pub const KEY_FILE: &str = "relay.key";
+
+/// The relay's certificate by default: [`CERT_FILE`] in [`DEFAULT_CERT_DIR`].
+pub const DEFAULT_CERT: &str = "certs/relay.crt";
+
+/// The relay's private key by default: [`KEY_FILE`] in [`DEFAULT_CERT_DIR`].
+pub const DEFAULT_KEY: &str = "certs/relay.key";
 
 /// A certificate chain and its private key.
 #[derive(Debug)]
@@ -82,7 +99,6 @@ pub fn self_signed(names: &[String]) -> anyhow::Result<Identity> {
 /// Makes a self-signed certificate for `names` and writes it as PEM: the
 /// certificate world-readable, the key readable by its owner only.
 pub fn create_self_signed(cert: &Path, key: &Path, names: &[String]) -> anyhow::Result<Identity> {
-    use std::io::Write;
     let (identity, cert_pem, key_pem) = generate(names)?;
     for path in [cert, key] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -92,19 +108,7 @@ pub fn create_self_signed(cert: &Path, key: &Path, names: &[String]) -> anyhow::
     }
     std::fs::write(cert, cert_pem)
         .with_context(|| format!("could not write {}", cert.display()))?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(key)
-        .and_then(|mut f| {
-            // The mode above applies only to a new file; an old key file
-            // being replaced is made private too.
-            #[cfg(unix)]
-            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-            f.write_all(key_pem.as_bytes())
-        })
-        .with_context(|| format!("could not write {}", key.display()))?;
+    private::write(key, key_pem.as_bytes(), Existing::Replace)?;
     Ok(identity)
 }
 
@@ -166,7 +170,7 @@ pub fn load_or_create(
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     Sha256::digest(cert.as_ref())
         .iter()
-        .map(|b| format!("{b:02X}"))
+        .map(|b| hex::encode_upper([*b]))
         .collect::<Vec<_>>()
         .join(":")
 }
@@ -354,6 +358,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_default_paths_are_the_files_certs_writes() {
+        let dir = Path::new(DEFAULT_CERT_DIR);
+        assert_eq!(Path::new(DEFAULT_CERT), dir.join(CERT_FILE));
+        assert_eq!(Path::new(DEFAULT_KEY), dir.join(KEY_FILE));
+    }
+
+    #[test]
     fn written_identity_loads_back() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
@@ -363,6 +374,13 @@ mod tests {
         assert!(!created);
         assert_eq!(made.chain, loaded.chain);
         assert_eq!(made.key.secret_der(), loaded.key.secret_der());
+        // 32 upper-case hex bytes, colon-separated, as openssl and
+        // browsers show them.
+        let fp = fingerprint(&made.chain[0]);
+        assert_eq!(fp.split(':').count(), 32, "{fp}");
+        assert!(fp
+            .bytes()
+            .all(|b| b == b':' || b.is_ascii_digit() || (b'A'..=b'F').contains(&b)));
         std::fs::remove_file(&key).unwrap();
         assert!(load_or_create(&cert, &key, &[]).is_err());
     }

@@ -2,8 +2,8 @@
 //! typed reason for every refusal.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use jsonwebtoken::{Header, Validation};
@@ -11,32 +11,17 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::keys::{self, KeySet, SigningKey, VerifyKey};
+use crate::clock::{fmt_unix, unix_now, MAX_EXP};
+use crate::id::{self, glob_match, valid_host_id, valid_host_pattern};
+use crate::keys::{KeySet, Secret, SigningKey, VerifyKey};
+use crate::protocol::Role;
 
 /// Default `aud` claim: the relay's audience.
 pub const DEFAULT_AUDIENCE: &str = "shellrelay";
 
-/// Shortest shared secret accepted; HS256 with less is guessable offline.
-pub const MIN_SECRET_LEN: usize = 16;
-
-/// What a token lets its holder do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Register as host `sub` and receive its sessions.
-    Host,
-    /// Open sessions to host `sub`.
-    Client,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Host => "host",
-            Role::Client => "client",
-        })
-    }
-}
+/// Default lifetime of a minted token: long enough to start work, short
+/// enough that a leaked token is soon useless.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60 * 60);
 
 /// The claims of a Shellrelay token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,120 +81,6 @@ impl Claims {
             [one] if valid_host_id(one) => Some(one),
             _ => None,
         }
-    }
-}
-
-/// Whether `id` matches `pattern`, where `*` stands for any run of
-/// characters and `?` for any one.
-pub fn glob_match(pattern: &str, id: &str) -> bool {
-    let (p, s) = (pattern.as_bytes(), id.as_bytes());
-    let (mut pi, mut si) = (0, 0);
-    // Where the last `*` was, and how much of `s` it has taken so far.
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        match p.get(pi) {
-            Some(b'*') => {
-                star = Some((pi, si));
-                pi += 1;
-            }
-            Some(&c) if c == b'?' || c == s[si] => {
-                pi += 1;
-                si += 1;
-            }
-            _ => match star {
-                Some((sp, ss)) => {
-                    pi = sp + 1;
-                    si = ss + 1;
-                    star = Some((sp, ss + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
-/// Whether `pattern` is a host id or a pattern of one: the characters of a
-/// host id plus `*` and `?`, at most [`MAX_HOST_ID_LEN`] long.
-pub fn valid_host_pattern(pattern: &str) -> bool {
-    !pattern.is_empty()
-        && pattern.len() <= MAX_HOST_ID_LEN
-        && pattern
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'*' | b'?'))
-}
-
-/// The shared HS256 secret. Its `Debug` never shows the bytes.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret(<{} bytes>)", self.0.len())
-    }
-}
-
-impl Secret {
-    /// A secret from bytes; refuses one shorter than [`MIN_SECRET_LEN`].
-    pub fn new(bytes: impl Into<Vec<u8>>) -> anyhow::Result<Secret> {
-        let bytes = bytes.into();
-        if bytes.len() < MIN_SECRET_LEN {
-            bail!(
-                "secret is {} bytes long; at least {MIN_SECRET_LEN} are needed",
-                bytes.len()
-            );
-        }
-        Ok(Secret(bytes))
-    }
-
-    /// Reads a secret file, without its trailing newline. The file must not
-    /// be readable by other users (as ssh insists for private keys).
-    pub fn from_file(path: &Path) -> anyhow::Result<Secret> {
-        ensure_private(path, "secret file")?;
-        let text = std::fs::read(path)
-            .with_context(|| format!("could not read secret file {}", path.display()))?;
-        let trimmed = text.trim_ascii_end();
-        Secret::new(trimmed.to_vec()).with_context(|| format!("in {}", path.display()))
-    }
-
-    /// A fresh random 32-byte secret, hex-encoded so it can live in a file.
-    pub fn generate() -> Secret {
-        let mut raw = [0u8; 32];
-        rand::rng().fill_bytes(&mut raw);
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        Secret(hex.into_bytes())
-    }
-
-    /// The secret's bytes.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// Refuses `path` (a `what`, for the message) if other users may read it.
-pub fn ensure_private(path: &Path, what: &str) -> anyhow::Result<()> {
-    match shared_mode(path) {
-        Some(mode) => bail!(
-            "{what} {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
-            path.display(),
-            path.display()
-        ),
-        None => Ok(()),
-    }
-}
-
-/// The permission bits of `path` if group or others may read it (Unix).
-pub fn shared_mode(path: &Path) -> Option<u32> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-        (mode & 0o044 != 0).then_some(mode)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
     }
 }
 
@@ -340,7 +211,7 @@ impl Verifier {
         let kid = header.kid.as_deref();
         let key = self.keys.get(kid).ok_or_else(|| {
             // Peer-controlled: keep what is echoed short and printable.
-            TokenError::UnknownKey(kid.map(|k| k.chars().take(keys::MAX_KID_LEN).collect()))
+            TokenError::UnknownKey(kid.map(|k| k.chars().take(id::MAX_KID_LEN).collect()))
         })?;
         // Each key accepts exactly its own algorithm.
         let mut validation = Validation::new(key.algorithm);
@@ -396,41 +267,7 @@ impl Verifier {
 pub fn random_id() -> String {
     let mut raw = [0u8; 16];
     rand::rng().fill_bytes(&mut raw);
-    raw.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Formats Unix seconds as RFC 3339 UTC (or as plain seconds past the
-/// year 9999, which RFC 3339 cannot write).
-pub fn fmt_unix(secs: u64) -> String {
-    if secs > MAX_EXP {
-        return format!("{secs} seconds after 1970");
-    }
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
-
-/// Latest `exp` or `nbf` accepted: the end of the year 9999.
-pub const MAX_EXP: u64 = 253_402_300_799;
-
-/// Longest host id accepted.
-pub const MAX_HOST_ID_LEN: usize = 64;
-
-/// Whether `id` is a valid host id: 1 to [`MAX_HOST_ID_LEN`] ASCII letters,
-/// digits, `.`, `_` or `-`, so that ids are safe in logs, file names and
-/// ssh configuration.
-pub fn valid_host_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_HOST_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    hex::encode(raw)
 }
 
 #[cfg(test)]

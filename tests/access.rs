@@ -8,9 +8,11 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use shellrelay::keys::Secret;
 use shellrelay::keys::{self, KeyKind, KeySet, SigningKey, VerifyKey};
 use shellrelay::protocol::Reason;
-use shellrelay::token::{self, Claims, Role, Secret, Verifier};
+use shellrelay::protocol::Role;
+use shellrelay::token::{self, Claims, Verifier};
 use support::traffic::*;
 use support::*;
 

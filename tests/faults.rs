@@ -7,8 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shellrelay::protocol::Role;
 use shellrelay::tls::TransportOptions;
-use shellrelay::token::{Claims, Role, TokenSource};
+use shellrelay::token::{Claims, TokenSource};
 use support::netem::{Impairment, Proxy};
 use support::traffic::*;
 use support::*;
@@ -309,7 +310,7 @@ async fn the_host_rereads_its_token_file_and_waits_out_an_expired_token() {
         shellrelay::token::DEFAULT_AUDIENCE,
         HOUR,
     );
-    expired.exp = shellrelay::token::unix_now() - 10;
+    expired.exp = shellrelay::clock::unix_now() - 10;
     std::fs::write(&file, tunnel.sign(&expired)).unwrap();
 
     let cancel = tunnel.cancel.child_token();

@@ -10,8 +10,9 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use shellrelay::client::{ClientConfig, Forwarder, OpenError};
 use shellrelay::peer::{self, ConnectError};
+use shellrelay::protocol::Role;
 use shellrelay::protocol::{Reason, Refusal, ALPN};
-use shellrelay::token::{Role, TokenSource};
+use shellrelay::token::TokenSource;
 use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -297,7 +298,7 @@ async fn repeated_bad_tokens_from_one_address_are_rate_limited() {
 async fn a_bad_token_does_not_reveal_whether_a_host_exists() {
     let tunnel = Tunnel::start().await;
     let _host = tunnel.host("lab1", echo_server().await).await;
-    let other = shellrelay::token::Secret::new(b"not the relay's secret at all".to_vec()).unwrap();
+    let other = shellrelay::keys::Secret::new(b"not the relay's secret at all".to_vec()).unwrap();
     let mut answers = Vec::new();
     for host in ["lab1", "no-such-host"] {
         let claims = shellrelay::token::Claims::new(

@@ -9,10 +9,12 @@ mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use shellrelay::keys::Secret;
 use shellrelay::metrics::Status;
 use shellrelay::peer;
 use shellrelay::protocol::Reason;
-use shellrelay::token::{self, Claims, Role, Secret, TokenSource};
+use shellrelay::protocol::Role;
+use shellrelay::token::{self, Claims, TokenSource};
 use support::traffic::{echo, echo_roundtrip, echo_server, Noise};
 use support::{within, Tunnel, HOUR, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -242,10 +244,10 @@ async fn status_lists_each_host_with_its_counters() {
     let addr = metrics_addr(&tunnel);
     assert_eq!(status(addr).await, Status { hosts: vec![] });
 
-    let before = shellrelay::token::unix_now();
+    let before = shellrelay::clock::unix_now();
     let _lab1 = tunnel.host("lab1", echo_server().await).await;
     let _lab2 = tunnel.host("lab2", echo_server().await).await;
-    let after = shellrelay::token::unix_now();
+    let after = shellrelay::clock::unix_now();
     let client = tunnel.client("lab1").await;
     let _open = open_session(client, 10_000).await;
 

@@ -16,11 +16,12 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::Value;
+use shellrelay::clock::MAX_EXP;
+use shellrelay::id::{glob_match, valid_host_pattern, MAX_HOST_ID_LEN};
+use shellrelay::keys::Secret;
+use shellrelay::protocol::Role;
 use shellrelay::protocol::{read_frame, Frame, FrameError, Jwt, Reason, Refusal, MAX_FRAME_LEN};
-use shellrelay::token::{
-    glob_match, mint, valid_host_pattern, Claims, Role, Secret, TokenError, Verifier, MAX_EXP,
-    MAX_HOST_ID_LEN,
-};
+use shellrelay::token::{mint, Claims, TokenError, Verifier};
 use tokio::runtime::Runtime;
 
 const AUDIENCE: &str = "shellrelay";

@@ -6,9 +6,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use shellrelay::clock::unix_now;
+use shellrelay::keys::Secret;
 use shellrelay::peer;
 use shellrelay::protocol::Reason;
-use shellrelay::token::{self, unix_now, Claims, Role, Secret, TokenSource};
+use shellrelay::protocol::Role;
+use shellrelay::token::{self, Claims, TokenSource};
 use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

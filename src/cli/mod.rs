@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub mod manual;
 mod peer_opts;
 mod relay_opts;
 mod token_opts;
@@ -20,10 +21,10 @@ pub use peer_opts::{ClientOpt, ConnectOpt, HostOpt, PeerOpt, ReachOpt};
 pub use relay_opts::{LimitsOpt, RelayOpt};
 pub use token_opts::{KeygenOpt, TokenOpt};
 
+use crate::keys::Secret;
 use crate::tasks::Tasks;
 use crate::tls::{self, TransportOptions};
-use crate::token::{self, Secret};
-use crate::{client, connect, demo, host, keys, manual, status};
+use crate::{client, connect, demo, host, id, status};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]
@@ -80,41 +81,47 @@ pub enum LogFormat {
     Json,
 }
 
-fn host_id(s: &str) -> Result<String, String> {
-    if token::valid_host_id(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "a host id is 1 to {} letters, digits, '.', '_' or '-'",
-            token::MAX_HOST_ID_LEN
-        ))
+/// Value parser for a host id.
+fn host_id(s: &str) -> Result<String, id::BadId> {
+    id::host_id(s).map(str::to_owned)
+}
+
+/// A duration as flags and their variables write it (`30s`, `15m`, `1h`),
+/// and as `--help` shows it: a default is written once, as the constant it
+/// comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct HumanDuration(Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("{e} (examples: 30s, 15m, 1h)"))
     }
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 15m, 1h)"))
-}
-
-fn host_pattern(s: &str) -> Result<String, String> {
-    if token::valid_host_pattern(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "a host is 1 to {} letters, digits, '.', '_' or '-', and a pattern may use '*' and '?'",
-            token::MAX_HOST_ID_LEN
-        ))
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
     }
 }
 
-fn kid(s: &str) -> Result<String, String> {
-    if keys::valid_kid(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "a key id is 1 to {} letters, digits, '.', '_' or '-'",
-            keys::MAX_KID_LEN
-        ))
+impl PartialEq<Duration> for HumanDuration {
+    fn eq(&self, other: &Duration) -> bool {
+        self.0 == *other
     }
+}
+
+/// Value parser for a host id or pattern.
+fn host_pattern(s: &str) -> Result<String, id::BadId> {
+    id::host_pattern(s).map(str::to_owned)
+}
+
+/// Value parser for a key id.
+fn kid(s: &str) -> Result<String, id::BadId> {
+    id::kid(s).map(str::to_owned)
 }
 
 /// The shared secret, from a file or given directly.
@@ -150,11 +157,11 @@ impl SecretOpt {
 #[derive(Debug, Args)]
 pub struct TransportOpt {
     /// Interval of keep-alive packets; keeps NAT mappings open.
-    #[arg(long, env = "SHELLRELAY_KEEP_ALIVE", default_value = "10s", value_parser = duration, value_name = "DURATION")]
-    keep_alive: Duration,
+    #[arg(long, env = "SHELLRELAY_KEEP_ALIVE", default_value_t = HumanDuration(tls::DEFAULT_KEEP_ALIVE), value_name = "DURATION")]
+    keep_alive: HumanDuration,
     /// Silence after which the peer is considered gone.
-    #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value = "30s", value_parser = duration, value_name = "DURATION")]
-    idle_timeout: Duration,
+    #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value_t = HumanDuration(tls::DEFAULT_IDLE_TIMEOUT), value_name = "DURATION")]
+    idle_timeout: HumanDuration,
 }
 
 impl TransportOpt {
@@ -163,8 +170,8 @@ impl TransportOpt {
             bail!("--keep-alive must be shorter than --idle-timeout");
         }
         Ok(TransportOptions {
-            keep_alive: self.keep_alive,
-            idle_timeout: self.idle_timeout,
+            keep_alive: self.keep_alive.0,
+            idle_timeout: self.idle_timeout.0,
         })
     }
 }
@@ -176,7 +183,7 @@ pub struct CertsOpt {
     #[arg(
         long,
         env = "SHELLRELAY_OUT",
-        default_value = "certs",
+        default_value = tls::DEFAULT_CERT_DIR,
         value_name = "DIR"
     )]
     out: PathBuf,
@@ -297,7 +304,7 @@ impl Cli {
             Command::Token(opt) => token_opts::run(opt),
             Command::Keygen(opt) => token_opts::keygen(opt),
             Command::Certs(opt) => {
-                let (cert, key) = (opt.out.join("relay.crt"), opt.out.join("relay.key"));
+                let (cert, key) = (opt.out.join(tls::CERT_FILE), opt.out.join(tls::KEY_FILE));
                 if !opt.force && (cert.exists() || key.exists()) {
                     bail!(
                         "{} or {} exists already; pass --force to replace them",

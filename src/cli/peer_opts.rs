@@ -4,16 +4,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::{duration, host_id, until_signalled, TransportOpt};
-use crate::peer::RelayAddr;
+use super::{host_id, until_signalled, HumanDuration, TransportOpt};
+use crate::peer::{self, RelayAddr};
 use crate::tls::{self, Trust};
-use crate::token::{self, TokenSource};
-use crate::{client, config, host};
+use crate::token::TokenSource;
+use crate::{client, config, host, private};
 
 /// How hosts and clients reach the relay. The relay and a token are
 /// required; `client` and `connect` may take them from the config file.
@@ -57,8 +56,8 @@ impl PeerOpt {
         let keys = file.map(|f| &f.file);
         let relay = match (&self.relay, keys.and_then(|k| k.relay.as_ref())) {
             (Some(relay), _) => {
-                if !relay.contains(':') {
-                    bail!("--relay {relay} needs a port, as in {relay}:4433");
+                if let Err(err) = peer::check_relay_addr(relay) {
+                    bail!("--relay {relay} {err}");
                 }
                 relay.clone()
             }
@@ -88,7 +87,7 @@ impl PeerOpt {
         // Fail now on a missing file rather than at the first reconnect.
         token.load()?;
         if let TokenSource::File(path) = &token {
-            if let Some(mode) = token::shared_mode(path) {
+            if let Some(mode) = private::shared_mode(path) {
                 tracing::warn!(
                     "token file {} is readable by other users (mode {mode:o}); run: chmod 600 {}",
                     path.display(),
@@ -150,8 +149,8 @@ pub struct HostOpt {
     #[arg(long, env = "SHELLRELAY_TARGET", default_value = host::DEFAULT_TARGET, value_name = "HOST:PORT")]
     target: String,
     /// Cap on the delay between reconnect attempts.
-    #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value = "30s", value_parser = duration, value_name = "DURATION")]
-    max_backoff: Duration,
+    #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(host::DEFAULT_MAX_BACKOFF), value_name = "DURATION")]
+    max_backoff: HumanDuration,
 }
 
 /// `shellrelay client`
@@ -179,7 +178,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         relay,
         token,
         target: opt.target,
-        max_backoff: opt.max_backoff,
+        max_backoff: opt.max_backoff.0,
     };
     until_signalled(|shutdown| host::run(config, shutdown)).await
 }

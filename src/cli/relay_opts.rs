@@ -3,13 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use tracing::info;
 
-use super::{duration, shutdown_signal, SecretOpt, TransportOpt};
+use super::{shutdown_signal, HumanDuration, SecretOpt, TransportOpt};
 use crate::protocol::SHUTDOWN_GRACE;
 use crate::tasks::Tasks;
 use crate::token::{self, Verifier};
@@ -22,7 +21,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_LISTEN",
-        default_value = "[::]:4433",
+        default_value_t = relay::DEFAULT_LISTEN,
         value_name = "ADDR"
     )]
     listen: SocketAddr,
@@ -49,7 +48,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_CERT",
-        default_value = "certs/relay.crt",
+        default_value = tls::DEFAULT_CERT,
         value_name = "PATH"
     )]
     cert: PathBuf,
@@ -57,7 +56,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_KEY",
-        default_value = "certs/relay.key",
+        default_value = tls::DEFAULT_KEY,
         value_name = "PATH"
     )]
     key: PathBuf,
@@ -73,8 +72,8 @@ pub struct RelayOpt {
     )]
     names: Vec<String>,
     /// Longest a new connection may take to send its hello.
-    #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
-    hello_timeout: Duration,
+    #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value_t = HumanDuration(relay::DEFAULT_HELLO_TIMEOUT), value_name = "DURATION")]
+    hello_timeout: HumanDuration,
     /// Serve /metrics (Prometheus) and /status (JSON) over HTTP on this TCP address; off by default.
     #[arg(long, env = "SHELLRELAY_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -157,7 +156,7 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     let config = relay::RelayConfig {
         verifier: Verifier::with_keys(keys, &opt.audience),
         limits: opt.limits.limits(),
-        hello_timeout: opt.hello_timeout,
+        hello_timeout: opt.hello_timeout.0,
         revocation_file: opt.revocation_file.clone(),
     };
     let relay = relay::Relay::bind(opt.listen, server, config)?;
@@ -213,7 +212,7 @@ pub(super) fn config_args(
         )
     };
     if table.contains_key("secret") {
-        crate::token::ensure_private(path, "settings file with a secret")?;
+        crate::private::ensure_private(path, "settings file with a secret")?;
     }
     // The secret comes from one place: a flag for either wins over the file.
     let secret_given = set("secret_file") || set("secret");
@@ -290,6 +289,8 @@ fn line_of(text: &str, key: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::cli::{parse_from, Cli, Command};
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 
-use super::{duration, host_id, host_pattern, kid, SecretOpt};
-use crate::keys;
-use crate::token::{self, Claims, Role};
+use super::{host_id, host_pattern, kid, HumanDuration, SecretOpt};
+use crate::protocol::Role;
+use crate::token::{self, Claims};
+use crate::{id, keys};
 
 /// `shellrelay token`
 #[derive(Debug, Args)]
@@ -36,8 +37,8 @@ pub struct TokenOpt {
     #[arg(long, env = "SHELLRELAY_SUBJECT", value_name = "NAME", value_parser = host_id, default_value = "client")]
     subject: String,
     /// How long the token is valid.
-    #[arg(long, env = "SHELLRELAY_TTL", default_value = "1h", value_parser = duration, value_name = "DURATION")]
-    ttl: Duration,
+    #[arg(long, env = "SHELLRELAY_TTL", default_value_t = HumanDuration(token::DEFAULT_TTL), value_name = "DURATION")]
+    ttl: HumanDuration,
     /// The relay's audience.
     #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = token::DEFAULT_AUDIENCE)]
     audience: String,
@@ -61,7 +62,7 @@ pub struct KeygenOpt {
 
 /// Prints a signed token.
 pub(super) fn run(opt: TokenOpt) -> anyhow::Result<()> {
-    if opt.ttl < Duration::from_secs(1) {
+    if opt.ttl.0 < Duration::from_secs(1) {
         bail!("--ttl must be at least 1s (token times are whole seconds)");
     }
     let key = match (&opt.signing_key, opt.secret.load()?) {
@@ -85,16 +86,16 @@ pub(super) fn keygen(opt: KeygenOpt) -> anyhow::Result<()> {
 /// The claims `shellrelay token` signs.
 fn token_claims(opt: &TokenOpt) -> anyhow::Result<Claims> {
     let single = match opt.host.as_slice() {
-        [one] if token::valid_host_id(one) => Some(one.as_str()),
+        [one] if id::valid_host_id(one) => Some(one.as_str()),
         _ => None,
     };
     let mut claims = match (opt.role, single) {
-        (_, Some(host)) => Claims::new(opt.role, host, &opt.audience, opt.ttl),
+        (_, Some(host)) => Claims::new(opt.role, host, &opt.audience, opt.ttl.0),
         (Role::Host, None) => {
             bail!("a host token names exactly one host id, without '*' or '?'")
         }
         (Role::Client, None) => {
-            let mut c = Claims::new(opt.role, &opt.subject, &opt.audience, opt.ttl);
+            let mut c = Claims::new(opt.role, &opt.subject, &opt.audience, opt.ttl.0);
             c.hosts = opt.host.clone();
             c
         }

@@ -8,8 +8,8 @@ use std::time::Instant;
 use tracing::warn;
 
 use super::{State, LOG_TARGET};
-use crate::protocol::{Frame, FrameError, Reason, Refusal, VERSION};
-use crate::token::{Claims, Role, TokenError};
+use crate::protocol::{Frame, FrameError, Reason, Refusal, Role, VERSION};
+use crate::token::{Claims, TokenError};
 
 /// An admitted hello: the role, the token's claims, and for a client the
 /// host it asked for.
@@ -45,7 +45,7 @@ pub(super) fn check_hello(
     match state
         .config
         .verifier
-        .verify(&token.0, role, crate::token::unix_now())
+        .verify(&token.0, role, crate::clock::unix_now())
     {
         Ok(claims) => Ok(Hello { role, claims, host }),
         Err(err) => {
@@ -75,7 +75,7 @@ pub(super) fn client_host(claims: &Claims, requested: Option<String>) -> Result<
         );
         return Err(Refusal::new(Reason::Protocol, msg));
     };
-    if !crate::token::valid_host_id(&host) {
+    if !crate::id::valid_host_id(&host) {
         return Err(Refusal::new(
             Reason::Protocol,
             "the host asked for is not a valid host id",

@@ -14,9 +14,11 @@ use super::hold::{hold, Ended};
 use super::registry::Full;
 use super::session::accept_sessions;
 use super::{State, HANDSHAKE_TIMEOUT, LOG_TARGET, REFUSE_LINGER};
+use crate::clock::{fmt_unix, unix_now};
 use crate::limits::PerAddrGuard;
+use crate::protocol::Role;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
-use crate::token::{fmt_unix, unix_now, Claims, Role};
+use crate::token::Claims;
 use crate::transport::{Closed, Conn, SendStream};
 
 /// Streams a client may open beyond its session limit, so that sessions

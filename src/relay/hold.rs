@@ -4,9 +4,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::State;
+use crate::clock::fmt_unix;
 use crate::protocol::Reason;
 use crate::revoke::Revoked;
-use crate::token::{fmt_unix, Claims};
+use crate::token::Claims;
 use crate::transport::{Closed, Conn};
 
 /// Resolves when a token with expiry `exp` (Unix seconds) runs out.
@@ -90,7 +91,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expiry_fires_when_the_token_runs_out_and_not_before() {
-        let exp = crate::token::unix_now() + 3600;
+        let exp = crate::clock::unix_now() + 3600;
         let started = tokio::time::Instant::now();
         expiry(exp).await;
         let waited = started.elapsed();
@@ -99,7 +100,7 @@ mod tests {
             "{waited:?}"
         );
         let started = tokio::time::Instant::now();
-        expiry(crate::token::unix_now() - 5).await;
+        expiry(crate::clock::unix_now() - 5).await;
         assert_eq!(
             started.elapsed(),
             Duration::ZERO,

@@ -7,8 +7,8 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::clock::fmt_unix;
 use crate::metrics::Status;
-use crate::token::fmt_unix;
 
 /// Longest `shellrelay status` waits to connect and read the answer.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,11 +19,12 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use shellrelay::client::{self, ClientConfig};
 use shellrelay::host::{self, HostConfig};
+use shellrelay::keys::Secret;
 use shellrelay::peer::{self, ConnectError, RelayAddr};
-use shellrelay::protocol::Reason;
+use shellrelay::protocol::{Reason, Role};
 use shellrelay::relay::{Relay, RelayConfig, RelayHandle};
 use shellrelay::tls::{self, TransportOptions, Trust};
-use shellrelay::token::{self, Claims, Role, Secret, TokenSource, Verifier};
+use shellrelay::token::{self, Claims, TokenSource, Verifier};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -266,7 +267,7 @@ impl Tunnel {
         let cert = dir.join("relay.crt");
         std::fs::write(&cert, &self.cert_pem).unwrap();
         let token = dir.join("client.token");
-        let jwt = if token::valid_host_id(host) {
+        let jwt = if shellrelay::id::valid_host_id(host) {
             self.token(Role::Client, host, HOUR)
         } else {
             let mut claims = Claims::new(Role::Client, "tester", token::DEFAULT_AUDIENCE, HOUR);

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::CommandFactory;
 use clap_complete::{Generator, Shell};
 
-use crate::cli::Cli;
+use super::Cli;
 
 /// The name completions register for and man pages are titled with: the
 /// installed binary's name, whatever the running executable is called.
