@@ -581,7 +581,7 @@ async fn run() -> anyhow::Result<()> {
     }
 
     // The relay hands freed memory back every MEMORY_TRIM_INTERVAL.
-    tokio::time::sleep(shellrelay::relay::MEMORY_TRIM_INTERVAL + Duration::from_secs(1)).await;
+    tokio::time::sleep(shellrelay::defaults::MEMORY_TRIM_INTERVAL + Duration::from_secs(1)).await;
     let after_bulk = settle_rss(relay.pid()).await;
     println!();
     println!(

@@ -4,35 +4,23 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::defaults::CLIENT_SETUP_TIMEOUT;
+use crate::defaults::SHUTDOWN_GRACE;
+use crate::defaults::{ACCEPT_BACKOFF, RECONNECT_HOLDOFF};
 use crate::peer::{self, ConnectError, RelayAddr, RelayLink};
 use crate::protocol::Role;
-use crate::protocol::{
-    read_frame, write_frame, Frame, FrameError, Reason, Refusal, CLIENT_SETUP_TIMEOUT,
-    SHUTDOWN_GRACE,
-};
+use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal};
 use crate::splice;
 use crate::tasks::Tasks;
 use crate::token::TokenSource;
 use crate::transport::{Closed, Conn, Stream};
-
-/// Default local listening address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
-
-/// After a failed connect, ssh connections within this long get the same
-/// error at once instead of each queueing behind a fresh attempt (a relay
-/// that is down takes up to the connect timeout to fail).
-pub const RECONNECT_HOLDOFF: Duration = Duration::from_secs(1);
-
-/// Pause after a failed accept (out of file descriptors, say), so that the
-/// accept loop does not spin.
-pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Settings of a client forwarder.
 #[derive(Debug, Clone)]

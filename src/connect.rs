@@ -11,7 +11,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info};
 
 use crate::client::{ClientConfig, Forwarder};
-use crate::protocol::{Reason, SHUTDOWN_GRACE};
+use crate::defaults::SHUTDOWN_GRACE;
+use crate::protocol::Reason;
 use crate::splice;
 use crate::transport;
 

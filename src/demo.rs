@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, ClientConfig};
+use crate::defaults::DEMO_REGISTER_TIMEOUT;
 use crate::host::{self, HostConfig};
 use crate::keys::Secret;
 use crate::peer::RelayAddr;
@@ -18,9 +19,6 @@ use crate::token::{self, Claims, TokenSource, Verifier};
 
 /// Host id the demo registers.
 pub const DEMO_HOST: &str = "demo";
-
-/// Longest wait for the demo host to register with the demo relay.
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the demo until `shutdown` is cancelled.
 pub async fn run(
@@ -55,7 +53,7 @@ pub async fn run(
         relay: relay_at.clone(),
         token: TokenSource::Literal(mint(Role::Host)?),
         target: target.to_owned(),
-        max_backoff: host::DEFAULT_MAX_BACKOFF,
+        max_backoff: crate::defaults::MAX_BACKOFF,
     };
     let client_config = ClientConfig {
         relay: relay_at,
@@ -69,7 +67,7 @@ pub async fn run(
 
     let relay_task = tokio::spawn(relay.run(shutdown.child_token()));
     let host_task = tokio::spawn(host::run(host_config, shutdown.child_token()));
-    tokio::time::timeout(REGISTER_TIMEOUT, registry.wait_host(DEMO_HOST, true))
+    tokio::time::timeout(DEMO_REGISTER_TIMEOUT, registry.wait_host(DEMO_HOST, true))
         .await
         .context("the demo host did not register with the demo relay")?;
     if tokio::net::TcpStream::connect(target).await.is_err() {

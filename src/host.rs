@@ -12,28 +12,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::clock::fmt_unix;
+use crate::defaults::DIAL_TIMEOUT;
+use crate::defaults::OPEN_TIMEOUT;
+use crate::defaults::SHUTDOWN_GRACE;
+use crate::defaults::{INITIAL_BACKOFF, STABLE_AFTER};
 use crate::peer::{self, RelayAddr, RelayLink};
 use crate::protocol::Role;
-use crate::protocol::{
-    read_frame, write_frame, Frame, Reason, Refusal, DIAL_TIMEOUT, OPEN_TIMEOUT, SHUTDOWN_GRACE,
-};
+use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
 use crate::splice;
 use crate::tasks::Tasks;
 use crate::token::TokenSource;
 use crate::transport::{Closed, SendStream, Stream};
-
-/// Default target: the local sshd.
-pub const DEFAULT_TARGET: &str = "127.0.0.1:22";
-
-/// First reconnect delay after the relay goes away.
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
-
-/// Default cap on the reconnect delay.
-pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// A connection that lasted this long was healthy: the next reconnect starts
-/// again from [`INITIAL_BACKOFF`] instead of where the last outage left off.
-pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Settings of a host agent.
 #[derive(Debug, Clone)]
@@ -42,9 +31,9 @@ pub struct HostConfig {
     pub relay: RelayAddr,
     /// The host token; a file is re-read on every reconnect.
     pub token: TokenSource,
-    /// `HOST:PORT` dialled for every session (default [`DEFAULT_TARGET`]).
+    /// `HOST:PORT` dialled for every session (default [`TARGET`]).
     pub target: String,
-    /// Cap on the reconnect delay (default [`DEFAULT_MAX_BACKOFF`]).
+    /// Cap on the reconnect delay (default [`MAX_BACKOFF`]).
     pub max_backoff: Duration,
 }
 

@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connect;
+pub mod defaults;
 pub mod demo;
 pub mod host;
 pub mod id;

@@ -2,31 +2,15 @@
 //! connection, connections per address in the handshake phase, hosts, and
 //! failed token attempts per address.
 
+use crate::defaults::{
+    FAILURES_PER_ADDR, FAILURE_WINDOW, HANDSHAKES_PER_ADDR, MAX_HOSTS, SESSIONS_PER_CLIENT,
+    SESSIONS_PER_HOST,
+};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Default cap on concurrent sessions of one client connection.
-pub const DEFAULT_SESSIONS_PER_CLIENT: usize = 1024;
-
-/// Default cap on concurrent sessions to one host.
-pub const DEFAULT_SESSIONS_PER_HOST: usize = 4096;
-
-/// Default cap on connections from one IP address that have not yet
-/// finished their hello (handshake or token check under way).
-pub const DEFAULT_HANDSHAKES_PER_ADDR: usize = 16;
-
-/// Default cap on hosts registered at once.
-pub const DEFAULT_MAX_HOSTS: usize = 10_000;
-
-/// Default number of refused tokens from one IP address per
-/// [`FAILURE_WINDOW`] before further hellos from it are refused unread.
-pub const DEFAULT_FAILURES_PER_ADDR: u32 = 10;
-
-/// The window over which failed token attempts are counted.
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Most addresses the failure limiter remembers; past this, the oldest
 /// windows are forgotten first, so a flood of addresses cannot grow it.
@@ -50,11 +34,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            sessions_per_client: DEFAULT_SESSIONS_PER_CLIENT,
-            sessions_per_host: DEFAULT_SESSIONS_PER_HOST,
-            handshakes_per_addr: DEFAULT_HANDSHAKES_PER_ADDR,
-            max_hosts: DEFAULT_MAX_HOSTS,
-            failures_per_addr: DEFAULT_FAILURES_PER_ADDR,
+            sessions_per_client: SESSIONS_PER_CLIENT,
+            sessions_per_host: SESSIONS_PER_HOST,
+            handshakes_per_addr: HANDSHAKES_PER_ADDR,
+            max_hosts: MAX_HOSTS,
+            failures_per_addr: FAILURES_PER_ADDR,
         }
     }
 }

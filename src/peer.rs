@@ -3,26 +3,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use thiserror::Error;
 
+use crate::defaults::SHUTDOWN_GRACE;
+use crate::defaults::{CLOSE_REASON_WAIT, CONNECT_TIMEOUT};
 use crate::protocol::Role;
 use crate::protocol::{
-    read_frame, write_frame, Frame, FrameError, Jwt, Reason, Refusal, DEFAULT_PORT, SHUTDOWN_GRACE,
-    VERSION,
+    read_frame, write_frame, Frame, FrameError, Jwt, Reason, Refusal, DEFAULT_PORT, VERSION,
 };
 use crate::tls::{self, TransportOptions, Trust};
 use crate::token::TokenSource;
 use crate::transport::{Closed, Conn, Stream};
-
-/// Longest wait for the QUIC handshake and the relay's answer to a hello.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// When the control stream fails before the relay's answer, how long to wait
-/// for the connection's close, which carries the refusal's reason.
-const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);
 
 /// Where and how to reach the relay.
 #[derive(Debug, Clone)]

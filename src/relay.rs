@@ -14,7 +14,7 @@ mod hold;
 mod registry;
 mod session;
 
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +23,11 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::defaults::SHUTDOWN_GRACE;
+use crate::defaults::{HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, MEMORY_TRIM_INTERVAL, REFUSE_LINGER};
 use crate::limits::{Failures, Gauge, Limits, PerAddr};
 use crate::metrics::{Metrics, Status};
-use crate::protocol::{Reason, DEFAULT_PORT, SHUTDOWN_GRACE};
+use crate::protocol::Reason;
 use crate::revoke::RevocationList;
 use crate::tasks::Tasks;
 use crate::token::Verifier;
@@ -35,23 +37,6 @@ use registry::Registry;
 /// part of the documented log format.
 const LOG_TARGET: &str = module_path!();
 
-/// Default UDP address the relay listens on: every interface, IPv6 and
-/// IPv4, on [`DEFAULT_PORT`].
-pub const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, DEFAULT_PORT, 0, 0));
-
-/// Longest a QUIC handshake may take before the attempt is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Default for [`RelayConfig::hello_timeout`]: longest a connected peer may
-/// take to open its control stream and send its hello; a peer that says
-/// nothing is dropped rather than held.
-pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a refused peer gets to read its refusal frame before the
-/// connection is closed (the close carries the same words).
-pub const REFUSE_LINGER: Duration = Duration::from_secs(1);
-
 /// What the relay accepts and how much.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -59,7 +44,7 @@ pub struct RelayConfig {
     pub verifier: Verifier,
     /// Caps on sessions, hosts and attempts.
     pub limits: Limits,
-    /// Longest wait for a hello (default [`DEFAULT_HELLO_TIMEOUT`]).
+    /// Longest wait for a hello (default [`HELLO_TIMEOUT`]).
     pub hello_timeout: Duration,
     /// Revoked token and host ids ([`crate::revoke`]); none by default.
     pub revocation_file: Option<std::path::PathBuf>,
@@ -71,7 +56,7 @@ impl RelayConfig {
         RelayConfig {
             verifier,
             limits: Limits::default(),
-            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            hello_timeout: HELLO_TIMEOUT,
             revocation_file: None,
         }
     }
@@ -261,7 +246,7 @@ impl State {
 
 /// Re-reads the revocation file when it changes.
 async fn watch_revocations(state: Arc<State>) {
-    let mut tick = tokio::time::interval(crate::revoke::POLL_INTERVAL);
+    let mut tick = tokio::time::interval(crate::defaults::REVOCATION_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -275,12 +260,6 @@ async fn watch_revocations(state: Arc<State>) {
         }
     }
 }
-
-/// How often the relay hands memory freed by ended sessions back to the
-/// system. Bulk sessions buffer megabytes each; glibc's allocator keeps
-/// freed memory for reuse, so without this the relay would stay at its
-/// high-water mark long after the sessions are gone.
-pub const MEMORY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Trims the allocator's free memory after sessions end, until shutdown.
 async fn give_back_memory(state: Arc<State>) {

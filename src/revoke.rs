@@ -14,14 +14,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use thiserror::Error;
 use tokio::sync::watch;
-
-/// How often the relay looks for a changed revocation file.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Revoked token ids and host ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
+use crate::defaults::{IDLE_TIMEOUT, KEEP_ALIVE};
 use crate::private::{self, Existing};
 use crate::protocol::ALPN;
 
@@ -30,12 +31,6 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// can have buffered is already capped by the peer's stream window, so
 /// memory stays bounded by the stream window times the session limit.
 pub const SEND_WINDOW: u64 = STREAM_WINDOW as u64 * MAX_STREAMS as u64;
-
-/// Default keep-alive: well under the common 30 s UDP NAT mapping timeout.
-pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
-
-/// Default idle timeout: a peer silent this long is gone.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where `certs` writes the relay's certificate and key, and `relay` looks
 /// for them, by default.
@@ -202,8 +197,8 @@ pub struct TransportOptions {
 impl Default for TransportOptions {
     fn default() -> Self {
         TransportOptions {
-            keep_alive: DEFAULT_KEEP_ALIVE,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keep_alive: KEEP_ALIVE,
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 }

@@ -24,7 +24,7 @@ pub use token_opts::{KeygenOpt, TokenOpt};
 use crate::keys::Secret;
 use crate::tasks::Tasks;
 use crate::tls::{self, TransportOptions};
-use crate::{client, connect, demo, host, id, status};
+use crate::{connect, demo, id, status};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]
@@ -157,10 +157,10 @@ impl SecretOpt {
 #[derive(Debug, Args)]
 pub struct TransportOpt {
     /// Interval of keep-alive packets; keeps NAT mappings open.
-    #[arg(long, env = "SHELLRELAY_KEEP_ALIVE", default_value_t = HumanDuration(tls::DEFAULT_KEEP_ALIVE), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_KEEP_ALIVE", default_value_t = HumanDuration(crate::defaults::KEEP_ALIVE), value_name = "DURATION")]
     keep_alive: HumanDuration,
     /// Silence after which the peer is considered gone.
-    #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value_t = HumanDuration(tls::DEFAULT_IDLE_TIMEOUT), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value_t = HumanDuration(crate::defaults::IDLE_TIMEOUT), value_name = "DURATION")]
     idle_timeout: HumanDuration,
 }
 
@@ -204,10 +204,10 @@ pub struct CertsOpt {
 #[derive(Debug, Args)]
 pub struct DemoOpt {
     /// What the demo host agent connects sessions to.
-    #[arg(long, env = "SHELLRELAY_TARGET", default_value = host::DEFAULT_TARGET, value_name = "HOST:PORT")]
+    #[arg(long, env = "SHELLRELAY_TARGET", default_value = crate::defaults::TARGET, value_name = "HOST:PORT")]
     target: String,
     /// Local TCP address that ssh connects to.
-    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = client::DEFAULT_LISTEN, value_name = "ADDR")]
+    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = crate::defaults::CLIENT_LISTEN, value_name = "ADDR")]
     listen: SocketAddr,
 }
 
@@ -215,7 +215,7 @@ pub struct DemoOpt {
 #[derive(Debug, Args)]
 pub struct StatusOpt {
     /// The relay's metrics endpoint (the address it was given with --metrics).
-    #[arg(long, env = "SHELLRELAY_METRICS", default_value = status::DEFAULT_METRICS, value_name = "HOST:PORT")]
+    #[arg(long, env = "SHELLRELAY_METRICS", default_value = crate::defaults::METRICS, value_name = "HOST:PORT")]
     metrics: String,
 }
 
@@ -267,7 +267,7 @@ where
     let shutdown = shutdown_signal(&tasks)?;
     let result = role(shutdown.clone()).await;
     shutdown.cancel();
-    tasks.shutdown(crate::protocol::SHUTDOWN_GRACE).await;
+    tasks.shutdown(crate::defaults::SHUTDOWN_GRACE).await;
     result
 }
 

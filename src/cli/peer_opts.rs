@@ -146,10 +146,10 @@ pub struct HostOpt {
     #[command(flatten)]
     peer: PeerOpt,
     /// The one address every session is connected to.
-    #[arg(long, env = "SHELLRELAY_TARGET", default_value = host::DEFAULT_TARGET, value_name = "HOST:PORT")]
+    #[arg(long, env = "SHELLRELAY_TARGET", default_value = crate::defaults::TARGET, value_name = "HOST:PORT")]
     target: String,
     /// Cap on the delay between reconnect attempts.
-    #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(host::DEFAULT_MAX_BACKOFF), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(crate::defaults::MAX_BACKOFF), value_name = "DURATION")]
     max_backoff: HumanDuration,
 }
 
@@ -159,7 +159,7 @@ pub struct ClientOpt {
     #[command(flatten)]
     reach: ReachOpt,
     /// Local TCP address that ssh connects to.
-    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = client::DEFAULT_LISTEN, value_name = "ADDR")]
+    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = crate::defaults::CLIENT_LISTEN, value_name = "ADDR")]
     listen: SocketAddr,
 }
 

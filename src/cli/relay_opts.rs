@@ -9,7 +9,7 @@ use clap::Args;
 use tracing::info;
 
 use super::{shutdown_signal, HumanDuration, SecretOpt, TransportOpt};
-use crate::protocol::SHUTDOWN_GRACE;
+use crate::defaults::SHUTDOWN_GRACE;
 use crate::tasks::Tasks;
 use crate::token::{self, Verifier};
 use crate::{keys, limits, relay, status, tls};
@@ -21,7 +21,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_LISTEN",
-        default_value_t = relay::DEFAULT_LISTEN,
+        default_value_t = crate::defaults::RELAY_LISTEN,
         value_name = "ADDR"
     )]
     listen: SocketAddr,
@@ -72,7 +72,7 @@ pub struct RelayOpt {
     )]
     names: Vec<String>,
     /// Longest a new connection may take to send its hello.
-    #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value_t = HumanDuration(relay::DEFAULT_HELLO_TIMEOUT), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value_t = HumanDuration(crate::defaults::HELLO_TIMEOUT), value_name = "DURATION")]
     hello_timeout: HumanDuration,
     /// Serve /metrics (Prometheus) and /status (JSON) over HTTP on this TCP address; off by default.
     #[arg(long, env = "SHELLRELAY_METRICS", value_name = "ADDR")]
@@ -87,19 +87,19 @@ pub struct RelayOpt {
 #[derive(Debug, Args)]
 pub struct LimitsOpt {
     /// Concurrent sessions per client connection; more are refused.
-    #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_CLIENT", default_value_t = limits::DEFAULT_SESSIONS_PER_CLIENT, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_CLIENT", default_value_t = crate::defaults::SESSIONS_PER_CLIENT, value_name = "N")]
     max_sessions_per_client: usize,
     /// Concurrent sessions per host; more are refused.
-    #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_HOST", default_value_t = limits::DEFAULT_SESSIONS_PER_HOST, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_HOST", default_value_t = crate::defaults::SESSIONS_PER_HOST, value_name = "N")]
     max_sessions_per_host: usize,
     /// Connections per IP address still in their handshake or hello; more are refused.
-    #[arg(long, env = "SHELLRELAY_MAX_HANDSHAKES_PER_ADDR", default_value_t = limits::DEFAULT_HANDSHAKES_PER_ADDR, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_HANDSHAKES_PER_ADDR", default_value_t = crate::defaults::HANDSHAKES_PER_ADDR, value_name = "N")]
     max_handshakes_per_addr: usize,
     /// Hosts registered at once; more are refused.
-    #[arg(long, env = "SHELLRELAY_MAX_HOSTS", default_value_t = limits::DEFAULT_MAX_HOSTS, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_HOSTS", default_value_t = crate::defaults::MAX_HOSTS, value_name = "N")]
     max_hosts: usize,
     /// Refused tokens per IP address per minute before its hellos are refused unread.
-    #[arg(long, env = "SHELLRELAY_MAX_FAILURES_PER_ADDR", default_value_t = limits::DEFAULT_FAILURES_PER_ADDR, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_FAILURES_PER_ADDR", default_value_t = crate::defaults::FAILURES_PER_ADDR, value_name = "N")]
     max_failures_per_addr: u32,
 }
 
@@ -352,7 +352,7 @@ issuer-2 = "/etc/shellrelay/issuer-2.pub"
         // Untouched keys keep their defaults.
         assert_eq!(
             opt.limits.max_sessions_per_host,
-            limits::DEFAULT_SESSIONS_PER_HOST
+            crate::defaults::SESSIONS_PER_HOST
         );
 
         // Flags win, and a secret given by flag replaces the file's.

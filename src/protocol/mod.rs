@@ -10,7 +10,6 @@
 mod reason;
 
 use std::fmt;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -32,24 +31,6 @@ pub const VERSION: u32 = 1;
 /// JSON (well under 4 KiB); the cap keeps a hostile peer from making anyone
 /// buffer more than this before it is authenticated.
 pub const MAX_FRAME_LEN: usize = 16 * 1024;
-
-/// Longest a session stream may take to deliver its `open` frame.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest the host agent waits for its target to accept a TCP connection.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest the relay waits for the host's `ready`: the host's dial timeout
-/// plus a margin for the round trip.
-pub const HOST_SETUP_TIMEOUT: Duration = Duration::from_secs(DIAL_TIMEOUT.as_secs() + 5);
-
-/// Longest the client forwarder waits for `ready` or a refusal: the relay's
-/// own wait plus a margin.
-pub const CLIENT_SETUP_TIMEOUT: Duration = Duration::from_secs(HOST_SETUP_TIMEOUT.as_secs() + 5);
-
-/// How long a stopping role waits for its peers to acknowledge the close
-/// and its sessions to wind down.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// What a peer asks to be in its hello, and what its token lets it do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -7,7 +7,6 @@ mod report;
 pub use report::{fetch, table};
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,23 +14,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::defaults::{ACCEPT_BACKOFF, REQUEST_LINGER, REQUEST_TIMEOUT};
 use crate::limits::Gauge;
 use crate::metrics::CONTENT_TYPE;
 use crate::relay::RelayHandle;
 use crate::tasks::Tasks;
 
-/// Default address of the endpoint for `shellrelay status`.
-pub const DEFAULT_METRICS: &str = "127.0.0.1:9100";
-
 /// Largest request head read: a scraper's GET is a few hundred bytes.
 pub const MAX_REQUEST: usize = 8 * 1024;
-
-/// Longest a connection may take to send its request and read the answer;
-/// a slow or silent peer is dropped rather than held.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Longest a connection is read from after its answer (see `linger`).
-const LINGER: Duration = Duration::from_secs(1);
 
 /// Most bytes read from a connection after its answer; a peer that keeps
 /// sending is cut off.
@@ -40,10 +30,6 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Most connections served at once; more are closed unanswered, so a flood
 /// of connections cannot hold the relay's memory or file descriptors.
 pub const MAX_CONNECTIONS: usize = 32;
-
-/// Pause after a failed accept (out of file descriptors, say), so that the
-/// accept loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds the endpoint's TCP socket on `addr` (port 0 picks a free port);
 /// returns it with the address it got. Must be called inside the runtime.
@@ -147,7 +133,7 @@ async fn answer(mut tcp: TcpStream, relay: &RelayHandle) {
 /// an oversized request, a body) until it closes: closing with unread bytes
 /// would reset the connection, and the peer could lose the answer.
 async fn linger(tcp: &mut TcpStream) {
-    let _ = tokio::time::timeout(LINGER, async {
+    let _ = tokio::time::timeout(REQUEST_LINGER, async {
         let mut buf = [0u8; 4096];
         let mut left = LINGER_BYTES;
         while left > 0 {

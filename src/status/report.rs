@@ -1,17 +1,13 @@
 //! `shellrelay status`: one GET of the relay's `/status`, printed as a
 //! table.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::clock::fmt_unix;
+use crate::defaults::FETCH_TIMEOUT;
 use crate::metrics::Status;
-
-/// Longest `shellrelay status` waits to connect and read the answer.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest answer `shellrelay status` reads: a host takes about 150 bytes,
 /// so this holds the default limit of 10,000 hosts many times over.

@@ -1,0 +1,143 @@
+//! Every default and timeout of every role in one place, each with its
+//! reason. Flags name these as their defaults; the code takes its waits
+//! from here. Sizes that belong to one mechanism (stream windows, read
+//! buffers, frame and request caps) stay beside it.
+
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::time::Duration;
+
+use crate::protocol::DEFAULT_PORT;
+
+// ---------------------------------------------------------------- relay
+
+/// UDP address the relay listens on: every interface, IPv6 and IPv4, on
+/// [`DEFAULT_PORT`].
+pub const RELAY_LISTEN: SocketAddr =
+    SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, DEFAULT_PORT, 0, 0));
+
+/// Longest a QUIC handshake may take before the attempt is dropped: a
+/// handshake is a few round trips, and a peer that stalls it holds a
+/// per-address handshake slot.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a connected peer may take to open its control stream and send
+/// its hello; a peer that says nothing is dropped rather than held.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a refused peer gets to read its refusal frame before the
+/// connection is closed (the close carries the same words).
+pub const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How often the relay hands memory freed by ended sessions back to the
+/// system. Bulk sessions buffer megabytes each; glibc's allocator keeps
+/// freed memory for reuse, so without this the relay would stay at its
+/// high-water mark long after the sessions are gone.
+pub const MEMORY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the relay looks for a changed revocation file: a revoked
+/// token stops working within about a second without a signal.
+pub const REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+/// Concurrent sessions on one client connection: far more than a person
+/// opens, few enough that one connection cannot pin the relay.
+pub const SESSIONS_PER_CLIENT: usize = 1024;
+
+/// Concurrent sessions to one host.
+pub const SESSIONS_PER_HOST: usize = 4096;
+
+/// Connections from one IP address that have not finished their hello
+/// (handshake or token check under way).
+pub const HANDSHAKES_PER_ADDR: usize = 16;
+
+/// Hosts registered at once.
+pub const MAX_HOSTS: usize = 10_000;
+
+/// Refused tokens from one IP address per [`FAILURE_WINDOW`] before its
+/// hellos are refused unread.
+pub const FAILURES_PER_ADDR: u32 = 10;
+
+/// The window over which refused tokens are counted.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+// ------------------------------------------------------------- sessions
+
+/// Longest a session stream may take to deliver its `open` frame.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest the host agent waits for its target to accept a TCP connection.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest the relay waits for the host's `ready`: the host's dial timeout
+/// plus a margin for the round trip.
+pub const HOST_SETUP_TIMEOUT: Duration = Duration::from_secs(DIAL_TIMEOUT.as_secs() + 5);
+
+/// Longest the client waits for `ready` or a refusal: the relay's own wait
+/// plus a margin.
+pub const CLIENT_SETUP_TIMEOUT: Duration = Duration::from_secs(HOST_SETUP_TIMEOUT.as_secs() + 5);
+
+/// How long a stopping role waits for its peers to acknowledge the close
+/// and its sessions to wind down, before it aborts what is left.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------- peers
+
+/// Keep-alive interval: well under the common 30 s UDP NAT mapping
+/// timeout.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Silence after which a peer is gone.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest wait for the transport handshake and the relay's answer to a
+/// hello.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// When the control stream fails before the relay's answer, how long to
+/// wait for the connection's close, which carries the refusal's reason.
+pub const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);
+
+/// What the host agent connects every session to: the local sshd.
+pub const TARGET: &str = "127.0.0.1:22";
+
+/// First reconnect delay after the relay goes away.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Cap on the host agent's reconnect delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A connection that lasted this long was healthy: the next reconnect
+/// starts again from [`INITIAL_BACKOFF`] instead of where the last outage
+/// left off.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Local address the client forwarder listens on for ssh.
+pub const CLIENT_LISTEN: &str = "127.0.0.1:2222";
+
+/// After a failed connect, ssh connections within this long get the same
+/// error at once instead of each queueing behind a fresh attempt (a relay
+/// that is down takes up to [`CONNECT_TIMEOUT`] to fail).
+pub const RECONNECT_HOLDOFF: Duration = Duration::from_secs(1);
+
+/// Pause after a failed accept (out of file descriptors, say), so that an
+/// accept loop does not spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest the demo waits for its host agent to register.
+pub const DEMO_REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------ metrics endpoint
+
+/// Address of the relay's metrics endpoint that `shellrelay status` asks
+/// by default (the relay serves none unless told where).
+pub const METRICS: &str = "127.0.0.1:9100";
+
+/// Longest a metrics connection may take to send its request and read the
+/// answer; a slow or silent peer is dropped rather than held.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest a metrics connection is read from after its answer, so that
+/// closing with unread bytes does not reset it before the peer has read.
+pub const REQUEST_LINGER: Duration = Duration::from_secs(1);
+
+/// Longest `shellrelay status` waits to connect and read the answer.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
