@@ -65,15 +65,17 @@ pub async fn run(
         .with_context(|| format!("could not listen on {listen}"))?;
     let local = listener.local_addr()?;
 
-    let relay_task = tokio::spawn(relay.run(shutdown.child_token()));
-    let host_task = tokio::spawn(host::run(host_config, shutdown.child_token()));
+    // Dropped on an early return, which aborts the roles started so far.
+    let mut roles = tokio::task::JoinSet::new();
+    roles.spawn(relay.run(shutdown.child_token()));
+    roles.spawn(host::run(host_config, shutdown.child_token()));
     tokio::time::timeout(DEMO_REGISTER_TIMEOUT, registry.wait_host(DEMO_HOST, true))
         .await
         .context("the demo host did not register with the demo relay")?;
     if tokio::net::TcpStream::connect(target).await.is_err() {
         tracing::warn!("nothing accepts connections on {target}: sessions will be refused until it does (is sshd running? try --target)");
     }
-    let client_task = tokio::spawn(client::run(client_config, listener, shutdown.child_token()));
+    roles.spawn(client::run(client_config, listener, shutdown.child_token()));
 
     let user = std::env::var("USER").unwrap_or_else(|_| "$USER".into());
     println!("shellrelay demo: relay on udp {relay_addr}, host \"{DEMO_HOST}\" -> {target}, client on tcp {local}");
@@ -82,9 +84,12 @@ pub async fn run(
     println!();
     println!("Ctrl-C stops the demo.");
 
-    let (r, h, c) = tokio::join!(relay_task, host_task, client_task);
-    for result in [r, h, c] {
-        result.context("a demo task panicked")??;
+    let mut first_error = Ok(());
+    while let Some(ended) = roles.join_next().await {
+        let ended = ended.context("a demo role panicked").and_then(|r| r);
+        if let (Err(err), Ok(())) = (ended, &first_error) {
+            first_error = Err(err);
+        }
     }
-    Ok(())
+    first_error
 }
