@@ -3,10 +3,15 @@
 //! the token file and a default host.
 
 use std::ffi::OsString;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_path_to_error::Segment;
+use toml::de::DeTable;
+use toml::Spanned;
 
 use crate::{id, peer};
 
@@ -100,21 +105,7 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<Option<Loaded>> {
 /// paths absolute. Errors name the file, and the line and column where
 /// TOML reports them.
 pub fn parse(path: &Path, text: &str) -> anyhow::Result<ClientFile> {
-    let mut file: ClientFile = toml::from_str(text).map_err(|err| {
-        // toml's own Display spans several lines with a snippet; errors here
-        // are one line.
-        let message = err.message().trim().replace('\n', " ");
-        match err.span() {
-            Some(span) => {
-                let (line, column) = line_column(text, span.start);
-                anyhow::anyhow!(
-                    "config file {}: line {line}, column {column}: {message}",
-                    path.display()
-                )
-            }
-            None => anyhow::anyhow!("config file {}: {message}", path.display()),
-        }
-    })?;
+    let mut file: ClientFile = parse_toml("config file", path, text)?;
     if let Some(relay) = &file.relay {
         if let Err(err) = peer::check_relay_addr(relay) {
             bail!("config file {}: relay = {relay:?} {err}", path.display());
@@ -134,6 +125,60 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<ClientFile> {
         *p = resolve(dir, home.as_deref(), p);
     }
     Ok(file)
+}
+
+/// Deserializes `text`, the TOML of `path` (a `what`, for messages), into
+/// `T`. Errors are one line that names the file, the line and column where
+/// TOML reports them, and the key whose value is wrong:
+/// `config file /etc/c.toml: line 2, column 9: `relay`: invalid type: …`.
+pub fn parse_toml<T: DeserializeOwned>(what: &str, path: &Path, text: &str) -> anyhow::Result<T> {
+    parse_toml_keys(what, path, text, str::to_owned)
+}
+
+/// [`parse_toml`] with each top-level key first spelt as `spell` spells it,
+/// for files that accept several spellings of a key. Two spellings of one
+/// key in a file are an error.
+pub fn parse_toml_keys<T: DeserializeOwned>(
+    what: &str,
+    path: &Path,
+    text: &str,
+    spell: impl Fn(&str) -> String,
+) -> anyhow::Result<T> {
+    // One line each: toml's own Display spans several with a snippet.
+    let fail = |key: Option<&str>, message: &str, span: Option<Range<usize>>| {
+        let mut place = format!("{what} {}", path.display());
+        if let Some(span) = span {
+            let (line, column) = line_column(text, span.start);
+            place = format!("{place}: line {line}, column {column}");
+        }
+        if let Some(key) = key {
+            place = format!("{place}: `{key}`");
+        }
+        anyhow::anyhow!("{place}: {}", message.trim().replace('\n', " "))
+    };
+    let document = DeTable::parse(text).map_err(|err| fail(None, err.message(), err.span()))?;
+    let span = document.span();
+    let mut table = DeTable::new();
+    for (key, value) in document.into_inner() {
+        let spelt = spell(key.get_ref());
+        if table.contains_key(spelt.as_str()) {
+            return Err(fail(Some(&spelt), "set twice", Some(key.span())));
+        }
+        table.insert(Spanned::new(key.span(), spelt.into()), value);
+    }
+    let document = toml::de::Deserializer::from(Spanned::new(span, table));
+    serde_path_to_error::deserialize(document).map_err(|err| {
+        let inner = err.inner();
+        // The key whose value is wrong; an unknown key's message names it
+        // already.
+        let key = match err.path().iter().next_back() {
+            Some(Segment::Map { key }) if !inner.message().contains(&format!("`{key}`")) => {
+                Some(err.path().to_string())
+            }
+            _ => None,
+        };
+        fail(key.as_deref(), inner.message(), inner.span())
+    })
 }
 
 /// `path` from a config file in `dir`: `~/` is `home`; a relative path is
@@ -222,6 +267,15 @@ mod tests {
             assert!(err.contains(line), "{text:?}: {err}");
             assert_eq!(err.lines().count(), 1, "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_key() {
+        let err = err_of("host = \"lab1\"\nrelay = 4433\n");
+        assert!(
+            err.contains("client.toml: line 2, column 9: `relay`: invalid type: integer"),
+            "{err}"
+        );
     }
 
     #[test]

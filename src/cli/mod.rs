@@ -14,7 +14,9 @@ use tracing::info;
 
 pub mod manual;
 mod peer_opts;
+mod relay_file;
 mod relay_opts;
+mod setting;
 mod token_opts;
 
 pub use peer_opts::{ClientOpt, ConnectOpt, HostOpt, PeerOpt, ReachOpt};
@@ -356,33 +358,15 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     use clap::{CommandFactory, FromArgMatches};
-    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-    let cmd = Cli::command();
-    let matches = cmd.clone().try_get_matches_from(&args)?;
-    let config = match matches.subcommand() {
-        Some(("relay", sub)) => sub.get_one::<PathBuf>("config").map(|p| (sub, p)),
-        _ => None,
-    };
-    let Some((sub, path)) = config else {
-        return Cli::from_arg_matches(&matches);
-    };
-    let mut cmd = cmd;
-    let fail =
-        |cmd: &mut clap::Command, msg: String| cmd.error(clap::error::ErrorKind::InvalidValue, msg);
-    let extra = match cmd.find_subcommand("relay") {
-        Some(relay) => relay_opts::config_args(path, relay, sub),
-        None => Err(anyhow::anyhow!("no relay command")),
+    let mut cmd = Cli::command();
+    let matches = cmd.clone().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let (Command::Relay(opt), Some(("relay", given))) = (&mut cli.command, matches.subcommand())
+    {
+        relay_file::merge(opt, given)
+            .map_err(|e| cmd.error(clap::error::ErrorKind::InvalidValue, format!("{e:#}")))?;
     }
-    .map_err(|e| fail(&mut cmd, format!("{e:#}")))?;
-    let mut all = args;
-    all.extend(extra);
-    let matches = cmd.clone().try_get_matches_from(&all).map_err(|e| {
-        let rendered = e.render().to_string();
-        let first = rendered.lines().next().unwrap_or_default();
-        let what = first.strip_prefix("error: ").unwrap_or(first);
-        fail(&mut cmd, format!("in {}: {what}", path.display()))
-    })?;
-    Cli::from_arg_matches(&matches)
+    Ok(cli)
 }
 
 #[cfg(test)]
