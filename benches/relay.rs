@@ -379,7 +379,7 @@ async fn run() -> anyhow::Result<()> {
     let mint = |role, host: &str| {
         token::mint(
             &secret,
-            &Claims::new(role, host, token::DEFAULT_AUDIENCE, HOUR),
+            &Claims::new(role, host, shellrelay::defaults::AUDIENCE, HOUR),
         )
     };
     let host_token = dir.path().join("host.token");

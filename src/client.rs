@@ -11,9 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::defaults::CLIENT_SETUP_TIMEOUT;
-use crate::defaults::SHUTDOWN_GRACE;
-use crate::defaults::{ACCEPT_BACKOFF, RECONNECT_HOLDOFF};
+use crate::defaults::{ACCEPT_BACKOFF, CLIENT_SETUP_TIMEOUT, RECONNECT_HOLDOFF, SHUTDOWN_GRACE};
 use crate::peer::{self, ConnectError, RelayAddr, RelayLink};
 use crate::protocol::Role;
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal};

@@ -141,3 +141,22 @@ pub const REQUEST_LINGER: Duration = Duration::from_secs(1);
 
 /// Longest `shellrelay status` waits to connect and read the answer.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+// --------------------------------------------------- tokens and certificates
+
+/// Default `aud` claim: the relay's audience.
+pub const AUDIENCE: &str = "shellrelay";
+
+/// Default lifetime of a minted token: long enough to start work, short
+/// enough that a leaked token is soon useless.
+pub const TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// Where `certs` writes the relay's certificate and key, and `relay` looks
+/// for them, by default.
+pub const CERT_DIR: &str = "certs";
+
+/// The relay's certificate by default: [`crate::tls::CERT_FILE`] in [`CERT_DIR`].
+pub const CERT: &str = "certs/relay.crt";
+
+/// The relay's private key by default: [`crate::tls::KEY_FILE`] in [`CERT_DIR`].
+pub const KEY: &str = "certs/relay.key";

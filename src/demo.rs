@@ -33,7 +33,7 @@ pub async fn run(
     let relay = Relay::bind(
         (std::net::Ipv4Addr::LOCALHOST, 0).into(),
         server,
-        RelayConfig::new(Verifier::new(&secret, token::DEFAULT_AUDIENCE)),
+        RelayConfig::new(Verifier::new(&secret, crate::defaults::AUDIENCE)),
     )?;
     let relay_addr = relay.local_addr()?;
     let registry = relay.handle();
@@ -41,7 +41,7 @@ pub async fn run(
     let mint = |role| {
         token::mint(
             &secret,
-            &Claims::new(role, DEMO_HOST, token::DEFAULT_AUDIENCE, ttl),
+            &Claims::new(role, DEMO_HOST, crate::defaults::AUDIENCE, ttl),
         )
     };
     let relay_at = RelayAddr {

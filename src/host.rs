@@ -12,10 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::clock::fmt_unix;
-use crate::defaults::DIAL_TIMEOUT;
-use crate::defaults::OPEN_TIMEOUT;
-use crate::defaults::SHUTDOWN_GRACE;
-use crate::defaults::{INITIAL_BACKOFF, STABLE_AFTER};
+use crate::defaults::{DIAL_TIMEOUT, INITIAL_BACKOFF, OPEN_TIMEOUT, SHUTDOWN_GRACE, STABLE_AFTER};
 use crate::peer::{self, RelayAddr, RelayLink};
 use crate::protocol::Role;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use thiserror::Error;
 
-use crate::defaults::SHUTDOWN_GRACE;
-use crate::defaults::{CLOSE_REASON_WAIT, CONNECT_TIMEOUT};
+use crate::defaults::{CLOSE_REASON_WAIT, CONNECT_TIMEOUT, SHUTDOWN_GRACE};
 use crate::protocol::Role;
 use crate::protocol::{
     read_frame, write_frame, Frame, FrameError, Jwt, Reason, Refusal, DEFAULT_PORT, VERSION,

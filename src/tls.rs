@@ -32,21 +32,11 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// memory stays bounded by the stream window times the session limit.
 pub const SEND_WINDOW: u64 = STREAM_WINDOW as u64 * MAX_STREAMS as u64;
 
-/// Where `certs` writes the relay's certificate and key, and `relay` looks
-/// for them, by default.
-pub const DEFAULT_CERT_DIR: &str = "certs";
-
 /// File name of the relay's certificate in the directory `certs` writes.
 pub const CERT_FILE: &str = "relay.crt";
 
 /// File name of the relay's private key in the directory `certs` writes.
 pub const KEY_FILE: &str = "relay.key";
-
-/// The relay's certificate by default: [`CERT_FILE`] in [`DEFAULT_CERT_DIR`].
-pub const DEFAULT_CERT: &str = "certs/relay.crt";
-
-/// The relay's private key by default: [`KEY_FILE`] in [`DEFAULT_CERT_DIR`].
-pub const DEFAULT_KEY: &str = "certs/relay.key";
 
 /// A certificate chain and its private key.
 #[derive(Debug)]
@@ -354,9 +344,9 @@ mod tests {
 
     #[test]
     fn the_default_paths_are_the_files_certs_writes() {
-        let dir = Path::new(DEFAULT_CERT_DIR);
-        assert_eq!(Path::new(DEFAULT_CERT), dir.join(CERT_FILE));
-        assert_eq!(Path::new(DEFAULT_KEY), dir.join(KEY_FILE));
+        let dir = Path::new(crate::defaults::CERT_DIR);
+        assert_eq!(Path::new(crate::defaults::CERT), dir.join(CERT_FILE));
+        assert_eq!(Path::new(crate::defaults::KEY), dir.join(KEY_FILE));
     }
 
     #[test]

@@ -16,13 +16,6 @@ use crate::id::{self, glob_match, valid_host_id, valid_host_pattern};
 use crate::keys::{KeySet, Secret, SigningKey, VerifyKey};
 use crate::protocol::Role;
 
-/// Default `aud` claim: the relay's audience.
-pub const DEFAULT_AUDIENCE: &str = "shellrelay";
-
-/// Default lifetime of a minted token: long enough to start work, short
-/// enough that a leaked token is soon useless.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(60 * 60);
-
 /// The claims of a Shellrelay token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {

@@ -17,7 +17,7 @@ use support::traffic::*;
 use support::*;
 
 fn claims(role: Role, sub: &str) -> Claims {
-    Claims::new(role, sub, token::DEFAULT_AUDIENCE, HOUR)
+    Claims::new(role, sub, shellrelay::defaults::AUDIENCE, HOUR)
 }
 
 /// A client token for `sub` reaching `hosts`, with token id `jti`.
@@ -100,7 +100,7 @@ async fn tokens_are_checked_with_the_key_their_kid_names() {
         set.insert("2026-10", VerifyKey::secret(&old)).unwrap();
         set.insert("issuer-ed", ed_verify).unwrap();
         set.insert("issuer-es", es_verify).unwrap();
-        c.verifier = Verifier::with_keys(set, token::DEFAULT_AUDIENCE);
+        c.verifier = Verifier::with_keys(set, shellrelay::defaults::AUDIENCE);
         c.limits.failures_per_addr = u32::MAX;
     })
     .await;
@@ -162,7 +162,7 @@ async fn tokens_are_checked_with_the_key_their_kid_names() {
     let strict = Tunnel::start_with(|c| {
         let mut set = KeySet::default();
         set.insert("issuer-ed", only_ed).unwrap();
-        c.verifier = Verifier::with_keys(set, token::DEFAULT_AUDIENCE);
+        c.verifier = Verifier::with_keys(set, shellrelay::defaults::AUDIENCE);
     })
     .await;
     let (reason, message) = refusal(

@@ -304,12 +304,7 @@ async fn the_host_rereads_its_token_file_and_waits_out_an_expired_token() {
     let tunnel = Tunnel::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("host.token");
-    let mut expired = Claims::new(
-        Role::Host,
-        "lab1",
-        shellrelay::token::DEFAULT_AUDIENCE,
-        HOUR,
-    );
+    let mut expired = Claims::new(Role::Host, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
     expired.exp = shellrelay::clock::unix_now() - 10;
     std::fs::write(&file, tunnel.sign(&expired)).unwrap();
 

@@ -304,7 +304,7 @@ async fn a_bad_token_does_not_reveal_whether_a_host_exists() {
         let claims = shellrelay::token::Claims::new(
             Role::Client,
             host,
-            shellrelay::token::DEFAULT_AUDIENCE,
+            shellrelay::defaults::AUDIENCE,
             HOUR,
         );
         let forged = shellrelay::token::mint(&other, &claims).unwrap();

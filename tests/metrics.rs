@@ -179,7 +179,7 @@ async fn metrics_count_hosts_sessions_bytes_refusals_and_latencies() {
     let other = Secret::new(b"some other secret, long enough".to_vec()).unwrap();
     let forged = token::mint(
         &other,
-        &Claims::new(Role::Client, "lab1", token::DEFAULT_AUDIENCE, HOUR),
+        &Claims::new(Role::Client, "lab1", shellrelay::defaults::AUDIENCE, HOUR),
     )
     .unwrap();
     let err = within(

@@ -151,7 +151,7 @@ async fn bad_tokens_are_refused_with_their_reason_and_the_relay_serves_on() {
     let _host = tunnel.host("lab1", echo_server().await).await;
     let client = tunnel.client("lab1").await;
     let now = unix_now();
-    let claims = |role| Claims::new(role, "lab1", token::DEFAULT_AUDIENCE, HOUR);
+    let claims = |role| Claims::new(role, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
     let other = Secret::new(b"some other secret, long enough".to_vec()).unwrap();
 
     let mut expired = claims(Role::Client);

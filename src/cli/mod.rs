@@ -185,7 +185,7 @@ pub struct CertsOpt {
     #[arg(
         long,
         env = "SHELLRELAY_OUT",
-        default_value = tls::DEFAULT_CERT_DIR,
+        default_value = crate::defaults::CERT_DIR,
         value_name = "DIR"
     )]
     out: PathBuf,

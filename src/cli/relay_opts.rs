@@ -11,7 +11,7 @@ use tracing::info;
 use super::{shutdown_signal, HumanDuration, SecretOpt, TransportOpt};
 use crate::defaults::SHUTDOWN_GRACE;
 use crate::tasks::Tasks;
-use crate::token::{self, Verifier};
+use crate::token::Verifier;
 use crate::{keys, limits, relay, status, tls};
 
 /// `shellrelay relay`
@@ -48,7 +48,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_CERT",
-        default_value = tls::DEFAULT_CERT,
+        default_value = crate::defaults::CERT,
         value_name = "PATH"
     )]
     pub(super) cert: PathBuf,
@@ -56,12 +56,12 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_KEY",
-        default_value = tls::DEFAULT_KEY,
+        default_value = crate::defaults::KEY,
         value_name = "PATH"
     )]
     pub(super) key: PathBuf,
     /// The `aud` that tokens must carry.
-    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = token::DEFAULT_AUDIENCE)]
+    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = crate::defaults::AUDIENCE)]
     pub(super) audience: String,
     /// Extra DNS name or IP for a generated certificate (repeatable).
     #[arg(

@@ -37,10 +37,10 @@ pub struct TokenOpt {
     #[arg(long, env = "SHELLRELAY_SUBJECT", value_name = "NAME", value_parser = host_id, default_value = "client")]
     subject: String,
     /// How long the token is valid.
-    #[arg(long, env = "SHELLRELAY_TTL", default_value_t = HumanDuration(token::DEFAULT_TTL), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_TTL", default_value_t = HumanDuration(crate::defaults::TOKEN_TTL), value_name = "DURATION")]
     ttl: HumanDuration,
     /// The relay's audience.
-    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = token::DEFAULT_AUDIENCE)]
+    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = crate::defaults::AUDIENCE)]
     audience: String,
     /// Token id (`jti`), which a revocation file can name (default: random).
     #[arg(long, env = "SHELLRELAY_JTI", value_name = "ID", value_parser = host_id)]

@@ -9,8 +9,7 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{State, LOG_TARGET};
-use crate::defaults::HOST_SETUP_TIMEOUT;
-use crate::defaults::OPEN_TIMEOUT;
+use crate::defaults::{HOST_SETUP_TIMEOUT, OPEN_TIMEOUT};
 use crate::limits::{Gauge, GaugeGuard};
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal};
 use crate::splice;

@@ -103,7 +103,7 @@ impl Tunnel {
             key: key.clone_key(),
         };
         let server = tls::server_config(identity, TransportOptions::default()).unwrap();
-        let mut config = RelayConfig::new(Verifier::new(&secret, token::DEFAULT_AUDIENCE));
+        let mut config = RelayConfig::new(Verifier::new(&secret, shellrelay::defaults::AUDIENCE));
         configure(&mut config);
         let relay = Relay::bind("127.0.0.1:0".parse().unwrap(), server, config.clone()).unwrap();
         let addr = relay.local_addr().unwrap();
@@ -164,7 +164,12 @@ impl Tunnel {
 
     /// A token for `role` on `host`, valid for `ttl`.
     pub fn token(&self, role: Role, host: &str, ttl: Duration) -> String {
-        self.sign(&Claims::new(role, host, token::DEFAULT_AUDIENCE, ttl))
+        self.sign(&Claims::new(
+            role,
+            host,
+            shellrelay::defaults::AUDIENCE,
+            ttl,
+        ))
     }
 
     /// How peers reach this relay.
@@ -270,7 +275,8 @@ impl Tunnel {
         let jwt = if shellrelay::id::valid_host_id(host) {
             self.token(Role::Client, host, HOUR)
         } else {
-            let mut claims = Claims::new(Role::Client, "tester", token::DEFAULT_AUDIENCE, HOUR);
+            let mut claims =
+                Claims::new(Role::Client, "tester", shellrelay::defaults::AUDIENCE, HOUR);
             claims.hosts = vec![host.to_owned()];
             self.sign(&claims)
         };
