@@ -33,8 +33,10 @@ impl Tasks {
     /// outlives the grace period.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let running = self.running.clone();
-        let task = async move {
-            if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+        // A combinator, not an `async` block: a block that moves `task` in
+        // and awaits it keeps room for it twice.
+        let task = AssertUnwindSafe(task).catch_unwind().map(move |ended| {
+            if let Err(panic) = ended {
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
@@ -43,7 +45,7 @@ impl Tasks {
                 error!("task panicked: {what}");
             }
             lock(&running).remove(&tokio::task::id());
-        };
+        });
         // Held across the spawn, so the task's own removal (which may run
         // at once on another thread) comes after this insertion.
         let mut running = lock(&self.running);
