@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -65,8 +64,9 @@ impl Backoff {
     }
 }
 
-/// Runs the host agent until `shutdown` is cancelled. Returns an error only
-/// when going on makes no sense (another agent took over this host id).
+/// Runs the host agent until `shutdown` is cancelled. A connection that
+/// ends, for whatever reason (another connection with this host's token
+/// taking its place included), is made again with backoff.
 pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tasks = Tasks::new();
     let result = keep_registered(&config, &tasks, &shutdown).await;
@@ -75,7 +75,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
 }
 
 /// Registers with the relay and serves sessions, reconnecting with backoff,
-/// until shutdown (`Ok`) or until another agent takes over the host id.
+/// until shutdown.
 async fn keep_registered(
     config: &HostConfig,
     tasks: &Tasks,
@@ -102,25 +102,28 @@ async fn keep_registered(
                 );
                 match serve(&link, &target, tasks, shutdown).await {
                     Served::Shutdown => return Ok(()),
+                    // Not final: the other connection may hold a stolen or
+                    // leaked token, and may go away. Back off and try again
+                    // (which takes the place back), without resetting the
+                    // backoff, so that two agents with one id alternate slowly.
                     Served::Closed(Closed::Peer(refusal)) if refusal.reason == Reason::Replaced => {
-                        bail!(
-                            "{}; is another host agent running with this host id?",
+                        warn!(
+                            "{}; is another host agent running with this host id, or has its token leaked?",
                             refusal.message
                         );
                     }
-                    Served::Closed(Closed::Peer(refusal)) => {
-                        warn!(reason = %refusal.message, "relay closed the connection")
+                    Served::Closed(closed) => {
+                        match closed {
+                            Closed::Peer(refusal) => {
+                                warn!(reason = %refusal.message, "relay closed the connection")
+                            }
+                            _ => warn!("lost the connection to the relay"),
+                        }
+                        if started.elapsed() >= STABLE_AFTER {
+                            backoff.reset();
+                        }
                     }
-                    Served::Closed(_) => warn!("lost the connection to the relay"),
                 }
-                if started.elapsed() >= STABLE_AFTER {
-                    backoff.reset();
-                }
-            }
-            // A newer registration can replace this one even before the
-            // welcome arrives.
-            Err(err) if err.refusal().is_some_and(|r| r.reason == Reason::Replaced) => {
-                bail!("{err}; is another host agent running with this host id?");
             }
             Err(err) => warn!("could not register with relay: {err}"),
         }

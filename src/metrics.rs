@@ -45,6 +45,7 @@ pub struct Metrics {
     hosts: Gauge,
     sessions_active: Gauge,
     sessions: Counter,
+    host_replacements: Counter,
     to_host: Counter,
     to_client: Counter,
     refusals: Family<ReasonLabel, Counter>,
@@ -73,6 +74,12 @@ impl Metrics {
             "sessions_active",
             "Sessions relaying bytes now",
             sessions_active.clone(),
+        );
+        let host_replacements = Counter::default();
+        registry.register(
+            "host_replacements",
+            "Host connections closed because a newer connection registered the same host id",
+            host_replacements.clone(),
         );
         let sessions = Counter::default();
         registry.register(
@@ -118,12 +125,18 @@ impl Metrics {
             hosts,
             sessions_active,
             sessions,
+            host_replacements,
             to_host,
             to_client,
             refusals,
             handshake,
             session_setup,
         }
+    }
+
+    /// Counts a host connection replaced by a newer one for the same id.
+    pub fn host_replaced(&self) {
+        self.host_replacements.inc();
     }
 
     /// Counts a refusal sent for `reason`.
@@ -270,6 +283,7 @@ mod tests {
             "shellrelay_hosts_connected 3",
             "shellrelay_sessions_active 0",
             "shellrelay_sessions_total 1",
+            "shellrelay_host_replacements_total 0",
             "shellrelay_relayed_bytes_total{direction=\"to_host\"} 5",
             "shellrelay_relayed_bytes_total{direction=\"to_client\"} 7",
             "shellrelay_refusals_total{reason=\"bad_token\"} 1",

@@ -205,6 +205,10 @@ pub fn transport_config(opts: TransportOptions) -> anyhow::Result<quinn::Transpo
         // the session limit.
         .receive_window(quinn::VarInt::MAX)
         .send_window(SEND_WINDOW)
+        // No DATAGRAM frames: nothing here reads them, so a peer (even one
+        // without a token) could fill a buffer nobody drains.
+        .datagram_receive_buffer_size(None)
+        .datagram_send_buffer_size(0)
         .keep_alive_interval(Some(opts.keep_alive))
         .max_idle_timeout(Some(
             opts.idle_timeout

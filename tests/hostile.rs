@@ -328,6 +328,20 @@ async fn a_bad_token_does_not_reveal_whether_a_host_exists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_takes_no_datagrams_from_anyone() {
+    let tunnel = Tunnel::start().await;
+    let conn = raw_connect(&tunnel, ALPN).await.unwrap();
+    // The relay advertises no DATAGRAM support, so there is no buffer at
+    // the relay for a peer to fill, before its hello or after.
+    assert_eq!(conn.max_datagram_size(), None);
+    let sent = conn.send_datagram(bytes::Bytes::from_static(b"unread"));
+    assert!(
+        matches!(sent, Err(quinn::SendDatagramError::UnsupportedByPeer)),
+        "{sent:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_its_hello_a_peer_gets_one_stream_and_a_small_window() {
     let tunnel = Tunnel::start().await;
     let conn = raw_connect(&tunnel, ALPN).await.unwrap();

@@ -338,23 +338,58 @@ async fn unreachable_target_closes_the_session_promptly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_newer_host_connection_replaces_the_older_one() {
+async fn a_replaced_host_agent_keeps_trying_and_serves_again_once_the_other_leaves() {
     let tunnel = Tunnel::start().await;
-    let first = tunnel.host("lab1", echo_server().await).await;
-    let _second = tunnel.spawn_host(tunnel.token(Role::Host, "lab1", HOUR), echo_server().await);
-    let ended = within(WAIT, "first agent to stop", first.task)
-        .await
-        .unwrap();
-    let err = ended.expect_err("the replaced agent should report why it stopped");
-    assert!(err.to_string().contains("replaced"), "{err:#}");
-    within(
+    let agent = tunnel.host("lab1", echo_server().await).await;
+    // Someone else says hello with the host's token (stolen, or a second
+    // agent): it takes the registration over.
+    let thief = within(
         WAIT,
-        "second host to register",
-        tunnel.registry.wait_host("lab1", true),
+        "the other connection's hello",
+        peer::connect(
+            &tunnel.relay_addr(),
+            &TokenSource::Literal(tunnel.token(Role::Host, "lab1", HOUR)),
+            Role::Host,
+            None,
+        ),
     )
+    .await
+    .unwrap();
+    within(WAIT, "the replacement to be counted", async {
+        while !tunnel.registry.metrics().lines().any(|l| {
+            l.starts_with("shellrelay_host_replacements_total ")
+                && l != "shellrelay_host_replacements_total 0"
+        }) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
     .await;
-    let client = tunnel.client("lab1").await;
-    echo_roundtrip(client, 3, 1 << 20).await;
+    // The thief serves no sessions; once it leaves, the real agent, which
+    // never stopped trying, is registered again and sessions work.
+    thief.close(Reason::Done, "leaving").await;
+    drop(thief);
+    let (client, _client) = tunnel
+        .client_with(tunnel.token(Role::Client, "lab1", HOUR), None)
+        .await;
+    within(WAIT, "a session through the real agent again", async {
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut tcp = TcpStream::connect(client).await.ok()?;
+                tcp.write_all(b"back?").await.ok()?;
+                let mut got = [0u8; 5];
+                tcp.read_exact(&mut got).await.ok()?;
+                Some(got)
+            })
+            .await;
+            if let Ok(Some(got)) = attempt {
+                assert_eq!(&got, b"back?");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(!agent.task.is_finished(), "the replaced agent gave up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

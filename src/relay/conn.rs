@@ -188,9 +188,10 @@ impl Admitted {
                 old = %old.remote(),
                 "replacing older connection of host"
             );
+            self.state.metrics.host_replaced();
             old.close(
                 Reason::Replaced,
-                &format!("replaced by a newer connection for host {id}"),
+                &format!("replaced by a newer connection for host {id} from {remote}"),
             );
         }
         if self.welcome(&claims, &id).await {
