@@ -24,6 +24,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// its hello; a peer that says nothing is dropped rather than held.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections in their handshake or hello, over every address, above
+/// which a new one must first prove its address with a stateless retry
+/// (one more round trip, no state at the relay): a flood of Initials from
+/// spoofed addresses then costs nothing, while a quiet relay adds no round
+/// trip to anyone's connect.
+pub const RETRY_ABOVE_HANDSHAKES: usize = 64;
+
 /// How long a refused peer gets to read its refusal frame before the
 /// connection is closed (the close carries the same words).
 pub const REFUSE_LINGER: Duration = Duration::from_secs(1);

@@ -1,6 +1,8 @@
 //! The relay's limits on what peers may hold or try: sessions per
 //! connection, connections per address in the handshake phase, hosts, and
-//! failed token attempts per address.
+//! failed token attempts per address. An address here is a network: the
+//! IPv4 address, or the /64 of an IPv6 one ([`network_of`]), since one
+//! IPv6 host commonly holds a whole /64.
 
 use crate::defaults::{
     FAILURES_PER_ADDR, FAILURE_WINDOW, HANDSHAKES_PER_ADDR, MAX_HOSTS, SESSIONS_PER_CLIENT,
@@ -75,7 +77,21 @@ impl Gauge {
     }
 }
 
-/// Counts per IP address, each unit held by a guard.
+/// The network `ip` belongs to for per-address limits: an IPv4 address
+/// (also when mapped into IPv6) as it is, an IPv6 address as its /64.
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !0xffff_ffff_ffff_ffff,
+            )),
+        },
+    }
+}
+
+/// Counts per network ([`network_of`]), each unit held by a guard.
 #[derive(Debug, Clone, Default)]
 pub struct PerAddr(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
@@ -99,8 +115,9 @@ impl Drop for PerAddrGuard {
 }
 
 impl PerAddr {
-    /// Takes one unit for `addr` if fewer than `cap` are out.
+    /// Takes one unit for `addr`'s network if fewer than `cap` are out.
     pub fn acquire(&self, addr: IpAddr, cap: usize) -> Option<PerAddrGuard> {
+        let addr = network_of(addr);
         let mut map = lock(&self.0);
         let n = map.entry(addr).or_insert(0);
         if *n >= cap {
@@ -112,9 +129,14 @@ impl PerAddr {
             addr,
         })
     }
+
+    /// Units out now, over every network.
+    pub fn total(&self) -> usize {
+        lock(&self.0).values().sum()
+    }
 }
 
-/// Failed token attempts per IP address in fixed windows.
+/// Failed token attempts per network ([`network_of`]) in fixed windows.
 #[derive(Debug, Default)]
 pub struct Failures(Mutex<HashMap<IpAddr, (Instant, u32)>>);
 
@@ -122,6 +144,7 @@ impl Failures {
     /// Whether `addr` has used up its failures in the current window; if
     /// so, how long until it may try again.
     pub fn blocked(&self, addr: IpAddr, cap: u32, now: Instant) -> Option<Duration> {
+        let addr = network_of(addr);
         let map = lock(&self.0);
         let (start, count) = *map.get(&addr)?;
         let elapsed = now.saturating_duration_since(start);
@@ -130,6 +153,7 @@ impl Failures {
 
     /// Records a failed attempt from `addr`.
     pub fn record(&self, addr: IpAddr, now: Instant) {
+        let addr = network_of(addr);
         let mut map = lock(&self.0);
         if map.len() >= MAX_TRACKED_ADDRS && !map.contains_key(&addr) {
             map.retain(|_, (start, _)| now.saturating_duration_since(*start) < FAILURE_WINDOW);
@@ -179,6 +203,27 @@ mod tests {
         drop(g1);
         assert!(p.acquire(x, 1).is_some());
         assert!(lock(&p.0).is_empty(), "entries go when their guards do");
+    }
+
+    #[test]
+    fn an_ipv6_64_counts_as_one_address() {
+        let p = PerAddr::default();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _g = p.acquire(a, 1).unwrap();
+        assert!(p.acquire(b, 1).is_none(), "same /64");
+        let _h = p.acquire(other, 1).expect("another /64");
+        assert_eq!(p.total(), 2);
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(network_of(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+        let f = Failures::default();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            f.record(a, t0);
+        }
+        assert!(f.blocked(b, 3, t0).is_some(), "same /64");
+        assert!(f.blocked(other, 3, t0).is_none(), "another /64");
     }
 
     #[test]

@@ -23,9 +23,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::defaults::{
-    HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, MEMORY_TRIM_INTERVAL, REFUSE_LINGER, SHUTDOWN_GRACE,
-};
+use crate::defaults::{HELLO_TIMEOUT, MEMORY_TRIM_INTERVAL, SHUTDOWN_GRACE};
 use crate::limits::{Failures, Gauge, Limits, PerAddr};
 use crate::metrics::{Metrics, Status};
 use crate::protocol::Reason;

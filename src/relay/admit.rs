@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{State, LOG_TARGET};
 use crate::protocol::{Frame, FrameError, Reason, Refusal, Role, VERSION};
@@ -47,13 +47,25 @@ pub(super) fn check_hello(
         .verifier
         .verify(&token.0, role, crate::clock::unix_now())
     {
+        // A good token is let in however many bad ones its address sent:
+        // an office or a carrier-grade NAT puts many people behind one.
         Ok(claims) => Ok(Hello { role, claims, host }),
         Err(err) => {
+            let now = Instant::now();
+            let limit = state.config.limits.failures_per_addr;
+            if let Some(wait) = state.failures.blocked(ip, limit, now) {
+                let msg = format!(
+                    "too many refused tokens from {ip}; try again in {}s",
+                    wait.as_secs() + 1
+                );
+                debug!(target: LOG_TARGET, %role, %err, "refused token from a penalised address");
+                return Err(Refusal::new(Reason::Limit, msg));
+            }
             // Only tokens that could be guesses count towards the limit: a
             // well-signed token that expired (an agent retrying with a stale
-            // token) must not lock out everyone behind the same address.
+            // token) must not penalise everyone behind the same address.
             if matches!(err, TokenError::BadSignature | TokenError::Malformed) {
-                state.failures.record(ip, Instant::now());
+                state.failures.record(ip, now);
             }
             let reason = match err {
                 TokenError::Expired(_) => Reason::TokenExpired,

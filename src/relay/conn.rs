@@ -13,11 +13,11 @@ use super::admit::{check_hello, client_host, revoked};
 use super::hold::{hold, Ended};
 use super::registry::Full;
 use super::session::accept_sessions;
-use super::{State, HANDSHAKE_TIMEOUT, LOG_TARGET, REFUSE_LINGER};
+use super::{State, LOG_TARGET};
 use crate::clock::{fmt_unix, unix_now};
+use crate::defaults::{HANDSHAKE_TIMEOUT, REFUSE_LINGER, RETRY_ABOVE_HANDSHAKES};
 use crate::limits::PerAddrGuard;
-use crate::protocol::Role;
-use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
+use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Role};
 use crate::token::Claims;
 use crate::transport::{Closed, Conn, SendStream};
 
@@ -31,6 +31,24 @@ const REFUSAL_STREAMS: u32 = 64;
 pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
     let accepted = Instant::now();
     let ip = incoming.remote_address().ip();
+    // Under load, or from a network that sent bad tokens, an address must
+    // prove it is real (a stateless retry, one round trip) before any TLS
+    // work is done for it: a spoofed flood then costs the relay no state.
+    let incoming = if incoming.remote_address_validated() {
+        incoming
+    } else if state.handshakes.total() >= RETRY_ABOVE_HANDSHAKES
+        || state
+            .failures
+            .blocked(ip, state.config.limits.failures_per_addr, accepted)
+            .is_some()
+    {
+        match incoming.retry() {
+            Ok(()) => return,
+            Err(err) => err.into_incoming(),
+        }
+    } else {
+        incoming
+    };
     let Some(handshake) = state
         .handshakes
         .acquire(ip, state.config.limits.handshakes_per_addr)
@@ -70,20 +88,6 @@ async fn serve(
     handshake: PerAddrGuard,
     accepted: Instant,
 ) {
-    if let Some(wait) =
-        state
-            .failures
-            .blocked(ip, state.config.limits.failures_per_addr, Instant::now())
-    {
-        let msg = format!(
-            "too many refused tokens from {ip}; try again in {}s",
-            wait.as_secs() + 1
-        );
-        debug!(target: LOG_TARGET, %msg, "refusing without reading the hello");
-        state.metrics.refused(Reason::Limit);
-        conn.close(Reason::Limit, &msg);
-        return;
-    }
     let hello_timeout = state.config.hello_timeout;
     let hello = tokio::time::timeout(hello_timeout, async {
         let (send, mut recv) = conn.accept().await?;
