@@ -89,8 +89,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 // ---------------------------------------------------------------- peers
 
 /// Keep-alive interval: well under the common 30 s UDP NAT mapping
-/// timeout.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// timeout, and short enough that a host agent whose relay crashed and
+/// came back (answering with a stateless reset) reconnects within 5 s.
+/// One small packet every 4 s per idle connection.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(4);
 
 /// Silence after which a peer is gone.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -47,6 +47,10 @@ pub struct RelayConfig {
     pub hello_timeout: Duration,
     /// Revoked token and host ids ([`crate::revoke`]); none by default.
     pub revocation_file: Option<std::path::PathBuf>,
+    /// The endpoint's configuration; by default a random stateless-reset
+    /// key, which [`crate::tls::endpoint_config`] replaces with one that
+    /// survives restarts.
+    pub endpoint: quinn::EndpointConfig,
 }
 
 impl RelayConfig {
@@ -57,6 +61,7 @@ impl RelayConfig {
             limits: Limits::default(),
             hello_timeout: HELLO_TIMEOUT,
             revocation_file: None,
+            endpoint: quinn::EndpointConfig::default(),
         }
     }
 }
@@ -105,7 +110,7 @@ impl Relay {
         config: RelayConfig,
     ) -> anyhow::Result<Relay> {
         let revoked = RevocationList::open(config.revocation_file.clone())?;
-        let endpoint = crate::tls::bind_endpoint(addr, Some(server))?;
+        let endpoint = crate::tls::bind_endpoint_with(addr, config.endpoint.clone(), Some(server))?;
         let hosts = Arc::new(Registry::new(config.limits.max_hosts));
         Ok(Relay {
             endpoint,

@@ -231,6 +231,16 @@ pub fn bind_endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
 ) -> anyhow::Result<quinn::Endpoint> {
+    bind_endpoint_with(addr, quinn::EndpointConfig::default(), server)
+}
+
+/// [`bind_endpoint`] with an endpoint configuration of its own (the
+/// relay's, whose stateless-reset key outlives restarts).
+pub fn bind_endpoint_with(
+    addr: SocketAddr,
+    endpoint: quinn::EndpointConfig,
+    server: Option<quinn::ServerConfig>,
+) -> anyhow::Result<quinn::Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .context("could not create a UDP socket")?;
@@ -260,13 +270,33 @@ pub fn bind_endpoint(
         .bind(&addr.into())
         .with_context(|| format!("could not bind UDP {addr}"))?;
     let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket.into(),
-        runtime,
-    )
-    .with_context(|| format!("could not listen on {addr}"))
+    quinn::Endpoint::new(endpoint, server, socket.into(), runtime)
+        .with_context(|| format!("could not listen on {addr}"))
+}
+
+/// The relay's endpoint configuration, with a stateless-reset key derived
+/// from its private key: a relay restarted with the same key (after a
+/// crash too) answers packets of its predecessor's connections with a
+/// stateless reset its peers accept, so they reconnect at once instead of
+/// waiting out their idle timeout. Whoever holds the private key could
+/// forge resets, but could impersonate the relay outright anyway.
+///
+/// The connection ids it hands out are keyed the same way, so that the
+/// restarted relay recognises them as its own and answers them.
+pub fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+    use ring::hmac;
+    let secret = hmac::Key::new(hmac::HMAC_SHA256, identity.key.secret_der());
+    let derive = |label: &[u8]| hmac::sign(&secret, label);
+    let reset = derive(b"shellrelay stateless reset key v1");
+    let mut config =
+        quinn::EndpointConfig::new(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref())));
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derive(b"shellrelay connection id key v1").as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
 }
 
 /// Connection receive window of a peer that has not yet been authenticated:

@@ -289,3 +289,107 @@ async fn status_prints_the_hosts_online_from_the_relays_metrics_endpoint() {
         )],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_and_a_restart_hosts_and_clients_are_back_within_5_s() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, relay_addr) = start_relay(&certs, &secret).await;
+    let relay_at = relay_addr.to_string();
+    let cert = certs.join("relay.crt");
+    let target = support::traffic::echo_server().await.to_string();
+    let mut tokens = Vec::new();
+    for role in ["host", "client"] {
+        let path = dir.path().join(format!("{role}.token"));
+        std::fs::write(&path, mint_token(&secret, role, "lab1", "1h").await).expect("token");
+        make_private(&path);
+        tokens.push(path);
+    }
+    let peer = |role: &'static str, token: &Path, extra: &[&str]| {
+        let mut args = vec![
+            role,
+            "--relay",
+            &relay_at,
+            "--relay-cert",
+            path_str(&cert),
+            "--token-file",
+            path_str(token),
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(role, shellrelay(&args))
+    };
+    let mut host = peer("host", &tokens[0], &["--target", &target]);
+    host.wait_for_text("registered with relay").await;
+    let mut client = peer("client", &tokens[1], &["--listen", "127.0.0.1:0"]);
+    let line = client.wait_for_text("client forwarder listening").await;
+    let listen = addr_field(&line, "listen");
+    assert!(echo_once(listen).await, "no session before the crash");
+
+    // A crash: no close reaches anyone, and the new relay knows none of the
+    // old connections. It is the same relay (port, certificate, key).
+    relay.signal("KILL");
+    let _ = relay.terminate().await;
+    let mut again = Proc::spawn(
+        "relay",
+        shellrelay(&[
+            "relay",
+            "--listen",
+            &relay_at,
+            "--secret-file",
+            path_str(&secret),
+            "--cert",
+            path_str(&cert),
+            "--key",
+            path_str(&certs.join("relay.key")),
+        ]),
+    );
+    again.wait_for_text("relay listening").await;
+    let up = std::time::Instant::now();
+    // The host agent's next registration, after the one before the crash.
+    host.find(|l| l.contains("registered with relay")).await;
+    let host_back = up.elapsed();
+    let session_back = tokio::time::timeout(WAIT, async {
+        while !echo_once(listen).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        up.elapsed()
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no session within {WAIT:?}; client logged:\n{}",
+            client.log()
+        )
+    });
+    eprintln!("after SIGKILL and a restart: host registered again in {host_back:?}, a session worked in {session_back:?}");
+    assert!(
+        host_back <= Duration::from_secs(5) && session_back <= Duration::from_secs(5),
+        "host registered again after {host_back:?}, a session worked after {session_back:?}"
+    );
+    for (name, proc) in [
+        ("host", &mut host),
+        ("client", &mut client),
+        ("relay", &mut again),
+    ] {
+        let status = proc.terminate().await;
+        assert!(status.success(), "{name}: {status}:\n{}", proc.log());
+    }
+}
+
+/// One short echo through the client forwarder at `listen`; false if it
+/// did not come back within a second.
+async fn echo_once(listen: SocketAddr) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(listen).await.ok()?;
+        tcp.write_all(b"ping").await.ok()?;
+        let mut got = [0u8; 4];
+        tcp.read_exact(&mut got).await.ok()?;
+        (got == *b"ping").then_some(())
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), exchange).await,
+        Ok(Some(()))
+    )
+}

@@ -152,12 +152,14 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     } else {
         info!(cert = %opt.cert.display(), %fingerprint, "loaded certificate");
     }
+    let endpoint = tls::endpoint_config(&identity);
     let server = tls::server_config(identity, opt.transport.options()?)?;
     let config = relay::RelayConfig {
         verifier: Verifier::with_keys(keys, &opt.audience),
         limits: opt.limits.limits(),
         hello_timeout: opt.hello_timeout.0,
         revocation_file: opt.revocation_file.clone(),
+        endpoint,
     };
     let relay = relay::Relay::bind(opt.listen, server, config)?;
     let metrics = opt.metrics.map(status::bind).transpose()?;
