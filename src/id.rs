@@ -13,15 +13,19 @@ pub const MAX_KID_LEN: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum BadId {
     /// Not a host id.
-    #[error("not a host id (1 to {MAX_HOST_ID_LEN} letters, digits, '.', '_' or '-')")]
+    #[error(
+        "not a host id (1 to {MAX_HOST_ID_LEN} letters, digits, '.', '_' or '-', starting with a letter, digit or '_')"
+    )]
     HostId,
     /// Neither a host id nor a pattern of one.
     #[error(
-        "not a host id or pattern (1 to {MAX_HOST_ID_LEN} letters, digits, '.', '_' or '-', and a pattern may use '*' and '?')"
+        "not a host id or pattern (1 to {MAX_HOST_ID_LEN} letters, digits, '.', '_' or '-', starting with a letter, digit or '_', and a pattern may use '*' and '?')"
     )]
     HostPattern,
     /// Not a key id.
-    #[error("not a key id (1 to {MAX_KID_LEN} letters, digits, '.', '_' or '-')")]
+    #[error(
+        "not a key id (1 to {MAX_KID_LEN} letters, digits, '.', '_' or '-', starting with a letter, digit or '_')"
+    )]
     Kid,
 }
 
@@ -41,14 +45,16 @@ pub fn kid(s: &str) -> Result<&str, BadId> {
 }
 
 /// Whether `id` is a valid host id: 1 to [`MAX_HOST_ID_LEN`] ASCII letters,
-/// digits, `.`, `_` or `-`, so that ids are safe in logs, file names and
-/// ssh configuration.
+/// digits, `.`, `_` or `-`, the first a letter, digit or `_` (so never `.`,
+/// `..`, a hidden file or something that reads as a flag), so that ids are
+/// safe in logs, file names, command lines and ssh configuration.
 pub fn valid_host_id(id: &str) -> bool {
     within(id, MAX_HOST_ID_LEN, b"._-")
 }
 
 /// Whether `pattern` is a host id or a pattern of one: the characters of a
-/// host id plus `*` and `?`, at most [`MAX_HOST_ID_LEN`] long.
+/// host id plus `*` and `?`, at most [`MAX_HOST_ID_LEN`] long, not starting
+/// with `.` or `-`.
 pub fn valid_host_pattern(pattern: &str) -> bool {
     within(pattern, MAX_HOST_ID_LEN, b"._-*?")
 }
@@ -60,9 +66,11 @@ pub fn valid_kid(kid: &str) -> bool {
     within(kid, MAX_KID_LEN, b"._-")
 }
 
-/// Whether `s` is 1 to `max` bytes of ASCII letters, digits and `extra`.
+/// Whether `s` is 1 to `max` bytes of ASCII letters, digits and `extra`,
+/// not starting with `.` or `-`.
 fn within(s: &str, max: usize, extra: &[u8]) -> bool {
     !s.is_empty()
+        && !s.starts_with(['.', '-'])
         && s.len() <= max
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
@@ -108,13 +116,21 @@ mod tests {
         for bad in ["", "a b", "lab\nforged", "ünï", "lab-*", &"x".repeat(65)] {
             assert_eq!(host_id(bad), Err(BadId::HostId), "{bad:?}");
         }
+        // Nothing that is a path of its own or reads as a flag.
+        for bad in [".", "..", ".hidden", "-rf", "--help"] {
+            assert_eq!(host_id(bad), Err(BadId::HostId), "{bad:?}");
+            assert_eq!(host_pattern(bad), Err(BadId::HostPattern), "{bad:?}");
+            assert_eq!(kid(bad), Err(BadId::Kid), "{bad:?}");
+        }
+        assert_eq!(host_id("_lab.1"), Ok("_lab.1"));
         assert_eq!(host_pattern("lab-*"), Ok("lab-*"));
+        assert_eq!(host_pattern("*-db"), Ok("*-db"));
         assert_eq!(host_pattern("a b"), Err(BadId::HostPattern));
         assert_eq!(kid("2026-11"), Ok("2026-11"));
         assert_eq!(kid("a=b"), Err(BadId::Kid));
         assert_eq!(
             BadId::HostId.to_string(),
-            "not a host id (1 to 64 letters, digits, '.', '_' or '-')"
+            "not a host id (1 to 64 letters, digits, '.', '_' or '-', starting with a letter, digit or '_')"
         );
     }
 

@@ -482,7 +482,7 @@ fn secret() -> Secret {
 /// Host ids: mostly valid ones, some of any text, some just past the limits.
 fn arb_sub() -> BoxedStrategy<String> {
     prop_oneof![
-        12 => "[A-Za-z0-9._-]{1,64}",
+        12 => "[A-Za-z0-9_][A-Za-z0-9._-]{0,63}",
         2 => text(),
         1 => Just("x".repeat(MAX_HOST_ID_LEN + 1)),
         1 => "[A-Za-z0-9]{1,8}[^A-Za-z0-9._-][A-Za-z0-9]{0,8}",
@@ -599,10 +599,11 @@ struct Built {
     defects: Vec<Defect>,
 }
 
-/// A host id by its grammar: 1 to 64 ASCII letters, digits, `.`, `_`, `-`.
-const HOST_ID: &str = "[A-Za-z0-9._-]{1,64}";
+/// A host id by its grammar: 1 to 64 ASCII letters, digits, `.`, `_`, `-`,
+/// the first not `.` or `-`.
+const HOST_ID: &str = "[A-Za-z0-9_][A-Za-z0-9._-]{0,63}";
 /// A host pattern: the same with `*` and `?`.
-const HOST_PATTERN: &str = "[A-Za-z0-9._*?-]{1,64}";
+const HOST_PATTERN: &str = "[A-Za-z0-9_*?][A-Za-z0-9._*?-]{0,63}";
 
 /// A character outside the host id grammar (`extra` also allowed).
 fn outside(extra: &'static str) -> BoxedStrategy<char> {
@@ -613,14 +614,15 @@ fn outside(extra: &'static str) -> BoxedStrategy<char> {
         .boxed()
 }
 
-/// Not a host id (`extra` characters also allowed): empty, too long, or
-/// with one character outside the grammar.
+/// Not a host id (`extra` characters also allowed): empty, too long,
+/// starting with `.` or `-`, or with one character outside the grammar.
 fn not_a_host_id(chars: &str, extra: &'static str) -> BoxedStrategy<String> {
     let regex = |r: String| proptest::string::string_regex(&r).expect("a valid regex");
     let part = || regex(format!("[{chars}]{{0,30}}"));
     prop_oneof![
         Just(String::new()),
         regex(format!("[{chars}]{{65,100}}")),
+        (prop::sample::select(vec!['.', '-']), part()).prop_map(|(c, b)| format!("{c}{b}")),
         (part(), outside(extra), part()).prop_map(|(a, c, b)| format!("{a}{c}{b}")),
     ]
     .boxed()
@@ -882,7 +884,7 @@ fn verify_of_a_mutated_token_never_panics_or_yields_other_claims() {
     ];
     let valid = (
         arb_claims(),
-        "[A-Za-z0-9._-]{1,64}",
+        "[A-Za-z0-9_][A-Za-z0-9._-]{0,63}",
         0..MAX_EXP / 2,
         1..MAX_EXP / 2,
         any::<Index>(),
