@@ -274,6 +274,10 @@ pub fn generate(kind: KeyKind, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 &rcgen::PKCS_ECDSA_P256_SHA256
             };
             let pair = rcgen::KeyPair::generate_for(alg).context("could not generate a key")?;
+            let pair = match kind {
+                KeyKind::Ed25519 => pkcs8_v1(&pair)?,
+                _ => pair,
+            };
             (
                 pair.serialize_pem().into_bytes(),
                 Some(pair.public_key_pem()),
@@ -293,6 +297,33 @@ pub fn generate(kind: KeyKind, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         written.push(public);
     }
     Ok(written)
+}
+
+/// The DER of an Ed25519 key in PKCS#8 v2 as ring writes it, after the
+/// outer SEQUENCE's tag and length: version 1, the algorithm, then the
+/// 32-byte seed; the public key follows, which v1 leaves out.
+const ED25519_PKCS8_V2_BODY: [u8; 14] = [
+    0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The same key in PKCS#8 v1 (RFC 8410 section 7): version 0, the seed only.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// An Ed25519 key pair re-encoded as PKCS#8 v1, which every tool reads
+/// (OpenSSL 3 and Python's cryptography refuse ring's v2 with "extra
+/// data").
+fn pkcs8_v1(pair: &rcgen::KeyPair) -> anyhow::Result<rcgen::KeyPair> {
+    let v2 = pair.serialize_der();
+    let seed = v2
+        .strip_prefix(&[0x30][..])
+        .and_then(|rest| rest.get(1..))
+        .and_then(|rest| rest.strip_prefix(&ED25519_PKCS8_V2_BODY[..]))
+        .and_then(|rest| rest.get(..32))
+        .context("unexpected Ed25519 key encoding")?;
+    let v1 = [&ED25519_PKCS8_V1_PREFIX[..], seed].concat();
+    rcgen::KeyPair::try_from(v1.as_slice()).context("could not re-encode the Ed25519 key")
 }
 
 #[cfg(test)]

@@ -233,3 +233,33 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
     relay.assert_running();
     host.assert_running();
 }
+
+#[tokio::test]
+async fn keygen_key_pairs_are_read_by_openssl() {
+    let Some(openssl) = support::sshd::required_program("openssl", "openssl") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    for kind in ["ed25519", "es256"] {
+        let key = dir.path().join(kind);
+        let out = run(&["keygen", "--kind", kind, "--out", path_str(&key)]).await;
+        assert!(out.status.success(), "{out:?}");
+        // PKCS#8 v1 (RFC 8410) for Ed25519: OpenSSL 3 refuses ring's v2.
+        let public = std::process::Command::new(&openssl)
+            .args(["pkey", "-pubout", "-in", path_str(&key)])
+            .output()
+            .expect("run openssl");
+        assert!(
+            public.status.success(),
+            "openssl cannot read the {kind} key: {}",
+            String::from_utf8_lossy(&public.stderr)
+        );
+        let written =
+            std::fs::read_to_string(format!("{}.pub", key.display())).expect("read the public key");
+        assert_eq!(
+            String::from_utf8_lossy(&public.stdout),
+            written,
+            "the {kind} public key keygen wrote is not the private key's"
+        );
+    }
+}
