@@ -13,6 +13,7 @@ mod conn;
 mod hold;
 mod registry;
 mod session;
+mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,6 +100,9 @@ struct State {
     session_ids: AtomicU64,
     /// One task per connection and per session.
     tasks: Tasks,
+    /// Warnings a peer can cause at will, summarised.
+    hello_timeouts: throttle::Throttle,
+    bad_tokens: throttle::Throttle,
     cancel: CancellationToken,
 }
 
@@ -126,6 +130,8 @@ impl Relay {
                 metrics: Metrics::new(),
                 session_ids: AtomicU64::new(1),
                 tasks: Tasks::new(),
+                hello_timeouts: Default::default(),
+                bad_tokens: Default::default(),
                 cancel: CancellationToken::new(),
             }),
         })

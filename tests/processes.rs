@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
 use support::bin::*;
 use support::proc::{addr_field, field, Proc};
 use support::WAIT;
@@ -392,4 +393,58 @@ async fn echo_once(listen: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_secs(1), exchange).await,
         Ok(Some(()))
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_connections_is_one_warning_not_one_each() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, relay_addr) =
+        start_relay_with(&certs, &secret, &["--hello-timeout", "200ms"]).await;
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(certs.join("relay.crt"))
+        .expect("the relay's certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("a usable certificate");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![shellrelay::protocol::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    // Three rounds of ten connections that never say hello (under the cap
+    // of handshakes per address), each closed by the relay's hello timeout.
+    for _ in 0..3 {
+        let mut round = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let connecting = endpoint.connect(relay_addr, "localhost").expect("connect");
+            round.spawn(async move {
+                let conn = connecting.await.expect("handshake");
+                conn.closed().await
+            });
+        }
+        let closes = tokio::time::timeout(WAIT, round.join_all())
+            .await
+            .expect("the relay closes silent connections");
+        assert!(closes
+            .iter()
+            .all(|c| c.to_string().contains("no hello within")));
+    }
+    let warnings = relay
+        .lines()
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("no hello within"))
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "one summarised warning; the relay logged:\n{}",
+        relay.log()
+    );
+    let status = relay.terminate().await;
+    assert!(status.success(), "{status}:\n{}", relay.log());
 }

@@ -71,7 +71,9 @@ pub(super) fn check_hello(
                 TokenError::Expired(_) => Reason::TokenExpired,
                 _ => Reason::BadToken,
             };
-            warn!(target: LOG_TARGET, %role, %err, "refused token");
+            if let Some(n) = state.bad_tokens.allow(now) {
+                warn!(target: LOG_TARGET, %role, %err, "refused token{}", super::throttle::left_out(n));
+            }
             Err(Refusal::new(reason, err.to_string()))
         }
     }

@@ -13,6 +13,7 @@ use super::admit::{check_hello, client_host, revoked};
 use super::hold::{hold, Ended};
 use super::registry::Full;
 use super::session::accept_sessions;
+use super::throttle;
 use super::{State, LOG_TARGET};
 use crate::clock::{fmt_unix, unix_now};
 use crate::defaults::{HANDSHAKE_TIMEOUT, REFUSE_LINGER, RETRY_ABOVE_HANDSHAKES};
@@ -103,7 +104,9 @@ async fn serve(
         }
         Err(_) => {
             let msg = format!("no hello within {hello_timeout:?}");
-            warn!(target: LOG_TARGET, "{msg}; closing");
+            if let Some(n) = state.hello_timeouts.allow(Instant::now()) {
+                warn!(target: LOG_TARGET, "{msg}; closing{}", throttle::left_out(n));
+            }
             conn.close(Reason::Protocol, &msg);
             return;
         }
