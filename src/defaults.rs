@@ -45,8 +45,9 @@ pub const MEMORY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
 /// token stops working within about a second without a signal.
 pub const REVOCATION_POLL: Duration = Duration::from_secs(1);
 
-/// Concurrent sessions on one client connection: far more than a person
-/// opens, few enough that one connection cannot pin the relay.
+/// Concurrent sessions of one client token, over all its connections: far
+/// more than a person opens, and a token cannot buy more by opening more
+/// connections.
 pub const SESSIONS_PER_CLIENT: usize = 1024;
 
 /// Concurrent sessions to one host.

@@ -21,7 +21,8 @@ const MAX_TRACKED_ADDRS: usize = 65_536;
 /// The relay's limits; every field has a flag and the default named above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Concurrent sessions per client connection.
+    /// Concurrent sessions per client token (its `jti`, else its subject),
+    /// over all of its connections.
     pub sessions_per_client: usize,
     /// Concurrent sessions per host.
     pub sessions_per_host: usize,
@@ -91,48 +92,79 @@ pub fn network_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Counts per network ([`network_of`]), each unit held by a guard.
-#[derive(Debug, Clone, Default)]
-pub struct PerAddr(Arc<Mutex<HashMap<IpAddr, usize>>>);
-
-/// One unit of a [`PerAddr`] count, returned on drop.
+/// Counts per key, each unit held by a guard; a key's entry goes with its
+/// last unit, so the map holds only keys in use.
 #[derive(Debug)]
-pub struct PerAddrGuard {
-    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    addr: IpAddr,
+pub struct Counts<K>(Arc<Mutex<HashMap<K, usize>>>);
+
+impl<K> Clone for Counts<K> {
+    fn clone(&self) -> Self {
+        Counts(self.0.clone())
+    }
 }
 
-impl Drop for PerAddrGuard {
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts(Arc::default())
+    }
+}
+
+/// One unit of a [`Counts`], returned on drop.
+#[derive(Debug)]
+pub struct CountGuard<K: std::hash::Hash + Eq> {
+    map: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq> Drop for CountGuard<K> {
     fn drop(&mut self) {
         let mut map = lock(&self.map);
-        if let Some(n) = map.get_mut(&self.addr) {
+        if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.addr);
+                map.remove(&self.key);
             }
         }
     }
 }
 
-impl PerAddr {
-    /// Takes one unit for `addr`'s network if fewer than `cap` are out.
-    pub fn acquire(&self, addr: IpAddr, cap: usize) -> Option<PerAddrGuard> {
-        let addr = network_of(addr);
+impl<K: std::hash::Hash + Eq + Clone> Counts<K> {
+    /// Takes one unit for `key` if fewer than `cap` are out.
+    pub fn acquire(&self, key: K, cap: usize) -> Option<CountGuard<K>> {
         let mut map = lock(&self.0);
-        let n = map.entry(addr).or_insert(0);
+        let n = map.entry(key.clone()).or_insert(0);
         if *n >= cap {
             return None;
         }
         *n += 1;
-        Some(PerAddrGuard {
+        Some(CountGuard {
             map: self.0.clone(),
-            addr,
+            key,
         })
+    }
+
+    /// Units out now, over every key.
+    pub fn total(&self) -> usize {
+        lock(&self.0).values().sum()
+    }
+}
+
+/// Counts per network ([`network_of`]), each unit held by a guard.
+#[derive(Debug, Clone, Default)]
+pub struct PerAddr(Counts<IpAddr>);
+
+/// One unit of a [`PerAddr`] count, returned on drop.
+pub type PerAddrGuard = CountGuard<IpAddr>;
+
+impl PerAddr {
+    /// Takes one unit for `addr`'s network if fewer than `cap` are out.
+    pub fn acquire(&self, addr: IpAddr, cap: usize) -> Option<PerAddrGuard> {
+        self.0.acquire(network_of(addr), cap)
     }
 
     /// Units out now, over every network.
     pub fn total(&self) -> usize {
-        lock(&self.0).values().sum()
+        self.0.total()
     }
 }
 
@@ -202,7 +234,7 @@ mod tests {
         assert!(p.acquire(y, 1).is_some());
         drop(g1);
         assert!(p.acquire(x, 1).is_some());
-        assert!(lock(&p.0).is_empty(), "entries go when their guards do");
+        assert!(lock(&p.0 .0).is_empty(), "entries go when their guards do");
     }
 
     #[test]

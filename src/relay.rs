@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::defaults::{HELLO_TIMEOUT, MEMORY_TRIM_INTERVAL, SHUTDOWN_GRACE};
-use crate::limits::{Failures, Gauge, Limits, PerAddr};
+use crate::limits::{Counts, Failures, Gauge, Limits, PerAddr};
 use crate::metrics::{Metrics, Status};
 use crate::protocol::Reason;
 use crate::revoke::RevocationList;
@@ -98,6 +98,8 @@ struct State {
     metrics: Metrics,
     /// The next session id.
     session_ids: AtomicU64,
+    /// Sessions per client token, over all its connections.
+    token_sessions: Counts<String>,
     /// One task per connection and per session.
     tasks: Tasks,
     /// Warnings a peer can cause at will, summarised.
@@ -129,6 +131,7 @@ impl Relay {
                 revoked,
                 metrics: Metrics::new(),
                 session_ids: AtomicU64::new(1),
+                token_sessions: Counts::default(),
                 tasks: Tasks::new(),
                 hello_timeouts: Default::default(),
                 bad_tokens: Default::default(),

@@ -221,6 +221,51 @@ async fn sessions_over_the_per_client_limit_are_refused_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_limit_holds_per_token_across_connections() {
+    let tunnel = Tunnel::start_with(|c| c.limits.sessions_per_client = 4).await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let token = tunnel.token(Role::Client, "lab1", HOUR);
+    // Four connections with one token: more connections buy no more
+    // sessions.
+    let forwarders: Vec<Forwarder> = (0..4)
+        .map(|_| {
+            Forwarder::new(ClientConfig {
+                relay: tunnel.relay_addr(),
+                token: TokenSource::Literal(token.clone()),
+                host: None,
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for f in &forwarders {
+        open.push(within(WAIT, "session", f.open()).await.unwrap());
+    }
+    for f in &forwarders {
+        match within(WAIT, "refusal", f.open()).await {
+            Err(OpenError::Refused(r)) => {
+                assert_eq!(r.reason, Reason::Limit);
+                assert!(r.message.contains("limit 4"), "{}", r.message);
+            }
+            Err(other) => panic!("expected a limit refusal, got {other}"),
+            Ok(_) => panic!("a fifth session of one token was opened"),
+        }
+    }
+    // Another token (counted by its jti; tokens without one by their
+    // subject) has places of its own.
+    let mut claims =
+        shellrelay::token::Claims::new(Role::Client, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
+    claims.jti = Some("another-token".into());
+    let other = Forwarder::new(ClientConfig {
+        relay: tunnel.relay_addr(),
+        token: TokenSource::Literal(tunnel.sign(&claims)),
+        host: None,
+    });
+    within(WAIT, "a session of another token", other.open())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_per_address_are_capped() {
     let tunnel = Tunnel::start_with(|c| {
         c.limits.handshakes_per_addr = 2;

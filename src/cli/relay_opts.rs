@@ -86,7 +86,7 @@ pub struct RelayOpt {
 /// The relay's limits.
 #[derive(Debug, Args)]
 pub struct LimitsOpt {
-    /// Concurrent sessions per client connection; more are refused.
+    /// Concurrent sessions per client token (its jti, else its subject), over all its connections; more are refused.
     #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_CLIENT", default_value_t = crate::defaults::SESSIONS_PER_CLIENT, value_name = "N")]
     pub(super) max_sessions_per_client: usize,
     /// Concurrent sessions per host; more are refused.

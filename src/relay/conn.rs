@@ -140,6 +140,15 @@ async fn refuse(state: &State, conn: &Conn, send: &mut SendStream, refusal: Refu
     conn.close(refusal.reason, &refusal.message);
 }
 
+/// What a client token's session limit is counted by: its id (`jti`), or
+/// its subject when it has none.
+fn token_key(claims: &Claims) -> String {
+    match &claims.jti {
+        Some(jti) => format!("jti {jti}"),
+        None => format!("sub {}", claims.sub),
+    }
+}
+
 /// A connection whose hello was good, with its control stream.
 struct Admitted {
     state: Arc<State>,
@@ -249,7 +258,7 @@ impl Admitted {
         );
         let ended = tokio::select! {
             ended = hold(&state, &conn, &claims, &host) => ended,
-            () = accept_sessions(&state, &conn, &host) => Ended::Shutdown,
+            () = accept_sessions(&state, &conn, &host, token_key(&claims)) => Ended::Shutdown,
         };
         info!(target: LOG_TARGET, host = %host, %remote, reason = %ended, "client disconnected");
     }

@@ -10,22 +10,23 @@ use tracing::{debug, info, warn};
 
 use super::{State, LOG_TARGET};
 use crate::defaults::{HOST_SETUP_TIMEOUT, OPEN_TIMEOUT};
-use crate::limits::{Gauge, GaugeGuard};
+use crate::limits::CountGuard;
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal};
 use crate::splice;
 use crate::transport::{self, Conn, SendStream, Stream};
 
 /// Accepts the session streams a client opens, each in a task of its own,
 /// until the connection closes.
-pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Conn, host: &str) {
+/// `token` names the client's token: its sessions are counted over all of
+/// its connections.
+pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Conn, host: &str, token: String) {
     let remote = conn.remote();
-    let sessions = Gauge::default();
     let limit = state.config.limits.sessions_per_client;
     while let Ok((mut send, recv)) = conn.accept().await {
-        let Some(slot) = sessions.acquire(limit) else {
+        let Some(slot) = state.token_sessions.acquire(token.clone(), limit) else {
             let refusal = Refusal::new(
                 Reason::Limit,
-                format!("too many sessions on this connection (limit {limit})"),
+                format!("too many sessions for this client token (limit {limit})"),
             );
             drop(recv);
             state.metrics.refused(refusal.reason);
@@ -57,7 +58,7 @@ async fn relay_session(
     host: String,
     client: SocketAddr,
     mut client_stream: Stream,
-    _slot: GaugeGuard,
+    _slot: CountGuard<String>,
 ) {
     let started = Instant::now();
     match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.1)).await {
