@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::defaults::{ACCEPT_BACKOFF, CLIENT_SETUP_TIMEOUT, RECONNECT_HOLDOFF, SHUTDOWN_GRACE};
+use crate::memory::Trim;
 use crate::peer::{self, ConnectError, RelayAddr, RelayLink};
 use crate::protocol::Role;
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal};
@@ -229,6 +230,8 @@ pub async fn run(
         warn!("could not connect to relay yet: {err}");
     }
     let tasks = Tasks::new();
+    let trim = Trim::default();
+    tasks.spawn(trim.clone().run(shutdown.clone()));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -245,7 +248,7 @@ pub async fn run(
                     host = tracing::field::Empty
                 )
                 .entered();
-                tasks.spawn(forward(forwarder.clone(), tcp, peer));
+                tasks.spawn(forward(forwarder.clone(), tcp, peer, trim.clone()));
             }
             Err(err) => {
                 // Out of file descriptors and the like: log and go on after
@@ -265,7 +268,7 @@ pub async fn run(
     Ok(())
 }
 
-async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr) {
+async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr, trim: Trim) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
     let opened = match forwarder.open().await {
@@ -281,6 +284,7 @@ async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr) {
     span.record("host", host.as_str());
     info!("session started");
     let t = splice::tcp(tcp, opened.stream).await;
+    trim.session_ended();
     if let Some(refusal) = conn.refusal() {
         warn!("relay closed the connection: {}", refusal.message);
     }

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::clock::fmt_unix;
 use crate::defaults::{DIAL_TIMEOUT, INITIAL_BACKOFF, OPEN_TIMEOUT, SHUTDOWN_GRACE, STABLE_AFTER};
+use crate::memory::Trim;
 use crate::peer::{self, RelayAddr, RelayLink};
 use crate::protocol::Role;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
@@ -69,7 +70,9 @@ impl Backoff {
 /// taking its place included), is made again with backoff.
 pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tasks = Tasks::new();
-    let result = keep_registered(&config, &tasks, &shutdown).await;
+    let trim = Trim::default();
+    tasks.spawn(trim.clone().run(shutdown.clone()));
+    let result = keep_registered(&config, &tasks, &trim, &shutdown).await;
     tasks.shutdown(SHUTDOWN_GRACE).await;
     result
 }
@@ -79,6 +82,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
 async fn keep_registered(
     config: &HostConfig,
     tasks: &Tasks,
+    trim: &Trim,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let target: Arc<str> = config.target.clone().into();
@@ -100,7 +104,7 @@ async fn keep_registered(
                     expires = %fmt_unix(link.expires_at),
                     "registered with relay"
                 );
-                match serve(&link, &target, tasks, shutdown).await {
+                match serve(&link, &target, tasks, trim, shutdown).await {
                     Served::Shutdown => return Ok(()),
                     // Not final: the other connection may hold a stolen or
                     // leaked token, and may go away. Back off and try again
@@ -151,6 +155,7 @@ async fn serve(
     link: &RelayLink,
     target: &Arc<str>,
     tasks: &Tasks,
+    trim: &Trim,
     shutdown: &CancellationToken,
 ) -> Served {
     loop {
@@ -171,14 +176,14 @@ async fn serve(
                     host = %link.host
                 )
                 .entered();
-                tasks.spawn(host_session(target.clone(), stream));
+                tasks.spawn(host_session(target.clone(), stream, trim.clone()));
             }
             Err(closed) => return Served::Closed(closed),
         }
     }
 }
 
-async fn host_session(target: Arc<str>, mut stream: Stream) {
+async fn host_session(target: Arc<str>, mut stream: Stream, trim: Trim) {
     let (session, client) =
         match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.1)).await {
             Ok(Ok(Frame::Open { session, client })) => (session, client.unwrap_or_default()),
@@ -212,6 +217,7 @@ async fn host_session(target: Arc<str>, mut stream: Stream) {
     }
     info!(%client, "session started");
     let t = splice::tcp(tcp, stream).await;
+    trim.session_ended();
     info!(
         %client,
         to_client = t.sent,

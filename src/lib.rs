@@ -16,6 +16,7 @@ pub mod host;
 pub mod id;
 pub mod keys;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod peer;
 pub mod private;

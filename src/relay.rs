@@ -16,7 +16,7 @@ mod session;
 mod throttle;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +24,9 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::defaults::{HELLO_TIMEOUT, MEMORY_TRIM_INTERVAL, SHUTDOWN_GRACE};
+use crate::defaults::{HELLO_TIMEOUT, SHUTDOWN_GRACE};
 use crate::limits::{Counts, Failures, Gauge, Limits, PerAddr};
+use crate::memory::Trim;
 use crate::metrics::{Metrics, Status};
 use crate::protocol::Reason;
 use crate::revoke::RevocationList;
@@ -90,9 +91,8 @@ struct State {
     connections: Gauge,
     /// Connections that completed the QUIC handshake, ever.
     accepted: AtomicU64,
-    /// Set when a session ends: memory may have been freed that the
-    /// allocator could hand back to the system.
-    trim_due: AtomicBool,
+    /// Hands memory back after sessions end.
+    trim: Trim,
     hosts: Arc<Registry>,
     revoked: RevocationList,
     metrics: Metrics,
@@ -126,7 +126,7 @@ impl Relay {
                 failures: Failures::default(),
                 connections: Gauge::default(),
                 accepted: AtomicU64::new(0),
-                trim_due: AtomicBool::new(false),
+                trim: Trim::default(),
                 hosts,
                 revoked,
                 metrics: Metrics::new(),
@@ -162,7 +162,7 @@ impl Relay {
         // Housekeeping lives apart from `tasks`, which counts connections
         // and sessions.
         let housekeeping = Tasks::new();
-        housekeeping.spawn(give_back_memory(state.clone()));
+        housekeeping.spawn(state.trim.clone().run(state.cancel.clone()));
         if state.revoked.has_file() {
             housekeeping.spawn(watch_revocations(state.clone()));
         }
@@ -271,31 +271,5 @@ async fn watch_revocations(state: Arc<State>) {
             Some(Err(err)) => warn!("{err:#}; the previous list stays in force"),
             None => {}
         }
-    }
-}
-
-/// Trims the allocator's free memory after sessions end, until shutdown.
-async fn give_back_memory(state: Arc<State>) {
-    let mut tick = tokio::time::interval(MEMORY_TRIM_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = state.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if state.trim_due.swap(false, Ordering::Relaxed) {
-            // malloc_trim walks the heap: keep it off the async workers.
-            let _ = tokio::task::spawn_blocking(trim_allocator).await;
-        }
-    }
-}
-
-fn trim_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory; it is safe to call at
-    // any time from any thread.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

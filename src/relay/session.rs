@@ -2,7 +2,6 @@
 //! stream on the host's connection, and spliced to it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -171,7 +170,7 @@ async fn relay_session(
         duration = ?started.elapsed(),
         "session ended"
     );
-    state.trim_due.store(true, Ordering::Relaxed);
+    state.trim.session_ended();
 }
 
 /// Counts a session refusal and sends it on the client's stream.
