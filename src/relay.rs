@@ -83,8 +83,11 @@ pub struct RelayHandle {
 /// What every connection and session of the relay shares.
 struct State {
     config: RelayConfig,
-    /// Connections per address still in their handshake or hello.
+    /// Connections per address still in their handshake or hello, from
+    /// addresses that proved themselves (a retry) and from those that did
+    /// not.
     handshakes: PerAddr,
+    unproven: PerAddr,
     /// Refused tokens per address.
     failures: Failures,
     /// Connections open now, authenticated or not.
@@ -123,6 +126,7 @@ impl Relay {
             state: Arc::new(State {
                 config,
                 handshakes: PerAddr::default(),
+                unproven: PerAddr::default(),
                 failures: Failures::default(),
                 connections: Gauge::default(),
                 accepted: AtomicU64::new(0),

@@ -152,7 +152,7 @@ pub enum TokenError {
     #[error("token times are out of range")]
     OutOfRange,
     /// `sub` is not a valid host id, or `hosts` holds an invalid pattern.
-    #[error("token names an invalid host id")]
+    #[error("token names an invalid host id (host ids are 1 to 64 letters, digits, '.', '_' or '-', starting with a letter, digit or '_')")]
     BadHostId,
     /// The header's `kid` names no key of this relay (or there is no `kid`
     /// and the relay has no key for tokens without one).

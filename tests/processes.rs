@@ -320,12 +320,26 @@ async fn after_sigkill_and_a_restart_hosts_and_clients_are_back_within_5_s() {
         args.extend_from_slice(extra);
         Proc::spawn(role, shellrelay(&args))
     };
-    let mut host = peer("host", &tokens[0], &["--target", &target]);
+    // The default keep-alive (4 s) bounds how long an idle agent takes to
+    // hear the new relay's reset; 1 s keeps this test's margin wide on a
+    // loaded machine.
+    let mut host = peer(
+        "host",
+        &tokens[0],
+        &["--target", &target, "--keep-alive", "1s"],
+    );
     host.wait_for_text("registered with relay").await;
-    let mut client = peer("client", &tokens[1], &["--listen", "127.0.0.1:0"]);
+    let mut client = peer(
+        "client",
+        &tokens[1],
+        &["--listen", "127.0.0.1:0", "--keep-alive", "1s"],
+    );
     let line = client.wait_for_text("client forwarder listening").await;
     let listen = addr_field(&line, "listen");
     assert!(echo_once(listen).await, "no session before the crash");
+    // Idle for a moment, so that what brings the agent back is the reset of
+    // a keep-alive, not a retransmission of the session's last packets.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // A crash: no close reaches anyone, and the new relay knows none of the
     // old connections. It is the same relay (port, certificate, key).

@@ -53,7 +53,13 @@ pub(super) fn check_hello(
         Err(err) => {
             let now = Instant::now();
             let limit = state.config.limits.failures_per_addr;
-            if let Some(wait) = state.failures.blocked(ip, limit, now) {
+            // Only tokens that could be guesses are penalised: a
+            // well-signed token that expired is told so.
+            let guess = matches!(err, TokenError::BadSignature | TokenError::Malformed);
+            let blocked = guess
+                .then(|| state.failures.blocked(ip, limit, now))
+                .flatten();
+            if let Some(wait) = blocked {
                 let msg = format!(
                     "too many refused tokens from {ip}; try again in {}s",
                     wait.as_secs() + 1
@@ -64,7 +70,7 @@ pub(super) fn check_hello(
             // Only tokens that could be guesses count towards the limit: a
             // well-signed token that expired (an agent retrying with a stale
             // token) must not penalise everyone behind the same address.
-            if matches!(err, TokenError::BadSignature | TokenError::Malformed) {
+            if guess {
                 state.failures.record(ip, now);
             }
             let reason = match err {

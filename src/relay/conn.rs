@@ -35,25 +35,31 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
     // Under load, or from a network that sent bad tokens, an address must
     // prove it is real (a stateless retry, one round trip) before any TLS
     // work is done for it: a spoofed flood then costs the relay no state.
-    let incoming = if incoming.remote_address_validated() {
-        incoming
-    } else if state.handshakes.total() >= RETRY_ABOVE_HANDSHAKES
-        || state
+    let validated = incoming.remote_address_validated();
+    let limits = &state.config.limits;
+    let under_load = state.handshakes.total() + state.unproven.total() >= RETRY_ABOVE_HANDSHAKES;
+    let penalised = || {
+        state
             .failures
-            .blocked(ip, state.config.limits.failures_per_addr, accepted)
+            .blocked(ip, limits.failures_per_addr, accepted)
             .is_some()
-    {
-        match incoming.retry() {
-            Ok(()) => return,
-            Err(err) => err.into_incoming(),
-        }
-    } else {
-        incoming
     };
-    let Some(handshake) = state
-        .handshakes
-        .acquire(ip, state.config.limits.handshakes_per_addr)
-    else {
+    if !validated && (under_load || penalised()) {
+        return retry(incoming);
+    }
+    // Proven and unproven addresses have slots of their own, so that
+    // Initials with a forged source cannot use up a network's slots: past
+    // its cap an unproven one is asked to prove itself, and only a proven
+    // one over its cap is refused.
+    let slots = if validated {
+        &state.handshakes
+    } else {
+        &state.unproven
+    };
+    let Some(handshake) = slots.acquire(ip, limits.handshakes_per_addr) else {
+        if !validated {
+            return retry(incoming);
+        }
         debug!(target: LOG_TARGET, "too many handshakes from this address; refusing");
         incoming.refuse();
         return;
@@ -77,6 +83,14 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
             }
         };
     serve(state, conn, ip, handshake, accepted).await;
+}
+
+/// Asks `incoming` to prove its address with a stateless retry.
+fn retry(incoming: quinn::Incoming) {
+    if let Err(err) = incoming.retry() {
+        // Only an address that is already validated cannot be retried.
+        err.into_incoming().ignore();
+    }
 }
 
 /// A connection from the moment its transport is up: reads the hello and
@@ -143,8 +157,10 @@ async fn refuse(state: &State, conn: &Conn, send: &mut SendStream, refusal: Refu
 /// What a client token's session limit is counted by: its id (`jti`), or
 /// its subject when it has none.
 fn token_key(claims: &Claims) -> String {
+    // With the subject too, so that two issuers' token ids cannot collide
+    // unless their subjects do.
     match &claims.jti {
-        Some(jti) => format!("jti {jti}"),
+        Some(jti) => format!("jti {jti} sub {}", claims.sub),
         None => format!("sub {}", claims.sub),
     }
 }
