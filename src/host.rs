@@ -87,8 +87,12 @@ async fn keep_registered(
 ) -> anyhow::Result<()> {
     let target: Arc<str> = config.target.clone().into();
     let mut backoff = Backoff::new(config.max_backoff);
+    let mut displaced = false;
     loop {
-        let connect = peer::connect(&config.relay, &config.token, Role::Host, None);
+        // Once another connection took this host's place, take it back only
+        // when that one has left: two agents with one id do not evict each
+        // other (and their sessions) in turns.
+        let connect = peer::connect_with(&config.relay, &config.token, Role::Host, None, displaced);
         let attempt = tokio::select! {
                         biased;
             _ = shutdown.cancelled() => return Ok(()),
@@ -96,6 +100,7 @@ async fn keep_registered(
         };
         match attempt {
             Ok(link) => {
+                displaced = false;
                 let started = Instant::now();
                 info!(
                     host = %link.host,
@@ -107,14 +112,14 @@ async fn keep_registered(
                 match serve(&link, &target, tasks, trim, shutdown).await {
                     Served::Shutdown => return Ok(()),
                     // Not final: the other connection may hold a stolen or
-                    // leaked token, and may go away. Back off and try again
-                    // (which takes the place back), without resetting the
-                    // backoff, so that two agents with one id alternate slowly.
+                    // leaked token, and may go away. Back off and register
+                    // again once it has, without resetting the backoff.
                     Served::Closed(Closed::Peer(refusal)) if refusal.reason == Reason::Replaced => {
                         warn!(
-                            "{}; is another host agent running with this host id, or has its token leaked?",
+                            "{}; is another host agent running with this host id, or has its token leaked? Registering again once it leaves",
                             refusal.message
                         );
+                        displaced = true;
                     }
                     Served::Closed(closed) => {
                         match closed {
@@ -128,6 +133,11 @@ async fn keep_registered(
                         }
                     }
                 }
+            }
+            Err(err)
+                if displaced && err.refusal().is_some_and(|r| r.reason == Reason::Replaced) =>
+            {
+                info!("{err}")
             }
             Err(err) => warn!("could not register with relay: {err}"),
         }

@@ -134,6 +134,18 @@ pub async fn connect(
     role: Role,
     host: Option<&str>,
 ) -> Result<RelayLink, ConnectError> {
+    connect_with(relay, token, role, host, false).await
+}
+
+/// [`connect`], and for a host whether to leave another connection
+/// registered for its id in place (`keep_other`, see [`Frame::Hello`]).
+pub async fn connect_with(
+    relay: &RelayAddr,
+    token: &TokenSource,
+    role: Role,
+    host: Option<&str>,
+    keep_other: bool,
+) -> Result<RelayLink, ConnectError> {
     let token = token.load().map_err(ConnectError::setup)?;
     let config = tls::client_config(&relay.trust, relay.transport).map_err(ConnectError::setup)?;
     let addr = relay.resolve().await.map_err(ConnectError::setup)?;
@@ -163,6 +175,7 @@ pub async fn connect(
             role,
             token: Jwt(token),
             host: host.map(str::to_owned),
+            keep_other,
         };
         let answer = async {
             write_frame(&mut send, &hello).await?;

@@ -122,14 +122,20 @@ fn arb_u64() -> BoxedStrategy<u64> {
 
 fn arb_frame() -> BoxedStrategy<Frame> {
     prop_oneof![
-        (any::<u32>(), arb_role(), text(), prop::option::of(text())).prop_map(
-            |(version, role, token, host)| Frame::Hello {
+        (
+            any::<u32>(),
+            arb_role(),
+            text(),
+            prop::option::of(text()),
+            any::<bool>()
+        )
+            .prop_map(|(version, role, token, host, keep_other)| Frame::Hello {
                 version,
                 role,
                 token: Jwt(token),
                 host,
-            }
-        ),
+                keep_other,
+            }),
         (text(), arb_role(), arb_u64()).prop_map(|(host, role, expires_at)| Frame::Welcome {
             host,
             role,

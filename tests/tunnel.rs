@@ -364,8 +364,32 @@ async fn a_replaced_host_agent_keeps_trying_and_serves_again_once_the_other_leav
         }
     })
     .await;
-    // The thief serves no sessions; once it leaves, the real agent, which
-    // never stopped trying, is registered again and sessions work.
+    // The real agent keeps trying, but leaves the other connection in place
+    // (two agents with one id must not evict each other in turns): the
+    // relay refuses it, and the other connection stays.
+    within(WAIT, "the agent's attempt to be refused", async {
+        while !tunnel
+            .registry
+            .metrics()
+            .lines()
+            .any(|l| l.starts_with("shellrelay_refusals_total{reason=\"replaced\"}"))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        thief.conn.close_reason().is_none(),
+        "the agent evicted the other connection"
+    );
+    assert!(tunnel
+        .registry
+        .metrics()
+        .lines()
+        .any(|l| l == "shellrelay_host_replacements_total 1"));
+    // The other connection serves no sessions; once it leaves, the real
+    // agent, which never stopped trying, is registered again and sessions
+    // work.
     thief.close(Reason::Done, "leaving").await;
     drop(thief);
     let (client, _client) = tunnel

@@ -69,6 +69,12 @@ pub enum Frame {
         /// For clients: the host to reach (defaults to the token's `sub`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host: Option<String>,
+        /// For hosts: leave another connection registered for this host id
+        /// in place and be refused ([`Reason::Replaced`]) instead of taking
+        /// its place. A host agent whose place was taken says so, and waits
+        /// for the other to leave rather than taking the place back.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_other: bool,
     },
     /// The relay accepted a hello.
     Welcome {
@@ -205,6 +211,14 @@ mod tests {
                 role: Role::Client,
                 token: "a.b.c".into(),
                 host: Some("lab1".into()),
+                keep_other: false,
+            },
+            Frame::Hello {
+                version: VERSION,
+                role: Role::Host,
+                token: "a.b.c".into(),
+                host: None,
+                keep_other: true,
             },
             Frame::Welcome {
                 host: "lab1".into(),
@@ -261,6 +275,7 @@ mod tests {
             role: Role::Host,
             token: "eyJhbGciOiJIUzI1NiJ9.secret.sig".into(),
             host: None,
+            keep_other: false,
         };
         assert!(!format!("{hello:?}").contains("eyJ"), "{hello:?}");
     }

@@ -17,6 +17,8 @@ pub(super) struct Hello {
     pub role: Role,
     pub claims: Claims,
     pub host: Option<String>,
+    /// For a host: leave another registration of its id in place.
+    pub keep_other: bool,
 }
 
 /// The hello in `frame`, if its version and token are good, or why it is
@@ -26,13 +28,14 @@ pub(super) fn check_hello(
     ip: IpAddr,
     frame: Result<Frame, FrameError>,
 ) -> Result<Hello, Refusal> {
-    let (role, token, host) = match frame {
+    let (role, token, host, keep_other) = match frame {
         Ok(Frame::Hello {
             version: VERSION,
             role,
             token,
             host,
-        }) => (role, token, host),
+            keep_other,
+        }) => (role, token, host, keep_other),
         Ok(Frame::Hello { version, .. }) => {
             let msg = format!(
                 "protocol version {version} is not supported (this relay speaks {VERSION})"
@@ -49,7 +52,12 @@ pub(super) fn check_hello(
     {
         // A good token is let in however many bad ones its address sent:
         // an office or a carrier-grade NAT puts many people behind one.
-        Ok(claims) => Ok(Hello { role, claims, host }),
+        Ok(claims) => Ok(Hello {
+            role,
+            claims,
+            host,
+            keep_other,
+        }),
         Err(err) => {
             let now = Instant::now();
             let limit = state.config.limits.failures_per_addr;

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::admit::{check_hello, client_host, revoked};
 use super::hold::{hold, Ended};
-use super::registry::Full;
+use super::registry::Refused;
 use super::session::accept_sessions;
 use super::throttle;
 use super::{State, LOG_TARGET};
@@ -140,7 +140,7 @@ async fn serve(
         handshake: Some(handshake),
     };
     match hello.role {
-        Role::Host => peer.serve_host(hello.claims).await,
+        Role::Host => peer.serve_host(hello.claims, hello.keep_other).await,
         Role::Client => peer.serve_client(hello.claims, hello.host).await,
     }
 }
@@ -193,7 +193,7 @@ impl Admitted {
         matches!(sent, Ok(Ok(())))
     }
 
-    async fn serve_host(mut self, claims: Claims) {
+    async fn serve_host(mut self, claims: Claims, keep_other: bool) {
         let id = claims.sub.clone();
         if let Some(refusal) = revoked(&self.state, &claims, &id) {
             return self.refuse(refusal).await;
@@ -202,12 +202,22 @@ impl Admitted {
         let remote = self.conn.remote();
         // Unregisters on every way out of here, a panic included.
         let (_registration, replaced) =
-            match state.hosts.register(&id, self.conn.clone(), unix_now()) {
+            match state
+                .hosts
+                .register(&id, self.conn.clone(), unix_now(), keep_other)
+            {
                 Ok(registered) => registered,
-                Err(Full(max)) => {
+                Err(Refused::Full(max)) => {
                     let message = format!("relay is at its limit of {max} hosts");
                     warn!(target: LOG_TARGET, host = %id, "refused host: {message}");
                     return self.refuse(Refusal::new(Reason::Limit, message)).await;
+                }
+                Err(Refused::Taken) => {
+                    let message = format!(
+                        "host {id} is registered by another connection; waiting for it to leave"
+                    );
+                    info!(target: LOG_TARGET, host = %id, %remote, "refused host: id taken");
+                    return self.refuse(Refusal::new(Reason::Replaced, message)).await;
                 }
             };
         self.handshake = None;

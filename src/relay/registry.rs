@@ -39,9 +39,14 @@ pub(super) struct Host {
     pub stats: Arc<HostStats>,
 }
 
-/// The registry is at its limit of hosts.
+/// Why a host could not register.
 #[derive(Debug)]
-pub(super) struct Full(pub usize);
+pub(super) enum Refused {
+    /// The registry is at its limit of hosts.
+    Full(usize),
+    /// Another connection holds the id, and the newcomer asked to leave it.
+    Taken,
+}
 
 /// A host's place in the registry, given up when dropped unless a newer
 /// connection has taken it over.
@@ -70,18 +75,22 @@ impl Registry {
 
     /// Registers `conn` as host `id` since `since` (Unix seconds). Returns
     /// the guard and the connection it replaced, if any; refuses a new id
-    /// when the registry is full.
+    /// when the registry is full, and a taken id when `keep_other`.
     pub fn register(
         self: &Arc<Self>,
         id: &str,
         conn: Conn,
         since: u64,
-    ) -> Result<(Registration, Option<Conn>), Full> {
+        keep_other: bool,
+    ) -> Result<(Registration, Option<Conn>), Refused> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let replaced = {
             let mut hosts = self.lock();
+            if keep_other && hosts.contains_key(id) {
+                return Err(Refused::Taken);
+            }
             if hosts.len() >= self.max && !hosts.contains_key(id) {
-                return Err(Full(self.max));
+                return Err(Refused::Full(self.max));
             }
             let host = Host {
                 conn,
