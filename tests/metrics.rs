@@ -348,3 +348,37 @@ async fn garbage_and_oversized_requests_leave_the_relay_serving() {
     assert_eq!(status.hosts.len(), 1, "{status:?}");
     echo_roundtrip(client, 9, 10_000).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_limit_is_exactly_8_kib() {
+    let tunnel = tunnel().await;
+    let addr = metrics_addr(&tunnel);
+    // A head of exactly MAX_REQUEST bytes, its blank line included, is
+    // served; one byte more is refused.
+    let head_of = |len: usize| {
+        let mut head = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
+        head.resize(len - 4, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        head
+    };
+    let limit = shellrelay::status::MAX_REQUEST;
+    assert_eq!(exchange(addr, &head_of(limit)).await.code, 200);
+    assert_eq!(exchange(addr, &head_of(limit + 1)).await.code, 431);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_from_one_address_cannot_starve_scrapes() {
+    let tunnel = tunnel().await;
+    let addr = metrics_addr(&tunnel);
+    // More silent connections than the endpoint serves at once, all from
+    // one address (127.0.0.2, on loopback as well).
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        silent.push(socket.connect(addr).await.unwrap());
+    }
+    // A scrape from elsewhere is still answered while they hold.
+    assert_eq!(get(addr, "/metrics").await.code, 200);
+    drop(silent);
+}

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::defaults::{ACCEPT_BACKOFF, REQUEST_LINGER, REQUEST_TIMEOUT};
-use crate::limits::Gauge;
+use crate::limits::{Gauge, PerAddr};
 use crate::metrics::CONTENT_TYPE;
 use crate::relay::RelayHandle;
 use crate::tasks::Tasks;
@@ -30,6 +30,11 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Most connections served at once; more are closed unanswered, so a flood
 /// of connections cannot hold the relay's memory or file descriptors.
 pub const MAX_CONNECTIONS: usize = 32;
+
+/// Most connections served at once from one address (an IPv4 address or
+/// an IPv6 /64): a client that opens many and says nothing holds only
+/// these, and scrapes from elsewhere are still answered.
+pub const MAX_CONNECTIONS_PER_ADDR: usize = 4;
 
 /// Binds the endpoint's TCP socket on `addr` (port 0 picks a free port);
 /// returns it with the address it got. Must be called inside the runtime.
@@ -64,6 +69,7 @@ async fn serve_on(
     tasks: &Tasks,
 ) {
     let open = Gauge::default();
+    let per_addr = PerAddr::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -81,6 +87,12 @@ async fn serve_on(
                 }
             }
         };
+        // Per address first, so that one slow or hostile client cannot
+        // take every slot and starve the scrapes.
+        let Some(addr_slot) = per_addr.acquire(remote.ip(), MAX_CONNECTIONS_PER_ADDR) else {
+            debug!(%remote, "too many metrics connections from this address; closing");
+            continue;
+        };
         let Some(slot) = open.acquire(MAX_CONNECTIONS) else {
             debug!(%remote, "too many metrics connections; closing");
             continue;
@@ -88,7 +100,7 @@ async fn serve_on(
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
         let _span = tracing::debug_span!("metrics", %remote).entered();
         tasks.spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, addr_slot);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {}
@@ -158,7 +170,13 @@ async fn read_head(tcp: &mut TcpStream) -> Result<Vec<u8>, Head> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     loop {
-        let n = tcp.read(&mut buf).await.map_err(|_| Head::Closed)?;
+        // Never past the limit: a head ends within its first MAX_REQUEST
+        // bytes, blank line included, or it is too large.
+        let room = (MAX_REQUEST - head.len()).min(buf.len());
+        if room == 0 {
+            return Err(Head::TooLarge);
+        }
+        let n = tcp.read(&mut buf[..room]).await.map_err(|_| Head::Closed)?;
         if n == 0 {
             return Err(Head::Closed);
         }
@@ -168,9 +186,6 @@ async fn read_head(tcp: &mut TcpStream) -> Result<Vec<u8>, Head> {
         if let Some(end) = head_end(&head[from..]) {
             head.truncate(from + end);
             return Ok(head);
-        }
-        if head.len() > MAX_REQUEST {
-            return Err(Head::TooLarge);
         }
     }
 }
