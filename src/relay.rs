@@ -50,7 +50,7 @@ pub struct RelayConfig {
     /// Revoked token and host ids ([`crate::revoke`]); none by default.
     pub revocation_file: Option<std::path::PathBuf>,
     /// The endpoint's configuration; by default a random stateless-reset
-    /// key, which [`crate::tls::endpoint_config`] replaces with one that
+    /// key, which [`crate::transport::quic::endpoint_config`] replaces with one that
     /// survives restarts.
     pub endpoint: quinn::EndpointConfig,
 }

@@ -164,17 +164,7 @@ async fn every_role_stops_gracefully_and_the_relay_says_why() {
     .expect("write token");
     make_private(&client_token);
     let peer = |role: &'static str, token: &Path, extra: &[&str]| {
-        let mut args = vec![
-            role,
-            "--relay",
-            &relay_at,
-            "--relay-cert",
-            path_str(&cert),
-            "--token-file",
-            path_str(token),
-        ];
-        args.extend_from_slice(extra);
-        Proc::spawn(role, shellrelay(&args))
+        spawn_peer(role, &relay_at, &cert, token, extra)
     };
     let mut host = peer("host", &host_token, &["--target", "127.0.0.1:9"]);
     host.wait_for_text("registered with relay").await;
@@ -308,17 +298,7 @@ async fn after_sigkill_and_a_restart_hosts_and_clients_are_back_within_5_s() {
         tokens.push(path);
     }
     let peer = |role: &'static str, token: &Path, extra: &[&str]| {
-        let mut args = vec![
-            role,
-            "--relay",
-            &relay_at,
-            "--relay-cert",
-            path_str(&cert),
-            "--token-file",
-            path_str(token),
-        ];
-        args.extend_from_slice(extra);
-        Proc::spawn(role, shellrelay(&args))
+        spawn_peer(role, &relay_at, &cert, token, extra)
     };
     // The default keep-alive (4 s) bounds how long an idle agent takes to
     // hear the new relay's reset; 1 s keeps this test's margin wide on a
@@ -559,4 +539,20 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
+}
+
+/// Starts `role` (`host` or `client`) as a process reaching the relay at
+/// `relay` with its certificate `cert` and the token in `token`.
+fn spawn_peer(role: &str, relay: &str, cert: &Path, token: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        role,
+        "--relay",
+        relay,
+        "--relay-cert",
+        path_str(cert),
+        "--token-file",
+        path_str(token),
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(role, shellrelay(&args))
 }

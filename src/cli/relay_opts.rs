@@ -152,7 +152,7 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     } else {
         info!(cert = %opt.cert.display(), %fingerprint, "loaded certificate");
     }
-    let endpoint = tls::endpoint_config(&identity);
+    let endpoint = crate::transport::quic::endpoint_config(&identity);
     let server = tls::server_config(identity, opt.transport.options()?)?;
     let config = relay::RelayConfig {
         verifier: Verifier::with_keys(keys, &opt.audience),

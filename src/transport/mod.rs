@@ -5,6 +5,8 @@
 //! far. Each type is an enum over the transports, so a call costs one
 //! match and the QUIC path keeps quinn's zero-copy chunk API.
 
+pub mod quic;
+
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
