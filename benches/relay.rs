@@ -6,7 +6,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -16,8 +15,8 @@ use shellrelay::peer::{self, RelayAddr};
 use shellrelay::protocol::Role;
 use shellrelay::tls::{TransportOptions, Trust};
 use shellrelay::token::{self, Claims, TokenSource};
-use support::bin::{make_private, path_str, shellrelay};
-use support::proc::{field, Proc};
+use support::bin::{make_private, path_str, peer_args, shellrelay};
+use support::proc::{field, rss_kib, Proc};
 use support::sshd::{user, Sshd};
 use support::HOUR;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -288,35 +287,10 @@ fn spawn(name: &str, args: &[&str]) -> Proc {
     Proc::spawn(name, cmd)
 }
 
-/// The arguments of a host agent or client forwarder (`role`) for the
-/// relay at `relay` with certificate `cert`, with the token in `token`.
-fn peer_args<'a>(role: &'a str, relay: &'a str, cert: &'a Path, token: &'a Path) -> Vec<&'a str> {
-    vec![
-        role,
-        "--relay",
-        relay,
-        "--relay-cert",
-        path_str(cert),
-        "--token-file",
-        path_str(token),
-    ]
-}
-
 /// The value of `key=` in the next log line of `proc` containing `needle`.
 async fn logged(proc: &mut Proc, needle: &str, key: &str) -> String {
     let line = proc.wait_for_text(needle).await;
     field(&line, key).unwrap_or_default().to_owned()
-}
-
-/// Resident set size of `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// User plus system CPU seconds of `pid`.

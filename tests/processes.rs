@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use support::bin::*;
-use support::proc::{addr_field, field, Proc};
+use support::proc::{addr_field, field, rss_kib, Proc};
 use support::WAIT;
 use tokio::io::AsyncReadExt;
 
@@ -531,28 +531,10 @@ async fn the_host_agent_gives_memory_back_after_stalled_sessions_end() {
     assert!(status.success(), "{status}:\n{}", host.log());
 }
 
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// Starts `role` (`host` or `client`) as a process reaching the relay at
 /// `relay` with its certificate `cert` and the token in `token`.
 fn spawn_peer(role: &str, relay: &str, cert: &Path, token: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        role,
-        "--relay",
-        relay,
-        "--relay-cert",
-        path_str(cert),
-        "--token-file",
-        path_str(token),
-    ];
+    let mut args = peer_args(role, relay, cert, token);
     args.extend_from_slice(extra);
     Proc::spawn(role, shellrelay(&args))
 }

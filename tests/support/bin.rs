@@ -210,3 +210,22 @@ pub async fn start_relay_with(dir: &Path, secret: &Path, extra: &[&str]) -> (Pro
     assert_ne!(addr.port(), 0, "{line}");
     (relay, addr)
 }
+
+/// The arguments of a host agent or client forwarder (`role`) for the
+/// relay at `relay` with certificate `cert`, with the token in `token`.
+pub fn peer_args<'a>(
+    role: &'a str,
+    relay: &'a str,
+    cert: &'a Path,
+    token: &'a Path,
+) -> Vec<&'a str> {
+    vec![
+        role,
+        "--relay",
+        relay,
+        "--relay-cert",
+        path_str(cert),
+        "--token-file",
+        path_str(token),
+    ]
+}

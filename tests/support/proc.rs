@@ -206,3 +206,14 @@ pub fn addr_field(line: &str, key: &str) -> std::net::SocketAddr {
         .parse()
         .unwrap_or_else(|e| panic!("{key}= in {line:?} is not an address: {e}"))
 }
+
+/// Resident set size of `pid`, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
