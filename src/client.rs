@@ -283,8 +283,9 @@ async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr, tr
     span.record("session", session);
     span.record("host", host.as_str());
     info!("session started");
+    let live = trim.session();
     let t = splice::tcp(tcp, opened.stream).await;
-    trim.session_ended();
+    drop(live);
     if let Some(refusal) = conn.refusal() {
         warn!("relay closed the connection: {}", refusal.message);
     }

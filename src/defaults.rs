@@ -53,6 +53,28 @@ pub const SESSIONS_PER_CLIENT: usize = 1024;
 /// Concurrent sessions to one host.
 pub const SESSIONS_PER_HOST: usize = 4096;
 
+/// Connections that have not finished their hello, from every address
+/// together: past this, a connection attempt is refused before any TLS
+/// work. With [`HANDSHAKES_PER_ADDR`], keeping everyone else out takes 64
+/// networks; each such connection holds at most a pre-authentication
+/// window ([`crate::tls::PRE_AUTH_WINDOW`]).
+pub const MAX_HANDSHAKES: usize = 1024;
+
+/// Connection attempts quinn holds before the relay has looked at them.
+pub const MAX_INCOMING: usize = 4096;
+
+/// Datagrams quinn holds for one connection attempt before the relay has
+/// accepted it: room for a client's first flight, which is a few Initials.
+pub const INCOMING_BUFFER: u64 = 16 * 1024;
+
+/// Datagrams quinn holds for all connection attempts not yet accepted.
+pub const INCOMING_BUFFER_TOTAL: u64 = 8 * 1024 * 1024;
+
+/// Payload the relay may hold buffered, all sessions and connections
+/// together (`--max-buffered`): the relay admits no more sessions than
+/// fit ([`crate::relay::budget::max_sessions`]). Sized for a small server.
+pub const MAX_BUFFERED: u64 = 1024 * 1024 * 1024;
+
 /// Connections from one IP address that have not finished their hello
 /// (handshake or token check under way).
 pub const HANDSHAKES_PER_ADDR: usize = 16;

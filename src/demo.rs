@@ -29,10 +29,9 @@ pub async fn run(
     let secret = Secret::generate();
     let identity = tls::self_signed(&["localhost".into(), "127.0.0.1".into()])?;
     let trust = Trust::Pinned(identity.chain.clone());
-    let server = tls::server_config(identity, TransportOptions::default())?;
     let relay = Relay::bind(
         (std::net::Ipv4Addr::LOCALHOST, 0).into(),
-        server,
+        identity,
         RelayConfig::new(Verifier::new(&secret, crate::defaults::AUDIENCE)),
     )?;
     let relay_addr = relay.local_addr()?;

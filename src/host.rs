@@ -226,8 +226,9 @@ async fn host_session(target: Arc<str>, mut stream: Stream, trim: Trim) {
         return;
     }
     info!(%client, "session started");
+    let live = trim.session();
     let t = splice::tcp(tcp, stream).await;
-    trim.session_ended();
+    drop(live);
     info!(
         %client,
         to_client = t.sent,

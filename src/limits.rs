@@ -5,8 +5,8 @@
 //! IPv6 host commonly holds a whole /64.
 
 use crate::defaults::{
-    FAILURES_PER_ADDR, FAILURE_WINDOW, HANDSHAKES_PER_ADDR, MAX_HOSTS, SESSIONS_PER_CLIENT,
-    SESSIONS_PER_HOST,
+    FAILURES_PER_ADDR, FAILURE_WINDOW, HANDSHAKES_PER_ADDR, MAX_BUFFERED, MAX_HOSTS,
+    SESSIONS_PER_CLIENT, SESSIONS_PER_HOST,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,6 +32,9 @@ pub struct Limits {
     pub max_hosts: usize,
     /// Refused tokens per IP address per minute.
     pub failures_per_addr: u32,
+    /// Bytes of payload the relay may hold buffered, in all; it admits no
+    /// more sessions than fit ([`crate::relay::budget`]).
+    pub max_buffered: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             handshakes_per_addr: HANDSHAKES_PER_ADDR,
             max_hosts: MAX_HOSTS,
             failures_per_addr: FAILURES_PER_ADDR,
+            max_buffered: MAX_BUFFERED,
         }
     }
 }

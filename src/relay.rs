@@ -9,6 +9,7 @@
 //! `session` sets up and splices each session.
 
 mod admit;
+pub mod budget;
 mod conn;
 mod hold;
 mod registry;
@@ -31,6 +32,7 @@ use crate::metrics::{Metrics, Status};
 use crate::protocol::Reason;
 use crate::revoke::RevocationList;
 use crate::tasks::Tasks;
+use crate::tls::{Identity, TransportOptions};
 use crate::token::Verifier;
 use registry::Registry;
 
@@ -43,8 +45,10 @@ const LOG_TARGET: &str = module_path!();
 pub struct RelayConfig {
     /// Checks tokens.
     pub verifier: Verifier,
-    /// Caps on sessions, hosts and attempts.
+    /// Caps on sessions, hosts, attempts and buffered payload.
     pub limits: Limits,
+    /// Keep-alive, idle timeout and stream window of its connections.
+    pub transport: TransportOptions,
     /// Longest wait for a hello (default [`HELLO_TIMEOUT`]).
     pub hello_timeout: Duration,
     /// Revoked token and host ids ([`crate::revoke`]); none by default.
@@ -61,6 +65,7 @@ impl RelayConfig {
         RelayConfig {
             verifier,
             limits: Limits::default(),
+            transport: TransportOptions::default(),
             hello_timeout: HELLO_TIMEOUT,
             revocation_file: None,
             endpoint: quinn::EndpointConfig::default(),
@@ -92,6 +97,10 @@ struct State {
     failures: Failures,
     /// Connections open now, authenticated or not.
     connections: Gauge,
+    /// Sessions now, set up or running, over every connection, and the
+    /// most there may be ([`budget::max_sessions`]).
+    sessions: Gauge,
+    max_sessions: usize,
     /// Connections that completed the QUIC handshake, ever.
     accepted: AtomicU64,
     /// Hands memory back after sessions end.
@@ -108,19 +117,24 @@ struct State {
     /// Warnings a peer can cause at will, summarised.
     hello_timeouts: throttle::Throttle,
     bad_tokens: throttle::Throttle,
+    handshakes_full: throttle::Throttle,
     cancel: CancellationToken,
 }
 
 impl Relay {
-    /// Binds the relay's UDP socket on `addr` (port 0 picks a free port).
+    /// Binds the relay's UDP socket on `addr` (port 0 picks a free port),
+    /// serving with `identity`.
     pub fn bind(
         addr: SocketAddr,
-        server: quinn::ServerConfig,
+        identity: Identity,
         config: RelayConfig,
     ) -> anyhow::Result<Relay> {
         let revoked = RevocationList::open(config.revocation_file.clone())?;
+        let server = crate::tls::server_config(identity, config.transport)?;
         let endpoint = crate::tls::bind_endpoint_with(addr, config.endpoint.clone(), Some(server))?;
-        let hosts = Arc::new(Registry::new(config.limits.max_hosts));
+        let window = config.transport.stream_window;
+        let hosts = Arc::new(Registry::new(config.limits.max_hosts, window));
+        let max_sessions = budget::max_sessions(config.limits.max_buffered, window);
         Ok(Relay {
             endpoint,
             state: Arc::new(State {
@@ -129,6 +143,8 @@ impl Relay {
                 unproven: PerAddr::default(),
                 failures: Failures::default(),
                 connections: Gauge::default(),
+                sessions: Gauge::default(),
+                max_sessions,
                 accepted: AtomicU64::new(0),
                 trim: Trim::default(),
                 hosts,
@@ -139,6 +155,7 @@ impl Relay {
                 tasks: Tasks::new(),
                 hello_timeouts: Default::default(),
                 bad_tokens: Default::default(),
+                handshakes_full: Default::default(),
                 cancel: CancellationToken::new(),
             }),
         })
@@ -162,7 +179,11 @@ impl Relay {
     /// with [`Reason::ShuttingDown`].
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Relay { endpoint, state } = self;
-        info!(addr = %endpoint.local_addr()?, "relay listening");
+        info!(
+            addr = %endpoint.local_addr()?,
+            max_sessions = state.max_sessions,
+            "relay listening"
+        );
         // Housekeeping lives apart from `tasks`, which counts connections
         // and sessions.
         let housekeeping = Tasks::new();
@@ -213,6 +234,12 @@ impl RelayHandle {
             .into_iter()
             .map(|h| h.id)
             .collect()
+    }
+
+    /// Sessions now, set up or running, and the most the relay's memory
+    /// budget allows.
+    pub fn sessions(&self) -> (usize, usize) {
+        (self.state.sessions.get(), self.state.max_sessions)
     }
 
     /// Connections open now, authenticated or not.

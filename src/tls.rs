@@ -11,7 +11,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use crate::defaults::{IDLE_TIMEOUT, KEEP_ALIVE};
+use crate::defaults::{
+    IDLE_TIMEOUT, INCOMING_BUFFER, INCOMING_BUFFER_TOTAL, KEEP_ALIVE, MAX_INCOMING,
+};
 use crate::private::{self, Existing};
 use crate::protocol::ALPN;
 
@@ -20,17 +22,21 @@ use crate::protocol::ALPN;
 /// connection without waiting.
 pub const MAX_STREAMS: u32 = 16_384;
 
-/// Per-stream receive window: one session at 1 Gbit/s over a 30 ms round
-/// trip. It is also what one stalled session (an ssh client that stops
-/// reading) can hold buffered at each hop.
-pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Default per-stream receive window (`--stream-window`). One session
+/// moves at most a window per round trip of each hop: 512 KiB carries
+/// 100 Mbit/s over hops of 20 ms round trip (85 Mbit/s at 40 ms; 1 MiB
+/// reaches 96). It also bounds what a stalled session (an ssh client that
+/// stops reading) holds at each hop: quinn keeps received packets whole
+/// and compacts a stream's buffer only past 1.5 times its data, so up to
+/// 2.5 windows of memory. README "Limits" has the measured trade-off.
+pub const STREAM_WINDOW: u32 = 512 * 1024;
 
-/// Send buffer per connection, shared by its sessions: never the binding
-/// limit. With a smaller shared buffer the first sessions to fill it keep
-/// it, and the rest of a busy connection's sessions starve. What a session
-/// can have buffered is already capped by the peer's stream window, so
-/// memory stays bounded by the stream window times the session limit.
-pub const SEND_WINDOW: u64 = STREAM_WINDOW as u64 * MAX_STREAMS as u64;
+/// Smallest stream window accepted: a protocol frame and its length must
+/// fit in one.
+pub const MIN_STREAM_WINDOW: u32 = 64 * 1024;
+
+/// Largest stream window accepted: 1 Gbit/s over a 500 ms round trip.
+pub const MAX_STREAM_WINDOW: u32 = 64 * 1024 * 1024;
 
 /// File name of the relay's certificate in the directory `certs` writes.
 pub const CERT_FILE: &str = "relay.crt";
@@ -176,12 +182,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Transport settings shared by every role.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportOptions {
     /// Interval of keep-alive packets.
     pub keep_alive: Duration,
     /// Silence after which a connection is considered dead.
     pub idle_timeout: Duration,
+    /// Per-stream receive window, bytes ([`STREAM_WINDOW`]).
+    pub stream_window: u32,
 }
 
 impl Default for TransportOptions {
@@ -189,22 +197,29 @@ impl Default for TransportOptions {
         TransportOptions {
             keep_alive: KEEP_ALIVE,
             idle_timeout: IDLE_TIMEOUT,
+            stream_window: STREAM_WINDOW,
         }
     }
 }
 
 /// The quinn transport configuration for `opts`.
 pub fn transport_config(opts: TransportOptions) -> anyhow::Result<quinn::TransportConfig> {
+    let window = opts
+        .stream_window
+        .clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW);
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window(STREAM_WINDOW.into())
+        .stream_receive_window(window.into())
         // No connection-level cap: with one, sessions whose readers stall
         // would use up the shared window and freeze every other session on
         // the connection. Memory stays bounded by the stream window times
         // the session limit.
         .receive_window(quinn::VarInt::MAX)
-        .send_window(SEND_WINDOW)
+        // A window per stream: a session never waits for buffer that
+        // another holds. The relay gives each connection one window per
+        // session instead ([`crate::relay::budget`]).
+        .send_window(u64::from(window) * u64::from(MAX_STREAMS))
         // No DATAGRAM frames: nothing here reads them, so a peer (even one
         // without a token) could fill a buffer nobody drains.
         .datagram_receive_buffer_size(None)
@@ -300,8 +315,20 @@ pub fn server_config(
     let mut transport = transport_config(opts)?;
     transport
         .max_concurrent_bidi_streams(1u32.into())
-        .receive_window(PRE_AUTH_WINDOW.into());
+        .receive_window(PRE_AUTH_WINDOW.into())
+        // The control stream's share; sessions add theirs.
+        .send_window(
+            opts.stream_window
+                .clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW)
+                .into(),
+        );
     config.transport_config(Arc::new(transport));
+    // Datagrams of connection attempts not yet accepted: a few Initials
+    // each, and a bound on all of them ([`INCOMING_BUFFER_TOTAL`]).
+    config
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     Ok(config)
 }
 

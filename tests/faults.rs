@@ -231,6 +231,7 @@ async fn a_host_whose_network_vanishes_is_unregistered_within_the_idle_timeout()
     let transport = TransportOptions {
         keep_alive: Duration::from_millis(300),
         idle_timeout: Duration::from_secs(2),
+        ..TransportOptions::default()
     };
     let rig = rig(transport).await;
     echo_roundtrip(rig.client, 1, 64 << 10).await;

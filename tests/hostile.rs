@@ -221,6 +221,66 @@ async fn sessions_over_the_per_client_limit_are_refused_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_admits_no_more_sessions_than_its_memory_budget_holds() {
+    use shellrelay::relay::budget::{PRE_HELLO_RESERVE, WINDOWS_PER_SESSION};
+    // Room for three sessions of four stream windows each, over every
+    // client token together.
+    let window = u64::from(shellrelay::tls::STREAM_WINDOW);
+    let budget = PRE_HELLO_RESERVE + 3 * WINDOWS_PER_SESSION * window + window;
+    let tunnel = Tunnel::start_with(|c| c.limits.max_buffered = budget).await;
+    assert_eq!(tunnel.registry.sessions(), (0, 3));
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let forwarder = |user: &str| {
+        let mut claims = shellrelay::token::Claims::new(
+            Role::Client,
+            "lab1",
+            shellrelay::defaults::AUDIENCE,
+            HOUR,
+        );
+        claims.jti = Some(user.to_owned());
+        Forwarder::new(ClientConfig {
+            relay: tunnel.relay_addr(),
+            token: TokenSource::Literal(shellrelay::token::mint(&tunnel.secret, &claims).unwrap()),
+            host: None,
+        })
+    };
+    let (alice, bob) = (forwarder("alice"), forwarder("bob"));
+    let mut open = vec![
+        within(WAIT, "session", alice.open()).await.unwrap(),
+        within(WAIT, "session", alice.open()).await.unwrap(),
+        within(WAIT, "session", bob.open()).await.unwrap(),
+    ];
+    for who in [&alice, &bob] {
+        match within(WAIT, "refusal", who.open()).await {
+            Err(OpenError::Refused(r)) => {
+                assert_eq!(r.reason, Reason::Limit);
+                assert!(
+                    r.message.contains("relay is at its limit of 3 sessions"),
+                    "{}",
+                    r.message
+                );
+            }
+            Err(other) => panic!("expected a limit refusal, got {other}"),
+            Ok(_) => panic!("a session over the relay's budget was opened"),
+        }
+    }
+    assert_eq!(tunnel.registry.sessions(), (3, 3));
+    open.pop();
+    within(WAIT, "a place to free up", async {
+        loop {
+            match bob.open().await {
+                Ok(_) => return,
+                Err(OpenError::Refused(r)) if r.reason == Reason::Limit => {
+                    tokio::task::yield_now().await
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_limit_holds_per_token_across_connections() {
     let tunnel = Tunnel::start_with(|c| c.limits.sessions_per_client = 4).await;
     let _host = tunnel.host("lab1", echo_server().await).await;

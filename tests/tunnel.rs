@@ -35,7 +35,8 @@ async fn thirty_two_concurrent_sessions_carry_8_mib_each_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_sessions_share_one_connection() {
-    let tunnel = Tunnel::start().await;
+    // A budget for 1,000 sessions of four stream windows each.
+    let tunnel = Tunnel::start_with(|c| c.limits.max_buffered = 8 << 30).await;
     let _host = tunnel.host("lab1", echo_server().await).await;
     let client = tunnel.client("lab1").await;
     within(Duration::from_secs(120), "1,000 open sessions", async {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -164,6 +165,9 @@ pub struct TransportOpt {
     /// Silence after which the peer is considered gone.
     #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value_t = HumanDuration(crate::defaults::IDLE_TIMEOUT), value_name = "DURATION")]
     idle_timeout: HumanDuration,
+    /// Receive window of each session stream: a session moves at most this much per round trip, and a stalled one holds at most this much here. Raise it for long fat paths (64KiB to 64MiB).
+    #[arg(long, env = "SHELLRELAY_STREAM_WINDOW", default_value_t = ByteSize::b(tls::STREAM_WINDOW.into()), value_name = "BYTES")]
+    stream_window: ByteSize,
 }
 
 impl TransportOpt {
@@ -171,9 +175,22 @@ impl TransportOpt {
         if self.keep_alive >= self.idle_timeout {
             bail!("--keep-alive must be shorter than --idle-timeout");
         }
+        let (min, max) = (tls::MIN_STREAM_WINDOW, tls::MAX_STREAM_WINDOW);
+        let stream_window = u32::try_from(self.stream_window.as_u64())
+            .ok()
+            .filter(|w| (min..=max).contains(w))
+            .with_context(|| {
+                format!(
+                    "--stream-window must be between {} and {}, not {}",
+                    ByteSize::b(min.into()).display().iec(),
+                    ByteSize::b(max.into()).display().iec(),
+                    self.stream_window.display().iec()
+                )
+            })?;
         Ok(TransportOptions {
             keep_alive: self.keep_alive.0,
             idle_timeout: self.idle_timeout.0,
+            stream_window,
         })
     }
 }

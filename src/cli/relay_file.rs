@@ -55,9 +55,13 @@ pub(super) struct RelayFile {
     #[serde(default, deserialize_with = "scalar")]
     pub max_failures_per_addr: Option<u32>,
     #[serde(default, deserialize_with = "scalar")]
+    pub max_buffered: Option<bytesize::ByteSize>,
+    #[serde(default, deserialize_with = "scalar")]
     pub keep_alive: Option<HumanDuration>,
     #[serde(default, deserialize_with = "scalar")]
     pub idle_timeout: Option<HumanDuration>,
+    #[serde(default, deserialize_with = "scalar")]
+    pub stream_window: Option<bytesize::ByteSize>,
 }
 
 /// Reads the settings file at `path`.
@@ -135,7 +139,9 @@ pub(super) fn merge(opt: &mut RelayOpt, given: &clap::ArgMatches) -> anyhow::Res
         opt.limits => max_hosts = file.max_hosts;
         opt.limits => max_failures_per_addr = file.max_failures_per_addr;
         opt.transport => keep_alive = file.keep_alive;
+        opt.limits => max_buffered = file.max_buffered;
         opt.transport => idle_timeout = file.idle_timeout;
+        opt.transport => stream_window = file.stream_window;
     }
     Ok(())
 }

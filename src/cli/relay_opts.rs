@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use bytesize::ByteSize;
 use clap::Args;
 use tracing::info;
 
@@ -101,6 +102,9 @@ pub struct LimitsOpt {
     /// Refused tokens per IP address per minute before its hellos are refused unread.
     #[arg(long, env = "SHELLRELAY_MAX_FAILURES_PER_ADDR", default_value_t = crate::defaults::FAILURES_PER_ADDR, value_name = "N")]
     pub(super) max_failures_per_addr: u32,
+    /// Payload the relay may hold buffered in all; it admits no more sessions than fit (four stream windows each, see SECURITY.md).
+    #[arg(long, env = "SHELLRELAY_MAX_BUFFERED", default_value_t = ByteSize::b(crate::defaults::MAX_BUFFERED), value_name = "BYTES")]
+    pub(super) max_buffered: ByteSize,
 }
 
 impl LimitsOpt {
@@ -111,6 +115,7 @@ impl LimitsOpt {
             handshakes_per_addr: self.max_handshakes_per_addr,
             max_hosts: self.max_hosts,
             failures_per_addr: self.max_failures_per_addr,
+            max_buffered: self.max_buffered.as_u64(),
         }
     }
 }
@@ -153,15 +158,15 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
         info!(cert = %opt.cert.display(), %fingerprint, "loaded certificate");
     }
     let endpoint = crate::transport::quic::endpoint_config(&identity);
-    let server = tls::server_config(identity, opt.transport.options()?)?;
     let config = relay::RelayConfig {
         verifier: Verifier::with_keys(keys, &opt.audience),
         limits: opt.limits.limits(),
+        transport: opt.transport.options()?,
         hello_timeout: opt.hello_timeout.0,
         revocation_file: opt.revocation_file.clone(),
         endpoint,
     };
-    let relay = relay::Relay::bind(opt.listen, server, config)?;
+    let relay = relay::Relay::bind(opt.listen, identity, config)?;
     let metrics = opt.metrics.map(status::bind).transpose()?;
     let tasks = Tasks::new();
     let shutdown = shutdown_signal(&tasks)?;

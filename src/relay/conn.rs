@@ -16,7 +16,7 @@ use super::session::accept_sessions;
 use super::throttle;
 use super::{State, LOG_TARGET};
 use crate::clock::{fmt_unix, unix_now};
-use crate::defaults::{HANDSHAKE_TIMEOUT, REFUSE_LINGER, RETRY_ABOVE_HANDSHAKES};
+use crate::defaults::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, REFUSE_LINGER, RETRY_ABOVE_HANDSHAKES};
 use crate::limits::PerAddrGuard;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Role};
 use crate::token::Claims;
@@ -56,6 +56,20 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
     } else {
         &state.unproven
     };
+    if state.handshakes.total() + state.unproven.total() >= MAX_HANDSHAKES {
+        if !validated {
+            return retry(incoming);
+        }
+        if let Some(n) = state.handshakes_full.allow(accepted) {
+            warn!(
+                target: LOG_TARGET,
+                "{MAX_HANDSHAKES} connections are in their handshake; refusing more{}",
+                throttle::left_out(n)
+            );
+        }
+        incoming.refuse();
+        return;
+    }
     let Some(handshake) = slots.acquire(ip, limits.handshakes_per_addr) else {
         if !validated {
             return retry(incoming);

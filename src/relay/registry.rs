@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use crate::limits::Gauge;
+use super::budget::Shares;
 use crate::metrics::{HostStats, HostStatus};
 use crate::transport::Conn;
 
@@ -17,6 +17,8 @@ pub(super) struct Registry {
     hosts: Mutex<HashMap<String, Entry>>,
     /// Most hosts at once.
     max: usize,
+    /// Stream window of the relay's connections, bytes.
+    window: u32,
     /// Bumped on every change, so waiters need not poll.
     changes: watch::Sender<u64>,
     /// Tells registrations of one host id apart.
@@ -33,8 +35,9 @@ struct Entry {
 pub(super) struct Host {
     /// The host's connection.
     pub conn: Conn,
-    /// Its sessions now, set up or running.
-    pub sessions: Gauge,
+    /// Its sessions now, set up or running, each with its share of the
+    /// connection's send buffer.
+    pub sessions: Arc<Shares>,
     /// Its counters.
     pub stats: Arc<HostStats>,
 }
@@ -57,11 +60,13 @@ pub(super) struct Registration {
 }
 
 impl Registry {
-    /// An empty registry for at most `max` hosts.
-    pub fn new(max: usize) -> Registry {
+    /// An empty registry for at most `max` hosts, whose connections have
+    /// stream windows of `window` bytes.
+    pub fn new(max: usize, window: u32) -> Registry {
         Registry {
             hosts: Mutex::new(HashMap::new()),
             max,
+            window,
             changes: watch::Sender::new(0),
             generations: AtomicU64::new(1),
         }
@@ -93,8 +98,8 @@ impl Registry {
                 return Err(Refused::Full(self.max));
             }
             let host = Host {
+                sessions: Shares::new(conn.clone(), self.window),
                 conn,
-                sessions: Gauge::default(),
                 stats: Arc::new(HostStats::new(since)),
             };
             hosts.insert(id.to_owned(), Entry { generation, host })

@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
+use super::budget::{Share, Shares};
 use super::{State, LOG_TARGET};
 use crate::defaults::{HOST_SETUP_TIMEOUT, OPEN_TIMEOUT};
-use crate::limits::CountGuard;
+use crate::limits::{CountGuard, GaugeGuard};
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal};
 use crate::splice;
 use crate::transport::{self, Conn, SendStream, Stream};
@@ -20,19 +21,18 @@ use crate::transport::{self, Conn, SendStream, Stream};
 /// its connections.
 pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Conn, host: &str, token: String) {
     let remote = conn.remote();
-    let limit = state.config.limits.sessions_per_client;
+    let shares = Shares::new(conn.clone(), state.config.transport.stream_window);
     while let Ok((mut send, recv)) = conn.accept().await {
-        let Some(slot) = state.token_sessions.acquire(token.clone(), limit) else {
-            let refusal = Refusal::new(
-                Reason::Limit,
-                format!("too many sessions for this client token (limit {limit})"),
-            );
-            drop(recv);
-            state.metrics.refused(refusal.reason);
-            state
-                .tasks
-                .spawn(async move { send.refuse(&refusal).await });
-            continue;
+        let slots = match session_slots(state, &shares, &token) {
+            Ok(slots) => slots,
+            Err(refusal) => {
+                drop(recv);
+                state.metrics.refused(refusal.reason);
+                state
+                    .tasks
+                    .spawn(async move { send.refuse(&refusal).await });
+                continue;
+            }
         };
         let session = state.next_session_id();
         let _span =
@@ -43,7 +43,7 @@ pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Conn, host: &str,
             host.to_owned(),
             remote,
             (send, recv),
-            slot,
+            slots,
         );
         state.tasks.spawn(task);
     }
@@ -57,7 +57,7 @@ async fn relay_session(
     host: String,
     client: SocketAddr,
     mut client_stream: Stream,
-    _slot: CountGuard<String>,
+    _slots: Slots,
 ) {
     let started = Instant::now();
     match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.1)).await {
@@ -151,6 +151,7 @@ async fn relay_session(
         return;
     }
     let _active = state.metrics.session_started(started);
+    let _live = state.trim.session();
     info!(target: LOG_TARGET, %client, "session started");
     let metrics = &state.metrics;
     let stats = &target.stats;
@@ -170,7 +171,32 @@ async fn relay_session(
         duration = ?started.elapsed(),
         "session ended"
     );
-    state.trim.session_ended();
+}
+
+/// What a session holds while it lasts: its place in the relay's budget,
+/// in its token's limit, and its share of the client connection's send
+/// buffer.
+type Slots = (GaugeGuard, CountGuard<String>, Share);
+
+/// Takes a new session's slots, or says why it is refused: the relay's
+/// budget first, then the token's limit.
+fn session_slots(state: &State, shares: &Arc<Shares>, token: &str) -> Result<Slots, Refusal> {
+    let max = state.max_sessions;
+    let Some(relay) = state.sessions.acquire(max) else {
+        return Err(Refusal::new(
+            Reason::Limit,
+            format!("relay is at its limit of {max} sessions"),
+        ));
+    };
+    let limit = state.config.limits.sessions_per_client;
+    let Some(token) = state.token_sessions.acquire(token.to_owned(), limit) else {
+        return Err(Refusal::new(
+            Reason::Limit,
+            format!("too many sessions for this client token (limit {limit})"),
+        ));
+    };
+    // The token's limit bounds this connection's sessions too.
+    Ok((relay, token, shares.take()))
 }
 
 /// Counts a session refusal and sends it on the client's stream.

@@ -198,6 +198,14 @@ impl Conn {
             }
         }
     }
+
+    /// Caps what may wait in this connection's send buffer, written but not
+    /// yet acknowledged, over all its streams: writes wait beyond it.
+    pub fn set_send_window(&self, bytes: u64) {
+        match self {
+            Conn::Quic(c) => c.set_send_window(bytes),
+        }
+    }
 }
 
 /// The sending half of a bidirectional stream.

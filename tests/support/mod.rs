@@ -1,11 +1,13 @@
 //! Shared test support: a relay on 127.0.0.1:0 with a pinned rcgen
 //! certificate, host agents and client forwarders started in-process, and
-//! bounded waits. Targets and traffic are in [`traffic`], a private OpenSSH
+//! bounded waits. Targets and traffic are in [`traffic`] (and, for the
+//! benchmarks, [`bulk`]), a private OpenSSH
 //! server in [`sshd`], the binary run as a process in [`bin`] and [`proc`],
 //! and a UDP impairment proxy in [`netem`].
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod bulk;
 pub mod netem;
 pub mod proc;
 pub mod sshd;
@@ -102,10 +104,9 @@ impl Tunnel {
             chain: cert.clone(),
             key: key.clone_key(),
         };
-        let server = tls::server_config(identity, TransportOptions::default()).unwrap();
         let mut config = RelayConfig::new(Verifier::new(&secret, shellrelay::defaults::AUDIENCE));
         configure(&mut config);
-        let relay = Relay::bind("127.0.0.1:0".parse().unwrap(), server, config.clone()).unwrap();
+        let relay = Relay::bind("127.0.0.1:0".parse().unwrap(), identity, config.clone()).unwrap();
         let addr = relay.local_addr().unwrap();
         let registry = relay.handle();
         let cancel = CancellationToken::new();
@@ -140,12 +141,11 @@ impl Tunnel {
             chain: self.cert.clone(),
             key: self.key.clone_key(),
         };
-        let server = tls::server_config(identity, TransportOptions::default()).unwrap();
         // The old relay's socket closes when quinn's endpoint driver notices
         // the last handle is gone, a moment after `run` returns.
         let relay = within(WAIT, "the relay's port to be free again", async {
             loop {
-                match Relay::bind(self.addr, server.clone(), self.config.clone()) {
+                match Relay::bind(self.addr, identity.clone(), self.config.clone()) {
                     Ok(relay) => return relay,
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }

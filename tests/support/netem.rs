@@ -55,6 +55,57 @@ impl Impairment {
     }
 }
 
+/// A bottleneck link in one direction: datagrams leave at `rate` bits per
+/// second through a drop-tail queue holding at most `queue` worth of
+/// sending time, and arrive `delay` later. Applied after loss; while a
+/// link is set, duplication, reordering and jitter are not applied in that
+/// direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    /// One-way propagation delay.
+    pub delay: Duration,
+    /// Bottleneck rate in bits per second; 0 for no rate limit.
+    pub rate: u64,
+    /// Longest a datagram may wait in the bottleneck's queue before it is
+    /// dropped instead.
+    pub queue: Duration,
+}
+
+impl Link {
+    /// No link: datagrams are forwarded as they come.
+    pub const NONE: Link = Link {
+        delay: Duration::ZERO,
+        rate: 0,
+        queue: Duration::ZERO,
+    };
+
+    /// A path of `rate` bits/s and one-way `delay`, whose queue holds one
+    /// bandwidth-delay product of the round trip (2 × `delay`).
+    pub fn path(rate: u64, delay: Duration) -> Link {
+        Link {
+            delay,
+            rate,
+            queue: delay * 2,
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        *self == Link::NONE
+    }
+}
+
+/// A datagram on a link, with when it arrives.
+type OnWire = (tokio::time::Instant, Arc<Flow>, Vec<u8>);
+
+/// The sending side of one direction's link.
+#[derive(Default)]
+struct Shaper {
+    /// When the bottleneck is free to send the next datagram.
+    next_free: Option<Instant>,
+    /// Datagrams on the wire, with when each arrives.
+    wire: Option<tokio::sync::mpsc::UnboundedSender<OnWire>>,
+}
+
 /// Counters of one direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DirStats {
@@ -80,6 +131,8 @@ pub struct Stats {
     pub to_upstream: DirStats,
     /// Upstream → peer.
     pub from_upstream: DirStats,
+    /// Datagrams dropped by a full link queue, both directions.
+    pub queue_drops: u64,
     /// Number of completed [`Proxy::rebind`] calls.
     pub rebinds: u64,
     /// Flows currently known.
@@ -123,6 +176,7 @@ impl Proxy {
             settings: Mutex::new(Settings {
                 to_upstream: Impairment::NONE,
                 from_upstream: Impairment::NONE,
+                links: [Link::NONE; 2],
                 upstream,
             }),
             blackhole: AtomicBool::new(false),
@@ -133,6 +187,8 @@ impl Proxy {
             to_upstream: Counters::default(),
             from_upstream: Counters::default(),
             rebinds: AtomicU64::new(0),
+            shapers: [Mutex::default(), Mutex::default()],
+            queue_drops: AtomicU64::new(0),
         });
         inner.spawn(Arc::clone(&inner).listen_loop());
         inner.spawn(Arc::clone(&inner).janitor());
@@ -154,6 +210,11 @@ impl Proxy {
         let mut settings = lock(&self.inner.settings);
         settings.to_upstream = to_upstream;
         settings.from_upstream = from_upstream;
+    }
+
+    /// Puts a bottleneck link into each direction ([`Link::NONE`] for none).
+    pub fn set_link(&self, to_upstream: Link, from_upstream: Link) {
+        lock(&self.inner.settings).links = [to_upstream, from_upstream];
     }
 
     /// Removes all impairment (black hole excluded).
@@ -202,6 +263,7 @@ impl Proxy {
             to_upstream: self.inner.to_upstream.snapshot(),
             from_upstream: self.inner.from_upstream.snapshot(),
             rebinds: self.inner.rebinds.load(Ordering::Relaxed),
+            queue_drops: self.inner.queue_drops.load(Ordering::Relaxed),
             flows: lock(&self.inner.flows).len(),
         }
     }
@@ -219,6 +281,8 @@ impl Drop for Proxy {
 struct Settings {
     to_upstream: Impairment,
     from_upstream: Impairment,
+    /// Indexed by [`Dir::index`].
+    links: [Link; 2],
     upstream: SocketAddr,
 }
 
@@ -253,6 +317,15 @@ fn bump(counter: &AtomicU64) {
 enum Dir {
     ToUpstream,
     FromUpstream,
+}
+
+impl Dir {
+    fn index(self) -> usize {
+        match self {
+            Dir::ToUpstream => 0,
+            Dir::FromUpstream => 1,
+        }
+    }
 }
 
 /// A datagram held back for reordering.
@@ -308,6 +381,9 @@ struct Inner {
     to_upstream: Counters,
     from_upstream: Counters,
     rebinds: AtomicU64,
+    /// Indexed by [`Dir::index`].
+    shapers: [Mutex<Shaper>; 2],
+    queue_drops: AtomicU64,
 }
 
 /// What happens to one datagram, decided up front.
@@ -467,6 +543,11 @@ impl Inner {
             bump(&counters.dropped);
             return;
         }
+        let link = lock(&self.settings).links[dir.index()];
+        if !link.is_none() {
+            self.shape(flow, dir, link, data);
+            return;
+        }
         if fate.copies > 1 {
             bump(&counters.duplicated);
         }
@@ -513,6 +594,38 @@ impl Inner {
             self.emit(&flow, dir, held.data, held.copies, held.jitter)
                 .await;
         }
+    }
+
+    /// Puts `data` on `dir`'s link: into the bottleneck's queue, or dropped
+    /// when the queue is full.
+    fn shape(self: &Arc<Self>, flow: Arc<Flow>, dir: Dir, link: Link, data: Vec<u8>) {
+        let now = Instant::now();
+        let mut shaper = lock(&self.shapers[dir.index()]);
+        let start = shaper.next_free.map_or(now, |free| free.max(now));
+        if start - now > link.queue {
+            bump(&self.queue_drops);
+            return;
+        }
+        let bits = data.len() as u64 * 8 * 1_000_000_000;
+        let sending = Duration::from_nanos(bits.checked_div(link.rate).unwrap_or(0));
+        let sent = start + sending;
+        shaper.next_free = Some(sent);
+        let arrives = tokio::time::Instant::from_std(sent + link.delay);
+        let wire = shaper.wire.get_or_insert_with(|| {
+            let (tx, mut rx) =
+                tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Arc<Flow>, Vec<u8>)>(
+                );
+            let inner = Arc::clone(self);
+            self.spawn(async move {
+                // Arrival times only grow, so the wire stays in order.
+                while let Some((at, flow, data)) = rx.recv().await {
+                    tokio::time::sleep_until(at).await;
+                    inner.send(&flow, dir, &data).await;
+                }
+            });
+            tx
+        });
+        let _ = wire.send((arrives, flow, data));
     }
 
     /// Sends `copies` copies of `data`, each after its own random delay in

@@ -1,0 +1,134 @@
+//! The relay's memory budget: how much session payload it may hold, and
+//! the send buffers that grow and shrink with each connection's sessions.
+//!
+//! A session buffers at most four stream windows at the relay: what the
+//! client sent and the relay has not yet passed on (its receive window),
+//! the same from the host, and what the relay wrote towards each of them
+//! that they have not yet acknowledged (bounded by each connection's send
+//! window, one stream window per session it carries, whatever credit the
+//! peer offers). So the relay caps its sessions at the budget divided by
+//! four windows, after a fixed reserve for connections that have not yet
+//! sent their hello. SECURITY.md writes the formula out.
+
+use std::sync::{Arc, Mutex};
+
+use crate::defaults::{INCOMING_BUFFER_TOTAL, MAX_HANDSHAKES};
+use crate::tls::PRE_AUTH_WINDOW;
+use crate::transport::Conn;
+
+/// Stream windows a session can hold at the relay: two receive windows and
+/// two shares of send buffer.
+pub const WINDOWS_PER_SESSION: u64 = 4;
+
+/// What connections that have not sent their hello can hold at once: each
+/// its pre-authentication window, plus quinn's buffer for datagrams of
+/// connection attempts not yet accepted.
+pub const PRE_HELLO_RESERVE: u64 =
+    MAX_HANDSHAKES as u64 * PRE_AUTH_WINDOW as u64 + INCOMING_BUFFER_TOTAL;
+
+/// Most sessions at once that keep the relay's buffered payload within
+/// `budget` bytes with stream windows of `window` bytes; at least one.
+pub fn max_sessions(budget: u64, window: u32) -> usize {
+    let per_session = WINDOWS_PER_SESSION * u64::from(window).max(1);
+    let sessions = budget.saturating_sub(PRE_HELLO_RESERVE) / per_session;
+    usize::try_from(sessions).unwrap_or(usize::MAX).max(1)
+}
+
+/// One connection's sessions, each of which grows the connection's send
+/// buffer by one stream window (one more for the control stream); a peer
+/// that offers more credit than that, or does not acknowledge, gets no
+/// more of the relay's memory.
+pub(super) struct Shares {
+    conn: Conn,
+    window: u64,
+    sessions: Mutex<usize>,
+}
+
+/// One session's share of a connection's send buffer, given back on drop.
+pub(super) struct Share(Arc<Shares>);
+
+impl Shares {
+    /// Shares of `conn`'s send buffer, `window` bytes each.
+    pub fn new(conn: Conn, window: u32) -> Arc<Shares> {
+        let shares = Arc::new(Shares {
+            conn,
+            window: window.into(),
+            sessions: Mutex::new(0),
+        });
+        shares.resize(0);
+        shares
+    }
+
+    /// A share for one more session, unless `cap` sessions hold one.
+    pub fn acquire(self: &Arc<Self>, cap: usize) -> Option<Share> {
+        let mut sessions = self.lock();
+        if *sessions >= cap {
+            return None;
+        }
+        *sessions += 1;
+        self.resize(*sessions);
+        Some(Share(self.clone()))
+    }
+
+    /// A share for one more session; the caller's limits bound how many.
+    pub fn take(self: &Arc<Self>) -> Share {
+        let mut sessions = self.lock();
+        *sessions = sessions.saturating_add(1);
+        self.resize(*sessions);
+        Share(self.clone())
+    }
+
+    /// Sessions holding a share now.
+    pub fn get(&self) -> usize {
+        *self.lock()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        // A count and a window: a panic cannot leave them inconsistent.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the send window for `sessions` sessions and the control stream.
+    fn resize(&self, sessions: usize) {
+        let windows = u64::try_from(sessions)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        self.conn
+            .set_send_window(windows.saturating_mul(self.window));
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut sessions = self.0.lock();
+        *sessions = sessions.saturating_sub(1);
+        self.0.resize(*sessions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_budget_fits_its_sessions() {
+        let budget = crate::defaults::MAX_BUFFERED;
+        let window = crate::tls::STREAM_WINDOW;
+        let n = max_sessions(budget, window) as u64;
+        assert!(n >= 64, "{n} sessions is too few for a default relay");
+        assert!(PRE_HELLO_RESERVE + n * WINDOWS_PER_SESSION * u64::from(window) <= budget);
+        assert!(
+            PRE_HELLO_RESERVE + (n + 1) * WINDOWS_PER_SESSION * u64::from(window) > budget,
+            "one more session would still fit"
+        );
+    }
+
+    #[test]
+    fn a_tiny_budget_still_allows_one_session() {
+        assert_eq!(max_sessions(0, 1 << 20), 1);
+        assert!(
+            max_sessions(u64::MAX, 1) > 1 << 40,
+            "no overflow at the top"
+        );
+    }
+}

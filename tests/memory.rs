@@ -1,0 +1,215 @@
+//! Memory ceilings: what a stalled session (one whose far end stops
+//! reading) costs the relay, the host agent and the client forwarder, each
+//! a process of its own, and that they hand it back when it ends.
+//!
+//! Every wait is bounded by a timeout; every port is picked by the kernel.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::bin::*;
+use support::proc::{field, rss_kib, Proc};
+use support::WAIT;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// Stalled sessions per direction.
+const SESSIONS: u64 = 48;
+
+/// The most one stalled session may cost each process: README "Limits".
+const CEILING_KIB: u64 = 1536;
+
+/// A target that answers `D` by writing without end and `H` by reading
+/// nothing, counting what it wrote, until `release` is notified.
+async fn target(written: Arc<AtomicU64>, release: Arc<Notify>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let (written, release) = (written.clone(), release.clone());
+            tokio::spawn(async move {
+                let mut command = [0u8; 1];
+                if tcp.read_exact(&mut command).await.is_err() {
+                    return;
+                }
+                let released = release.notified();
+                if command[0] == b'D' {
+                    let chunk = vec![0x5a; 64 * 1024];
+                    let flood = async {
+                        while tcp.write_all(&chunk).await.is_ok() {
+                            written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
+                    };
+                    tokio::select! {
+                        _ = flood => {}
+                        _ = released => {}
+                    }
+                } else {
+                    released.await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Waits until `count` has stopped growing for a second: every buffer on
+/// the way is full.
+async fn until_full(count: &AtomicU64, what: &str) -> u64 {
+    tokio::time::timeout(WAIT * 2, async {
+        let mut last = u64::MAX;
+        loop {
+            let now = count.load(Ordering::Relaxed);
+            if now == last {
+                return now;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} never stopped growing"))
+}
+
+/// RSS of the three processes once each has trimmed its allocator while
+/// the sessions stall: lowest seen over two trim intervals.
+async fn trimmed(procs: &Procs) -> [u64; 3] {
+    let mut low = procs.rss();
+    let end = tokio::time::Instant::now() + shellrelay::defaults::MEMORY_TRIM_INTERVAL * 2;
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = procs.rss();
+        for i in 0..3 {
+            low[i] = low[i].min(now[i]);
+        }
+    }
+    low
+}
+
+struct Procs {
+    relay: Proc,
+    host: Proc,
+    client: Proc,
+}
+
+impl Procs {
+    fn rss(&self) -> [u64; 3] {
+        [&self.relay, &self.host, &self.client].map(|p| rss_kib(p.pid()))
+    }
+}
+
+/// Sessions whose ssh side stops reading (`D`), then sessions whose target
+/// stops reading (`H`): each costs each process at most [`CEILING_KIB`],
+/// and the processes give the memory back after the sessions end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_session_costs_each_process_little_and_is_given_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let (relay, relay_addr) = start_relay(dir.path(), &secret).await;
+    let cert = dir.path().join("relay.crt");
+    let relay_at = relay_addr.to_string();
+    let written = Arc::new(AtomicU64::new(0));
+    let release = Arc::new(Notify::new());
+    let target = target(written.clone(), release.clone()).await;
+    let token = |role: &str, name: &str| {
+        let path = dir.path().join(name);
+        (role.to_owned(), path)
+    };
+    let mut procs = Vec::new();
+    for (role, path) in [token("host", "host.token"), token("client", "client.token")] {
+        let minted = mint_token(&secret, &role, "lab1", "1h").await;
+        std::fs::write(&path, minted).expect("write token");
+        make_private(&path);
+        let mut args = peer_args(&role, &relay_at, &cert, &path);
+        if role == "host" {
+            args.extend(["--target", &target]);
+        } else {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        procs.push(Proc::spawn(&role, shellrelay(&args)));
+    }
+    let mut client = procs.pop().expect("client");
+    let mut host = procs.pop().expect("host");
+    host.wait_for_text("registered with relay").await;
+    let line = client.wait_for_text("client forwarder listening").await;
+    let tunnel = field(&line, "listen").expect("listen=").to_owned();
+    client.wait_for_text("connected to relay").await;
+    let procs = Procs {
+        relay,
+        host,
+        client,
+    };
+    let before = procs.rss();
+
+    for command in [b'D', b'H'] {
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut sessions = Vec::new();
+        for _ in 0..SESSIONS {
+            let mut tcp = TcpStream::connect(&tunnel).await.expect("connect");
+            tcp.write_all(&[command]).await.expect("command");
+            if command == b'H' {
+                let sent = sent.clone();
+                sessions.push(tokio::spawn(async move {
+                    let chunk = vec![0x11; 64 * 1024];
+                    while tcp.write_all(&chunk).await.is_ok() {
+                        sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                }));
+            } else {
+                sessions.push(tokio::spawn(async move {
+                    std::future::pending::<()>().await;
+                    drop(tcp);
+                }));
+            }
+        }
+        let (what, count) = match command {
+            b'D' => ("what the target wrote", &written),
+            _ => ("what the ssh side sent", &sent),
+        };
+        let held = until_full(count, what).await;
+        let during = trimmed(&procs).await;
+        let per: Vec<u64> = (0..3)
+            .map(|i| during[i].saturating_sub(before[i]) / SESSIONS)
+            .collect();
+        eprintln!(
+            "{} stalled sessions ({}), {held} bytes held: relay, host, client RSS {during:?} KiB, per session {per:?} KiB",
+            SESSIONS, command as char
+        );
+        assert!(
+            held >= SESSIONS * 64 * 1024,
+            "the sessions held only {held} bytes: they did not stall"
+        );
+        for (name, kib) in ["relay", "host agent", "client forwarder"].iter().zip(&per) {
+            assert!(
+                *kib <= CEILING_KIB,
+                "a stalled session costs the {name} {kib} KiB, over {CEILING_KIB} KiB"
+            );
+        }
+        for s in &sessions {
+            s.abort();
+        }
+        release.notify_waiters();
+        // Within a few trim intervals every process is back near where it
+        // started.
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let now = procs.rss();
+                if (0..3).all(|i| now[i] < before[i] + 6 * 1024) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "RSS stayed at {:?} KiB after the sessions ended (before {before:?} KiB)",
+                procs.rss()
+            )
+        });
+    }
+}
