@@ -50,6 +50,11 @@ pub const REVOCATION_POLL: Duration = Duration::from_secs(1);
 /// connections.
 pub const SESSIONS_PER_CLIENT: usize = 1024;
 
+/// Connections of one client token at once: a forwarder needs one, a
+/// person a few; each costs the relay its connection state even without
+/// sessions.
+pub const CONNECTIONS_PER_CLIENT: usize = 64;
+
 /// Concurrent sessions to one host.
 pub const SESSIONS_PER_HOST: usize = 4096;
 

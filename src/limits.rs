@@ -5,7 +5,7 @@
 //! IPv6 host commonly holds a whole /64.
 
 use crate::defaults::{
-    FAILURES_PER_ADDR, FAILURE_WINDOW, HANDSHAKES_PER_ADDR, MAX_BUFFERED, MAX_HOSTS,
+    CONNECTIONS_PER_CLIENT, FAILURES_PER_ADDR, FAILURE_WINDOW, HANDSHAKES_PER_ADDR, MAX_BUFFERED, MAX_HOSTS,
     SESSIONS_PER_CLIENT, SESSIONS_PER_HOST,
 };
 use std::collections::HashMap;
@@ -24,6 +24,8 @@ pub struct Limits {
     /// Concurrent sessions per client token (its `jti`, else its subject),
     /// over all of its connections.
     pub sessions_per_client: usize,
+    /// Connections per client token (its `jti`, else its subject).
+    pub connections_per_client: usize,
     /// Concurrent sessions per host.
     pub sessions_per_host: usize,
     /// Connections per IP address in the handshake phase.
@@ -41,6 +43,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             sessions_per_client: SESSIONS_PER_CLIENT,
+            connections_per_client: CONNECTIONS_PER_CLIENT,
             sessions_per_host: SESSIONS_PER_HOST,
             handshakes_per_addr: HANDSHAKES_PER_ADDR,
             max_hosts: MAX_HOSTS,

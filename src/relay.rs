@@ -112,6 +112,8 @@ struct State {
     session_ids: AtomicU64,
     /// Sessions per client token, over all its connections.
     token_sessions: Counts<String>,
+    /// Connections per client token.
+    token_connections: Counts<String>,
     /// One task per connection and per session.
     tasks: Tasks,
     /// Warnings a peer can cause at will, summarised.
@@ -152,6 +154,7 @@ impl Relay {
                 metrics: Metrics::new(),
                 session_ids: AtomicU64::new(1),
                 token_sessions: Counts::default(),
+                token_connections: Counts::default(),
                 tasks: Tasks::new(),
                 hello_timeouts: Default::default(),
                 bad_tokens: Default::default(),

@@ -281,6 +281,40 @@ async fn the_relay_admits_no_more_sessions_than_its_memory_budget_holds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_client_token_are_capped() {
+    let tunnel = Tunnel::start_with(|c| c.limits.connections_per_client = 2).await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let token = TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR));
+    let relay = tunnel.relay_addr();
+    let first = peer::connect(&relay, &token, Role::Client, None).await.unwrap();
+    let second = peer::connect(&relay, &token, Role::Client, None).await.unwrap();
+    match peer::connect(&relay, &token, Role::Client, None).await {
+        Err(ConnectError::Refused(r)) => {
+            assert_eq!(r.reason, Reason::Limit);
+            assert!(r.message.contains("too many connections"), "{}", r.message);
+        }
+        Err(other) => panic!("expected a limit refusal, got {other}"),
+        Ok(_) => panic!("a third connection of the token was admitted"),
+    }
+    // A connection that closes gives its place back.
+    first.conn.close(Reason::Done, "done");
+    drop(first);
+    within(WAIT, "a place to free up", async {
+        loop {
+            match peer::connect(&relay, &token, Role::Client, None).await {
+                Ok(_) => return,
+                Err(ConnectError::Refused(r)) if r.reason == Reason::Limit => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    })
+    .await;
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_limit_holds_per_token_across_connections() {
     let tunnel = Tunnel::start_with(|c| c.limits.sessions_per_client = 4).await;
     let _host = tunnel.host("lab1", echo_server().await).await;

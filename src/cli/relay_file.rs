@@ -47,6 +47,8 @@ pub(super) struct RelayFile {
     #[serde(default, deserialize_with = "scalar")]
     pub max_sessions_per_client: Option<usize>,
     #[serde(default, deserialize_with = "scalar")]
+    pub max_connections_per_client: Option<usize>,
+    #[serde(default, deserialize_with = "scalar")]
     pub max_sessions_per_host: Option<usize>,
     #[serde(default, deserialize_with = "scalar")]
     pub max_handshakes_per_addr: Option<usize>,
@@ -134,6 +136,7 @@ pub(super) fn merge(opt: &mut RelayOpt, given: &clap::ArgMatches) -> anyhow::Res
         opt => hello_timeout = file.hello_timeout;
         opt => metrics = file.metrics.map(Some);
         opt.limits => max_sessions_per_client = file.max_sessions_per_client;
+        opt.limits => max_connections_per_client = file.max_connections_per_client;
         opt.limits => max_sessions_per_host = file.max_sessions_per_host;
         opt.limits => max_handshakes_per_addr = file.max_handshakes_per_addr;
         opt.limits => max_hosts = file.max_hosts;

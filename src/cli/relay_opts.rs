@@ -90,6 +90,9 @@ pub struct LimitsOpt {
     /// Concurrent sessions per client token (its jti, else its subject), over all its connections; more are refused.
     #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_CLIENT", default_value_t = crate::defaults::SESSIONS_PER_CLIENT, value_name = "N")]
     pub(super) max_sessions_per_client: usize,
+    /// Connections per client token (its jti, else its subject) at once; more are refused.
+    #[arg(long, env = "SHELLRELAY_MAX_CONNECTIONS_PER_CLIENT", default_value_t = crate::defaults::CONNECTIONS_PER_CLIENT, value_name = "N")]
+    pub(super) max_connections_per_client: usize,
     /// Concurrent sessions per host; more are refused.
     #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_HOST", default_value_t = crate::defaults::SESSIONS_PER_HOST, value_name = "N")]
     pub(super) max_sessions_per_host: usize,
@@ -111,6 +114,7 @@ impl LimitsOpt {
     fn limits(&self) -> limits::Limits {
         limits::Limits {
             sessions_per_client: self.max_sessions_per_client,
+            connections_per_client: self.max_connections_per_client,
             sessions_per_host: self.max_sessions_per_host,
             handshakes_per_addr: self.max_handshakes_per_addr,
             max_hosts: self.max_hosts,

@@ -277,6 +277,12 @@ impl Admitted {
                 Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
             return self.refuse(refusal).await;
         }
+        let token = token_key(&claims);
+        let limit = self.state.config.limits.connections_per_client;
+        let Some(_connection) = self.state.token_connections.acquire(token.clone(), limit) else {
+            let message = format!("too many connections for this client token (limit {limit})");
+            return self.refuse(Refusal::new(Reason::Limit, message)).await;
+        };
         // Authenticated: open the stream credit and window held back until now.
         let limit = self.state.config.limits.sessions_per_client;
         let streams = u32::try_from(limit)
@@ -298,7 +304,7 @@ impl Admitted {
         );
         let ended = tokio::select! {
             ended = hold(&state, &conn, &claims, &host) => ended,
-            () = accept_sessions(&state, &conn, &host, token_key(&claims)) => Ended::Shutdown,
+            () = accept_sessions(&state, &conn, &host, token) => Ended::Shutdown,
         };
         info!(target: LOG_TARGET, host = %host, %remote, reason = %ended, "client disconnected");
     }
