@@ -2,10 +2,12 @@
 //! certificate, host agents and client forwarders started in-process, and
 //! bounded waits. Targets and traffic are in [`traffic`], a private OpenSSH
 //! server in [`sshd`], the binary run as a process in [`bin`] and [`proc`],
-//! and a UDP impairment proxy in [`netem`].
+//! a UDP impairment proxy in [`netem`], and raw HTTP against the metrics
+//! endpoint in [`http`].
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod http;
 pub mod netem;
 pub mod proc;
 pub mod sshd;
