@@ -168,8 +168,15 @@ pub const DEMO_REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// by default (the relay serves none unless told where).
 pub const METRICS: &str = "127.0.0.1:9100";
 
-/// Longest a metrics connection may take to send its request and read the
-/// answer; a slow or silent peer is dropped rather than held.
+/// Longest a metrics connection may take to send its request head,
+/// counted from its accept and not reset by each byte: a scraper sends the
+/// head in one write right after connecting, so a peer that trickles or
+/// says nothing gives its slot up this soon.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest a metrics connection may be held in all, from its accept to its
+/// close: sending the request, reading the answer and the linger after
+/// it; a slow or silent peer is dropped rather than held.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest a metrics connection is read from after its answer, so that

@@ -286,8 +286,12 @@ async fn connections_per_client_token_are_capped() {
     let _host = tunnel.host("lab1", echo_server().await).await;
     let token = TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR));
     let relay = tunnel.relay_addr();
-    let first = peer::connect(&relay, &token, Role::Client, None).await.unwrap();
-    let second = peer::connect(&relay, &token, Role::Client, None).await.unwrap();
+    let first = peer::connect(&relay, &token, Role::Client, None)
+        .await
+        .unwrap();
+    let second = peer::connect(&relay, &token, Role::Client, None)
+        .await
+        .unwrap();
     match peer::connect(&relay, &token, Role::Client, None).await {
         Err(ConnectError::Refused(r)) => {
             assert_eq!(r.reason, Reason::Limit);

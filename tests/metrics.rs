@@ -1,6 +1,8 @@
 //! The relay's metrics endpoint: `/metrics` counts hosts, sessions, bytes,
 //! refusals and latencies; `/status` lists the hosts online; other paths and
-//! methods are refused; bad requests never take the relay down.
+//! methods are refused; `HEAD` is answered like `GET`; `shellrelay status`
+//! reads it and refuses odd answers. Its HTTP limits are in
+//! `tests/metrics_http.rs`.
 //!
 //! Every wait is bounded by a timeout; every port is picked by the kernel.
 
@@ -14,7 +16,9 @@ use shellrelay::metrics::Status;
 use shellrelay::peer;
 use shellrelay::protocol::Reason;
 use shellrelay::protocol::Role;
+use shellrelay::status::{fetch, MAX_RESPONSE};
 use shellrelay::token::{self, Claims, TokenSource};
+use support::http::{exchange, get, header, metrics_addr};
 use support::traffic::{echo, echo_roundtrip, echo_server, Noise};
 use support::{within, Tunnel, HOUR, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,70 +30,6 @@ async fn tunnel() -> Tunnel {
         c.limits.failures_per_addr = u32::MAX;
     })
     .await
-}
-
-/// Starts the relay's metrics endpoint on a free loopback port, as
-/// `relay --metrics` does, until the tunnel stops.
-fn metrics_addr(tunnel: &Tunnel) -> SocketAddr {
-    let (listener, addr) =
-        shellrelay::status::bind("127.0.0.1:0".parse().unwrap()).expect("bind metrics");
-    tokio::spawn(shellrelay::status::serve(
-        listener,
-        tunnel.registry.clone(),
-        tunnel.cancel.child_token(),
-    ));
-    addr
-}
-
-/// An HTTP answer: status code, head and body.
-struct Answer {
-    code: u16,
-    head: String,
-    body: String,
-}
-
-/// Sends `request` as is on a fresh connection and reads the answer to the
-/// end of the stream.
-async fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
-    within(WAIT, "an HTTP answer", async {
-        let mut tcp = TcpStream::connect(addr).await.expect("connect to metrics");
-        tcp.write_all(request).await.expect("send request");
-        let mut raw = Vec::new();
-        tcp.read_to_end(&mut raw).await.expect("read answer");
-        let text = String::from_utf8(raw).expect("answer is UTF-8");
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("no end of head in {text:?}"));
-        let code = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no status code in {head:?}"));
-        assert!(head.starts_with("HTTP/1.1 "), "{head:?}");
-        assert!(head.contains("\r\nConnection: close"), "{head:?}");
-        let length: usize = header(head, "Content-Length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
-        assert_eq!(length, body.len(), "Content-Length of {head:?}");
-        Answer {
-            code,
-            head: head.to_owned(),
-            body: body.to_owned(),
-        }
-    })
-    .await
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name).then(|| value.trim())
-    })
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Answer {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    exchange(addr, request.as_bytes()).await
 }
 
 /// `/metrics` as a map from sample name (with labels) to value.
@@ -281,13 +221,14 @@ async fn other_paths_are_not_found_and_other_methods_not_allowed() {
     for path in ["/", "/metricsx", "/metrics/", "/status/x", "/favicon.ico"] {
         let answer = get(addr, path).await;
         assert_eq!(answer.code, 404, "GET {path}: {}", answer.head);
+        assert_eq!(answer.body, "not found; try /metrics or /status\n");
     }
-    for method in ["POST", "PUT", "DELETE", "HEAD"] {
+    for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
         for path in ["/metrics", "/status"] {
             let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
             let answer = exchange(addr, request.as_bytes()).await;
             assert_eq!(answer.code, 405, "{method} {path}: {}", answer.head);
-            assert_eq!(header(&answer.head, "Allow"), Some("GET"), "{method}");
+            assert_eq!(header(&answer.head, "Allow"), Some("GET, HEAD"), "{method}");
         }
     }
     // A body after the head is left unread and does not spoil the answer.
@@ -298,87 +239,94 @@ async fn other_paths_are_not_found_and_other_methods_not_allowed() {
     .await;
     assert_eq!(answer.code, 405);
     assert_eq!(get(addr, "/metrics?name=x").await.code, 200);
-    assert_eq!(
-        exchange(addr, b"GET /status HTTP/1.0\n\n").await.code,
-        200,
-        "bare newlines end a head too"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_and_oversized_requests_leave_the_relay_serving() {
+async fn head_is_answered_like_get_without_the_body() {
     let tunnel = tunnel().await;
     let addr = metrics_addr(&tunnel);
-    let _host = tunnel.host("lab1", echo_server().await).await;
-    let client = tunnel.client("lab1").await;
-
-    // A connection that says nothing is held while others are served.
-    let silent = TcpStream::connect(addr).await.unwrap();
-    // One that closes at once.
-    drop(TcpStream::connect(addr).await.unwrap());
-
-    // A head longer than the limit: refused, and the answer arrives whole.
-    let mut long = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
-    long.resize(16 * 1024, b'a');
-    let answer = exchange(addr, &long).await;
-    assert_eq!(answer.code, 431, "{}", answer.head);
-
-    // Binary garbage.
-    let mut garbage = vec![0u8; 4096];
-    Noise::new(1).fill(&mut garbage);
-    garbage.extend_from_slice(b"\r\n\r\n");
-    assert_eq!(exchange(addr, &garbage).await.code, 400);
-
-    // Malformed request lines.
-    for line in [
-        "GET\r\n\r\n",
-        "GET /metrics\r\n\r\n",
-        "GET /metrics HTTP/1.1 extra\r\n\r\n",
-        "GET /metrics SSH-2.0-OpenSSH_9.6\r\n\r\n",
-        "\r\n\r\n",
-    ] {
-        let answer = exchange(addr, line.as_bytes()).await;
-        assert_eq!(answer.code, 400, "{line:?}: {}", answer.head);
+    for path in ["/metrics", "/status"] {
+        let got = get(addr, path).await;
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let head = exchange(addr, request.as_bytes()).await;
+        assert_eq!(head.code, 200, "HEAD {path}: {}", head.head);
+        assert_eq!(head.body, "", "HEAD {path}");
+        for name in ["Content-Type", "Content-Length"] {
+            assert_eq!(
+                header(&head.head, name),
+                header(&got.head, name),
+                "{name} of HEAD {path}"
+            );
+        }
     }
+}
 
-    // The relay, its endpoint and its sessions carry on.
-    drop(silent);
-    assert_eq!(get(addr, "/metrics").await.code, 200);
-    let status = status(addr).await;
-    assert_eq!(status.hosts.len(), 1, "{status:?}");
-    echo_roundtrip(client, 9, 10_000).await;
+/// Serves `answer` once on a free loopback port after reading a request
+/// head, as a stand-in for an endpoint that answers oddly.
+async fn answer_once(answer: Vec<u8>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        // The client may stop reading an answer that is too long.
+        let _ = tcp.write_all(&answer).await;
+    });
+    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_head_limit_is_exactly_8_kib() {
+async fn shellrelay_status_reads_the_endpoint_and_refuses_odd_answers() {
     let tunnel = tunnel().await;
     let addr = metrics_addr(&tunnel);
-    // A head of exactly MAX_REQUEST bytes, its blank line included, is
-    // served; one byte more is refused.
-    let head_of = |len: usize| {
-        let mut head = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
-        head.resize(len - 4, b'a');
-        head.extend_from_slice(b"\r\n\r\n");
-        head
-    };
-    let limit = shellrelay::status::MAX_REQUEST;
-    assert_eq!(exchange(addr, &head_of(limit)).await.code, 200);
-    assert_eq!(exchange(addr, &head_of(limit + 1)).await.code, 431);
-}
+    let _lab1 = tunnel.host("lab1", echo_server().await).await;
+    let fetched = within(WAIT, "fetch", fetch(&addr.to_string())).await;
+    assert_eq!(fetched.unwrap(), tunnel.registry.status());
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_clients_from_one_address_cannot_starve_scrapes() {
-    let tunnel = tunnel().await;
-    let addr = metrics_addr(&tunnel);
-    // More silent connections than the endpoint serves at once, all from
-    // one address (127.0.0.2, on loopback as well).
-    let mut silent = Vec::new();
-    for _ in 0..40 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        silent.push(socket.connect(addr).await.unwrap());
+    // A chunked answer is read as well.
+    let json = br#"{"hosts":[]}"#;
+    let mut chunked = format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        json.len()
+    )
+    .into_bytes();
+    chunked.extend_from_slice(json);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let odd = answer_once(chunked).await;
+    let fetched = within(WAIT, "fetch", fetch(&odd.to_string())).await;
+    assert_eq!(fetched.unwrap(), Status { hosts: vec![] });
+
+    let too_long = MAX_RESPONSE + 1;
+    let mut long = format!("HTTP/1.1 200 OK\r\nContent-Length: {too_long}\r\n\r\n").into_bytes();
+    long.resize(long.len() + too_long, b' ');
+    let cases: [(Vec<u8>, &str); 4] = [
+        (
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            "/status answered 404 Not Found",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi".to_vec(),
+            "did not answer with a relay status",
+        ),
+        (
+            b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec(),
+            "could not read the answer",
+        ),
+        (long, &format!("longer than {MAX_RESPONSE} bytes")),
+    ];
+    for (answer, want) in cases {
+        let odd = answer_once(answer).await;
+        let err = within(WAIT, "fetch", fetch(&odd.to_string()))
+            .await
+            .expect_err("an odd answer was taken");
+        let err = format!("{err:#}");
+        assert!(err.contains(want), "{err}");
     }
-    // A scrape from elsewhere is still answered while they hold.
-    assert_eq!(get(addr, "/metrics").await.code, 200);
-    drop(silent);
 }

@@ -1,8 +1,14 @@
-//! `shellrelay status`: one GET of the relay's `/status`, printed as a
-//! table.
+//! `shellrelay status`: one GET of the relay's `/status` with hyper's
+//! HTTP/1 client, printed as a table.
 
-use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::pin;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper::header::{HeaderValue, ACCEPT, CONNECTION, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::clock::fmt_unix;
@@ -17,40 +23,56 @@ pub const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 pub async fn fetch(addr: &str) -> anyhow::Result<Status> {
     let body = tokio::time::timeout(FETCH_TIMEOUT, get(addr, "/status"))
         .await
-        .map_err(|_| anyhow::anyhow!("no answer from {addr} within {FETCH_TIMEOUT:?}"))??;
+        .map_err(|_| anyhow!("no answer from {addr} within {FETCH_TIMEOUT:?}"))??;
     serde_json::from_slice(&body)
         .with_context(|| format!("http://{addr}/status did not answer with a relay status"))
 }
 
-/// One GET on a fresh connection; returns the body of a 200 answer. Reads
-/// to the end of the stream, as the relay's endpoint closes after answering.
-async fn get(addr: &str, path: &str) -> anyhow::Result<Vec<u8>> {
-    let mut tcp = TcpStream::connect(addr).await.with_context(|| {
+/// One GET on a fresh connection; returns the body of a 200 answer.
+async fn get(addr: &str, path: &'static str) -> anyhow::Result<Bytes> {
+    let tcp = TcpStream::connect(addr).await.with_context(|| {
         format!("could not reach the relay's metrics endpoint at {addr} (is the relay running with --metrics {addr}?)")
     })?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes())
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .with_context(|| format!("could not send a request to {addr}"))?;
-    let mut raw = Vec::new();
-    (&mut tcp)
-        .take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut raw)
-        .await
-        .with_context(|| format!("could not read the answer from {addr}"))?;
-    if raw.len() > MAX_RESPONSE {
-        bail!("the answer from {addr} is longer than {MAX_RESPONSE} bytes");
-    }
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        bail!("{addr} did not answer with HTTP");
+        .with_context(|| format!("could not start HTTP with {addr}"))?;
+    let mut request = Request::get(path).body(Empty::<Bytes>::new())?;
+    let headers = request.headers_mut();
+    headers.insert(
+        HOST,
+        HeaderValue::from_str(addr).with_context(|| format!("{addr:?} is not a host name"))?,
+    );
+    headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    let exchange = async move {
+        let answer = sender
+            .send_request(request)
+            .await
+            .with_context(|| format!("could not read the answer from {addr}"))?;
+        if answer.status() != StatusCode::OK {
+            bail!("http://{addr}{path} answered {}", answer.status());
+        }
+        let body = Limited::new(answer.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|err| {
+                if err.is::<LengthLimitError>() {
+                    anyhow!("the answer from {addr} is longer than {MAX_RESPONSE} bytes")
+                } else {
+                    anyhow!("could not read the answer from {addr}: {err}")
+                }
+            })?;
+        Ok(body.to_bytes())
     };
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let status = head.lines().next().unwrap_or_default();
-    if status.split(' ').nth(1) != Some("200") {
-        bail!("http://{addr}{path} answered {status:?}");
+    // The connection is driven here, not spawned: it ends with the answer.
+    let (mut exchange, mut conn) = (pin!(exchange), pin!(conn));
+    tokio::select! {
+        body = &mut exchange => body,
+        ended = &mut conn => {
+            ended.with_context(|| format!("could not read the answer from {addr}"))?;
+            exchange.await
+        }
     }
-    Ok(raw.split_off(end + 4))
 }
 
 /// `status` as a table, one line per host, or a line saying there are none.

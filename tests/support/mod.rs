@@ -3,11 +3,13 @@
 //! bounded waits. Targets and traffic are in [`traffic`] (and, for the
 //! benchmarks, [`bulk`]), a private OpenSSH
 //! server in [`sshd`], the binary run as a process in [`bin`] and [`proc`],
-//! and a UDP impairment proxy in [`netem`].
+//! a UDP impairment proxy in [`netem`], and raw HTTP against the metrics
+//! endpoint in [`http`].
 #![allow(dead_code)]
 
 pub mod bin;
 pub mod bulk;
+pub mod http;
 pub mod netem;
 pub mod proc;
 pub mod sshd;
