@@ -134,7 +134,7 @@ impl Relay {
         let revoked = RevocationList::open(config.revocation_file.clone())?;
         let server = crate::tls::server_config(identity, config.transport)?;
         let endpoint = crate::tls::bind_endpoint_with(addr, config.endpoint.clone(), Some(server))?;
-        let window = config.transport.stream_window;
+        let window = config.transport.window();
         let hosts = Arc::new(Registry::new(config.limits.max_hosts, window));
         let max_sessions = budget::max_sessions(config.limits.max_buffered, window);
         Ok(Relay {

@@ -202,11 +202,18 @@ impl Default for TransportOptions {
     }
 }
 
+impl TransportOptions {
+    /// The stream window in force: [`TransportOptions::stream_window`]
+    /// within [`MIN_STREAM_WINDOW`]..=[`MAX_STREAM_WINDOW`].
+    pub fn window(&self) -> u32 {
+        self.stream_window
+            .clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW)
+    }
+}
+
 /// The quinn transport configuration for `opts`.
 pub fn transport_config(opts: TransportOptions) -> anyhow::Result<quinn::TransportConfig> {
-    let window = opts
-        .stream_window
-        .clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW);
+    let window = opts.window();
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
@@ -317,11 +324,7 @@ pub fn server_config(
         .max_concurrent_bidi_streams(1u32.into())
         .receive_window(PRE_AUTH_WINDOW.into())
         // The control stream's share; sessions add theirs.
-        .send_window(
-            opts.stream_window
-                .clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW)
-                .into(),
-        );
+        .send_window(opts.window().into());
     config.transport_config(Arc::new(transport));
     // Datagrams of connection attempts not yet accepted: a few Initials
     // each, and a bound on all of them ([`INCOMING_BUFFER_TOTAL`]).

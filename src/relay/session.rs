@@ -21,7 +21,7 @@ use crate::transport::{self, Conn, SendStream, Stream};
 /// its connections.
 pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Conn, host: &str, token: String) {
     let remote = conn.remote();
-    let shares = Shares::new(conn.clone(), state.config.transport.stream_window);
+    let shares = Shares::new(conn.clone(), state.config.transport.window());
     while let Ok((mut send, recv)) = conn.accept().await {
         let slots = match session_slots(state, &shares, &token) {
             Ok(slots) => slots,
