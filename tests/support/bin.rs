@@ -47,6 +47,14 @@ pub fn shellrelay(args: &[&str]) -> Command {
     cmd
 }
 
+/// The binary with `args` inside network namespace `ns` ([`super::wan`]),
+/// [`scrubbed`].
+pub fn shellrelay_in(ns: &str, args: &[&str]) -> Command {
+    let mut cmd = scrubbed("ip");
+    cmd.args(["netns", "exec", ns, BIN]).args(args);
+    cmd
+}
+
 /// What a finished run printed.
 pub struct Out {
     /// How it ended.

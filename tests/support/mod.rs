@@ -14,6 +14,7 @@ pub mod netem;
 pub mod proc;
 pub mod sshd;
 pub mod traffic;
+pub mod wan;
 
 use std::future::Future;
 use std::net::SocketAddr;

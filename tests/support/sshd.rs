@@ -70,6 +70,12 @@ impl Sshd {
     /// Starts sshd, or returns `None` (saying so loudly) where OpenSSH is
     /// not installed. Under `CI=true` a missing sshd fails the test.
     pub async fn start() -> Option<Sshd> {
+        Sshd::start_in(None).await
+    }
+
+    /// [`Sshd::start`] inside network namespace `ns` ([`super::wan`]), on
+    /// that namespace's loopback.
+    pub async fn start_in(ns: Option<&str>) -> Option<Sshd> {
         let Some(sshd) = find_program("sshd", &["/usr/sbin", "/usr/local/sbin", "/sbin"]) else {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("sshd is not installed, and CI=true: install openssh-server (apt-get install openssh-server)");
@@ -108,7 +114,14 @@ impl Sshd {
                 ),
             )
             .unwrap();
-            let mut cmd = tokio::process::Command::new(&sshd);
+            let mut cmd = match ns {
+                Some(ns) => {
+                    let mut cmd = tokio::process::Command::new("ip");
+                    cmd.args(["netns", "exec", ns]).arg(&sshd);
+                    cmd
+                }
+                None => tokio::process::Command::new(&sshd),
+            };
             cmd.arg("-D").arg("-e").arg("-f").arg(&config);
             let mut proc = Proc::spawn("sshd", cmd);
             if proc
@@ -138,7 +151,19 @@ impl Sshd {
     /// An `ssh` command to `port` on 127.0.0.1 (the client forwarder)
     /// running `remote`, with this server's key and no user config.
     pub fn ssh(&self, port: u16, remote: &str) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new("ssh");
+        self.ssh_in(None, port, remote)
+    }
+
+    /// [`Sshd::ssh`] run inside network namespace `ns`, if given.
+    pub fn ssh_in(&self, ns: Option<&str>, port: u16, remote: &str) -> tokio::process::Command {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut cmd = tokio::process::Command::new("ip");
+                cmd.args(["netns", "exec", ns, "ssh"]);
+                cmd
+            }
+            None => tokio::process::Command::new("ssh"),
+        };
         cmd.args(["-F", "/dev/null", "-T", "-p", &port.to_string()])
             .args([
                 "-o",

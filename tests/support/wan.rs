@@ -1,0 +1,307 @@
+//! A WAN lab: three network namespaces (client, relay, host) joined by two
+//! wires, each a pair of TUN devices with a program between them (threads
+//! of this process) that delays, loses, rate-limits and queues packets the
+//! way a real path does. The kernel here has no `netem` qdisc, so the
+//! wire is ours. Needs root; [`Lab::unavailable`] says why not.
+//!
+//! ```text
+//!  client ns            relay ns                     host ns
+//!  10.77.1.2 ==wire 1== 10.77.1.1   10.77.2.1 ==wire 2== 10.77.2.2
+//! ```
+//!
+//! The relay namespace forwards IP, so client and host also reach each
+//! other directly (routed TCP, the baseline). Dropping the lab stops the
+//! wires and deletes the namespaces.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// The client's address (client namespace).
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
+/// The relay's address towards the client.
+pub const RELAY_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+/// The relay's address towards the host.
+pub const RELAY_HOST_SIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 1);
+/// The host's address (host namespace).
+pub const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
+
+/// What one wire does to packets, the same both ways.
+#[derive(Clone, Copy, Debug)]
+pub struct Wire {
+    /// One-way delay.
+    pub delay: Duration,
+    /// Rate in bits per second.
+    pub rate: u64,
+    /// Longest a packet waits in the drop-tail queue before the rate limit.
+    pub queue: Duration,
+    /// Probability that a packet is lost.
+    pub loss: f64,
+}
+
+/// Packets a wire moved and dropped, both directions.
+#[derive(Debug, Default)]
+pub struct WireStats {
+    pub forwarded: AtomicU64,
+    pub lost: AtomicU64,
+    pub queue_drops: AtomicU64,
+}
+
+/// Three namespaces joined by two wires.
+pub struct Lab {
+    /// Namespace names: client, relay, host.
+    pub client: String,
+    pub relay: String,
+    pub host: String,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// Per wire.
+    pub stats: [Arc<WireStats>; 2],
+}
+
+static LABS: AtomicU64 = AtomicU64::new(0);
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+/// Runs `ip args`, panicking with its output on failure.
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `ip netns exec ns args`, panicking on failure.
+pub fn in_ns(ns: &str, args: &[&str]) {
+    let mut all = vec!["netns", "exec", ns];
+    all.extend_from_slice(args);
+    ip(&all);
+}
+
+/// Opens a TUN device named `name` (no packet information header).
+fn tun(name: &str) -> OwnedFd {
+    // SAFETY: plain libc calls on a path and an ifreq we own.
+    unsafe {
+        let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        assert!(
+            fd >= 0,
+            "open /dev/net/tun: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in name.bytes().take(15).enumerate() {
+            req.ifr_name[i] = b as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        let rc = libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &req);
+        assert!(
+            rc >= 0,
+            "TUNSETIFF {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        fd
+    }
+}
+
+impl Lab {
+    /// Why the lab cannot run here, if it cannot.
+    pub fn unavailable() -> Option<String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Some("the WAN lab needs root (network namespaces and TUN devices)".into());
+        }
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            return Some("the WAN lab needs /dev/net/tun".into());
+        }
+        let ip = std::process::Command::new("ip").arg("-V").output();
+        if !ip.is_ok_and(|o| o.status.success()) {
+            return Some("the WAN lab needs the ip command (iproute2)".into());
+        }
+        None
+    }
+
+    /// Builds the namespaces and both wires.
+    pub fn start(wire: Wire) -> Lab {
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("srw{}x{n}", std::process::id() % 100_000);
+        let (client, relay, host) = (format!("{tag}-c"), format!("{tag}-r"), format!("{tag}-h"));
+        for ns in [&client, &relay, &host] {
+            ip(&["netns", "add", ns]);
+            in_ns(ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut stats = Vec::new();
+        let ends = [
+            ((&client, CLIENT, "c"), (&relay, RELAY_CLIENT_SIDE, "r1")),
+            ((&host, HOST, "h"), (&relay, RELAY_HOST_SIDE, "r2")),
+        ];
+        for (w, (a, b)) in ends.into_iter().enumerate() {
+            let mut fds = Vec::new();
+            for (ns, addr, suffix) in [a, b] {
+                let dev = format!("{tag}{suffix}");
+                let fd = tun(&dev);
+                ip(&["link", "set", &dev, "netns", ns]);
+                in_ns(
+                    ns,
+                    &["ip", "addr", "add", &format!("{addr}/24"), "dev", &dev],
+                );
+                in_ns(ns, &["ip", "link", "set", &dev, "up"]);
+                fds.push(Arc::new(fd));
+            }
+            let st = Arc::new(WireStats::default());
+            for (from, to) in [(0, 1), (1, 0)] {
+                threads.extend(run_wire(
+                    fds[from].clone(),
+                    fds[to].clone(),
+                    wire,
+                    stop.clone(),
+                    st.clone(),
+                    (n << 8) + (w as u64) * 2 + from as u64,
+                ));
+            }
+            stats.push(st);
+        }
+        in_ns(
+            &client,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &RELAY_CLIENT_SIDE.to_string(),
+            ],
+        );
+        in_ns(
+            &host,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &RELAY_HOST_SIDE.to_string(),
+            ],
+        );
+        in_ns(&relay, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        let [s0, s1] = <[Arc<WireStats>; 2]>::try_from(stats).unwrap_or_else(|_| unreachable!());
+        Lab {
+            client,
+            relay,
+            host,
+            stop,
+            threads,
+            stats: [s0, s1],
+        }
+    }
+
+    /// `program args` to run inside namespace `ns`.
+    pub fn command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for ns in [&self.client, &self.relay, &self.host] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+/// One direction of a wire: a reader that drops and schedules packets, and
+/// a writer that delivers each at its time.
+fn run_wire(
+    from: Arc<OwnedFd>,
+    to: Arc<OwnedFd>,
+    wire: Wire,
+    stop: Arc<AtomicBool>,
+    stats: Arc<WireStats>,
+    seed: u64,
+) -> [JoinHandle<()>; 2] {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let reader = {
+        let stop = stop.clone();
+        let stats = stats.clone();
+        std::thread::spawn(move || {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut next_free = Instant::now();
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                let mut pfd = libc::pollfd {
+                    fd: from.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd we own.
+                if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
+                    continue;
+                }
+                // SAFETY: reading into a buffer we own, of its length.
+                let n = unsafe { libc::read(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    continue;
+                }
+                if rng.random::<f64>() < wire.loss {
+                    stats.lost.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let now = Instant::now();
+                let start = next_free.max(now);
+                if start - now > wire.queue {
+                    stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let bits = n as u64 * 8 * 1_000_000_000;
+                next_free = start + Duration::from_nanos(bits.checked_div(wire.rate).unwrap_or(0));
+                if tx
+                    .send((next_free + wire.delay, buf[..n as usize].to_vec()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let writer = std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((at, packet)) = rx.recv_timeout(Duration::from_millis(50)) else {
+                continue;
+            };
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            // SAFETY: writing a buffer we own, of its length.
+            let n = unsafe { libc::write(to.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+            if n > 0 {
+                stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    [reader, writer]
+}
