@@ -40,6 +40,8 @@ pub struct ClientFile {
     /// Host to reach when `--host` is not given (default: the host the
     /// token names).
     pub host: Option<String>,
+    /// Congestion controller (`--congestion`).
+    pub congestion: Option<crate::tls::Congestion>,
 }
 
 /// A config file as read from disk, its paths made absolute.
@@ -215,7 +217,8 @@ mod tests {
                     relay = \"relay.example.org:4433\"\n\
                     relay_cert = \"relay.crt\"\n\
                     token_file = \"/secure/client.token\"\n\
-                    host = \"lab-1\"\n";
+                    host = \"lab-1\"\n\
+                    congestion = \"cubic\"\n";
         let file = parse(Path::new("/etc/shellrelay/client.toml"), text).unwrap();
         assert_eq!(
             file,
@@ -224,6 +227,7 @@ mod tests {
                 relay_cert: Some("/etc/shellrelay/relay.crt".into()),
                 token_file: Some("/secure/client.token".into()),
                 host: Some("lab-1".into()),
+                congestion: Some(crate::tls::Congestion::Cubic),
             }
         );
         assert_eq!(

@@ -181,6 +181,33 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Congestion controller of every connection a role makes or accepts
+/// (`--congestion`). README "Performance" has the figures that chose the
+/// default ([`crate::defaults::CONGESTION`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// BBR: paces at the measured bottleneck rate; random loss does not
+    /// cut its rate.
+    Bbr,
+    /// CUBIC: loss-based, quinn's default; halves on every loss.
+    Cubic,
+    /// NewReno: loss-based, the classic.
+    #[value(name = "newreno")]
+    NewReno,
+}
+
+impl Congestion {
+    fn factory(self) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync + 'static> {
+        use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+        match self {
+            Congestion::Bbr => Arc::new(BbrConfig::default()),
+            Congestion::Cubic => Arc::new(CubicConfig::default()),
+            Congestion::NewReno => Arc::new(NewRenoConfig::default()),
+        }
+    }
+}
+
 /// Transport settings shared by every role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportOptions {
@@ -190,6 +217,8 @@ pub struct TransportOptions {
     pub idle_timeout: Duration,
     /// Per-stream receive window, bytes ([`STREAM_WINDOW`]).
     pub stream_window: u32,
+    /// Congestion controller.
+    pub congestion: Congestion,
 }
 
 impl Default for TransportOptions {
@@ -198,6 +227,7 @@ impl Default for TransportOptions {
             keep_alive: KEEP_ALIVE,
             idle_timeout: IDLE_TIMEOUT,
             stream_window: STREAM_WINDOW,
+            congestion: crate::defaults::CONGESTION,
         }
     }
 }
@@ -231,6 +261,7 @@ pub fn transport_config(opts: TransportOptions) -> anyhow::Result<quinn::Transpo
         // without a token) could fill a buffer nobody drains.
         .datagram_receive_buffer_size(None)
         .datagram_send_buffer_size(0)
+        .congestion_controller_factory(opts.congestion.factory())
         .keep_alive_interval(Some(opts.keep_alive))
         .max_idle_timeout(Some(
             opts.idle_timeout

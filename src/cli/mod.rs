@@ -168,10 +168,24 @@ pub struct TransportOpt {
     /// Receive window of each session stream: a session moves at most this much per round trip, and a stalled one holds at most this much here. Raise it for long fat paths (64KiB to 64MiB).
     #[arg(long, env = "SHELLRELAY_STREAM_WINDOW", default_value_t = ByteSize::b(tls::STREAM_WINDOW.into()), value_name = "BYTES")]
     stream_window: ByteSize,
+    /// Congestion controller [default: bbr].
+    #[arg(
+        long,
+        env = "SHELLRELAY_CONGESTION",
+        value_enum,
+        value_name = "ALGORITHM"
+    )]
+    congestion: Option<tls::Congestion>,
 }
 
 impl TransportOpt {
     fn options(&self) -> anyhow::Result<TransportOptions> {
+        self.options_or(None)
+    }
+
+    /// [`TransportOpt::options`], with `congestion` from a config file
+    /// where no flag or variable set it.
+    fn options_or(&self, congestion: Option<tls::Congestion>) -> anyhow::Result<TransportOptions> {
         if self.keep_alive >= self.idle_timeout {
             bail!("--keep-alive must be shorter than --idle-timeout");
         }
@@ -191,6 +205,10 @@ impl TransportOpt {
             keep_alive: self.keep_alive.0,
             idle_timeout: self.idle_timeout.0,
             stream_window,
+            congestion: self
+                .congestion
+                .or(congestion)
+                .unwrap_or(crate::defaults::CONGESTION),
         })
     }
 }

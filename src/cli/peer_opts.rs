@@ -75,7 +75,7 @@ impl PeerOpt {
         let relay = RelayAddr {
             addr: relay,
             trust,
-            transport: self.transport.options()?,
+            transport: self.transport.options_or(keys.and_then(|k| k.congestion))?,
         };
         let file_token = keys.and_then(|k| k.token_file.as_ref());
         let token = match (&self.token_file, &self.token, file_token) {

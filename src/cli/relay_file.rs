@@ -64,6 +64,8 @@ pub(super) struct RelayFile {
     pub idle_timeout: Option<HumanDuration>,
     #[serde(default, deserialize_with = "scalar")]
     pub stream_window: Option<bytesize::ByteSize>,
+    #[serde(default)]
+    pub congestion: Option<crate::tls::Congestion>,
 }
 
 /// Reads the settings file at `path`.
@@ -145,6 +147,7 @@ pub(super) fn merge(opt: &mut RelayOpt, given: &clap::ArgMatches) -> anyhow::Res
         opt.limits => max_buffered = file.max_buffered;
         opt.transport => idle_timeout = file.idle_timeout;
         opt.transport => stream_window = file.stream_window;
+        opt.transport => congestion = file.congestion.map(Some);
     }
     Ok(())
 }
@@ -199,6 +202,9 @@ secret_file = "/etc/shellrelay/secret"
 max_hosts = 5
 name = ["relay.example.com", "10.0.0.1"]
 hello_timeout = "3s"
+stream_window = "1MiB"
+max_buffered = "2GiB"
+congestion = "newreno"
 revocation_file = "/etc/shellrelay/revoked"
 
 [token_keys]
@@ -216,6 +222,10 @@ issuer-2 = "/etc/shellrelay/issuer-2.pub"
         assert_eq!(opt.limits.max_hosts, 5);
         assert_eq!(opt.names, ["relay.example.com", "10.0.0.1"]);
         assert_eq!(opt.hello_timeout, Duration::from_secs(3));
+        let transport = opt.transport.options().unwrap();
+        assert_eq!(transport.stream_window, 1 << 20);
+        assert_eq!(transport.congestion, crate::tls::Congestion::NewReno);
+        assert_eq!(opt.limits.max_buffered.as_u64(), 2 << 30);
         assert_eq!(
             opt.secret.secret_file.as_deref(),
             Some(std::path::Path::new("/etc/shellrelay/secret"))

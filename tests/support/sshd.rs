@@ -105,12 +105,14 @@ impl Sshd {
             std::fs::write(
                 &config,
                 format!(
-                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\nAuthorizedKeysFile {auth}\n\
+                    "Port {port}\nListenAddress {listen}\nHostKey {dir}/host_key\nAuthorizedKeysFile {auth}\n\
                      PidFile {dir}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                      PubkeyAuthentication yes\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n\
                      MaxStartups 200\nMaxSessions 200\nSubsystem sftp internal-sftp\nLogLevel INFO\n",
                     dir = dir.path().display(),
                     auth = auth.display(),
+                    // In a namespace of its own, reachable from the others.
+                    listen = if ns.is_some() { "0.0.0.0" } else { "127.0.0.1" },
                 ),
             )
             .unwrap();
@@ -156,6 +158,17 @@ impl Sshd {
 
     /// [`Sshd::ssh`] run inside network namespace `ns`, if given.
     pub fn ssh_in(&self, ns: Option<&str>, port: u16, remote: &str) -> tokio::process::Command {
+        self.ssh_to(ns, std::net::Ipv4Addr::LOCALHOST, port, remote)
+    }
+
+    /// [`Sshd::ssh_in`] to `ip` instead of 127.0.0.1.
+    pub fn ssh_to(
+        &self,
+        ns: Option<&str>,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        remote: &str,
+    ) -> tokio::process::Command {
         let mut cmd = match ns {
             Some(ns) => {
                 let mut cmd = tokio::process::Command::new("ip");
@@ -182,7 +195,7 @@ impl Sshd {
             .args(["-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=10"])
             .arg("-i")
             .arg(self.dir.path().join("id"))
-            .arg(format!("{}@127.0.0.1", user()))
+            .arg(format!("{}@{ip}", user()))
             .arg(remote)
             .stdin(Stdio::null())
             .kill_on_drop(true);

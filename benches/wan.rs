@@ -1,0 +1,346 @@
+//! `cargo bench --bench wan` (as root): real OpenSSH across the WAN lab of
+//! `tests/support/wan.rs` (client, relay and host namespaces joined by two
+//! wires), through shellrelay with each congestion controller and over
+//! direct routed TCP with the kernel on cubic and on bbr. Prints bulk
+//! throughput through `ssh host cat` each way, the time of `ssh host
+//! true`, and keystroke echo p50/p95 through `ssh host cat`, idle and
+//! while a bulk download shares the tunnel. `SHELLRELAY_BENCH_QUICK=1`
+//! runs one path with short transfers.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::bin::{make_private, mint_token, path_str, peer_args, shellrelay_in, write_secret};
+use support::bulk::machine;
+use support::proc::{field, Proc};
+use support::sshd::Sshd;
+use support::wan::{in_ns, Lab, Wire, HOST, RELAY_CLIENT_SIDE, RELAY_HOST_SIDE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How one tunnel is reached from the client namespace.
+struct Tunnel {
+    ip: Ipv4Addr,
+    port: u16,
+}
+
+/// shellrelay across the lab: relay, host agent and client forwarder.
+struct Shellrelay {
+    _procs: Vec<Proc>,
+    tunnel: Tunnel,
+}
+
+async fn shellrelay(lab: &Lab, sshd: &Sshd, dir: &std::path::Path, congestion: &str) -> Shellrelay {
+    let secret = write_secret(dir);
+    let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+    let names = format!("{RELAY_CLIENT_SIDE},{RELAY_HOST_SIDE}");
+    let mut relay = Proc::spawn(
+        "relay",
+        shellrelay_in(
+            &lab.relay,
+            &[
+                "relay",
+                "--listen",
+                "0.0.0.0:0",
+                "--secret-file",
+                path_str(&secret),
+                "--cert",
+                path_str(&cert),
+                "--key",
+                path_str(&key),
+                "--name",
+                &names,
+                "--congestion",
+                congestion,
+            ],
+        ),
+    );
+    let line = relay.wait_for_text("relay listening").await;
+    let port = field(&line, "addr")
+        .and_then(|a| a.rsplit(':').next())
+        .unwrap_or_default()
+        .to_owned();
+    let target = format!("127.0.0.1:{}", sshd.port);
+    let mut procs = vec![relay];
+    let mut listen = 0;
+    for (role, ns, relay_ip) in [
+        ("host", &lab.host, RELAY_HOST_SIDE),
+        ("client", &lab.client, RELAY_CLIENT_SIDE),
+    ] {
+        let token = dir.join(format!("{role}.token"));
+        std::fs::write(&token, mint_token(&secret, role, "lab1", "1h").await).expect("token");
+        make_private(&token);
+        let at = format!("{relay_ip}:{port}");
+        let mut args = peer_args(role, &at, &cert, &token);
+        args.extend(["--congestion", congestion]);
+        match role {
+            "host" => args.extend(["--target", &target]),
+            _ => args.extend(["--listen", "127.0.0.1:0"]),
+        }
+        let mut proc = Proc::spawn(role, shellrelay_in(ns, &args));
+        if role == "host" {
+            proc.wait_for_text("registered with relay").await;
+        } else {
+            let line = proc.wait_for_text("client forwarder listening").await;
+            listen = field(&line, "listen")
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            proc.wait_for_text("connected to relay").await;
+        }
+        procs.push(proc);
+    }
+    Shellrelay {
+        _procs: procs,
+        tunnel: Tunnel {
+            ip: Ipv4Addr::LOCALHOST,
+            port: listen,
+        },
+    }
+}
+
+/// Mbit/s of `ssh host cat /dev/zero` over `time`, after a second.
+async fn bulk_down(lab: &Lab, sshd: &Sshd, t: &Tunnel, time: Duration) -> f64 {
+    let mut cmd = sshd.ssh_to(Some(&lab.client), t.ip, t.port, "cat /dev/zero");
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("ssh");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut buf = vec![0u8; 256 << 10];
+    let mut got = 0u64;
+    let start = Instant::now();
+    let mut counting: Option<Instant> = None;
+    let _ = tokio::time::timeout(time + Duration::from_secs(30), async {
+        while let Ok(n @ 1..) = out.read(&mut buf).await {
+            match counting {
+                Some(at) if at.elapsed() >= time => break,
+                Some(_) => got += n as u64,
+                None if start.elapsed() >= Duration::from_secs(1) => {
+                    counting = Some(Instant::now())
+                }
+                None => {}
+            }
+        }
+    })
+    .await;
+    let secs = counting.map_or(1.0, |at| at.elapsed().as_secs_f64());
+    let _ = child.kill().await;
+    got as f64 * 8.0 / secs / 1e6
+}
+
+/// Mbit/s into `ssh host wc -c` for `time`, counted by `wc`.
+async fn bulk_up(lab: &Lab, sshd: &Sshd, t: &Tunnel, time: Duration) -> f64 {
+    let mut cmd = sshd.ssh_to(Some(&lab.client), t.ip, t.port, "wc -c");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let buf = vec![0u8; 256 << 10];
+    let start = Instant::now();
+    let _ =
+        tokio::time::timeout(time, async { while stdin.write_all(&buf).await.is_ok() {} }).await;
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await;
+    let count: u64 = out
+        .ok()
+        .and_then(|o| o.ok())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0);
+    count as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// Median milliseconds of `ssh host true`, of three.
+async fn ssh_true(lab: &Lab, sshd: &Sshd, t: &Tunnel) -> f64 {
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let _ = sshd
+            .ssh_to(Some(&lab.client), t.ip, t.port, "true")
+            .status()
+            .await;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    times[1]
+}
+
+/// Keystroke echo p50 and p95 (ms) through `ssh host cat`: one byte, its
+/// echo, then the next 20 ms later, `count` times.
+async fn echo(lab: &Lab, sshd: &Sshd, t: &Tunnel, count: usize) -> (f64, f64) {
+    let mut cmd = sshd.ssh_to(Some(&lab.client), t.ip, t.port, "cat");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut times = Vec::with_capacity(count);
+    let mut byte = [0u8; 1];
+    for i in 0..=count {
+        let start = Instant::now();
+        if stdin.write_all(b"k").await.is_err() || stdin.flush().await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), stdout.read_exact(&mut byte)).await {
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+        // The first includes the session's setup.
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill().await;
+    if times.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    (at(0.5), at(0.95))
+}
+
+/// Every figure for one tunnel.
+async fn measure(lab: &Lab, sshd: &Sshd, t: &Tunnel, name: &str, time: Duration, samples: usize) {
+    let down = bulk_down(lab, sshd, t, time).await;
+    let up = bulk_up(lab, sshd, t, time).await;
+    let setup = ssh_true(lab, sshd, t).await;
+    let idle = echo(lab, sshd, t, samples).await;
+    let busy = {
+        let load = bulk_down(lab, sshd, t, time + Duration::from_secs(30));
+        tokio::pin!(load);
+        tokio::select! {
+            _ = &mut load => (f64::NAN, f64::NAN),
+            e = async {
+                // Let the bulk download get going first.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                echo(lab, sshd, t, samples).await
+            } => e,
+        }
+    };
+    println!(
+        "  {name:<28} {down:>8.1} {up:>8.1} {setup:>9.0} {:>6.0}/{:<6.0} {:>6.0}/{:<6.0}",
+        idle.0, idle.1, busy.0, busy.1
+    );
+}
+
+/// Sets the kernel's TCP congestion control in every namespace of `lab`.
+fn tcp_congestion(lab: &Lab, algorithm: &str) {
+    for ns in [&lab.client, &lab.relay, &lab.host] {
+        in_ns(
+            ns,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv4.tcp_congestion_control={algorithm}"),
+            ],
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    if let Some(why) = Lab::unavailable() {
+        println!("wan benchmark skipped: {why}");
+        return Ok(());
+    }
+    // Child namespaces may only use what the root namespace allows.
+    let allowed_key = "net.ipv4.tcp_allowed_congestion_control";
+    let allowed = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")?;
+    let _ = std::process::Command::new("sysctl")
+        .args(["-q", "-w", &format!("{allowed_key}=reno cubic bbr")])
+        .status();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(run());
+    let _ = std::process::Command::new("sysctl")
+        .args(["-q", "-w", &format!("{allowed_key}={}", allowed.trim())])
+        .status();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
+    let quick = std::env::var("SHELLRELAY_BENCH_QUICK").is_ok();
+    let (time, samples) = if quick {
+        (Duration::from_secs(4), 20)
+    } else {
+        (Duration::from_secs(8), 60)
+    };
+    let wire = |delay: u64, rate: u64, loss: f64| Wire {
+        delay: Duration::from_millis(delay),
+        rate,
+        queue: Duration::from_millis(50),
+        loss,
+    };
+    let mut paths = vec![(
+        "10 ms one way per wire, 100 Mbit/s, 1 % loss",
+        wire(10, 100_000_000, 0.01),
+    )];
+    if !quick {
+        paths = vec![
+            (
+                "10 ms one way per wire, 100 Mbit/s, 0 % loss",
+                wire(10, 100_000_000, 0.0),
+            ),
+            (
+                "10 ms one way per wire, 100 Mbit/s, 1 % loss",
+                wire(10, 100_000_000, 0.01),
+            ),
+            (
+                "10 ms one way per wire, 100 Mbit/s, 3 % loss",
+                wire(10, 100_000_000, 0.03),
+            ),
+            (
+                "40 ms one way per wire, 1 Gbit/s, 0 % loss",
+                wire(40, 1_000_000_000, 0.0),
+            ),
+        ];
+    }
+    println!("shellrelay WAN benchmark: {}", machine());
+    println!(
+        "real OpenSSH, client | relay | host namespaces, two wires with a 50 ms drop-tail queue"
+    );
+    for (what, wire) in paths {
+        println!("\n{what}");
+        println!(
+            "  {:<28} {:>8} {:>8} {:>9} {:>13} {:>13}",
+            "tunnel", "down", "up", "ssh true", "echo idle", "echo w/ bulk"
+        );
+        println!(
+            "  {:<28} {:>8} {:>8} {:>9} {:>13} {:>13}",
+            "", "Mbit/s", "Mbit/s", "ms", "p50/p95 ms", "p50/p95 ms"
+        );
+        let lab = Lab::start(wire);
+        let Some(sshd) = Sshd::start_in(Some(&lab.host)).await else {
+            anyhow::bail!("sshd is not installed");
+        };
+        for congestion in ["bbr", "cubic"] {
+            let dir = tempfile::tempdir()?;
+            let sr = shellrelay(&lab, &sshd, dir.path(), congestion).await;
+            let name = format!("shellrelay --congestion {congestion}");
+            measure(&lab, &sshd, &sr.tunnel, &name, time, samples).await;
+        }
+        for algorithm in ["bbr", "cubic"] {
+            tcp_congestion(&lab, algorithm);
+            let direct = Tunnel {
+                ip: HOST,
+                port: sshd.port,
+            };
+            measure(
+                &lab,
+                &sshd,
+                &direct,
+                &format!("direct TCP, kernel {algorithm}"),
+                time,
+                samples,
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
