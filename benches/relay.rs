@@ -216,10 +216,18 @@ async fn run() -> anyhow::Result<()> {
 
     let sink = target().await;
     let limit = (plan.idle_sessions + 1_000).to_string();
+    // `SHELLRELAY_BENCH_CONGESTION=cubic` (or newreno) compares controllers.
+    let congestion = std::env::var("SHELLRELAY_BENCH_CONGESTION").unwrap_or_else(|_| "bbr".into());
+    // `SHELLRELAY_BENCH_WINDOW=4MiB` compares stream windows.
+    let window = std::env::var("SHELLRELAY_BENCH_WINDOW").unwrap_or_else(|_| "512KiB".into());
     let mut relay = spawn(
         "relay",
         &[
             "relay",
+            "--congestion",
+            &congestion,
+            "--stream-window",
+            &window,
             "--listen",
             "127.0.0.1:0",
             "--secret-file",
@@ -236,16 +244,21 @@ async fn run() -> anyhow::Result<()> {
             "100000",
             "--max-hosts",
             &limit,
+            // Room for every idle session: they hold nothing.
+            "--max-buffered",
+            "1TiB",
         ],
     );
     let relay_addr = logged(&mut relay, "relay listening", "addr").await;
     let sink_at = sink.to_string();
     let mut host_args = peer_args("host", &relay_addr, &cert, &host_token);
-    host_args.extend(["--target", &sink_at]);
+    host_args.extend(["--target", &sink_at, "--congestion", &congestion]);
+    host_args.extend(["--stream-window", &window]);
     let mut host = spawn("host", &host_args);
     logged(&mut host, "registered with relay", "host").await;
     let mut client_args = peer_args("client", &relay_addr, &cert, &client_token);
-    client_args.extend(["--listen", "127.0.0.1:0"]);
+    client_args.extend(["--listen", "127.0.0.1:0", "--congestion", &congestion]);
+    client_args.extend(["--stream-window", &window]);
     let mut client = spawn("client", &client_args);
     let tunnel: SocketAddr = logged(&mut client, "client forwarder listening", "listen")
         .await

@@ -33,7 +33,13 @@ struct Shellrelay {
     tunnel: Tunnel,
 }
 
-async fn shellrelay(lab: &Lab, sshd: &Sshd, dir: &std::path::Path, congestion: &str) -> Shellrelay {
+async fn shellrelay(
+    lab: &Lab,
+    sshd: &Sshd,
+    dir: &std::path::Path,
+    congestion: &str,
+    window: &str,
+) -> Shellrelay {
     let secret = write_secret(dir);
     let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
     let names = format!("{RELAY_CLIENT_SIDE},{RELAY_HOST_SIDE}");
@@ -55,6 +61,8 @@ async fn shellrelay(lab: &Lab, sshd: &Sshd, dir: &std::path::Path, congestion: &
                 &names,
                 "--congestion",
                 congestion,
+                "--stream-window",
+                window,
             ],
         ),
     );
@@ -75,7 +83,7 @@ async fn shellrelay(lab: &Lab, sshd: &Sshd, dir: &std::path::Path, congestion: &
         make_private(&token);
         let at = format!("{relay_ip}:{port}");
         let mut args = peer_args(role, &at, &cert, &token);
-        args.extend(["--congestion", congestion]);
+        args.extend(["--congestion", congestion, "--stream-window", window]);
         match role {
             "host" => args.extend(["--target", &target]),
             _ => args.extend(["--listen", "127.0.0.1:0"]),
@@ -301,6 +309,10 @@ async fn run() -> anyhow::Result<()> {
             ),
         ];
     }
+    // `SHELLRELAY_BENCH_ONLY=40` runs only the paths whose label has "40".
+    if let Ok(only) = std::env::var("SHELLRELAY_BENCH_ONLY") {
+        paths.retain(|(label, _)| label.contains(&only));
+    }
     println!("shellrelay WAN benchmark: {}", machine());
     println!(
         "real OpenSSH, client | relay | host namespaces, two wires with a 50 ms drop-tail queue"
@@ -319,10 +331,20 @@ async fn run() -> anyhow::Result<()> {
         let Some(sshd) = Sshd::start_in(Some(&lab.host)).await else {
             anyhow::bail!("sshd is not installed");
         };
-        for congestion in ["bbr", "cubic"] {
+        let default_window = "512KiB";
+        let mut runs = vec![("bbr", default_window), ("cubic", default_window)];
+        // A long fat path needs more than the default window: the figure
+        // with the flag that raises it, beside the default's.
+        if wire.rate >= 1_000_000_000 {
+            runs.insert(1, ("bbr", "16MiB"));
+        }
+        for (congestion, window) in runs {
             let dir = tempfile::tempdir()?;
-            let sr = shellrelay(&lab, &sshd, dir.path(), congestion).await;
-            let name = format!("shellrelay --congestion {congestion}");
+            let sr = shellrelay(&lab, &sshd, dir.path(), congestion, window).await;
+            let name = match window {
+                w if w == default_window => format!("shellrelay --congestion {congestion}"),
+                w => format!("  ... --stream-window {w}"),
+            };
             measure(&lab, &sshd, &sr.tunnel, &name, time, samples).await;
         }
         for algorithm in ["bbr", "cubic"] {

@@ -114,13 +114,6 @@ pub const CLIENT_SETUP_TIMEOUT: Duration = Duration::from_secs(HOST_SETUP_TIMEOU
 /// and its sessions to wind down, before it aborts what is left.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-// ---------------------------------------------------------------- transport
-
-/// Congestion controller of every role (`--congestion`): BBR, since random
-/// loss on Wi-Fi and mobile paths cuts a loss-based controller to a small
-/// fraction of the path (README "Performance", `cargo bench --bench wan`).
-pub const CONGESTION: crate::tls::Congestion = crate::tls::Congestion::Bbr;
-
 // ---------------------------------------------------------------- peers
 
 /// Keep-alive interval: well under the common 30 s UDP NAT mapping

@@ -181,9 +181,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Congestion controller of every role (`--congestion`): BBR, since random
+/// loss on Wi-Fi and mobile paths cuts a loss-based controller to a small
+/// fraction of the path (README "Lossy and long paths", `cargo bench
+/// --bench wan`).
+pub const CONGESTION: Congestion = Congestion::Bbr;
+
 /// Congestion controller of every connection a role makes or accepts
-/// (`--congestion`). README "Performance" has the figures that chose the
-/// default ([`crate::defaults::CONGESTION`]).
+/// (`--congestion`; default [`CONGESTION`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
@@ -227,7 +232,7 @@ impl Default for TransportOptions {
             keep_alive: KEEP_ALIVE,
             idle_timeout: IDLE_TIMEOUT,
             stream_window: STREAM_WINDOW,
-            congestion: crate::defaults::CONGESTION,
+            congestion: CONGESTION,
         }
     }
 }

@@ -205,10 +205,7 @@ impl TransportOpt {
             keep_alive: self.keep_alive.0,
             idle_timeout: self.idle_timeout.0,
             stream_window,
-            congestion: self
-                .congestion
-                .or(congestion)
-                .unwrap_or(crate::defaults::CONGESTION),
+            congestion: self.congestion.or(congestion).unwrap_or(tls::CONGESTION),
         })
     }
 }
