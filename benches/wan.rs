@@ -25,6 +25,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Tunnel {
     ip: Ipv4Addr,
     port: u16,
+    /// Extra ssh options (a ProxyCommand).
+    options: Vec<String>,
+}
+
+impl Tunnel {
+    /// `ssh host remote` through this tunnel, from the client namespace.
+    fn ssh(&self, lab: &Lab, sshd: &Sshd, remote: &str) -> tokio::process::Command {
+        sshd.ssh_with(
+            Some(&lab.client),
+            self.ip,
+            self.port,
+            &self.options,
+            Some(remote),
+        )
+    }
 }
 
 /// shellrelay across the lab: relay, host agent and client forwarder.
@@ -106,13 +121,77 @@ async fn shellrelay(
         tunnel: Tunnel {
             ip: Ipv4Addr::LOCALHOST,
             port: listen,
+            options: Vec::new(),
         },
     }
 }
 
+/// An OpenSSH reverse tunnel via a bastion: a second sshd in the relay
+/// namespace, the host holding `ssh -N -R` to it, and the client going
+/// through it with `ssh -W` as its ProxyCommand.
+struct Reverse {
+    _bastion: Sshd,
+    _forward: Proc,
+    tunnel: Tunnel,
+}
+
+async fn reverse_tunnel(lab: &Lab, sshd: &Sshd) -> anyhow::Result<Reverse> {
+    let Some(bastion) = Sshd::start_in(Some(&lab.relay)).await else {
+        anyhow::bail!("sshd is not installed");
+    };
+    // Any port is free on the relay namespace's fresh loopback; take one
+    // the kernel gives here.
+    let remote_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let forward_spec = format!("{remote_port}:127.0.0.1:{}", sshd.port);
+    let options: Vec<String> = ["-N", "-R", &forward_spec, "-o", "ExitOnForwardFailure=yes"]
+        .map(String::from)
+        .to_vec();
+    let cmd = bastion.ssh_with(
+        Some(&lab.host),
+        RELAY_HOST_SIDE,
+        bastion.port,
+        &options,
+        None,
+    );
+    let forward = Proc::spawn("ssh -R", cmd);
+    let id = bastion.dir.path().join("id");
+    let proxy = format!(
+        "ProxyCommand=ssh -F /dev/null -i {} -p {} -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o IdentitiesOnly=yes \
+         -o LogLevel=ERROR -W %h:%p {}@{RELAY_CLIENT_SIDE}",
+        id.display(),
+        bastion.port,
+        support::sshd::user()
+    );
+    let tunnel = Tunnel {
+        ip: Ipv4Addr::LOCALHOST,
+        port: remote_port,
+        options: vec!["-o".into(), proxy],
+    };
+    // Up once a session gets through.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = tunnel.ssh(lab, sshd, "true").status().await;
+        if ok.is_ok_and(|s| s.success()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the reverse tunnel did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(Reverse {
+        _bastion: bastion,
+        _forward: forward,
+        tunnel,
+    })
+}
+
 /// Mbit/s of `ssh host cat /dev/zero` over `time`, after a second.
 async fn bulk_down(lab: &Lab, sshd: &Sshd, t: &Tunnel, time: Duration) -> f64 {
-    let mut cmd = sshd.ssh_to(Some(&lab.client), t.ip, t.port, "cat /dev/zero");
+    let mut cmd = t.ssh(lab, sshd, "cat /dev/zero");
     let mut child = cmd.stdout(Stdio::piped()).spawn().expect("ssh");
     let mut out = child.stdout.take().expect("stdout");
     let mut buf = vec![0u8; 256 << 10];
@@ -139,7 +218,7 @@ async fn bulk_down(lab: &Lab, sshd: &Sshd, t: &Tunnel, time: Duration) -> f64 {
 
 /// Mbit/s into `ssh host wc -c` for `time`, counted by `wc`.
 async fn bulk_up(lab: &Lab, sshd: &Sshd, t: &Tunnel, time: Duration) -> f64 {
-    let mut cmd = sshd.ssh_to(Some(&lab.client), t.ip, t.port, "wc -c");
+    let mut cmd = t.ssh(lab, sshd, "wc -c");
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -165,10 +244,7 @@ async fn ssh_true(lab: &Lab, sshd: &Sshd, t: &Tunnel) -> f64 {
     let mut times = Vec::new();
     for _ in 0..3 {
         let start = Instant::now();
-        let _ = sshd
-            .ssh_to(Some(&lab.client), t.ip, t.port, "true")
-            .status()
-            .await;
+        let _ = t.ssh(lab, sshd, "true").status().await;
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
@@ -178,7 +254,7 @@ async fn ssh_true(lab: &Lab, sshd: &Sshd, t: &Tunnel) -> f64 {
 /// Keystroke echo p50 and p95 (ms) through `ssh host cat`: one byte, its
 /// echo, then the next 20 ms later, `count` times.
 async fn echo(lab: &Lab, sshd: &Sshd, t: &Tunnel, count: usize) -> (f64, f64) {
-    let mut cmd = sshd.ssh_to(Some(&lab.client), t.ip, t.port, "cat");
+    let mut cmd = t.ssh(lab, sshd, "cat");
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -349,9 +425,14 @@ async fn run() -> anyhow::Result<()> {
         }
         for algorithm in ["bbr", "cubic"] {
             tcp_congestion(&lab, algorithm);
+            let reverse = reverse_tunnel(&lab, &sshd).await?;
+            let name = format!("ssh -R via bastion, {algorithm}");
+            measure(&lab, &sshd, &reverse.tunnel, &name, time, samples).await;
+            drop(reverse);
             let direct = Tunnel {
                 ip: HOST,
                 port: sshd.port,
+                options: Vec::new(),
             };
             measure(
                 &lab,

@@ -169,6 +169,19 @@ impl Sshd {
         port: u16,
         remote: &str,
     ) -> tokio::process::Command {
+        self.ssh_with(ns, ip, port, &[], Some(remote))
+    }
+
+    /// [`Sshd::ssh_to`] with more `options` before the destination, and
+    /// no remote command when `remote` is `None`.
+    pub fn ssh_with(
+        &self,
+        ns: Option<&str>,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        options: &[String],
+        remote: Option<&str>,
+    ) -> tokio::process::Command {
         let mut cmd = match ns {
             Some(ns) => {
                 let mut cmd = tokio::process::Command::new("ip");
@@ -195,8 +208,9 @@ impl Sshd {
             .args(["-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=10"])
             .arg("-i")
             .arg(self.dir.path().join("id"))
+            .args(options)
             .arg(format!("{}@{ip}", user()))
-            .arg(remote)
+            .args(remote)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         cmd
