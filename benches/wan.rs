@@ -173,7 +173,12 @@ async fn reverse_tunnel(lab: &Lab, sshd: &Sshd) -> anyhow::Result<Reverse> {
     // Up once a session gets through.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ok = tunnel.ssh(lab, sshd, "true").status().await;
+        // Refused until the forward is up: nothing to print.
+        let ok = tunnel
+            .ssh(lab, sshd, "true")
+            .stderr(Stdio::null())
+            .status()
+            .await;
         if ok.is_ok_and(|s| s.success()) {
             break;
         }
