@@ -14,9 +14,8 @@ use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::bin::{make_private, mint_token, path_str, peer_args, shellrelay_in, write_secret};
 use support::bulk::machine;
-use support::proc::{field, Proc};
+use support::proc::Proc;
 use support::sshd::Sshd;
 use support::wan::{in_ns, Lab, Wire, HOST, RELAY_CLIENT_SIDE, RELAY_HOST_SIDE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,90 +38,6 @@ impl Tunnel {
             &self.options,
             Some(remote),
         )
-    }
-}
-
-/// shellrelay across the lab: relay, host agent and client forwarder.
-struct Shellrelay {
-    _procs: Vec<Proc>,
-    tunnel: Tunnel,
-}
-
-async fn shellrelay(
-    lab: &Lab,
-    sshd: &Sshd,
-    dir: &std::path::Path,
-    congestion: &str,
-    window: &str,
-) -> Shellrelay {
-    let secret = write_secret(dir);
-    let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
-    let names = format!("{RELAY_CLIENT_SIDE},{RELAY_HOST_SIDE}");
-    let mut relay = Proc::spawn(
-        "relay",
-        shellrelay_in(
-            &lab.relay,
-            &[
-                "relay",
-                "--listen",
-                "0.0.0.0:0",
-                "--secret-file",
-                path_str(&secret),
-                "--cert",
-                path_str(&cert),
-                "--key",
-                path_str(&key),
-                "--name",
-                &names,
-                "--congestion",
-                congestion,
-                "--stream-window",
-                window,
-            ],
-        ),
-    );
-    let line = relay.wait_for_text("relay listening").await;
-    let port = field(&line, "addr")
-        .and_then(|a| a.rsplit(':').next())
-        .unwrap_or_default()
-        .to_owned();
-    let target = format!("127.0.0.1:{}", sshd.port);
-    let mut procs = vec![relay];
-    let mut listen = 0;
-    for (role, ns, relay_ip) in [
-        ("host", &lab.host, RELAY_HOST_SIDE),
-        ("client", &lab.client, RELAY_CLIENT_SIDE),
-    ] {
-        let token = dir.join(format!("{role}.token"));
-        std::fs::write(&token, mint_token(&secret, role, "lab1", "1h").await).expect("token");
-        make_private(&token);
-        let at = format!("{relay_ip}:{port}");
-        let mut args = peer_args(role, &at, &cert, &token);
-        args.extend(["--congestion", congestion, "--stream-window", window]);
-        match role {
-            "host" => args.extend(["--target", &target]),
-            _ => args.extend(["--listen", "127.0.0.1:0"]),
-        }
-        let mut proc = Proc::spawn(role, shellrelay_in(ns, &args));
-        if role == "host" {
-            proc.wait_for_text("registered with relay").await;
-        } else {
-            let line = proc.wait_for_text("client forwarder listening").await;
-            listen = field(&line, "listen")
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            proc.wait_for_text("connected to relay").await;
-        }
-        procs.push(proc);
-    }
-    Shellrelay {
-        _procs: procs,
-        tunnel: Tunnel {
-            ip: Ipv4Addr::LOCALHOST,
-            port: listen,
-            options: Vec::new(),
-        },
     }
 }
 
@@ -421,12 +336,19 @@ async fn run() -> anyhow::Result<()> {
         }
         for (congestion, window) in runs {
             let dir = tempfile::tempdir()?;
-            let sr = shellrelay(&lab, &sshd, dir.path(), congestion, window).await;
+            let target = format!("127.0.0.1:{}", sshd.port);
+            let flags = ["--congestion", congestion, "--stream-window", window];
+            let sr = lab.shellrelay(dir.path(), &target, &flags).await;
+            let tunnel = Tunnel {
+                ip: Ipv4Addr::LOCALHOST,
+                port: sr.port,
+                options: Vec::new(),
+            };
             let name = match window {
                 w if w == default_window => format!("shellrelay --congestion {congestion}"),
                 w => format!("  ... --stream-window {w}"),
             };
-            measure(&lab, &sshd, &sr.tunnel, &name, time, samples).await;
+            measure(&lab, &sshd, &tunnel, &name, time, samples).await;
         }
         for algorithm in ["bbr", "cubic"] {
             tcp_congestion(&lab, algorithm);

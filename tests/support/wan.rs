@@ -219,6 +219,83 @@ impl Lab {
     }
 }
 
+/// shellrelay across a [`Lab`]: the relay in the relay namespace, the host
+/// agent in the host namespace serving `target`, the client forwarder in
+/// the client namespace; stopped on drop.
+pub struct Relayed {
+    _procs: Vec<super::proc::Proc>,
+    /// The client forwarder's port on the client namespace's loopback.
+    pub port: u16,
+}
+
+impl Lab {
+    /// Starts shellrelay across the lab with its files in `dir`, every role
+    /// given `extra` flags (`--congestion`, `--stream-window`), the host
+    /// agent dialling `target`; returns once the client is connected.
+    pub async fn shellrelay(&self, dir: &std::path::Path, target: &str, extra: &[&str]) -> Relayed {
+        use super::bin::{
+            make_private, mint_token, path_str, peer_args, shellrelay_in, write_secret,
+        };
+        use super::proc::{field, Proc};
+        let secret = write_secret(dir);
+        let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+        let names = format!("{RELAY_CLIENT_SIDE},{RELAY_HOST_SIDE}");
+        let mut args = vec![
+            "relay",
+            "--listen",
+            "0.0.0.0:0",
+            "--secret-file",
+            path_str(&secret),
+            "--cert",
+            path_str(&cert),
+            "--key",
+            path_str(&key),
+            "--name",
+            &names,
+        ];
+        args.extend_from_slice(extra);
+        let mut relay = Proc::spawn("relay", shellrelay_in(&self.relay, &args));
+        let line = relay.wait_for_text("relay listening").await;
+        let port = field(&line, "addr")
+            .and_then(|a| a.rsplit(':').next())
+            .expect("relay port")
+            .to_owned();
+        let mut procs = vec![relay];
+        let mut listen = 0;
+        for (role, ns, relay_ip) in [
+            ("host", &self.host, RELAY_HOST_SIDE),
+            ("client", &self.client, RELAY_CLIENT_SIDE),
+        ] {
+            let token = dir.join(format!("{role}.token"));
+            std::fs::write(&token, mint_token(&secret, role, "lab1", "1h").await).expect("token");
+            make_private(&token);
+            let at = format!("{relay_ip}:{port}");
+            let mut args = peer_args(role, &at, &cert, &token);
+            args.extend_from_slice(extra);
+            match role {
+                "host" => args.extend(["--target", target]),
+                _ => args.extend(["--listen", "127.0.0.1:0"]),
+            }
+            let mut proc = Proc::spawn(role, shellrelay_in(ns, &args));
+            if role == "host" {
+                proc.wait_for_text("registered with relay").await;
+            } else {
+                let line = proc.wait_for_text("client forwarder listening").await;
+                listen = field(&line, "listen")
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok())
+                    .expect("client forwarder port");
+                proc.wait_for_text("connected to relay").await;
+            }
+            procs.push(proc);
+        }
+        Relayed {
+            _procs: procs,
+            port: listen,
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
