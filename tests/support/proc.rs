@@ -116,6 +116,16 @@ impl Proc {
             .await
     }
 
+    /// The first stderr line containing `needle`, whether it was logged
+    /// already (perhaps passed over by an earlier wait) or is still to come.
+    pub async fn logged_text(&mut self, needle: &str) -> String {
+        let seen = self.lines().into_iter().find(|l| l.contains(needle));
+        match seen {
+            Some(line) => line,
+            None => self.wait_for_text(needle).await,
+        }
+    }
+
     /// Asserts the process is still running.
     pub fn assert_running(&mut self) {
         match self.child.try_wait() {
