@@ -334,6 +334,15 @@ async fn run() -> anyhow::Result<()> {
         if wire.rate >= 1_000_000_000 {
             runs.insert(1, ("bbr", "16MiB"));
         }
+        // `SHELLRELAY_BENCH_RUNS="bbr/2MiB cubic/512KiB tcp"` chooses the
+        // shellrelay runs, and the TCP tunnels only if it names `tcp`.
+        let chosen = std::env::var("SHELLRELAY_BENCH_RUNS").ok();
+        if let Some(chosen) = &chosen {
+            runs = chosen
+                .split_whitespace()
+                .filter_map(|run| run.split_once('/'))
+                .collect();
+        }
         for (congestion, window) in runs {
             let dir = tempfile::tempdir()?;
             let target = format!("127.0.0.1:{}", sshd.port);
@@ -350,7 +359,10 @@ async fn run() -> anyhow::Result<()> {
             };
             measure(&lab, &sshd, &tunnel, &name, time, samples).await;
         }
-        for algorithm in ["bbr", "cubic"] {
+        let tcp = chosen
+            .as_ref()
+            .is_none_or(|c| c.split_whitespace().any(|r| r == "tcp"));
+        for algorithm in ["bbr", "cubic"].into_iter().filter(|_| tcp) {
             tcp_congestion(&lab, algorithm);
             let reverse = reverse_tunnel(&lab, &sshd).await?;
             let name = format!("ssh -R via bastion, {algorithm}");
