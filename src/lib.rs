@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod congestion;
 pub mod connect;
 pub mod defaults;
 pub mod demo;

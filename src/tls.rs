@@ -193,7 +193,8 @@ pub const CONGESTION: Congestion = Congestion::Bbr;
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
     /// BBR: paces at the measured bottleneck rate; random loss does not
-    /// cut its rate.
+    /// cut its rate. quinn's, with its window kept open on sub-millisecond
+    /// paths ([`crate::congestion`]).
     Bbr,
     /// CUBIC: loss-based, quinn's default; halves on every loss.
     Cubic,
@@ -204,9 +205,9 @@ pub enum Congestion {
 
 impl Congestion {
     fn factory(self) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync + 'static> {
-        use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+        use quinn::congestion::{CubicConfig, NewRenoConfig};
         match self {
-            Congestion::Bbr => Arc::new(BbrConfig::default()),
+            Congestion::Bbr => Arc::new(crate::congestion::BbrFactory::default()),
             Congestion::Cubic => Arc::new(CubicConfig::default()),
             Congestion::NewReno => Arc::new(NewRenoConfig::default()),
         }
