@@ -334,6 +334,12 @@ async fn run() -> anyhow::Result<()> {
         if wire.rate >= 1_000_000_000 {
             runs.insert(1, ("bbr", "16MiB"));
         }
+        // With loss the receiver holds what arrived after a hole for about
+        // a round trip: a window of twice each hop's bandwidth-delay
+        // product and more, beside the default's figure.
+        if wire.loss > 0.0 {
+            runs.insert(1, ("bbr", "1MiB"));
+        }
         // `SHELLRELAY_BENCH_RUNS="bbr/2MiB cubic/512KiB tcp"` chooses the
         // shellrelay runs, and the TCP tunnels only if it names `tcp`.
         let chosen = std::env::var("SHELLRELAY_BENCH_RUNS").ok();
