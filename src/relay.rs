@@ -93,6 +93,8 @@ struct State {
     /// not.
     handshakes: PerAddr,
     unproven: PerAddr,
+    /// Connections in their handshake or before their hello, in all.
+    pre_hello: Gauge,
     /// Refused tokens per address.
     failures: Failures,
     /// Connections open now, authenticated or not.
@@ -143,6 +145,7 @@ impl Relay {
                 config,
                 handshakes: PerAddr::default(),
                 unproven: PerAddr::default(),
+                pre_hello: Gauge::default(),
                 failures: Failures::default(),
                 connections: Gauge::default(),
                 sessions: Gauge::default(),

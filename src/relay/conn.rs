@@ -17,7 +17,7 @@ use super::throttle;
 use super::{State, LOG_TARGET};
 use crate::clock::{fmt_unix, unix_now};
 use crate::defaults::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, REFUSE_LINGER, RETRY_ABOVE_HANDSHAKES};
-use crate::limits::PerAddrGuard;
+use crate::limits::{GaugeGuard, PerAddrGuard};
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Role};
 use crate::token::Claims;
 use crate::transport::{Closed, Conn, SendStream};
@@ -37,7 +37,7 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
     // work is done for it: a spoofed flood then costs the relay no state.
     let validated = incoming.remote_address_validated();
     let limits = &state.config.limits;
-    let under_load = state.handshakes.total() + state.unproven.total() >= RETRY_ABOVE_HANDSHAKES;
+    let under_load = state.pre_hello.get() >= RETRY_ABOVE_HANDSHAKES;
     let penalised = || {
         state
             .failures
@@ -56,7 +56,9 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
     } else {
         &state.unproven
     };
-    if state.handshakes.total() + state.unproven.total() >= MAX_HANDSHAKES {
+    // Taken at once, so that attempts accepted together on several
+    // threads cannot pass the cap between a check and a take.
+    let Some(all) = state.pre_hello.acquire(MAX_HANDSHAKES) else {
         if !validated {
             return retry(incoming);
         }
@@ -69,8 +71,8 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
         }
         incoming.refuse();
         return;
-    }
-    let Some(handshake) = slots.acquire(ip, limits.handshakes_per_addr) else {
+    };
+    let Some(network) = slots.acquire(ip, limits.handshakes_per_addr) else {
         if !validated {
             return retry(incoming);
         }
@@ -96,7 +98,25 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
                 return;
             }
         };
-    serve(state, conn, ip, handshake, accepted).await;
+    serve(
+        state,
+        conn,
+        ip,
+        Slot {
+            _all: all,
+            _network: network,
+        },
+        accepted,
+    )
+    .await;
+}
+
+/// A connection's place among those before their hello: one of
+/// [`MAX_HANDSHAKES`] in all and one of its network's; given back once the
+/// peer is admitted or refused.
+pub(super) struct Slot {
+    _all: GaugeGuard,
+    _network: PerAddrGuard,
 }
 
 /// Asks `incoming` to prove its address with a stateless retry.
@@ -108,15 +128,9 @@ fn retry(incoming: quinn::Incoming) {
 }
 
 /// A connection from the moment its transport is up: reads the hello and
-/// serves the host or client it admits. `handshake` is the address's
-/// handshake slot, held until the peer is admitted or refused.
-async fn serve(
-    state: Arc<State>,
-    conn: Conn,
-    ip: IpAddr,
-    handshake: PerAddrGuard,
-    accepted: Instant,
-) {
+/// serves the host or client it admits. `handshake` is its [`Slot`],
+/// held until the peer is admitted or refused.
+async fn serve(state: Arc<State>, conn: Conn, ip: IpAddr, handshake: Slot, accepted: Instant) {
     let hello_timeout = state.config.hello_timeout;
     let hello = tokio::time::timeout(hello_timeout, async {
         let (send, mut recv) = conn.accept().await?;
@@ -184,8 +198,8 @@ struct Admitted {
     state: Arc<State>,
     conn: Conn,
     send: SendStream,
-    /// The address's handshake slot, given back once the peer is admitted.
-    handshake: Option<PerAddrGuard>,
+    /// Its place before the hello, given back once the peer is admitted.
+    handshake: Option<Slot>,
 }
 
 impl Admitted {
