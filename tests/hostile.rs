@@ -206,17 +206,10 @@ async fn sessions_over_the_per_client_limit_are_refused_with_a_reason() {
     }
     // Ending sessions frees their places.
     open.clear();
-    within(WAIT, "a place to free up", async {
-        loop {
-            match forwarder.open().await {
-                Ok(_) => return,
-                Err(OpenError::Refused(r)) if r.reason == Reason::Limit => {
-                    tokio::task::yield_now().await
-                }
-                Err(other) => panic!("{other}"),
-            }
-        }
-    })
+    until_a_place_frees_up(
+        || forwarder.open(),
+        |e| matches!(e, OpenError::Refused(r) if r.reason == Reason::Limit),
+    )
     .await;
 }
 
@@ -266,17 +259,10 @@ async fn the_relay_admits_no_more_sessions_than_its_memory_budget_holds() {
     }
     assert_eq!(tunnel.registry.sessions(), (3, 3));
     open.pop();
-    within(WAIT, "a place to free up", async {
-        loop {
-            match bob.open().await {
-                Ok(_) => return,
-                Err(OpenError::Refused(r)) if r.reason == Reason::Limit => {
-                    tokio::task::yield_now().await
-                }
-                Err(other) => panic!("{other}"),
-            }
-        }
-    })
+    until_a_place_frees_up(
+        || bob.open(),
+        |e| matches!(e, OpenError::Refused(r) if r.reason == Reason::Limit),
+    )
     .await;
 }
 
@@ -303,17 +289,10 @@ async fn connections_per_client_token_are_capped() {
     // A connection that closes gives its place back.
     first.conn.close(Reason::Done, "done");
     drop(first);
-    within(WAIT, "a place to free up", async {
-        loop {
-            match peer::connect(&relay, &token, Role::Client, None).await {
-                Ok(_) => return,
-                Err(ConnectError::Refused(r)) if r.reason == Reason::Limit => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(other) => panic!("{other}"),
-            }
-        }
-    })
+    until_a_place_frees_up(
+        || peer::connect(&relay, &token, Role::Client, None),
+        |e| matches!(e, ConnectError::Refused(r) if r.reason == Reason::Limit),
+    )
     .await;
     drop(second);
 }
@@ -527,4 +506,27 @@ async fn before_its_hello_a_peer_gets_one_stream_and_a_small_window() {
         pushed.is_err(),
         "the relay accepted 4 MiB from an unauthenticated peer"
     );
+}
+
+/// Tries `attempt` until it succeeds, within [`WAIT`], as long as it fails
+/// only with errors that `limited` accepts (a place at a limit not yet
+/// given back); any other error fails the test.
+async fn until_a_place_frees_up<
+    T,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+>(
+    mut attempt: impl FnMut() -> F,
+    limited: impl Fn(&E) -> bool,
+) {
+    within(WAIT, "a place to free up", async {
+        loop {
+            match attempt().await {
+                Ok(_) => return,
+                Err(err) if limited(&err) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(other) => panic!("{other}"),
+            }
+        }
+    })
+    .await;
 }
