@@ -20,7 +20,7 @@ use shellrelay::protocol::{read_frame, write_frame, Frame, Jwt, Role, VERSION};
 use shellrelay::tls::{self, TransportOptions, Trust};
 use shellrelay::token::{self, Claims};
 use shellrelay::transport::{RecvStream, SendStream};
-use support::bin::{make_private, path_str, peer_args};
+use support::bin::{make_private, peer_args, relay_args};
 use support::bulk::{
     cpu_secs, logged, machine, open, release_held, settle_rss, spawn, target, CHUNK,
 };
@@ -89,17 +89,7 @@ impl Rig {
         std::fs::write(&host_token, mint(Role::Host)?)?;
         let client_token = dir.join("client.token");
         std::fs::write(&client_token, mint(Role::Client)?)?;
-        let mut args = vec![
-            "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--secret-file",
-            path_str(&secret_path),
-            "--cert",
-            path_str(&cert),
-            "--key",
-            path_str(&key),
-        ];
+        let mut args = relay_args(&secret_path, &cert, &key);
         args.extend_from_slice(transport);
         let mut relay = spawn("relay", &args);
         let relay_addr: SocketAddr = logged(&mut relay, "relay listening", "addr")

@@ -15,7 +15,7 @@ use shellrelay::peer::{self, RelayAddr};
 use shellrelay::protocol::Role;
 use shellrelay::tls::{TransportOptions, Trust};
 use shellrelay::token::{self, Claims, TokenSource};
-use support::bin::{make_private, path_str, peer_args};
+use support::bin::{make_private, peer_args, relay_args};
 use support::bulk::{
     cpu_secs, download, logged, machine, open, settle_rss, spawn, target, upload, CHUNK,
 };
@@ -220,35 +220,25 @@ async fn run() -> anyhow::Result<()> {
     let congestion = std::env::var("SHELLRELAY_BENCH_CONGESTION").unwrap_or_else(|_| "bbr".into());
     // `SHELLRELAY_BENCH_WINDOW=4MiB` compares stream windows.
     let window = std::env::var("SHELLRELAY_BENCH_WINDOW").unwrap_or_else(|_| "512KiB".into());
-    let mut relay = spawn(
-        "relay",
-        &[
-            "relay",
-            "--congestion",
-            &congestion,
-            "--stream-window",
-            &window,
-            "--listen",
-            "127.0.0.1:0",
-            "--secret-file",
-            path_str(&secret_path),
-            "--cert",
-            path_str(&cert),
-            "--key",
-            path_str(&key),
-            "--max-sessions-per-client",
-            &limit,
-            "--max-sessions-per-host",
-            &limit,
-            "--max-handshakes-per-addr",
-            "100000",
-            "--max-hosts",
-            &limit,
-            // Room for every idle session: they hold nothing.
-            "--max-buffered",
-            "1TiB",
-        ],
-    );
+    let mut args = relay_args(&secret_path, &cert, &key);
+    args.extend([
+        "--congestion",
+        &congestion,
+        "--stream-window",
+        &window,
+        "--max-sessions-per-client",
+        &limit,
+        "--max-sessions-per-host",
+        &limit,
+        "--max-handshakes-per-addr",
+        "100000",
+        "--max-hosts",
+        &limit,
+        // Room for every idle session: they hold nothing.
+        "--max-buffered",
+        "1TiB",
+    ]);
+    let mut relay = spawn("relay", &args);
     let relay_addr = logged(&mut relay, "relay listening", "addr").await;
     let sink_at = sink.to_string();
     let mut host_args = peer_args("host", &relay_addr, &cert, &host_token);
