@@ -89,7 +89,7 @@ impl Rig {
         std::fs::write(&host_token, mint(Role::Host)?)?;
         let client_token = dir.join("client.token");
         std::fs::write(&client_token, mint(Role::Client)?)?;
-        let mut args = relay_args(&secret_path, &cert, &key);
+        let mut args = relay_args("127.0.0.1:0", &secret_path, &cert, &key);
         args.extend_from_slice(transport);
         let mut relay = spawn("relay", &args);
         let relay_addr: SocketAddr = logged(&mut relay, "relay listening", "addr")

@@ -220,7 +220,7 @@ async fn run() -> anyhow::Result<()> {
     let congestion = std::env::var("SHELLRELAY_BENCH_CONGESTION").unwrap_or_else(|_| "bbr".into());
     // `SHELLRELAY_BENCH_WINDOW=4MiB` compares stream windows.
     let window = std::env::var("SHELLRELAY_BENCH_WINDOW").unwrap_or_else(|_| "512KiB".into());
-    let mut args = relay_args(&secret_path, &cert, &key);
+    let mut args = relay_args("127.0.0.1:0", &secret_path, &cert, &key);
     args.extend([
         "--congestion",
         &congestion,

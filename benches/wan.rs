@@ -39,6 +39,15 @@ impl Tunnel {
             Some(remote),
         )
     }
+
+    /// [`Tunnel::ssh`] started, with its stdin and stdout piped to us.
+    fn spawn_piped(&self, lab: &Lab, sshd: &Sshd, remote: &str) -> tokio::process::Child {
+        self.ssh(lab, sshd, remote)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ssh")
+    }
 }
 
 /// An OpenSSH reverse tunnel via a bastion: a second sshd in the relay
@@ -138,12 +147,7 @@ async fn bulk_down(lab: &Lab, sshd: &Sshd, t: &Tunnel, time: Duration) -> f64 {
 
 /// Mbit/s into `ssh host wc -c` for `time`, counted by `wc`.
 async fn bulk_up(lab: &Lab, sshd: &Sshd, t: &Tunnel, time: Duration) -> f64 {
-    let mut cmd = t.ssh(lab, sshd, "wc -c");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ssh");
+    let mut child = t.spawn_piped(lab, sshd, "wc -c");
     let mut stdin = child.stdin.take().expect("stdin");
     let buf = vec![0u8; 256 << 10];
     let start = Instant::now();
@@ -174,12 +178,7 @@ async fn ssh_true(lab: &Lab, sshd: &Sshd, t: &Tunnel) -> f64 {
 /// Keystroke echo p50 and p95 (ms) through `ssh host cat`: one byte, its
 /// echo, then the next 20 ms later, `count` times.
 async fn echo(lab: &Lab, sshd: &Sshd, t: &Tunnel, count: usize) -> (f64, f64) {
-    let mut cmd = t.ssh(lab, sshd, "cat");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ssh");
+    let mut child = t.spawn_piped(lab, sshd, "cat");
     let mut stdin = child.stdin.take().expect("stdin");
     let mut stdout = child.stdout.take().expect("stdout");
     let mut times = Vec::with_capacity(count);

@@ -30,7 +30,6 @@ impl ControllerFactory for BbrFactory {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         Box::new(Bbr {
             inner: self.bbr.clone().build(now, current_mtu),
-            floor: FLOOR_RTT,
         })
     }
 }
@@ -38,7 +37,6 @@ impl ControllerFactory for BbrFactory {
 /// quinn's BBR with a window for at least [`FLOOR_RTT`].
 pub struct Bbr {
     inner: Box<dyn Controller>,
-    floor: Duration,
 }
 
 /// The window BBR would keep at `pacing_rate` (bit/s) on a round trip of
@@ -91,7 +89,7 @@ impl Controller for Bbr {
 
     fn window(&self) -> u64 {
         let rate = self.inner.metrics().pacing_rate.unwrap_or(0);
-        self.inner.window().max(floor(rate, self.floor))
+        self.inner.window().max(floor(rate, FLOOR_RTT))
     }
 
     fn metrics(&self) -> ControllerMetrics {
@@ -103,7 +101,6 @@ impl Controller for Bbr {
     fn clone_box(&self) -> Box<dyn Controller> {
         Box::new(Bbr {
             inner: self.inner.clone_box(),
-            floor: self.floor,
         })
     }
 

@@ -199,7 +199,7 @@ pub async fn start_relay(dir: &Path, secret: &Path) -> (Proc, SocketAddr) {
 /// [`start_relay`] with `extra` arguments.
 pub async fn start_relay_with(dir: &Path, secret: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
     let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
-    let mut args = relay_args(secret, &cert, &key);
+    let mut args = relay_args("127.0.0.1:0", secret, &cert, &key);
     args.extend_from_slice(extra);
     let mut relay = Proc::spawn("relay", shellrelay(&args));
     let line = relay.wait_for_text("relay listening").await;
@@ -209,14 +209,19 @@ pub async fn start_relay_with(dir: &Path, secret: &Path, extra: &[&str]) -> (Pro
     (relay, addr)
 }
 
-/// The arguments of a relay on 127.0.0.1, port 0, with the token secret in
-/// `secret` and its certificate and key at `cert` and `key` (made on its
+/// The arguments of a relay listening on `listen`, with the token secret
+/// in `secret` and its certificate and key at `cert` and `key` (made on its
 /// first start).
-pub fn relay_args<'a>(secret: &'a Path, cert: &'a Path, key: &'a Path) -> Vec<&'a str> {
+pub fn relay_args<'a>(
+    listen: &'a str,
+    secret: &'a Path,
+    cert: &'a Path,
+    key: &'a Path,
+) -> Vec<&'a str> {
     vec![
         "relay",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--secret-file",
         path_str(secret),
         "--cert",

@@ -116,14 +116,7 @@ impl Sshd {
                 ),
             )
             .unwrap();
-            let mut cmd = match ns {
-                Some(ns) => {
-                    let mut cmd = tokio::process::Command::new("ip");
-                    cmd.args(["netns", "exec", ns]).arg(&sshd);
-                    cmd
-                }
-                None => tokio::process::Command::new(&sshd),
-            };
+            let mut cmd = super::wan::command_in(ns, &sshd);
             cmd.arg("-D").arg("-e").arg("-f").arg(&config);
             let mut proc = Proc::spawn("sshd", cmd);
             if proc
@@ -158,22 +151,12 @@ impl Sshd {
 
     /// [`Sshd::ssh`] run inside network namespace `ns`, if given.
     pub fn ssh_in(&self, ns: Option<&str>, port: u16, remote: &str) -> tokio::process::Command {
-        self.ssh_to(ns, std::net::Ipv4Addr::LOCALHOST, port, remote)
+        self.ssh_with(ns, std::net::Ipv4Addr::LOCALHOST, port, &[], Some(remote))
     }
 
-    /// [`Sshd::ssh_in`] to `ip` instead of 127.0.0.1.
-    pub fn ssh_to(
-        &self,
-        ns: Option<&str>,
-        ip: std::net::Ipv4Addr,
-        port: u16,
-        remote: &str,
-    ) -> tokio::process::Command {
-        self.ssh_with(ns, ip, port, &[], Some(remote))
-    }
-
-    /// [`Sshd::ssh_to`] with more `options` before the destination, and
-    /// no remote command when `remote` is `None`.
+    /// [`Sshd::ssh_in`] to `ip` instead of 127.0.0.1, with more `options`
+    /// before the destination, and no remote command when `remote` is
+    /// `None`.
     pub fn ssh_with(
         &self,
         ns: Option<&str>,
@@ -182,14 +165,7 @@ impl Sshd {
         options: &[String],
         remote: Option<&str>,
     ) -> tokio::process::Command {
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut cmd = tokio::process::Command::new("ip");
-                cmd.args(["netns", "exec", ns, "ssh"]);
-                cmd
-            }
-            None => tokio::process::Command::new("ssh"),
-        };
+        let mut cmd = super::wan::command_in(ns, "ssh");
         cmd.args(["-F", "/dev/null", "-T", "-p", &port.to_string()])
             .args([
                 "-o",

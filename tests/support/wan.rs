@@ -92,6 +92,21 @@ pub fn in_ns(ns: &str, args: &[&str]) {
     ip(&all);
 }
 
+/// `program` to run inside namespace `ns`, or here without one.
+pub fn command_in(
+    ns: Option<&str>,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> tokio::process::Command {
+    match ns {
+        Some(ns) => {
+            let mut cmd = tokio::process::Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(program);
+            cmd
+        }
+        None => tokio::process::Command::new(program),
+    }
+}
+
 /// Opens a TUN device named `name` (no packet information header).
 fn tun(name: &str) -> OwnedFd {
     // SAFETY: plain libc calls on a path and an ifreq we own.
@@ -210,13 +225,6 @@ impl Lab {
             stats: [s0, s1],
         }
     }
-
-    /// `program args` to run inside namespace `ns`.
-    pub fn command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(program);
-        cmd
-    }
 }
 
 /// shellrelay across a [`Lab`]: the relay in the relay namespace, the host
@@ -234,25 +242,14 @@ impl Lab {
     /// agent dialling `target`; returns once the client is connected.
     pub async fn shellrelay(&self, dir: &std::path::Path, target: &str, extra: &[&str]) -> Relayed {
         use super::bin::{
-            make_private, mint_token, path_str, peer_args, shellrelay_in, write_secret,
+            make_private, mint_token, peer_args, relay_args, shellrelay_in, write_secret,
         };
         use super::proc::{field, Proc};
         let secret = write_secret(dir);
         let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
         let names = format!("{RELAY_CLIENT_SIDE},{RELAY_HOST_SIDE}");
-        let mut args = vec![
-            "relay",
-            "--listen",
-            "0.0.0.0:0",
-            "--secret-file",
-            path_str(&secret),
-            "--cert",
-            path_str(&cert),
-            "--key",
-            path_str(&key),
-            "--name",
-            &names,
-        ];
+        let mut args = relay_args("0.0.0.0:0", &secret, &cert, &key);
+        args.extend(["--name", &names]);
         args.extend_from_slice(extra);
         let mut relay = Proc::spawn("relay", shellrelay_in(&self.relay, &args));
         let line = relay.wait_for_text("relay listening").await;
