@@ -5,6 +5,7 @@
 //! far. Each type is an enum over the transports, so a call costs one
 //! match and the QUIC path keeps quinn's zero-copy chunk API.
 
+pub mod http2;
 pub mod quic;
 
 use std::io;
