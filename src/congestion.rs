@@ -1,4 +1,5 @@
-//! BBR as quinn implements it, with its window kept open on sub-millisecond
+//! Congestion control: the `--congestion` choice ([`Congestion`]), and BBR
+//! as quinn implements it, with its window kept open on sub-millisecond
 //! paths.
 //!
 //! BBR's window is about twice the bandwidth-delay product. On loopback
@@ -19,6 +20,41 @@ use quinn_proto::RttEstimator;
 
 /// The shortest round trip BBR's window is sized for.
 pub const FLOOR_RTT: Duration = Duration::from_millis(2);
+
+/// Congestion controller of every role (`--congestion`): BBR, since random
+/// loss on Wi-Fi and mobile paths cuts a loss-based controller to a small
+/// fraction of the path (README "Lossy and long paths", `cargo bench
+/// --bench wan`).
+pub const CONGESTION: Congestion = Congestion::Bbr;
+
+/// Congestion controller of every connection a role makes or accepts
+/// (`--congestion`; default [`CONGESTION`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// BBR: paces at the measured bottleneck rate; random loss does not
+    /// cut its rate. quinn's, with its window kept open on sub-millisecond
+    /// paths ([`crate::congestion`]).
+    Bbr,
+    /// CUBIC: loss-based, quinn's default; halves on every loss.
+    Cubic,
+    /// NewReno: loss-based, the classic.
+    #[value(name = "newreno")]
+    NewReno,
+}
+
+impl Congestion {
+    pub(crate) fn factory(
+        self,
+    ) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync + 'static> {
+        use quinn::congestion::{CubicConfig, NewRenoConfig};
+        match self {
+            Congestion::Bbr => Arc::new(BbrFactory::default()),
+            Congestion::Cubic => Arc::new(CubicConfig::default()),
+            Congestion::NewReno => Arc::new(NewRenoConfig::default()),
+        }
+    }
+}
 
 /// Builds [`Bbr`] controllers.
 #[derive(Debug, Default)]

@@ -11,6 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
+pub use crate::congestion::{Congestion, CONGESTION};
 use crate::defaults::{
     IDLE_TIMEOUT, INCOMING_BUFFER, INCOMING_BUFFER_TOTAL, KEEP_ALIVE, MAX_INCOMING,
 };
@@ -181,39 +182,6 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Congestion controller of every role (`--congestion`): BBR, since random
-/// loss on Wi-Fi and mobile paths cuts a loss-based controller to a small
-/// fraction of the path (README "Lossy and long paths", `cargo bench
-/// --bench wan`).
-pub const CONGESTION: Congestion = Congestion::Bbr;
-
-/// Congestion controller of every connection a role makes or accepts
-/// (`--congestion`; default [`CONGESTION`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Congestion {
-    /// BBR: paces at the measured bottleneck rate; random loss does not
-    /// cut its rate. quinn's, with its window kept open on sub-millisecond
-    /// paths ([`crate::congestion`]).
-    Bbr,
-    /// CUBIC: loss-based, quinn's default; halves on every loss.
-    Cubic,
-    /// NewReno: loss-based, the classic.
-    #[value(name = "newreno")]
-    NewReno,
-}
-
-impl Congestion {
-    fn factory(self) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync + 'static> {
-        use quinn::congestion::{CubicConfig, NewRenoConfig};
-        match self {
-            Congestion::Bbr => Arc::new(crate::congestion::BbrFactory::default()),
-            Congestion::Cubic => Arc::new(CubicConfig::default()),
-            Congestion::NewReno => Arc::new(NewRenoConfig::default()),
-        }
-    }
-}
-
 /// Transport settings shared by every role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportOptions {
@@ -345,14 +313,7 @@ pub fn server_config(
     identity: Identity,
     opts: TransportOptions,
 ) -> anyhow::Result<quinn::ServerConfig> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 is unavailable")?
-        .with_no_client_auth()
-        .with_single_cert(identity.chain, identity.key)
-        .context("certificate and key do not form a usable identity")?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.max_early_data_size = 0;
+    let tls = server_tls(identity, ALPN)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .context("could not build QUIC TLS configuration")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -374,6 +335,29 @@ pub fn server_config(
 
 /// The configuration with which hosts and clients dial the relay.
 pub fn client_config(trust: &Trust, opts: TransportOptions) -> anyhow::Result<quinn::ClientConfig> {
+    let tls = client_tls(trust, ALPN)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .context("could not build QUIC TLS configuration")?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(opts)?));
+    Ok(config)
+}
+
+/// TLS 1.3 with `identity`, offering only `alpn`, no early data.
+pub(crate) fn server_tls(identity: Identity, alpn: &[u8]) -> anyhow::Result<rustls::ServerConfig> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 is unavailable")?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .context("certificate and key do not form a usable identity")?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.max_early_data_size = 0;
+    Ok(tls)
+}
+
+/// TLS 1.3 trusting `trust`, asking for `alpn`.
+pub(crate) fn client_tls(trust: &Trust, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     match trust {
         Trust::Pinned(certs) => {
@@ -406,12 +390,8 @@ pub fn client_config(trust: &Trust, opts: TransportOptions) -> anyhow::Result<qu
         .context("TLS 1.3 is unavailable")?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .context("could not build QUIC TLS configuration")?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(opts)?));
-    Ok(config)
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
 }
 
 #[cfg(test)]

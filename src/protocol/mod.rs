@@ -20,6 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// ALPN protocol name; a peer that offers anything else fails the handshake.
 pub const ALPN: &[u8] = b"shellrelay/1";
 
+/// ALPN protocol name of the TLS-over-TCP transport (HTTP/2 after the
+/// hello), so that a QUIC peer and a TCP peer can never be confused.
+pub const ALPN_TCP: &[u8] = b"shellrelay-tcp/1";
+
 /// The relay's UDP port unless it is told otherwise, and the port that
 /// examples and error messages suggest.
 pub const DEFAULT_PORT: u16 = 4433;

@@ -7,6 +7,7 @@
 
 pub mod http2;
 pub mod quic;
+pub mod tcp;
 
 use std::io;
 use std::net::SocketAddr;
