@@ -14,8 +14,11 @@
 //! streams whose readers stall cannot use it up and freeze the others;
 //! [`max_streams`] keeps streams × window within it.
 
+use std::future::{poll_fn, Future};
+
 use bytes::Bytes;
-use std::future::poll_fn;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 
 use super::{ErrorCode, StreamError};
 
@@ -174,75 +177,114 @@ impl RecvStream {
     }
 }
 
+/// Largest HTTP/2 frame payload either side accepts: fewer frames per
+/// byte than the protocol's 16 KiB default.
+const MAX_FRAME: u32 = 64 * 1024;
+
+/// Opens session streams: the HTTP/2 client side of a connection.
+#[derive(Debug, Clone)]
+pub struct Opener(h2::client::SendRequest<Bytes>);
+
+impl Opener {
+    /// Opens a session stream and waits until the peer has taken it.
+    pub async fn open(&self) -> Result<(SendStream, RecvStream), StreamError> {
+        let request = http::Request::post("https://shellrelay/session")
+            .body(())
+            .unwrap_or_default();
+        let mut ready = self.0.clone().ready().await.map_err(stream_error)?;
+        let (response, body) = ready.send_request(request, false).map_err(stream_error)?;
+        let response = response.await.map_err(stream_error)?;
+        Ok((SendStream::new(body), RecvStream::new(response.into_body())))
+    }
+}
+
+/// Takes the session streams a peer opens: the HTTP/2 server side of a
+/// connection.
+#[derive(Debug)]
+pub struct Accepter(tokio::sync::Mutex<mpsc::UnboundedReceiver<(SendStream, RecvStream)>>);
+
+impl Accepter {
+    /// The next stream the peer opened, or `None` once the connection has
+    /// ended.
+    pub async fn accept(&self) -> Option<(SendStream, RecvStream)> {
+        self.0.lock().await.recv().await
+    }
+}
+
+/// Starts HTTP/2 over `io` as the client, with `window` per stream. The
+/// returned future drives the connection and ends with it.
+pub async fn client<T>(
+    io: T,
+    window: u32,
+) -> Result<(Opener, impl Future<Output = ()> + Send), h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    Ok((Opener(send), async move {
+        let _ = conn.await;
+    }))
+}
+
+/// Starts HTTP/2 over `io` as the server, with `window` per stream. The
+/// returned future drives the connection (every stream on it, not only
+/// new ones) and ends with it; the peer may open at most
+/// [`max_streams`]`(window)` streams at once, so the queue of streams not
+/// yet accepted is bounded by that.
+pub async fn server<T>(
+    io: T,
+    window: u32,
+) -> Result<(Accepter, impl Future<Output = ()> + Send), h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = h2::server::Builder::new()
+        .initial_window_size(window)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(max_streams(window))
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let driver = async move {
+        while let Some(Ok((request, mut respond))) = conn.accept().await {
+            // A stream nobody will take is dropped, which resets it.
+            if let Ok(send) = respond.send_response(http::Response::new(()), false) {
+                let _ = tx.send((SendStream::new(send), RecvStream::new(request.into_body())));
+            }
+        }
+    };
+    Ok((Accepter(tokio::sync::Mutex::new(rx)), driver))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{Request, Response};
     use tokio::net::{TcpListener, TcpStream};
 
     const WINDOW: u32 = 64 * 1024;
 
-    /// An HTTP/2 client and server over loopback TCP, with the given
-    /// stream window and [`CONNECTION_WINDOW`].
-    async fn pair() -> (
-        h2::client::SendRequest<Bytes>,
-        h2::server::Connection<TcpStream, Bytes>,
-    ) {
+    /// An HTTP/2 client and server over loopback TCP with a stream window
+    /// of [`WINDOW`], each connection driven by a task of its own.
+    async fn pair() -> (Opener, Accepter) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let server = async {
-            h2::server::Builder::new()
-                .initial_window_size(WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .max_concurrent_streams(max_streams(WINDOW))
-                .handshake(server.unwrap().0)
-                .await
-                .unwrap()
-        };
-        let client = async {
-            h2::client::Builder::new()
-                .initial_window_size(WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .handshake::<_, Bytes>(client.unwrap())
-                .await
-                .unwrap()
-        };
-        let (server, (send, conn)) = tokio::join!(server, client);
-        tokio::spawn(conn);
-        (send, server)
-    }
-
-    /// Opens a session stream from the client; the server's half comes
-    /// out of `accepted`.
-    async fn open(
-        send: &mut h2::client::SendRequest<Bytes>,
-    ) -> (SendStream, impl std::future::Future<Output = RecvStream>) {
-        let request = Request::post("https://relay/session").body(()).unwrap();
-        let (response, body) = send
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(request, false)
-            .unwrap();
-        let recv = async move { RecvStream::new(response.await.unwrap().into_body()) };
-        (SendStream::new(body), recv)
-    }
-
-    /// Serves the server side: every stream gets a response whose body is
-    /// handed to `streams`.
-    fn serve(
-        mut server: h2::server::Connection<TcpStream, Bytes>,
-    ) -> tokio::sync::mpsc::UnboundedReceiver<(SendStream, RecvStream)> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(Ok((request, mut respond))) = server.accept().await {
-                let send = respond.send_response(Response::new(()), false).unwrap();
-                let _ = tx.send((SendStream::new(send), RecvStream::new(request.into_body())));
-            }
-        });
-        rx
+        let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (opener, accepter) = tokio::join!(
+            client(dialled.unwrap(), WINDOW),
+            server(accepted.unwrap().0, WINDOW)
+        );
+        let (opener, driver) = opener.unwrap();
+        tokio::spawn(driver);
+        let (accepter, driver) = accepter.unwrap();
+        tokio::spawn(driver);
+        (opener, accepter)
     }
 
     async fn read_all(recv: &mut RecvStream) -> Result<Vec<u8>, StreamError> {
@@ -258,9 +300,8 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_and_each_directions_end_cross_intact() {
-        let (mut send, server) = pair().await;
-        let mut streams = serve(server);
-        let (mut up, down) = open(&mut send).await;
+        let (opener, accepter) = pair().await;
+        let (mut up, mut down) = opener.open().await.unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let writer = {
             let data = data.clone();
@@ -272,7 +313,7 @@ mod tests {
                 up
             })
         };
-        let (mut back, mut recv) = streams.recv().await.unwrap();
+        let (mut back, mut recv) = accepter.accept().await.unwrap();
         let got = read_all(&mut recv).await.unwrap();
         assert_eq!(got, data, "client to server");
         // The other direction still works after the first has ended.
@@ -280,18 +321,16 @@ mod tests {
             .await
             .unwrap();
         back.finish().unwrap();
-        let mut down = down.await;
         assert_eq!(read_all(&mut down).await.unwrap(), b"reply");
         drop(writer.await.unwrap());
     }
 
     #[tokio::test]
     async fn a_reset_reaches_the_peer_with_its_code() {
-        let (mut send, server) = pair().await;
-        let mut streams = serve(server);
-        let (mut up, _down) = open(&mut send).await;
+        let (opener, accepter) = pair().await;
+        let (mut up, _down) = opener.open().await.unwrap();
         up.write_chunk(Bytes::from_static(b"x")).await.unwrap();
-        let (_back, mut recv) = streams.recv().await.unwrap();
+        let (_back, mut recv) = accepter.accept().await.unwrap();
         up.reset(ErrorCode(0x1234));
         match read_all(&mut recv).await {
             Err(StreamError::Aborted(code)) => assert_eq!(code, ErrorCode(0x1234)),
@@ -303,22 +342,27 @@ mod tests {
     async fn stalled_readers_do_not_stop_the_other_streams() {
         // More stalled streams than a 64 MiB connection window would
         // hold, each filled to its window by a writer nobody reads.
-        let (mut send, server) = pair().await;
-        let mut streams = serve(server);
+        let (opener, accepter) = pair().await;
         let stalled = 1100; // × 64 KiB > 64 MiB
         let mut held = Vec::new();
+        let open = || async {
+            tokio::time::timeout(std::time::Duration::from_secs(20), opener.open())
+                .await
+                .expect("a stream opens")
+                .unwrap()
+        };
         for _ in 0..stalled {
-            let (mut up, _down) = open(&mut send).await;
+            let (mut up, _down) = open().await;
             let writer = tokio::spawn(async move {
                 let _ = up
                     .write_chunk(Bytes::from(vec![0u8; WINDOW as usize * 2]))
                     .await;
                 up
             });
-            held.push((writer, streams.recv().await.unwrap()));
+            held.push((writer, accepter.accept().await.unwrap()));
         }
-        let (mut up, _down) = open(&mut send).await;
-        let (_back, mut recv) = streams.recv().await.unwrap();
+        let (mut up, _down) = open().await;
+        let (_back, mut recv) = accepter.accept().await.unwrap();
         let live = tokio::spawn(async move {
             up.write_chunk(Bytes::from(vec![1u8; 4 << 20]))
                 .await
