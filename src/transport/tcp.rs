@@ -2,7 +2,11 @@
 //! certificate and an ALPN of its own ([`ALPN_TCP`]); sessions then run
 //! over HTTP/2 ([`super::http2`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
 use crate::protocol::ALPN_TCP;
 use crate::tls::{client_tls, server_tls, Identity, Trust};
@@ -17,6 +21,31 @@ pub fn tcp_server_config(identity: Identity) -> anyhow::Result<Arc<rustls::Serve
 /// TCP.
 pub fn tcp_client_config(trust: &Trust) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(client_tls(trust, ALPN_TCP)?))
+}
+
+/// Dials the relay at `addr` over TCP and completes TLS as `server_name`.
+/// The hello goes on the returned stream as a raw frame; HTTP/2 starts
+/// once the relay has answered it.
+pub async fn dial(
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    // Keystrokes go out at once, as over QUIC.
+    tcp.set_nodelay(true)?;
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())?;
+    Ok(TlsConnector::from(config).connect(name, tcp).await?)
+}
+
+/// Completes TLS on a TCP connection the relay accepted. A peer that asks
+/// for another protocol fails here, before any of ours is read.
+pub async fn accept(
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+) -> std::io::Result<server::TlsStream<TcpStream>> {
+    tcp.set_nodelay(true)?;
+    acceptor.accept(tcp).await
 }
 
 #[cfg(test)]
@@ -60,5 +89,51 @@ mod tests {
         assert!(tcp_handshake(ALPN).await.is_err());
         let config = tcp_client_config(&Trust::Pinned(Vec::new())).unwrap();
         assert_eq!(config.alpn_protocols, vec![ALPN_TCP.to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_hello_then_http2_sessions_in_the_direction_the_role_needs() {
+        use crate::protocol::{read_frame, write_frame, Frame};
+        use crate::transport::http2;
+        let identity = self_signed(&["localhost".to_owned()]).unwrap();
+        let trust = Trust::Pinned(identity.chain.clone());
+        let acceptor = TlsAcceptor::from(tcp_server_config(identity).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The relay: a raw frame in, a raw frame out, then HTTP/2 as the
+        // client towards a host, which opens a session to it.
+        let relay = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = accept(tcp, &acceptor).await.unwrap();
+            let hello = read_frame(&mut tls).await.unwrap();
+            write_frame(&mut tls, &hello).await.unwrap();
+            let (opener, driver) = http2::client(tls, 64 * 1024).await.unwrap();
+            tokio::spawn(driver);
+            let (mut send, _recv) = opener.open().await.unwrap();
+            send.write_chunk(bytes::Bytes::from_static(b"session"))
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            send
+        });
+        let config = tcp_client_config(&trust).unwrap();
+        let mut tls = dial(addr, "localhost", config).await.unwrap();
+        let hello = Frame::Refused {
+            reason: crate::protocol::Reason::Done,
+            message: "stands in for a hello".into(),
+        };
+        write_frame(&mut tls, &hello).await.unwrap();
+        let answer = read_frame(&mut tls).await.unwrap();
+        assert_eq!(format!("{answer:?}"), format!("{hello:?}"));
+        // The host: HTTP/2 as the server, taking the relay's session.
+        let (accepter, driver) = http2::server(tls, 64 * 1024).await.unwrap();
+        tokio::spawn(driver);
+        let (_send, mut recv) = accepter.accept().await.unwrap();
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut recv, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, b"session");
+        drop(relay.await.unwrap());
     }
 }
