@@ -42,6 +42,8 @@ pub struct ClientFile {
     pub host: Option<String>,
     /// Congestion controller (`--congestion`).
     pub congestion: Option<crate::tls::Congestion>,
+    /// `auto`, `quic` or `tcp` (`--transport`).
+    pub transport: Option<crate::transport::Transport>,
 }
 
 /// A config file as read from disk, its paths made absolute.
@@ -228,6 +230,7 @@ mod tests {
                 token_file: Some("/secure/client.token".into()),
                 host: Some("lab-1".into()),
                 congestion: Some(crate::tls::Congestion::Cubic),
+                transport: None,
             }
         );
         assert_eq!(

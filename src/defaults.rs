@@ -129,6 +129,14 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// With `--transport auto`, how long QUIC has to answer before TLS over
+/// TCP is tried too: a QUIC handshake takes one round trip, so only a
+/// path above this round trip (or one that drops UDP) starts both.
+pub const TCP_AFTER: Duration = Duration::from_millis(300);
+
+/// While on TCP with `--transport auto`, how often QUIC is tried again.
+pub const QUIC_RETRY: Duration = Duration::from_secs(180);
+
 /// When the control stream fails before the relay's answer, how long to
 /// wait for the connection's close, which carries the refusal's reason.
 pub const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);

@@ -1,4 +1,5 @@
-//! The relay: accepts QUIC connections from hosts and clients, checks their
+//! The relay: accepts QUIC connections from hosts and clients (and TLS
+//! over TCP from those whose network blocks UDP), checks their
 //! tokens, keeps the registry `host id → connection`, and splices each
 //! client session stream to a fresh stream on the host's connection.
 //!
@@ -57,6 +58,20 @@ pub struct RelayConfig {
     /// key, which [`crate::transport::quic::endpoint_config`] replaces with one that
     /// survives restarts.
     pub endpoint: quinn::EndpointConfig,
+    /// Where to listen for TLS over TCP.
+    pub listen_tcp: ListenTcp,
+}
+
+/// Where the relay listens for TLS over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListenTcp {
+    /// The UDP socket's address and port.
+    #[default]
+    Same,
+    /// This address.
+    At(SocketAddr),
+    /// Nowhere: QUIC only.
+    Off,
 }
 
 impl RelayConfig {
@@ -69,6 +84,7 @@ impl RelayConfig {
             hello_timeout: HELLO_TIMEOUT,
             revocation_file: None,
             endpoint: quinn::EndpointConfig::default(),
+            listen_tcp: ListenTcp::Same,
         }
     }
 }
@@ -76,6 +92,8 @@ impl RelayConfig {
 /// A bound relay, ready to [`run`](Relay::run).
 pub struct Relay {
     endpoint: quinn::Endpoint,
+    /// The TCP listener and the TLS configuration it serves with.
+    tcp: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     state: Arc<State>,
 }
 
@@ -126,21 +144,31 @@ struct State {
 }
 
 impl Relay {
-    /// Binds the relay's UDP socket on `addr` (port 0 picks a free port),
-    /// serving with `identity`.
+    /// Binds the relay's UDP socket on `addr` (port 0 picks a free port)
+    /// and its TCP listener as [`RelayConfig::listen_tcp`] says (by default
+    /// the same address and port), serving with `identity`.
     pub fn bind(
         addr: SocketAddr,
         identity: Identity,
         config: RelayConfig,
     ) -> anyhow::Result<Relay> {
         let revoked = RevocationList::open(config.revocation_file.clone())?;
+        let acceptor = match config.listen_tcp {
+            ListenTcp::Off => None,
+            _ => Some(tokio_rustls::TlsAcceptor::from(
+                crate::transport::tcp::tcp_server_config(identity.clone())?,
+            )),
+        };
         let server = crate::tls::server_config(identity, config.transport)?;
-        let endpoint = crate::tls::bind_endpoint_with(addr, config.endpoint.clone(), Some(server))?;
+        let (endpoint, tcp) = bind_sockets(addr, &config)?;
+        let tcp = tcp.zip(acceptor);
         let window = config.transport.window();
         let hosts = Arc::new(Registry::new(config.limits.max_hosts, window));
         let max_sessions = budget::max_sessions(config.limits.max_buffered, window);
+        endpoint.set_server_config(Some(server));
         Ok(Relay {
             endpoint,
+            tcp,
             state: Arc::new(State {
                 config,
                 handshakes: PerAddr::default(),
@@ -174,6 +202,11 @@ impl Relay {
             .context("relay socket has no address")
     }
 
+    /// The address the relay listens on for TLS over TCP, if it does.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// A handle to the registry.
     pub fn handle(&self) -> RelayHandle {
         RelayHandle {
@@ -184,9 +217,22 @@ impl Relay {
     /// Serves until `shutdown` is cancelled, then closes every connection
     /// with [`Reason::ShuttingDown`].
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Relay { endpoint, state } = self;
+        let Relay {
+            endpoint,
+            tcp,
+            state,
+        } = self;
+        let tcp = match tcp {
+            Some((listener, acceptor)) => {
+                listener.set_nonblocking(true)?;
+                Some((tokio::net::TcpListener::from_std(listener)?, acceptor))
+            }
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().and_then(|(l, _)| l.local_addr().ok());
         info!(
             addr = %endpoint.local_addr()?,
+            tcp = %tcp_addr.map_or("off".to_owned(), |a| a.to_string()),
             max_sessions = state.max_sessions,
             "relay listening"
         );
@@ -197,17 +243,42 @@ impl Relay {
         if state.revoked.has_file() {
             housekeeping.spawn(watch_revocations(state.clone()));
         }
+        let tcp_accept = || async {
+            match &tcp {
+                Some((listener, _)) => listener.accept().await,
+                None => std::future::pending().await,
+            }
+        };
         loop {
             let incoming = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 incoming = endpoint.accept() => incoming,
+                accepted = tcp_accept() => {
+                    match (accepted, &tcp) {
+                        (Ok((stream, remote)), Some((_, acceptor))) => {
+                            let _span = tracing::info_span!("conn", %remote).entered();
+                            let task = conn::tcp(state.clone(), stream, remote, acceptor.clone());
+                            state.tasks.spawn(task);
+                        }
+                        (Err(err), _) => {
+                            // Out of file descriptors and the like: the
+                            // listener itself is still good.
+                            warn!(%err, "could not accept a TCP connection");
+                            tokio::time::sleep(crate::defaults::ACCEPT_BACKOFF).await;
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
             };
             let Some(incoming) = incoming else { break };
             let remote = incoming.remote_address();
             let _span = tracing::info_span!("conn", %remote).entered();
             state.tasks.spawn(conn::quic(state.clone(), incoming));
         }
+        // No new TCP connections during the shutdown.
+        drop(tcp);
         info!("relay shutting down");
         state.cancel.cancel();
         endpoint.close(Reason::ShuttingDown.varint(), b"relay shutting down");
@@ -291,6 +362,36 @@ impl RelayHandle {
 impl State {
     fn next_session_id(&self) -> u64 {
         self.session_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Binds the UDP socket on `addr` and the TCP listener where `config`
+/// says. With port 0 and TCP on the same address, the port picked for UDP
+/// may be taken for TCP: then another is picked, a few times over.
+fn bind_sockets(
+    addr: SocketAddr,
+    config: &RelayConfig,
+) -> anyhow::Result<(quinn::Endpoint, Option<std::net::TcpListener>)> {
+    let bind_udp = || crate::tls::bind_endpoint_with(addr, config.endpoint.clone(), None);
+    let bind_tcp = |at: SocketAddr| {
+        std::net::TcpListener::bind(at)
+            .with_context(|| format!("could not listen on TCP {at} (see --listen-tcp)"))
+    };
+    match config.listen_tcp {
+        ListenTcp::Off => Ok((bind_udp()?, None)),
+        ListenTcp::At(at) => Ok((bind_udp()?, Some(bind_tcp(at)?))),
+        ListenTcp::Same => {
+            let mut tries = if addr.port() == 0 { 16 } else { 1 };
+            loop {
+                let endpoint = bind_udp()?;
+                let at = endpoint.local_addr()?;
+                match bind_tcp(at) {
+                    Ok(tcp) => return Ok((endpoint, Some(tcp))),
+                    Err(_) if tries > 1 => tries -= 1,
+                    Err(err) => return Err(err),
+                }
+            }
+        }
     }
 }
 

@@ -193,6 +193,8 @@ pub struct TransportOptions {
     pub stream_window: u32,
     /// Congestion controller.
     pub congestion: Congestion,
+    /// Which transport a peer dials the relay with.
+    pub via: crate::transport::Transport,
 }
 
 impl Default for TransportOptions {
@@ -202,6 +204,7 @@ impl Default for TransportOptions {
             idle_timeout: IDLE_TIMEOUT,
             stream_window: STREAM_WINDOW,
             congestion: CONGESTION,
+            via: crate::transport::Transport::Auto,
         }
     }
 }

@@ -52,7 +52,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay on a UDP-reachable server.
-    Relay(RelayOpt),
+    Relay(Box<RelayOpt>),
     /// Run the host agent next to sshd, behind NAT.
     Host(HostOpt),
     /// Run the client forwarder: `ssh -p2222 localhost` reaches the host.
@@ -206,6 +206,7 @@ impl TransportOpt {
             idle_timeout: self.idle_timeout.0,
             stream_window,
             congestion: self.congestion.or(congestion).unwrap_or(tls::CONGESTION),
+            via: crate::transport::Transport::default(),
         })
     }
 }
@@ -331,7 +332,7 @@ impl Cli {
     /// Runs the chosen subcommand.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Relay(opt) => relay_opts::run(opt).await,
+            Command::Relay(opt) => relay_opts::run(*opt).await,
             Command::Host(opt) => peer_opts::run_host(opt).await,
             Command::Client(opt) => peer_opts::run_client(opt).await,
             Command::Connect(opt) => connect::run(opt.reach.client_config()?).await,

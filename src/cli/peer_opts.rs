@@ -12,6 +12,7 @@ use super::{host_id, until_signalled, HumanDuration, TransportOpt};
 use crate::peer::{self, RelayAddr};
 use crate::tls::{self, Trust};
 use crate::token::TokenSource;
+use crate::transport::Transport;
 use crate::{client, config, host, private};
 
 /// How hosts and clients reach the relay. The relay and a token are
@@ -42,6 +43,16 @@ pub struct PeerOpt {
     token: Option<String>,
     #[command(flatten)]
     transport: TransportOpt,
+    /// How to reach the relay: QUIC over UDP, TLS over TCP, or auto (QUIC,
+    /// and TCP too if QUIC has not answered within 300 ms) [default: auto].
+    #[arg(
+        long = "transport",
+        id = "via",
+        env = "SHELLRELAY_TRANSPORT",
+        value_enum,
+        value_name = "TRANSPORT"
+    )]
+    via: Option<Transport>,
 }
 
 impl PeerOpt {
@@ -72,10 +83,14 @@ impl PeerOpt {
             Some(path) => Trust::Pinned(tls::load_certs(path)?),
             None => Trust::System,
         };
+        let mut transport = self.transport.options_or(keys.and_then(|k| k.congestion))?;
+        transport.via = (self.via)
+            .or(keys.and_then(|k| k.transport))
+            .unwrap_or_default();
         let relay = RelayAddr {
             addr: relay,
             trust,
-            transport: self.transport.options_or(keys.and_then(|k| k.congestion))?,
+            transport,
         };
         let file_token = keys.and_then(|k| k.token_file.as_ref());
         let token = match (&self.token_file, &self.token, file_token) {

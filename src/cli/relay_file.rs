@@ -23,6 +23,8 @@ pub(super) struct RelayFile {
     #[serde(default, deserialize_with = "scalar")]
     pub listen: Option<SocketAddr>,
     #[serde(default, deserialize_with = "scalar")]
+    pub listen_tcp: Option<String>,
+    #[serde(default, deserialize_with = "scalar")]
     pub secret_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "scalar")]
     pub secret: Option<String>,
@@ -128,6 +130,11 @@ pub(super) fn merge(opt: &mut RelayOpt, given: &clap::ArgMatches) -> anyhow::Res
     }
     fill! {
         opt => listen = file.listen;
+        opt => listen_tcp = file
+            .listen_tcp
+            .map(|v| super::relay_opts::listen_tcp(&v).map_err(|e| anyhow::anyhow!("`listen_tcp`: {e}")))
+            .transpose()?
+            .map(Some);
         opt => token_keys = file.token_keys;
         opt => token_secrets = file.token_secrets;
         opt => revocation_file = file.revocation_file.map(Some);
@@ -166,7 +173,7 @@ mod tests {
             Ok(Cli {
                 command: Command::Relay(opt),
                 ..
-            }) => Ok(opt),
+            }) => Ok(*opt),
             Ok(other) => panic!("parsed as {other:?}"),
             Err(e) => Err(e.to_string()),
         }

@@ -26,6 +26,10 @@ pub struct RelayOpt {
         value_name = "ADDR"
     )]
     pub(super) listen: SocketAddr,
+    /// TCP address for peers whose network blocks UDP (TLS over TCP), or
+    /// `off` [default: the UDP address and port].
+    #[arg(long, env = "SHELLRELAY_LISTEN_TCP", value_name = "ADDR|off", value_parser = listen_tcp)]
+    pub(super) listen_tcp: Option<relay::ListenTcp>,
     /// Settings file (TOML) whose keys are this command's long flags; flags
     /// and SHELLRELAY_* variables override it.
     #[arg(long, env = "SHELLRELAY_RELAY_CONFIG", value_name = "PATH")]
@@ -169,6 +173,7 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
         hello_timeout: opt.hello_timeout.0,
         revocation_file: opt.revocation_file.clone(),
         endpoint,
+        listen_tcp: opt.listen_tcp.unwrap_or_default(),
     };
     let relay = relay::Relay::bind(opt.listen, identity, config)?;
     let metrics = opt.metrics.map(status::bind).transpose()?;
@@ -182,6 +187,17 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     shutdown.cancel();
     tasks.shutdown(SHUTDOWN_GRACE).await;
     result
+}
+
+/// `--listen-tcp`: an address, or `off`.
+pub(super) fn listen_tcp(value: &str) -> Result<relay::ListenTcp, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(relay::ListenTcp::Off);
+    }
+    value
+        .parse()
+        .map(relay::ListenTcp::At)
+        .map_err(|_| format!("expected an address such as 0.0.0.0:4433, or off; got {value:?}"))
 }
 
 /// Re-reads the relay's revocation file on every SIGHUP.

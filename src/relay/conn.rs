@@ -1,8 +1,12 @@
 //! A connection's whole life at the relay: the transport handshake, the
 //! hello, registration as a host or admission as a client, and holding it
-//! until it ends.
+//! until it ends. Over QUIC the hello and its answer travel on the
+//! connection's first stream; over TLS over TCP they are raw frames on the
+//! TLS stream, and HTTP/2 starts only once the answer is a welcome, so
+//! that an unauthenticated peer holds no more than a TLS session and one
+//! frame.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +22,13 @@ use super::{State, LOG_TARGET};
 use crate::clock::{fmt_unix, unix_now};
 use crate::defaults::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, REFUSE_LINGER, RETRY_ABOVE_HANDSHAKES};
 use crate::limits::{GaugeGuard, PerAddrGuard};
-use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Role};
+use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Role};
 use crate::token::Claims;
+use crate::transport::tcp::{self, Side, TcpConn};
 use crate::transport::{Closed, Conn, SendStream};
+
+/// A TLS stream the relay accepted over TCP.
+type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
 /// Streams a client may open beyond its session limit, so that sessions
 /// over the limit reach the relay and get a typed refusal instead of
@@ -138,7 +146,7 @@ async fn serve(state: Arc<State>, conn: Conn, ip: IpAddr, handshake: Slot, accep
         Ok::<_, Closed>((send, recv, frame))
     })
     .await;
-    let (mut send, mut recv, frame) = match hello {
+    let (send, mut recv, frame) = match hello {
         Ok(Ok(parts)) => parts,
         Ok(Err(err)) => {
             debug!(target: LOG_TARGET, %err, "connection ended before its hello");
@@ -153,18 +161,98 @@ async fn serve(state: Arc<State>, conn: Conn, ip: IpAddr, handshake: Slot, accep
             return;
         }
     };
-    let hello = match check_hello(&state, ip, frame) {
-        Ok(hello) => hello,
-        Err(refusal) => return refuse(&state, &conn, &mut send, refusal).await,
-    };
-    state.metrics.hello_accepted(accepted);
     // Nothing follows a hello on a peer's control stream in this version;
     // stopping it keeps a peer from parking data there.
     recv.stop(Reason::Done);
+    let answer = Answer::Quic(send);
+    admit(state, conn, answer, frame, ip, handshake, accepted).await
+}
+
+/// Runs a TLS-over-TCP connection: within the same limits as QUIC's
+/// handshakes (a TCP peer has proven its address already), TLS, then the
+/// hello as a raw frame, then [`admit`].
+pub(super) async fn tcp(
+    state: Arc<State>,
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    let accepted = Instant::now();
+    let ip = remote.ip();
+    let Some(all) = state.pre_hello.acquire(MAX_HANDSHAKES) else {
+        if let Some(n) = state.handshakes_full.allow(accepted) {
+            warn!(
+                target: LOG_TARGET,
+                "{MAX_HANDSHAKES} connections are in their handshake; refusing more{}",
+                throttle::left_out(n)
+            );
+        }
+        return;
+    };
+    let limits = &state.config.limits;
+    let Some(network) = state.handshakes.acquire(ip, limits.handshakes_per_addr) else {
+        debug!(target: LOG_TARGET, "too many handshakes from this address; refusing");
+        return;
+    };
+    let Some(_open) = state.connections.acquire(usize::MAX) else {
+        return;
+    };
+    let handshake = Slot {
+        _all: all,
+        _network: network,
+    };
+    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp::accept(tcp, &acceptor)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            debug!(target: LOG_TARGET, %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(target: LOG_TARGET, "TLS handshake timed out");
+            return;
+        }
+    };
+    state.accepted.fetch_add(1, Ordering::Relaxed);
+    let hello_timeout = state.config.hello_timeout;
+    let frame = match tokio::time::timeout(hello_timeout, read_frame(&mut tls)).await {
+        Ok(Err(FrameError::Io(err))) => {
+            debug!(target: LOG_TARGET, %err, "connection ended before its hello");
+            return;
+        }
+        Ok(frame) => frame,
+        Err(_) => {
+            let msg = format!("no hello within {hello_timeout:?}");
+            if let Some(n) = state.hello_timeouts.allow(Instant::now()) {
+                warn!(target: LOG_TARGET, "{msg}; closing{}", throttle::left_out(n));
+            }
+            let refusal = Refusal::new(Reason::Protocol, msg);
+            return say_last(&mut tls, &refusal).await;
+        }
+    };
+    let conn = Conn::Tcp(TcpConn::pending(remote));
+    let answer = Answer::Tcp(Some(Box::new(tls)));
+    admit(state, conn, answer, frame, ip, handshake, accepted).await
+}
+
+/// Decides on a hello and serves the host or client it admits.
+async fn admit(
+    state: Arc<State>,
+    conn: Conn,
+    mut answer: Answer,
+    frame: Result<Frame, FrameError>,
+    ip: IpAddr,
+    handshake: Slot,
+    accepted: Instant,
+) {
+    let hello = match check_hello(&state, ip, frame) {
+        Ok(hello) => hello,
+        Err(refusal) => return answer.refuse(&state, &conn, refusal).await,
+    };
+    state.metrics.hello_accepted(accepted);
     let peer = Admitted {
         state,
         conn,
-        send,
+        answer,
         handshake: Some(handshake),
     };
     match hello.role {
@@ -173,13 +261,80 @@ async fn serve(state: Arc<State>, conn: Conn, ip: IpAddr, handshake: Slot, accep
     }
 }
 
-/// Sends a refusal on the control stream, lets the peer read it, and
-/// closes the connection with the refusal's code and words.
-async fn refuse(state: &State, conn: &Conn, send: &mut SendStream, refusal: Refusal) {
-    state.metrics.refused(refusal.reason);
-    send.refuse(&refusal).await;
-    let _ = tokio::time::timeout(REFUSE_LINGER, conn.closed()).await;
-    conn.close(refusal.reason, &refusal.message);
+/// Where a hello's answer goes: the QUIC control stream, or the TLS
+/// stream before HTTP/2 starts on it.
+enum Answer {
+    Quic(SendStream),
+    /// Taken when HTTP/2 starts.
+    Tcp(Option<Box<Tls>>),
+}
+
+impl Answer {
+    /// Sends a refusal, lets the peer read it, and closes the connection
+    /// with the refusal's code and words.
+    async fn refuse(&mut self, state: &State, conn: &Conn, refusal: Refusal) {
+        state.metrics.refused(refusal.reason);
+        match self {
+            Answer::Quic(send) => {
+                send.refuse(&refusal).await;
+                let _ = tokio::time::timeout(REFUSE_LINGER, conn.closed()).await;
+            }
+            Answer::Tcp(tls) => {
+                if let Some(mut tls) = tls.take() {
+                    say_last(&mut tls, &refusal).await;
+                }
+            }
+        }
+        conn.close(refusal.reason, &refusal.message);
+    }
+
+    /// Sends `welcome` within `timeout`: a peer that withholds flow-control
+    /// credit must not stay admitted without expiry or revocation being
+    /// enforced. Over TCP, HTTP/2 then starts on `conn` with `settings`.
+    async fn welcome(
+        &mut self,
+        conn: &Conn,
+        welcome: &Frame,
+        timeout: std::time::Duration,
+        side: Side,
+        settings: tcp::Settings,
+    ) -> bool {
+        let sent = tokio::time::timeout(timeout, async {
+            match (self, conn) {
+                (Answer::Quic(send), _) => write_frame(send, welcome).await.is_ok(),
+                (Answer::Tcp(tls), Conn::Tcp(conn)) => {
+                    let Some(mut tls) = tls.take() else {
+                        return false;
+                    };
+                    if write_frame(&mut tls, welcome).await.is_err() {
+                        return false;
+                    }
+                    conn.start(*tls, side, settings).await.is_ok()
+                }
+                (Answer::Tcp(_), Conn::Quic(_)) => false,
+            }
+        });
+        matches!(sent.await, Ok(true))
+    }
+}
+
+/// Writes `refusal` as the last frame on a TLS stream, ends it, and waits
+/// within [`REFUSE_LINGER`] for the peer to close its end, so that the
+/// frame is read rather than lost to a reset.
+async fn say_last(tls: &mut Tls, refusal: &Refusal) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let said = async {
+        write_frame(&mut *tls, &refusal.frame())
+            .await
+            .map_err(std::io::Error::other)?;
+        tls.shutdown().await?;
+        // Whatever the peer still sends is read and dropped, a buffer at
+        // a time, until its end.
+        let mut sink = [0u8; 4096];
+        while tls.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSE_LINGER, said).await;
 }
 
 /// What a client token's session limit is counted by: its id (`jti`), or
@@ -193,32 +348,44 @@ fn token_key(claims: &Claims) -> String {
     }
 }
 
-/// A connection whose hello was good, with its control stream.
+/// A connection whose hello was good, with where its answer goes.
 struct Admitted {
     state: Arc<State>,
     conn: Conn,
-    send: SendStream,
+    answer: Answer,
     /// Its place before the hello, given back once the peer is admitted.
     handshake: Option<Slot>,
 }
 
 impl Admitted {
     async fn refuse(mut self, refusal: Refusal) {
-        refuse(&self.state, &self.conn, &mut self.send, refusal).await
+        self.answer.refuse(&self.state, &self.conn, refusal).await
     }
 
-    /// Sends the welcome, within the hello timeout: a peer that withholds
-    /// flow-control credit must not stay admitted without expiry or
-    /// revocation being enforced.
-    async fn welcome(&mut self, claims: &Claims, host: &str) -> bool {
+    /// Sends the welcome, within the hello timeout. Over TCP, HTTP/2 then
+    /// starts with the relay opening streams towards a host and accepting
+    /// a client's, at most `streams` of them.
+    async fn welcome(&mut self, claims: &Claims, host: &str, streams: u32) -> bool {
         let frame = Frame::Welcome {
             host: host.to_owned(),
             role: claims.role,
             expires_at: claims.exp,
         };
-        let timeout = self.state.config.hello_timeout;
-        let sent = tokio::time::timeout(timeout, write_frame(&mut self.send, &frame)).await;
-        matches!(sent, Ok(Ok(())))
+        let config = &self.state.config;
+        let side = match claims.role {
+            Role::Host => Side::Opens,
+            Role::Client => Side::Accepts,
+        };
+        let settings = tcp::Settings {
+            window: config.transport.window(),
+            max_streams: streams,
+            keep_alive: config.transport.keep_alive,
+            idle_timeout: config.transport.idle_timeout,
+        };
+        let timeout = config.hello_timeout;
+        self.answer
+            .welcome(&self.conn, &frame, timeout, side, settings)
+            .await
     }
 
     async fn serve_host(mut self, claims: Claims, keep_other: bool) {
@@ -264,7 +431,7 @@ impl Admitted {
                 &format!("replaced by a newer connection for host {id} from {remote}"),
             );
         }
-        if self.welcome(&claims, &id).await {
+        if self.welcome(&claims, &id, 0).await {
             info!(
                 target: LOG_TARGET,
                 host = %id,
@@ -304,7 +471,7 @@ impl Admitted {
             .saturating_add(REFUSAL_STREAMS);
         self.conn.admit(streams);
         self.handshake = None;
-        if !self.welcome(&claims, &host).await {
+        if !self.welcome(&claims, &host, streams).await {
             return;
         }
         let (state, conn) = (self.state, self.conn);

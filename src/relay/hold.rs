@@ -35,6 +35,14 @@ pub(super) enum Ended {
 /// the relay shuts down, closing it with the matching reason in all but the
 /// first case. `host` is the host the connection is bound to.
 pub(super) async fn hold(state: &State, conn: &Conn, claims: &Claims, host: &str) -> Ended {
+    let ended = wait(state, conn, claims, host).await;
+    if !matches!(ended, Ended::Closed(_)) {
+        conn.closing().await;
+    }
+    ended
+}
+
+async fn wait(state: &State, conn: &Conn, claims: &Claims, host: &str) -> Ended {
     let mut revoked = state.revoked.subscribe();
     let jti = claims.jti.as_deref();
     // A list that came in after the peer was admitted, and before this

@@ -1,9 +1,10 @@
 //! The transport seam: a connection that opens and accepts bidirectional
 //! byte streams, closes with a typed reason and knows its peer's address.
 //! The relay's admission, registry and session splicing, and the peers,
-//! speak only to these types; QUIC (quinn) is the one implementation so
-//! far. Each type is an enum over the transports, so a call costs one
-//! match and the QUIC path keeps quinn's zero-copy chunk API.
+//! speak only to these types. QUIC (quinn) is the first transport, TLS
+//! over TCP with HTTP/2 streams ([`tcp`], [`http2`]) the one for networks
+//! that block UDP. Each type is an enum over the transports, so a call
+//! costs one match and the QUIC path keeps quinn's zero-copy chunk API.
 
 pub mod http2;
 pub mod quic;
@@ -125,11 +126,27 @@ impl From<quinn::WriteError> for StreamError {
     }
 }
 
+/// Which transport a peer dials the relay with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC, and TLS over TCP too if QUIC has not answered within
+    /// [`crate::defaults::TCP_AFTER`]: whichever is welcomed first.
+    #[default]
+    Auto,
+    /// QUIC over UDP only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+}
+
 /// A connection to one peer.
 #[derive(Debug, Clone)]
 pub enum Conn {
     /// A QUIC connection.
     Quic(quinn::Connection),
+    /// A TLS-over-TCP connection with HTTP/2 streams.
+    Tcp(tcp::TcpConn),
 }
 
 impl Conn {
@@ -140,6 +157,7 @@ impl Conn {
                 Ok((s, r)) => Ok((SendStream::Quic(s), RecvStream::Quic(r))),
                 Err(err) => Err(Closed::quic(err)),
             },
+            Conn::Tcp(c) => c.open().await,
         }
     }
 
@@ -150,6 +168,7 @@ impl Conn {
                 Ok((s, r)) => Ok((SendStream::Quic(s), RecvStream::Quic(r))),
                 Err(err) => Err(Closed::quic(err)),
             },
+            Conn::Tcp(c) => c.accept().await,
         }
     }
 
@@ -157,6 +176,17 @@ impl Conn {
     pub fn close(&self, reason: Reason, message: &str) {
         match self {
             Conn::Quic(c) => c.close(reason.varint(), message.as_bytes()),
+            Conn::Tcp(c) => c.close(reason, message),
+        }
+    }
+
+    /// After [`Conn::close`]: resolves once the peer has had the reason,
+    /// within [`crate::defaults::REFUSE_LINGER`]. A QUIC endpoint lingers
+    /// for its closed connections by itself; a TCP connection is let go
+    /// when the peer closes its end.
+    pub async fn closing(&self) {
+        if let Conn::Tcp(c) = self {
+            let _ = tokio::time::timeout(crate::defaults::REFUSE_LINGER, c.gone()).await;
         }
     }
 
@@ -164,6 +194,7 @@ impl Conn {
     pub async fn closed(&self) -> Closed {
         match self {
             Conn::Quic(c) => Closed::quic(c.closed().await),
+            Conn::Tcp(c) => c.closed().await,
         }
     }
 
@@ -171,6 +202,7 @@ impl Conn {
     pub fn close_reason(&self) -> Option<Closed> {
         match self {
             Conn::Quic(c) => c.close_reason().map(Closed::quic),
+            Conn::Tcp(c) => c.close_reason(),
         }
     }
 
@@ -186,6 +218,15 @@ impl Conn {
     pub fn remote(&self) -> SocketAddr {
         match self {
             Conn::Quic(c) => c.remote_address(),
+            Conn::Tcp(c) => c.remote(),
+        }
+    }
+
+    /// The transport's name, for logs and status: `quic` or `tcp`.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Conn::Quic(_) => "quic",
+            Conn::Tcp(_) => "tcp",
         }
     }
 
@@ -198,6 +239,9 @@ impl Conn {
                 c.set_max_concurrent_bi_streams(streams.into());
                 c.set_receive_window(quinn::VarInt::MAX);
             }
+            // HTTP/2 starts only once the peer is admitted, with the
+            // admitted peer's limits.
+            Conn::Tcp(_) => {}
         }
     }
 
@@ -206,6 +250,9 @@ impl Conn {
     pub fn set_send_window(&self, bytes: u64) {
         match self {
             Conn::Quic(c) => c.set_send_window(bytes),
+            // Each stream sends no more than its peer's window allows
+            // ([`http2::SendStream::write_chunk`]): nothing else waits.
+            Conn::Tcp(_) => {}
         }
     }
 }
@@ -215,6 +262,8 @@ impl Conn {
 pub enum SendStream {
     /// A QUIC stream.
     Quic(quinn::SendStream),
+    /// An HTTP/2 stream.
+    Http2(http2::SendStream),
 }
 
 impl SendStream {
@@ -222,6 +271,7 @@ impl SendStream {
     pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), StreamError> {
         match self {
             SendStream::Quic(s) => Ok(s.write_chunk(chunk).await?),
+            SendStream::Http2(s) => s.write_chunk(chunk).await,
         }
     }
 
@@ -229,6 +279,12 @@ impl SendStream {
     pub async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), StreamError> {
         match self {
             SendStream::Quic(s) => Ok(s.write_all_chunks(chunks).await?),
+            SendStream::Http2(s) => {
+                for chunk in chunks {
+                    s.write_chunk(std::mem::take(chunk)).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -245,6 +301,7 @@ impl SendStream {
     pub fn finish(&mut self) -> Result<(), StreamError> {
         match self {
             SendStream::Quic(s) => s.finish().map_err(|_| StreamError::Finished),
+            SendStream::Http2(s) => s.finish(),
         }
     }
 
@@ -254,6 +311,7 @@ impl SendStream {
             SendStream::Quic(s) => {
                 let _ = s.reset(code.into().varint());
             }
+            SendStream::Http2(s) => s.reset(code.into()),
         }
     }
 
@@ -262,13 +320,17 @@ impl SendStream {
     /// awaited alongside writes.
     pub fn stopped(&self) -> impl std::future::Future<Output = Option<ErrorCode>> + Send + 'static {
         let stopped = match self {
-            SendStream::Quic(s) => s.stopped(),
+            SendStream::Quic(s) => futures_util::future::Either::Left(s.stopped()),
+            SendStream::Http2(s) => futures_util::future::Either::Right(s.stopped()),
         };
         async move {
-            match stopped.await {
-                Ok(Some(code)) => Some(ErrorCode(code.into_inner())),
-                Ok(None) => None,
-                Err(_) => Some(Reason::Aborted.into()),
+            match stopped {
+                futures_util::future::Either::Left(stopped) => match stopped.await {
+                    Ok(Some(code)) => Some(ErrorCode(code.into_inner())),
+                    Ok(None) => None,
+                    Err(_) => Some(Reason::Aborted.into()),
+                },
+                futures_util::future::Either::Right(stopped) => stopped.await,
             }
         }
     }
@@ -282,18 +344,21 @@ impl AsyncWrite for SendStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             SendStream::Quic(s) => AsyncWrite::poll_write(Pin::new(s), cx, buf),
+            SendStream::Http2(s) => AsyncWrite::poll_write(Pin::new(s), cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             SendStream::Quic(s) => AsyncWrite::poll_flush(Pin::new(s), cx),
+            SendStream::Http2(s) => AsyncWrite::poll_flush(Pin::new(s), cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             SendStream::Quic(s) => AsyncWrite::poll_shutdown(Pin::new(s), cx),
+            SendStream::Http2(s) => AsyncWrite::poll_shutdown(Pin::new(s), cx),
         }
     }
 }
@@ -303,6 +368,8 @@ impl AsyncWrite for SendStream {
 pub enum RecvStream {
     /// A QUIC stream.
     Quic(quinn::RecvStream),
+    /// An HTTP/2 stream.
+    Http2(http2::RecvStream),
 }
 
 impl RecvStream {
@@ -314,6 +381,7 @@ impl RecvStream {
     ) -> Result<Option<usize>, StreamError> {
         match self {
             RecvStream::Quic(s) => Ok(s.read_chunks(chunks).await?),
+            RecvStream::Http2(s) => s.read_chunks(chunks).await,
         }
     }
 
@@ -323,6 +391,7 @@ impl RecvStream {
             RecvStream::Quic(s) => {
                 let _ = s.stop(code.into().varint());
             }
+            RecvStream::Http2(s) => s.stop(code.into()),
         }
     }
 }
@@ -335,6 +404,7 @@ impl AsyncRead for RecvStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             RecvStream::Quic(s) => AsyncRead::poll_read(Pin::new(s), cx, buf),
+            RecvStream::Http2(s) => AsyncRead::poll_read(Pin::new(s), cx, buf),
         }
     }
 }

@@ -30,6 +30,7 @@ use shellrelay::protocol::{Reason, Role};
 use shellrelay::relay::{Relay, RelayConfig, RelayHandle};
 use shellrelay::tls::{self, TransportOptions, Trust};
 use shellrelay::token::{self, Claims, TokenSource, Verifier};
+pub use shellrelay::transport::Transport;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -244,6 +245,33 @@ impl Tunnel {
         let token = self.token(Role::Client, id, HOUR);
         let (addr, peer) = self.client_with(token, None).await;
         // Lives as long as the tunnel: cancelled through the tunnel's token.
+        std::mem::forget(peer.task);
+        addr
+    }
+
+    /// How peers reach this relay with transport `via`.
+    pub fn relay_over(&self, via: Transport) -> RelayAddr {
+        let transport = TransportOptions {
+            via,
+            ..TransportOptions::default()
+        };
+        self.relay_via(self.addr, transport)
+    }
+
+    /// Starts host agent `id` for `target` over `via` and waits until it
+    /// is registered.
+    pub async fn host_over(&self, id: &str, target: SocketAddr, via: Transport) -> Peer {
+        let token = TokenSource::Literal(self.token(Role::Host, id, HOUR));
+        let peer = self.spawn_host_via(self.relay_over(via), token, target);
+        within(WAIT, "host to register", self.registry.wait_host(id, true)).await;
+        peer
+    }
+
+    /// Starts a client forwarder for host `id` over `via`; returns its
+    /// address.
+    pub async fn client_over(&self, id: &str, via: Transport) -> SocketAddr {
+        let token = self.token(Role::Client, id, HOUR);
+        let (addr, peer) = self.client_via(self.relay_over(via), token, None).await;
         std::mem::forget(peer.task);
         addr
     }

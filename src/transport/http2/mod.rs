@@ -139,14 +139,24 @@ impl SendStream {
     }
 
     /// Resolves when the peer resets the stream, with its code;
-    /// independent of `self` once made.
-    pub fn stopped(&self) -> impl Future<Output = ErrorCode> + Send + 'static {
+    /// independent of `self` once made. Made after [`SendStream::finish`],
+    /// it resolves with `None` unless the stream is reset already: HTTP/2
+    /// tells no sender when its data has arrived, so whoever must know
+    /// waits for the peer to close the connection, which it does only once
+    /// its sessions have ended.
+    pub fn stopped(&self) -> impl Future<Output = Option<ErrorCode>> + Send + 'static {
         let shared = self.inner.clone();
+        let finished = self.finished;
         async move {
-            match poll_fn(|cx| lock(&shared).poll_reset(cx)).await {
-                Ok(r) => code_of(r),
-                Err(_) => ErrorCode(crate::protocol::Reason::Aborted.code().into()),
-            }
+            poll_fn(|cx| match lock(&shared).poll_reset(cx) {
+                Poll::Ready(Ok(r)) => Poll::Ready(Some(code_of(r))),
+                Poll::Ready(Err(_)) => Poll::Ready(Some(ErrorCode(
+                    crate::protocol::Reason::Aborted.code().into(),
+                ))),
+                Poll::Pending if finished => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            })
+            .await
         }
     }
 }
@@ -317,36 +327,47 @@ impl Accepter {
     }
 }
 
-/// Starts HTTP/2 over `io` as the client, with `window` per stream. The
-/// returned future drives the connection and ends with it.
+/// A started HTTP/2 connection: the future that drives it (and ends with
+/// it), and its PING handle for keep-alives.
+pub struct Driver<F> {
+    /// Drives the connection; ends when it does.
+    pub run: F,
+    /// Sends PINGs, for keep-alive and to notice a dead peer.
+    pub ping: Option<h2::PingPong>,
+}
+
+/// Starts HTTP/2 over `io` as the client, with `window` per stream.
 pub async fn client<T>(
     io: T,
     window: u32,
-) -> Result<(Opener, impl Future<Output = ()> + Send), h2::Error>
+) -> Result<(Opener, Driver<impl Future<Output = ()> + Send>), h2::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (send, conn) = h2::client::Builder::new()
+    let (send, mut conn) = h2::client::Builder::new()
         .initial_window_size(window)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .enable_push(false)
         .handshake::<_, Bytes>(io)
         .await?;
-    Ok((Opener(send), async move {
+    let ping = conn.ping_pong();
+    let run = async move {
         let _ = conn.await;
-    }))
+    };
+    Ok((Opener(send), Driver { run, ping }))
 }
 
 /// Starts HTTP/2 over `io` as the server, with `window` per stream. The
-/// returned future drives the connection (every stream on it, not only
-/// new ones) and ends with it; the peer may open at most
-/// [`max_streams`]`(window)` streams at once, so the queue of streams not
-/// yet accepted is bounded by that.
+/// driver runs the connection (every stream on it, not only new ones);
+/// the peer may open at most `max_streams` streams at once (and never
+/// more than [`max_streams`]`(window)`), so the queue of streams not yet
+/// accepted is bounded by that.
 pub async fn server<T>(
     io: T,
     window: u32,
-) -> Result<(Accepter, impl Future<Output = ()> + Send), h2::Error>
+    max_streams: u32,
+) -> Result<(Accepter, Driver<impl Future<Output = ()> + Send>), h2::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -354,11 +375,12 @@ where
         .initial_window_size(window)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .max_concurrent_streams(max_streams(window))
+        .max_concurrent_streams(max_streams.min(self::max_streams(window)))
         .handshake::<_, Bytes>(io)
         .await?;
+    let ping = conn.ping_pong();
     let (tx, rx) = mpsc::unbounded_channel();
-    let driver = async move {
+    let run = async move {
         while let Some(Ok((request, mut respond))) = conn.accept().await {
             // A stream nobody will take is dropped, which resets it.
             if let Ok(send) = respond.send_response(http::Response::new(()), false) {
@@ -366,7 +388,7 @@ where
             }
         }
     };
-    Ok((Accepter(tokio::sync::Mutex::new(rx)), driver))
+    Ok((Accepter(tokio::sync::Mutex::new(rx)), Driver { run, ping }))
 }
 
 #[cfg(test)]

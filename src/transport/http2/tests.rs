@@ -13,12 +13,12 @@ async fn pair() -> (Opener, Accepter) {
     let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
     let (opener, accepter) = tokio::join!(
         client(dialled.unwrap(), WINDOW),
-        server(accepted.unwrap().0, WINDOW)
+        server(accepted.unwrap().0, WINDOW, u32::MAX)
     );
     let (opener, driver) = opener.unwrap();
-    tokio::spawn(driver);
+    tokio::spawn(driver.run);
     let (accepter, driver) = accepter.unwrap();
-    tokio::spawn(driver);
+    tokio::spawn(driver.run);
     (opener, accepter)
 }
 
@@ -121,7 +121,7 @@ async fn a_stop_reaches_the_writer_with_its_code() {
     let (_back, mut recv) = accepter.accept().await.unwrap();
     let stopped = up.stopped();
     recv.stop(ErrorCode(0x77));
-    assert_eq!(stopped.await, ErrorCode(0x77));
+    assert_eq!(stopped.await, Some(ErrorCode(0x77)));
     // Writing now fails with the peer's code.
     let mut err = None;
     for _ in 0..100 {

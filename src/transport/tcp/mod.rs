@@ -2,6 +2,10 @@
 //! certificate and an ALPN of its own ([`ALPN_TCP`]); sessions then run
 //! over HTTP/2 ([`super::http2`]).
 
+mod conn;
+
+pub use conn::{Settings, Side, TcpConn};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -108,7 +112,7 @@ mod tests {
             let hello = read_frame(&mut tls).await.unwrap();
             write_frame(&mut tls, &hello).await.unwrap();
             let (opener, driver) = http2::client(tls, 64 * 1024).await.unwrap();
-            tokio::spawn(driver);
+            tokio::spawn(driver.run);
             let (mut send, _recv) = opener.open().await.unwrap();
             send.write_chunk(bytes::Bytes::from_static(b"session"))
                 .await
@@ -126,8 +130,8 @@ mod tests {
         let answer = read_frame(&mut tls).await.unwrap();
         assert_eq!(format!("{answer:?}"), format!("{hello:?}"));
         // The host: HTTP/2 as the server, taking the relay's session.
-        let (accepter, driver) = http2::server(tls, 64 * 1024).await.unwrap();
-        tokio::spawn(driver);
+        let (accepter, driver) = http2::server(tls, 64 * 1024, u32::MAX).await.unwrap();
+        tokio::spawn(driver.run);
         let (_send, mut recv) = accepter.accept().await.unwrap();
         let mut got = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut recv, &mut got)
