@@ -136,7 +136,12 @@ impl Forwarder {
             }
         };
         state.failed = None;
-        info!(host = %link.host, relay = %self.config.relay.addr, "connected to relay");
+        info!(
+            host = %link.host,
+            relay = %self.config.relay.addr,
+            transport = link.conn.transport(),
+            "connected to relay"
+        );
         let (conn, host) = (link.conn.clone(), link.host.clone());
         // Say when and why the relay connection ends, not only when the
         // next ssh connection finds it gone. Ends with the connection.

@@ -105,6 +105,7 @@ async fn keep_registered(
                 info!(
                     host = %link.host,
                     relay = %config.relay.addr,
+                    transport = link.conn.transport(),
                     target = %target,
                     expires = %fmt_unix(link.expires_at),
                     "registered with relay"

@@ -244,6 +244,22 @@ impl HostStats {
 pub struct Status {
     /// The hosts online now, sorted by id.
     pub hosts: Vec<HostStatus>,
+    /// The client connections now, sorted by host and address.
+    #[serde(default)]
+    pub clients: Vec<ClientStatus>,
+}
+
+/// One client connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// The host it reaches.
+    pub host: String,
+    /// When it was admitted, in Unix seconds.
+    pub since: u64,
+    /// The client's address as the relay sees it now.
+    pub remote: SocketAddr,
+    /// `quic` or `tcp`.
+    pub transport: String,
 }
 
 /// One host online.
@@ -255,6 +271,9 @@ pub struct HostStatus {
     pub since: u64,
     /// The host's address as the relay sees it now.
     pub remote: SocketAddr,
+    /// `quic` or `tcp`.
+    #[serde(default)]
+    pub transport: String,
     /// Sessions to the host now, including those being set up.
     pub sessions: u64,
     /// Bytes relayed to the host since it registered.

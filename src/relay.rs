@@ -126,6 +126,8 @@ struct State {
     /// Hands memory back after sessions end.
     trim: Trim,
     hosts: Arc<Registry>,
+    /// Client connections admitted now.
+    clients: Arc<registry::Clients>,
     revoked: RevocationList,
     metrics: Metrics,
     /// The next session id.
@@ -181,6 +183,7 @@ impl Relay {
                 accepted: AtomicU64::new(0),
                 trim: Trim::default(),
                 hosts,
+                clients: Arc::default(),
                 revoked,
                 metrics: Metrics::new(),
                 session_ids: AtomicU64::new(1),
@@ -350,6 +353,7 @@ impl RelayHandle {
     pub fn status(&self) -> Status {
         Status {
             hosts: self.state.hosts.snapshot(),
+            clients: self.state.clients.snapshot(),
         }
     }
 

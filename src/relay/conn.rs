@@ -436,6 +436,7 @@ impl Admitted {
                 target: LOG_TARGET,
                 host = %id,
                 %remote,
+                transport = self.conn.transport(),
                 expires = %fmt_unix(claims.exp),
                 "host registered"
             );
@@ -476,10 +477,12 @@ impl Admitted {
         }
         let (state, conn) = (self.state, self.conn);
         let remote = conn.remote();
+        let _listed = state.clients.add(&host, &conn, unix_now());
         info!(
             target: LOG_TARGET,
             host = %host,
             %remote,
+            transport = conn.transport(),
             expires = %fmt_unix(claims.exp),
             "client connected"
         );

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::budget::Shares;
-use crate::metrics::{HostStats, HostStatus};
+use crate::metrics::{ClientStatus, HostStats, HostStatus};
 use crate::transport::Conn;
 
 /// Host id → the connection that serves it.
@@ -132,6 +132,7 @@ impl Registry {
                 id: id.clone(),
                 since: e.host.stats.since,
                 remote: e.host.conn.remote(),
+                transport: e.host.conn.transport().to_owned(),
                 sessions: e.host.sessions.get() as u64,
                 bytes_to_host: e.host.stats.to_host(),
                 bytes_to_client: e.host.stats.to_client(),
@@ -172,3 +173,52 @@ impl Drop for Registration {
         self.registry.changes.send_modify(|n| *n += 1);
     }
 }
+/// The client connections admitted now, for `/status`.
+#[derive(Default)]
+pub(super) struct Clients {
+    open: Mutex<std::collections::BTreeMap<u64, ClientStatus>>,
+    ids: AtomicU64,
+}
+
+/// A client's line in [`Clients`], removed when dropped.
+pub(super) struct Listed {
+    clients: Arc<Clients>,
+    id: u64,
+}
+
+impl Clients {
+    /// Lists a client connection until the returned guard is dropped.
+    pub fn add(self: &Arc<Self>, host: &str, conn: &Conn, since: u64) -> Listed {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let line = ClientStatus {
+            host: host.to_owned(),
+            since,
+            remote: conn.remote(),
+            transport: conn.transport().to_owned(),
+        };
+        lock(&self.open).insert(id, line);
+        Listed {
+            clients: self.clone(),
+            id,
+        }
+    }
+
+    /// Every client connection now, sorted by host and address.
+    pub fn snapshot(&self) -> Vec<ClientStatus> {
+        let mut all: Vec<ClientStatus> = lock(&self.open).values().cloned().collect();
+        all.sort_by(|a, b| (&a.host, a.remote).cmp(&(&b.host, b.remote)));
+        all
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        lock(&self.clients.open).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding it; a poisoned one is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+

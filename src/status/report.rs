@@ -75,60 +75,89 @@ async fn get(addr: &str, path: &'static str) -> anyhow::Result<Bytes> {
     }
 }
 
-/// `status` as a table, one line per host, or a line saying there are none.
+/// `status` as tables: one line per host, or a line saying there are
+/// none; then one line per client connection, if there are any.
 pub fn table(status: &Status) -> String {
     if status.hosts.is_empty() {
         return "no hosts online\n".to_owned();
     }
-    let header = [
-        "HOST",
-        "SINCE",
-        "REMOTE",
-        "SESSIONS",
-        "BYTES TO HOST",
-        "BYTES TO CLIENT",
-    ];
-    let rows: Vec<[String; 6]> = status
+    let hosts: Vec<Vec<String>> = status
         .hosts
         .iter()
         .map(|h| {
-            [
+            vec![
                 h.id.clone(),
                 fmt_unix(h.since),
                 h.remote.to_string(),
+                h.transport.clone(),
                 h.sessions.to_string(),
                 h.bytes_to_host.to_string(),
                 h.bytes_to_client.to_string(),
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    let header = [
+        "HOST",
+        "SINCE",
+        "REMOTE",
+        "TRANSPORT",
+        "SESSIONS",
+        "BYTES TO HOST",
+        "BYTES TO CLIENT",
+    ];
+    let mut out = columns(&header, &hosts, 4);
+    if !status.clients.is_empty() {
+        let clients: Vec<Vec<String>> = status
+            .clients
+            .iter()
+            .map(|c| {
+                vec![
+                    c.host.clone(),
+                    fmt_unix(c.since),
+                    c.remote.to_string(),
+                    c.transport.clone(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&columns(
+            &["CLIENT OF", "SINCE", "REMOTE", "TRANSPORT"],
+            &clients,
+            4,
+        ));
+    }
+    out
+}
+
+/// `rows` under `header` in aligned columns: the first `text` columns
+/// left-aligned, the counts after them right-aligned.
+fn columns(header: &[&str], rows: &[Vec<String>], text: usize) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
     let mut out = String::new();
-    let mut line = |cells: [&str; 6]| {
-        let mut text = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            // Text left-aligned, counts right-aligned.
-            let cell = if i < 3 {
+    let mut line = |cells: &[&str]| {
+        let mut line = String::new();
+        for (i, (cell, &w)) in cells.iter().zip(&widths).enumerate() {
+            let cell = if i < text {
                 format!("{cell:<w$}")
             } else {
                 format!("{cell:>w$}")
             };
             if i > 0 {
-                text.push_str("  ");
+                line.push_str("  ");
             }
-            text.push_str(&cell);
+            line.push_str(&cell);
         }
-        out.push_str(text.trim_end());
+        out.push_str(line.trim_end());
         out.push('\n');
     };
     line(header);
-    for row in &rows {
-        line(row.each_ref().map(String::as_str));
+    for row in rows {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
     out
 }
@@ -136,7 +165,7 @@ pub fn table(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::HostStatus;
+    use crate::metrics::{ClientStatus, HostStatus};
 
     #[test]
     fn table_aligns_columns() {
@@ -144,19 +173,34 @@ mod tests {
             id: id.into(),
             since: 1_700_000_000,
             remote: "192.0.2.7:50000".parse().unwrap(),
+            transport: "quic".into(),
             sessions,
             bytes_to_host: bytes,
             bytes_to_client: bytes * 10,
         };
+        let client = ClientStatus {
+            host: "a".into(),
+            since: 1_700_000_000,
+            remote: "198.51.100.1:40000".parse().unwrap(),
+            transport: "tcp".into(),
+        };
         let status = Status {
             hosts: vec![host("a", 2, 5), host("longer-id", 10, 123_456)],
+            clients: vec![client],
         };
         let want = "\
-HOST       SINCE                 REMOTE           SESSIONS  BYTES TO HOST  BYTES TO CLIENT
-a          2023-11-14T22:13:20Z  192.0.2.7:50000         2              5               50
-longer-id  2023-11-14T22:13:20Z  192.0.2.7:50000        10         123456          1234560
+HOST       SINCE                 REMOTE           TRANSPORT  SESSIONS  BYTES TO HOST  BYTES TO CLIENT
+a          2023-11-14T22:13:20Z  192.0.2.7:50000  quic              2              5               50
+longer-id  2023-11-14T22:13:20Z  192.0.2.7:50000  quic             10         123456          1234560
+
+CLIENT OF  SINCE                 REMOTE              TRANSPORT
+a          2023-11-14T22:13:20Z  198.51.100.1:40000  tcp
 ";
         assert_eq!(table(&status), want);
-        assert_eq!(table(&Status { hosts: vec![] }), "no hosts online\n");
+        let none = Status {
+            hosts: vec![],
+            clients: vec![],
+        };
+        assert_eq!(table(&none), "no hosts online\n");
     }
 }
