@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::defaults::{ACCEPT_BACKOFF, CLIENT_SETUP_TIMEOUT, RECONNECT_HOLDOFF, SHUTDOWN_GRACE};
 use crate::memory::Trim;
@@ -36,7 +36,7 @@ pub struct ClientConfig {
 /// again when it has closed.
 pub struct Forwarder {
     config: ClientConfig,
-    link: tokio::sync::Mutex<LinkState>,
+    link: Arc<tokio::sync::Mutex<LinkState>>,
     /// The watcher of each connection's end.
     tasks: Tasks,
 }
@@ -97,7 +97,7 @@ impl Forwarder {
     pub fn new(config: ClientConfig) -> Forwarder {
         Forwarder {
             config,
-            link: tokio::sync::Mutex::new(LinkState::default()),
+            link: Arc::default(),
             tasks: Tasks::new(),
         }
     }
@@ -136,27 +136,14 @@ impl Forwarder {
             }
         };
         state.failed = None;
-        info!(
-            host = %link.host,
-            relay = %self.config.relay.addr,
-            transport = link.conn.transport(),
-            "connected to relay"
-        );
         let (conn, host) = (link.conn.clone(), link.host.clone());
-        // Say when and why the relay connection ends, not only when the
-        // next ssh connection finds it gone. Ends with the connection.
-        let watched = conn.clone();
-        // Not in the span of the session that happened to connect.
-        let _none = tracing::Span::none().entered();
-        self.tasks.spawn(async move {
-            match watched.closed().await {
-                Closed::Local => {}
-                Closed::Peer(r) if r.reason == Reason::Done => {}
-                Closed::Peer(r) => warn!("relay closed the connection: {}", r.message),
-                Closed::Lost(err) => warn!("lost the connection to the relay: {err}"),
-            }
-        });
-        state.current = Some(link);
+        if self.config.relay.retries_quic(&conn) {
+            // Not in the span of the session that happened to connect.
+            let _none = tracing::Span::none().entered();
+            let retry = retry_quic(self.link.clone(), self.config.clone(), self.tasks.clone());
+            self.tasks.spawn(retry);
+        }
+        install(&mut state, link, &self.config, &self.tasks);
         Ok((conn, host, true))
     }
 
@@ -193,6 +180,63 @@ impl Forwarder {
             link.close(Reason::Done, "client shutting down").await;
         }
         self.tasks.shutdown(SHUTDOWN_GRACE).await;
+    }
+}
+
+/// Makes `link` the forwarder's connection, logs it, and watches for its
+/// end.
+fn install(state: &mut LinkState, link: RelayLink, config: &ClientConfig, tasks: &Tasks) {
+    info!(
+        host = %link.host,
+        relay = %config.relay.addr,
+        transport = link.conn.transport(),
+        "connected to relay"
+    );
+    // Say when and why the relay connection ends, not only when the next
+    // ssh connection finds it gone. Ends with the connection.
+    let closed = link.conn.watch_closed();
+    // Not in the span of the session that happened to connect.
+    let _none = tracing::Span::none().entered();
+    tasks.spawn(async move {
+        match closed.await {
+            Closed::Local => {}
+            Closed::Peer(r) if r.reason == Reason::Done => {}
+            Closed::Peer(r) => warn!("relay closed the connection: {}", r.message),
+            Closed::Lost(err) => warn!("lost the connection to the relay: {err}"),
+        }
+    });
+    state.current = Some(link);
+}
+
+/// While the forwarder is on TCP, tries QUIC every
+/// [`crate::tls::TransportOptions::quic_retry`]; once it answers, new
+/// sessions go over QUIC, and the TCP connection goes once its sessions
+/// (which hold it) have ended.
+async fn retry_quic(link: Arc<tokio::sync::Mutex<LinkState>>, config: ClientConfig, tasks: Tasks) {
+    let quic = config.relay.quic_only();
+    loop {
+        tokio::time::sleep(config.relay.transport.quic_retry).await;
+        let on_tcp = |state: &LinkState| {
+            state
+                .current
+                .as_ref()
+                .is_some_and(|l| matches!(l.conn, Conn::Tcp(_)) && l.conn.close_reason().is_none())
+        };
+        if !on_tcp(&*link.lock().await) {
+            return;
+        }
+        let attempt = peer::connect(&quic, &config.token, Role::Client, config.host.as_deref());
+        match attempt.await {
+            Ok(new) => {
+                let mut state = link.lock().await;
+                if on_tcp(&state) {
+                    info!("QUIC answers again; new sessions go over QUIC");
+                    install(&mut state, new, &config, &tasks);
+                }
+                return;
+            }
+            Err(err) => debug!("QUIC still fails: {err}"),
+        }
     }
 }
 

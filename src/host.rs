@@ -110,19 +110,34 @@ async fn keep_registered(
                     expires = %fmt_unix(link.expires_at),
                     "registered with relay"
                 );
-                match serve(&link, &target, tasks, trim, shutdown).await {
-                    Served::Shutdown => return Ok(()),
+                let mut link = link;
+                let closed = loop {
+                    match serve(&link, config, &target, tasks, trim, shutdown).await {
+                        Served::Moved(quic) => {
+                            info!(
+                                host = %quic.host,
+                                relay = %config.relay.addr,
+                                "QUIC answers again; registered over QUIC and leaving TCP"
+                            );
+                            link.close(Reason::Done, "host agent moved to QUIC").await;
+                            link = *quic;
+                        }
+                        Served::Shutdown => return Ok(()),
+                        Served::Closed(closed) => break closed,
+                    }
+                };
+                match closed {
                     // Not final: the other connection may hold a stolen or
                     // leaked token, and may go away. Back off and register
                     // again once it has, without resetting the backoff.
-                    Served::Closed(Closed::Peer(refusal)) if refusal.reason == Reason::Replaced => {
+                    Closed::Peer(refusal) if refusal.reason == Reason::Replaced => {
                         warn!(
                             "{}; is another host agent running with this host id, or has its token leaked? Registering again once it leaves",
                             refusal.message
                         );
                         displaced = true;
                     }
-                    Served::Closed(closed) => {
+                    closed => {
                         match closed {
                             Closed::Peer(refusal) => {
                                 warn!(reason = %refusal.message, "relay closed the connection")
@@ -156,6 +171,9 @@ async fn keep_registered(
 enum Served {
     /// The agent is shutting down.
     Shutdown,
+    /// QUIC works again: this registration over QUIC replaces the one
+    /// over TCP.
+    Moved(Box<RelayLink>),
     /// The connection closed, for this reason.
     Closed(Closed),
 }
@@ -164,11 +182,15 @@ enum Served {
 /// shuts down.
 async fn serve(
     link: &RelayLink,
+    config: &HostConfig,
     target: &Arc<str>,
     tasks: &Tasks,
     trim: &Trim,
     shutdown: &CancellationToken,
 ) -> Served {
+    let relay = &config.relay;
+    let retry = relay.retries_quic(&link.conn);
+    let mut retry_at = tokio::time::Instant::now() + relay.transport.quic_retry;
     loop {
         let stream = tokio::select! {
             biased;
@@ -177,6 +199,21 @@ async fn serve(
                 return Served::Shutdown;
             }
             stream = link.conn.accept() => stream,
+            () = tokio::time::sleep_until(retry_at), if retry => {
+                retry_at += relay.transport.quic_retry;
+                // Registering anew replaces this connection at the relay,
+                // which would cut its sessions: only between sessions.
+                if trim.live() > 0 {
+                    continue;
+                }
+                match peer::connect(&relay.quic_only(), &config.token, Role::Host, None).await {
+                    Ok(quic) => return Served::Moved(Box::new(quic)),
+                    Err(err) => {
+                        tracing::debug!("QUIC still fails: {err}");
+                        continue;
+                    }
+                }
+            }
         };
         match stream {
             Ok(stream) => {

@@ -43,6 +43,11 @@ impl Trim {
         Live(self.0.clone())
     }
 
+    /// Sessions running now.
+    pub fn live(&self) -> usize {
+        self.0.live.load(Ordering::Relaxed)
+    }
+
     /// Trims the allocator every [`MEMORY_TRIM_INTERVAL`] while sessions
     /// run, and once after the last one ended, until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {

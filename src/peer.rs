@@ -42,6 +42,19 @@ impl RelayAddr {
         host.trim_start_matches('[').trim_end_matches(']')
     }
 
+    /// The same relay, over QUIC only: what a peer that fell back to TCP
+    /// tries again every [`TransportOptions::quic_retry`].
+    pub fn quic_only(&self) -> RelayAddr {
+        let mut quic = self.clone();
+        quic.transport.via = Transport::Quic;
+        quic
+    }
+
+    /// Whether a link over `conn` should try QUIC again from time to time.
+    pub fn retries_quic(&self, conn: &Conn) -> bool {
+        self.transport.via == Transport::Auto && matches!(conn, Conn::Tcp(_))
+    }
+
     async fn resolve(&self) -> anyhow::Result<SocketAddr> {
         tokio::net::lookup_host(&self.addr)
             .await

@@ -195,6 +195,9 @@ pub struct TransportOptions {
     pub congestion: Congestion,
     /// Which transport a peer dials the relay with.
     pub via: crate::transport::Transport,
+    /// With [`crate::transport::Transport::Auto`], how often a peer on TCP
+    /// tries QUIC again.
+    pub quic_retry: Duration,
 }
 
 impl Default for TransportOptions {
@@ -205,6 +208,7 @@ impl Default for TransportOptions {
             stream_window: STREAM_WINDOW,
             congestion: CONGESTION,
             via: crate::transport::Transport::Auto,
+            quic_retry: crate::defaults::QUIC_RETRY,
         }
     }
 }

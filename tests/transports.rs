@@ -109,8 +109,7 @@ async fn an_aborted_session_resets_the_far_side() {
         let (_tunnel, _host, client) = path(target, via).await;
         let mut tcp = TcpStream::connect(client).await.unwrap();
         tcp.write_all(b"hello").await.unwrap();
-        let mut echo = ping_target(&mut tcp).await;
-        echo.clear();
+        tcp.write_all(b" again").await.unwrap();
         socket2::SockRef::from(&tcp)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
@@ -118,14 +117,6 @@ async fn an_aborted_session_resets_the_far_side() {
         let ended = within(WAIT, "target to see the abort", rx.recv()).await;
         assert_eq!(ended, Some("reset"), "{via:?}");
     }
-}
-
-/// Gives the session time to be set up end to end: the forwarder reads
-/// nothing from `tcp` until the host side is ready, so a second write
-/// that completes does not prove it; a short wait for nothing does no
-/// harm either way.
-async fn ping_target(_tcp: &mut TcpStream) -> Vec<u8> {
-    Vec::new()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,4 +165,79 @@ async fn refusals_and_close_reasons_reach_a_tcp_peer() {
     let closed = within(WAIT, "client connection to close", conn.closed()).await;
     let refusal = closed.refusal().expect("an application close");
     assert_eq!(refusal.reason, Reason::ShuttingDown);
+}
+
+/// Forwards TCP connections from `listen`'s port (the UDP proxy's) to
+/// the relay's TCP listener, so that one `HOST:PORT` reaches the relay
+/// over both transports with UDP going through the proxy.
+async fn tcp_forwarder(
+    listen: std::net::SocketAddr,
+    relay: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(relay).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+/// The transports the relay sees: its hosts' and its clients'.
+fn transports(tunnel: &Tunnel) -> (Vec<String>, Vec<String>) {
+    let status = tunnel.registry.status();
+    let mut hosts: Vec<String> = status.hosts.into_iter().map(|h| h.transport).collect();
+    let mut clients: Vec<String> = status.clients.into_iter().map(|c| c.transport).collect();
+    hosts.sort();
+    clients.sort();
+    (hosts, clients)
+}
+
+/// Waits until the relay sees exactly these transports.
+async fn until_transports(tunnel: &Tunnel, hosts: &[&str], clients: &[&str]) {
+    let want = (
+        hosts.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        clients.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    );
+    within(WAIT, &format!("transports {want:?}"), async {
+        while transports(tunnel) != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_tcp_where_udp_is_lost_and_moves_back_to_quic_once_it_answers() {
+    use support::netem::Proxy;
+    let tunnel = Tunnel::start().await;
+    let proxy = Proxy::start(tunnel.addr).await;
+    proxy.set_blackhole(true);
+    let _forwarder = tcp_forwarder(proxy.addr(), tunnel.addr).await;
+    let transport = shellrelay::tls::TransportOptions {
+        quic_retry: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let relay = tunnel.relay_via(proxy.addr(), transport);
+    let token = TokenSource::Literal(tunnel.token(Role::Host, "lab1", HOUR));
+    let _host = tunnel.spawn_host_via(relay.clone(), token, echo_server().await);
+    let client_token = tunnel.token(Role::Client, "lab1", HOUR);
+    let (client, _peer) = tunnel.client_via(relay, client_token, None).await;
+    let mut tcp = within(WAIT, "a session over TCP", ping(client)).await;
+    until_transports(&tunnel, &["tcp"], &["tcp"]).await;
+    echo(&mut tcp, b"over tcp").await;
+    // UDP comes back: the client moves new sessions to QUIC while the one
+    // on TCP goes on; the host moves once it has no session.
+    proxy.set_blackhole(false);
+    until_transports(&tunnel, &["tcp"], &["quic", "tcp"]).await;
+    echo(&mut tcp, b"still over tcp").await;
+    let mut second = within(WAIT, "a session over QUIC", ping(client)).await;
+    echo(&mut second, b"new session").await;
+    drop((tcp, second));
+    until_transports(&tunnel, &["quic"], &["quic"]).await;
+    let mut third = within(WAIT, "a session after the move", ping(client)).await;
+    echo(&mut third, b"all quic").await;
 }

@@ -207,6 +207,7 @@ impl TransportOpt {
             stream_window,
             congestion: self.congestion.or(congestion).unwrap_or(tls::CONGESTION),
             via: crate::transport::Transport::default(),
+            quic_retry: crate::defaults::QUIC_RETRY,
         })
     }
 }

@@ -53,6 +53,9 @@ pub struct PeerOpt {
         value_name = "TRANSPORT"
     )]
     via: Option<Transport>,
+    /// With --transport auto, how often a peer that fell back to TCP tries QUIC again.
+    #[arg(long, env = "SHELLRELAY_QUIC_RETRY", default_value_t = HumanDuration(crate::defaults::QUIC_RETRY), value_name = "DURATION")]
+    quic_retry: HumanDuration,
 }
 
 impl PeerOpt {
@@ -87,6 +90,7 @@ impl PeerOpt {
         transport.via = (self.via)
             .or(keys.and_then(|k| k.transport))
             .unwrap_or_default();
+        transport.quic_retry = self.quic_retry.0;
         let relay = RelayAddr {
             addr: relay,
             trust,

@@ -221,4 +221,3 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while holding it; a poisoned one is still usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
-

@@ -198,6 +198,20 @@ impl Conn {
         }
     }
 
+    /// [`Conn::closed`] as a future of its own. Over TCP it does not hold
+    /// the connection, which still closes when its last handle goes; a
+    /// QUIC connection is held until it closes.
+    pub fn watch_closed(&self) -> impl std::future::Future<Output = Closed> + Send + 'static {
+        let closed = match self {
+            Conn::Tcp(c) => futures_util::future::Either::Left(c.watch_closed()),
+            Conn::Quic(c) => {
+                let c = c.clone();
+                futures_util::future::Either::Right(async move { Closed::quic(c.closed().await) })
+            }
+        };
+        closed
+    }
+
     /// Why the connection is closed, if it is.
     pub fn close_reason(&self) -> Option<Closed> {
         match self {

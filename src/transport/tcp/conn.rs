@@ -246,12 +246,20 @@ impl TcpConn {
 
     /// Resolves when the connection is closed, with why.
     pub async fn closed(&self) -> Closed {
+        self.watch_closed().await
+    }
+
+    /// [`TcpConn::closed`] without holding the connection: it still closes
+    /// when its last handle goes.
+    pub fn watch_closed(&self) -> impl Future<Output = Closed> + Send + 'static {
         let mut closed = self.0.closed.subscribe();
-        let why = match closed.wait_for(Option::is_some).await {
-            Ok(why) => why.clone(),
-            Err(_) => None,
-        };
-        why.unwrap_or(Closed::Local)
+        async move {
+            let why = match closed.wait_for(Option::is_some).await {
+                Ok(why) => why.clone(),
+                Err(_) => None,
+            };
+            why.unwrap_or(Closed::Local)
+        }
     }
 
     /// Why the connection is closed, if it is.
