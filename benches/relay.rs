@@ -405,6 +405,90 @@ async fn run() -> anyhow::Result<()> {
         "-".into(),
     );
 
+    // The same paths over the TLS-over-TCP transport: a second host and
+    // client on the same relay, forced to TCP.
+    let tcp_host_token = dir.path().join("host-tcp.token");
+    std::fs::write(&tcp_host_token, mint(Role::Host, "bench-tcp")?)?;
+    let tcp_client_token = dir.path().join("client-tcp.token");
+    std::fs::write(&tcp_client_token, mint(Role::Client, "bench-tcp")?)?;
+    let mut tcp_host_args = peer_args("host", &relay_addr, &cert, &tcp_host_token);
+    tcp_host_args.extend(["--target", &sink_at, "--transport", "tcp"]);
+    tcp_host_args.extend(["--stream-window", &window]);
+    let mut tcp_host = spawn("host-tcp", &tcp_host_args);
+    logged(&mut tcp_host, "registered with relay", "host").await;
+    let mut tcp_client_args = peer_args("client", &relay_addr, &cert, &tcp_client_token);
+    tcp_client_args.extend(["--listen", "127.0.0.1:0", "--transport", "tcp"]);
+    tcp_client_args.extend(["--stream-window", &window]);
+    let mut tcp_client = spawn("client-tcp", &tcp_client_args);
+    let over_tcp: SocketAddr = logged(&mut tcp_client, "client forwarder listening", "listen")
+        .await
+        .parse()?;
+    logged(&mut tcp_client, "connected to relay", "host").await;
+    upload(over_tcp, 16 << 20).await;
+    let cpu0 = cpu_secs(relay.pid());
+    let tcp_up = gbps(plan.bulk, upload(over_tcp, plan.bulk).await);
+    let tcp_down = gbps(plan.bulk, download(over_tcp, plan.bulk).await);
+    let tcp_cpu = cpu_secs(relay.pid()) - cpu0;
+    table.row(
+        "TCP transport: 1 session, client to host",
+        format!("{tcp_up:.2}"),
+        format!("{up_d:.2}"),
+        format!("{:.2}", tcp_up / up_d),
+    );
+    table.row(
+        "TCP transport: 1 session, host to client",
+        format!("{tcp_down:.2}"),
+        format!("{down_d:.2}"),
+        format!("{:.2}", tcp_down / down_d),
+    );
+    let (ours64, fair64) = aggregate(over_tcp, 64, plan.window).await;
+    let (base64, _) = aggregate(sink, 64, plan.window).await;
+    table.row(
+        "TCP transport: 64 sessions, aggregate",
+        format!("{ours64:.2}"),
+        format!("{base64:.2}"),
+        format!("{:.2}", ours64 / base64),
+    );
+    table.row(
+        "TCP transport: 64 sessions, slowest / mean",
+        format!("{fair64:.2}"),
+        "-".into(),
+        "-".into(),
+    );
+    let (t50, t99) = pings(over_tcp, plan.pings).await;
+    table.row(
+        "TCP transport: 64 B echo p50 (µs)",
+        us(t50),
+        us(b50),
+        format!("+{}", us(t50.saturating_sub(b50))),
+    );
+    table.row(
+        "TCP transport: 64 B echo p99 (µs)",
+        us(t99),
+        us(b99),
+        format!("+{}", us(t99.saturating_sub(b99))),
+    );
+    let (ts50, ts99) = setups(over_tcp, plan.setups).await;
+    table.row(
+        "TCP transport: session setup p50 (µs)",
+        us(ts50),
+        us(d50),
+        format!("+{}", us(ts50.saturating_sub(d50))),
+    );
+    table.row(
+        "TCP transport: session setup p99 (µs)",
+        us(ts99),
+        us(d99),
+        format!("+{}", us(ts99.saturating_sub(d99))),
+    );
+    table.row(
+        "TCP transport: relay CPU seconds per GiB",
+        format!("{:.2}", tcp_cpu / gib),
+        "-".into(),
+        "-".into(),
+    );
+    drop((tcp_client, tcp_host));
+
     let ours = [up, down, p50.as_secs_f64() * 1e6, s50.as_secs_f64() * 1e6];
     if let Err(err) = openssh_rows(sink, &plan, ours).await {
         println!("\nOpenSSH reverse tunnel: skipped ({err:#})");

@@ -327,7 +327,12 @@ async fn run() -> anyhow::Result<()> {
             anyhow::bail!("sshd is not installed");
         };
         let default_window = "512KiB";
-        let mut runs = vec![("bbr", default_window), ("cubic", default_window)];
+        // `tcp/W` is the TLS-over-TCP transport (the kernel's bbr).
+        let mut runs = vec![
+            ("bbr", default_window),
+            ("cubic", default_window),
+            ("tcp", default_window),
+        ];
         // A long fat path needs more than the default window: the figure
         // with the flag that raises it, beside the default's.
         if wire.rate >= 1_000_000_000 {
@@ -351,14 +356,28 @@ async fn run() -> anyhow::Result<()> {
         for (congestion, window) in runs {
             let dir = tempfile::tempdir()?;
             let target = format!("127.0.0.1:{}", sshd.port);
-            let flags = ["--congestion", congestion, "--stream-window", window];
-            let sr = lab.shellrelay(dir.path(), &target, &flags).await;
+            let (flags, peers) = match congestion {
+                "tcp" => {
+                    tcp_congestion(&lab, "bbr");
+                    (vec!["--stream-window", window], vec!["--transport", "tcp"])
+                }
+                _ => (
+                    vec!["--congestion", congestion, "--stream-window", window],
+                    vec!["--transport", "quic"],
+                ),
+            };
+            let sr = lab
+                .shellrelay_with(dir.path(), &target, &flags, &peers)
+                .await;
             let tunnel = Tunnel {
                 ip: Ipv4Addr::LOCALHOST,
                 port: sr.port,
                 options: Vec::new(),
             };
             let name = match window {
+                w if w == default_window && congestion == "tcp" => {
+                    "shellrelay --transport tcp".to_owned()
+                }
                 w if w == default_window => format!("shellrelay --congestion {congestion}"),
                 w => format!("  ... --stream-window {w}"),
             };

@@ -241,6 +241,18 @@ impl Lab {
     /// given `extra` flags (`--congestion`, `--stream-window`), the host
     /// agent dialling `target`; returns once the client is connected.
     pub async fn shellrelay(&self, dir: &std::path::Path, target: &str, extra: &[&str]) -> Relayed {
+        self.shellrelay_with(dir, target, extra, &[]).await
+    }
+
+    /// [`Lab::shellrelay`], with `peers` passed to the host agent and the
+    /// client forwarder only.
+    pub async fn shellrelay_with(
+        &self,
+        dir: &std::path::Path,
+        target: &str,
+        extra: &[&str],
+        peers: &[&str],
+    ) -> Relayed {
         use super::bin::{
             make_private, mint_token, peer_args, relay_args, shellrelay_in, write_secret,
         };
@@ -269,6 +281,7 @@ impl Lab {
             let at = format!("{relay_ip}:{port}");
             let mut args = peer_args(role, &at, &cert, &token);
             args.extend_from_slice(extra);
+            args.extend_from_slice(peers);
             match role {
                 "host" => args.extend(["--target", target]),
                 _ => args.extend(["--listen", "127.0.0.1:0"]),
