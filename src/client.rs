@@ -247,10 +247,14 @@ async fn open_on(conn: &Conn) -> Result<(u64, Stream), OpenError> {
             session: 0,
             client: None,
         };
-        write_frame(&mut send, &open)
-            .await
-            .map_err(SetupError::from)?;
-        match read_frame(&mut recv).await.map_err(SetupError::from)? {
+        // A refusal may have been sent, and the stream reset, before
+        // `open` went out: the answer is read either way.
+        let wrote = write_frame(&mut send, &open).await;
+        let answer = match (read_frame(&mut recv).await, wrote) {
+            (Ok(answer), _) => answer,
+            (Err(_), Err(err)) | (Err(err), Ok(())) => return Err(SetupError::from(err).into()),
+        };
+        match answer {
             Frame::Ready { session } => Ok((session, (send, recv))),
             Frame::Refused { reason, message } => {
                 Err(OpenError::Refused(Refusal { reason, message }))

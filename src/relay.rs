@@ -10,6 +10,7 @@
 //! `session` sets up and splices each session.
 
 mod admit;
+mod answer;
 pub mod budget;
 mod conn;
 mod hold;

@@ -182,7 +182,13 @@ async fn metrics_count_hosts_sessions_bytes_refusals_and_latencies() {
 async fn status_lists_each_host_with_its_counters() {
     let tunnel = tunnel().await;
     let addr = metrics_addr(&tunnel);
-    assert_eq!(status(addr).await, Status { hosts: vec![], clients: vec![] });
+    assert_eq!(
+        status(addr).await,
+        Status {
+            hosts: vec![],
+            clients: vec![]
+        }
+    );
 
     let before = shellrelay::clock::unix_now();
     let _lab1 = tunnel.host("lab1", echo_server().await).await;
@@ -301,7 +307,13 @@ async fn shellrelay_status_reads_the_endpoint_and_refuses_odd_answers() {
     chunked.extend_from_slice(b"\r\n0\r\n\r\n");
     let odd = answer_once(chunked).await;
     let fetched = within(WAIT, "fetch", fetch(&odd.to_string())).await;
-    assert_eq!(fetched.unwrap(), Status { hosts: vec![], clients: vec![] });
+    assert_eq!(
+        fetched.unwrap(),
+        Status {
+            hosts: vec![],
+            clients: vec![]
+        }
+    );
 
     let too_long = MAX_RESPONSE + 1;
     let mut long = format!("HTTP/1.1 200 OK\r\nContent-Length: {too_long}\r\n\r\n").into_bytes();

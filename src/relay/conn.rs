@@ -14,21 +14,19 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::admit::{check_hello, client_host, revoked};
+use super::answer::{say_last, Answer};
 use super::hold::{hold, Ended};
 use super::registry::Refused;
 use super::session::accept_sessions;
 use super::throttle;
 use super::{State, LOG_TARGET};
 use crate::clock::{fmt_unix, unix_now};
-use crate::defaults::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, REFUSE_LINGER, RETRY_ABOVE_HANDSHAKES};
+use crate::defaults::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, RETRY_ABOVE_HANDSHAKES};
 use crate::limits::{GaugeGuard, PerAddrGuard};
-use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Role};
+use crate::protocol::{read_frame, Frame, FrameError, Reason, Refusal, Role};
 use crate::token::Claims;
 use crate::transport::tcp::{self, Side, TcpConn};
-use crate::transport::{Closed, Conn, SendStream};
-
-/// A TLS stream the relay accepted over TCP.
-type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+use crate::transport::{Closed, Conn};
 
 /// Streams a client may open beyond its session limit, so that sessions
 /// over the limit reach the relay and get a typed refusal instead of
@@ -146,7 +144,7 @@ async fn serve(state: Arc<State>, conn: Conn, ip: IpAddr, handshake: Slot, accep
         Ok::<_, Closed>((send, recv, frame))
     })
     .await;
-    let (send, mut recv, frame) = match hello {
+    let (send, recv, frame) = match hello {
         Ok(Ok(parts)) => parts,
         Ok(Err(err)) => {
             debug!(target: LOG_TARGET, %err, "connection ended before its hello");
@@ -161,10 +159,7 @@ async fn serve(state: Arc<State>, conn: Conn, ip: IpAddr, handshake: Slot, accep
             return;
         }
     };
-    // Nothing follows a hello on a peer's control stream in this version;
-    // stopping it keeps a peer from parking data there.
-    recv.stop(Reason::Done);
-    let answer = Answer::Quic(send);
+    let answer = Answer::Quic(send, recv);
     admit(state, conn, answer, frame, ip, handshake, accepted).await
 }
 
@@ -248,6 +243,7 @@ async fn admit(
         Ok(hello) => hello,
         Err(refusal) => return answer.refuse(&state, &conn, refusal).await,
     };
+    answer.hello_taken();
     state.metrics.hello_accepted(accepted);
     let peer = Admitted {
         state,
@@ -259,82 +255,6 @@ async fn admit(
         Role::Host => peer.serve_host(hello.claims, hello.keep_other).await,
         Role::Client => peer.serve_client(hello.claims, hello.host).await,
     }
-}
-
-/// Where a hello's answer goes: the QUIC control stream, or the TLS
-/// stream before HTTP/2 starts on it.
-enum Answer {
-    Quic(SendStream),
-    /// Taken when HTTP/2 starts.
-    Tcp(Option<Box<Tls>>),
-}
-
-impl Answer {
-    /// Sends a refusal, lets the peer read it, and closes the connection
-    /// with the refusal's code and words.
-    async fn refuse(&mut self, state: &State, conn: &Conn, refusal: Refusal) {
-        state.metrics.refused(refusal.reason);
-        match self {
-            Answer::Quic(send) => {
-                send.refuse(&refusal).await;
-                let _ = tokio::time::timeout(REFUSE_LINGER, conn.closed()).await;
-            }
-            Answer::Tcp(tls) => {
-                if let Some(mut tls) = tls.take() {
-                    say_last(&mut tls, &refusal).await;
-                }
-            }
-        }
-        conn.close(refusal.reason, &refusal.message);
-    }
-
-    /// Sends `welcome` within `timeout`: a peer that withholds flow-control
-    /// credit must not stay admitted without expiry or revocation being
-    /// enforced. Over TCP, HTTP/2 then starts on `conn` with `settings`.
-    async fn welcome(
-        &mut self,
-        conn: &Conn,
-        welcome: &Frame,
-        timeout: std::time::Duration,
-        side: Side,
-        settings: tcp::Settings,
-    ) -> bool {
-        let sent = tokio::time::timeout(timeout, async {
-            match (self, conn) {
-                (Answer::Quic(send), _) => write_frame(send, welcome).await.is_ok(),
-                (Answer::Tcp(tls), Conn::Tcp(conn)) => {
-                    let Some(mut tls) = tls.take() else {
-                        return false;
-                    };
-                    if write_frame(&mut tls, welcome).await.is_err() {
-                        return false;
-                    }
-                    conn.start(*tls, side, settings).await.is_ok()
-                }
-                (Answer::Tcp(_), Conn::Quic(_)) => false,
-            }
-        });
-        matches!(sent.await, Ok(true))
-    }
-}
-
-/// Writes `refusal` as the last frame on a TLS stream, ends it, and waits
-/// within [`REFUSE_LINGER`] for the peer to close its end, so that the
-/// frame is read rather than lost to a reset.
-async fn say_last(tls: &mut Tls, refusal: &Refusal) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let said = async {
-        write_frame(&mut *tls, &refusal.frame())
-            .await
-            .map_err(std::io::Error::other)?;
-        tls.shutdown().await?;
-        // Whatever the peer still sends is read and dropped, a buffer at
-        // a time, until its end.
-        let mut sink = [0u8; 4096];
-        while tls.read(&mut sink).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    };
-    let _ = tokio::time::timeout(REFUSE_LINGER, said).await;
 }
 
 /// What a client token's session limit is counted by: its id (`jti`), or

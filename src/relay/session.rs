@@ -26,11 +26,14 @@ pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Conn, host: &str,
         let slots = match session_slots(state, &shares, &token) {
             Ok(slots) => slots,
             Err(refusal) => {
-                drop(recv);
                 state.metrics.refused(refusal.reason);
-                state
-                    .tasks
-                    .spawn(async move { send.refuse(&refusal).await });
+                // The receiving half goes once the refusal is out: over
+                // HTTP/2, letting go of it first could reset the stream
+                // before the client has read why.
+                state.tasks.spawn(async move {
+                    send.refuse(&refusal).await;
+                    drop(recv);
+                });
                 continue;
             }
         };

@@ -347,6 +347,9 @@ where
     let (send, mut conn) = h2::client::Builder::new()
         .initial_window_size(window)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        // What a stream may have waiting to go out, whatever credit the
+        // peer grants: a peer that stops reading holds one window here.
+        .max_send_buffer_size(window as usize)
         .max_frame_size(MAX_FRAME)
         .enable_push(false)
         .handshake::<_, Bytes>(io)
@@ -374,6 +377,7 @@ where
     let mut conn = h2::server::Builder::new()
         .initial_window_size(window)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buffer_size(window as usize)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(max_streams.min(self::max_streams(window)))
         .handshake::<_, Bytes>(io)

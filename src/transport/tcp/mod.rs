@@ -39,7 +39,11 @@ pub async fn dial(
     // Keystrokes go out at once, as over QUIC.
     tcp.set_nodelay(true)?;
     let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())?;
-    Ok(TlsConnector::from(config).connect(name, tcp).await?)
+    let tls = TlsConnector::from(config).connect(name, tcp).await?;
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN_TCP) {
+        anyhow::bail!("{addr} is not a shellrelay relay: it did not agree to shellrelay-tcp/1");
+    }
+    Ok(tls)
 }
 
 /// Completes TLS on a TCP connection the relay accepted. A peer that asks
@@ -49,7 +53,14 @@ pub async fn accept(
     acceptor: &TlsAcceptor,
 ) -> std::io::Result<server::TlsStream<TcpStream>> {
     tcp.set_nodelay(true)?;
-    acceptor.accept(tcp).await
+    let tls = acceptor.accept(tcp).await?;
+    // rustls lets a client that offers no ALPN at all through.
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN_TCP) {
+        return Err(std::io::Error::other(
+            "the peer did not ask for shellrelay-tcp/1",
+        ));
+    }
+    Ok(tls)
 }
 
 #[cfg(test)]
