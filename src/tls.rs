@@ -182,6 +182,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Which transport a peer dials the relay with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC, and TLS over TCP too if QUIC has not answered within
+    /// [`crate::defaults::TCP_AFTER`]: whichever answers first.
+    #[default]
+    Auto,
+    /// QUIC over UDP only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+}
+
 /// Transport settings shared by every role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportOptions {
@@ -194,8 +208,8 @@ pub struct TransportOptions {
     /// Congestion controller.
     pub congestion: Congestion,
     /// Which transport a peer dials the relay with.
-    pub via: crate::transport::Transport,
-    /// With [`crate::transport::Transport::Auto`], how often a peer on TCP
+    pub via: Transport,
+    /// With [`Transport::Auto`], how often a peer on TCP
     /// tries QUIC again.
     pub quic_retry: Duration,
 }
@@ -207,7 +221,7 @@ impl Default for TransportOptions {
             idle_timeout: IDLE_TIMEOUT,
             stream_window: STREAM_WINDOW,
             congestion: CONGESTION,
-            via: crate::transport::Transport::Auto,
+            via: Transport::Auto,
             quic_retry: crate::defaults::QUIC_RETRY,
         }
     }

@@ -126,19 +126,7 @@ impl From<quinn::WriteError> for StreamError {
     }
 }
 
-/// Which transport a peer dials the relay with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// QUIC, and TLS over TCP too if QUIC has not answered within
-    /// [`crate::defaults::TCP_AFTER`]: whichever is welcomed first.
-    #[default]
-    Auto,
-    /// QUIC over UDP only.
-    Quic,
-    /// TLS over TCP only.
-    Tcp,
-}
+pub use crate::tls::Transport;
 
 /// A connection to one peer.
 #[derive(Debug, Clone)]

@@ -2,23 +2,20 @@
 //! the client forwarder: over QUIC, over TLS over TCP, or both raced
 //! ([`Transport::Auto`]).
 
+mod dial;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use thiserror::Error;
 
-use tracing::debug;
-
-use crate::defaults::{CLOSE_REASON_WAIT, CONNECT_TIMEOUT, SHUTDOWN_GRACE, TCP_AFTER};
-use crate::protocol::Role;
-use crate::protocol::{
-    read_frame, write_frame, Frame, FrameError, Jwt, Reason, Refusal, DEFAULT_PORT, VERSION,
-};
-use crate::tls::{self, TransportOptions, Trust};
+use crate::defaults::{CONNECT_TIMEOUT, SHUTDOWN_GRACE};
+use crate::protocol::{Frame, FrameError, Jwt, Reason, Refusal, Role, DEFAULT_PORT, VERSION};
+use crate::tls::{TransportOptions, Trust};
 use crate::token::TokenSource;
-use crate::transport::tcp::{self, Side, TcpConn};
-use crate::transport::{Closed, Conn, Stream, Transport};
+use crate::transport::{Conn, Stream, Transport};
+use dial::Dial;
 
 /// Where and how to reach the relay.
 #[derive(Debug, Clone)]
@@ -231,170 +228,6 @@ pub async fn connect_with(
                 "no answer from relay {name} over UDP or TCP within {secs} s: is it running, and are UDP and TCP port {port} open?"
             ))),
         },
-    }
-}
-
-/// One attempt to reach the relay with a hello.
-struct Dial<'a> {
-    relay: &'a RelayAddr,
-    addr: SocketAddr,
-    hello: &'a Frame,
-    role: Role,
-}
-
-impl Dial<'_> {
-    fn connect_err(&self, cause: anyhow::Error) -> ConnectError {
-        ConnectError::Connect {
-            addr: self.relay.addr.clone(),
-            cause: Arc::new(cause),
-        }
-    }
-
-    /// QUIC first; TLS over TCP too once QUIC has not answered within
-    /// [`TCP_AFTER`] (or has failed); the first welcome or refusal wins,
-    /// and the other attempt is dropped.
-    async fn race(&self) -> Result<RelayLink, ConnectError> {
-        let quic = self.quic();
-        let tcp = self.tcp();
-        let head_start = tokio::time::sleep(TCP_AFTER);
-        tokio::pin!(quic, tcp, head_start);
-        let (mut quic_failed, mut tcp_failed, mut tcp_started) = (None, None, false);
-        loop {
-            tokio::select! {
-                result = &mut quic, if quic_failed.is_none() => match result {
-                    Err(err) if !err.is_final() => {
-                        debug!("QUIC attempt failed: {err}");
-                        quic_failed = Some(err);
-                        tcp_started = true;
-                    }
-                    result => return result,
-                },
-                () = &mut head_start, if !tcp_started => {
-                    debug!("no answer over QUIC within {TCP_AFTER:?}; trying TCP too");
-                    tcp_started = true;
-                }
-                result = &mut tcp, if tcp_started && tcp_failed.is_none() => match result {
-                    Err(err) if !err.is_final() => {
-                        debug!("TCP attempt failed: {err}");
-                        tcp_failed = Some(err);
-                    }
-                    result => return result,
-                },
-            }
-            if let (Some(quic), Some(_)) = (&quic_failed, &tcp_failed) {
-                return Err(quic.clone());
-            }
-        }
-    }
-
-    /// The hello over QUIC.
-    async fn quic(&self) -> Result<RelayLink, ConnectError> {
-        let relay = self.relay;
-        let config =
-            tls::client_config(&relay.trust, relay.transport).map_err(ConnectError::setup)?;
-        let bind: SocketAddr = if self.addr.is_ipv6() {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        };
-        let mut endpoint = tls::bind_endpoint(bind, None).map_err(ConnectError::setup)?;
-        endpoint.set_default_client_config(config);
-        let connecting = endpoint
-            .connect(self.addr, relay.server_name())
-            .map_err(|e| self.connect_err(e.into()))?;
-        let lost = |closed: Closed| match closed {
-            Closed::Peer(refusal) => ConnectError::Refused(refusal),
-            other => self.connect_err(other.into()),
-        };
-        let conn = Conn::Quic(connecting.await.map_err(|e| lost(Closed::from(e)))?);
-        let (mut send, mut recv) = conn.open().await.map_err(lost)?;
-        let answer = async {
-            write_frame(&mut send, self.hello).await?;
-            read_frame(&mut recv).await
-        }
-        .await;
-        match answer {
-            Ok(Frame::Welcome {
-                host, expires_at, ..
-            }) => Ok(RelayLink {
-                conn,
-                control: Some((send, recv)),
-                host,
-                expires_at,
-                endpoint: Some(endpoint.clone()),
-            }),
-            Ok(Frame::Refused { reason, message }) => {
-                conn.close(Reason::Done, "");
-                Err(ConnectError::Refused(Refusal { reason, message }))
-            }
-            Ok(other) => {
-                conn.close(Reason::Protocol, "unexpected frame");
-                Err(ConnectError::Unexpected(Box::new(other)))
-            }
-            Err(err) => {
-                // A refusal may arrive as the connection's close reason
-                // before the frame that carries it.
-                match tokio::time::timeout(CLOSE_REASON_WAIT, conn.closed()).await {
-                    Ok(Closed::Peer(refusal)) => Err(ConnectError::Refused(refusal)),
-                    _ => match conn.close_reason() {
-                        Some(closed) => Err(lost(closed)),
-                        None => Err(ConnectError::BadAnswer(Arc::new(err))),
-                    },
-                }
-            }
-        }
-    }
-
-    /// The hello over TLS over TCP, as a raw frame; HTTP/2 starts on the
-    /// connection once the relay has welcomed it.
-    async fn tcp(&self) -> Result<RelayLink, ConnectError> {
-        let relay = self.relay;
-        let config = tcp::tcp_client_config(&relay.trust).map_err(ConnectError::setup)?;
-        let mut tls = tcp::dial(self.addr, relay.server_name(), config)
-            .await
-            .map_err(|e| self.connect_err(e.context("over TCP")))?;
-        let answer = async {
-            write_frame(&mut tls, self.hello).await?;
-            read_frame(&mut tls).await
-        }
-        .await;
-        match answer {
-            Ok(Frame::Welcome {
-                host, expires_at, ..
-            }) => {
-                let (side, max_streams) = match self.role {
-                    // The relay opens a stream per session towards a host.
-                    Role::Host => (Side::Accepts, u32::MAX),
-                    Role::Client => (Side::Opens, 0),
-                };
-                let options = relay.transport;
-                let settings = tcp::Settings {
-                    window: options.window(),
-                    max_streams,
-                    keep_alive: options.keep_alive,
-                    idle_timeout: options.idle_timeout,
-                };
-                let conn = TcpConn::pending(self.addr);
-                if let Err(closed) = conn.start(tls, side, settings).await {
-                    return Err(match closed {
-                        Closed::Peer(refusal) => ConnectError::Refused(refusal),
-                        other => self.connect_err(other.into()),
-                    });
-                }
-                Ok(RelayLink {
-                    conn: Conn::Tcp(conn),
-                    control: None,
-                    host,
-                    expires_at,
-                    endpoint: None,
-                })
-            }
-            Ok(Frame::Refused { reason, message }) => Err(ConnectError::Refused(
-                Refusal { reason, message }.printable(),
-            )),
-            Ok(other) => Err(ConnectError::Unexpected(Box::new(other))),
-            Err(err) => Err(ConnectError::BadAnswer(Arc::new(err))),
-        }
     }
 }
 
