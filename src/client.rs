@@ -141,7 +141,14 @@ impl Forwarder {
             // Not in the span of the session that happened to connect.
             let _none = tracing::Span::none().entered();
             let retry = retry_quic(self.link.clone(), self.config.clone(), self.tasks.clone());
-            self.tasks.spawn(retry);
+            // Ends with the connection it is for.
+            let closed = conn.watch_closed();
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    _ = closed => {}
+                    () = retry => {}
+                }
+            });
         }
         install(&mut state, link, &self.config, &self.tasks);
         Ok((conn, host, true))

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::clock::fmt_unix;
 use crate::defaults::{DIAL_TIMEOUT, INITIAL_BACKOFF, OPEN_TIMEOUT, SHUTDOWN_GRACE, STABLE_AFTER};
-use crate::memory::Trim;
+use crate::memory::{Live, Trim};
 use crate::peer::{self, RelayAddr, RelayLink};
 use crate::protocol::Role;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
@@ -94,7 +94,7 @@ async fn keep_registered(
         // other (and their sessions) in turns.
         let connect = peer::connect_with(&config.relay, &config.token, Role::Host, None, displaced);
         let attempt = tokio::select! {
-                        biased;
+            biased;
             _ = shutdown.cancelled() => return Ok(()),
             attempt = connect => attempt,
         };
@@ -191,6 +191,10 @@ async fn serve(
     let relay = &config.relay;
     let retry = relay.retries_quic(&link.conn);
     let mut retry_at = tokio::time::Instant::now() + relay.transport.quic_retry;
+    let quic_relay = relay.quic_only();
+    // A QUIC attempt under way, alongside sessions and shutdown.
+    let mut probe = std::pin::pin!(futures_util::future::OptionFuture::from(None));
+    let mut probing = false;
     loop {
         let stream = tokio::select! {
             biased;
@@ -199,21 +203,26 @@ async fn serve(
                 return Served::Shutdown;
             }
             stream = link.conn.accept() => stream,
-            () = tokio::time::sleep_until(retry_at), if retry => {
+            () = tokio::time::sleep_until(retry_at), if retry && !probing => {
                 retry_at += relay.transport.quic_retry;
                 // Registering anew replaces this connection at the relay,
                 // which would cut its sessions: only between sessions.
-                if trim.live() > 0 {
+                if trim.live() == 0 {
+                    let attempt = peer::connect(&quic_relay, &config.token, Role::Host, None);
+                    probe.set(Some(attempt).into());
+                    probing = true;
+                }
+                continue;
+            }
+            Some(attempt) = &mut probe, if probing => match attempt {
+                Ok(quic) => return Served::Moved(Box::new(quic)),
+                Err(err) => {
+                    tracing::debug!("QUIC still fails: {err}");
+                    probe.set(None.into());
+                    probing = false;
                     continue;
                 }
-                match peer::connect(&relay.quic_only(), &config.token, Role::Host, None).await {
-                    Ok(quic) => return Served::Moved(Box::new(quic)),
-                    Err(err) => {
-                        tracing::debug!("QUIC still fails: {err}");
-                        continue;
-                    }
-                }
-            }
+            },
         };
         match stream {
             Ok(stream) => {
@@ -224,14 +233,16 @@ async fn serve(
                     host = %link.host
                 )
                 .entered();
-                tasks.spawn(host_session(target.clone(), stream, trim.clone()));
+                // Counted from here, so that no QUIC move starts while a
+                // session is being set up.
+                tasks.spawn(host_session(target.clone(), stream, trim.session()));
             }
             Err(closed) => return Served::Closed(closed),
         }
     }
 }
 
-async fn host_session(target: Arc<str>, mut stream: Stream, trim: Trim) {
+async fn host_session(target: Arc<str>, mut stream: Stream, live: Live) {
     let (session, client) =
         match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.1)).await {
             Ok(Ok(Frame::Open { session, client })) => (session, client.unwrap_or_default()),
@@ -264,7 +275,6 @@ async fn host_session(target: Arc<str>, mut stream: Stream, trim: Trim) {
         return;
     }
     info!(%client, "session started");
-    let live = trim.session();
     let t = splice::tcp(tcp, stream).await;
     drop(live);
     info!(

@@ -787,3 +787,69 @@ async fn until_a_place_frees_up<
     })
     .await;
 }
+
+/// A client that grants the relay no stream credit at all (an HTTP/2
+/// initial window of 0) and opens streams past its session limit: the
+/// refusals cannot be written, and the relay gives up on them within
+/// [`OPEN_TIMEOUT`](shellrelay::defaults::OPEN_TIMEOUT) instead of keeping
+/// a task and a window of the client's data for each, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_grants_no_credit_pins_no_refused_stream() {
+    use bytes::Bytes;
+    use shellrelay::protocol::write_frame;
+    let (tunnel, _host, _client) = tcp_tunnel(|c| c.limits.sessions_per_client = 1).await;
+    let baseline = tunnel.registry.tasks();
+    let config = tcp_client_config(&Trust::Pinned(tunnel.cert.clone())).unwrap();
+    let mut tls = dial(tunnel.addr, "localhost", config).await.unwrap();
+    let hello = Frame::Hello {
+        version: VERSION,
+        role: Role::Client,
+        token: Jwt(tunnel.token(Role::Client, "lab1", HOUR)),
+        host: None,
+        keep_other: false,
+    };
+    write_frame(&mut tls, &hello).await.unwrap();
+    let answer = within(WAIT, "welcome", read_frame(&mut tls)).await.unwrap();
+    assert!(matches!(answer, Frame::Welcome { .. }), "{answer:?}");
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = || {
+        ::http::Request::post("https://shellrelay/session")
+            .body(())
+            .unwrap()
+    };
+    let mut send = send.ready().await.unwrap();
+    let mut held = Vec::new();
+    // The control stream, then streams over the limit, each with data.
+    for _ in 0..21 {
+        send = within(WAIT, "a stream", send.ready()).await.unwrap();
+        let (response, mut body) = send.send_request(request(), false).unwrap();
+        body.send_data(Bytes::from(vec![0x55u8; 16 * 1024]), false)
+            .unwrap();
+        held.push((response, body));
+    }
+    // Every stream but the control stream is refused (the first may
+    // become a session) and waits for credit that never comes; then the
+    // relay lets go of them while the client still holds them all.
+    within(WAIT, "the refusals to wait for credit", async {
+        while tunnel.registry.tasks() < baseline + 10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    within(
+        shellrelay::defaults::OPEN_TIMEOUT + WAIT,
+        "the relay to give up on refusals it cannot send",
+        async {
+            while tunnel.registry.tasks() > baseline + 2 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    drop(held);
+}

@@ -241,3 +241,47 @@ async fn auto_falls_back_to_tcp_where_udp_is_lost_and_moves_back_to_quic_once_it
     let mut third = within(WAIT, "a session after the move", ping(client)).await;
     echo(&mut third, b"all quic").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_session_on_a_tcp_connection_left_behind_keeps_its_last_bytes() {
+    use support::netem::Proxy;
+    const LEN: usize = 4 << 20;
+    for _ in 0..3 {
+        let tunnel = Tunnel::start().await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let target = serve(move |mut tcp| {
+            let tx = tx.clone();
+            async move {
+                tcp.write_all(b"bye").await.unwrap();
+                tcp.shutdown().await.unwrap();
+                let mut all = Vec::new();
+                let end = tcp.read_to_end(&mut all).await.map(|_| ());
+                let _ = tx.send((all.len(), end.is_ok()));
+            }
+        })
+        .await;
+        let _host = tunnel.host("lab1", target).await;
+        let proxy = Proxy::start(tunnel.addr).await;
+        proxy.set_blackhole(true);
+        let _forwarder = tcp_forwarder(proxy.addr(), tunnel.addr).await;
+        let transport = shellrelay::tls::TransportOptions {
+            quic_retry: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let relay = tunnel.relay_via(proxy.addr(), transport);
+        let token = tunnel.token(Role::Client, "lab1", HOUR);
+        let (client, _peer) = tunnel.client_via(relay, token, None).await;
+        let mut tcp = TcpStream::connect(client).await.unwrap();
+        let got = within(WAIT, "bye", read_until_closed(&mut tcp)).await;
+        assert_eq!(got, b"bye");
+        // The forwarder moves to QUIC; this session, the last on its TCP
+        // connection, then sends its last bytes and ends, which lets the
+        // connection go.
+        proxy.set_blackhole(false);
+        until_transports(&tunnel, &["quic"], &["quic", "tcp"]).await;
+        tcp.write_all(&vec![7u8; LEN]).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let (len, clean) = within(WAIT, "the target's count", rx.recv()).await.unwrap();
+        assert_eq!((len, clean), (LEN, true), "every byte, then the end");
+    }
+}

@@ -132,7 +132,9 @@ impl Dial<'_> {
             }),
             Ok(Frame::Refused { reason, message }) => {
                 conn.close(Reason::Done, "");
-                Err(ConnectError::Refused(Refusal { reason, message }))
+                Err(ConnectError::Refused(
+                    Refusal { reason, message }.printable(),
+                ))
             }
             Ok(other) => {
                 conn.close(Reason::Protocol, "unexpected frame");
@@ -158,7 +160,20 @@ impl Dial<'_> {
         let config = tcp::tcp_client_config(&relay.trust).map_err(ConnectError::setup)?;
         tcp::dial(self.addr, relay.server_name(), config)
             .await
-            .map_err(|e| self.connect_err(e.context("over TCP")))
+            .map_err(|err| {
+                // TLS failed: something answered, and QUIC will not fare
+                // better with the same certificate.
+                let tls = err
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .is_some_and(|inner| inner.is::<rustls::Error>());
+                let cause = Arc::new(err.context("over TCP"));
+                let addr = relay.addr.clone();
+                match tls {
+                    true => ConnectError::Tls { addr, cause },
+                    false => ConnectError::Connect { addr, cause },
+                }
+            })
     }
 
     /// The hello as a raw frame on the TLS stream; HTTP/2 starts on the

@@ -11,6 +11,11 @@ use anyhow::Context;
 use thiserror::Error;
 
 use crate::defaults::{CONNECT_TIMEOUT, SHUTDOWN_GRACE};
+
+/// With `--transport quic`, after how long without a QUIC handshake the
+/// relay's TCP port is tried, to tell a blocked network from a relay that
+/// is down.
+const PROBE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::protocol::{Frame, FrameError, Jwt, Reason, Refusal, Role, DEFAULT_PORT, VERSION};
 use crate::tls::{TransportOptions, Trust};
 use crate::token::TokenSource;
@@ -129,6 +134,15 @@ pub enum ConnectError {
     /// Nothing answered: one line that says what to check.
     #[error("{0}")]
     NoAnswer(String),
+    /// Something answered, but TLS failed: a relay with a certificate this
+    /// peer does not trust, or not a relay at all.
+    #[error("could not connect to relay {addr}: {cause:#}")]
+    Tls {
+        /// The relay's address.
+        addr: String,
+        /// The cause.
+        cause: Arc<anyhow::Error>,
+    },
     /// The relay refused the hello.
     #[error("relay refused: {0}")]
     Refused(Refusal),
@@ -202,10 +216,19 @@ pub async fn connect_with(
     match relay.transport.via {
         Transport::Quic => {
             // Whether the relay's TCP port answers tells a relay that is
-            // down from a network that drops UDP.
-            let probe = tokio::spawn(tokio::net::TcpStream::connect(addr));
+            // down from a network that drops UDP; asked only of a QUIC
+            // handshake that is slow to come.
+            let probe = tokio::spawn(async move {
+                tokio::time::sleep(PROBE_AFTER).await;
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            });
             let attempt = tokio::time::timeout(CONNECT_TIMEOUT, dial.quic()).await;
-            let tcp_answers = probe.is_finished() && matches!(probe.await, Ok(Ok(_)));
+            let tcp_answers = if probe.is_finished() {
+                matches!(probe.await, Ok(true))
+            } else {
+                probe.abort();
+                false
+            };
             match attempt {
                 Ok(result) => result,
                 Err(_) if tcp_answers => Err(ConnectError::NoAnswer(format!(

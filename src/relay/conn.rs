@@ -303,9 +303,16 @@ impl Admitted {
             idle_timeout: config.transport.idle_timeout,
         };
         let timeout = config.hello_timeout;
-        self.answer
+        let welcomed = self
+            .answer
             .welcome(&self.conn, &frame, timeout, side, settings)
-            .await
+            .await;
+        if !welcomed {
+            // Sessions already waiting for it (a host's) learn at once.
+            let message = format!("the welcome could not be delivered within {timeout:?}");
+            self.conn.close(Reason::Protocol, &message);
+        }
+        welcomed
     }
 
     async fn serve_host(mut self, claims: Claims, keep_other: bool) {

@@ -146,11 +146,13 @@ async fn relay_session(
         transport::abort(&mut host_stream, refusal.reason);
         return refuse_session(&state, c_send, &refusal).await;
     }
-    if write_frame(c_send, &Frame::Ready { session })
-        .await
-        .is_err()
-    {
+    // Within the setup's deadline: a client that grants no credit must
+    // not hold the host's stream (and its target connection) for ever.
+    let ready = Frame::Ready { session };
+    let sent = tokio::time::timeout_at(deadline, write_frame(c_send, &ready)).await;
+    if !matches!(sent, Ok(Ok(()))) {
         transport::abort(&mut host_stream, Reason::Aborted);
+        transport::abort(&mut client_stream, Reason::Aborted);
         return;
     }
     let _active = state.metrics.session_started(started);

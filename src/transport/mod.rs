@@ -291,10 +291,18 @@ impl SendStream {
     }
 
     /// Writes `refusal` as a frame and finishes the stream: the peer reads
-    /// the reason, then the end of the stream.
+    /// the reason, then the end of the stream. A peer that grants no credit
+    /// for it within [`crate::defaults::OPEN_TIMEOUT`] gets a reset instead:
+    /// nothing waits on a peer for ever.
     pub async fn refuse(&mut self, refusal: &Refusal) {
-        if write_frame(self, &refusal.frame()).await.is_ok() {
-            let _ = self.finish();
+        let frame = refusal.frame();
+        let said = tokio::time::timeout(crate::defaults::OPEN_TIMEOUT, write_frame(self, &frame));
+        match said.await {
+            Ok(Ok(())) => {
+                let _ = self.finish();
+            }
+            Ok(Err(_)) => {}
+            Err(_) => self.reset(refusal.reason),
         }
     }
 

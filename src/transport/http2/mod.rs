@@ -193,15 +193,28 @@ impl AsyncWrite for SendStream {
     }
 }
 
+/// Our codes travel in RST_STREAM above HTTP/2's own (0 to 0xd), so that
+/// a reset h2 makes by itself (a CANCEL, a flow-control error) is not
+/// taken for one of ours: it becomes "aborted".
+const CODE_BASE: u32 = 0x100;
+
 fn code_of(reason: h2::Reason) -> ErrorCode {
-    ErrorCode(u32::from(reason).into())
+    let aborted = crate::protocol::Reason::Aborted.code().into();
+    ErrorCode(match u32::from(reason).checked_sub(CODE_BASE) {
+        Some(ours) => ours.into(),
+        None => aborted,
+    })
 }
 
-/// An h2 reason for `code`; codes beyond 32 bits (only a QUIC peer could
-/// send one) become "aborted".
+/// The h2 reason that carries `code`; codes that do not fit (only a QUIC
+/// peer could send one) become "aborted".
 fn reason(code: ErrorCode) -> h2::Reason {
     let aborted = crate::protocol::Reason::Aborted.code();
-    h2::Reason::from(u32::try_from(code.0).unwrap_or(aborted))
+    let ours = u32::try_from(code.0)
+        .ok()
+        .filter(|c| c.checked_add(CODE_BASE).is_some())
+        .unwrap_or(aborted);
+    h2::Reason::from(ours + CODE_BASE)
 }
 
 /// The receiving half of a session stream over HTTP/2.
@@ -297,6 +310,10 @@ impl AsyncRead for RecvStream {
 /// byte than the protocol's 16 KiB default.
 const MAX_FRAME: u32 = 64 * 1024;
 
+/// Largest header list either side takes: ours are a few bytes (h2 would
+/// take 16 MiB).
+const MAX_HEADERS: u32 = 4096;
+
 /// Opens session streams: the HTTP/2 client side of a connection.
 #[derive(Debug, Clone)]
 pub struct Opener(h2::client::SendRequest<Bytes>);
@@ -351,6 +368,7 @@ where
         // peer grants: a peer that stops reading holds one window here.
         .max_send_buffer_size(window as usize)
         .max_frame_size(MAX_FRAME)
+        .max_header_list_size(MAX_HEADERS)
         .enable_push(false)
         .handshake::<_, Bytes>(io)
         .await?;
@@ -379,6 +397,7 @@ where
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_send_buffer_size(window as usize)
         .max_frame_size(MAX_FRAME)
+        .max_header_list_size(MAX_HEADERS)
         .max_concurrent_streams(max_streams.min(self::max_streams(window)))
         .handshake::<_, Bytes>(io)
         .await?;

@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ struct Inner {
     cancel: CancellationToken,
     /// Cancelled when HTTP/2 has ended, whoever ended it.
     ended: CancellationToken,
+    /// A close is under way: the reason is going out.
+    closing: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -73,9 +76,48 @@ enum Mux {
 }
 
 impl Drop for Inner {
+    /// The last handle is gone: the connection closes as [`TcpConn::close`]
+    /// with "done" would, so that what its streams queued last still goes
+    /// out before the socket does.
     fn drop(&mut self) {
-        self.cancel.cancel();
+        let control = lock(&self.control).take();
+        let runtime = tokio::runtime::Handle::try_current();
+        match (control, runtime) {
+            (Some(control), Ok(runtime)) if set_closed(&self.closed, Closed::Local) => {
+                let (cancel, ended) = (self.cancel.clone(), self.ended.clone());
+                runtime.spawn(say_done(
+                    control,
+                    Refusal::new(Reason::Done, ""),
+                    ended,
+                    cancel,
+                ));
+            }
+            // A close is under way; it ends the connection after its linger.
+            (None, _) if self.closing.load(Ordering::Relaxed) => {}
+            _ => {
+                set_closed(&self.closed, lost("closed"));
+                self.cancel.cancel();
+            }
+        }
     }
+}
+
+/// Sends `refusal` on the control stream and lets the connection run until
+/// the peer lets go of it (`ended`), within [`REFUSE_LINGER`]; then ends it.
+async fn say_done(
+    mut control: SendStream,
+    refusal: Refusal,
+    ended: CancellationToken,
+    cancel: CancellationToken,
+) {
+    let said = async {
+        if write_frame(&mut control, &refusal.frame()).await.is_ok() {
+            let _ = control.finish();
+        }
+        ended.cancelled().await;
+    };
+    let _ = tokio::time::timeout(REFUSE_LINGER, said).await;
+    cancel.cancel();
 }
 
 /// Sets the close reason unless one is set already; true if this set it.
@@ -103,6 +145,7 @@ impl TcpConn {
             control: Mutex::new(None),
             cancel: CancellationToken::new(),
             ended: CancellationToken::new(),
+            closing: AtomicBool::new(false),
         }))
     }
 
@@ -219,24 +262,14 @@ impl TcpConn {
         if !set_closed(&inner.closed, Closed::Local) {
             return;
         }
-        let Some(mut control) = lock(&inner.control).take() else {
+        let Some(control) = lock(&inner.control).take() else {
             inner.cancel.cancel();
             return;
         };
         let refusal = Refusal::new(reason, message);
-        // Holds the connection (whose last handle going would end it) until
-        // the reason is out and the peer has let go, or the linger is up.
-        let this = self.clone();
-        tokio::spawn(async move {
-            let said = async {
-                if write_frame(&mut control, &refusal.frame()).await.is_ok() {
-                    let _ = control.finish();
-                }
-                this.gone().await;
-            };
-            let _ = tokio::time::timeout(REFUSE_LINGER, said).await;
-            this.0.cancel.cancel();
-        });
+        inner.closing.store(true, Ordering::Relaxed);
+        let (cancel, ended) = (inner.cancel.clone(), inner.ended.clone());
+        tokio::spawn(say_done(control, refusal, ended, cancel));
     }
 
     /// Resolves once the socket is let go, by either side.
