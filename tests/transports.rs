@@ -285,3 +285,54 @@ async fn the_last_session_on_a_tcp_connection_left_behind_keeps_its_last_bytes()
         assert_eq!((len, clean), (LEN, true), "every byte, then the end");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_closes_tcp_peers_with_the_reason_and_ends_their_sessions() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel
+        .host_over("lab1", echo_server().await, Transport::Tcp)
+        .await;
+    let relay = tunnel.relay_over(Transport::Tcp);
+    let short = Duration::from_secs(2);
+    let exp = shellrelay::clock::unix_now() + 2;
+    let client_token = tunnel.token(Role::Client, "lab1", short);
+    let (client, _peer) = tunnel
+        .client_via(relay.clone(), client_token.clone(), None)
+        .await;
+    let mut session = ping(client).await;
+    let link = within(
+        WAIT,
+        "a client link",
+        peer::connect(
+            &relay,
+            &TokenSource::Literal(client_token),
+            Role::Client,
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    let host_token = TokenSource::Literal(tunnel.token(Role::Host, "lab2", short));
+    let host = within(
+        WAIT,
+        "a host link",
+        peer::connect(&relay, &host_token, Role::Host, None),
+    )
+    .await
+    .unwrap();
+    within(
+        Duration::from_secs(15),
+        "the session to close at expiry",
+        read_until_closed(&mut session),
+    )
+    .await;
+    for conn in [&link.conn, &host.conn] {
+        let closed = within(WAIT, "the link to close", conn.closed()).await;
+        let refusal = closed.refusal().expect("a close with a reason");
+        assert_eq!(refusal.reason, Reason::TokenExpired, "{refusal:?}");
+    }
+    assert!(
+        shellrelay::clock::unix_now() >= exp,
+        "closed before the token expired"
+    );
+}
