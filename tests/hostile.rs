@@ -507,26 +507,3 @@ async fn before_its_hello_a_peer_gets_one_stream_and_a_small_window() {
         "the relay accepted 4 MiB from an unauthenticated peer"
     );
 }
-
-/// Tries `attempt` until it succeeds, within [`WAIT`], as long as it fails
-/// only with errors that `limited` accepts (a place at a limit not yet
-/// given back); any other error fails the test.
-async fn until_a_place_frees_up<
-    T,
-    E: std::fmt::Display,
-    F: std::future::Future<Output = Result<T, E>>,
->(
-    mut attempt: impl FnMut() -> F,
-    limited: impl Fn(&E) -> bool,
-) {
-    within(WAIT, "a place to free up", async {
-        loop {
-            match attempt().await {
-                Ok(_) => return,
-                Err(err) if limited(&err) => tokio::time::sleep(Duration::from_millis(10)).await,
-                Err(other) => panic!("{other}"),
-            }
-        }
-    })
-    .await;
-}

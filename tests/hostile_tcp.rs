@@ -765,29 +765,6 @@ async fn a_good_tcp_client_is_served_while_the_attacks_run() {
     until_connections(tunnel, baseline).await;
 }
 
-/// Tries `attempt` until it succeeds, within [`WAIT`], as long as it fails
-/// only with errors that `limited` accepts (a place at a limit not yet
-/// given back); any other error fails the test.
-async fn until_a_place_frees_up<
-    T,
-    E: std::fmt::Display,
-    F: std::future::Future<Output = Result<T, E>>,
->(
-    mut attempt: impl FnMut() -> F,
-    limited: impl Fn(&E) -> bool,
-) {
-    within(WAIT, "a place to free up", async {
-        loop {
-            match attempt().await {
-                Ok(_) => return,
-                Err(err) if limited(&err) => tokio::time::sleep(Duration::from_millis(10)).await,
-                Err(other) => panic!("{other}"),
-            }
-        }
-    })
-    .await;
-}
-
 /// A client that grants the relay no stream credit at all (an HTTP/2
 /// initial window of 0) and opens streams past its session limit: the
 /// refusals cannot be written, and the relay gives up on them within

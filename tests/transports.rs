@@ -90,22 +90,7 @@ async fn half_close_keeps_the_other_direction_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_session_resets_the_far_side() {
     for via in PATHS {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let target = serve(move |mut tcp| {
-            let tx = tx.clone();
-            async move {
-                let mut buf = [0u8; 1024];
-                let ended = loop {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) => break "eof",
-                        Ok(_) => {}
-                        Err(_) => break "reset",
-                    }
-                };
-                let _ = tx.send(ended);
-            }
-        })
-        .await;
+        let (target, mut rx) = end_watcher().await;
         let (_tunnel, _host, client) = path(target, via).await;
         let mut tcp = TcpStream::connect(client).await.unwrap();
         tcp.write_all(b"hello").await.unwrap();

@@ -167,3 +167,28 @@ pub async fn read_until_closed(tcp: &mut TcpStream) -> Vec<u8> {
         }
     }
 }
+
+/// A target that reports how each session to it ended: `"eof"` for an
+/// orderly end, `"reset"` for an abort.
+pub async fn end_watcher() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let target = serve(move |mut tcp| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = [0u8; 1024];
+            let ended = loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) => break "eof",
+                    Ok(_) => {}
+                    Err(_) => break "reset",
+                }
+            };
+            let _ = tx.send(ended);
+        }
+    })
+    .await;
+    (target, rx)
+}
