@@ -165,18 +165,7 @@ async fn oversize_and_malformed_hellos_are_refused_as_protocol_errors() {
         send.write_all(&bytes).await.unwrap();
         let _ = send.finish();
         let err = within(WAIT, "refusal", conn.closed()).await;
-        let refusal = close_reason(&err);
-        assert_eq!(
-            refusal.reason,
-            Reason::Protocol,
-            "{words}: {}",
-            refusal.message
-        );
-        assert!(
-            refusal.message.contains(words),
-            "{:?} lacks {words:?}",
-            refusal.message
-        );
+        assert_protocol_refusal(&close_reason(&err), words);
     }
     still_serving(client).await;
 }

@@ -387,3 +387,18 @@ pub async fn until_a_place_frees_up<
     })
     .await;
 }
+
+/// `refusal` is a protocol error whose words contain `words`.
+pub fn assert_protocol_refusal(refusal: &shellrelay::protocol::Refusal, words: &str) {
+    assert_eq!(
+        refusal.reason,
+        Reason::Protocol,
+        "{words}: {}",
+        refusal.message
+    );
+    assert!(
+        refusal.message.contains(words),
+        "{:?} lacks {words:?}",
+        refusal.message
+    );
+}
