@@ -34,6 +34,8 @@ pub struct ClientFile {
     /// The relay's certificate, pinned (`--relay-cert`). Relative paths are
     /// taken from the config file's directory; `~/` is the home directory.
     pub relay_cert: Option<PathBuf>,
+    /// The relay's public key (`--relay-pin`), instead of `relay_cert`.
+    pub relay_pin: Option<crate::pin::Pin>,
     /// File holding the client token (`--token-file`); paths as for
     /// `relay_cert`.
     pub token_file: Option<PathBuf>,
@@ -231,6 +233,7 @@ mod tests {
                 host: Some("lab-1".into()),
                 congestion: Some(crate::tls::Congestion::Cubic),
                 transport: None,
+                relay_pin: None,
             }
         );
         assert_eq!(

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod peer;
+pub mod pin;
 pub mod private;
 pub mod protocol;
 pub mod relay;

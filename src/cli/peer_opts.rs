@@ -10,6 +10,7 @@ use clap::Args;
 
 use super::{host_id, until_signalled, HumanDuration, TransportOpt};
 use crate::peer::{self, RelayAddr};
+use crate::pin::Pin;
 use crate::tls::{self, Trust};
 use crate::token::TokenSource;
 use crate::transport::Transport;
@@ -25,6 +26,14 @@ pub struct PeerOpt {
     /// The relay's certificate (pinned); without it the system's roots verify the relay.
     #[arg(long, env = "SHELLRELAY_RELAY_CERT", value_name = "PATH")]
     relay_cert: Option<PathBuf>,
+    /// The relay's public key (sha256:..., as the relay logs it at start): trusted whatever its certificate's names and dates.
+    #[arg(
+        long,
+        env = "SHELLRELAY_RELAY_PIN",
+        value_name = "PIN",
+        conflicts_with = "relay_cert"
+    )]
+    relay_pin: Option<Pin>,
     /// File holding this peer's token; re-read on every reconnect.
     #[arg(
         long,
@@ -78,14 +87,19 @@ impl PeerOpt {
             (None, Some(relay)) => relay.clone(),
             (None, None) => bail!("{}", wanted("--relay HOST:PORT")),
         };
-        let relay_cert = self
-            .relay_cert
-            .as_ref()
-            .or_else(|| keys.and_then(|k| k.relay_cert.as_ref()));
-        let trust = match relay_cert {
-            Some(path) => Trust::Pinned(tls::load_certs(path)?),
-            None => Trust::System,
+        // A flag (or its variable) wins over the file, whichever of the
+        // two ways of pinning each uses.
+        let from_flags = match (&self.relay_pin, &self.relay_cert) {
+            (Some(pin), _) => Some(Trust::Key(*pin)),
+            (None, Some(path)) => Some(Trust::Pinned(tls::load_certs(path)?)),
+            (None, None) => None,
         };
+        let from_file = match keys.map(|k| (&k.relay_pin, &k.relay_cert)) {
+            Some((Some(pin), _)) => Some(Trust::Key(*pin)),
+            Some((None, Some(path))) => Some(Trust::Pinned(tls::load_certs(path)?)),
+            _ => None,
+        };
+        let trust = from_flags.or(from_file).unwrap_or(Trust::System);
         let mut transport = self.transport.options_or(keys.and_then(|k| k.congestion))?;
         transport.via = (self.via)
             .or(keys.and_then(|k| k.transport))

@@ -160,10 +160,13 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     let names = tls::default_names(&opt.names);
     let (identity, created) = tls::load_or_create(&opt.cert, &opt.key, &names)?;
     let fingerprint = tls::fingerprint(&identity.chain[0]);
+    // What peers pin with --relay-pin: it stays while the key does.
+    let pin = crate::pin::Pin::of(&identity.chain[0])
+        .with_context(|| format!("could not read the certificate in {}", opt.cert.display()))?;
     if created {
-        info!(cert = %opt.cert.display(), key = %opt.key.display(), names = %names.join(","), %fingerprint, "made a self-signed certificate");
+        info!(cert = %opt.cert.display(), key = %opt.key.display(), names = %names.join(","), %pin, %fingerprint, "made a self-signed certificate");
     } else {
-        info!(cert = %opt.cert.display(), %fingerprint, "loaded certificate");
+        info!(cert = %opt.cert.display(), %pin, %fingerprint, "loaded certificate");
     }
     let endpoint = crate::transport::quic::endpoint_config(&identity);
     let config = relay::RelayConfig {

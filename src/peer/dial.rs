@@ -163,11 +163,17 @@ impl Dial<'_> {
             .map_err(|err| {
                 // TLS failed: something answered, and QUIC will not fare
                 // better with the same certificate.
-                let tls = err
+                let rustls = err
                     .downcast_ref::<std::io::Error>()
                     .and_then(|io| io.get_ref())
-                    .is_some_and(|inner| inner.is::<rustls::Error>());
-                let cause = Arc::new(err.context("over TCP"));
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                let tls = rustls.is_some();
+                // A wrong pin says so in its own words, once.
+                let cause = match rustls.and_then(crate::pin::mismatch) {
+                    Some(mismatch) => anyhow::anyhow!("{mismatch}"),
+                    None => err.context("over TCP"),
+                };
+                let cause = Arc::new(cause);
                 let addr = relay.addr.clone();
                 match tls {
                     true => ConnectError::Tls { addr, cause },

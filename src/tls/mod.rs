@@ -1,21 +1,25 @@
-//! Certificates (self-signed with rcgen, or loaded from PEM files) and the
-//! rustls/quinn configurations that every role builds on.
+//! Certificates ([`certs`]: self-signed with rcgen, or loaded from PEM
+//! files) and the rustls/quinn configurations that every role builds on.
+
+mod certs;
+
+pub use certs::{
+    create_self_signed, default_names, fingerprint, load_certs, load_or_create, self_signed,
+    Identity, CERT_FILE, KEY_FILE,
+};
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::CertificateDer;
 
 pub use crate::congestion::{Congestion, CONGESTION};
 use crate::defaults::{
     IDLE_TIMEOUT, INCOMING_BUFFER, INCOMING_BUFFER_TOTAL, KEEP_ALIVE, MAX_INCOMING,
 };
-use crate::private::{self, Existing};
 use crate::protocol::ALPN;
 
 /// Most concurrent sessions (bidirectional streams) per connection: far
@@ -39,134 +43,6 @@ pub const MIN_STREAM_WINDOW: u32 = 64 * 1024;
 /// Largest stream window accepted: 1 Gbit/s over a 500 ms round trip.
 pub const MAX_STREAM_WINDOW: u32 = 64 * 1024 * 1024;
 
-/// File name of the relay's certificate in the directory `certs` writes.
-pub const CERT_FILE: &str = "relay.crt";
-
-/// File name of the relay's private key in the directory `certs` writes.
-pub const KEY_FILE: &str = "relay.key";
-
-/// A certificate chain and its private key.
-#[derive(Debug)]
-pub struct Identity {
-    /// Leaf first.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// The leaf's key.
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl Clone for Identity {
-    fn clone(&self) -> Self {
-        Identity {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
-    }
-}
-
-/// Names a relay certificate is made for by default: loopback and this
-/// machine's hostname, plus `extra`.
-pub fn default_names(extra: &[String]) -> Vec<String> {
-    let mut names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    if let Ok(host) = hostname::get() {
-        if let Some(host) = host.to_str() {
-            names.push(host.to_owned());
-        }
-    }
-    names.extend(extra.iter().cloned());
-    names.sort();
-    names.dedup();
-    names
-}
-
-/// Makes a self-signed certificate for `names`, in memory.
-pub fn self_signed(names: &[String]) -> anyhow::Result<Identity> {
-    let (identity, _, _) = generate(names)?;
-    Ok(identity)
-}
-
-/// Makes a self-signed certificate for `names` and writes it as PEM: the
-/// certificate world-readable, the key readable by its owner only.
-pub fn create_self_signed(cert: &Path, key: &Path, names: &[String]) -> anyhow::Result<Identity> {
-    let (identity, cert_pem, key_pem) = generate(names)?;
-    for path in [cert, key] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("could not create {}", dir.display()))?;
-        }
-    }
-    std::fs::write(cert, cert_pem)
-        .with_context(|| format!("could not write {}", cert.display()))?;
-    private::write(key, key_pem.as_bytes(), Existing::Replace)?;
-    Ok(identity)
-}
-
-fn generate(names: &[String]) -> anyhow::Result<(Identity, String, String)> {
-    let certified = rcgen::generate_simple_self_signed(names.to_vec())
-        .context("could not generate a self-signed certificate")?;
-    let identity = Identity {
-        chain: vec![certified.cert.der().clone()],
-        key: PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into()),
-    };
-    Ok((
-        identity,
-        certified.cert.pem(),
-        certified.signing_key.serialize_pem(),
-    ))
-}
-
-/// Reads certificates from a PEM file.
-pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("could not read certificate file {}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("could not parse certificate file {}", path.display()))?;
-    if certs.is_empty() {
-        bail!("no certificate found in {}", path.display());
-    }
-    Ok(certs)
-}
-
-/// Loads the relay identity, or makes and writes a self-signed one when
-/// neither file exists. Returns the identity and whether it was created.
-pub fn load_or_create(
-    cert: &Path,
-    key: &Path,
-    names: &[String],
-) -> anyhow::Result<(Identity, bool)> {
-    match (cert.exists(), key.exists()) {
-        (true, true) => {
-            let chain = load_certs(cert)?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("could not read private key {}", key.display()))?;
-            Ok((Identity { chain, key }, false))
-        }
-        (false, false) => Ok((create_self_signed(cert, key, names)?, true)),
-        (true, false) => bail!(
-            "certificate {} exists but key {} does not",
-            cert.display(),
-            key.display()
-        ),
-        (false, true) => bail!(
-            "key {} exists but certificate {} does not",
-            key.display(),
-            cert.display()
-        ),
-    }
-}
-
-/// SHA-256 fingerprint of a certificate, as colon-separated hex.
-pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    Sha256::digest(cert.as_ref())
-        .iter()
-        .map(|b| hex::encode_upper([*b]))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// How peers verify the relay's certificate.
 #[derive(Debug, Clone)]
 pub enum Trust {
@@ -176,6 +52,8 @@ pub enum Trust {
     PinnedFile(PathBuf),
     /// The system's root certificates.
     System,
+    /// The relay's public key, whatever certificate carries it.
+    Key(crate::pin::Pin),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -380,7 +258,19 @@ pub(crate) fn server_tls(identity: Identity, alpn: &[u8]) -> anyhow::Result<rust
 /// TLS 1.3 trusting `trust`, asking for `alpn`.
 pub(crate) fn client_tls(trust: &Trust, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
+    let versions = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 is unavailable")?;
     match trust {
+        Trust::Key(pin) => {
+            let verifier = crate::pin::PinVerifier::new(*pin, &provider());
+            let mut tls = versions
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth();
+            tls.alpn_protocols = vec![alpn.to_vec()];
+            return Ok(tls);
+        }
         Trust::Pinned(certs) => {
             for c in certs {
                 roots
@@ -406,44 +296,7 @@ pub(crate) fn client_tls(trust: &Trust, alpn: &[u8]) -> anyhow::Result<rustls::C
             }
         }
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 is unavailable")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = versions.with_root_certificates(roots).with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
     Ok(tls)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_paths_are_the_files_certs_writes() {
-        let dir = Path::new(crate::defaults::CERT_DIR);
-        assert_eq!(Path::new(crate::defaults::CERT), dir.join(CERT_FILE));
-        assert_eq!(Path::new(crate::defaults::KEY), dir.join(KEY_FILE));
-    }
-
-    #[test]
-    fn written_identity_loads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
-        let (made, created) = load_or_create(&cert, &key, &default_names(&[])).unwrap();
-        assert!(created);
-        let (loaded, created) = load_or_create(&cert, &key, &[]).unwrap();
-        assert!(!created);
-        assert_eq!(made.chain, loaded.chain);
-        assert_eq!(made.key.secret_der(), loaded.key.secret_der());
-        // 32 upper-case hex bytes, colon-separated, as openssl and
-        // browsers show them.
-        let fp = fingerprint(&made.chain[0]);
-        assert_eq!(fp.split(':').count(), 32, "{fp}");
-        assert!(fp
-            .bytes()
-            .all(|b| b == b':' || b.is_ascii_digit() || (b'A'..=b'F').contains(&b)));
-        std::fs::remove_file(&key).unwrap();
-        assert!(load_or_create(&cert, &key, &[]).is_err());
-    }
 }

@@ -1,0 +1,227 @@
+//! Pinning the relay by its public key, as ssh pins a host key: the
+//! SHA-256 of the certificate's SubjectPublicKeyInfo, written
+//! `sha256:` and unpadded base64url. With a pin, the certificate's names
+//! and dates do not matter; only the key does, and a certificate
+//! re-issued with the same key (`certs --add-name`) keeps it.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::Engine;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use thiserror::Error;
+
+const PREFIX: &str = "sha256:";
+
+/// The SHA-256 of a relay's public key (its certificate's
+/// SubjectPublicKeyInfo).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pin([u8; 32]);
+
+impl Pin {
+    /// The pin of the key in `cert`.
+    pub fn of(cert: &CertificateDer<'_>) -> Result<Pin, PinError> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+            .map_err(|_| PinError::NotACertificate)?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw);
+        let mut pin = [0u8; 32];
+        pin.copy_from_slice(digest.as_ref());
+        Ok(Pin(pin))
+    }
+}
+
+impl fmt::Display for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0);
+        write!(f, "{PREFIX}{text}")
+    }
+}
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a pin could not be read or made.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PinError {
+    /// Not `sha256:` and 43 characters of base64url.
+    #[error(
+        "a relay pin is sha256: and 43 characters of base64url, as the relay logs it at start"
+    )]
+    Malformed,
+    /// The bytes are not an X.509 certificate.
+    #[error("not an X.509 certificate")]
+    NotACertificate,
+}
+
+impl FromStr for Pin {
+    type Err = PinError;
+
+    fn from_str(text: &str) -> Result<Pin, PinError> {
+        let b64 = text
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(PinError::Malformed)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|_| PinError::Malformed)?;
+        let pin = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| PinError::Malformed)?;
+        Ok(Pin(pin))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Pin, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A relay whose key is not the pinned one. Its `Debug` is its message
+/// too: rustls and quinn show a verifier's error with `Debug`.
+#[derive(Error)]
+#[error(
+    "the relay's public key is {seen}, not the pinned {expected}: if the relay's key was \
+     replaced on purpose, pin the new one (the relay logs its pin at start); if not, something \
+     between here and the relay is answering in its name"
+)]
+pub struct PinMismatch {
+    /// The pin given.
+    pub expected: Pin,
+    /// The key the relay showed.
+    pub seen: Pin,
+}
+
+impl fmt::Debug for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The words for a TLS failure that a pin caused, if it did.
+pub fn mismatch(err: &rustls::Error) -> Option<&PinMismatch> {
+    match err {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            other.0.downcast_ref::<PinMismatch>()
+        }
+        _ => None,
+    }
+}
+
+/// Verifies the relay by its key alone: the end-entity certificate's key
+/// must hash to the pin, and the handshake must be signed by that key.
+/// Names, dates and issuers are not looked at.
+#[derive(Debug)]
+pub struct PinVerifier {
+    pin: Pin,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PinVerifier {
+    /// A verifier for `pin`, checking signatures with `provider`'s
+    /// algorithms.
+    pub fn new(pin: Pin, provider: &rustls::crypto::CryptoProvider) -> PinVerifier {
+        PinVerifier {
+            pin,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let seen = Pin::of(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if seen == self.pin {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let mismatch = PinMismatch {
+            expected: self.pin,
+            seen,
+        };
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(mismatch)),
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_reads_back_what_it_writes_and_refuses_anything_else() {
+        let identity = crate::tls::self_signed(&["localhost".to_owned()]).unwrap();
+        let pin = Pin::of(&identity.chain[0]).unwrap();
+        let text = pin.to_string();
+        assert!(
+            text.starts_with("sha256:") && text.len() == 7 + 43,
+            "{text}"
+        );
+        assert_eq!(text.parse::<Pin>(), Ok(pin));
+        for bad in [
+            "",
+            "sha256:",
+            &text[7..],
+            &text[..text.len() - 1],
+            &format!("{text}A"),
+            "sha1:AAAA",
+            &text.replace("sha256:", "sha256:!"),
+        ] {
+            assert_eq!(bad.parse::<Pin>(), Err(PinError::Malformed), "{bad:?}");
+        }
+        assert_eq!(
+            Pin::of(&CertificateDer::from(vec![1, 2, 3])),
+            Err(PinError::NotACertificate)
+        );
+    }
+
+    #[test]
+    fn the_pin_follows_the_key_not_the_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = |name: &str| {
+            let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+            params.self_signed(&key).unwrap().der().clone()
+        };
+        let (a, b) = (cert("a.example"), cert("b.example"));
+        assert_ne!(a, b);
+        assert_eq!(Pin::of(&a).unwrap(), Pin::of(&b).unwrap());
+        let other = crate::tls::self_signed(&["a.example".to_owned()]).unwrap();
+        assert_ne!(Pin::of(&a).unwrap(), Pin::of(&other.chain[0]).unwrap());
+    }
+}
