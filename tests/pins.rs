@@ -104,3 +104,63 @@ async fn a_pinned_key_is_trusted_whatever_the_names_and_a_wrong_pin_shows_both()
     host.terminate().await;
     relay.terminate().await;
 }
+
+/// The pin `certs` printed in `out`.
+fn printed_pin(out: &support::bin::Out) -> Pin {
+    let line = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pin (for --relay-pin): "))
+        .unwrap_or_else(|| panic!("no pin in {out:?}"));
+    line.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_add_name_keeps_the_pin_and_the_relay_says_when_a_name_is_missing() {
+    use support::bin::run;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = path_str(dir.path());
+    let made = run(&["certs", "--out", out_dir, "--name", "a.example"]).await;
+    assert!(made.status.success(), "{made:?}");
+    let pin = printed_pin(&made);
+    // A relay told of a name its certificate lacks says so, and how to add
+    // it, instead of ignoring the name.
+    let secret = write_secret(dir.path());
+    let (mut relay, _) = start_relay(dir.path(), &secret).await;
+    relay.terminate().await;
+    let (mut relay, _) =
+        support::bin::start_relay_with(dir.path(), &secret, &["--name", "b.example"]).await;
+    let warning = relay.logged_text("not valid for b.example").await;
+    assert!(warning.contains("--add-name b.example"), "{warning}");
+    relay.terminate().await;
+    let added = run(&["certs", "--out", out_dir, "--add-name", "b.example"]).await;
+    assert!(added.status.success(), "{added:?}");
+    assert!(
+        added.stdout.contains("a.example") && added.stdout.contains("b.example"),
+        "{added:?}"
+    );
+    assert_eq!(printed_pin(&added), pin, "the key and its pin stay");
+    let (mut relay, _) =
+        support::bin::start_relay_with(dir.path(), &secret, &["--name", "b.example"]).await;
+    let line = relay.logged_text("loaded certificate").await;
+    assert_eq!(
+        field(&line, "pin"),
+        Some(pin.to_string().as_str()),
+        "{line}"
+    );
+    assert!(!relay.log().contains("not valid for"), "{}", relay.log());
+    relay.terminate().await;
+    // Nothing to add names to: an error, and nothing made.
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "certs",
+        "--out",
+        path_str(empty.path()),
+        "--add-name",
+        "c.example",
+    ])
+    .await;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("no certificate at"), "{out:?}");
+    assert!(std::fs::read_dir(empty.path()).unwrap().next().is_none());
+}

@@ -234,6 +234,26 @@ pub struct CertsOpt {
     /// Replace an existing certificate and key.
     #[arg(long)]
     force: bool,
+    /// Re-issue the existing certificate with this name (DNS name or IP) too, keeping its key and so its pin (repeatable).
+    #[arg(
+        long = "add-name",
+        value_name = "NAME",
+        value_delimiter = ',',
+        conflicts_with_all = ["force", "names"]
+    )]
+    add_names: Vec<String>,
+}
+
+/// Prints what peers pin a relay by: its key's pin and its certificate's
+/// fingerprint.
+fn print_identity(identity: &tls::Identity) -> anyhow::Result<()> {
+    let pin = crate::pin::Pin::of(&identity.chain[0])?;
+    println!("pin (for --relay-pin): {pin}");
+    println!(
+        "sha-256 fingerprint: {}",
+        tls::fingerprint(&identity.chain[0])
+    );
+    Ok(())
 }
 
 /// `shellrelay demo`
@@ -341,6 +361,14 @@ impl Cli {
             Command::Keygen(opt) => token_opts::keygen(opt),
             Command::Certs(opt) => {
                 let (cert, key) = (opt.out.join(tls::CERT_FILE), opt.out.join(tls::KEY_FILE));
+                if !opt.add_names.is_empty() {
+                    let (identity, names) = tls::add_names(&cert, &key, &opt.add_names)?;
+                    println!("wrote {} (key {} kept)", cert.display(), key.display());
+                    println!("names: {}", names.join(", "));
+                    print_identity(&identity)?;
+                    println!("restart the relay to serve it; peers' pins stay valid");
+                    return Ok(());
+                }
                 if !opt.force && (cert.exists() || key.exists()) {
                     bail!(
                         "{} or {} exists already; pass --force to replace them",
@@ -352,11 +380,7 @@ impl Cli {
                 let identity = tls::create_self_signed(&cert, &key, &names)?;
                 println!("wrote {} and {}", cert.display(), key.display());
                 println!("names: {}", names.join(", "));
-                println!(
-                    "sha-256 fingerprint: {}",
-                    tls::fingerprint(&identity.chain[0])
-                );
-                Ok(())
+                print_identity(&identity)
             }
             Command::Demo(opt) => {
                 until_signalled(|shutdown| demo::run(&opt.target, opt.listen, shutdown)).await

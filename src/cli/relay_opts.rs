@@ -167,6 +167,7 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
         info!(cert = %opt.cert.display(), key = %opt.key.display(), names = %names.join(","), %pin, %fingerprint, "made a self-signed certificate");
     } else {
         info!(cert = %opt.cert.display(), %pin, %fingerprint, "loaded certificate");
+        warn_missing_names(&opt, &identity);
     }
     let endpoint = crate::transport::quic::endpoint_config(&identity);
     let config = relay::RelayConfig {
@@ -190,6 +191,28 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     shutdown.cancel();
     tasks.shutdown(SHUTDOWN_GRACE).await;
     result
+}
+
+/// Warns about every `--name` the loaded certificate is not valid for
+/// (the relay makes a certificate for them only when it makes one), and
+/// says how to add them without changing the relay's pin.
+fn warn_missing_names(opt: &RelayOpt, identity: &tls::Identity) {
+    let Ok(has) = tls::cert_names(&identity.chain[0]) else {
+        return;
+    };
+    let missing: Vec<&String> = opt.names.iter().filter(|n| !has.contains(n)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let dir = opt.cert.parent().unwrap_or(std::path::Path::new("."));
+    let list: Vec<&str> = missing.iter().map(|n| n.as_str()).collect();
+    tracing::warn!(
+        "certificate {} is not valid for {}: peers that dial that name and pin the certificate will fail (those with --relay-pin do not); run: shellrelay certs --out {} --add-name {}, then restart the relay (the key and its pin stay)",
+        opt.cert.display(),
+        list.join(", "),
+        dir.display(),
+        list.join(",")
+    );
 }
 
 /// `--listen-tcp`: an address, or `off`.

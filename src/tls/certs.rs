@@ -9,6 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 use crate::private::{self, Existing};
+use x509_parser::extensions::GeneralName;
 
 /// File name of the relay's certificate in the directory `certs` writes.
 pub const CERT_FILE: &str = "relay.crt";
@@ -129,6 +130,66 @@ pub fn load_or_create(
     }
 }
 
+/// The DNS names and IP addresses a certificate is valid for.
+pub fn cert_names(cert: &CertificateDer<'_>) -> anyhow::Result<Vec<String>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
+                GeneralName::IPAddress(ip) => {
+                    if let Ok(v4) = <[u8; 4]>::try_from(*ip) {
+                        names.push(std::net::IpAddr::from(v4).to_string());
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(*ip) {
+                        names.push(std::net::IpAddr::from(v6).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Re-issues the self-signed certificate at `cert` for its names and
+/// `extra`, signed with the key at `key`, which stays as it is: so does
+/// the relay's pin. Returns the new identity and all its names.
+pub fn add_names(
+    cert: &Path,
+    key: &Path,
+    extra: &[String],
+) -> anyhow::Result<(Identity, Vec<String>)> {
+    if !cert.exists() {
+        bail!(
+            "no certificate at {} to add names to (the relay makes one on its first start)",
+            cert.display()
+        );
+    }
+    let (old, _) = load_or_create(cert, key, &[])?;
+    let key_pem = std::fs::read_to_string(key)
+        .with_context(|| format!("could not read private key {}", key.display()))?;
+    let key_pair = rcgen::KeyPair::from_pem(&key_pem)
+        .with_context(|| format!("could not use the private key in {}", key.display()))?;
+    let mut names = cert_names(&old.chain[0])?;
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    let params = rcgen::CertificateParams::new(names.clone())
+        .context("a name is neither a DNS name nor an IP address")?;
+    let issued = params
+        .self_signed(&key_pair)
+        .context("could not sign the certificate")?;
+    std::fs::write(cert, issued.pem())
+        .with_context(|| format!("could not write {}", cert.display()))?;
+    let identity = Identity {
+        chain: vec![issued.der().clone()],
+        key: old.key,
+    };
+    Ok((identity, names))
+}
+
 /// SHA-256 fingerprint of a certificate, as colon-separated hex.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     Sha256::digest(cert.as_ref())
@@ -168,5 +229,32 @@ mod tests {
             .all(|b| b == b':' || b.is_ascii_digit() || (b'A'..=b'F').contains(&b)));
         std::fs::remove_file(&key).unwrap();
         assert!(load_or_create(&cert, &key, &[]).is_err());
+    }
+
+    #[test]
+    fn adding_names_keeps_the_key_and_the_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let made = create_self_signed(&cert, &key, &names).unwrap();
+        let key_before = std::fs::read(&key).unwrap();
+        let extra = ["relay.example.org".to_owned(), "192.0.2.1".to_owned()];
+        let (issued, all) = add_names(&cert, &key, &extra).unwrap();
+        assert_eq!(
+            all,
+            ["127.0.0.1", "192.0.2.1", "localhost", "relay.example.org"]
+        );
+        let (loaded, _) = load_or_create(&cert, &key, &[]).unwrap();
+        assert_eq!(loaded.chain, issued.chain);
+        let mut read = cert_names(&loaded.chain[0]).unwrap();
+        read.sort();
+        assert_eq!(read, all);
+        assert_eq!(std::fs::read(&key).unwrap(), key_before, "the key is kept");
+        assert_ne!(made.chain, issued.chain);
+        let pin = crate::pin::Pin::of;
+        assert_eq!(pin(&made.chain[0]), pin(&issued.chain[0]));
+        let missing = dir.path().join("none.crt");
+        assert!(add_names(&missing, &dir.path().join("none.key"), &extra).is_err());
+        assert!(!missing.exists(), "nothing is made where nothing was");
     }
 }

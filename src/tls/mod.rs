@@ -4,8 +4,8 @@
 mod certs;
 
 pub use certs::{
-    create_self_signed, default_names, fingerprint, load_certs, load_or_create, self_signed,
-    Identity, CERT_FILE, KEY_FILE,
+    add_names, cert_names, create_self_signed, default_names, fingerprint, load_certs,
+    load_or_create, self_signed, Identity, CERT_FILE, KEY_FILE,
 };
 
 use std::net::SocketAddr;
