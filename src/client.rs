@@ -39,6 +39,9 @@ pub struct Forwarder {
     link: Arc<tokio::sync::Mutex<LinkState>>,
     /// The watcher of each connection's end.
     tasks: Tasks,
+    /// Cancelled when a refusal that retrying cannot change came in.
+    stop: CancellationToken,
+    given_up: std::sync::Mutex<Option<String>>,
 }
 
 /// The forwarder's connection, or why the last attempt failed.
@@ -99,6 +102,8 @@ impl Forwarder {
             config,
             link: Arc::default(),
             tasks: Tasks::new(),
+            stop: CancellationToken::new(),
+            given_up: std::sync::Mutex::new(None),
         }
     }
 
@@ -178,6 +183,38 @@ impl Forwarder {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// Whether `err` is a refusal of this forwarder's token or request that
+    /// trying again cannot change: a bad or revoked token, one for another
+    /// role or host, a token for several hosts with no host named. An
+    /// expired token is final unless it comes from a file, which may be
+    /// renewed in place.
+    pub fn is_final(&self, err: &ConnectError) -> bool {
+        let Some(refusal) = err.refusal() else {
+            return false;
+        };
+        match refusal.reason {
+            Reason::BadToken | Reason::Protocol | Reason::Revoked => true,
+            Reason::TokenExpired => matches!(self.config.token, TokenSource::Literal(_)),
+            _ => false,
+        }
+    }
+
+    /// Records that the forwarder cannot go on, and why; [`run`] ends.
+    fn give_up(&self, why: String) {
+        let mut given_up = self.given_up.lock().unwrap_or_else(|e| e.into_inner());
+        if given_up.is_none() {
+            *given_up = Some(why);
+        }
+        self.stop.cancel();
+    }
+
+    /// Resolves once the forwarder has given up, with why.
+    async fn given_up(&self) -> String {
+        self.stop.cancelled().await;
+        let given_up = self.given_up.lock().unwrap_or_else(|e| e.into_inner());
+        given_up.clone().unwrap_or_default()
     }
 
     /// Closes the connection to the relay, if any.
@@ -285,17 +322,28 @@ pub async fn run(
     let forwarder = Arc::new(Forwarder::new(config));
     info!(listen = %local, relay = %forwarder.config.relay.addr, "client forwarder listening");
     // Connect early so that a wrong certificate or token shows at once; a
-    // failure is not fatal, every ssh connection tries again.
-    if let Err(err) = forwarder.connection().await {
-        warn!("could not connect to relay yet: {err}");
+    // failure is not fatal, every ssh connection tries again, unless it is
+    // a refusal that trying again cannot change.
+    match forwarder.connection().await {
+        Err(err) if forwarder.is_final(&err) => {
+            forwarder.close().await;
+            anyhow::bail!("{err}; not retrying");
+        }
+        Err(err) => warn!("could not connect to relay yet: {err}"),
+        Ok(_) => {}
     }
     let tasks = Tasks::new();
     let trim = Trim::default();
     tasks.spawn(trim.clone().run(shutdown.clone()));
+    let mut given_up = None;
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            why = forwarder.given_up() => {
+                given_up = Some(why);
+                break;
+            }
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -325,7 +373,10 @@ pub async fn run(
     drop(listener);
     forwarder.close().await;
     tasks.shutdown(SHUTDOWN_GRACE).await;
-    Ok(())
+    match given_up {
+        Some(why) => anyhow::bail!("{why}; not retrying"),
+        None => Ok(()),
+    }
 }
 
 async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr, trim: Trim) {
@@ -333,6 +384,11 @@ async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr, tr
     let _ = tcp.set_nodelay(true);
     let opened = match forwarder.open().await {
         Ok(opened) => opened,
+        Err(OpenError::Connect(err)) if forwarder.is_final(&err) => {
+            warn!(%peer, "closing ssh connection: {err}");
+            forwarder.give_up(err.to_string());
+            return;
+        }
         Err(err) => {
             warn!(%peer, "closing ssh connection: {err}");
             return;

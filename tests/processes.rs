@@ -145,6 +145,52 @@ async fn client_closes_ssh_connections_while_the_host_is_offline() {
 }
 
 #[tokio::test]
+async fn client_exits_on_a_refusal_that_retrying_cannot_fix() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, relay_addr) = start_relay(&certs, &secret).await;
+    let relay_at = relay_addr.to_string();
+    let cert = certs.join("relay.crt");
+    // A host's token given to a client, and a client token for several
+    // hosts with none named: neither gets better by trying again.
+    let cases = [
+        ("host.token", "host", "lab1", "host token"),
+        (
+            "several.token",
+            "client",
+            "lab1,lab2",
+            "name one with --host",
+        ),
+    ];
+    for (file, role, hosts, words) in cases {
+        let token = dir.path().join(file);
+        std::fs::write(&token, mint_token(&secret, role, hosts, "1h").await).expect("token");
+        make_private(&token);
+        let out = finish(shellrelay(&[
+            "client",
+            "--relay",
+            &relay_at,
+            "--relay-cert",
+            path_str(&cert),
+            "--token-file",
+            path_str(&token),
+            "--listen",
+            "127.0.0.1:0",
+        ]))
+        .await;
+        assert_eq!(out.status.code(), Some(1), "{file}: {out:?}");
+        let last = out.stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains(words) && last.contains("not retrying"),
+            "{file}: {out:?}"
+        );
+    }
+    relay.assert_running();
+    relay.terminate().await;
+}
+
+#[tokio::test]
 async fn every_role_stops_gracefully_and_the_relay_says_why() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = write_secret(dir.path());

@@ -536,3 +536,32 @@ async fn many_bulk_sessions_share_a_connection_without_starving_any() {
     let slowest = snapshot.iter().copied().min().unwrap_or(0);
     assert!(slowest >= 1 << 20, "starved sessions: {snapshot:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarder_whose_token_expired_for_good_stops_with_the_reason() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    // A token given on the command line cannot be renewed in place.
+    let token = tunnel.token(Role::Client, "lab1", Duration::from_secs(2));
+    let (client, peer) = tunnel.client_with(token, None).await;
+    drop(ping(client).await);
+    // After the expiry, the next ssh connection meets the refusal, and the
+    // forwarder stops instead of refusing every connection for ever.
+    let ended = within(Duration::from_secs(15), "the forwarder to stop", async {
+        loop {
+            if let Ok(mut tcp) = TcpStream::connect(client).await {
+                read_until_closed(&mut tcp).await;
+            }
+            if peer.task.is_finished() {
+                return peer.task.await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let err = ended.unwrap_err().to_string();
+    assert!(
+        err.contains("expired") && err.contains("not retrying"),
+        "{err}"
+    );
+}
