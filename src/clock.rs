@@ -15,6 +15,15 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Formats a time since the Unix epoch as RFC 3339 UTC with milliseconds.
+pub fn fmt_unix_millis(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    if secs > MAX_EXP {
+        return fmt_unix(secs);
+    }
+    humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string()
+}
+
 /// Formats Unix seconds as RFC 3339 UTC (or as plain seconds past the
 /// year 9999, which RFC 3339 cannot write).
 pub fn fmt_unix(secs: u64) -> String {

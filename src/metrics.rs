@@ -254,6 +254,9 @@ pub struct Status {
 pub struct ClientStatus {
     /// The host it reaches.
     pub host: String,
+    /// Its token's subject.
+    #[serde(default)]
+    pub subject: String,
     /// When it was admitted, in Unix seconds.
     pub since: u64,
     /// The client's address as the relay sees it now.

@@ -11,6 +11,7 @@
 
 mod admit;
 mod answer;
+mod audit;
 pub mod budget;
 mod conn;
 mod hold;
@@ -55,6 +56,8 @@ pub struct RelayConfig {
     pub hello_timeout: Duration,
     /// Revoked token and host ids ([`crate::revoke`]); none by default.
     pub revocation_file: Option<std::path::PathBuf>,
+    /// Where to append the audit log ([`audit`]); none by default.
+    pub audit_log: Option<std::path::PathBuf>,
     /// The endpoint's configuration; by default a random stateless-reset
     /// key, which [`crate::transport::quic::endpoint_config`] replaces with one that
     /// survives restarts.
@@ -84,6 +87,7 @@ impl RelayConfig {
             transport: TransportOptions::default(),
             hello_timeout: HELLO_TIMEOUT,
             revocation_file: None,
+            audit_log: None,
             endpoint: quinn::EndpointConfig::default(),
             listen_tcp: ListenTcp::Same,
         }
@@ -129,6 +133,8 @@ struct State {
     hosts: Arc<Registry>,
     /// Client connections admitted now.
     clients: Arc<registry::Clients>,
+    /// Admissions, refusals and sessions, for the audit log.
+    audit: audit::Audit,
     revoked: RevocationList,
     metrics: Metrics,
     /// The next session id.
@@ -156,6 +162,7 @@ impl Relay {
         config: RelayConfig,
     ) -> anyhow::Result<Relay> {
         let revoked = RevocationList::open(config.revocation_file.clone())?;
+        let audit = audit::Audit::open(config.audit_log.as_deref())?;
         let acceptor = match config.listen_tcp {
             ListenTcp::Off => None,
             _ => Some(tokio_rustls::TlsAcceptor::from(
@@ -185,6 +192,7 @@ impl Relay {
                 trim: Trim::default(),
                 hosts,
                 clients: Arc::default(),
+                audit,
                 revoked,
                 metrics: Metrics::new(),
                 session_ids: AtomicU64::new(1),

@@ -35,6 +35,8 @@ pub(super) struct RelayFile {
     #[serde(default, deserialize_with = "scalar")]
     pub revocation_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "scalar")]
+    pub audit_log: Option<PathBuf>,
+    #[serde(default, deserialize_with = "scalar")]
     pub cert: Option<PathBuf>,
     #[serde(default, deserialize_with = "scalar")]
     pub key: Option<PathBuf>,
@@ -138,6 +140,7 @@ pub(super) fn merge(opt: &mut RelayOpt, given: &clap::ArgMatches) -> anyhow::Res
         opt => token_keys = file.token_keys;
         opt => token_secrets = file.token_secrets;
         opt => revocation_file = file.revocation_file.map(Some);
+        opt => audit_log = file.audit_log.map(Some);
         opt => cert = file.cert;
         opt => key = file.key;
         opt => audience = file.audience;

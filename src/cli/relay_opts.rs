@@ -49,6 +49,9 @@ pub struct RelayOpt {
     /// line; re-read on SIGHUP and when it changes.
     #[arg(long, env = "SHELLRELAY_REVOCATION_FILE", value_name = "PATH")]
     pub(super) revocation_file: Option<PathBuf>,
+    /// Append a JSON line for every admission, refusal, session start and session end to this file.
+    #[arg(long, env = "SHELLRELAY_AUDIT_LOG", value_name = "PATH")]
+    pub(super) audit_log: Option<PathBuf>,
     /// Certificate (PEM); made self-signed, with the key, when neither exists.
     #[arg(
         long,
@@ -176,6 +179,7 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
         transport: opt.transport.options()?,
         hello_timeout: opt.hello_timeout.0,
         revocation_file: opt.revocation_file.clone(),
+        audit_log: opt.audit_log.clone(),
         endpoint,
         listen_tcp: opt.listen_tcp.unwrap_or_default(),
     };

@@ -139,3 +139,14 @@ pub(super) fn revoked(state: &State, claims: &Claims, host: &str) -> Option<Refu
     warn!(target: LOG_TARGET, host = %host, role = %claims.role, "refused: {why}");
     Some(Refusal::new(Reason::Revoked, why.to_string()))
 }
+
+/// What a client token's session limit is counted by: its id (`jti`), or
+/// its subject when it has none.
+pub(super) fn token_key(claims: &Claims) -> String {
+    // With the subject too, so that two issuers' token ids cannot collide
+    // unless their subjects do.
+    match &claims.jti {
+        Some(jti) => format!("jti {jti} sub {}", claims.sub),
+        None => format!("sub {}", claims.sub),
+    }
+}

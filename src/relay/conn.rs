@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::admit::{check_hello, client_host, revoked};
+use super::admit::{check_hello, client_host, revoked, token_key};
 use super::answer::{say_last, Answer};
+use super::audit::{Line, Who};
 use super::hold::{hold, Ended};
 use super::registry::Refused;
 use super::session::accept_sessions;
@@ -241,11 +242,22 @@ async fn admit(
 ) {
     let hello = match check_hello(&state, ip, frame) {
         Ok(hello) => hello,
-        Err(refusal) => return answer.refuse(&state, &conn, refusal).await,
+        Err(refusal) => {
+            let nobody = Who::default();
+            let mut line = Line::new("refused", &nobody, conn.remote());
+            line.reason = Some(&refusal.message);
+            state.audit.write(&line);
+            return answer.refuse(&state, &conn, refusal).await;
+        }
     };
     answer.hello_taken();
     state.metrics.hello_accepted(accepted);
     let peer = Admitted {
+        who: Who::of(&hello.claims),
+        role: match hello.role {
+            Role::Host => "host",
+            Role::Client => "client",
+        },
         state,
         conn,
         answer,
@@ -257,19 +269,11 @@ async fn admit(
     }
 }
 
-/// What a client token's session limit is counted by: its id (`jti`), or
-/// its subject when it has none.
-fn token_key(claims: &Claims) -> String {
-    // With the subject too, so that two issuers' token ids cannot collide
-    // unless their subjects do.
-    match &claims.jti {
-        Some(jti) => format!("jti {jti} sub {}", claims.sub),
-        None => format!("sub {}", claims.sub),
-    }
-}
-
 /// A connection whose hello was good, with where its answer goes.
 struct Admitted {
+    /// Whose token it is, and for which role.
+    who: Who,
+    role: &'static str,
     state: Arc<State>,
     conn: Conn,
     answer: Answer,
@@ -278,8 +282,18 @@ struct Admitted {
 }
 
 impl Admitted {
-    async fn refuse(mut self, refusal: Refusal) {
+    async fn refuse(mut self, refusal: Refusal, host: &str) {
+        self.audit("refused", host, Some(&refusal.message));
         self.answer.refuse(&self.state, &self.conn, refusal).await
+    }
+
+    /// Appends `event` about this peer and `host` to the audit log.
+    fn audit(&self, event: &'static str, host: &str, reason: Option<&str>) {
+        let mut line = Line::new(event, &self.who, self.conn.remote());
+        line.role = Some(self.role);
+        line.host = Some(host);
+        line.reason = reason;
+        self.state.audit.write(&line);
     }
 
     /// Sends the welcome, within the hello timeout. Over TCP, HTTP/2 then
@@ -318,7 +332,7 @@ impl Admitted {
     async fn serve_host(mut self, claims: Claims, keep_other: bool) {
         let id = claims.sub.clone();
         if let Some(refusal) = revoked(&self.state, &claims, &id) {
-            return self.refuse(refusal).await;
+            return self.refuse(refusal, &id).await;
         }
         let state = self.state.clone();
         let remote = self.conn.remote();
@@ -332,14 +346,16 @@ impl Admitted {
                 Err(Refused::Full(max)) => {
                     let message = format!("relay is at its limit of {max} hosts");
                     warn!(target: LOG_TARGET, host = %id, "refused host: {message}");
-                    return self.refuse(Refusal::new(Reason::Limit, message)).await;
+                    return self.refuse(Refusal::new(Reason::Limit, message), &id).await;
                 }
                 Err(Refused::Taken) => {
                     let message = format!(
                         "host {id} is registered by another connection; waiting for it to leave"
                     );
                     info!(target: LOG_TARGET, host = %id, %remote, "refused host: id taken");
-                    return self.refuse(Refusal::new(Reason::Replaced, message)).await;
+                    return self
+                        .refuse(Refusal::new(Reason::Replaced, message), &id)
+                        .await;
                 }
             };
         self.handshake = None;
@@ -359,6 +375,7 @@ impl Admitted {
             );
         }
         if self.welcome(&claims, &id, 0).await {
+            self.audit("admitted", &id, None);
             info!(
                 target: LOG_TARGET,
                 host = %id,
@@ -373,24 +390,27 @@ impl Admitted {
     }
 
     async fn serve_client(mut self, claims: Claims, requested: Option<String>) {
+        let asked = requested.clone().unwrap_or_default();
         let host = match client_host(&claims, requested) {
             Ok(host) => host,
-            Err(refusal) => return self.refuse(refusal).await,
+            Err(refusal) => return self.refuse(refusal, &asked).await,
         };
         if let Some(refusal) = revoked(&self.state, &claims, &host) {
-            return self.refuse(refusal).await;
+            return self.refuse(refusal, &host).await;
         }
         if self.state.hosts.get(&host).is_none() {
             info!(target: LOG_TARGET, host = %host, "refused client: host offline");
             let refusal =
                 Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
-            return self.refuse(refusal).await;
+            return self.refuse(refusal, &host).await;
         }
         let token = token_key(&claims);
         let limit = self.state.config.limits.connections_per_client;
         let Some(_connection) = self.state.token_connections.acquire(token.clone(), limit) else {
             let message = format!("too many connections for this client token (limit {limit})");
-            return self.refuse(Refusal::new(Reason::Limit, message)).await;
+            return self
+                .refuse(Refusal::new(Reason::Limit, message), &host)
+                .await;
         };
         // Authenticated: open the stream credit and window held back until now.
         let limit = self.state.config.limits.sessions_per_client;
@@ -402,20 +422,23 @@ impl Admitted {
         if !self.welcome(&claims, &host, streams).await {
             return;
         }
-        let (state, conn) = (self.state, self.conn);
+        self.audit("admitted", &host, None);
+        let (state, conn, who) = (self.state, self.conn, self.who);
         let remote = conn.remote();
-        let _listed = state.clients.add(&host, &conn, unix_now());
+        let _listed = state.clients.add(&host, &claims.sub, &conn, unix_now());
         info!(
             target: LOG_TARGET,
             host = %host,
             %remote,
+            subject = %claims.sub,
+            jti = claims.jti.as_deref().unwrap_or(""),
             transport = conn.transport(),
             expires = %fmt_unix(claims.exp),
             "client connected"
         );
         let ended = tokio::select! {
             ended = hold(&state, &conn, &claims, &host) => ended,
-            () = accept_sessions(&state, &conn, &host, token) => Ended::Shutdown,
+            () = accept_sessions(&state, &conn, &host, token, &who) => Ended::Shutdown,
         };
         info!(target: LOG_TARGET, host = %host, %remote, reason = %ended, "client disconnected");
     }

@@ -188,10 +188,11 @@ pub(super) struct Listed {
 
 impl Clients {
     /// Lists a client connection until the returned guard is dropped.
-    pub fn add(self: &Arc<Self>, host: &str, conn: &Conn, since: u64) -> Listed {
+    pub fn add(self: &Arc<Self>, host: &str, subject: &str, conn: &Conn, since: u64) -> Listed {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let line = ClientStatus {
             host: host.to_owned(),
+            subject: subject.to_owned(),
             since,
             remote: conn.remote(),
             transport: conn.transport().to_owned(),

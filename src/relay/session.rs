@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
+use super::audit::{Line, Who};
 use super::budget::{Share, Shares};
 use super::{State, LOG_TARGET};
 use crate::defaults::{HOST_SETUP_TIMEOUT, OPEN_TIMEOUT};
@@ -19,13 +20,23 @@ use crate::transport::{self, Conn, SendStream, Stream};
 /// until the connection closes.
 /// `token` names the client's token: its sessions are counted over all of
 /// its connections.
-pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Conn, host: &str, token: String) {
+pub(super) async fn accept_sessions(
+    state: &Arc<State>,
+    conn: &Conn,
+    host: &str,
+    token: String,
+    who: &Who,
+) {
     let remote = conn.remote();
     let shares = Shares::new(conn.clone(), state.config.transport.window());
     while let Ok((mut send, recv)) = conn.accept().await {
         let slots = match session_slots(state, &shares, &token) {
             Ok(slots) => slots,
             Err(refusal) => {
+                let mut line = Line::new("refused", who, remote);
+                (line.role, line.host) = (Some("client"), Some(host));
+                line.reason = Some(&refusal.message);
+                state.audit.write(&line);
                 state.metrics.refused(refusal.reason);
                 // The receiving half goes once the refusal is out: over
                 // HTTP/2, letting go of it first could reset the stream
@@ -38,30 +49,50 @@ pub(super) async fn accept_sessions(state: &Arc<State>, conn: &Conn, host: &str,
             }
         };
         let session = state.next_session_id();
-        let _span =
-            tracing::info_span!(target: LOG_TARGET, "session", session, host = %host).entered();
-        let task = relay_session(
-            state.clone(),
+        let _span = tracing::info_span!(
+            target: LOG_TARGET,
+            "session",
             session,
-            host.to_owned(),
-            remote,
-            (send, recv),
-            slots,
-        );
+            host = %host,
+            subject = who.subject.as_deref().unwrap_or(""),
+            jti = who.jti.as_deref().unwrap_or("")
+        )
+        .entered();
+        let meta = Meta {
+            session,
+            host: host.to_owned(),
+            client: remote,
+            who: who.clone(),
+        };
+        let task = relay_session(state.clone(), meta, (send, recv), slots);
         state.tasks.spawn(task);
     }
     // The connection is closed; `hold` reports why.
     std::future::pending::<()>().await;
 }
 
-async fn relay_session(
-    state: Arc<State>,
+/// Which session, for whom: what its log and audit lines name.
+struct Meta {
     session: u64,
     host: String,
     client: SocketAddr,
-    mut client_stream: Stream,
-    _slots: Slots,
-) {
+    who: Who,
+}
+
+impl Meta {
+    /// An audit line for `event` about this session.
+    fn audit<'a>(&'a self, event: &'static str, reason: Option<&'a str>) -> Line<'a> {
+        let mut line = Line::new(event, &self.who, self.client);
+        line.role = Some("client");
+        line.host = Some(self.host.as_str());
+        line.session = Some(self.session);
+        line.reason = reason;
+        line
+    }
+}
+
+async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream, _slots: Slots) {
+    let (session, host, client) = (meta.session, meta.host.clone(), meta.client);
     let started = Instant::now();
     match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.1)).await {
         Ok(Ok(Frame::Open { .. })) => {}
@@ -74,7 +105,7 @@ async fn relay_session(
     let c_send = &mut client_stream.0;
     let Some(target) = state.hosts.get(&host) else {
         let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
-        return refuse_session(&state, c_send, &refusal).await;
+        return refuse_session(&state, &meta, c_send, &refusal).await;
     };
     let limit = state.config.limits.sessions_per_host;
     let Some(_host_slot) = target.sessions.acquire(limit) else {
@@ -82,7 +113,7 @@ async fn relay_session(
             Reason::Limit,
             format!("host {host} has too many sessions (limit {limit})"),
         );
-        return refuse_session(&state, c_send, &refusal).await;
+        return refuse_session(&state, &meta, c_send, &refusal).await;
     };
     let deadline = tokio::time::Instant::now() + HOST_SETUP_TIMEOUT;
     let mut host_stream = match tokio::time::timeout_at(deadline, target.conn.open()).await {
@@ -90,14 +121,14 @@ async fn relay_session(
         Ok(Err(err)) => {
             let refusal =
                 Refusal::new(Reason::HostOffline, format!("host {host} went away: {err}"));
-            return refuse_session(&state, c_send, &refusal).await;
+            return refuse_session(&state, &meta, c_send, &refusal).await;
         }
         Err(_) => {
             let refusal = Refusal::new(
                 Reason::Limit,
                 format!("host {host} has no room for another session"),
             );
-            return refuse_session(&state, c_send, &refusal).await;
+            return refuse_session(&state, &meta, c_send, &refusal).await;
         }
     };
     let open = Frame::Open {
@@ -144,7 +175,7 @@ async fn relay_session(
     if let Some(refusal) = failure {
         info!(target: LOG_TARGET, %client, reason = %refusal.message, "session refused");
         transport::abort(&mut host_stream, refusal.reason);
-        return refuse_session(&state, c_send, &refusal).await;
+        return refuse_session(&state, &meta, c_send, &refusal).await;
     }
     // Within the setup's deadline: a client that grants no credit must
     // not hold the host's stream (and its target connection) for ever.
@@ -158,6 +189,7 @@ async fn relay_session(
     let _active = state.metrics.session_started(started);
     let _live = state.trim.session();
     info!(target: LOG_TARGET, %client, "session started");
+    state.audit.write(&meta.audit("session_start", None));
     let metrics = &state.metrics;
     let stats = &target.stats;
     let t = splice::relay(
@@ -176,6 +208,12 @@ async fn relay_session(
         duration = ?started.elapsed(),
         "session ended"
     );
+    let how = if t.aborted { "aborted" } else { "done" };
+    let mut line = meta.audit("session_end", Some(how));
+    line.bytes_to_host = Some(t.sent);
+    line.bytes_to_client = Some(t.received);
+    line.duration_ms = u64::try_from(started.elapsed().as_millis()).ok();
+    state.audit.write(&line);
 }
 
 /// What a session holds while it lasts: its place in the relay's budget,
@@ -204,8 +242,12 @@ fn session_slots(state: &State, shares: &Arc<Shares>, token: &str) -> Result<Slo
     Ok((relay, token, shares.take()))
 }
 
-/// Counts a session refusal and sends it on the client's stream.
-async fn refuse_session(state: &State, send: &mut SendStream, refusal: &Refusal) {
+/// Counts a session refusal, notes it in the audit log and sends it on the
+/// client's stream.
+async fn refuse_session(state: &State, meta: &Meta, send: &mut SendStream, refusal: &Refusal) {
+    state
+        .audit
+        .write(&meta.audit("refused", Some(&refusal.message)));
     state.metrics.refused(refusal.reason);
     send.refuse(refusal).await;
 }

@@ -113,6 +113,7 @@ pub fn table(status: &Status) -> String {
             .map(|c| {
                 vec![
                     c.host.clone(),
+                    c.subject.clone(),
                     fmt_unix(c.since),
                     c.remote.to_string(),
                     c.transport.clone(),
@@ -121,9 +122,9 @@ pub fn table(status: &Status) -> String {
             .collect();
         out.push('\n');
         out.push_str(&columns(
-            &["CLIENT OF", "SINCE", "REMOTE", "TRANSPORT"],
+            &["CLIENT OF", "SUBJECT", "SINCE", "REMOTE", "TRANSPORT"],
             &clients,
-            4,
+            5,
         ));
     }
     out
@@ -180,6 +181,7 @@ mod tests {
         };
         let client = ClientStatus {
             host: "a".into(),
+            subject: "alice".into(),
             since: 1_700_000_000,
             remote: "198.51.100.1:40000".parse().unwrap(),
             transport: "tcp".into(),
@@ -193,8 +195,8 @@ HOST       SINCE                 REMOTE           TRANSPORT  SESSIONS  BYTES TO 
 a          2023-11-14T22:13:20Z  192.0.2.7:50000  quic              2              5               50
 longer-id  2023-11-14T22:13:20Z  192.0.2.7:50000  quic             10         123456          1234560
 
-CLIENT OF  SINCE                 REMOTE              TRANSPORT
-a          2023-11-14T22:13:20Z  198.51.100.1:40000  tcp
+CLIENT OF  SUBJECT  SINCE                 REMOTE              TRANSPORT
+a          alice    2023-11-14T22:13:20Z  198.51.100.1:40000  tcp
 ";
         assert_eq!(table(&status), want);
         let none = Status {
