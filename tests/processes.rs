@@ -89,20 +89,9 @@ async fn client_closes_ssh_connections_while_the_host_is_offline() {
     .expect("write token");
     let relay_at = relay_addr.to_string();
     let cert = certs.join("relay.crt");
-    let mut client = Proc::spawn(
-        "client",
-        shellrelay(&[
-            "client",
-            "--relay",
-            &relay_at,
-            "--relay-cert",
-            path_str(&cert),
-            "--token-file",
-            path_str(&token),
-            "--listen",
-            "127.0.0.1:0",
-        ]),
-    );
+    let mut args = peer_args("client", &relay_at, &cert, &token);
+    args.extend(["--listen", "127.0.0.1:0"]);
+    let mut client = Proc::spawn("client", shellrelay(&args));
     let line = client.wait_for_text("client forwarder listening").await;
     let listen = addr_field(&line, "listen");
     assert_ne!(listen.port(), 0, "{line}");
@@ -167,18 +156,9 @@ async fn client_exits_on_a_refusal_that_retrying_cannot_fix() {
         let token = dir.path().join(file);
         std::fs::write(&token, mint_token(&secret, role, hosts, "1h").await).expect("token");
         make_private(&token);
-        let out = finish(shellrelay(&[
-            "client",
-            "--relay",
-            &relay_at,
-            "--relay-cert",
-            path_str(&cert),
-            "--token-file",
-            path_str(&token),
-            "--listen",
-            "127.0.0.1:0",
-        ]))
-        .await;
+        let mut args = peer_args("client", &relay_at, &cert, &token);
+        args.extend(["--listen", "127.0.0.1:0"]);
+        let out = finish(shellrelay(&args)).await;
         assert_eq!(out.status.code(), Some(1), "{file}: {out:?}");
         let last = out.stderr.lines().last().unwrap_or_default();
         assert!(
