@@ -70,14 +70,7 @@ async fn the_target_speaks_first_and_its_banner_arrives_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_keeps_the_other_direction_open() {
     for via in PATHS {
-        let target = serve(|mut tcp| async move {
-            let mut all = Vec::new();
-            tcp.read_to_end(&mut all).await.unwrap();
-            tcp.write_all(format!("got {} bytes", all.len()).as_bytes())
-                .await
-                .unwrap();
-        })
-        .await;
+        let target = counting_server().await;
         let (_tunnel, _host, client) = path(target, via).await;
         let mut tcp = TcpStream::connect(client).await.unwrap();
         tcp.write_all(&vec![7u8; 100_000]).await.unwrap();

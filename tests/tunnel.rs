@@ -93,16 +93,7 @@ async fn bytes_written_at_once_against_a_target_that_speaks_first_arrive_in_orde
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_keeps_the_other_direction_open() {
     let tunnel = Tunnel::start().await;
-    // Reads everything until FIN, then answers with a count: only works if
-    // the FIN travelled end to end while the way back stayed open.
-    let target = serve(|mut tcp| async move {
-        let mut all = Vec::new();
-        tcp.read_to_end(&mut all).await.unwrap();
-        tcp.write_all(format!("got {} bytes", all.len()).as_bytes())
-            .await
-            .unwrap();
-    })
-    .await;
+    let target = counting_server().await;
     let _host = tunnel.host("lab1", target).await;
     let client = tunnel.client("lab1").await;
     let mut tcp = TcpStream::connect(client).await.unwrap();

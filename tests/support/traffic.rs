@@ -192,3 +192,17 @@ pub async fn end_watcher() -> (
     .await;
     (target, rx)
 }
+
+/// A target that reads everything until the client's FIN, then answers
+/// `got N bytes` and closes: it only answers if the FIN travelled end to
+/// end while the way back stayed open.
+pub async fn counting_server() -> SocketAddr {
+    serve(|mut tcp| async move {
+        let mut all = Vec::new();
+        tcp.read_to_end(&mut all).await.unwrap();
+        tcp.write_all(format!("got {} bytes", all.len()).as_bytes())
+            .await
+            .unwrap();
+    })
+    .await
+}
