@@ -1,6 +1,8 @@
-//! The client config file (TOML) that `client` and `connect` read for what
-//! flags and environment variables leave out: the relay, its certificate,
-//! the token file and a default host.
+//! The config files (TOML) that peers read for what flags and environment
+//! variables leave out: `client.toml` for `client` and `connect` (the
+//! relay, how it is trusted, the token file and a default host), and
+//! `host.toml` for the host agent (the same, with its target). `join` and
+//! `host --join --save` write them.
 
 use std::ffi::OsString;
 use std::ops::Range;
@@ -15,20 +17,51 @@ use toml::Spanned;
 
 use crate::{id, peer};
 
-/// Environment variable naming the config file (as `--config` does); a
-/// file named there must exist.
+/// Environment variable naming the client config file (as `--config`
+/// does); a file named there must exist.
 pub const CONFIG_ENV: &str = "SHELLRELAY_CONFIG";
+
+/// Environment variable naming the host agent's config file.
+pub const HOST_CONFIG_ENV: &str = "SHELLRELAY_HOST_CONFIG";
 
 /// Largest config file read: a handful of keys fit many times over, and a
 /// path named by mistake (a log, a disk image) fails fast.
 const MAX_CONFIG_LEN: u64 = 64 * 1024;
 
-/// The keys of a client config file. Every key is optional; a flag or its
+/// Which peer a config file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `client` and `connect`: `client.toml`.
+    Client,
+    /// The host agent: `host.toml`.
+    Host,
+}
+
+impl Kind {
+    /// The file's name in the config directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Kind::Client => "client.toml",
+            Kind::Host => "host.toml",
+        }
+    }
+
+    /// The environment variable that names the file, as `--config` does.
+    pub fn env(self) -> &'static str {
+        match self {
+            Kind::Client => CONFIG_ENV,
+            Kind::Host => HOST_CONFIG_ENV,
+        }
+    }
+}
+
+/// The keys of a peer's config file. Every key is optional; a flag or its
 /// environment variable overrides the key. Unknown keys are errors, so that
-/// a misspelt key is not silently ignored.
+/// a misspelt key is not silently ignored; `host` is a client key and
+/// `target` a host agent's.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClientFile {
+pub struct PeerFile {
     /// The relay's `HOST:PORT` (`--relay`).
     pub relay: Option<String>,
     /// The relay's certificate, pinned (`--relay-cert`). Relative paths are
@@ -46,6 +79,8 @@ pub struct ClientFile {
     pub congestion: Option<crate::tls::Congestion>,
     /// `auto`, `quic` or `tcp` (`--transport`).
     pub transport: Option<crate::transport::Transport>,
+    /// Host agent only: the address sessions are connected to (`--target`).
+    pub target: Option<String>,
 }
 
 /// A config file as read from disk, its paths made absolute.
@@ -54,14 +89,15 @@ pub struct Loaded {
     /// Where it was read from.
     pub path: PathBuf,
     /// What it says.
-    pub file: ClientFile,
+    pub file: PeerFile,
 }
 
-/// Where the config file is looked for when none is named:
-/// `$XDG_CONFIG_HOME/shellrelay/client.toml`, else
+/// Where a `kind` config file is looked for when none is named:
+/// `$XDG_CONFIG_HOME/shellrelay/client.toml` (or `host.toml`), else
 /// `~/.config/shellrelay/client.toml`.
-pub fn default_path() -> Option<PathBuf> {
+pub fn default_path(kind: Kind) -> Option<PathBuf> {
     default_path_from(
+        kind,
         std::env::var_os("XDG_CONFIG_HOME"),
         std::env::var_os("HOME"),
     )
@@ -69,21 +105,25 @@ pub fn default_path() -> Option<PathBuf> {
 
 /// [`default_path`] for the given `XDG_CONFIG_HOME` and `HOME`. A relative
 /// or empty `XDG_CONFIG_HOME` is ignored, as the XDG spec asks.
-pub fn default_path_from(xdg: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+pub fn default_path_from(
+    kind: Kind,
+    xdg: Option<OsString>,
+    home: Option<OsString>,
+) -> Option<PathBuf> {
     let base = match xdg.map(PathBuf::from).filter(|p| p.is_absolute()) {
         Some(dir) => dir,
         None => PathBuf::from(home.filter(|h| !h.is_empty())?).join(".config"),
     };
-    Some(base.join("shellrelay").join("client.toml"))
+    Some(base.join("shellrelay").join(kind.file_name()))
 }
 
-/// Reads the config file. A file named by `--config` or
-/// `$SHELLRELAY_CONFIG` (`explicit`) must exist; the default file may be
-/// missing, which gives `None`.
-pub fn load(explicit: Option<&Path>) -> anyhow::Result<Option<Loaded>> {
+/// Reads a `kind` config file. A file named by `--config` or its variable
+/// (`explicit`) must exist; the default file may be missing, which gives
+/// `None`.
+pub fn load(kind: Kind, explicit: Option<&Path>) -> anyhow::Result<Option<Loaded>> {
     let (path, required) = match explicit {
         Some(path) => (path.to_owned(), true),
-        None => match default_path() {
+        None => match default_path(kind) {
             Some(path) => (path, false),
             None => return Ok(None),
         },
@@ -103,15 +143,26 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<Option<Loaded>> {
     }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("could not read config file {}", path.display()))?;
-    let file = parse(&path, &text)?;
+    let file = parse(kind, &path, &text)?;
     Ok(Some(Loaded { path, file }))
 }
 
-/// Parses the text of config file `path`: checks its values and makes its
-/// paths absolute. Errors name the file, and the line and column where
-/// TOML reports them.
-pub fn parse(path: &Path, text: &str) -> anyhow::Result<ClientFile> {
-    let mut file: ClientFile = parse_toml("config file", path, text)?;
+/// Parses the text of `kind` config file `path`: checks its values and
+/// makes its paths absolute. Errors name the file, and the line and column
+/// where TOML reports them.
+pub fn parse(kind: Kind, path: &Path, text: &str) -> anyhow::Result<PeerFile> {
+    let mut file: PeerFile = parse_toml("config file", path, text)?;
+    match (kind, &file.host, &file.target) {
+        (Kind::Host, Some(_), _) => bail!(
+            "config file {}: `host` is a client key; a host agent's id comes from its token",
+            path.display()
+        ),
+        (Kind::Client, _, Some(_)) => bail!(
+            "config file {}: `target` is a host agent key (host.toml), not a client's",
+            path.display()
+        ),
+        _ => {}
+    }
     if let Some(relay) = &file.relay {
         if let Err(err) = peer::check_relay_addr(relay) {
             bail!("config file {}: relay = {relay:?} {err}", path.display());
@@ -131,6 +182,73 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<ClientFile> {
         *p = resolve(dir, home.as_deref(), p);
     }
     Ok(file)
+}
+
+/// Writes the config file at `path` that reaches the relay of `invite`:
+/// the token goes to `path` with the extension `token`, and the file names
+/// the relay (the invite's first address), its pin, the token file and,
+/// for a host agent, `target`. Both are written readable by their owner
+/// only, in a directory made if missing. Existing files are replaced only
+/// with `force`. Returns the token file's path.
+pub fn save(
+    path: &Path,
+    invite: &crate::invite::Invite,
+    target: Option<&str>,
+    force: bool,
+) -> anyhow::Result<PathBuf> {
+    use crate::private::{self, Existing};
+    let token_path = path.with_extension("token");
+    if !force {
+        for existing in [path, token_path.as_path()] {
+            if existing.exists() {
+                bail!(
+                    "{} exists already; pass --force to replace it, or --config PATH to write \
+                     another file",
+                    existing.display()
+                );
+            }
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+    }
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    let relay = invite.relays.first().context("the invite names no relay")?;
+    let token_name = token_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the config file needs a name")?;
+    let mut text =
+        String::from("# Written by `shellrelay`: the relay, its public key and the token file.\n");
+    if let [_, others @ ..] = invite.relays.as_slice() {
+        for other in others {
+            text += &format!("# The relay also answers at {other}.\n");
+        }
+    }
+    text += &format!("relay = {}\n", quote(relay));
+    text += &format!("relay_pin = {}\n", quote(&invite.pin.to_string()));
+    text += &format!("token_file = {}\n", quote(token_name));
+    if let Some(target) = target {
+        text += &format!("target = {}\n", quote(target));
+    }
+    let existing = if force {
+        Existing::Replace
+    } else {
+        Existing::Refuse
+    };
+    private::write(
+        &token_path,
+        format!("{}\n", invite.token.trim()).as_bytes(),
+        existing,
+    )?;
+    private::write(path, text.as_bytes(), existing)?;
+    Ok(token_path)
 }
 
 /// Deserializes `text`, the TOML of `path` (a `what`, for messages), into
@@ -211,7 +329,7 @@ mod tests {
     fn err_of(text: &str) -> String {
         format!(
             "{:#}",
-            parse(Path::new("/etc/x/client.toml"), text).unwrap_err()
+            parse(Kind::Client, Path::new("/etc/x/client.toml"), text).unwrap_err()
         )
     }
 
@@ -223,10 +341,10 @@ mod tests {
                     token_file = \"/secure/client.token\"\n\
                     host = \"lab-1\"\n\
                     congestion = \"cubic\"\n";
-        let file = parse(Path::new("/etc/shellrelay/client.toml"), text).unwrap();
+        let file = parse(Kind::Client, Path::new("/etc/shellrelay/client.toml"), text).unwrap();
         assert_eq!(
             file,
-            ClientFile {
+            PeerFile {
                 relay: Some("relay.example.org:4433".into()),
                 relay_cert: Some("/etc/shellrelay/relay.crt".into()),
                 token_file: Some("/secure/client.token".into()),
@@ -234,12 +352,19 @@ mod tests {
                 congestion: Some(crate::tls::Congestion::Cubic),
                 transport: None,
                 relay_pin: None,
+                target: None,
             }
         );
         assert_eq!(
-            parse(Path::new("/x/c.toml"), "").unwrap(),
-            ClientFile::default()
+            parse(Kind::Client, Path::new("/x/c.toml"), "").unwrap(),
+            PeerFile::default()
         );
+        let host = parse(
+            Kind::Host,
+            Path::new("/x/host.toml"),
+            "target = \"10.0.0.5:22\"\n",
+        );
+        assert_eq!(host.unwrap().target.as_deref(), Some("10.0.0.5:22"));
     }
 
     #[test]
@@ -305,7 +430,7 @@ mod tests {
     #[test]
     fn the_default_path_follows_xdg_then_home() {
         let p = |x: Option<&str>, h: Option<&str>| {
-            default_path_from(x.map(Into::into), h.map(Into::into))
+            default_path_from(Kind::Client, x.map(Into::into), h.map(Into::into))
         };
         assert_eq!(
             p(Some("/xdg"), Some("/home/ann")),
@@ -319,18 +444,33 @@ mod tests {
             );
         }
         assert_eq!(p(None, None), None);
+        assert_eq!(
+            default_path_from(Kind::Host, Some("/xdg".into()), None),
+            Some("/xdg/shellrelay/host.toml".into())
+        );
+    }
+
+    #[test]
+    fn each_kind_refuses_the_others_key() {
+        let err = err_of("target = \"127.0.0.1:22\"\n");
+        assert!(err.contains("`target` is a host agent key"), "{err}");
+        let err = parse(Kind::Host, Path::new("/x/host.toml"), "host = \"lab1\"\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`host` is a client key"),
+            "{err:#}"
+        );
     }
 
     #[test]
     fn a_named_file_must_exist() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.toml");
-        let err = format!("{:#}", load(Some(&missing)).unwrap_err());
+        let err = format!("{:#}", load(Kind::Client, Some(&missing)).unwrap_err());
         assert!(err.contains(&missing.display().to_string()), "{err}");
         assert!(err.contains("No such file"), "{err}");
         let named = dir.path().join("client.toml");
         std::fs::write(&named, "host = \"lab1\"\n").unwrap();
-        let loaded = load(Some(&named)).unwrap().unwrap();
+        let loaded = load(Kind::Client, Some(&named)).unwrap().unwrap();
         assert_eq!(loaded.path, named);
         assert_eq!(loaded.file.host.as_deref(), Some("lab1"));
     }

@@ -203,6 +203,11 @@ pub const AUDIENCE: &str = "shellrelay";
 /// enough that a leaked token is soon useless.
 pub const TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 
+/// How long the token in an invite is valid by default (`invite --ttl`):
+/// it is the joined machine's credential from then on, so it outlives a
+/// `token`'s hour; revoke it by its `jti` to end it sooner.
+pub const INVITE_TTL: &str = "30days";
+
 /// Where `certs` writes the relay's certificate and key, and `relay` looks
 /// for them, by default.
 pub const CERT_DIR: &str = "certs";

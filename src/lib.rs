@@ -15,6 +15,7 @@ pub mod defaults;
 pub mod demo;
 pub mod host;
 pub mod id;
+pub mod invite;
 pub mod keys;
 pub mod limits;
 pub mod memory;

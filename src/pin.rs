@@ -76,6 +76,12 @@ impl FromStr for Pin {
     }
 }
 
+impl serde::Serialize for Pin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Pin {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Pin, D::Error> {
         let text = String::deserialize(d)?;

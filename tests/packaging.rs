@@ -12,11 +12,13 @@ use support::bin::{finish, path_str, run};
 use tokio::process::Command;
 
 /// Every subcommand, as completions and man pages must name them.
-const SUBCOMMANDS: [&str; 11] = [
+const SUBCOMMANDS: [&str; 13] = [
     "relay",
     "host",
     "client",
     "connect",
+    "invite",
+    "join",
     "token",
     "keygen",
     "certs",

@@ -69,6 +69,33 @@ async fn token_is_a_signed_jwt_with_the_asked_claims() {
 }
 
 #[tokio::test]
+async fn token_out_writes_a_file_only_its_owner_reads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let out_file = dir.path().join("host.token");
+    // Even over a file that others could read.
+    std::fs::write(&out_file, "old").unwrap();
+    let out = run(&[
+        "token",
+        "--secret-file",
+        path_str(&secret),
+        "--role",
+        "host",
+        "--host",
+        "lab1",
+        "--out",
+        path_str(&out_file),
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "the token is not printed: {out:?}");
+    assert_eq!(mode(&out_file), 0o600);
+    let jwt = std::fs::read_to_string(&out_file).unwrap();
+    let (_, claims) = decode_jwt(jwt.trim(), SECRET);
+    assert_eq!(claims["sub"], "lab1", "{claims}");
+}
+
+#[tokio::test]
 async fn token_ttl_takes_durations_and_refuses_nonsense() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = write_secret(dir.path());

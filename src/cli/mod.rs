@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+mod invite_opts;
 pub mod manual;
 mod peer_opts;
 mod relay_file;
@@ -20,6 +21,7 @@ mod relay_opts;
 mod setting;
 mod token_opts;
 
+pub use invite_opts::{InviteOpt, JoinOpt};
 pub use peer_opts::{ClientOpt, ConnectOpt, HostOpt, PeerOpt, ReachOpt};
 pub use relay_opts::{LimitsOpt, RelayOpt};
 pub use token_opts::{KeygenOpt, TokenOpt};
@@ -59,6 +61,10 @@ pub enum Command {
     Client(ClientOpt),
     /// One session to a host over stdin and stdout, for ssh's ProxyCommand.
     Connect(ConnectOpt),
+    /// Print a join string that sets up a host agent or a client in one command.
+    Invite(InviteOpt),
+    /// Set up this machine to ssh through a relay, from a client invite.
+    Join(JoinOpt),
     /// Print a signed token on stdout.
     Token(TokenOpt),
     /// Write a new token-signing key: a shared secret or a key pair.
@@ -357,6 +363,8 @@ impl Cli {
             Command::Host(opt) => peer_opts::run_host(opt).await,
             Command::Client(opt) => peer_opts::run_client(opt).await,
             Command::Connect(opt) => connect::run(opt.reach.client_config()?).await,
+            Command::Invite(opt) => invite_opts::invite(opt),
+            Command::Join(opt) => invite_opts::join(opt),
             Command::Token(opt) => token_opts::run(opt),
             Command::Keygen(opt) => token_opts::keygen(opt),
             Command::Certs(opt) => {

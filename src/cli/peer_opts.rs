@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::{host_id, until_signalled, HumanDuration, TransportOpt};
+use crate::invite::Invite;
 use crate::peer::{self, RelayAddr};
 use crate::pin::Pin;
 use crate::tls::{self, Trust};
@@ -76,8 +77,24 @@ impl PeerOpt {
         file: Option<&config::Loaded>,
         wanted: &dyn Fn(&str) -> String,
     ) -> anyhow::Result<(RelayAddr, TokenSource)> {
+        self.reach_or(None, file, wanted)
+    }
+
+    /// [`PeerOpt::reach`], with the relay, its pin and the token taken from
+    /// `invite` where no flag gives them (`host --join`, which conflicts
+    /// with those flags).
+    fn reach_or(
+        &self,
+        invite: Option<&Invite>,
+        file: Option<&config::Loaded>,
+        wanted: &dyn Fn(&str) -> String,
+    ) -> anyhow::Result<(RelayAddr, TokenSource)> {
         let keys = file.map(|f| &f.file);
-        let relay = match (&self.relay, keys.and_then(|k| k.relay.as_ref())) {
+        let from_invite = invite.and_then(|i| i.relays.first());
+        let relay = match (
+            &self.relay,
+            from_invite.or(keys.and_then(|k| k.relay.as_ref())),
+        ) {
             (Some(relay), _) => {
                 if let Err(err) = peer::check_relay_addr(relay) {
                     bail!("--relay {relay} {err}");
@@ -99,7 +116,8 @@ impl PeerOpt {
             Some((None, Some(path))) => Some(Trust::Pinned(tls::load_certs(path)?)),
             _ => None,
         };
-        let trust = from_flags.or(from_file).unwrap_or(Trust::System);
+        let from_invite = invite.map(|i| Trust::Key(i.pin));
+        let trust = (from_flags.or(from_invite).or(from_file)).unwrap_or(Trust::System);
         let mut transport = self.transport.options_or(keys.and_then(|k| k.congestion))?;
         transport.via = (self.via)
             .or(keys.and_then(|k| k.transport))
@@ -111,7 +129,8 @@ impl PeerOpt {
             transport,
         };
         let file_token = keys.and_then(|k| k.token_file.as_ref());
-        let token = match (&self.token_file, &self.token, file_token) {
+        let literal = self.token.as_ref().or(invite.map(|i| &i.token));
+        let token = match (&self.token_file, literal, file_token) {
             (Some(path), _, _) => TokenSource::File(path.clone()),
             (None, Some(t), _) => TokenSource::Literal(t.clone()),
             (None, None, Some(path)) => TokenSource::File(path.clone()),
@@ -148,20 +167,23 @@ pub struct ReachOpt {
     config: Option<PathBuf>,
 }
 
+/// Where a missing setting may be given, for errors: `pass FLAG, or set it
+/// in FILE` (or how to name a file, if there is no default one).
+fn wanted_in(kind: config::Kind, file: Option<&config::Loaded>) -> impl Fn(&str) -> String {
+    let place = match (file, config::default_path(kind)) {
+        (Some(loaded), _) => format!("set it in {}", loaded.path.display()),
+        (None, Some(path)) => format!("set it in {}", path.display()),
+        (None, None) => format!("name a config file with --config or ${}", kind.env()),
+    };
+    move |flag: &str| format!("pass {flag}, or {place}")
+}
+
 impl ReachOpt {
     /// The client's configuration: flags and environment variables, then
     /// the config file.
     pub fn client_config(&self) -> anyhow::Result<client::ClientConfig> {
-        let file = config::load(self.config.as_deref())?;
-        let place = match (&file, config::default_path()) {
-            (Some(loaded), _) => format!("set it in {}", loaded.path.display()),
-            (None, Some(path)) => format!("set it in {}", path.display()),
-            (None, None) => format!(
-                "name a config file with --config or ${}",
-                config::CONFIG_ENV
-            ),
-        };
-        let wanted = |flag: &str| format!("pass {flag}, or {place}");
+        let file = config::load(config::Kind::Client, self.config.as_deref())?;
+        let wanted = wanted_in(config::Kind::Client, file.as_ref());
         let (relay, token) = self.peer.reach(file.as_ref(), &wanted)?;
         let host = self.host.clone().or_else(|| file.and_then(|f| f.file.host));
         Ok(client::ClientConfig { relay, token, host })
@@ -170,17 +192,30 @@ impl ReachOpt {
 
 /// `shellrelay host`
 #[derive(Debug, Args)]
-// The host agent reads no config file: the relay and a token are flags.
-#[command(
-    mut_arg("relay", |a| a.required(true)),
-    mut_arg("token_file", |a| a.required_unless_present("token"))
-)]
 pub struct HostOpt {
     #[command(flatten)]
     peer: PeerOpt,
-    /// The one address every session is connected to.
-    #[arg(long, env = "SHELLRELAY_TARGET", default_value = crate::defaults::TARGET, value_name = "HOST:PORT")]
-    target: String,
+    /// Join string from `shellrelay invite --role host` (the string, @FILE, or - for stdin): the relay, its pin and the token in one.
+    #[arg(
+        long,
+        value_name = "STRING",
+        conflicts_with_all = ["relay", "relay_cert", "relay_pin", "token", "token_file"]
+    )]
+    join: Option<String>,
+    /// With --join: write the relay, its pin, the token and --target to the config file (mode 0600), so later starts need no arguments.
+    #[arg(long, requires = "join")]
+    save: bool,
+    /// With --save: replace an existing config file and token file.
+    #[arg(long, requires = "save")]
+    force: bool,
+    /// Host agent config file (TOML) for what flags leave out [default:
+    /// $XDG_CONFIG_HOME/shellrelay/host.toml or ~/.config/shellrelay/host.toml,
+    /// read if it exists]. A file named here must exist, unless --save writes it.
+    #[arg(long, env = config::HOST_CONFIG_ENV, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The one address every session is connected to [default: `target` in the config file, else 127.0.0.1:22].
+    #[arg(long, env = "SHELLRELAY_TARGET", value_name = "HOST:PORT")]
+    target: Option<String>,
     /// Cap on the delay between reconnect attempts.
     #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(crate::defaults::MAX_BACKOFF), value_name = "DURATION")]
     max_backoff: HumanDuration,
@@ -205,15 +240,68 @@ pub struct ConnectOpt {
 
 /// Runs the host agent.
 pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
-    let wanted = |flag: &str| format!("pass {flag}");
-    let (relay, token) = opt.peer.reach(None, &wanted)?;
+    let invite = match &opt.join {
+        Some(arg) => Some(host_invite(arg)?),
+        None => None,
+    };
+    let mut from_invite = invite.as_ref();
+    if let (true, Some(invite)) = (opt.save, &invite) {
+        let path = match &opt.config {
+            Some(path) => path.clone(),
+            None => config::default_path(config::Kind::Host).with_context(|| {
+                format!(
+                    "no config directory: HOME is not set; name the file with --config or ${}",
+                    config::HOST_CONFIG_ENV
+                )
+            })?,
+        };
+        let token = config::save(&path, invite, opt.target.as_deref(), opt.force)?;
+        tracing::info!(
+            "saved {} and {}: from now on, `shellrelay host` needs no arguments{}",
+            path.display(),
+            token.display(),
+            match &opt.config {
+                Some(_) => format!(" but --config {}", path.display()),
+                None => String::new(),
+            }
+        );
+        from_invite = None;
+    }
+    let file = match from_invite {
+        Some(_) => None,
+        None => config::load(config::Kind::Host, opt.config.as_deref())?,
+    };
+    let wanted = wanted_in(config::Kind::Host, file.as_ref());
+    let wanted = |flag: &str| {
+        format!(
+            "{} (or run `shellrelay host --join` with an invite)",
+            wanted(flag)
+        )
+    };
+    let (relay, token) = opt.peer.reach_or(from_invite, file.as_ref(), &wanted)?;
+    let target = (opt.target)
+        .or_else(|| file.and_then(|f| f.file.target))
+        .unwrap_or_else(|| crate::defaults::TARGET.to_owned());
     let config = host::HostConfig {
         relay,
         token,
-        target: opt.target,
+        target,
         max_backoff: opt.max_backoff.0,
     };
     until_signalled(|shutdown| host::run(config, shutdown)).await
+}
+
+/// The invite `--join` names, which must be a host's.
+fn host_invite(arg: &str) -> anyhow::Result<Invite> {
+    let invite = Invite::read_arg(arg)?;
+    let claims = invite.claims()?;
+    if claims.role != crate::protocol::Role::Host {
+        bail!(
+            "this join string is a client invite: run `shellrelay join` with it on the machine \
+             you ssh from; a host agent needs one made with `shellrelay invite --role host`"
+        );
+    }
+    Ok(invite)
 }
 
 /// Runs the client forwarder.

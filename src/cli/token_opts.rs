@@ -8,14 +8,25 @@ use anyhow::bail;
 use clap::Args;
 
 use super::{host_id, host_pattern, kid, HumanDuration, SecretOpt};
+use crate::private::{self, Existing};
 use crate::protocol::Role;
 use crate::token::{self, Claims};
 use crate::{id, keys};
 
 /// `shellrelay token`
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("signing").required(true).args(["secret_file", "secret", "signing_key"])))]
 pub struct TokenOpt {
+    #[command(flatten)]
+    pub(super) mint: MintOpt,
+    /// Write the token to this file (mode 0600, replaced if it exists) instead of stdout.
+    #[arg(long, env = "SHELLRELAY_OUT", value_name = "PATH")]
+    out: Option<PathBuf>,
+}
+
+/// What a token is made of and signed with, for `token` and `invite`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("signing").required(true).args(["secret_file", "secret", "signing_key"])))]
+pub struct MintOpt {
     #[command(flatten)]
     secret: SecretOpt,
     /// Sign with this private key instead of the shared secret: Ed25519 or
@@ -28,17 +39,17 @@ pub struct TokenOpt {
     kid: Option<String>,
     /// What the token allows: register as the host, or reach it as a client.
     #[arg(long, env = "SHELLRELAY_ROLE", value_enum)]
-    role: Role,
+    pub(super) role: Role,
     /// The host id. A client token may name several (repeat, or separate
     /// with commas) and patterns such as `lab-*`.
     #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID", value_parser = host_pattern, value_delimiter = ',', required = true)]
-    host: Vec<String>,
+    pub(super) host: Vec<String>,
     /// Who a client token naming several hosts is for (its `sub`).
     #[arg(long, env = "SHELLRELAY_SUBJECT", value_name = "NAME", value_parser = host_id, default_value = "client")]
     subject: String,
     /// How long the token is valid.
     #[arg(long, env = "SHELLRELAY_TTL", default_value_t = HumanDuration(crate::defaults::TOKEN_TTL), value_name = "DURATION")]
-    ttl: HumanDuration,
+    pub(super) ttl: HumanDuration,
     /// The relay's audience.
     #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = crate::defaults::AUDIENCE)]
     audience: String,
@@ -60,19 +71,33 @@ pub struct KeygenOpt {
     out: PathBuf,
 }
 
-/// Prints a signed token.
+/// Prints a signed token, or writes it to `--out`.
 pub(super) fn run(opt: TokenOpt) -> anyhow::Result<()> {
-    if opt.ttl.0 < Duration::from_secs(1) {
-        bail!("--ttl must be at least 1s (token times are whole seconds)");
+    let (token, _) = opt.mint.mint()?;
+    match &opt.out {
+        Some(path) => private::write(path, format!("{token}\n").as_bytes(), Existing::Replace),
+        None => {
+            println!("{token}");
+            Ok(())
+        }
     }
-    let key = match (&opt.signing_key, opt.secret.load()?) {
-        (Some(path), _) => keys::SigningKey::private_key_file(path)?,
-        (None, Some(secret)) => keys::SigningKey::secret(&secret),
-        (None, None) => bail!("pass --secret-file, --secret or --signing-key"),
-    };
-    let claims = token_claims(&opt)?;
-    println!("{}", token::mint_with(&key, opt.kid.as_deref(), &claims)?);
-    Ok(())
+}
+
+impl MintOpt {
+    /// The signed token and its claims.
+    pub(super) fn mint(&self) -> anyhow::Result<(String, Claims)> {
+        if self.ttl.0 < Duration::from_secs(1) {
+            bail!("--ttl must be at least 1s (token times are whole seconds)");
+        }
+        let key = match (&self.signing_key, self.secret.load()?) {
+            (Some(path), _) => keys::SigningKey::private_key_file(path)?,
+            (None, Some(secret)) => keys::SigningKey::secret(&secret),
+            (None, None) => bail!("pass --secret-file, --secret or --signing-key"),
+        };
+        let claims = token_claims(self)?;
+        let token = token::mint_with(&key, self.kid.as_deref(), &claims)?;
+        Ok((token, claims))
+    }
 }
 
 /// Writes a new key.
@@ -84,7 +109,7 @@ pub(super) fn keygen(opt: KeygenOpt) -> anyhow::Result<()> {
 }
 
 /// The claims `shellrelay token` signs.
-fn token_claims(opt: &TokenOpt) -> anyhow::Result<Claims> {
+fn token_claims(opt: &MintOpt) -> anyhow::Result<Claims> {
     let single = match opt.host.as_slice() {
         [one] if id::valid_host_id(one) => Some(one.as_str()),
         _ => None,

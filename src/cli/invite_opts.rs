@@ -1,0 +1,226 @@
+//! `shellrelay invite` and `shellrelay join`: onboarding a machine with one
+//! string. `invite` runs next to the relay and prints a join string;
+//! `host --join` (in `peer_opts`) and `join` read it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::token_opts::MintOpt;
+use crate::clock::fmt_unix;
+use crate::invite::Invite;
+use crate::pin::Pin;
+use crate::protocol::Role;
+use crate::token::Claims;
+use crate::{config, peer, tls};
+
+/// `shellrelay invite`
+#[derive(Debug, Args)]
+#[command(mut_arg("ttl", |a| a.default_value(crate::defaults::INVITE_TTL)))]
+pub struct InviteOpt {
+    #[command(flatten)]
+    mint: MintOpt,
+    /// Address the other machine dials the relay at (repeatable; the first is dialled) [default: the names in the relay's certificate, with port 4433].
+    #[arg(
+        long = "relay",
+        env = "SHELLRELAY_RELAY",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    relays: Vec<String>,
+    /// The relay's certificate, whose public key the invite pins.
+    #[arg(long, env = "SHELLRELAY_CERT", default_value = crate::defaults::CERT, value_name = "PATH")]
+    cert: PathBuf,
+}
+
+/// `shellrelay join`
+#[derive(Debug, Args)]
+pub struct JoinOpt {
+    /// Join string from `shellrelay invite --role client`: the string, @FILE, or - for stdin.
+    #[arg(value_name = "STRING")]
+    join: String,
+    /// Client config file to write [default: $XDG_CONFIG_HOME/shellrelay/client.toml or ~/.config/shellrelay/client.toml]; the token goes beside it, with the extension .token.
+    #[arg(long, env = config::CONFIG_ENV, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Replace an existing config file and token file.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Mints the token and prints the join string on stdout, and on stderr
+/// what to do with it.
+pub(super) fn invite(opt: InviteOpt) -> anyhow::Result<()> {
+    let certs = tls::load_certs(&opt.cert).with_context(|| {
+        format!(
+            "the invite pins the relay's key, read from its certificate: run invite next to the \
+             relay, or pass --cert with the relay's certificate (its --cert; default {})",
+            crate::defaults::CERT
+        )
+    })?;
+    let cert = certs.first().context("no certificate in --cert")?;
+    let pin = Pin::of(cert)?;
+    let relays = match opt.relays.as_slice() {
+        [] => default_relays(tls::cert_names(cert)?),
+        given => {
+            for relay in given {
+                if let Err(err) = peer::check_relay_addr(relay) {
+                    bail!("--relay {relay} {err}");
+                }
+            }
+            given.to_vec()
+        }
+    };
+    let Some(first) = relays.first() else {
+        bail!(
+            "{} names no DNS name or address; pass --relay HOST:PORT",
+            opt.cert.display()
+        );
+    };
+    let (token, claims) = opt.mint.mint()?;
+    let invite = Invite {
+        relays: relays.clone(),
+        pin,
+        token,
+    };
+    println!("{}", invite.encode()?);
+    eprintln!("{}", instructions(&claims, &relays));
+    if loopback(first) {
+        eprintln!(
+            "note: the relay address {first} is this machine's loopback, which only works here; \
+             for another machine pass --relay with the name or address it dials"
+        );
+    }
+    Ok(())
+}
+
+/// The relay addresses an invite names when `--relay` is not given: the
+/// certificate's names with the default port, names other machines can
+/// dial first (DNS names, then addresses), loopback last.
+fn default_relays(names: Vec<String>) -> Vec<String> {
+    let port = crate::protocol::DEFAULT_PORT;
+    let mut relays: Vec<(u8, String)> = names
+        .into_iter()
+        .map(|name| match name.parse::<IpAddr>() {
+            Ok(ip) if ip.is_loopback() => (3, format!("{}", std::net::SocketAddr::new(ip, port))),
+            Ok(ip) => (1, format!("{}", std::net::SocketAddr::new(ip, port))),
+            Err(_) if name == "localhost" => (2, format!("{name}:{port}")),
+            Err(_) => (0, format!("{name}:{port}")),
+        })
+        .collect();
+    relays.sort();
+    relays.into_iter().map(|(_, relay)| relay).collect()
+}
+
+/// Whether `relay` (`HOST:PORT`) names this machine's loopback.
+fn loopback(relay: &str) -> bool {
+    let host = relay.rsplit_once(':').map_or(relay, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What `invite` says on stderr: whom the invite is for, until when, and
+/// the command to run with it.
+fn instructions(claims: &Claims, relays: &[String]) -> String {
+    let expires = fmt_unix(claims.exp);
+    let jti = claims.jti.as_deref().unwrap_or("-");
+    let relays = relays.join(", ");
+    match claims.role {
+        Role::Host => format!(
+            "host invite for {host}, relay {relays}, valid until {expires} (jti {jti}).\n\
+             On {host}, run this and paste the line above:\n    \
+             shellrelay host --join - --save\n\
+             (or save the line to a file and pass --join @FILE; --target HOST:PORT if sshd is not \
+             at 127.0.0.1:22)",
+            host = claims.sub
+        ),
+        Role::Client => format!(
+            "client invite for {hosts}, relay {relays}, valid until {expires} (jti {jti}).\n\
+             On the machine you ssh from, run this and paste the line above:\n    \
+             shellrelay join -\n\
+             then: ssh -o ProxyCommand='shellrelay connect --host %h' USER@{example}",
+            hosts = hosts(claims).join(", "),
+            example = claims.only_host().unwrap_or("HOST")
+        ),
+    }
+}
+
+/// The hosts (ids or patterns) a client token reaches.
+fn hosts(claims: &Claims) -> Vec<String> {
+    match claims.hosts.as_slice() {
+        [] => vec![claims.sub.clone()],
+        hosts => hosts.to_vec(),
+    }
+}
+
+/// Writes the client config and token from a client invite, and prints the
+/// `Host` block for `~/.ssh/config`.
+pub(super) fn join(opt: JoinOpt) -> anyhow::Result<()> {
+    let invite = Invite::read_arg(&opt.join)?;
+    let claims = invite.claims()?;
+    if claims.role != Role::Client {
+        bail!(
+            "this join string is a host invite: run `shellrelay host --join …` with it on the \
+             machine behind NAT; to ssh from here, ask for one made with `shellrelay invite \
+             --role client`"
+        );
+    }
+    let path = match &opt.config {
+        Some(path) => path.clone(),
+        None => config::default_path(config::Kind::Client).with_context(|| {
+            format!(
+                "no config directory: HOME is not set; name the file with --config or ${}",
+                config::CONFIG_ENV
+            )
+        })?,
+    };
+    let token = config::save(&path, &invite, None, opt.force)?;
+    eprintln!(
+        "wrote {} and {} (token until {}); add this to ~/.ssh/config:",
+        path.display(),
+        token.display(),
+        fmt_unix(claims.exp)
+    );
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_owned))
+        .filter(|p| !p.contains(char::is_whitespace))
+        .unwrap_or_else(|| "shellrelay".to_owned());
+    let config = match &opt.config {
+        Some(path) => format!(" --config {}", path.display()),
+        None => String::new(),
+    };
+    println!("Host {}", hosts(&claims).join(" "));
+    println!("    ProxyCommand {program} connect{config} --host %h");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_relays_put_names_others_can_dial_first() {
+        let names = [
+            "127.0.0.1",
+            "::1",
+            "localhost",
+            "relay.example.org",
+            "192.0.2.7",
+        ];
+        let relays = default_relays(names.iter().map(|n| n.to_string()).collect());
+        assert_eq!(
+            relays,
+            [
+                "relay.example.org:4433",
+                "192.0.2.7:4433",
+                "localhost:4433",
+                "127.0.0.1:4433",
+                "[::1]:4433"
+            ]
+        );
+        assert!(loopback("[::1]:4433") && loopback("localhost:1") && loopback("127.0.0.1:2"));
+        assert!(!loopback("relay.example.org:4433") && !loopback("192.0.2.7:4433"));
+    }
+}

@@ -1,0 +1,210 @@
+//! Join strings: one line that carries everything a host agent or a client
+//! needs to reach a relay, so onboarding a machine is one command. `shellrelay
+//! invite` prints one; `host --join` and `join` read it.
+//!
+//! A join string is `sr1:` followed by unpadded base64url of a JSON object:
+//! `{"relays":["relay.example.org:4433"],"pin":"sha256:…","token":"…"}`.
+//! The pin is the relay's public key (see [`crate::pin`]), so the joining
+//! machine needs no certificate file. The token is the secret part: whoever
+//! holds the string holds the token, so it is read from a file or stdin
+//! rather than argv where it matters.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::peer;
+use crate::pin::Pin;
+use crate::token::Claims;
+
+/// What every join string starts with; the digit is the format's version.
+pub const PREFIX: &str = "sr1:";
+
+/// Longest join string read: a token of a few hundred bytes and a handful
+/// of addresses fit many times over, and a file named by mistake fails fast.
+pub const MAX_LEN: usize = 16 * 1024;
+
+/// What a join string carries.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invite {
+    /// The relay's addresses, `HOST:PORT`, the one to dial first.
+    pub relays: Vec<String>,
+    /// The relay's public key.
+    pub pin: Pin,
+    /// The token, host or client.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Invite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invite")
+            .field("relays", &self.relays)
+            .field("pin", &self.pin)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Invite {
+    /// The join string: `sr1:` and base64url of the JSON.
+    pub fn encode(&self) -> anyhow::Result<String> {
+        let json = serde_json::to_vec(self).context("could not encode the invite")?;
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        Ok(format!("{PREFIX}{text}"))
+    }
+
+    /// Reads a join string, surrounding whitespace allowed. Errors say what
+    /// is wrong without echoing the string, which holds a token.
+    pub fn decode(text: &str) -> anyhow::Result<Invite> {
+        let text = text.trim();
+        if text.len() > MAX_LEN {
+            bail!(
+                "a join string is at most {MAX_LEN} bytes; this is {}",
+                text.len()
+            );
+        }
+        let Some(body) = text.strip_prefix(PREFIX) else {
+            match text.split_once(':') {
+                Some((version, _)) if version.starts_with("sr") => bail!(
+                    "this join string is format {version}, which this shellrelay does not read \
+                     (it reads {PREFIX}); upgrade shellrelay, or make the invite with this version"
+                ),
+                _ => bail!(
+                    "not a join string: a join string starts with {PREFIX}, as `shellrelay \
+                     invite` prints it"
+                ),
+            }
+        };
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .context("join string damaged: it is not base64url after sr1: (copied in full?)")?;
+        let invite: Invite = serde_json::from_slice(&json)
+            .context("join string damaged: its contents are not an invite")?;
+        if invite.relays.is_empty() {
+            bail!("join string names no relay");
+        }
+        for relay in &invite.relays {
+            if let Err(err) = peer::check_relay_addr(relay) {
+                bail!("join string: relay {relay} {err}");
+            }
+        }
+        if invite.token.trim().is_empty() {
+            bail!("join string carries no token");
+        }
+        Ok(invite)
+    }
+
+    /// Reads a join string given as `--join` takes it: the string itself,
+    /// `@FILE` for a file holding it, or `-` for stdin.
+    pub fn read_arg(arg: &str) -> anyhow::Result<Invite> {
+        let arg = arg.trim();
+        if arg == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .take(MAX_LEN as u64 + 1)
+                .read_to_string(&mut text)
+                .context("could not read the join string from stdin")?;
+            return Invite::decode(&text).context("join string from stdin");
+        }
+        if let Some(path) = arg.strip_prefix('@') {
+            let path = Path::new(path);
+            let mut text = String::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_LEN as u64 + 1).read_to_string(&mut text))
+                .with_context(|| format!("could not read join string file {}", path.display()))?;
+            return Invite::decode(&text)
+                .with_context(|| format!("join string file {}", path.display()));
+        }
+        Invite::decode(arg)
+    }
+
+    /// The token's claims, read without checking its signature: the relay
+    /// checks that. They tell the joining side its role and hosts, for its
+    /// messages and files.
+    pub fn claims(&self) -> anyhow::Result<Claims> {
+        let payload = self
+            .token
+            .trim()
+            .split('.')
+            .nth(1)
+            .context("the join string's token is not a JWT")?;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .context("the join string's token is not a JWT")?;
+        serde_json::from_slice(&json).context("the join string's token is not a shellrelay token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Secret;
+    use crate::protocol::Role;
+    use std::time::Duration;
+
+    fn invite() -> Invite {
+        let secret = Secret::new(b"0123456789abcdef0123".to_vec()).unwrap();
+        let claims = Claims::new(Role::Host, "lab1", "shellrelay", Duration::from_secs(60));
+        Invite {
+            relays: vec!["relay.example.org:4433".into(), "[2001:db8::1]:4433".into()],
+            pin: "sha256:47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"
+                .parse()
+                .unwrap(),
+            token: crate::token::mint(&secret, &claims).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_join_string_round_trips_and_names_its_claims() {
+        let invite = invite();
+        let text = invite.encode().unwrap();
+        assert!(text.starts_with("sr1:"), "{text}");
+        assert!(!text.contains(char::is_whitespace), "{text}");
+        assert_eq!(Invite::decode(&format!("  {text}\n")).unwrap(), invite);
+        let claims = invite.claims().unwrap();
+        assert_eq!((claims.role, claims.sub.as_str()), (Role::Host, "lab1"));
+        assert!(!format!("{invite:?}").contains(&invite.token));
+    }
+
+    #[test]
+    fn bad_join_strings_are_refused_without_echoing_them() {
+        let good = invite().encode().unwrap();
+        let cut = &good[..good.len() / 2];
+        for (text, says) in [
+            ("hello", "not a join string"),
+            ("sr2:abc", "format sr2"),
+            ("sr1:!!!", "not base64url"),
+            (cut, "damaged"),
+            ("sr1:e30", "not an invite"),
+        ] {
+            let err = format!("{:#}", Invite::decode(text).unwrap_err());
+            assert!(err.contains(says), "{text:?}: {err}");
+            assert!(err.len() < 300 && !err.contains(&good[10..40]), "{err}");
+        }
+        let mut no_port = invite();
+        no_port.relays = vec!["relay.example.org".into()];
+        let err = format!(
+            "{:#}",
+            Invite::decode(&no_port.encode().unwrap()).unwrap_err()
+        );
+        assert!(err.contains("needs a port"), "{err}");
+        let long = format!("sr1:{}", "A".repeat(MAX_LEN));
+        assert!(format!("{:#}", Invite::decode(&long).unwrap_err()).contains("at most"));
+    }
+
+    #[test]
+    fn a_join_string_is_read_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invite");
+        let invite = invite();
+        std::fs::write(&path, format!("{}\n", invite.encode().unwrap())).unwrap();
+        let read = Invite::read_arg(&format!("@{}", path.display())).unwrap();
+        assert_eq!(read, invite);
+        let err = Invite::read_arg(&format!("@{}/nope", dir.path().display())).unwrap_err();
+        assert!(format!("{err:#}").contains("could not read join string file"));
+    }
+}
