@@ -89,35 +89,94 @@ impl<'de> serde::Deserialize<'de> for Pin {
     }
 }
 
-/// A relay whose key is not the pinned one. Its `Debug` is its message
-/// too: rustls and quinn show a verifier's error with `Debug`.
+/// Why the relay's certificate was not trusted, in words that name the
+/// key it showed and the one expected, and say what to do. Its `Debug` is
+/// its message too: rustls and quinn show a verifier's error with `Debug`.
 #[derive(Error)]
-#[error(
-    "the relay's public key is {seen}, not the pinned {expected}: if the relay's key was \
-     replaced on purpose, pin the new one (the relay logs its pin at start); if not, something \
-     between here and the relay is answering in its name"
-)]
-pub struct PinMismatch {
-    /// The pin given.
-    pub expected: Pin,
-    /// The key the relay showed.
-    pub seen: Pin,
-}
+#[error("{0}")]
+pub struct Untrusted(String);
 
-impl fmt::Debug for PinMismatch {
+impl fmt::Debug for Untrusted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
+        f.write_str(&self.0)
     }
 }
 
-/// The words for a TLS failure that a pin caused, if it did.
-pub fn mismatch(err: &rustls::Error) -> Option<&PinMismatch> {
+impl Untrusted {
+    /// A key that is not the pinned one (`expected`: the pin, or the keys
+    /// of the pinned certificates).
+    pub(crate) fn other_key(seen: Pin, expected: &[Pin]) -> Untrusted {
+        let expected: Vec<String> = expected.iter().map(Pin::to_string).collect();
+        Untrusted(format!(
+            "the relay's public key is {seen}, not the pinned {}: if the relay's key was \
+             replaced on purpose, pin the new one (the relay logs its pin at start); if not, \
+             something between here and the relay is answering in its name",
+            expected.join(" or ")
+        ))
+    }
+
+    /// The pinned key, in a certificate that fails another check: a name
+    /// this peer did not dial, or dates.
+    pub(crate) fn same_key(
+        seen: Pin,
+        problem: &CertificateError,
+        names: &[String],
+        dialled: &str,
+    ) -> Untrusted {
+        let problem = match problem {
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!(
+                    "is not valid for {dialled} (it names {}); on the relay, `shellrelay certs \
+                     --add-name {dialled}` re-issues it with the same key",
+                    names.join(", ")
+                )
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "has expired".to_owned()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "is not valid yet".to_owned()
+            }
+            other => format!("was refused ({other:?})"),
+        };
+        Untrusted(format!(
+            "the relay's certificate {problem}; its key is the pinned one ({seen}): pass \
+             --relay-pin {seen} instead of --relay-cert to trust that key whatever the \
+             certificate's names and dates"
+        ))
+    }
+
+    /// A certificate the system's roots do not vouch for.
+    pub(crate) fn not_vouched(seen: Pin, problem: &rustls::Error) -> Untrusted {
+        Untrusted(format!(
+            "the relay's certificate is not trusted by this system ({problem}); its public key \
+             is {seen}: if that is the pin the relay logs at start, pass --relay-pin {seen} (or \
+             --relay-cert with the relay's certificate)"
+        ))
+    }
+
+    pub(crate) fn into_error(self) -> rustls::Error {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(self))))
+    }
+}
+
+/// The words for a TLS failure that a relay's certificate caused, if this
+/// module's verifiers refused it.
+pub fn untrusted(err: &rustls::Error) -> Option<&Untrusted> {
     match err {
         rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
-            other.0.downcast_ref::<PinMismatch>()
+            other.0.downcast_ref::<Untrusted>()
         }
         _ => None,
     }
+}
+
+/// The words of an [`Untrusted`] inside a QUIC handshake failure: quinn
+/// passes the verifier's error on as text only,
+/// `invalid peer certificate: Other(OtherError(<words>))`.
+pub fn untrusted_in(reason: &str) -> Option<&str> {
+    let (_, rest) = reason.split_once("invalid peer certificate: Other(OtherError(")?;
+    rest.strip_suffix("))")
 }
 
 /// Verifies the relay by its key alone: the end-entity certificate's key
@@ -154,13 +213,7 @@ impl ServerCertVerifier for PinVerifier {
         if seen == self.pin {
             return Ok(ServerCertVerified::assertion());
         }
-        let mismatch = PinMismatch {
-            expected: self.pin,
-            seen,
-        };
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(mismatch)),
-        )))
+        Err(Untrusted::other_key(seen, &[self.pin]).into_error())
     }
 
     fn verify_tls12_signature(

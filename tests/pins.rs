@@ -97,10 +97,48 @@ async fn a_pinned_key_is_trusted_whatever_the_names_and_a_wrong_pin_shows_both()
     drop(child.stdin.take());
     let status = within(WAIT, "connect to exit", child.wait()).await.unwrap();
     assert!(status.success(), "{status}");
-    // A wrong pin: refused, in one line naming both keys.
-    let other = certificate_for(tempfile::tempdir().unwrap().path(), "x.example");
-    let out = finish(connect(&other.to_string())).await;
-    assert_error_line(&out, &[&pin_text, &other.to_string(), "pin the new one"]);
+    // A wrong pin: refused, in one line naming both keys, over either
+    // transport, with none of the TLS stack's wrapping.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = certificate_for(other_dir.path(), "x.example");
+    for via in ["quic", "tcp", "auto"] {
+        let mut cmd = connect(&other.to_string());
+        cmd.args(["--transport", via]);
+        let out = finish(cmd).await;
+        assert_error_line(&out, &[&pin_text, &other.to_string(), "pin the new one"]);
+        assert!(!out.stderr.contains("OtherError"), "{via}: {out:?}");
+    }
+    // The relay's own certificate file, dialled by a name it lacks: one
+    // line with the key it showed, and both ways out.
+    let by_cert = |cert: &Path, via: &str| {
+        shellrelay(&[
+            "connect",
+            "--relay",
+            &relay_at,
+            "--relay-cert",
+            path_str(cert),
+            "--token-file",
+            path_str(&client_token),
+            "--transport",
+            via,
+        ])
+    };
+    for via in ["quic", "tcp"] {
+        let out = finish(by_cert(&dir.path().join("relay.crt"), via)).await;
+        assert_error_line(
+            &out,
+            &[
+                "not valid for 127.0.0.1",
+                "elsewhere.example",
+                "--add-name 127.0.0.1",
+                &format!("--relay-pin {pin_text}"),
+            ],
+        );
+        // Another certificate pinned: the key seen and the key expected.
+        let out = finish(by_cert(&other_dir.path().join("relay.crt"), via)).await;
+        assert_error_line(&out, &[&pin_text, &other.to_string(), "pin the new one"]);
+        assert!(!out.stderr.contains("OtherError"), "{via}: {out:?}");
+    }
     host.terminate().await;
     relay.terminate().await;
 }

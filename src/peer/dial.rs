@@ -9,9 +9,9 @@ use tracing::debug;
 use super::{ConnectError, RelayAddr, RelayLink};
 use crate::defaults::{CLOSE_REASON_WAIT, TCP_AFTER};
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Role};
-use crate::tls;
 use crate::transport::tcp::{self, Side, TcpConn};
 use crate::transport::{Closed, Conn};
+use crate::{pin, tls};
 
 /// One attempt to reach the relay with a hello.
 pub(super) struct Dial<'a> {
@@ -104,7 +104,17 @@ impl Dial<'_> {
         let connecting = endpoint
             .connect(self.addr, relay.server_name())
             .map_err(|e| self.connect_err(e.into()))?;
-        let conn = connecting.await.map_err(|e| self.lost(Closed::from(e)))?;
+        let conn = connecting.await.map_err(|e| match &e {
+            // An untrusted relay says so in its own words, once, as over TCP.
+            quinn::ConnectionError::TransportError(t) => match pin::untrusted_in(&t.reason) {
+                Some(words) => ConnectError::Tls {
+                    addr: relay.addr.clone(),
+                    cause: Arc::new(anyhow::anyhow!("{words}")),
+                },
+                None => self.lost(Closed::from(e)),
+            },
+            _ => self.lost(Closed::from(e)),
+        })?;
         Ok((Conn::Quic(conn), endpoint))
     }
 
@@ -168,9 +178,9 @@ impl Dial<'_> {
                     .and_then(|io| io.get_ref())
                     .and_then(|inner| inner.downcast_ref::<rustls::Error>());
                 let tls = rustls.is_some();
-                // A wrong pin says so in its own words, once.
-                let cause = match rustls.and_then(crate::pin::mismatch) {
-                    Some(mismatch) => anyhow::anyhow!("{mismatch}"),
+                // An untrusted relay says so in its own words, once.
+                let cause = match rustls.and_then(crate::pin::untrusted) {
+                    Some(untrusted) => anyhow::anyhow!("{untrusted}"),
                     None => err.context("over TCP"),
                 };
                 let cause = Arc::new(cause);

@@ -2,6 +2,7 @@
 //! files) and the rustls/quinn configurations that every role builds on.
 
 mod certs;
+mod verify;
 
 pub use certs::{
     add_names, cert_names, create_self_signed, default_names, fingerprint, load_certs,
@@ -255,13 +256,14 @@ pub(crate) fn server_tls(identity: Identity, alpn: &[u8]) -> anyhow::Result<rust
     Ok(tls)
 }
 
-/// TLS 1.3 trusting `trust`, asking for `alpn`.
+/// TLS 1.3 trusting `trust`, asking for `alpn`. A refusal names the key
+/// the relay showed and what to do ([`crate::pin::untrusted`]).
 pub(crate) fn client_tls(trust: &Trust, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let versions = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 is unavailable")?;
-    match trust {
+    let pinned = match trust {
         Trust::Key(pin) => {
             let verifier = crate::pin::PinVerifier::new(*pin, &provider());
             let mut tls = versions
@@ -271,20 +273,8 @@ pub(crate) fn client_tls(trust: &Trust, alpn: &[u8]) -> anyhow::Result<rustls::C
             tls.alpn_protocols = vec![alpn.to_vec()];
             return Ok(tls);
         }
-        Trust::Pinned(certs) => {
-            for c in certs {
-                roots
-                    .add(c.clone())
-                    .context("pinned certificate is not usable")?;
-            }
-        }
-        Trust::PinnedFile(path) => {
-            for c in load_certs(path)? {
-                roots
-                    .add(c)
-                    .with_context(|| format!("certificate in {} is not usable", path.display()))?;
-            }
-        }
+        Trust::Pinned(certs) => certs.clone(),
+        Trust::PinnedFile(path) => load_certs(path)?,
         Trust::System => {
             let found = rustls_native_certs::load_native_certs();
             for c in found.certs {
@@ -292,11 +282,27 @@ pub(crate) fn client_tls(trust: &Trust, alpn: &[u8]) -> anyhow::Result<rustls::C
                 let _ = roots.add(c);
             }
             if roots.is_empty() {
-                bail!("no system root certificates found; pass --relay-cert");
+                bail!("no system root certificates found; pass --relay-cert or --relay-pin");
             }
+            Vec::new()
         }
+    };
+    let mut keys = Vec::new();
+    for c in pinned {
+        // A certificate whose key cannot be read still goes to webpki,
+        // which will say what is wrong with it.
+        keys.extend(crate::pin::Pin::of(&c).ok());
+        roots.add(c).context("pinned certificate is not usable")?;
     }
-    let mut tls = versions.with_root_certificates(roots).with_no_client_auth();
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .context("could not build the certificate verifier")?;
+    let verifier = verify::ExplainingVerifier::new(inner, keys);
+    let mut tls = versions
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
     Ok(tls)
 }
