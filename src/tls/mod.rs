@@ -287,6 +287,9 @@ pub(crate) fn client_tls(trust: &Trust, alpn: &[u8]) -> anyhow::Result<rustls::C
             Vec::new()
         }
     };
+    if pinned.is_empty() && roots.is_empty() {
+        bail!("no certificate to pin: the relay's certificate file holds none");
+    }
     let mut keys = Vec::new();
     for c in pinned {
         // A certificate whose key cannot be read still goes to webpki,

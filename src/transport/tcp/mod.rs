@@ -102,7 +102,8 @@ mod tests {
         // A peer asking for the QUIC protocol over TCP is turned away in
         // the handshake.
         assert!(tcp_handshake(ALPN).await.is_err());
-        let config = tcp_client_config(&Trust::Pinned(Vec::new())).unwrap();
+        let identity = crate::tls::self_signed(&["localhost".to_owned()]).unwrap();
+        let config = tcp_client_config(&Trust::Pinned(identity.chain)).unwrap();
         assert_eq!(config.alpn_protocols, vec![ALPN_TCP.to_vec()]);
     }
 
