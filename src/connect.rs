@@ -7,12 +7,12 @@ use std::pin::Pin;
 use std::task::{ready, Context as TaskContext, Poll};
 
 use tokio::io::{AsyncWrite, BufWriter};
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info};
 
 use crate::client::{ClientConfig, Forwarder};
 use crate::defaults::SHUTDOWN_GRACE;
 use crate::protocol::Reason;
+use crate::signals::{Signal, Signals};
 use crate::splice;
 use crate::transport;
 
@@ -27,7 +27,7 @@ const STDOUT_BUFFER: usize = 256 * 1024;
 /// SIGHUP (which ssh sends its `ProxyCommand` when it exits) ends the
 /// session quietly; SIGINT and SIGTERM abort it and make an error.
 pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
-    let mut signals = Signals::new()?;
+    let mut signals = Signals::new(&[Signal::Hangup, Signal::Interrupt, Signal::Terminate])?;
     let forwarder = Forwarder::new(config);
     let started = tokio::select! {
         opened = forwarder.open() => Ok(opened),
@@ -103,53 +103,6 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The signals `connect` acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Signal {
-    /// ssh is done with its `ProxyCommand`: end quietly.
-    Hangup,
-    /// Ctrl-C: abort.
-    Interrupt,
-    /// Asked to stop: abort.
-    Terminate,
-}
-
-impl std::fmt::Display for Signal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Signal::Hangup => "SIGHUP",
-            Signal::Interrupt => "SIGINT",
-            Signal::Terminate => "SIGTERM",
-        })
-    }
-}
-
-/// Handlers for [`Signal`]s, in place from creation on.
-struct Signals {
-    hangup: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> io::Result<Signals> {
-        Ok(Signals {
-            hangup: signal(SignalKind::hangup())?,
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-        })
-    }
-
-    /// The next signal.
-    async fn recv(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.hangup.recv() => Signal::Hangup,
-            _ = self.interrupt.recv() => Signal::Interrupt,
-            _ = self.terminate.recv() => Signal::Terminate,
-        }
-    }
-}
-
 /// Stdout whose shutdown also ends it for the reader (ssh sees end of
 /// file) while stdin may still be read: fd 1 is pointed at `/dev/null`
 /// rather than closed, so that no file opened later takes its number.
@@ -179,6 +132,13 @@ impl AsyncWrite for Stdout {
     }
 }
 
+#[cfg(not(unix))]
+fn end_stdout() -> io::Result<()> {
+    // Stdout ends when the process does.
+    Ok(())
+}
+
+#[cfg(unix)]
 fn end_stdout() -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;

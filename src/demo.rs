@@ -20,6 +20,15 @@ use crate::token::{self, Claims, TokenSource, Verifier};
 /// Host id the demo registers.
 pub const DEMO_HOST: &str = "demo";
 
+/// The user name ssh will log in as: `$USER`, else `$LOGNAME`. `None`
+/// leaves it to ssh, which takes the local user's name.
+fn login_name() -> Option<String> {
+    ["USER", "LOGNAME"]
+        .into_iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .find(|name| !name.is_empty() && !name.contains(char::is_whitespace))
+}
+
 /// Runs the demo until `shutdown` is cancelled.
 pub async fn run(
     target: &str,
@@ -71,15 +80,33 @@ pub async fn run(
     tokio::time::timeout(DEMO_REGISTER_TIMEOUT, registry.wait_host(DEMO_HOST, true))
         .await
         .context("the demo host did not register with the demo relay")?;
-    if tokio::net::TcpStream::connect(target).await.is_err() {
-        tracing::warn!("nothing accepts connections on {target}: sessions will be refused until it does (is sshd running? try --target)");
-    }
+    let target_down = match tokio::time::timeout(
+        crate::defaults::DIAL_TIMEOUT,
+        tokio::net::TcpStream::connect(target),
+    )
+    .await
+    {
+        Ok(Ok(_)) => None,
+        Ok(Err(err)) => Some(err.to_string()),
+        Err(_) => Some(format!(
+            "no answer within {:?}",
+            crate::defaults::DIAL_TIMEOUT
+        )),
+    };
     roles.spawn(client::run(client_config, listener, shutdown.child_token()));
 
-    let user = std::env::var("USER").unwrap_or_else(|_| "$USER".into());
     println!("shellrelay demo: relay on udp {relay_addr}, host \"{DEMO_HOST}\" -> {target}, client on tcp {local}");
     println!();
-    println!("    ssh -p {} {user}@{}", local.port(), local.ip());
+    if let Some(err) = &target_down {
+        println!("Nothing accepts connections on {target} ({err}), so ssh would only see");
+        println!(
+            "its connection reset. Start sshd there (for example `sudo systemctl start ssh`),"
+        );
+        println!("or run the demo again with --target HOST:PORT naming your sshd. Then:");
+        println!();
+    }
+    let user = login_name().map(|u| format!("{u}@")).unwrap_or_default();
+    println!("    ssh -p {} {user}{}", local.port(), local.ip());
     println!();
     println!("Ctrl-C stops the demo.");
 

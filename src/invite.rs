@@ -10,7 +10,7 @@
 //! rather than argv where it matters.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use base64::Engine;
@@ -120,6 +120,70 @@ impl Invite {
                 .with_context(|| format!("join string file {}", path.display()));
         }
         Invite::decode(arg)
+    }
+
+    /// Writes the config file (`crate::config`) at `path` that reaches this relay:
+    /// the token goes to `path` with the extension `token`, and the file names
+    /// the relay (the invite's first address), its pin, the token file and,
+    /// for a host agent, `target`. Both are written readable by their owner
+    /// only, in a directory made if missing. Existing files are replaced only
+    /// with `force`. Returns the token file's path.
+    pub fn save(&self, path: &Path, target: Option<&str>, force: bool) -> anyhow::Result<PathBuf> {
+        let invite = self;
+        use crate::private::{self, Existing};
+        let token_path = path.with_extension("token");
+        if !force {
+            for existing in [path, token_path.as_path()] {
+                if existing.exists() {
+                    bail!(
+                        "{} exists already; pass --force to replace it, or --config PATH to write \
+                         another file",
+                        existing.display()
+                    );
+                }
+            }
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder
+                .create(dir)
+                .with_context(|| format!("could not create {}", dir.display()))?;
+        }
+        let quote = |s: &str| serde_json::Value::from(s).to_string();
+        let relay = invite.relays.first().context("the invite names no relay")?;
+        let token_name = token_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the config file needs a name")?;
+        let mut text = String::from(
+            "# Written by `shellrelay`: the relay, its public key and the token file.\n",
+        );
+        if let [_, others @ ..] = invite.relays.as_slice() {
+            for other in others {
+                text += &format!("# The relay also answers at {other}.\n");
+            }
+        }
+        text += &format!("relay = {}\n", quote(relay));
+        text += &format!("relay_pin = {}\n", quote(&invite.pin.to_string()));
+        text += &format!("token_file = {}\n", quote(token_name));
+        if let Some(target) = target {
+            text += &format!("target = {}\n", quote(target));
+        }
+        let existing = if force {
+            Existing::Replace
+        } else {
+            Existing::Refuse
+        };
+        private::write(
+            &token_path,
+            format!("{}\n", invite.token.trim()).as_bytes(),
+            existing,
+        )?;
+        private::write(path, text.as_bytes(), existing)?;
+        Ok(token_path)
     }
 
     /// The token's claims, read without checking its signature: the relay

@@ -26,6 +26,7 @@ pub mod private;
 pub mod protocol;
 pub mod relay;
 pub mod revoke;
+pub mod signals;
 pub mod splice;
 pub mod status;
 pub mod tasks;

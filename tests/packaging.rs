@@ -253,6 +253,20 @@ async fn systemd_units_start_the_binary_with_flags_it_accepts() {
         let exec = values("ExecStart");
         assert_eq!(exec.len(), 1, "{name}: one ExecStart= line");
         let exec = exec[0];
+        // Settings come from files an operator edits, not from addresses
+        // written into the command.
+        assert!(
+            values("EnvironmentFile")
+                .iter()
+                .any(|f| f.trim_start_matches('-').starts_with("/etc/shellrelay/")),
+            "{name}: an EnvironmentFile= in /etc/shellrelay"
+        );
+        for flag in ["--relay", "--listen", "--name", "--target", "--metrics"] {
+            assert!(
+                !exec.split_whitespace().any(|w| w == flag),
+                "{name}: {flag} is written into ExecStart=: {exec}"
+            );
+        }
         // Every credential the command reads is one the unit loads.
         let loaded: Vec<&str> = values("LoadCredential")
             .iter()
@@ -298,6 +312,16 @@ async fn systemd_units_start_the_binary_with_flags_it_accepts() {
             _ => false,
         };
         assert!(role_matches, "{name} runs {:?}", cli.command);
+        if name == "shellrelay-relay.service" {
+            // `shellrelay status` works out of the box: metrics on loopback.
+            let metrics = values("Environment")
+                .iter()
+                .find_map(|v| v.strip_prefix("SHELLRELAY_METRICS="))
+                .unwrap_or_else(|| panic!("{name}: no SHELLRELAY_METRICS"));
+            let addr: std::net::SocketAddr = metrics.parse().expect("an address");
+            assert!(addr.ip().is_loopback(), "{name}: metrics on {addr}");
+            assert_eq!(metrics, shellrelay::defaults::METRICS, "where status looks");
+        }
     }
 }
 

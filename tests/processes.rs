@@ -14,7 +14,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use support::bin::*;
 use support::proc::{addr_field, field, Proc};
-use support::WAIT;
+use support::{within, WAIT};
 use tokio::io::AsyncReadExt;
 
 /// Longest wait for the far side to close a forwarded TCP connection.
@@ -478,4 +478,48 @@ fn spawn_peer(role: &str, relay: &str, cert: &Path, token: &Path, extra: &[&str]
     let mut args = peer_args(role, relay, cert, token);
     args.extend_from_slice(extra);
     Proc::spawn(role, shellrelay(&args))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_says_when_nothing_listens_at_its_target_and_copes_without_user() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    // A port nothing listens on: bound, then let go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut cmd = shellrelay(&["demo", "--listen", "127.0.0.1:0", "--target", &closed]);
+    cmd.env_remove("USER").env_remove("LOGNAME");
+    let mut demo = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let printed = within(WAIT, "the demo's ssh command", async {
+        let mut printed = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.trim().starts_with("ssh -p ");
+            printed.push(line);
+            if done {
+                return printed;
+            }
+        }
+        panic!("the demo ended without printing an ssh command: {printed:?}");
+    })
+    .await;
+    let text = printed.join("\n");
+    // Before the ssh line: what is wrong and both ways to fix it.
+    assert!(
+        text.contains(&format!("Nothing accepts connections on {closed}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("Start sshd") && text.contains("--target"),
+        "{text}"
+    );
+    // No user name known: ssh picks the local one; no literal `$USER`.
+    let ssh = printed.last().unwrap().trim();
+    assert!(!ssh.contains('$') && !ssh.contains('@'), "{ssh}");
+    assert!(ssh.ends_with(" 127.0.0.1"), "{ssh}");
+    support::proc::signal(demo.id().unwrap(), "TERM");
+    let status = within(WAIT, "the demo to stop", demo.wait()).await.unwrap();
+    assert!(status.success(), "demo exited with {status}");
 }

@@ -45,7 +45,11 @@ async fn help_of_every_subcommand_names_the_defaults() {
                 "--token-file",
                 "--token",
                 "--target",
-                "[default: 127.0.0.1:22]",
+                "else 127.0.0.1:22]",
+                "--join",
+                "--save",
+                "--config",
+                "host.toml",
                 "--max-backoff",
                 "--keep-alive",
                 "[default: 4s]",
@@ -103,6 +107,22 @@ async fn help_of_every_subcommand_names_the_defaults() {
         ),
         ("certs", &["--out", "[default: certs]", "--name", "--force"]),
         (
+            "invite",
+            &[
+                "--role",
+                "--host",
+                "--ttl",
+                "[default: 30days]",
+                "--relay",
+                "--cert",
+                "[default: certs/relay.crt]",
+                "--secret-file",
+                "--signing-key",
+                "--kid",
+            ],
+        ),
+        ("join", &["<STRING>", "--config", "--force"]),
+        (
             "demo",
             &[
                 "--target",
@@ -152,7 +172,7 @@ async fn help_of_every_subcommand_names_the_defaults() {
 #[tokio::test]
 async fn wrong_flags_are_short_usage_errors() {
     let mut cases: Vec<Vec<&str>> = [
-        "relay", "host", "client", "connect", "token", "certs", "demo",
+        "relay", "host", "client", "connect", "invite", "join", "token", "certs", "demo",
     ]
     .iter()
     .map(|sub| vec![*sub, "--no-such-flag"])

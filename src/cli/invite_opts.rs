@@ -175,7 +175,7 @@ pub(super) fn join(opt: JoinOpt) -> anyhow::Result<()> {
             )
         })?,
     };
-    let token = config::save(&path, &invite, None, opt.force)?;
+    let token = invite.save(&path, None, opt.force)?;
     eprintln!(
         "wrote {} and {} (token until {}); add this to ~/.ssh/config:",
         path.display(),

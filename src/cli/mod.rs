@@ -27,6 +27,7 @@ pub use relay_opts::{LimitsOpt, RelayOpt};
 pub use token_opts::{KeygenOpt, TokenOpt};
 
 use crate::keys::Secret;
+use crate::signals::{Signal, Signals};
 use crate::tasks::Tasks;
 use crate::tls::{self, TransportOptions};
 use crate::{connect, demo, id, status};
@@ -302,16 +303,14 @@ pub struct ManOpt {
 /// right after start-up still ends in a graceful shutdown. Must be called
 /// inside the runtime.
 pub fn shutdown_signal(tasks: &Tasks) -> anyhow::Result<CancellationToken> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).context("could not handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("could not handle SIGTERM")?;
+    let mut signals = Signals::new(&[Signal::Interrupt, Signal::Terminate])
+        .context("could not handle SIGINT and SIGTERM")?;
     let token = CancellationToken::new();
     let cancel = token.clone();
     tasks.spawn(async move {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = interrupt.recv() => info!("SIGINT: shutting down"),
-            _ = terminate.recv() => info!("SIGTERM: shutting down"),
+            signal = signals.recv() => info!("{signal}: shutting down"),
         }
         cancel.cancel();
     });

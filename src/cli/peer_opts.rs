@@ -255,7 +255,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
                 )
             })?,
         };
-        let token = config::save(&path, invite, opt.target.as_deref(), opt.force)?;
+        let token = invite.save(&path, opt.target.as_deref(), opt.force)?;
         tracing::info!(
             "saved {} and {}: from now on, `shellrelay host` needs no arguments{}",
             path.display(),

@@ -11,6 +11,7 @@ use tracing::info;
 
 use super::{shutdown_signal, HumanDuration, SecretOpt, TransportOpt};
 use crate::defaults::SHUTDOWN_GRACE;
+use crate::signals::{Signal, Signals};
 use crate::tasks::Tasks;
 use crate::token::Verifier;
 use crate::{keys, limits, relay, status, tls};
@@ -154,8 +155,7 @@ fn relay_keys(opt: &RelayOpt) -> anyhow::Result<keys::KeySet> {
 pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     // First of all: SIGHUP's default action ends the process, and a reload
     // may come while the relay is still starting.
-    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("could not handle SIGHUP")?;
+    let hangup = Signals::new(&[Signal::Hangup]).context("could not handle SIGHUP")?;
     let keys = relay_keys(&opt)?;
     if !keys.kids().is_empty() {
         info!(kids = ?keys.kids(), "token keys by key id");
@@ -232,7 +232,7 @@ pub(super) fn listen_tcp(value: &str) -> Result<relay::ListenTcp, String> {
 
 /// Re-reads the relay's revocation file on every SIGHUP.
 async fn reload_on_hangup(
-    mut hangup: tokio::signal::unix::Signal,
+    mut hangup: Signals,
     relay: relay::RelayHandle,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -240,7 +240,7 @@ async fn reload_on_hangup(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            got = hangup.recv() => if got.is_none() { return },
+            _ = hangup.recv() => {}
         }
         match relay.reload_revocations() {
             Ok(n) => info!(entries = n, "SIGHUP: revocation file re-read"),
