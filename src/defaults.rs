@@ -206,7 +206,7 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 /// How long the token in an invite is valid by default (`invite --ttl`):
 /// it is the joined machine's credential from then on, so it outlives a
 /// `token`'s hour; revoke it by its `jti` to end it sooner.
-pub const INVITE_TTL: &str = "30days";
+pub const INVITE_TTL: &str = "30d";
 
 /// Where `certs` writes the relay's certificate and key, and `relay` looks
 /// for them, by default.

@@ -112,7 +112,7 @@ async fn help_of_every_subcommand_names_the_defaults() {
                 "--role",
                 "--host",
                 "--ttl",
-                "[default: 30days]",
+                "[default: 30d]",
                 "--relay",
                 "--cert",
                 "[default: certs/relay.crt]",

@@ -21,18 +21,15 @@ host_id="${SHELLRELAY_HOST_ID:-lab1}"
 
 mkdir -p certs
 if [[ ! -s certs/secret ]]; then
-    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >certs/secret)
-    chmod 600 certs/secret
-    echo "made certs/secret"
+    "${shellrelay[@]}" keygen --kind hs256 --out certs/secret
 fi
 
-# Write each token to a temporary file first, so that a failed mint never
-# leaves an empty token behind.
+# `token --out` writes the file readable by its owner only, and only once
+# the token is signed.
 mint() {
-    local role=$1 out=$2 tmp="${2%.token}.new.token"
-    (umask 077 && "${shellrelay[@]}" token --secret-file certs/secret \
-        --role "$role" --host "$host_id" --ttl 1h >"$tmp")
-    mv "$tmp" "$out"
+    local role=$1 out=$2
+    "${shellrelay[@]}" token --secret-file certs/secret \
+        --role "$role" --host "$host_id" --ttl 1h --out "$out"
     echo "made $out ($role token for host $host_id, valid for one hour)"
 }
 mint host certs/host.token
