@@ -9,16 +9,16 @@
 //! holds the string holds the token, so it is read from a file or stdin
 //! rather than argv where it matters.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::peer;
 use crate::pin::Pin;
 use crate::token::Claims;
+use crate::{id, peer};
 
 /// What every join string starts with; the digit is the format's version.
 pub const PREFIX: &str = "sr1:";
@@ -37,6 +37,21 @@ pub struct Invite {
     pub pin: Pin,
     /// The token, host or client.
     pub token: String,
+}
+
+/// Checks a relay address from a join string: `HOST:PORT` with a port
+/// number, and nothing but printable ASCII (it goes into config files).
+fn check_relay(relay: &str) -> anyhow::Result<()> {
+    if let Err(err) = peer::check_relay_addr(relay) {
+        bail!("join string: relay {relay} {err}");
+    }
+    let port = relay.rsplit_once(':').map(|(_, port)| port);
+    if !relay.chars().all(|c| c.is_ascii_graphic())
+        || port.and_then(|p| p.parse::<u16>().ok()).is_none()
+    {
+        bail!("join string: relay {relay:?} is not HOST:PORT");
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Invite {
@@ -88,9 +103,7 @@ impl Invite {
             bail!("join string names no relay");
         }
         for relay in &invite.relays {
-            if let Err(err) = peer::check_relay_addr(relay) {
-                bail!("join string: relay {relay} {err}");
-            }
+            check_relay(relay)?;
         }
         if invite.token.trim().is_empty() {
             bail!("join string carries no token");
@@ -103,11 +116,19 @@ impl Invite {
     pub fn read_arg(arg: &str) -> anyhow::Result<Invite> {
         let arg = arg.trim();
         if arg == "-" {
+            // The first line that is not blank: a string pasted at a
+            // terminal ends with Enter, not with the end of input.
+            let mut stdin = std::io::stdin().lock().take(MAX_LEN as u64 + 1);
             let mut text = String::new();
-            std::io::stdin()
-                .take(MAX_LEN as u64 + 1)
-                .read_to_string(&mut text)
-                .context("could not read the join string from stdin")?;
+            while text.trim().is_empty() {
+                text.clear();
+                let read = stdin
+                    .read_line(&mut text)
+                    .context("could not read the join string from stdin")?;
+                if read == 0 {
+                    bail!("no join string on stdin");
+                }
+            }
             return Invite::decode(&text).context("join string from stdin");
         }
         if let Some(path) = arg.strip_prefix('@') {
@@ -163,7 +184,7 @@ impl Invite {
         );
         if let [_, others @ ..] = invite.relays.as_slice() {
             for other in others {
-                text += &format!("# The relay also answers at {other}.\n");
+                text += &format!("# The relay also answers at {}.\n", quote(other));
             }
         }
         text += &format!("relay = {}\n", quote(relay));
@@ -188,8 +209,22 @@ impl Invite {
 
     /// The token's claims, read without checking its signature: the relay
     /// checks that. They tell the joining side its role and hosts, for its
-    /// messages and files.
+    /// messages and files, so host ids and patterns are checked here: a
+    /// forged string must not put anything else into an ssh config.
     pub fn claims(&self) -> anyhow::Result<Claims> {
+        let claims = self.unchecked_claims()?;
+        if let Err(err) = id::host_id(&claims.sub) {
+            bail!("the join string's token names a subject that {err}");
+        }
+        for pattern in &claims.hosts {
+            if let Err(err) = id::host_pattern(pattern) {
+                bail!("the join string's token names a host that {err}");
+            }
+        }
+        Ok(claims)
+    }
+
+    fn unchecked_claims(&self) -> anyhow::Result<Claims> {
         let payload = self
             .token
             .trim()
@@ -258,6 +293,27 @@ mod tests {
         assert!(err.contains("needs a port"), "{err}");
         let long = format!("sr1:{}", "A".repeat(MAX_LEN));
         assert!(format!("{:#}", Invite::decode(&long).unwrap_err()).contains("at most"));
+    }
+
+    #[test]
+    fn a_forged_token_cannot_put_anything_but_host_ids_into_files() {
+        let secret = Secret::new(b"0123456789abcdef0123".to_vec()).unwrap();
+        let forge = |sub: &str, hosts: &[&str]| {
+            let mut claims = Claims::new(Role::Client, sub, "shellrelay", Duration::from_secs(60));
+            claims.hosts = hosts.iter().map(|h| h.to_string()).collect();
+            let mut invite = invite();
+            invite.token = crate::token::mint(&secret, &claims).unwrap();
+            invite
+        };
+        assert!(forge("client", &["lab-*", "db1"]).claims().is_ok());
+        for (sub, hosts) in [
+            ("lab1\n    ProxyCommand sh -c evil\nHost lab1", &[][..]),
+            ("client", &["lab1\n    ProxyCommand evil"][..]),
+            ("client", &["a b"][..]),
+        ] {
+            let err = format!("{:#}", forge(sub, hosts).claims().unwrap_err());
+            assert!(err.contains("the join string's token names"), "{err}");
+        }
     }
 
     #[test]

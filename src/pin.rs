@@ -115,35 +115,49 @@ impl Untrusted {
         ))
     }
 
-    /// The pinned key, in a certificate that fails another check: a name
-    /// this peer did not dial, or dates.
-    pub(crate) fn same_key(
-        seen: Pin,
+    /// A certificate that fails a check other than its issuer: a name
+    /// this peer did not dial, or its dates (or, for a pinned key, anything
+    /// else). `anchor` says what it was checked against, which decides the
+    /// way out offered.
+    pub(crate) fn problem(
         problem: &CertificateError,
         names: &[String],
         dialled: &str,
+        seen: Pin,
+        anchor: Anchor,
     ) -> Untrusted {
-        let problem = match problem {
+        let what = match problem {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                format!(
-                    "is not valid for {dialled} (it names {}); on the relay, `shellrelay certs \
-                     --add-name {dialled}` re-issues it with the same key",
-                    names.join(", ")
-                )
+                let names = names.join(", ");
+                match anchor {
+                    Anchor::PinnedKey => format!(
+                        "is not valid for {dialled} (it names {names}); on the relay, \
+                         `shellrelay certs --add-name {dialled}` re-issues it with the same key"
+                    ),
+                    Anchor::PinnedCa | Anchor::System => format!(
+                        "is not valid for {dialled} (it names {names}): dial the relay by one of \
+                         those names"
+                    ),
+                }
             }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                "has expired".to_owned()
+                "has expired (or this machine's clock is wrong)".to_owned()
             }
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "is not valid yet".to_owned()
+                "is not valid yet (or this machine's clock is wrong)".to_owned()
             }
             other => format!("was refused ({other:?})"),
         };
-        Untrusted(format!(
-            "the relay's certificate {problem}; its key is the pinned one ({seen}): pass \
-             --relay-pin {seen} instead of --relay-cert to trust that key whatever the \
-             certificate's names and dates"
-        ))
+        match anchor {
+            Anchor::PinnedKey => Untrusted(format!(
+                "the relay's certificate {what}; its key is the pinned one ({seen}): pass \
+                 --relay-pin {seen} instead of --relay-cert to trust that key whatever the \
+                 certificate's names and dates"
+            )),
+            Anchor::PinnedCa | Anchor::System => {
+                Untrusted(format!("the relay's certificate {what}"))
+            }
+        }
     }
 
     /// A certificate the system's roots do not vouch for.
@@ -158,6 +172,17 @@ impl Untrusted {
     pub(crate) fn into_error(self) -> rustls::Error {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(self))))
     }
+}
+
+/// What a relay's certificate was checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Anchor {
+    /// A pinned certificate, the relay's own (its key is the one seen).
+    PinnedKey,
+    /// A pinned certificate that issued the relay's.
+    PinnedCa,
+    /// The system's roots.
+    System,
 }
 
 /// The words for a TLS failure that a relay's certificate caused, if this

@@ -14,29 +14,46 @@ pub enum Existing {
     Replace,
 }
 
-/// Writes `bytes` to `path`, readable by its owner only.
+/// Writes `bytes` to `path`, readable by its owner only. A file replaced
+/// is replaced whole: the bytes go to a new file beside it, which is then
+/// renamed over it, so a symbolic link at `path` is replaced rather than
+/// followed, and no reader sees half a file.
 pub fn write(path: &Path, bytes: &[u8], existing: Existing) -> anyhow::Result<()> {
+    match existing {
+        Existing::Refuse => write_new(path, bytes),
+        Existing::Replace => {
+            let name = path
+                .file_name()
+                .with_context(|| format!("{} names no file", path.display()))?;
+            let mut temp_name = std::ffi::OsString::from(".");
+            temp_name.push(name);
+            temp_name.push(format!(".{:016x}.new", rand::random::<u64>()));
+            let temp = path.with_file_name(temp_name);
+            write_new(&temp, bytes)?;
+            std::fs::rename(&temp, path).map_err(|err| {
+                let _ = std::fs::remove_file(&temp);
+                anyhow::Error::new(err).context(format!("could not write {}", path.display()))
+            })
+        }
+    }
+}
+
+/// Writes `bytes` to `path`, which must not exist, at mode 0600.
+fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true);
-    match existing {
-        Existing::Refuse => opts.create_new(true),
-        Existing::Replace => opts.create(true).truncate(true),
-    };
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut file = opts
         .open(path)
         .with_context(|| format!("could not create {}", path.display()))?;
-    // The mode above applies only to a new file; an old file being replaced
-    // is made private too.
-    #[cfg(unix)]
-    if existing == Existing::Replace {
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .with_context(|| format!("could not write {}", path.display()))?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(err).with_context(|| format!("could not write {}", path.display()));
     }
-    file.write_all(bytes)
-        .with_context(|| format!("could not write {}", path.display()))
+    Ok(())
 }
 
 /// Refuses `path` (a `what`, for the message) if other users may read it.
@@ -87,5 +104,27 @@ mod tests {
         write(&path, b"two", Existing::Replace).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert!(ensure_private(&path, "key file").is_ok());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no file left over"
+        );
+    }
+
+    #[test]
+    fn a_link_in_the_way_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let link = dir.path().join("link.token");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        write(&link, b"token", Existing::Replace).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&link).unwrap(), b"token");
+        // Refuse does not follow one either.
+        std::os::unix::fs::symlink(&victim, dir.path().join("other")).unwrap();
+        assert!(write(&dir.path().join("other"), b"x", Existing::Refuse).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 }

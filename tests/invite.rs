@@ -57,19 +57,25 @@ fn in_config_home(mut cmd: tokio::process::Command, config_home: &Path) -> tokio
     cmd
 }
 
-/// Runs `shellrelay join -` with `string` on stdin and the config
-/// directory at `config_home`.
+/// Runs `shellrelay join -` with `string` on stdin, as pasted at a
+/// terminal (a blank line, the string, Enter, and stdin left open), and
+/// the config directory at `config_home`.
 async fn join_from_stdin(config_home: &Path, string: &str) -> support::bin::Out {
     let mut cmd = in_config_home(shellrelay(&["join", "-"]), config_home);
     cmd.stdin(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\n").await.unwrap();
     stdin.write_all(string.as_bytes()).await.unwrap();
     stdin.write_all(b"\n").await.unwrap();
+    let output = within(
+        WAIT,
+        "join to finish with stdin still open",
+        child.wait_with_output(),
+    )
+    .await
+    .unwrap();
     drop(stdin);
-    let output = within(WAIT, "join", child.wait_with_output())
-        .await
-        .unwrap();
     support::bin::Out {
         status: output.status,
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -116,8 +122,14 @@ async fn invite_then_join_then_ssh_through_proxy_command_with_no_other_flag() {
     let target = sshd.addr().to_string();
     let join_arg = format!("@{}", string_file.display());
     let args = ["host", "--join", &join_arg, "--save", "--target", &target];
-    let mut host = Proc::spawn("host", in_config_home(shellrelay(&args), &host_home));
+    // A SHELLRELAY_* variable left in the environment does not stop it:
+    // the string wins, and says so.
+    let mut cmd = in_config_home(shellrelay(&args), &host_home);
+    cmd.env("SHELLRELAY_RELAY", "elsewhere.example:1");
+    let mut host = Proc::spawn("host", cmd);
     host.wait_for_text("registered with relay").await;
+    let warned = host.logged_text("ignoring").await;
+    assert!(warned.contains("SHELLRELAY_RELAY"), "{warned}");
     let (host_toml, host_token) = written(&host_home, "host");
     assert_eq!(mode(&host_toml), 0o600);
     assert_eq!(mode(&host_token), 0o600);
@@ -254,6 +266,20 @@ async fn a_wrong_join_string_gets_one_line_that_says_what_to_do() {
     let mut cmd = in_config_home(shellrelay(&["join", "--force", &client_string]), &home);
     cmd.stdin(Stdio::null());
     assert!(finish(cmd).await.status.success());
+
+    // A config file named by a relative path is named absolutely in the
+    // ProxyCommand, which ssh runs from wherever it is started.
+    let mut cmd = shellrelay(&["join", "--config", "my dir/c.toml", &client_string]);
+    cmd.current_dir(dir.path());
+    let out = finish(cmd).await;
+    assert!(out.status.success(), "{out:?}");
+    let absolute = dir.path().join("my dir/c.toml");
+    assert!(
+        out.stdout
+            .contains(&format!("--config '{}' --host %h", absolute.display())),
+        "{out:?}"
+    );
+    assert_eq!(mode(&absolute), 0o600);
 
     // A host with neither flags, nor a config file, nor --join says how.
     let out = finish(in_config_home(shellrelay(&["host"]), &home)).await;

@@ -93,6 +93,15 @@ async fn token_out_writes_a_file_only_its_owner_reads() {
     let jwt = std::fs::read_to_string(&out_file).unwrap();
     let (_, claims) = decode_jwt(jwt.trim(), SECRET);
     assert_eq!(claims["sub"], "lab1", "{claims}");
+    // `keygen --out` and `certs --out` read SHELLRELAY_OUT; `token` does
+    // not, so a variable set for them never overwrites the secret.
+    let mut cmd = shellrelay(&["token", "--secret-file", path_str(&secret)]);
+    cmd.args(["--role", "host", "--host", "lab1"])
+        .env("SHELLRELAY_OUT", &secret);
+    let out = finish(cmd).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(decode_jwt(out.stdout.trim(), SECRET).1["sub"], "lab1");
+    assert_eq!(std::fs::read(&secret).unwrap(), [SECRET, b"\n"].concat());
 }
 
 #[tokio::test]

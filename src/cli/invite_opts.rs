@@ -91,26 +91,42 @@ pub(super) fn invite(opt: InviteOpt) -> anyhow::Result<()> {
             "note: the relay address {first} is this machine's loopback, which only works here; \
              for another machine pass --relay with the name or address it dials"
         );
+    } else if opt.relays.is_empty() && short_name(first) {
+        eprintln!(
+            "note: the relay address {first} is a short name, which other machines may not \
+             resolve; pass --relay with the name or address they dial (or start the relay with \
+             --name, or run `shellrelay certs --add-name NAME`)"
+        );
     }
     Ok(())
 }
 
 /// The relay addresses an invite names when `--relay` is not given: the
-/// certificate's names with the default port, names other machines can
-/// dial first (DNS names, then addresses), loopback last.
+/// certificate's names with the default port, those other machines are
+/// likeliest to reach first: full DNS names, then addresses, then short
+/// names (the machine's hostname, which the certificate always names),
+/// loopback last. The order within a rank is the certificate's.
 fn default_relays(names: Vec<String>) -> Vec<String> {
     let port = crate::protocol::DEFAULT_PORT;
     let mut relays: Vec<(u8, String)> = names
         .into_iter()
         .map(|name| match name.parse::<IpAddr>() {
-            Ok(ip) if ip.is_loopback() => (3, format!("{}", std::net::SocketAddr::new(ip, port))),
+            Ok(ip) if ip.is_loopback() => (4, format!("{}", std::net::SocketAddr::new(ip, port))),
             Ok(ip) => (1, format!("{}", std::net::SocketAddr::new(ip, port))),
-            Err(_) if name == "localhost" => (2, format!("{name}:{port}")),
+            Err(_) if name == "localhost" => (3, format!("{name}:{port}")),
+            Err(_) if !name.trim_end_matches('.').contains('.') => (2, format!("{name}:{port}")),
             Err(_) => (0, format!("{name}:{port}")),
         })
         .collect();
-    relays.sort();
+    relays.sort_by_key(|(rank, _)| *rank);
     relays.into_iter().map(|(_, relay)| relay).collect()
+}
+
+/// Whether `relay` (`HOST:PORT`) names a host by a short name, which other
+/// machines may not resolve.
+fn short_name(relay: &str) -> bool {
+    let host = relay.rsplit_once(':').map_or(relay, |(host, _)| host);
+    !host.contains('.') && !host.contains(':') && !host.starts_with('[') && host != "localhost"
 }
 
 /// Whether `relay` (`HOST:PORT`) names this machine's loopback.
@@ -184,16 +200,31 @@ pub(super) fn join(opt: JoinOpt) -> anyhow::Result<()> {
     );
     let program = std::env::current_exe()
         .ok()
-        .and_then(|p| p.to_str().map(str::to_owned))
-        .filter(|p| !p.contains(char::is_whitespace))
+        .and_then(|p| p.to_str().map(proxy_word))
         .unwrap_or_else(|| "shellrelay".to_owned());
+    // ssh runs the ProxyCommand from wherever ssh is started.
     let config = match &opt.config {
-        Some(path) => format!(" --config {}", path.display()),
+        Some(path) => {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            format!(" --config {}", proxy_word(&path.to_string_lossy()))
+        }
         None => String::new(),
     };
     println!("Host {}", hosts(&claims).join(" "));
     println!("    ProxyCommand {program} connect{config} --host %h");
     Ok(())
+}
+
+/// `word` for a `ProxyCommand` line, which ssh expands (`%`) and then hands
+/// to a shell: quoted where it needs to be, with `%` doubled.
+fn proxy_word(word: &str) -> String {
+    let word = word.replace('%', "%%");
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@=".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 #[cfg(test)]
@@ -222,5 +253,15 @@ mod tests {
         );
         assert!(loopback("[::1]:4433") && loopback("localhost:1") && loopback("127.0.0.1:2"));
         assert!(!loopback("relay.example.org:4433") && !loopback("192.0.2.7:4433"));
+    }
+
+    #[test]
+    fn proxy_command_words_survive_ssh_and_the_shell() {
+        assert_eq!(
+            proxy_word("/usr/local/bin/shellrelay"),
+            "/usr/local/bin/shellrelay"
+        );
+        assert_eq!(proxy_word("/home/a b/c.toml"), "'/home/a b/c.toml'");
+        assert_eq!(proxy_word("/x/100%/it's"), r"'/x/100%%/it'\''s'");
     }
 }

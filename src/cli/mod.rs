@@ -164,7 +164,7 @@ impl SecretOpt {
 }
 
 /// Keep-alive and idle timeout.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TransportOpt {
     /// Interval of keep-alive packets; keeps NAT mappings open.
     #[arg(long, env = "SHELLRELAY_KEEP_ALIVE", default_value_t = HumanDuration(crate::defaults::KEEP_ALIVE), value_name = "DURATION")]

@@ -3,7 +3,7 @@
 //! in what flags leave out.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -81,20 +81,37 @@ impl PeerOpt {
     }
 
     /// [`PeerOpt::reach`], with the relay, its pin and the token taken from
-    /// `invite` where no flag gives them (`host --join`, which conflicts
-    /// with those flags).
+    /// `invite` (`host --join`) over any flag or variable, which get a
+    /// warning. With `--save`, the token is read from the file it was saved
+    /// to (`saved`), as later starts will.
     fn reach_or(
         &self,
-        invite: Option<&Invite>,
+        invite: Option<(&Invite, Option<&Path>)>,
         file: Option<&config::Loaded>,
         wanted: &dyn Fn(&str) -> String,
     ) -> anyhow::Result<(RelayAddr, TokenSource)> {
+        if let Some((invite, saved)) = invite {
+            let ignored = self.ignored_by_join();
+            if !ignored.is_empty() {
+                tracing::warn!(
+                    "--join gives the relay, its pin and the token: ignoring {}",
+                    ignored.join(", ")
+                );
+            }
+            let joined = PeerOpt {
+                relay: invite.relays.first().cloned(),
+                relay_cert: None,
+                relay_pin: Some(invite.pin),
+                token_file: saved.map(Path::to_path_buf),
+                token: saved.is_none().then(|| invite.token.clone()),
+                transport: self.transport.clone(),
+                via: self.via,
+                quic_retry: self.quic_retry,
+            };
+            return joined.reach_or(None, None, wanted);
+        }
         let keys = file.map(|f| &f.file);
-        let from_invite = invite.and_then(|i| i.relays.first());
-        let relay = match (
-            &self.relay,
-            from_invite.or(keys.and_then(|k| k.relay.as_ref())),
-        ) {
+        let relay = match (&self.relay, keys.and_then(|k| k.relay.as_ref())) {
             (Some(relay), _) => {
                 if let Err(err) = peer::check_relay_addr(relay) {
                     bail!("--relay {relay} {err}");
@@ -116,8 +133,7 @@ impl PeerOpt {
             Some((None, Some(path))) => Some(Trust::Pinned(tls::load_certs(path)?)),
             _ => None,
         };
-        let from_invite = invite.map(|i| Trust::Key(i.pin));
-        let trust = (from_flags.or(from_invite).or(from_file)).unwrap_or(Trust::System);
+        let trust = from_flags.or(from_file).unwrap_or(Trust::System);
         let mut transport = self.transport.options_or(keys.and_then(|k| k.congestion))?;
         transport.via = (self.via)
             .or(keys.and_then(|k| k.transport))
@@ -129,8 +145,7 @@ impl PeerOpt {
             transport,
         };
         let file_token = keys.and_then(|k| k.token_file.as_ref());
-        let literal = self.token.as_ref().or(invite.map(|i| &i.token));
-        let token = match (&self.token_file, literal, file_token) {
+        let token = match (&self.token_file, &self.token, file_token) {
             (Some(path), _, _) => TokenSource::File(path.clone()),
             (None, Some(t), _) => TokenSource::Literal(t.clone()),
             (None, None, Some(path)) => TokenSource::File(path.clone()),
@@ -148,6 +163,32 @@ impl PeerOpt {
             }
         }
         Ok((relay, token))
+    }
+}
+
+impl PeerOpt {
+    /// The settings `--join` replaces that were given, as flags or
+    /// variables.
+    fn ignored_by_join(&self) -> Vec<&'static str> {
+        [
+            (self.relay.is_some(), "--relay (SHELLRELAY_RELAY)"),
+            (
+                self.relay_cert.is_some(),
+                "--relay-cert (SHELLRELAY_RELAY_CERT)",
+            ),
+            (
+                self.relay_pin.is_some(),
+                "--relay-pin (SHELLRELAY_RELAY_PIN)",
+            ),
+            (
+                self.token_file.is_some(),
+                "--token-file (SHELLRELAY_TOKEN_FILE)",
+            ),
+            (self.token.is_some(), "--token (SHELLRELAY_TOKEN)"),
+        ]
+        .into_iter()
+        .filter_map(|(given, name)| given.then_some(name))
+        .collect()
     }
 }
 
@@ -196,11 +237,7 @@ pub struct HostOpt {
     #[command(flatten)]
     peer: PeerOpt,
     /// Join string from `shellrelay invite --role host` (the string, @FILE, or - for stdin): the relay, its pin and the token in one.
-    #[arg(
-        long,
-        value_name = "STRING",
-        conflicts_with_all = ["relay", "relay_cert", "relay_pin", "token", "token_file"]
-    )]
+    #[arg(long, value_name = "STRING")]
     join: Option<String>,
     /// With --join: write the relay, its pin, the token and --target to the config file (mode 0600), so later starts need no arguments.
     #[arg(long, requires = "join")]
@@ -244,7 +281,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         Some(arg) => Some(host_invite(arg)?),
         None => None,
     };
-    let mut from_invite = invite.as_ref();
+    let mut saved = None;
     if let (true, Some(invite)) = (opt.save, &invite) {
         let path = match &opt.config {
             Some(path) => path.clone(),
@@ -265,9 +302,10 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
                 None => String::new(),
             }
         );
-        from_invite = None;
+        saved = Some(token);
     }
-    let file = match from_invite {
+    // With --join, the string is the configuration: no file is read.
+    let file = match &invite {
         Some(_) => None,
         None => config::load(config::Kind::Host, opt.config.as_deref())?,
     };
@@ -278,7 +316,8 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
             wanted(flag)
         )
     };
-    let (relay, token) = opt.peer.reach_or(from_invite, file.as_ref(), &wanted)?;
+    let joined = invite.as_ref().map(|i| (i, saved.as_deref()));
+    let (relay, token) = opt.peer.reach_or(joined, file.as_ref(), &wanted)?;
     let target = (opt.target)
         .or_else(|| file.and_then(|f| f.file.target))
         .unwrap_or_else(|| crate::defaults::TARGET.to_owned());

@@ -19,7 +19,7 @@ pub struct TokenOpt {
     #[command(flatten)]
     pub(super) mint: MintOpt,
     /// Write the token to this file (mode 0600, replaced if it exists) instead of stdout.
-    #[arg(long, env = "SHELLRELAY_OUT", value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
 }
 

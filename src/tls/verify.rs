@@ -8,7 +8,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::pin::{Pin, Untrusted};
+use crate::pin::{Anchor, Pin, Untrusted};
 
 /// Verifies the relay with the usual checks (`inner`: pinned certificates
 /// or the system's roots), and explains a refusal with the key the relay
@@ -50,15 +50,33 @@ impl ServerCertVerifier for ExplainingVerifier {
         let Ok(seen) = Pin::of(end_entity) else {
             return Err(err);
         };
-        let untrusted = match (&err, self.pinned.is_empty()) {
-            (_, true) => Untrusted::not_vouched(seen, &err),
-            (rustls::Error::InvalidCertificate(problem), false) if self.pinned.contains(&seen) => {
-                let names = super::cert_names(end_entity).unwrap_or_default();
-                let dialled = server_name.to_str();
-                Untrusted::same_key(seen, problem, &names, &dialled)
+        let anchor = match (self.pinned.is_empty(), self.pinned.contains(&seen)) {
+            (true, _) => Anchor::System,
+            (false, true) => Anchor::PinnedKey,
+            (false, false) => Anchor::PinnedCa,
+        };
+        let names = || super::cert_names(end_entity).unwrap_or_default();
+        let dialled = server_name.to_str();
+        use rustls::CertificateError as E;
+        let untrusted = match (&err, anchor) {
+            // Issued by the anchor, but for other names or times.
+            (
+                rustls::Error::InvalidCertificate(
+                    problem @ (E::NotValidForName
+                    | E::NotValidForNameContext { .. }
+                    | E::Expired
+                    | E::ExpiredContext { .. }
+                    | E::NotValidYet
+                    | E::NotValidYetContext { .. }),
+                ),
+                _,
+            ) => Untrusted::problem(problem, &names(), &dialled, seen, anchor),
+            (rustls::Error::InvalidCertificate(problem), Anchor::PinnedKey) => {
+                Untrusted::problem(problem, &names(), &dialled, seen, anchor)
             }
-            (_, false) if self.pinned.contains(&seen) => return Err(err),
-            (_, false) => Untrusted::other_key(seen, &self.pinned),
+            (_, Anchor::PinnedKey) => return Err(err),
+            (_, Anchor::System) => Untrusted::not_vouched(seen, &err),
+            (_, Anchor::PinnedCa) => Untrusted::other_key(seen, &self.pinned),
         };
         Err(untrusted.into_error())
     }
@@ -83,5 +101,65 @@ impl ServerCertVerifier for ExplainingVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    /// The words `trusting` gives for `cert` dialled as `name`.
+    fn refusal(
+        trusting: &[CertificateDer<'static>],
+        cert: &CertificateDer<'_>,
+        name: &str,
+    ) -> String {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in trusting {
+            roots.add(c.clone()).unwrap();
+        }
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            super::super::provider(),
+        )
+        .build()
+        .unwrap();
+        let keys = trusting.iter().map(|c| Pin::of(c).unwrap()).collect();
+        let verifier = ExplainingVerifier::new(inner, keys);
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        let err = verifier
+            .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+            .unwrap_err();
+        crate::pin::untrusted(&err)
+            .unwrap_or_else(|| panic!("not explained: {err:?}"))
+            .to_string()
+    }
+
+    #[test]
+    fn a_pinned_issuer_is_not_taken_for_a_changed_key() {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap().der().clone();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+        let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap().der().clone();
+        // Issued by the pinned CA, dialled by another name: the name is
+        // what is wrong.
+        let words = refusal(std::slice::from_ref(&ca_cert), &leaf, "b.example");
+        assert!(
+            words.contains("not valid for b.example (it names a.example)"),
+            "{words}"
+        );
+        assert!(
+            !words.contains("not the pinned") && !words.contains("--add-name"),
+            "{words}"
+        );
+        // Not issued by the pinned certificate: another key.
+        let other = crate::tls::self_signed(&["a.example".to_owned()]).unwrap();
+        let words = refusal(&[ca_cert], &other.chain[0], "a.example");
+        assert!(words.contains("not the pinned"), "{words}");
     }
 }
