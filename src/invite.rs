@@ -41,15 +41,15 @@ pub struct Invite {
 
 /// Checks a relay address from a join string: `HOST:PORT` with a port
 /// number, and nothing but printable ASCII (it goes into config files).
-fn check_relay(relay: &str) -> anyhow::Result<()> {
+pub fn check_relay(relay: &str) -> anyhow::Result<()> {
     if let Err(err) = peer::check_relay_addr(relay) {
-        bail!("join string: relay {relay} {err}");
+        bail!("relay {relay} {err}");
     }
     let port = relay.rsplit_once(':').map(|(_, port)| port);
     if !relay.chars().all(|c| c.is_ascii_graphic())
         || port.and_then(|p| p.parse::<u16>().ok()).is_none()
     {
-        bail!("join string: relay {relay:?} is not HOST:PORT");
+        bail!("relay {relay:?} is not HOST:PORT");
     }
     Ok(())
 }
@@ -103,7 +103,7 @@ impl Invite {
             bail!("join string names no relay");
         }
         for relay in &invite.relays {
-            check_relay(relay)?;
+            check_relay(relay).context("join string")?;
         }
         if invite.token.trim().is_empty() {
             bail!("join string carries no token");
@@ -150,7 +150,6 @@ impl Invite {
     /// only, in a directory made if missing. Existing files are replaced only
     /// with `force`. Returns the token file's path.
     pub fn save(&self, path: &Path, target: Option<&str>, force: bool) -> anyhow::Result<PathBuf> {
-        let invite = self;
         use crate::private::{self, Existing};
         let token_path = path.with_extension("token");
         if !force {
@@ -174,7 +173,7 @@ impl Invite {
                 .with_context(|| format!("could not create {}", dir.display()))?;
         }
         let quote = |s: &str| serde_json::Value::from(s).to_string();
-        let relay = invite.relays.first().context("the invite names no relay")?;
+        let relay = self.relays.first().context("the invite names no relay")?;
         let token_name = token_path
             .file_name()
             .and_then(|n| n.to_str())
@@ -182,13 +181,13 @@ impl Invite {
         let mut text = String::from(
             "# Written by `shellrelay`: the relay, its public key and the token file.\n",
         );
-        if let [_, others @ ..] = invite.relays.as_slice() {
+        if let [_, others @ ..] = self.relays.as_slice() {
             for other in others {
                 text += &format!("# The relay also answers at {}.\n", quote(other));
             }
         }
         text += &format!("relay = {}\n", quote(relay));
-        text += &format!("relay_pin = {}\n", quote(&invite.pin.to_string()));
+        text += &format!("relay_pin = {}\n", quote(&self.pin.to_string()));
         text += &format!("token_file = {}\n", quote(token_name));
         if let Some(target) = target {
             text += &format!("target = {}\n", quote(target));
@@ -200,7 +199,7 @@ impl Invite {
         };
         private::write(
             &token_path,
-            format!("{}\n", invite.token.trim()).as_bytes(),
+            format!("{}\n", self.token.trim()).as_bytes(),
             existing,
         )?;
         private::write(path, text.as_bytes(), existing)?;

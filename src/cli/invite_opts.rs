@@ -14,7 +14,7 @@ use crate::invite::Invite;
 use crate::pin::Pin;
 use crate::protocol::Role;
 use crate::token::Claims;
-use crate::{config, peer, tls};
+use crate::{config, tls};
 
 /// `shellrelay invite`
 #[derive(Debug, Args)]
@@ -65,9 +65,7 @@ pub(super) fn invite(opt: InviteOpt) -> anyhow::Result<()> {
         [] => default_relays(tls::cert_names(cert)?),
         given => {
             for relay in given {
-                if let Err(err) = peer::check_relay_addr(relay) {
-                    bail!("--relay {relay} {err}");
-                }
+                crate::invite::check_relay(relay).context("--relay")?;
             }
             given.to_vec()
         }
