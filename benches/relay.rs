@@ -295,7 +295,7 @@ async fn run() -> anyhow::Result<()> {
     let after_hosts = settle_rss(relay.pid()).await;
 
     let forwarder = Forwarder::new(ClientConfig {
-        relay: relay_at,
+        relays: vec![relay_at],
         token: TokenSource::Literal(mint(Role::Client, "bench")?),
         host: None,
     });

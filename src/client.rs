@@ -11,7 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::defaults::{ACCEPT_BACKOFF, CLIENT_SETUP_TIMEOUT, RECONNECT_HOLDOFF, SHUTDOWN_GRACE};
+use crate::defaults::{
+    ACCEPT_BACKOFF, CLIENT_SETUP_TIMEOUT, RECONNECT_HOLDOFF, SESSION_FALLBACK, SHUTDOWN_GRACE,
+};
 use crate::memory::Trim;
 use crate::peer::{self, ConnectError, RelayAddr, RelayLink};
 use crate::protocol::Role;
@@ -24,8 +26,9 @@ use crate::transport::{Closed, Conn, Stream};
 /// Settings of a client forwarder.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The relay to connect to.
-    pub relay: RelayAddr,
+    /// The relays to connect to; the first that answers serves (see
+    /// [`peer::connect_any`]). At least one.
+    pub relays: Vec<RelayAddr>,
     /// The client token; a file is re-read on every reconnect.
     pub token: TokenSource,
     /// The host to reach (default: the token's `sub`).
@@ -48,6 +51,8 @@ pub struct Forwarder {
 #[derive(Default)]
 struct LinkState {
     current: Option<RelayLink>,
+    /// Which relay `current` is to.
+    relay: usize,
     failed: Option<(Instant, ConnectError)>,
 }
 
@@ -122,15 +127,16 @@ impl Forwarder {
                 return Err(err.clone());
             }
         }
-        let attempt = peer::connect(
-            &self.config.relay,
+        let attempt = peer::connect_any(
+            &self.config.relays,
             &self.config.token,
             Role::Client,
             self.config.host.as_deref(),
+            &|err| self.is_final(err),
         )
         .await;
-        let link = match attempt {
-            Ok(link) => link,
+        let (relay, link) = match attempt {
+            Ok(answered) => answered,
             Err(err) => {
                 // Only an unreachable relay is slow to fail; a refusal is
                 // quick, and may be gone a moment later (a host coming online).
@@ -142,10 +148,16 @@ impl Forwarder {
         };
         state.failed = None;
         let (conn, host) = (link.conn.clone(), link.host.clone());
-        if self.config.relay.retries_quic(&conn) {
+        let relay_addr = &self.config.relays[relay];
+        if relay_addr.retries_quic(&conn) {
             // Not in the span of the session that happened to connect.
             let _none = tracing::Span::none().entered();
-            let retry = retry_quic(self.link.clone(), self.config.clone(), self.tasks.clone());
+            let retry = retry_quic(
+                self.link.clone(),
+                self.config.clone(),
+                relay,
+                self.tasks.clone(),
+            );
             // Ends with the connection it is for.
             let closed = conn.watch_closed();
             self.tasks.spawn(async move {
@@ -155,13 +167,90 @@ impl Forwarder {
                 }
             });
         }
-        install(&mut state, link, &self.config, &self.tasks);
+        install(&mut state, link, relay_addr, relay, &self.tasks);
         Ok((conn, host, true))
     }
 
-    /// Opens a session stream and waits for `ready`. Retries once on a fresh
-    /// connection when a reused one turns out to be dead.
+    /// Opens a session stream and waits for `ready`. With several relays,
+    /// one that has not answered within [`SESSION_FALLBACK`] is not waited
+    /// for alone: the others are asked too, and the first `ready` wins. A
+    /// relay that crashed leaves its connections looking alive until
+    /// their idle timeout, and this is how new sessions get past it.
     pub async fn open(&self) -> Result<Opened, OpenError> {
+        let current = self.open_current();
+        if self.config.relays.len() < 2 {
+            return current.await;
+        }
+        tokio::pin!(current);
+        tokio::select! {
+            opened = &mut current => return match opened {
+                // The host may be registered with another relay but not
+                // this one, or this relay may be going away.
+                Err(OpenError::Refused(r))
+                    if matches!(r.reason, Reason::HostOffline | Reason::ShuttingDown) =>
+                {
+                    self.open_elsewhere().await.map_err(|_| OpenError::Refused(r))
+                }
+                opened => opened,
+            },
+            () = tokio::time::sleep(SESSION_FALLBACK) => {}
+        }
+        let elsewhere = self.open_elsewhere();
+        tokio::pin!(elsewhere);
+        tokio::select! {
+            opened = &mut current => match opened {
+                Ok(opened) => Ok(opened),
+                Err(err) => elsewhere.await.map_err(|_| err),
+            },
+            opened = &mut elsewhere => match opened {
+                Ok(opened) => Ok(opened),
+                Err(_) => current.await,
+            },
+        }
+    }
+
+    /// A session through another relay than the current one's; on
+    /// success, that relay's connection becomes the current one.
+    async fn open_elsewhere(&self) -> Result<Opened, OpenError> {
+        let skip = self.link.lock().await.relay;
+        let others: Vec<(usize, RelayAddr)> = (self.config.relays.iter().cloned().enumerate())
+            .filter(|(i, _)| *i != skip)
+            .collect();
+        let addrs: Vec<RelayAddr> = others.iter().map(|(_, r)| r.clone()).collect();
+        let (which, link) = peer::connect_any(
+            &addrs,
+            &self.config.token,
+            Role::Client,
+            self.config.host.as_deref(),
+            &|err| self.is_final(err),
+        )
+        .await?;
+        let (index, relay) = &others[which];
+        let (session, stream) = open_on(&link.conn).await?;
+        warn!(
+            relay = %self.config.relays[skip].addr,
+            "the relay in use did not answer within {SESSION_FALLBACK:?}; moved to {}",
+            relay.addr
+        );
+        let opened = Opened {
+            session,
+            host: link.host.clone(),
+            conn: link.conn.clone(),
+            stream,
+        };
+        let mut state = self.link.lock().await;
+        if let Some(old) = state.current.take() {
+            // Dead, or slow: sessions on it carry on while it lives.
+            drop(old);
+        }
+        install(&mut state, link, relay, *index, &self.tasks);
+        Ok(opened)
+    }
+
+    /// [`Forwarder::open`] on the current connection, made if there is
+    /// none. Retries once on a fresh connection when a reused one turns
+    /// out to be dead.
+    async fn open_current(&self) -> Result<Opened, OpenError> {
         loop {
             let (conn, host, fresh) = self.connection().await?;
             match open_on(&conn).await {
@@ -227,12 +316,12 @@ impl Forwarder {
     }
 }
 
-/// Makes `link` the forwarder's connection, logs it, and watches for its
-/// end.
-fn install(state: &mut LinkState, link: RelayLink, config: &ClientConfig, tasks: &Tasks) {
+/// Makes `link`, to relay number `index` (at `relay`), the forwarder's
+/// connection, logs it, and watches for its end.
+fn install(state: &mut LinkState, link: RelayLink, relay: &RelayAddr, index: usize, tasks: &Tasks) {
     info!(
         host = %link.host,
-        relay = %config.relay.addr,
+        relay = %relay.addr,
         transport = link.conn.transport(),
         "connected to relay"
     );
@@ -250,21 +339,30 @@ fn install(state: &mut LinkState, link: RelayLink, config: &ClientConfig, tasks:
         }
     });
     state.current = Some(link);
+    state.relay = index;
 }
 
 /// While the forwarder is on TCP, tries QUIC every
 /// [`crate::tls::TransportOptions::quic_retry`]; once it answers, new
 /// sessions go over QUIC, and the TCP connection goes once its sessions
 /// (which hold it) have ended.
-async fn retry_quic(link: Arc<tokio::sync::Mutex<LinkState>>, config: ClientConfig, tasks: Tasks) {
-    let quic = config.relay.quic_only();
+async fn retry_quic(
+    link: Arc<tokio::sync::Mutex<LinkState>>,
+    config: ClientConfig,
+    relay: usize,
+    tasks: Tasks,
+) {
+    let Some(relay_addr) = config.relays.get(relay) else {
+        return;
+    };
+    let quic = relay_addr.quic_only();
     loop {
-        tokio::time::sleep(config.relay.transport.quic_retry).await;
+        tokio::time::sleep(relay_addr.transport.quic_retry).await;
         let on_tcp = |state: &LinkState| {
-            state
-                .current
-                .as_ref()
-                .is_some_and(|l| matches!(l.conn, Conn::Tcp(_)) && l.conn.close_reason().is_none())
+            state.relay == relay
+                && state.current.as_ref().is_some_and(|l| {
+                    matches!(l.conn, Conn::Tcp(_)) && l.conn.close_reason().is_none()
+                })
         };
         if !on_tcp(&*link.lock().await) {
             return;
@@ -275,7 +373,7 @@ async fn retry_quic(link: Arc<tokio::sync::Mutex<LinkState>>, config: ClientConf
                 let mut state = link.lock().await;
                 if on_tcp(&state) {
                     info!("QUIC answers again; new sessions go over QUIC");
-                    install(&mut state, new, &config, &tasks);
+                    install(&mut state, new, relay_addr, relay, &tasks);
                 }
                 return;
             }
@@ -320,7 +418,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let local = listener.local_addr().context("listener has no address")?;
     let forwarder = Arc::new(Forwarder::new(config));
-    info!(listen = %local, relay = %forwarder.config.relay.addr, "client forwarder listening");
+    let relays: Vec<&str> = forwarder
+        .config
+        .relays
+        .iter()
+        .map(|r| r.addr.as_str())
+        .collect();
+    info!(listen = %local, relay = %relays.join(","), "client forwarder listening");
     // Connect early so that a wrong certificate or token shows at once; a
     // failure is not fatal, every ssh connection tries again, unless it is
     // a refusal that trying again cannot change.

@@ -62,8 +62,9 @@ impl Kind {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerFile {
-    /// The relay's `HOST:PORT` (`--relay`).
-    pub relay: Option<String>,
+    /// The relay's `HOST:PORT` (`--relay`), or a list of several relays'.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub relay: Vec<String>,
     /// The relay's certificate, pinned (`--relay-cert`). Relative paths are
     /// taken from the config file's directory; `~/` is the home directory.
     pub relay_cert: Option<PathBuf>,
@@ -163,7 +164,7 @@ pub fn parse(kind: Kind, path: &Path, text: &str) -> anyhow::Result<PeerFile> {
         ),
         _ => {}
     }
-    if let Some(relay) = &file.relay {
+    for relay in &file.relay {
         if let Err(err) = peer::check_relay_addr(relay) {
             bail!("config file {}: relay = {relay:?} {err}", path.display());
         }
@@ -238,6 +239,31 @@ pub fn parse_toml_keys<T: DeserializeOwned>(
     })
 }
 
+/// A string, or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec![v.to_owned()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut all = Vec::new();
+            while let Some(one) = seq.next_element()? {
+                all.push(one);
+            }
+            Ok(all)
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
 /// `path` from a config file in `dir`: `~/` is `home`; a relative path is
 /// relative to `dir`.
 fn resolve(dir: &Path, home: Option<&Path>, path: &Path) -> PathBuf {
@@ -278,7 +304,7 @@ mod tests {
         assert_eq!(
             file,
             PeerFile {
-                relay: Some("relay.example.org:4433".into()),
+                relay: vec!["relay.example.org:4433".into()],
                 relay_cert: Some("/etc/shellrelay/relay.crt".into()),
                 token_file: Some("/secure/client.token".into()),
                 host: Some("lab-1".into()),

@@ -134,6 +134,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// path above this round trip (or one that drops UDP) starts both.
 pub const TCP_AFTER: Duration = Duration::from_millis(300);
 
+/// With several relays, how long the client side waits for one to answer
+/// before asking the next as well (as happy eyeballs does with addresses,
+/// RFC 8305); one that fails outright is followed at once.
+pub const RELAY_STAGGER: Duration = Duration::from_millis(250);
+
+/// With several relays, how long a new session waits for `ready` through
+/// the relay in use before it is asked of the others too: a crashed relay
+/// leaves its connections looking alive until their idle timeout.
+pub const SESSION_FALLBACK: Duration = Duration::from_millis(500);
+
 /// While on TCP with `--transport auto`, how often QUIC is tried again.
 pub const QUIC_RETRY: Duration = Duration::from_secs(180);
 

@@ -58,13 +58,13 @@ pub async fn run(
         transport: TransportOptions::default(),
     };
     let host_config = HostConfig {
-        relay: relay_at.clone(),
+        relays: vec![relay_at.clone()],
         token: TokenSource::Literal(mint(Role::Host)?),
         target: target.to_owned(),
         max_backoff: crate::defaults::MAX_BACKOFF,
     };
     let client_config = ClientConfig {
-        relay: relay_at,
+        relays: vec![relay_at],
         token: TokenSource::Literal(mint(Role::Client)?),
         host: None,
     };

@@ -24,8 +24,9 @@ use crate::transport::{Closed, SendStream, Stream};
 /// Settings of a host agent.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// The relay to register with.
-    pub relay: RelayAddr,
+    /// The relays to register with: one registration with each, all
+    /// serving sessions. At least one.
+    pub relays: Vec<RelayAddr>,
     /// The host token; a file is re-read on every reconnect.
     pub token: TokenSource,
     /// `HOST:PORT` dialled for every session (default [`TARGET`]).
@@ -65,21 +66,28 @@ impl Backoff {
     }
 }
 
-/// Runs the host agent until `shutdown` is cancelled. A connection that
+/// Runs the host agent until `shutdown` is cancelled: registered with
+/// every relay at once, each registration on its own. A connection that
 /// ends, for whatever reason (another connection with this host's token
 /// taking its place included), is made again with backoff.
 pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(!config.relays.is_empty(), "no relay to register with");
     let tasks = Tasks::new();
     let trim = Trim::default();
     tasks.spawn(trim.clone().run(shutdown.clone()));
-    let result = keep_registered(&config, &tasks, &trim, &shutdown).await;
+    let registrations = (config.relays.iter())
+        .map(|relay| keep_registered(relay, &config, &tasks, &trim, &shutdown));
+    let result = futures_util::future::try_join_all(registrations)
+        .await
+        .map(drop);
     tasks.shutdown(SHUTDOWN_GRACE).await;
     result
 }
 
-/// Registers with the relay and serves sessions, reconnecting with backoff,
+/// Registers with `relay` and serves sessions, reconnecting with backoff,
 /// until shutdown.
 async fn keep_registered(
+    relay: &RelayAddr,
     config: &HostConfig,
     tasks: &Tasks,
     trim: &Trim,
@@ -92,7 +100,7 @@ async fn keep_registered(
         // Once another connection took this host's place, take it back only
         // when that one has left: two agents with one id do not evict each
         // other (and their sessions) in turns.
-        let connect = peer::connect_with(&config.relay, &config.token, Role::Host, None, displaced);
+        let connect = peer::connect_with(relay, &config.token, Role::Host, None, displaced);
         let attempt = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
@@ -104,7 +112,7 @@ async fn keep_registered(
                 let started = Instant::now();
                 info!(
                     host = %link.host,
-                    relay = %config.relay.addr,
+                    relay = %relay.addr,
                     transport = link.conn.transport(),
                     target = %target,
                     expires = %fmt_unix(link.expires_at),
@@ -112,11 +120,11 @@ async fn keep_registered(
                 );
                 let mut link = link;
                 let closed = loop {
-                    match serve(&link, config, &target, tasks, trim, shutdown).await {
+                    match serve(&link, relay, config, &target, tasks, trim, shutdown).await {
                         Served::Moved(quic) => {
                             info!(
                                 host = %quic.host,
-                                relay = %config.relay.addr,
+                                relay = %relay.addr,
                                 "QUIC answers again; registered over QUIC and leaving TCP"
                             );
                             link.close(Reason::Done, "host agent moved to QUIC").await;
@@ -140,9 +148,9 @@ async fn keep_registered(
                     closed => {
                         match closed {
                             Closed::Peer(refusal) => {
-                                warn!(reason = %refusal.message, "relay closed the connection")
+                                warn!(relay = %relay.addr, reason = %refusal.message, "relay closed the connection")
                             }
-                            _ => warn!("lost the connection to the relay"),
+                            _ => warn!(relay = %relay.addr, "lost the connection to the relay"),
                         }
                         if started.elapsed() >= STABLE_AFTER {
                             backoff.reset();
@@ -158,7 +166,7 @@ async fn keep_registered(
             Err(err) => warn!("could not register with relay: {err}"),
         }
         let delay = backoff.delay();
-        info!("reconnecting in {delay:.1?}");
+        info!(relay = %relay.addr, "reconnecting in {delay:.1?}");
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
@@ -182,13 +190,13 @@ enum Served {
 /// shuts down.
 async fn serve(
     link: &RelayLink,
+    relay: &RelayAddr,
     config: &HostConfig,
     target: &Arc<str>,
     tasks: &Tasks,
     trim: &Trim,
     shutdown: &CancellationToken,
 ) -> Served {
-    let relay = &config.relay;
     let retry = relay.retries_quic(&link.conn);
     let mut retry_at = tokio::time::Instant::now() + relay.transport.quic_retry;
     let quic_relay = relay.quic_only();

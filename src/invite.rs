@@ -31,7 +31,9 @@ pub const MAX_LEN: usize = 16 * 1024;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Invite {
-    /// The relay's addresses, `HOST:PORT`, the one to dial first.
+    /// The relays, `HOST:PORT`: a host agent registers with each, the
+    /// client side takes the first that answers. They share the key of
+    /// `pin`.
     pub relays: Vec<String>,
     /// The relay's public key.
     pub pin: Pin,
@@ -145,7 +147,7 @@ impl Invite {
 
     /// Writes the config file (`crate::config`) at `path` that reaches this relay:
     /// the token goes to `path` with the extension `token`, and the file names
-    /// the relay (the invite's first address), its pin, the token file and,
+    /// the relays, their pin, the token file and,
     /// for a host agent, `target`. Both are written readable by their owner
     /// only, in a directory made if missing. Existing files are replaced only
     /// with `force`. Returns the token file's path.
@@ -173,7 +175,18 @@ impl Invite {
                 .with_context(|| format!("could not create {}", dir.display()))?;
         }
         let quote = |s: &str| serde_json::Value::from(s).to_string();
-        let relay = self.relays.first().context("the invite names no relay")?;
+        let relay = match self.relays.as_slice() {
+            [] => bail!("the invite names no relay"),
+            [one] => quote(one),
+            several => format!(
+                "[{}]",
+                several
+                    .iter()
+                    .map(|r| quote(r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         let token_name = token_path
             .file_name()
             .and_then(|n| n.to_str())
@@ -181,12 +194,7 @@ impl Invite {
         let mut text = String::from(
             "# Written by `shellrelay`: the relay, its public key and the token file.\n",
         );
-        if let [_, others @ ..] = self.relays.as_slice() {
-            for other in others {
-                text += &format!("# The relay also answers at {}.\n", quote(other));
-            }
-        }
-        text += &format!("relay = {}\n", quote(relay));
+        text += &format!("relay = {relay}\n");
         text += &format!("relay_pin = {}\n", quote(&self.pin.to_string()));
         text += &format!("token_file = {}\n", quote(token_name));
         if let Some(target) = target {

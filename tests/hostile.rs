@@ -175,7 +175,7 @@ async fn sessions_over_the_per_client_limit_are_refused_with_a_reason() {
     let tunnel = Tunnel::start_with(|c| c.limits.sessions_per_client = 8).await;
     let _host = tunnel.host("lab1", echo_server().await).await;
     let forwarder = Forwarder::new(ClientConfig {
-        relay: tunnel.relay_addr(),
+        relays: vec![tunnel.relay_addr()],
         token: TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR)),
         host: None,
     });
@@ -221,7 +221,7 @@ async fn the_relay_admits_no_more_sessions_than_its_memory_budget_holds() {
         );
         claims.jti = Some(user.to_owned());
         Forwarder::new(ClientConfig {
-            relay: tunnel.relay_addr(),
+            relays: vec![tunnel.relay_addr()],
             token: TokenSource::Literal(shellrelay::token::mint(&tunnel.secret, &claims).unwrap()),
             host: None,
         })
@@ -296,7 +296,7 @@ async fn the_session_limit_holds_per_token_across_connections() {
     let forwarders: Vec<Forwarder> = (0..4)
         .map(|_| {
             Forwarder::new(ClientConfig {
-                relay: tunnel.relay_addr(),
+                relays: vec![tunnel.relay_addr()],
                 token: TokenSource::Literal(token.clone()),
                 host: None,
             })
@@ -322,7 +322,7 @@ async fn the_session_limit_holds_per_token_across_connections() {
         shellrelay::token::Claims::new(Role::Client, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
     claims.jti = Some("another-token".into());
     let other = Forwarder::new(ClientConfig {
-        relay: tunnel.relay_addr(),
+        relays: vec![tunnel.relay_addr()],
         token: TokenSource::Literal(tunnel.sign(&claims)),
         host: None,
     });

@@ -610,7 +610,7 @@ fn forwarder(tunnel: &Tunnel, via: Transport, user: &str) -> Forwarder {
         shellrelay::token::Claims::new(Role::Client, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
     claims.jti = Some(user.to_owned());
     Forwarder::new(ClientConfig {
-        relay: tunnel.relay_over(via),
+        relays: vec![tunnel.relay_over(via)],
         token: TokenSource::Literal(tunnel.sign(&claims)),
         host: None,
     })

@@ -22,7 +22,7 @@ use crate::{config, tls};
 pub struct InviteOpt {
     #[command(flatten)]
     mint: MintOpt,
-    /// Address the other machine dials the relay at (repeatable; the first is dialled) [default: the names in the relay's certificate, with port 4433].
+    /// Address the other machine dials the relay at [default: the name in the relay's certificate others are likeliest to reach, with port 4433]. Several (repeat, or separate with commas) are several relays sharing the certificate's key: the host registers with each, the client takes the first that answers.
     #[arg(
         long = "relay",
         env = "SHELLRELAY_RELAY",
@@ -61,8 +61,19 @@ pub(super) fn invite(opt: InviteOpt) -> anyhow::Result<()> {
     })?;
     let cert = certs.first().context("no certificate in --cert")?;
     let pin = Pin::of(cert)?;
+    // Several --relay are several relays, which share the key pinned here;
+    // without, the certificate's name others are likeliest to reach.
     let relays = match opt.relays.as_slice() {
-        [] => default_relays(tls::cert_names(cert)?),
+        [] => {
+            let names = default_relays(tls::cert_names(cert)?);
+            let Some(first) = names.first() else {
+                bail!(
+                    "{} names no DNS name or address; pass --relay HOST:PORT",
+                    opt.cert.display()
+                );
+            };
+            vec![first.clone()]
+        }
         given => {
             for relay in given {
                 crate::invite::check_relay(relay).context("--relay")?;
@@ -70,12 +81,7 @@ pub(super) fn invite(opt: InviteOpt) -> anyhow::Result<()> {
             given.to_vec()
         }
     };
-    let Some(first) = relays.first() else {
-        bail!(
-            "{} names no DNS name or address; pass --relay HOST:PORT",
-            opt.cert.display()
-        );
-    };
+    let first = &relays[0];
     let (token, claims) = opt.mint.mint()?;
     let invite = Invite {
         relays: relays.clone(),

@@ -21,9 +21,14 @@ use crate::{client, config, host, private};
 /// required; `client` and `connect` may take them from the config file.
 #[derive(Debug, Args)]
 pub struct PeerOpt {
-    /// The relay's address.
-    #[arg(long, env = "SHELLRELAY_RELAY", value_name = "HOST:PORT")]
-    relay: Option<String>,
+    /// The relay's address. Several relays (repeat, or separate with commas): a host agent registers with each, and the client side takes the first that answers.
+    #[arg(
+        long,
+        env = "SHELLRELAY_RELAY",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    relay: Vec<String>,
     /// The relay's certificate (pinned); without it the system's roots verify the relay.
     #[arg(long, env = "SHELLRELAY_RELAY_CERT", value_name = "PATH")]
     relay_cert: Option<PathBuf>,
@@ -76,7 +81,7 @@ impl PeerOpt {
         &self,
         file: Option<&config::Loaded>,
         wanted: &dyn Fn(&str) -> String,
-    ) -> anyhow::Result<(RelayAddr, TokenSource)> {
+    ) -> anyhow::Result<(Vec<RelayAddr>, TokenSource)> {
         self.reach_or(None, file, wanted)
     }
 
@@ -89,7 +94,7 @@ impl PeerOpt {
         invite: Option<(&Invite, Option<&Path>)>,
         file: Option<&config::Loaded>,
         wanted: &dyn Fn(&str) -> String,
-    ) -> anyhow::Result<(RelayAddr, TokenSource)> {
+    ) -> anyhow::Result<(Vec<RelayAddr>, TokenSource)> {
         if let Some((invite, saved)) = invite {
             let ignored = self.ignored_by_join();
             if !ignored.is_empty() {
@@ -99,7 +104,7 @@ impl PeerOpt {
                 );
             }
             let joined = PeerOpt {
-                relay: invite.relays.first().cloned(),
+                relay: invite.relays.clone(),
                 relay_cert: None,
                 relay_pin: Some(invite.pin),
                 token_file: saved.map(Path::to_path_buf),
@@ -111,15 +116,18 @@ impl PeerOpt {
             return joined.reach_or(None, None, wanted);
         }
         let keys = file.map(|f| &f.file);
-        let relay = match (&self.relay, keys.and_then(|k| k.relay.as_ref())) {
-            (Some(relay), _) => {
-                if let Err(err) = peer::check_relay_addr(relay) {
-                    bail!("--relay {relay} {err}");
+        let from_file = keys.map_or(&[][..], |k| k.relay.as_slice());
+        let relays = match (self.relay.as_slice(), from_file) {
+            ([], []) => bail!("{}", wanted("--relay HOST:PORT")),
+            ([], from_file) => from_file.to_vec(),
+            (given, _) => {
+                for relay in given {
+                    if let Err(err) = peer::check_relay_addr(relay) {
+                        bail!("--relay {relay} {err}");
+                    }
                 }
-                relay.clone()
+                given.to_vec()
             }
-            (None, Some(relay)) => relay.clone(),
-            (None, None) => bail!("{}", wanted("--relay HOST:PORT")),
         };
         // A flag (or its variable) wins over the file, whichever of the
         // two ways of pinning each uses.
@@ -139,11 +147,13 @@ impl PeerOpt {
             .or(keys.and_then(|k| k.transport))
             .unwrap_or_default();
         transport.quic_retry = self.quic_retry.0;
-        let relay = RelayAddr {
-            addr: relay,
-            trust,
-            transport,
-        };
+        let relays = (relays.into_iter())
+            .map(|addr| RelayAddr {
+                addr,
+                trust: trust.clone(),
+                transport,
+            })
+            .collect();
         let file_token = keys.and_then(|k| k.token_file.as_ref());
         let token = match (&self.token_file, &self.token, file_token) {
             (Some(path), _, _) => TokenSource::File(path.clone()),
@@ -162,7 +172,7 @@ impl PeerOpt {
                 );
             }
         }
-        Ok((relay, token))
+        Ok((relays, token))
     }
 }
 
@@ -171,7 +181,7 @@ impl PeerOpt {
     /// variables.
     fn ignored_by_join(&self) -> Vec<&'static str> {
         [
-            (self.relay.is_some(), "--relay (SHELLRELAY_RELAY)"),
+            (!self.relay.is_empty(), "--relay (SHELLRELAY_RELAY)"),
             (
                 self.relay_cert.is_some(),
                 "--relay-cert (SHELLRELAY_RELAY_CERT)",
@@ -225,9 +235,13 @@ impl ReachOpt {
     pub fn client_config(&self) -> anyhow::Result<client::ClientConfig> {
         let file = config::load(config::Kind::Client, self.config.as_deref())?;
         let wanted = wanted_in(config::Kind::Client, file.as_ref());
-        let (relay, token) = self.peer.reach(file.as_ref(), &wanted)?;
+        let (relays, token) = self.peer.reach(file.as_ref(), &wanted)?;
         let host = self.host.clone().or_else(|| file.and_then(|f| f.file.host));
-        Ok(client::ClientConfig { relay, token, host })
+        Ok(client::ClientConfig {
+            relays,
+            token,
+            host,
+        })
     }
 }
 
@@ -317,12 +331,12 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         )
     };
     let joined = invite.as_ref().map(|i| (i, saved.as_deref()));
-    let (relay, token) = opt.peer.reach_or(joined, file.as_ref(), &wanted)?;
+    let (relays, token) = opt.peer.reach_or(joined, file.as_ref(), &wanted)?;
     let target = (opt.target)
         .or_else(|| file.and_then(|f| f.file.target))
         .unwrap_or_else(|| crate::defaults::TARGET.to_owned());
     let config = host::HostConfig {
-        relay,
+        relays,
         token,
         target,
         max_backoff: opt.max_backoff.0,

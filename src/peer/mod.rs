@@ -3,6 +3,9 @@
 //! ([`Transport::Auto`]).
 
 mod dial;
+mod several;
+
+pub use several::connect_any;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,7 +158,7 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    fn setup(err: anyhow::Error) -> ConnectError {
+    pub(crate) fn setup(err: anyhow::Error) -> ConnectError {
         ConnectError::Setup(Arc::new(err))
     }
 

@@ -200,7 +200,7 @@ impl Tunnel {
     pub fn spawn_host_via(&self, relay: RelayAddr, token: TokenSource, target: SocketAddr) -> Peer {
         let cancel = self.cancel.child_token();
         let config = HostConfig {
-            relay,
+            relays: vec![relay],
             token,
             target: target.to_string(),
             max_backoff: Duration::from_secs(1),
@@ -230,7 +230,7 @@ impl Tunnel {
     ) -> (SocketAddr, Peer) {
         let cancel = self.cancel.child_token();
         let config = ClientConfig {
-            relay,
+            relays: vec![relay],
             token: TokenSource::Literal(token),
             host: host.map(str::to_owned),
         };
