@@ -268,6 +268,7 @@ async fn run() -> anyhow::Result<()> {
     // Footprint: idle host connections, then idle sessions.
     let relay_at = RelayAddr {
         addr: relay_addr.clone(),
+        at: None,
         trust: Trust::PinnedFile(cert.clone()),
         transport: TransportOptions::default(),
     };
@@ -296,6 +297,7 @@ async fn run() -> anyhow::Result<()> {
 
     let forwarder = Forwarder::new(ClientConfig {
         relays: vec![relay_at],
+        fleet: None,
         token: TokenSource::Literal(mint(Role::Client, "bench")?),
         host: None,
     });

@@ -27,8 +27,12 @@ use crate::transport::{Closed, Conn, Stream};
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The relays to connect to; the first that answers serves (see
-    /// [`peer::connect_any`]). At least one.
+    /// [`peer::connect_any`]). At least one. With `fleet`, the one name
+    /// whose DNS records are the relays.
     pub relays: Vec<RelayAddr>,
+    /// Ask the `k` relays of a fleet named by DNS that the host uses (see
+    /// [`crate::fleet`]) rather than each of `relays`.
+    pub fleet: Option<crate::fleet::Fleet>,
     /// The client token; a file is re-read on every reconnect.
     pub token: TokenSource,
     /// The host to reach (default: the token's `sub`).
@@ -51,8 +55,8 @@ pub struct Forwarder {
 #[derive(Default)]
 struct LinkState {
     current: Option<RelayLink>,
-    /// Which relay `current` is to.
-    relay: usize,
+    /// The relay `current` is to.
+    relay: Option<RelayAddr>,
     failed: Option<(Instant, ConnectError)>,
 }
 
@@ -127,8 +131,9 @@ impl Forwarder {
                 return Err(err.clone());
             }
         }
+        let relays = self.candidates().await?;
         let attempt = peer::connect_any(
-            &self.config.relays,
+            &relays,
             &self.config.token,
             Role::Client,
             self.config.host.as_deref(),
@@ -136,7 +141,7 @@ impl Forwarder {
         )
         .await;
         let (relay, link) = match attempt {
-            Ok(answered) => answered,
+            Ok((i, link)) => (relays[i].clone(), link),
             Err(err) => {
                 // Only an unreachable relay is slow to fail; a refusal is
                 // quick, and may be gone a moment later (a host coming online).
@@ -148,14 +153,13 @@ impl Forwarder {
         };
         state.failed = None;
         let (conn, host) = (link.conn.clone(), link.host.clone());
-        let relay_addr = &self.config.relays[relay];
-        if relay_addr.retries_quic(&conn) {
+        if relay.retries_quic(&conn) {
             // Not in the span of the session that happened to connect.
             let _none = tracing::Span::none().entered();
             let retry = retry_quic(
                 self.link.clone(),
                 self.config.clone(),
-                relay,
+                relay.clone(),
                 self.tasks.clone(),
             );
             // Ends with the connection it is for.
@@ -167,8 +171,31 @@ impl Forwarder {
                 }
             });
         }
-        install(&mut state, link, relay_addr, relay, &self.tasks);
+        install(&mut state, link, relay, &self.tasks);
         Ok((conn, host, true))
+    }
+
+    /// The relays to ask: `relays`, or the fleet's relays for the host.
+    async fn candidates(&self) -> Result<Vec<RelayAddr>, ConnectError> {
+        let (Some(fleet), [name]) = (self.config.fleet, self.config.relays.as_slice()) else {
+            return Ok(self.config.relays.clone());
+        };
+        let host = match &self.config.host {
+            Some(host) => host.clone(),
+            None => {
+                let token = self.config.token.load().map_err(ConnectError::setup)?;
+                let claims = crate::token::peek_claims(&token).map_err(ConnectError::setup)?;
+                claims.only_host().map(str::to_owned).ok_or_else(|| {
+                    ConnectError::setup(anyhow::anyhow!(
+                        "the token covers several hosts: name one with --host, which picks the \
+                         fleet's relays"
+                    ))
+                })?
+            }
+        };
+        crate::fleet::relays_for(name, &host, fleet.k)
+            .await
+            .map_err(ConnectError::setup)
     }
 
     /// Opens a session stream and waits for `ready`. With several relays,
@@ -178,7 +205,7 @@ impl Forwarder {
     /// their idle timeout, and this is how new sessions get past it.
     pub async fn open(&self) -> Result<Opened, OpenError> {
         let current = self.open_current();
-        if self.config.relays.len() < 2 {
+        if self.config.relays.len() < 2 && self.config.fleet.is_none_or(|f| f.k < 2) {
             return current.await;
         }
         tokio::pin!(current);
@@ -212,25 +239,25 @@ impl Forwarder {
     /// A session through another relay than the current one's; on
     /// success, that relay's connection becomes the current one.
     async fn open_elsewhere(&self) -> Result<Opened, OpenError> {
-        let skip = self.link.lock().await.relay;
-        let others: Vec<(usize, RelayAddr)> = (self.config.relays.iter().cloned().enumerate())
-            .filter(|(i, _)| *i != skip)
+        let skip = self.link.lock().await.relay.clone();
+        let others: Vec<RelayAddr> = (self.candidates().await?.into_iter())
+            .filter(|r| skip.as_ref().is_none_or(|s| !s.same(r)))
             .collect();
-        let addrs: Vec<RelayAddr> = others.iter().map(|(_, r)| r.clone()).collect();
         let (which, link) = peer::connect_any(
-            &addrs,
+            &others,
             &self.config.token,
             Role::Client,
             self.config.host.as_deref(),
             &|err| self.is_final(err),
         )
         .await?;
-        let (index, relay) = &others[which];
+        let relay = others[which].clone();
         let (session, stream) = open_on(&link.conn).await?;
+        let was = skip.as_ref().map(RelayAddr::name).unwrap_or_default();
         warn!(
-            relay = %self.config.relays[skip].addr,
+            relay = %was,
             "the relay in use did not answer within {SESSION_FALLBACK:?}; moved to {}",
-            relay.addr
+            relay.name()
         );
         let opened = Opened {
             session,
@@ -243,7 +270,7 @@ impl Forwarder {
             // Dead, or slow: sessions on it carry on while it lives.
             drop(old);
         }
-        install(&mut state, link, relay, *index, &self.tasks);
+        install(&mut state, link, relay, &self.tasks);
         Ok(opened)
     }
 
@@ -316,12 +343,12 @@ impl Forwarder {
     }
 }
 
-/// Makes `link`, to relay number `index` (at `relay`), the forwarder's
-/// connection, logs it, and watches for its end.
-fn install(state: &mut LinkState, link: RelayLink, relay: &RelayAddr, index: usize, tasks: &Tasks) {
+/// Makes `link`, to `relay`, the forwarder's connection, logs it, and
+/// watches for its end.
+fn install(state: &mut LinkState, link: RelayLink, relay: RelayAddr, tasks: &Tasks) {
     info!(
         host = %link.host,
-        relay = %relay.addr,
+        relay = %relay.name(),
         transport = link.conn.transport(),
         "connected to relay"
     );
@@ -339,7 +366,7 @@ fn install(state: &mut LinkState, link: RelayLink, relay: &RelayAddr, index: usi
         }
     });
     state.current = Some(link);
-    state.relay = index;
+    state.relay = Some(relay);
 }
 
 /// While the forwarder is on TCP, tries QUIC every
@@ -349,17 +376,14 @@ fn install(state: &mut LinkState, link: RelayLink, relay: &RelayAddr, index: usi
 async fn retry_quic(
     link: Arc<tokio::sync::Mutex<LinkState>>,
     config: ClientConfig,
-    relay: usize,
+    relay: RelayAddr,
     tasks: Tasks,
 ) {
-    let Some(relay_addr) = config.relays.get(relay) else {
-        return;
-    };
-    let quic = relay_addr.quic_only();
+    let quic = relay.quic_only();
     loop {
-        tokio::time::sleep(relay_addr.transport.quic_retry).await;
+        tokio::time::sleep(relay.transport.quic_retry).await;
         let on_tcp = |state: &LinkState| {
-            state.relay == relay
+            state.relay.as_ref().is_some_and(|r| r.same(&relay))
                 && state.current.as_ref().is_some_and(|l| {
                     matches!(l.conn, Conn::Tcp(_)) && l.conn.close_reason().is_none()
                 })
@@ -373,7 +397,7 @@ async fn retry_quic(
                 let mut state = link.lock().await;
                 if on_tcp(&state) {
                     info!("QUIC answers again; new sessions go over QUIC");
-                    install(&mut state, new, relay_addr, relay, &tasks);
+                    install(&mut state, new, relay.clone(), &tasks);
                 }
                 return;
             }

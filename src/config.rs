@@ -80,6 +80,8 @@ pub struct PeerFile {
     pub congestion: Option<crate::tls::Congestion>,
     /// `auto`, `quic` or `tcp` (`--transport`).
     pub transport: Option<crate::transport::Transport>,
+    /// The relay names a fleet of this many relays per host (`--fleet`).
+    pub fleet: Option<u8>,
     /// Host agent only: the address sessions are connected to (`--target`).
     pub target: Option<String>,
 }
@@ -312,6 +314,7 @@ mod tests {
                 transport: None,
                 relay_pin: None,
                 target: None,
+                fleet: None,
             }
         );
         assert_eq!(

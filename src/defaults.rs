@@ -139,6 +139,11 @@ pub const TCP_AFTER: Duration = Duration::from_millis(300);
 /// RFC 8305); one that fails outright is followed at once.
 pub const RELAY_STAGGER: Duration = Duration::from_millis(250);
 
+/// How often a host agent in a fleet resolves the fleet's name again
+/// (`--fleet-refresh`): with the DNS records' TTL, the longest a relay that
+/// left the fleet keeps a host's place.
+pub const FLEET_REFRESH: Duration = Duration::from_secs(30);
+
 /// With several relays, how long a new session waits for `ready` through
 /// the relay in use before it is asked of the others too: a crashed relay
 /// leaves its connections looking alive until their idle timeout.

@@ -54,17 +54,20 @@ pub async fn run(
     };
     let relay_at = RelayAddr {
         addr: relay_addr.to_string(),
+        at: None,
         trust,
         transport: TransportOptions::default(),
     };
     let host_config = HostConfig {
         relays: vec![relay_at.clone()],
+        fleet: None,
         token: TokenSource::Literal(mint(Role::Host)?),
         target: target.to_owned(),
         max_backoff: crate::defaults::MAX_BACKOFF,
     };
     let client_config = ClientConfig {
         relays: vec![relay_at],
+        fleet: None,
         token: TokenSource::Literal(mint(Role::Client)?),
         host: None,
     };

@@ -2,6 +2,8 @@
 //! port is needed) and, for each session stream the relay opens, dials its
 //! one configured target and pipes bytes. It never dials a peer-chosen address.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::clock::fmt_unix;
 use crate::defaults::{DIAL_TIMEOUT, INITIAL_BACKOFF, OPEN_TIMEOUT, SHUTDOWN_GRACE, STABLE_AFTER};
+use crate::fleet::{self, Fleet};
 use crate::memory::{Live, Trim};
 use crate::peer::{self, RelayAddr, RelayLink};
 use crate::protocol::Role;
@@ -25,8 +28,12 @@ use crate::transport::{Closed, SendStream, Stream};
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     /// The relays to register with: one registration with each, all
-    /// serving sessions. At least one.
+    /// serving sessions. At least one. With `fleet`, the one name whose
+    /// DNS records are the relays.
     pub relays: Vec<RelayAddr>,
+    /// Register with `k` relays of a fleet named by DNS (see
+    /// [`crate::fleet`]) rather than with each of `relays`.
+    pub fleet: Option<Fleet>,
     /// The host token; a file is re-read on every reconnect.
     pub token: TokenSource,
     /// `HOST:PORT` dialled for every session (default [`TARGET`]).
@@ -75,13 +82,78 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     let tasks = Tasks::new();
     let trim = Trim::default();
     tasks.spawn(trim.clone().run(shutdown.clone()));
-    let registrations = (config.relays.iter())
-        .map(|relay| keep_registered(relay, &config, &tasks, &trim, &shutdown));
-    let result = futures_util::future::try_join_all(registrations)
-        .await
-        .map(drop);
+    let result = match (config.fleet, config.relays.as_slice()) {
+        (Some(fleet), [name]) => {
+            follow_fleet(name, fleet, &config, &tasks, &trim, &shutdown).await;
+            Ok(())
+        }
+        (Some(_), _) => Err(anyhow::anyhow!("a fleet is named by one relay name")),
+        (None, relays) => {
+            let registrations = (relays.iter())
+                .map(|relay| keep_registered(relay, &config, &tasks, &trim, &shutdown));
+            futures_util::future::try_join_all(registrations)
+                .await
+                .map(drop)
+        }
+    };
     tasks.shutdown(SHUTDOWN_GRACE).await;
     result
+}
+
+/// Keeps a registration with each of the `k` relays of the fleet `name`
+/// chosen for this host, looking at DNS again every `refresh`: a relay that
+/// leaves the choice is let go (its sessions end with it), and one that
+/// enters it is registered with. A relay that is down but still in DNS
+/// stays chosen, and its registration keeps trying; clients reach the host
+/// through the others meanwhile.
+async fn follow_fleet(
+    name: &RelayAddr,
+    fleet: Fleet,
+    config: &HostConfig,
+    tasks: &Tasks,
+    trim: &Trim,
+    shutdown: &CancellationToken,
+) {
+    let mut held: HashMap<SocketAddr, CancellationToken> = HashMap::new();
+    loop {
+        match chosen(name, fleet.k, &config.token).await {
+            Ok(relays) => {
+                let wanted: Vec<SocketAddr> = relays.iter().filter_map(|r| r.at).collect();
+                held.retain(|at, stop| {
+                    let keep = wanted.contains(at);
+                    if !keep {
+                        info!(fleet = %name.addr, relay = %at, "relay no longer chosen for this host; leaving it");
+                        stop.cancel();
+                    }
+                    keep
+                });
+                for relay in relays {
+                    let Some(at) = relay.at else { continue };
+                    if held.contains_key(&at) {
+                        continue;
+                    }
+                    info!(fleet = %name.addr, relay = %at, "relay chosen for this host");
+                    let stop = shutdown.child_token();
+                    held.insert(at, stop.clone());
+                    let (config, tasks2, trim) = (config.clone(), tasks.clone(), trim.clone());
+                    tasks.spawn(async move {
+                        let _ = keep_registered(&relay, &config, &tasks2, &trim, &stop).await;
+                    });
+                }
+            }
+            Err(err) => warn!(fleet = %name.addr, "{err:#}; keeping the relays chosen before"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(fleet.refresh) => {}
+        }
+    }
+}
+
+/// The fleet's relays for the host id in this agent's token.
+async fn chosen(name: &RelayAddr, k: usize, token: &TokenSource) -> anyhow::Result<Vec<RelayAddr>> {
+    let claims = crate::token::peek_claims(&token.load()?)?;
+    fleet::relays_for(name, &claims.sub, k).await
 }
 
 /// Registers with `relay` and serves sessions, reconnecting with backoff,
@@ -112,7 +184,7 @@ async fn keep_registered(
                 let started = Instant::now();
                 info!(
                     host = %link.host,
-                    relay = %relay.addr,
+                    relay = %relay.name(),
                     transport = link.conn.transport(),
                     target = %target,
                     expires = %fmt_unix(link.expires_at),
@@ -124,7 +196,7 @@ async fn keep_registered(
                         Served::Moved(quic) => {
                             info!(
                                 host = %quic.host,
-                                relay = %relay.addr,
+                                relay = %relay.name(),
                                 "QUIC answers again; registered over QUIC and leaving TCP"
                             );
                             link.close(Reason::Done, "host agent moved to QUIC").await;
@@ -148,9 +220,9 @@ async fn keep_registered(
                     closed => {
                         match closed {
                             Closed::Peer(refusal) => {
-                                warn!(relay = %relay.addr, reason = %refusal.message, "relay closed the connection")
+                                warn!(relay = %relay.name(), reason = %refusal.message, "relay closed the connection")
                             }
-                            _ => warn!(relay = %relay.addr, "lost the connection to the relay"),
+                            _ => warn!(relay = %relay.name(), "lost the connection to the relay"),
                         }
                         if started.elapsed() >= STABLE_AFTER {
                             backoff.reset();
@@ -166,7 +238,7 @@ async fn keep_registered(
             Err(err) => warn!("could not register with relay: {err}"),
         }
         let delay = backoff.delay();
-        info!(relay = %relay.addr, "reconnecting in {delay:.1?}");
+        info!(relay = %relay.name(), "reconnecting in {delay:.1?}");
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),

@@ -13,6 +13,7 @@ pub mod congestion;
 pub mod connect;
 pub mod defaults;
 pub mod demo;
+pub mod fleet;
 pub mod host;
 pub mod id;
 pub mod invite;

@@ -312,6 +312,7 @@ async fn the_host_rereads_its_token_file_and_waits_out_an_expired_token() {
     let cancel = tunnel.cancel.child_token();
     let config = shellrelay::host::HostConfig {
         relays: vec![tunnel.relay_addr()],
+        fleet: None,
         token: TokenSource::File(file.clone()),
         target: echo_server().await.to_string(),
         max_backoff: Duration::from_millis(400),

@@ -176,6 +176,7 @@ async fn sessions_over_the_per_client_limit_are_refused_with_a_reason() {
     let _host = tunnel.host("lab1", echo_server().await).await;
     let forwarder = Forwarder::new(ClientConfig {
         relays: vec![tunnel.relay_addr()],
+        fleet: None,
         token: TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR)),
         host: None,
     });
@@ -222,6 +223,7 @@ async fn the_relay_admits_no_more_sessions_than_its_memory_budget_holds() {
         claims.jti = Some(user.to_owned());
         Forwarder::new(ClientConfig {
             relays: vec![tunnel.relay_addr()],
+            fleet: None,
             token: TokenSource::Literal(shellrelay::token::mint(&tunnel.secret, &claims).unwrap()),
             host: None,
         })
@@ -297,6 +299,7 @@ async fn the_session_limit_holds_per_token_across_connections() {
         .map(|_| {
             Forwarder::new(ClientConfig {
                 relays: vec![tunnel.relay_addr()],
+                fleet: None,
                 token: TokenSource::Literal(token.clone()),
                 host: None,
             })
@@ -323,6 +326,7 @@ async fn the_session_limit_holds_per_token_across_connections() {
     claims.jti = Some("another-token".into());
     let other = Forwarder::new(ClientConfig {
         relays: vec![tunnel.relay_addr()],
+        fleet: None,
         token: TokenSource::Literal(tunnel.sign(&claims)),
         host: None,
     });

@@ -611,6 +611,7 @@ fn forwarder(tunnel: &Tunnel, via: Transport, user: &str) -> Forwarder {
     claims.jti = Some(user.to_owned());
     Forwarder::new(ClientConfig {
         relays: vec![tunnel.relay_over(via)],
+        fleet: None,
         token: TokenSource::Literal(tunnel.sign(&claims)),
         host: None,
     })

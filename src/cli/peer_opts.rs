@@ -68,6 +68,9 @@ pub struct PeerOpt {
         value_name = "TRANSPORT"
     )]
     via: Option<Transport>,
+    /// The relay names a fleet: its DNS records (A and AAAA) are the relays, and each host uses this many of them, chosen by rendezvous hashing of the host id; a host agent registers with them, the client side asks them.
+    #[arg(long, env = "SHELLRELAY_FLEET", value_name = "K", value_parser = clap::value_parser!(u8).range(1..=16))]
+    fleet: Option<u8>,
     /// With --transport auto, how often a peer that fell back to TCP tries QUIC again.
     #[arg(long, env = "SHELLRELAY_QUIC_RETRY", default_value_t = HumanDuration(crate::defaults::QUIC_RETRY), value_name = "DURATION")]
     quic_retry: HumanDuration,
@@ -104,6 +107,7 @@ impl PeerOpt {
                 );
             }
             let joined = PeerOpt {
+                fleet: self.fleet,
                 relay: invite.relays.clone(),
                 relay_cert: None,
                 relay_pin: Some(invite.pin),
@@ -150,6 +154,7 @@ impl PeerOpt {
         let relays = (relays.into_iter())
             .map(|addr| RelayAddr {
                 addr,
+                at: None,
                 trust: trust.clone(),
                 transport,
             })
@@ -177,6 +182,27 @@ impl PeerOpt {
 }
 
 impl PeerOpt {
+    /// `--fleet`, else `fleet` in the config file, with how often a host
+    /// agent looks at DNS again; checked against the relays given.
+    fn fleet(
+        &self,
+        file: Option<&config::Loaded>,
+        relays: &[RelayAddr],
+        refresh: std::time::Duration,
+    ) -> anyhow::Result<Option<crate::fleet::Fleet>> {
+        let k = self.fleet.or(file.and_then(|f| f.file.fleet));
+        match (k, relays) {
+            (None, _) => Ok(None),
+            (Some(k), [_]) => Ok(Some(crate::fleet::Fleet {
+                k: usize::from(k),
+                refresh,
+            })),
+            (Some(_), _) => {
+                bail!("--fleet takes one --relay: the name whose DNS records are the relays")
+            }
+        }
+    }
+
     /// The settings `--join` replaces that were given, as flags or
     /// variables.
     fn ignored_by_join(&self) -> Vec<&'static str> {
@@ -236,9 +262,11 @@ impl ReachOpt {
         let file = config::load(config::Kind::Client, self.config.as_deref())?;
         let wanted = wanted_in(config::Kind::Client, file.as_ref());
         let (relays, token) = self.peer.reach(file.as_ref(), &wanted)?;
+        let fleet = (self.peer).fleet(file.as_ref(), &relays, crate::defaults::FLEET_REFRESH)?;
         let host = self.host.clone().or_else(|| file.and_then(|f| f.file.host));
         Ok(client::ClientConfig {
             relays,
+            fleet,
             token,
             host,
         })
@@ -267,6 +295,9 @@ pub struct HostOpt {
     /// The one address every session is connected to [default: `target` in the config file, else 127.0.0.1:22].
     #[arg(long, env = "SHELLRELAY_TARGET", value_name = "HOST:PORT")]
     target: Option<String>,
+    /// With --fleet, how often the host agent resolves the fleet's name again, to follow relays joining and leaving.
+    #[arg(long, env = "SHELLRELAY_FLEET_REFRESH", default_value_t = HumanDuration(crate::defaults::FLEET_REFRESH), value_name = "DURATION")]
+    fleet_refresh: HumanDuration,
     /// Cap on the delay between reconnect attempts.
     #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(crate::defaults::MAX_BACKOFF), value_name = "DURATION")]
     max_backoff: HumanDuration,
@@ -332,11 +363,15 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
     };
     let joined = invite.as_ref().map(|i| (i, saved.as_deref()));
     let (relays, token) = opt.peer.reach_or(joined, file.as_ref(), &wanted)?;
+    let fleet = opt
+        .peer
+        .fleet(file.as_ref(), &relays, opt.fleet_refresh.0)?;
     let target = (opt.target)
         .or_else(|| file.and_then(|f| f.file.target))
         .unwrap_or_else(|| crate::defaults::TARGET.to_owned());
     let config = host::HostConfig {
         relays,
+        fleet,
         token,
         target,
         max_backoff: opt.max_backoff.0,

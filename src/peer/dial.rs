@@ -24,7 +24,7 @@ pub(super) struct Dial<'a> {
 impl Dial<'_> {
     fn connect_err(&self, cause: anyhow::Error) -> ConnectError {
         ConnectError::Connect {
-            addr: self.relay.addr.clone(),
+            addr: self.relay.name(),
             cause: Arc::new(cause),
         }
     }
@@ -108,7 +108,7 @@ impl Dial<'_> {
             // An untrusted relay says so in its own words, once, as over TCP.
             quinn::ConnectionError::TransportError(t) => match pin::untrusted_in(&t.reason) {
                 Some(words) => ConnectError::Tls {
-                    addr: relay.addr.clone(),
+                    addr: relay.name(),
                     cause: Arc::new(anyhow::anyhow!("{words}")),
                 },
                 None => self.lost(Closed::from(e)),
@@ -184,7 +184,7 @@ impl Dial<'_> {
                     None => err.context("over TCP"),
                 };
                 let cause = Arc::new(cause);
-                let addr = relay.addr.clone();
+                let addr = relay.name();
                 match tls {
                     true => ConnectError::Tls { addr, cause },
                     false => ConnectError::Connect { addr, cause },

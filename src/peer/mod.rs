@@ -30,6 +30,9 @@ use dial::Dial;
 pub struct RelayAddr {
     /// `HOST:PORT` as given; resolved afresh on every connect.
     pub addr: String,
+    /// The address to dial instead of resolving `addr`: a member of a
+    /// fleet (see [`crate::fleet`]), whose certificate names `addr`.
+    pub at: Option<SocketAddr>,
     /// How the relay's certificate is verified.
     pub trust: Trust,
     /// Keep-alive and idle timeout.
@@ -47,6 +50,21 @@ impl RelayAddr {
         host.trim_start_matches('[').trim_end_matches(']')
     }
 
+    /// Whether `other` is the same relay: the same address, dialled at the
+    /// same place.
+    pub fn same(&self, other: &RelayAddr) -> bool {
+        self.addr == other.addr && self.at == other.at
+    }
+
+    /// The relay as logs name it: its address, or for a fleet member the
+    /// address it is dialled at (log lines name the fleet apart).
+    pub fn name(&self) -> String {
+        match self.at {
+            Some(at) => at.to_string(),
+            None => self.addr.clone(),
+        }
+    }
+
     /// The same relay, over QUIC only: what a peer that fell back to TCP
     /// tries again every [`TransportOptions::quic_retry`].
     pub fn quic_only(&self) -> RelayAddr {
@@ -61,6 +79,9 @@ impl RelayAddr {
     }
 
     async fn resolve(&self) -> anyhow::Result<SocketAddr> {
+        if let Some(at) = self.at {
+            return Ok(at);
+        }
         tokio::net::lookup_host(&self.addr)
             .await
             .with_context(|| format!("could not resolve relay address {}", self.addr))?
@@ -215,7 +236,7 @@ pub async fn connect_with(
         role,
     };
     let secs = CONNECT_TIMEOUT.as_secs();
-    let (name, port) = (&relay.addr, addr.port());
+    let (name, port) = (relay.name(), addr.port());
     match relay.transport.via {
         Transport::Quic => {
             // Whether the relay's TCP port answers tells a relay that is
@@ -265,6 +286,7 @@ mod tests {
     fn server_name_is_the_host_part() {
         let r = |a: &str| RelayAddr {
             addr: a.into(),
+            at: None,
             trust: Trust::System,
             transport: TransportOptions::default(),
         };

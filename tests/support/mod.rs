@@ -186,6 +186,7 @@ impl Tunnel {
     pub fn relay_via(&self, addr: SocketAddr, transport: TransportOptions) -> RelayAddr {
         RelayAddr {
             addr: addr.to_string(),
+            at: None,
             trust: Trust::Pinned(self.cert.clone()),
             transport,
         }
@@ -201,6 +202,7 @@ impl Tunnel {
         let cancel = self.cancel.child_token();
         let config = HostConfig {
             relays: vec![relay],
+            fleet: None,
             token,
             target: target.to_string(),
             max_backoff: Duration::from_secs(1),
@@ -231,6 +233,7 @@ impl Tunnel {
         let cancel = self.cancel.child_token();
         let config = ClientConfig {
             relays: vec![relay],
+            fleet: None,
             token: TokenSource::Literal(token),
             host: host.map(str::to_owned),
         };

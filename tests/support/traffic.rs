@@ -14,12 +14,14 @@ use super::{within, WAIT};
 /// A TCP server that echoes every connection back and closes after the
 /// peer's FIN; returns its address.
 pub async fn echo_server() -> SocketAddr {
-    serve(|mut tcp| async move {
-        let (mut r, mut w) = tcp.split();
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-        let _ = w.shutdown().await;
-    })
-    .await
+    serve(echo_back).await
+}
+
+/// Echoes `tcp` back until the peer's FIN, then closes.
+async fn echo_back(mut tcp: TcpStream) {
+    let (mut r, mut w) = tcp.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+    let _ = w.shutdown().await;
 }
 
 /// Greeting a target sends the moment a connection is accepted.
@@ -44,7 +46,35 @@ where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), handle)
+}
+
+/// [`echo_server`] on 127.0.0.1 inside network namespace `ns`: the socket
+/// is made on a thread that joined the namespace, and stays in it.
+#[cfg(unix)]
+pub async fn echo_server_in(ns: &str) -> SocketAddr {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    let listener = std::thread::spawn(move || {
+        let netns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns moves only this short-lived thread into the
+        // namespace; `netns` is an open namespace file.
+        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+    })
+    .join()
+    .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    serve_on(TcpListener::from_std(listener).unwrap(), echo_back)
+}
+
+/// Serves connections to `listener` with `handle`; returns its address.
+pub fn serve_on<F, Fut>(listener: TcpListener, handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
