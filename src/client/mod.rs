@@ -2,6 +2,8 @@
 //! connection into a fresh QUIC stream to the relay, reading nothing from
 //! the socket until the host side reports `ready`.
 
+mod relays;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -175,109 +177,10 @@ impl Forwarder {
         Ok((conn, host, true))
     }
 
-    /// The relays to ask: `relays`, or the fleet's relays for the host.
-    async fn candidates(&self) -> Result<Vec<RelayAddr>, ConnectError> {
-        let (Some(fleet), [name]) = (self.config.fleet, self.config.relays.as_slice()) else {
-            return Ok(self.config.relays.clone());
-        };
-        let host = match &self.config.host {
-            Some(host) => host.clone(),
-            None => {
-                let token = self.config.token.load().map_err(ConnectError::setup)?;
-                let claims = crate::token::peek_claims(&token).map_err(ConnectError::setup)?;
-                claims.only_host().map(str::to_owned).ok_or_else(|| {
-                    ConnectError::setup(anyhow::anyhow!(
-                        "the token covers several hosts: name one with --host, which picks the \
-                         fleet's relays"
-                    ))
-                })?
-            }
-        };
-        crate::fleet::relays_for(name, &host, fleet.k)
-            .await
-            .map_err(ConnectError::setup)
-    }
-
-    /// Opens a session stream and waits for `ready`. With several relays,
-    /// one that has not answered within [`SESSION_FALLBACK`] is not waited
-    /// for alone: the others are asked too, and the first `ready` wins. A
-    /// relay that crashed leaves its connections looking alive until
-    /// their idle timeout, and this is how new sessions get past it.
-    pub async fn open(&self) -> Result<Opened, OpenError> {
-        let current = self.open_current();
-        if self.config.relays.len() < 2 && self.config.fleet.is_none_or(|f| f.k < 2) {
-            return current.await;
-        }
-        tokio::pin!(current);
-        tokio::select! {
-            opened = &mut current => return match opened {
-                // The host may be registered with another relay but not
-                // this one, or this relay may be going away.
-                Err(OpenError::Refused(r))
-                    if matches!(r.reason, Reason::HostOffline | Reason::ShuttingDown) =>
-                {
-                    self.open_elsewhere().await.map_err(|_| OpenError::Refused(r))
-                }
-                opened => opened,
-            },
-            () = tokio::time::sleep(SESSION_FALLBACK) => {}
-        }
-        let elsewhere = self.open_elsewhere();
-        tokio::pin!(elsewhere);
-        tokio::select! {
-            opened = &mut current => match opened {
-                Ok(opened) => Ok(opened),
-                Err(err) => elsewhere.await.map_err(|_| err),
-            },
-            opened = &mut elsewhere => match opened {
-                Ok(opened) => Ok(opened),
-                Err(_) => current.await,
-            },
-        }
-    }
-
-    /// A session through another relay than the current one's; on
-    /// success, that relay's connection becomes the current one.
-    async fn open_elsewhere(&self) -> Result<Opened, OpenError> {
-        let skip = self.link.lock().await.relay.clone();
-        let others: Vec<RelayAddr> = (self.candidates().await?.into_iter())
-            .filter(|r| skip.as_ref().is_none_or(|s| !s.same(r)))
-            .collect();
-        let (which, link) = peer::connect_any(
-            &others,
-            &self.config.token,
-            Role::Client,
-            self.config.host.as_deref(),
-            &|err| self.is_final(err),
-        )
-        .await?;
-        let relay = others[which].clone();
-        let (session, stream) = open_on(&link.conn).await?;
-        let was = skip.as_ref().map(RelayAddr::name).unwrap_or_default();
-        warn!(
-            relay = %was,
-            "the relay in use did not answer within {SESSION_FALLBACK:?}; moved to {}",
-            relay.name()
-        );
-        let opened = Opened {
-            session,
-            host: link.host.clone(),
-            conn: link.conn.clone(),
-            stream,
-        };
-        let mut state = self.link.lock().await;
-        if let Some(old) = state.current.take() {
-            // Dead, or slow: sessions on it carry on while it lives.
-            drop(old);
-        }
-        install(&mut state, link, relay, &self.tasks);
-        Ok(opened)
-    }
-
     /// [`Forwarder::open`] on the current connection, made if there is
     /// none. Retries once on a fresh connection when a reused one turns
     /// out to be dead.
-    async fn open_current(&self) -> Result<Opened, OpenError> {
+    pub(super) async fn open_current(&self) -> Result<Opened, OpenError> {
         loop {
             let (conn, host, fresh) = self.connection().await?;
             match open_on(&conn).await {
