@@ -12,14 +12,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use support::bin::{make_private, mint_token, path_str, relay_args, shellrelay_in, write_secret};
 use support::proc::{addr_field, field, Proc};
 use support::wan::Lab;
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The fleet's name.
 const FLEET: &str = "relays.test";
@@ -92,7 +89,7 @@ fn available() -> bool {
 /// A line through `connect` to host lab1 over the fleet, inside `ns`.
 async fn echo_through_fleet(ns: &str, port: u16, pin: &str, token: &Path) {
     let fleet = format!("{FLEET}:{port}");
-    let mut cmd = shellrelay_in(
+    let cmd = shellrelay_in(
         ns,
         &[
             "connect",
@@ -108,32 +105,7 @@ async fn echo_through_fleet(ns: &str, port: u16, pin: &str, token: &Path) {
             "lab1",
         ],
     );
-    cmd.stdin(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    stdin.write_all(b"ping\n").await.unwrap();
-    let mut back = [0u8; 5];
-    let read = within(
-        WAIT,
-        "the echo through the fleet",
-        stdout.read_exact(&mut back),
-    )
-    .await;
-    drop(stdin);
-    let out = within(WAIT, "connect to exit", child.wait_with_output())
-        .await
-        .unwrap();
-    assert!(
-        read.is_ok() && &back == b"ping\n",
-        "{read:?} {back:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::bin::echo_via_connect(cmd).await;
 }
 
 /// The relays the host agent logs registering with, `n` of them.

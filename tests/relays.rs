@@ -8,14 +8,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::bin::{make_private, mint_token, path_str, shellrelay, start_relay, write_secret};
 use support::proc::{addr_field, field, Proc};
 use support::traffic::*;
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Two relay processes sharing a secret and a key (so one pin trusts
 /// both), a host agent registered with both in front of an echo server,
@@ -134,36 +131,9 @@ async fn rig() -> Rig {
     }
 }
 
-/// Runs `connect` with `args`, sends a line through the echo target and
-/// checks it comes back; returns how long that took from the start.
+/// Runs `connect` with `args` to the echo target; how long the echo took.
 async fn echo_through_connect(args: &[&str]) -> Duration {
-    let started = Instant::now();
-    let mut cmd = shellrelay(args);
-    cmd.stdin(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    stdin.write_all(b"ping\n").await.unwrap();
-    let mut back = [0u8; 5];
-    within(
-        WAIT,
-        "the echo through connect",
-        stdout.read_exact(&mut back),
-    )
-    .await
-    .unwrap();
-    let took = started.elapsed();
-    assert_eq!(&back, b"ping\n");
-    drop(stdin);
-    let out = within(WAIT, "connect to exit", child.wait_with_output())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
+    support::bin::echo_via_connect(shellrelay(args)).await
 }
 
 /// Kills relay `i` with SIGKILL: no close, no word to its peers.

@@ -249,3 +249,35 @@ pub fn peer_args<'a>(
         path_str(token),
     ]
 }
+
+/// Runs `connect` as `cmd` says, to a host in front of an echo target:
+/// sends a line, checks it comes back and that `connect` then exits 0.
+/// Returns how long the echo took from the start.
+pub async fn echo_via_connect(mut cmd: Command) -> std::time::Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    stdin.write_all(b"ping\n").await.unwrap();
+    let mut back = [0u8; 5];
+    let read = within(
+        WAIT,
+        "the echo through connect",
+        stdout.read_exact(&mut back),
+    )
+    .await;
+    let took = started.elapsed();
+    drop(stdin);
+    let out = within(WAIT, "connect to exit", child.wait_with_output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        read.is_ok() && &back == b"ping\n",
+        "{read:?} {back:?}: {stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    took
+}
