@@ -166,6 +166,12 @@ pub fn parse(kind: Kind, path: &Path, text: &str) -> anyhow::Result<PeerFile> {
         ),
         _ => {}
     }
+    if let Some(k) = file.fleet.filter(|k| !(1..=16).contains(k)) {
+        bail!(
+            "config file {}: fleet = {k}: a fleet uses 1 to 16 relays per host",
+            path.display()
+        );
+    }
     for relay in &file.relay {
         if let Err(err) = peer::check_relay_addr(relay) {
             bail!("config file {}: relay = {relay:?} {err}", path.display());

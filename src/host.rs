@@ -81,16 +81,17 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     anyhow::ensure!(!config.relays.is_empty(), "no relay to register with");
     let tasks = Tasks::new();
     let trim = Trim::default();
+    let held = Held::default();
     tasks.spawn(trim.clone().run(shutdown.clone()));
     let result = match (config.fleet, config.relays.as_slice()) {
         (Some(fleet), [name]) => {
-            follow_fleet(name, fleet, &config, &tasks, &trim, &shutdown).await;
+            follow_fleet(name, fleet, &config, &tasks, &trim, &held, &shutdown).await;
             Ok(())
         }
         (Some(_), _) => Err(anyhow::anyhow!("a fleet is named by one relay name")),
         (None, relays) => {
             let registrations = (relays.iter())
-                .map(|relay| keep_registered(relay, &config, &tasks, &trim, &shutdown));
+                .map(|relay| keep_registered(relay, &config, &tasks, &trim, &held, &shutdown));
             futures_util::future::try_join_all(registrations)
                 .await
                 .map(drop)
@@ -112,6 +113,7 @@ async fn follow_fleet(
     config: &HostConfig,
     tasks: &Tasks,
     trim: &Trim,
+    held_relays: &Held,
     shutdown: &CancellationToken,
 ) {
     let mut held: HashMap<SocketAddr, CancellationToken> = HashMap::new();
@@ -136,8 +138,11 @@ async fn follow_fleet(
                     let stop = shutdown.child_token();
                     held.insert(at, stop.clone());
                     let (config, tasks2, trim) = (config.clone(), tasks.clone(), trim.clone());
+                    let held_relays = held_relays.clone();
                     tasks.spawn(async move {
-                        let _ = keep_registered(&relay, &config, &tasks2, &trim, &stop).await;
+                        let _ =
+                            keep_registered(&relay, &config, &tasks2, &trim, &held_relays, &stop)
+                                .await;
                     });
                 }
             }
@@ -163,6 +168,7 @@ async fn keep_registered(
     config: &HostConfig,
     tasks: &Tasks,
     trim: &Trim,
+    held: &Held,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let target: Arc<str> = config.target.clone().into();
@@ -180,6 +186,18 @@ async fn keep_registered(
         };
         match attempt {
             Ok(link) => {
+                // One relay under two names (or addresses): its welcome
+                // names the same process. This registration took the
+                // other's place, which takes it back; this one goes.
+                if !held.claim(link.instance.as_deref(), &relay.name()) {
+                    warn!(
+                        relay = %relay.name(),
+                        "the same relay as another of this agent's relays (one relay under two names or addresses); keeping one registration with it"
+                    );
+                    link.close(Reason::Done, "registered with this relay already")
+                        .await;
+                    return Ok(());
+                }
                 displaced = false;
                 let started = Instant::now();
                 info!(
@@ -244,6 +262,28 @@ async fn keep_registered(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// The relay processes this agent has registered with, by the id their
+/// welcome gives, and under which of its relay names: one relay process
+/// keeps one name for the agent's lifetime (a restarted relay has a new
+/// id), so two names for one relay cannot take turns evicting each other.
+#[derive(Debug, Clone, Default)]
+struct Held(Arc<std::sync::Mutex<HashMap<String, String>>>);
+
+impl Held {
+    /// Whether relay process `instance` may be registered with under
+    /// `name`: yes unless another name has been.
+    fn claim(&self, instance: Option<&str>, name: &str) -> bool {
+        let Some(instance) = instance else {
+            return true;
+        };
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        held.entry(instance.to_owned())
+            .or_insert_with(|| name.to_owned())
+            .as_str()
+            == name
     }
 }
 

@@ -39,6 +39,10 @@ pub struct Invite {
     pub pin: Pin,
     /// The token, host or client.
     pub token: String,
+    /// The one relay names a fleet, of this many relays per host (see
+    /// [`crate::fleet`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<u8>,
 }
 
 /// Checks a relay address from a join string: `HOST:PORT` with a port
@@ -109,6 +113,12 @@ impl Invite {
         }
         if invite.token.trim().is_empty() {
             bail!("join string carries no token");
+        }
+        match invite.fleet {
+            Some(k) if !(1..=16).contains(&k) || invite.relays.len() != 1 => {
+                bail!("join string names a fleet of {k}, which needs 1 to 16 and one relay name")
+            }
+            _ => {}
         }
         Ok(invite)
     }
@@ -197,6 +207,9 @@ impl Invite {
         text += &format!("relay = {relay}\n");
         text += &format!("relay_pin = {}\n", quote(&self.pin.to_string()));
         text += &format!("token_file = {}\n", quote(token_name));
+        if let Some(k) = self.fleet {
+            text += &format!("fleet = {k}\n");
+        }
         if let Some(target) = target {
             text += &format!("target = {}\n", quote(target));
         }
@@ -252,6 +265,7 @@ mod tests {
                 .parse()
                 .unwrap(),
             token: crate::token::mint(&secret, &claims).unwrap(),
+            fleet: None,
         }
     }
 
@@ -311,6 +325,32 @@ mod tests {
         ] {
             let err = format!("{:#}", forge(sub, hosts).claims().unwrap_err());
             assert!(err.contains("the join string's token names"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_fleet_travels_in_the_string_and_into_the_saved_file() {
+        let mut fleet = invite();
+        fleet.relays = vec!["relays.example.org:4433".into()];
+        fleet.fleet = Some(2);
+        let read = Invite::decode(&fleet.encode().unwrap()).unwrap();
+        assert_eq!(read.fleet, Some(2));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        read.save(&path, None, false).unwrap();
+        let saved = crate::config::parse(
+            crate::config::Kind::Client,
+            &path,
+            &std::fs::read_to_string(&path).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((saved.fleet, saved.relay.len()), (Some(2), 1));
+        for (k, relays) in [(0, 1), (17, 1), (2, 2)] {
+            let mut bad = fleet.clone();
+            bad.fleet = Some(k);
+            bad.relays = vec!["a.example:1".into(); relays];
+            let err = format!("{:#}", Invite::decode(&bad.encode().unwrap()).unwrap_err());
+            assert!(err.contains("names a fleet"), "{err}");
         }
     }
 

@@ -135,6 +135,9 @@ struct State {
     clients: Arc<registry::Clients>,
     /// Admissions, refusals and sessions, for the audit log.
     audit: audit::Audit,
+    /// This relay process, in welcomes: a host agent that reaches it under
+    /// two names (or two addresses) keeps one registration.
+    instance: String,
     revoked: RevocationList,
     metrics: Metrics,
     /// The next session id.
@@ -193,6 +196,7 @@ impl Relay {
                 hosts,
                 clients: Arc::default(),
                 audit,
+                instance: crate::token::random_id(),
                 revoked,
                 metrics: Metrics::new(),
                 session_ids: AtomicU64::new(1),

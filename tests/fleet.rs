@@ -229,3 +229,83 @@ async fn a_host_uses_the_two_relays_its_id_ranks_first_and_follows_the_records()
     echo_through_fleet(&ns.name, port, &pin, &client_token_file).await;
     host.assert_running();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_under_two_names_keeps_one_registration() {
+    if !available() {
+        return;
+    }
+    let ns = Ns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    let mut relay = Proc::spawn(
+        "relay",
+        shellrelay_in(&ns.name, &relay_args("127.0.0.1:0", &secret, &cert, &key)),
+    );
+    let line = relay.wait_for_text("relay listening").await;
+    let at = addr_field(&line, "addr");
+    let pin = field(&relay.logged_text("certificate cert=").await, "pin")
+        .unwrap()
+        .to_owned();
+    ns.hosts(&[at]);
+    let token_file = |role: &str| {
+        let path = dir.path().join(format!("{role}.token"));
+        (path, role.to_owned())
+    };
+    let (host_token, _) = token_file("host");
+    std::fs::write(&host_token, mint_token(&secret, "host", "lab1", "1h").await).unwrap();
+    make_private(&host_token);
+    let (client_token, _) = token_file("client");
+    std::fs::write(
+        &client_token,
+        mint_token(&secret, "client", "lab1", "1h").await,
+    )
+    .unwrap();
+    make_private(&client_token);
+    let target = support::traffic::echo_server_in(&ns.name).await;
+    // Two names for one relay process.
+    let both = format!("{FLEET}:{},{at}", at.port());
+    let mut host = Proc::spawn(
+        "host",
+        shellrelay_in(
+            &ns.name,
+            &[
+                "host",
+                "--relay",
+                &both,
+                "--relay-pin",
+                &pin,
+                "--token-file",
+                path_str(&host_token),
+                "--target",
+                &target.to_string(),
+            ],
+        ),
+    );
+    host.wait_for_text("the same relay as another").await;
+    // The registration the second took the place of comes back, and stays.
+    let relay_arg = at.to_string();
+    let connect = || {
+        shellrelay_in(
+            &ns.name,
+            &[
+                "connect",
+                "--relay",
+                &relay_arg,
+                "--relay-pin",
+                &pin,
+                "--token-file",
+                path_str(&client_token),
+            ],
+        )
+    };
+    host.wait_for_text("registered with relay").await;
+    support::bin::echo_via_connect(connect()).await;
+    support::bin::echo_via_connect(connect()).await;
+    // One registration was given up, once; the other stands.
+    let log = host.log();
+    assert_eq!(log.matches("the same relay as another").count(), 1, "{log}");
+    assert_eq!(log.matches("registered with relay").count(), 2, "{log}");
+    host.assert_running();
+}

@@ -136,11 +136,14 @@ fn arb_frame() -> BoxedStrategy<Frame> {
                 host,
                 keep_other,
             }),
-        (text(), arb_role(), arb_u64()).prop_map(|(host, role, expires_at)| Frame::Welcome {
-            host,
-            role,
-            expires_at,
-        }),
+        (text(), arb_role(), arb_u64(), prop::option::of(text())).prop_map(
+            |(host, role, expires_at, relay)| Frame::Welcome {
+                host,
+                role,
+                expires_at,
+                relay,
+            }
+        ),
         (arb_u64(), prop::option::of(text()))
             .prop_map(|(session, client)| Frame::Open { session, client }),
         arb_u64().prop_map(|session| Frame::Ready { session }),

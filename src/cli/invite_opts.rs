@@ -30,6 +30,9 @@ pub struct InviteOpt {
         value_delimiter = ','
     )]
     relays: Vec<String>,
+    /// The --relay name is a fleet: its DNS records are the relays, and each host uses K of them (see `host --fleet`).
+    #[arg(long, env = "SHELLRELAY_FLEET", value_name = "K", value_parser = clap::value_parser!(u8).range(1..=16))]
+    fleet: Option<u8>,
     /// The relay's certificate, whose public key the invite pins.
     #[arg(long, env = "SHELLRELAY_CERT", default_value = crate::defaults::CERT, value_name = "PATH")]
     cert: PathBuf,
@@ -83,10 +86,14 @@ pub(super) fn invite(opt: InviteOpt) -> anyhow::Result<()> {
     };
     let first = &relays[0];
     let (token, claims) = opt.mint.mint()?;
+    if opt.fleet.is_some() && relays.len() != 1 {
+        bail!("--fleet takes one --relay: the name whose DNS records are the relays");
+    }
     let invite = Invite {
         relays: relays.clone(),
         pin,
         token,
+        fleet: opt.fleet,
     };
     println!("{}", invite.encode()?);
     eprintln!("{}", instructions(&claims, &relays));

@@ -107,7 +107,7 @@ impl PeerOpt {
                 );
             }
             let joined = PeerOpt {
-                fleet: self.fleet,
+                fleet: self.fleet.or(invite.fleet),
                 relay: invite.relays.clone(),
                 relay_cert: None,
                 relay_pin: Some(invite.pin),
@@ -363,9 +363,14 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
     };
     let joined = invite.as_ref().map(|i| (i, saved.as_deref()));
     let (relays, token) = opt.peer.reach_or(joined, file.as_ref(), &wanted)?;
-    let fleet = opt
-        .peer
-        .fleet(file.as_ref(), &relays, opt.fleet_refresh.0)?;
+    let refresh = opt.fleet_refresh.0;
+    let fleet = match (opt.peer.fleet(file.as_ref(), &relays, refresh)?, &invite) {
+        (None, Some(invite)) => invite.fleet.map(|k| crate::fleet::Fleet {
+            k: usize::from(k),
+            refresh,
+        }),
+        (fleet, _) => fleet,
+    };
     let target = (opt.target)
         .or_else(|| file.and_then(|f| f.file.target))
         .unwrap_or_else(|| crate::defaults::TARGET.to_owned());

@@ -50,6 +50,8 @@ pub struct Forwarder {
     tasks: Tasks,
     /// Cancelled when a refusal that retrying cannot change came in.
     stop: CancellationToken,
+    /// Held by the one session that looks for another relay.
+    switching: tokio::sync::Mutex<()>,
     given_up: std::sync::Mutex<Option<String>>,
 }
 
@@ -114,6 +116,7 @@ impl Forwarder {
             link: Arc::default(),
             tasks: Tasks::new(),
             stop: CancellationToken::new(),
+            switching: tokio::sync::Mutex::new(()),
             given_up: std::sync::Mutex::new(None),
         }
     }

@@ -45,17 +45,21 @@ impl Forwarder {
                 Err(OpenError::Refused(r))
                     if matches!(r.reason, Reason::HostOffline | Reason::ShuttingDown) =>
                 {
-                    self.open_elsewhere().await.map_err(|_| OpenError::Refused(r))
+                    let why = format!("refused the session ({})", r.message);
+                    self.open_elsewhere(&why).await.map_err(|_| OpenError::Refused(r))
                 }
                 opened => opened,
             },
             () = tokio::time::sleep(SESSION_FALLBACK) => {}
         }
-        let elsewhere = self.open_elsewhere();
+        let why = format!("did not answer within {SESSION_FALLBACK:?}");
+        let elsewhere = self.open_elsewhere(&why);
         tokio::pin!(elsewhere);
         tokio::select! {
             opened = &mut current => match opened {
                 Ok(opened) => Ok(opened),
+                // Every relay was tried already.
+                Err(err @ OpenError::Connect(_)) => Err(err),
                 Err(err) => elsewhere.await.map_err(|_| err),
             },
             opened = &mut elsewhere => match opened {
@@ -65,10 +69,20 @@ impl Forwarder {
         }
     }
 
-    /// A session through another relay than the current one's; on
-    /// success, that relay's connection becomes the current one.
-    pub(super) async fn open_elsewhere(&self) -> Result<Opened, OpenError> {
+    /// A session through another relay than the current one's (which
+    /// `why` says what is wrong with); on success, that relay's connection
+    /// becomes the current one. One session at a time looks for another
+    /// relay: the others wait, then use the connection it made.
+    pub(super) async fn open_elsewhere(&self, why: &str) -> Result<Opened, OpenError> {
         let skip = self.link.lock().await.relay.clone();
+        let _one_at_a_time = self.switching.lock().await;
+        let now = self.link.lock().await.relay.clone();
+        if let (Some(now), Some(skip)) = (&now, &skip) {
+            if !now.same(skip) {
+                // Another session moved while this one waited.
+                return self.open_current().await;
+            }
+        }
         let others: Vec<RelayAddr> = (self.candidates().await?.into_iter())
             .filter(|r| skip.as_ref().is_none_or(|s| !s.same(r)))
             .collect();
@@ -83,11 +97,7 @@ impl Forwarder {
         let relay = others[which].clone();
         let (session, stream) = open_on(&link.conn).await?;
         let was = skip.as_ref().map(RelayAddr::name).unwrap_or_default();
-        warn!(
-            relay = %was,
-            "the relay in use did not answer within {SESSION_FALLBACK:?}; moved to {}",
-            relay.name()
-        );
+        warn!(relay = %was, "the relay in use {why}; moved to {}", relay.name());
         let opened = Opened {
             session,
             host: link.host.clone(),

@@ -132,12 +132,16 @@ impl Dial<'_> {
         .await;
         match answer {
             Ok(Frame::Welcome {
-                host, expires_at, ..
+                host,
+                expires_at,
+                relay,
+                ..
             }) => Ok(RelayLink {
                 conn,
                 control: Some((send, recv)),
                 host,
                 expires_at,
+                instance: relay,
                 endpoint: Some(endpoint),
             }),
             Ok(Frame::Refused { reason, message }) => {
@@ -202,7 +206,10 @@ impl Dial<'_> {
         .await;
         match answer {
             Ok(Frame::Welcome {
-                host, expires_at, ..
+                host,
+                expires_at,
+                relay: instance,
+                ..
             }) => {
                 let (side, max_streams) = match self.role {
                     // The relay opens a stream per session towards a host.
@@ -225,6 +232,7 @@ impl Dial<'_> {
                     control: None,
                     host,
                     expires_at,
+                    instance,
                     endpoint: None,
                 })
             }

@@ -118,6 +118,9 @@ pub struct RelayLink {
     pub host: String,
     /// Unix time at which the relay closes this connection.
     pub expires_at: u64,
+    /// The relay process that welcomed it, if it says (see
+    /// [`Frame::Welcome`]).
+    pub instance: Option<String>,
     /// The QUIC endpoint it lives on (kept so its socket lives as long as
     /// it does).
     endpoint: Option<quinn::Endpoint>,

@@ -88,6 +88,10 @@ pub enum Frame {
         role: Role,
         /// Unix time (seconds) at which the relay closes this connection.
         expires_at: u64,
+        /// This relay process (random, new at every start): the same relay
+        /// reached under two names gives the same id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay: Option<String>,
     },
     /// Opens a session; first frame on every session stream.
     Open {
@@ -228,6 +232,7 @@ mod tests {
                 host: "lab1".into(),
                 role: Role::Host,
                 expires_at: 42,
+                relay: Some("3f0c".into()),
             },
             Frame::Open {
                 session: 7,

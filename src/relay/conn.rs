@@ -304,6 +304,7 @@ impl Admitted {
             host: host.to_owned(),
             role: claims.role,
             expires_at: claims.exp,
+            relay: Some(self.state.instance.clone()),
         };
         let config = &self.state.config;
         let side = match claims.role {
