@@ -179,14 +179,23 @@ async fn the_forwarder_moves_new_sessions_past_a_relay_that_died_silently() {
     kill(&mut rig, 0).await;
     // The forwarder's connection to A looks alive (SIGKILL sends nothing)
     // until its idle timeout; a new session gets past it.
+    // Five at once: one of them finds B, the others use its connection.
     let started = Instant::now();
-    let mut after = ping(listen).await;
+    let mut after = futures_util::future::join_all((0..5).map(|_| ping(listen))).await;
     let took = started.elapsed();
-    eprintln!("new session with relay A killed: echo after {took:?}");
+    eprintln!("five new sessions with relay A killed: echoes after {took:?}");
     let b = rig.relays[1].1.to_string();
     let moved = client.wait_for_text("moved to").await;
     assert!(moved.contains(&b), "{moved}");
-    echo(&mut after, b"still there").await;
+    for session in &mut after {
+        echo(session, b"still there").await;
+    }
+    assert_eq!(
+        client.log().matches("moved to").count(),
+        1,
+        "{}",
+        client.log()
+    );
     // Later sessions go straight to B.
     let started = Instant::now();
     ping(listen).await;
