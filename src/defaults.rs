@@ -149,6 +149,10 @@ pub const FLEET_REFRESH: Duration = Duration::from_secs(30);
 /// leaves its connections looking alive until their idle timeout.
 pub const SESSION_FALLBACK: Duration = Duration::from_millis(500);
 
+/// The longest [`SESSION_FALLBACK`] grows to on a path where `ready` is
+/// slow to come (three times the last session's wait).
+pub const SESSION_FALLBACK_MAX: Duration = Duration::from_secs(3);
+
 /// While on TCP with `--transport auto`, how often QUIC is tried again.
 pub const QUIC_RETRY: Duration = Duration::from_secs(180);
 

@@ -52,6 +52,8 @@ pub struct Forwarder {
     stop: CancellationToken,
     /// Held by the one session that looks for another relay.
     switching: tokio::sync::Mutex<()>,
+    /// How long the last session took to get `ready`, in microseconds.
+    last_ready: std::sync::atomic::AtomicU64,
     given_up: std::sync::Mutex<Option<String>>,
 }
 
@@ -117,6 +119,7 @@ impl Forwarder {
             tasks: Tasks::new(),
             stop: CancellationToken::new(),
             switching: tokio::sync::Mutex::new(()),
+            last_ready: std::sync::atomic::AtomicU64::new(0),
             given_up: std::sync::Mutex::new(None),
         }
     }
@@ -158,7 +161,14 @@ impl Forwarder {
         };
         state.failed = None;
         let (conn, host) = (link.conn.clone(), link.host.clone());
-        if relay.retries_quic(&conn) {
+        self.install(&mut state, link, relay);
+        Ok((conn, host, true))
+    }
+
+    /// Makes `link`, to `relay`, the forwarder's connection; over TCP, QUIC
+    /// is tried again from time to time while it lasts.
+    fn install(&self, state: &mut LinkState, link: RelayLink, relay: RelayAddr) {
+        if relay.retries_quic(&link.conn) {
             // Not in the span of the session that happened to connect.
             let _none = tracing::Span::none().entered();
             let retry = retry_quic(
@@ -168,7 +178,7 @@ impl Forwarder {
                 self.tasks.clone(),
             );
             // Ends with the connection it is for.
-            let closed = conn.watch_closed();
+            let closed = link.conn.watch_closed();
             self.tasks.spawn(async move {
                 tokio::select! {
                     _ = closed => {}
@@ -176,8 +186,7 @@ impl Forwarder {
                 }
             });
         }
-        install(&mut state, link, relay, &self.tasks);
-        Ok((conn, host, true))
+        install(state, link, relay, &self.tasks);
     }
 
     /// [`Forwarder::open`] on the current connection, made if there is
@@ -186,14 +195,16 @@ impl Forwarder {
     pub(super) async fn open_current(&self) -> Result<Opened, OpenError> {
         loop {
             let (conn, host, fresh) = self.connection().await?;
+            let asked = Instant::now();
             match open_on(&conn).await {
                 Ok((session, stream)) => {
+                    self.ready_after(asked.elapsed());
                     return Ok(Opened {
                         session,
                         host,
                         conn,
                         stream,
-                    })
+                    });
                 }
                 Err(OpenError::Setup(_)) if !fresh && conn.close_reason().is_some() => continue,
                 Err(OpenError::Setup(err)) => {

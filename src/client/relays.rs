@@ -2,8 +2,25 @@
 //! and a new session that does not wait on a relay that stopped answering.
 
 use super::*;
+use crate::defaults::SESSION_FALLBACK_MAX;
 
 impl Forwarder {
+    /// Records how long a session took to get `ready`.
+    pub(super) fn ready_after(&self, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.last_ready
+            .store(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long a new session waits on the relay in use alone:
+    /// [`SESSION_FALLBACK`], or on a long path three times the last
+    /// session's wait for `ready`, up to [`SESSION_FALLBACK_MAX`].
+    fn fallback_after(&self) -> std::time::Duration {
+        let last = self.last_ready.load(std::sync::atomic::Ordering::Relaxed);
+        let paced = std::time::Duration::from_micros(last.saturating_mul(3));
+        paced.clamp(SESSION_FALLBACK, SESSION_FALLBACK_MAX)
+    }
+
     /// The relays to ask: `relays`, or the fleet's relays for the host.
     pub(super) async fn candidates(&self) -> Result<Vec<RelayAddr>, ConnectError> {
         let (Some(fleet), [name]) = (self.config.fleet, self.config.relays.as_slice()) else {
@@ -37,6 +54,7 @@ impl Forwarder {
         if self.config.relays.len() < 2 && self.config.fleet.is_none_or(|f| f.k < 2) {
             return current.await;
         }
+        let fallback = self.fallback_after();
         tokio::pin!(current);
         tokio::select! {
             opened = &mut current => return match opened {
@@ -50,9 +68,9 @@ impl Forwarder {
                 }
                 opened => opened,
             },
-            () = tokio::time::sleep(SESSION_FALLBACK) => {}
+            () = tokio::time::sleep(fallback) => {}
         }
-        let why = format!("did not answer within {SESSION_FALLBACK:?}");
+        let why = format!("did not answer within {fallback:?}");
         let elsewhere = self.open_elsewhere(&why);
         tokio::pin!(elsewhere);
         tokio::select! {
@@ -109,7 +127,7 @@ impl Forwarder {
             // Dead, or slow: sessions on it carry on while it lives.
             drop(old);
         }
-        install(&mut state, link, relay, &self.tasks);
+        self.install(&mut state, link, relay);
         Ok(opened)
     }
 }
