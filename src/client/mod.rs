@@ -4,6 +4,8 @@
 
 mod relays;
 
+use relays::retry_quic;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -284,43 +286,6 @@ fn install(state: &mut LinkState, link: RelayLink, relay: RelayAddr, tasks: &Tas
     });
     state.current = Some(link);
     state.relay = Some(relay);
-}
-
-/// While the forwarder is on TCP, tries QUIC every
-/// [`crate::tls::TransportOptions::quic_retry`]; once it answers, new
-/// sessions go over QUIC, and the TCP connection goes once its sessions
-/// (which hold it) have ended.
-async fn retry_quic(
-    link: Arc<tokio::sync::Mutex<LinkState>>,
-    config: ClientConfig,
-    relay: RelayAddr,
-    tasks: Tasks,
-) {
-    let quic = relay.quic_only();
-    loop {
-        tokio::time::sleep(relay.transport.quic_retry).await;
-        let on_tcp = |state: &LinkState| {
-            state.relay.as_ref().is_some_and(|r| r.same(&relay))
-                && state.current.as_ref().is_some_and(|l| {
-                    matches!(l.conn, Conn::Tcp(_)) && l.conn.close_reason().is_none()
-                })
-        };
-        if !on_tcp(&*link.lock().await) {
-            return;
-        }
-        let attempt = peer::connect(&quic, &config.token, Role::Client, config.host.as_deref());
-        match attempt.await {
-            Ok(new) => {
-                let mut state = link.lock().await;
-                if on_tcp(&state) {
-                    info!("QUIC answers again; new sessions go over QUIC");
-                    install(&mut state, new, relay.clone(), &tasks);
-                }
-                return;
-            }
-            Err(err) => debug!("QUIC still fails: {err}"),
-        }
-    }
 }
 
 async fn open_on(conn: &Conn) -> Result<(u64, Stream), OpenError> {

@@ -1,5 +1,6 @@
 //! The forwarder with several relays, or a fleet: which relays to ask,
-//! and a new session that does not wait on a relay that stopped answering.
+//! a new session that does not wait on a relay that stopped answering, and
+//! QUIC tried again on a connection that fell back to TCP.
 
 use super::*;
 use crate::defaults::SESSION_FALLBACK_MAX;
@@ -129,5 +130,42 @@ impl Forwarder {
         }
         self.install(&mut state, link, relay);
         Ok(opened)
+    }
+}
+
+/// While the forwarder is on TCP, tries QUIC every
+/// [`crate::tls::TransportOptions::quic_retry`]; once it answers, new
+/// sessions go over QUIC, and the TCP connection goes once its sessions
+/// (which hold it) have ended.
+pub(super) async fn retry_quic(
+    link: Arc<tokio::sync::Mutex<LinkState>>,
+    config: ClientConfig,
+    relay: RelayAddr,
+    tasks: Tasks,
+) {
+    let quic = relay.quic_only();
+    loop {
+        tokio::time::sleep(relay.transport.quic_retry).await;
+        let on_tcp = |state: &LinkState| {
+            state.relay.as_ref().is_some_and(|r| r.same(&relay))
+                && state.current.as_ref().is_some_and(|l| {
+                    matches!(l.conn, Conn::Tcp(_)) && l.conn.close_reason().is_none()
+                })
+        };
+        if !on_tcp(&*link.lock().await) {
+            return;
+        }
+        let attempt = peer::connect(&quic, &config.token, Role::Client, config.host.as_deref());
+        match attempt.await {
+            Ok(new) => {
+                let mut state = link.lock().await;
+                if on_tcp(&state) {
+                    info!("QUIC answers again; new sessions go over QUIC");
+                    install(&mut state, new, relay.clone(), &tasks);
+                }
+                return;
+            }
+            Err(err) => debug!("QUIC still fails: {err}"),
+        }
     }
 }
