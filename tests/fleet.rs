@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use support::bin::{make_private, mint_token, path_str, relay_args, shellrelay_in, write_secret};
+use support::bin::{make_private, path_str, relay_args, shellrelay_in, token_file, write_secret};
 use support::proc::{addr_field, field, Proc};
 use support::wan::Lab;
 
@@ -165,14 +165,8 @@ async fn a_host_uses_the_two_relays_its_id_ranks_first_and_follows_the_records()
     ns.hosts(&members);
 
     let target = support::traffic::echo_server_in(&ns.name).await;
-    let host_token = mint_token(&secret, "host", "lab1", "1h").await;
-    let host_token_file = dir.path().join("host.token");
-    std::fs::write(&host_token_file, host_token).unwrap();
-    make_private(&host_token_file);
-    let client_token = mint_token(&secret, "client", "lab1", "1h").await;
-    let client_token_file = dir.path().join("client.token");
-    std::fs::write(&client_token_file, client_token).unwrap();
-    make_private(&client_token_file);
+    let host_token_file = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
+    let client_token_file = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
     let fleet = format!("{FLEET}:{port}");
     let mut host = Proc::spawn(
         "host",
@@ -249,20 +243,8 @@ async fn one_relay_under_two_names_keeps_one_registration() {
         .unwrap()
         .to_owned();
     ns.hosts(&[at]);
-    let token_file = |role: &str| {
-        let path = dir.path().join(format!("{role}.token"));
-        (path, role.to_owned())
-    };
-    let (host_token, _) = token_file("host");
-    std::fs::write(&host_token, mint_token(&secret, "host", "lab1", "1h").await).unwrap();
-    make_private(&host_token);
-    let (client_token, _) = token_file("client");
-    std::fs::write(
-        &client_token,
-        mint_token(&secret, "client", "lab1", "1h").await,
-    )
-    .unwrap();
-    make_private(&client_token);
+    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
+    let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
     let target = support::traffic::echo_server_in(&ns.name).await;
     // Two names for one relay process.
     let both = format!("{FLEET}:{},{at}", at.port());
@@ -300,12 +282,26 @@ async fn one_relay_under_two_names_keeps_one_registration() {
             ],
         )
     };
-    host.wait_for_text("registered with relay").await;
+    // Whichever registered last at the relay stands. If that was the one
+    // given up, the other was replaced and registers again: wait for that
+    // registration, an event, before trying again.
+    for attempt in 0.. {
+        match support::bin::try_echo_via_connect(connect()).await {
+            Ok(_) => break,
+            Err(err) if attempt == 0 && err.contains("not connected") => {
+                host.wait_for_text("registered with relay").await;
+            }
+            Err(err) => panic!("{err}\nhost log:\n{}", host.log()),
+        }
+    }
     support::bin::echo_via_connect(connect()).await;
-    support::bin::echo_via_connect(connect()).await;
-    // One registration was given up, once; the other stands.
+    // One registration was given up, once; the two names took the relay
+    // from each other at most once each way while they met, not in turns.
     let log = host.log();
     assert_eq!(log.matches("the same relay as another").count(), 1, "{log}");
-    assert_eq!(log.matches("registered with relay").count(), 2, "{log}");
+    assert!(
+        log.matches("replaced by a newer connection").count() <= 2,
+        "{log}"
+    );
     host.assert_running();
 }

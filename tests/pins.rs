@@ -10,7 +10,7 @@ use std::process::Stdio;
 
 use shellrelay::pin::Pin;
 use support::bin::{
-    assert_error_line, finish, make_private, mint_token, path_str, shellrelay, start_relay,
+    assert_error_line, finish, make_private, path_str, shellrelay, start_relay, token_file,
     write_secret,
 };
 use support::proc::{field, Proc};
@@ -31,14 +31,6 @@ fn certificate_for(dir: &Path, name: &str) -> Pin {
     Pin::of(cert.der()).unwrap()
 }
 
-/// Writes `token` to `dir/name`, readable by its owner only.
-fn token_file(dir: &Path, name: &str, token: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, token).unwrap();
-    make_private(&path);
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_key_is_trusted_whatever_the_names_and_a_wrong_pin_shows_both() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,8 +44,7 @@ async fn a_pinned_key_is_trusted_whatever_the_names_and_a_wrong_pin_shows_both()
         "{line}"
     );
     let (relay_at, pin_text) = (addr.to_string(), pin.to_string());
-    let host_token = mint_token(&secret, "host", "lab1", "1h").await;
-    let host_token = token_file(dir.path(), "host.token", &host_token);
+    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
     let target = greeting_server().await.to_string();
     let mut host = Proc::spawn(
         "host",
@@ -70,8 +61,7 @@ async fn a_pinned_key_is_trusted_whatever_the_names_and_a_wrong_pin_shows_both()
         ]),
     );
     host.wait_for_text("registered with relay").await;
-    let client_token = mint_token(&secret, "client", "lab1", "1h").await;
-    let client_token = token_file(dir.path(), "client.token", &client_token);
+    let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
     let connect = |pin: &str| {
         let mut cmd = shellrelay(&[
             "connect",

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::bin::{make_private, mint_token, path_str, shellrelay, start_relay, write_secret};
+use support::bin::{make_private, path_str, shellrelay, start_relay, token_file, write_secret};
 use support::proc::{addr_field, field, Proc};
 use support::traffic::*;
 
@@ -46,13 +46,6 @@ impl Rig {
             "lab1",
         ]
     }
-}
-
-fn token_file(dir: &Path, name: &str, token: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, token).unwrap();
-    make_private(&path);
-    path
 }
 
 /// Two relay processes in `dir` sharing its secret and one key; the pin of
@@ -95,10 +88,8 @@ async fn rig() -> Rig {
     let secret = write_secret(dir.path());
     let (relays, pin) = two_relays(dir.path(), &secret).await;
     let (a, b) = (relays[0].1, relays[1].1);
-    let host_token = mint_token(&secret, "host", "lab1", "1h").await;
-    let host_token = token_file(dir.path(), "host.token", &host_token);
-    let client_token = mint_token(&secret, "client", "lab1", "1h").await;
-    let client_token = token_file(dir.path(), "client.token", &client_token);
+    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
+    let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
     let target = echo_server().await.to_string();
     let both = format!("{a},{b}");
     let mut host = Proc::spawn(
