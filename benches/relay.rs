@@ -300,6 +300,7 @@ async fn run() -> anyhow::Result<()> {
         fleet: None,
         token: TokenSource::Literal(mint(Role::Client, "bench")?),
         host: None,
+        resume_window: shellrelay::resume::RESUME_WINDOW,
     });
     let before_sessions = settle_rss(relay.pid()).await;
     let mut sessions = Vec::with_capacity(plan.idle_sessions);

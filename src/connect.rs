@@ -12,6 +12,7 @@ use tracing::{debug, info};
 use crate::client::{ClientConfig, Forwarder};
 use crate::defaults::SHUTDOWN_GRACE;
 use crate::protocol::Reason;
+use crate::resume::{self, Outcome, Resumable, Side};
 use crate::signals::{Signal, Signals};
 use crate::splice;
 use crate::transport;
@@ -29,8 +30,9 @@ const STDOUT_BUFFER: usize = 256 * 1024;
 pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     let mut signals = Signals::new(&[Signal::Hangup, Signal::Interrupt, Signal::Terminate])?;
     let forwarder = Forwarder::new(config);
+    let offer = forwarder.offer();
     let started = tokio::select! {
-        opened = forwarder.open() => Ok(opened),
+        opened = forwarder.open_with(offer.as_ref().map(|o| &o.ask)) => Ok(opened),
         signal = signals.recv() => Err(signal),
     };
     let opened = match started {
@@ -51,7 +53,21 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     };
     let (session, host, conn) = (opened.session, opened.host, opened.conn);
     let mut stream = opened.stream;
-    info!(session, %host, "session started");
+    let resumable = match offer.map(|o| o.accepted(opened.resume.as_ref())) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(resumable))) => Some(resumable),
+        Some(Err(why)) => {
+            transport::abort(&mut stream, Reason::Protocol);
+            forwarder.close().await;
+            anyhow::bail!("session to host {host}: {why}");
+        }
+    };
+    info!(session, %host, resumable = resumable.is_some(), "session started");
+    if let Some(resumable) = resumable {
+        let result = carry(&forwarder, &resumable, &mut stream, &mut signals).await;
+        forwarder.close().await;
+        return result.map_err(|why| anyhow::anyhow!("session to host {host} ended: {why}"));
+    }
     // Only now, with `ready` in, is stdin read: ssh's first bytes wait in
     // the pipe until the host side can take them.
     let stdin = splice::Reader(tokio::io::stdin());
@@ -101,6 +117,56 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     }
     forwarder.close().await;
     Ok(())
+}
+
+/// Carries a resumable session between stdin and stdout, resuming it when
+/// its path breaks, until it ends or a signal comes (SIGHUP ends it
+/// quietly); the error says why it did not end well.
+async fn carry(
+    forwarder: &Forwarder,
+    session: &Resumable,
+    stream: &mut transport::Stream,
+    signals: &mut Signals,
+) -> Result<(), String> {
+    let mut stdin = splice::Reader(tokio::io::stdin());
+    let mut stdout = BufWriter::with_capacity(STDOUT_BUFFER, Stdout(tokio::io::stdout()));
+    let outcome = tokio::select! {
+        outcome = forwarder.carry(session, stream, &mut stdin, &mut stdout) => outcome,
+        signal = signals.recv() => {
+            if signal != Signal::Hangup {
+                Resumable::abort(&mut stream.0).await;
+                return Err(format!("interrupted ({signal})"));
+            }
+            // ssh is done with the session; see `run`.
+            session.end_data(&mut stream.0).await;
+            let _ = stream.0.finish();
+            let drained = async {
+                let mut chunks: [bytes::Bytes; 32] = Default::default();
+                while let Ok(Some(_)) = stream.1.read_chunks(&mut chunks).await {}
+            };
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
+            return Ok(());
+        }
+    };
+    let (sent, received) = session.moved();
+    info!(
+        to_host = sent,
+        to_client = received,
+        ?outcome,
+        "session ended"
+    );
+    resume::end(&outcome, stream).await;
+    match outcome {
+        Outcome::Done => {
+            // The host has every byte (it acknowledged them); the
+            // stream's end goes out before the connection closes.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, stream.0.stopped()).await;
+            Ok(())
+        }
+        Outcome::Aborted(Side::Peer) => Err("aborted by the host side".into()),
+        Outcome::Aborted(Side::Local) => Err("aborted (stdin or stdout failed)".into()),
+        Outcome::Failed(why) | Outcome::Broken(why) => Err(why),
+    }
 }
 
 /// Stdout whose shutdown also ends it for the reader (ssh sees end of

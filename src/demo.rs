@@ -64,12 +64,14 @@ pub async fn run(
         token: TokenSource::Literal(mint(Role::Host)?),
         target: target.to_owned(),
         max_backoff: crate::defaults::MAX_BACKOFF,
+        resume_window: crate::resume::RESUME_WINDOW,
     };
     let client_config = ClientConfig {
         relays: vec![relay_at],
         fleet: None,
         token: TokenSource::Literal(mint(Role::Client)?),
         host: None,
+        resume_window: crate::resume::RESUME_WINDOW,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -26,6 +26,7 @@ pub mod pin;
 pub mod private;
 pub mod protocol;
 pub mod relay;
+pub mod resume;
 pub mod revoke;
 pub mod signals;
 pub mod splice;

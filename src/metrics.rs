@@ -49,6 +49,7 @@ pub struct Metrics {
     to_host: Counter,
     to_client: Counter,
     refusals: Family<ReasonLabel, Counter>,
+    resumes: Family<ReasonLabel, Counter>,
     handshake: Histogram,
     session_setup: Histogram,
 }
@@ -106,6 +107,12 @@ impl Metrics {
             "Hellos and sessions refused, by the protocol's reason",
             refusals.clone(),
         );
+        let resumes = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "resumes",
+            "Resumes of sessions routed to hosts, by outcome: resumed, or the refusal's reason",
+            resumes.clone(),
+        );
         let handshake = Histogram::new(latency_buckets());
         registry.register_with_unit(
             "handshake_duration",
@@ -129,6 +136,7 @@ impl Metrics {
             to_host,
             to_client,
             refusals,
+            resumes,
             handshake,
             session_setup,
         }
@@ -146,6 +154,12 @@ impl Metrics {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// Counts a resume routed to a host: taken up, or refused for `refused`.
+    pub fn resume(&self, refused: Option<Reason>) {
+        let reason = refused.map_or("resumed", Reason::as_str);
+        self.resumes.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Refusals counted so far, for every reason.

@@ -24,12 +24,15 @@ const MIN_READ: usize = 8 * 1024;
 /// Most received chunks (about one packet's payload each) taken from a
 /// stream at once: one lock of the connection and one write for many
 /// packets instead of one each.
-const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 
-/// Writes every byte of `chunks` with as few vectored writes as it takes.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
+/// Writes every byte of `chunks` with as few vectored writes as it takes,
+/// telling `written` of each write as soon as it returns: cancelled at any
+/// point, the total told is exactly what was written.
+pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
     w: &mut W,
     chunks: &mut [Bytes],
+    mut written_now: impl FnMut(usize),
 ) -> std::io::Result<()> {
     let mut first = 0;
     while first < chunks.len() {
@@ -40,6 +43,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
+        written_now(written);
         while written > 0 && first < chunks.len() {
             let len = chunks[first].len();
             if written >= len {
@@ -196,7 +200,7 @@ async fn to_writer<W: AsyncWrite + Unpin>(
             Ok(Some(n)) => {
                 let len = chunks[..n].iter().map(|c| c.len() as u64).sum::<u64>();
                 let written = async {
-                    write_all_vectored(writer, &mut chunks[..n]).await?;
+                    write_all_vectored(writer, &mut chunks[..n], |_| {}).await?;
                     writer.flush().await
                 };
                 if written.await.is_err() {
@@ -303,7 +307,9 @@ mod tests {
             r.read_to_end(&mut got).await.unwrap();
             got
         });
-        write_all_vectored(&mut w, &mut chunks).await.unwrap();
+        write_all_vectored(&mut w, &mut chunks, |_| {})
+            .await
+            .unwrap();
         drop(w);
         assert_eq!(reader.await.unwrap(), want);
     }

@@ -179,6 +179,7 @@ async fn sessions_over_the_per_client_limit_are_refused_with_a_reason() {
         fleet: None,
         token: TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR)),
         host: None,
+        resume_window: shellrelay::resume::RESUME_WINDOW,
     });
     let mut open = Vec::new();
     for _ in 0..8 {
@@ -226,6 +227,7 @@ async fn the_relay_admits_no_more_sessions_than_its_memory_budget_holds() {
             fleet: None,
             token: TokenSource::Literal(shellrelay::token::mint(&tunnel.secret, &claims).unwrap()),
             host: None,
+            resume_window: shellrelay::resume::RESUME_WINDOW,
         })
     };
     let (alice, bob) = (forwarder("alice"), forwarder("bob"));
@@ -302,6 +304,7 @@ async fn the_session_limit_holds_per_token_across_connections() {
                 fleet: None,
                 token: TokenSource::Literal(token.clone()),
                 host: None,
+                resume_window: shellrelay::resume::RESUME_WINDOW,
             })
         })
         .collect();
@@ -329,6 +332,7 @@ async fn the_session_limit_holds_per_token_across_connections() {
         fleet: None,
         token: TokenSource::Literal(tunnel.sign(&claims)),
         host: None,
+        resume_window: shellrelay::resume::RESUME_WINDOW,
     });
     within(WAIT, "a session of another token", other.open())
         .await

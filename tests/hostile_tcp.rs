@@ -614,6 +614,7 @@ fn forwarder(tunnel: &Tunnel, via: Transport, user: &str) -> Forwarder {
         fleet: None,
         token: TokenSource::Literal(tunnel.sign(&claims)),
         host: None,
+        resume_window: shellrelay::resume::RESUME_WINDOW,
     })
 }
 

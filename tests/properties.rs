@@ -20,7 +20,9 @@ use shellrelay::clock::MAX_EXP;
 use shellrelay::id::{glob_match, valid_host_pattern, MAX_HOST_ID_LEN};
 use shellrelay::keys::Secret;
 use shellrelay::protocol::Role;
-use shellrelay::protocol::{read_frame, Frame, FrameError, Jwt, Reason, Refusal, MAX_FRAME_LEN};
+use shellrelay::protocol::{
+    read_frame, Frame, FrameError, Jwt, Reason, Refusal, Resume, MAX_FRAME_LEN,
+};
 use shellrelay::token::{mint, Claims, TokenError, Verifier};
 use tokio::runtime::Runtime;
 
@@ -144,12 +146,48 @@ fn arb_frame() -> BoxedStrategy<Frame> {
                 relay,
             }
         ),
-        (arb_u64(), prop::option::of(text()))
-            .prop_map(|(session, client)| Frame::Open { session, client }),
-        arb_u64().prop_map(|session| Frame::Ready { session }),
+        (
+            arb_u64(),
+            prop::option::of(text()),
+            prop::option::of(arb_resume()),
+            prop::option::of(text())
+        )
+            .prop_map(|(session, client, resume, owner)| Frame::Open {
+                session,
+                client,
+                resume,
+                owner
+            }),
+        (arb_u64(), prop::option::of(arb_resume()))
+            .prop_map(|(session, resume)| Frame::Ready { session, resume }),
         (arb_reason(), text()).prop_map(|(reason, message)| Frame::Refused { reason, message }),
     ]
     .boxed()
+}
+
+/// Any resume step, with any text where hex belongs.
+fn arb_resume() -> impl Strategy<Value = Resume> {
+    prop_oneof![
+        (text(), text()).prop_map(|(id, key)| Resume::Offer { id, key }),
+        text().prop_map(|key| Resume::Accept { key }),
+        (text(), arb_u64(), arb_u64(), any::<bool>(), text()).prop_map(
+            |(id, attempt, received, fin, proof)| Resume::Again {
+                id,
+                attempt,
+                received,
+                fin,
+                proof
+            }
+        ),
+        (arb_u64(), arb_u64(), any::<bool>(), text()).prop_map(
+            |(attempt, received, fin, proof)| Resume::Resumed {
+                attempt,
+                received,
+                fin,
+                proof
+            }
+        ),
+    ]
 }
 
 /// Any JSON value, biased towards the field names frames use.
@@ -248,7 +286,11 @@ fn wire_input() -> BoxedStrategy<Vec<u8>> {
             .prop_map(|(frame, flips, trailing)| {
                 let mut out = frame
                     .encode()
-                    .unwrap_or_else(|_| Frame::Ready { session: 1 }.encode().expect("encode"));
+                    .unwrap_or_else(|_| Frame::Ready {
+                        session: 1,
+                        resume: None
+                    }
+                    .encode().expect("encode"));
                 for (i, b) in flips {
                     let n = i.index(out.len());
                     out[n] = b;

@@ -74,6 +74,9 @@ pub struct PeerOpt {
     /// With --transport auto, how often a peer that fell back to TCP tries QUIC again.
     #[arg(long, env = "SHELLRELAY_QUIC_RETRY", default_value_t = HumanDuration(crate::defaults::QUIC_RETRY), value_name = "DURATION")]
     quic_retry: HumanDuration,
+    /// How long a session whose path broke (a relay restarting or dying, a network change, sleep) waits to be resumed, through any relay; 0 makes sessions end with their path.
+    #[arg(long, env = "SHELLRELAY_RESUME_WINDOW", default_value_t = HumanDuration(crate::resume::RESUME_WINDOW), value_name = "DURATION")]
+    resume_window: HumanDuration,
 }
 
 impl PeerOpt {
@@ -116,6 +119,7 @@ impl PeerOpt {
                 transport: self.transport.clone(),
                 via: self.via,
                 quic_retry: self.quic_retry,
+                resume_window: self.resume_window,
             };
             return joined.reach_or(None, None, wanted);
         }
@@ -269,6 +273,7 @@ impl ReachOpt {
             fleet,
             token,
             host,
+            resume_window: self.peer.resume_window.0,
         })
     }
 }
@@ -380,6 +385,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         token,
         target,
         max_backoff: opt.max_backoff.0,
+        resume_window: opt.peer.resume_window.0,
     };
     until_signalled(|shutdown| host::run(config, shutdown)).await
 }

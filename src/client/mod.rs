@@ -3,6 +3,9 @@
 //! the socket until the host side reports `ready`.
 
 mod relays;
+mod resume;
+
+pub use resume::Offer;
 
 use relays::retry_quic;
 
@@ -21,11 +24,12 @@ use crate::defaults::{
 use crate::memory::Trim;
 use crate::peer::{self, ConnectError, RelayAddr, RelayLink};
 use crate::protocol::Role;
-use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal};
+use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Resume};
+use crate::resume::{self as resumable, Outcome};
 use crate::splice;
 use crate::tasks::Tasks;
 use crate::token::TokenSource;
-use crate::transport::{Closed, Conn, Stream};
+use crate::transport::{self, Closed, Conn, Stream};
 
 /// Settings of a client forwarder.
 #[derive(Debug, Clone)]
@@ -41,6 +45,9 @@ pub struct ClientConfig {
     pub token: TokenSource,
     /// The host to reach (default: the token's `sub`).
     pub host: Option<String>,
+    /// How long a session whose path broke tries to resume; zero: not
+    /// resumable.
+    pub resume_window: std::time::Duration,
 }
 
 /// A client forwarder's connection to the relay, made on demand and made
@@ -79,6 +86,8 @@ pub struct Opened {
     pub conn: Conn,
     /// The stream, towards the host and from it.
     pub stream: Stream,
+    /// The host's answer to the resume step asked for, if any.
+    pub resume: Option<Resume>,
 }
 
 /// Why a session could not be opened.
@@ -194,18 +203,19 @@ impl Forwarder {
     /// [`Forwarder::open`] on the current connection, made if there is
     /// none. Retries once on a fresh connection when a reused one turns
     /// out to be dead.
-    pub(super) async fn open_current(&self) -> Result<Opened, OpenError> {
+    pub(super) async fn open_current(&self, ask: Option<&Resume>) -> Result<Opened, OpenError> {
         loop {
             let (conn, host, fresh) = self.connection().await?;
             let asked = Instant::now();
-            match open_on(&conn).await {
-                Ok((session, stream)) => {
+            match open_on(&conn, ask).await {
+                Ok((session, stream, resume)) => {
                     self.ready_after(asked.elapsed());
                     return Ok(Opened {
                         session,
                         host,
                         conn,
                         stream,
+                        resume,
                     });
                 }
                 Err(OpenError::Setup(_)) if !fresh && conn.close_reason().is_some() => continue,
@@ -288,12 +298,19 @@ fn install(state: &mut LinkState, link: RelayLink, relay: RelayAddr, tasks: &Tas
     state.relay = Some(relay);
 }
 
-async fn open_on(conn: &Conn) -> Result<(u64, Stream), OpenError> {
+/// A session stream on `conn`, once the host side is ready, with the
+/// session id and the host's answer to `ask`.
+async fn open_on(
+    conn: &Conn,
+    ask: Option<&Resume>,
+) -> Result<(u64, Stream, Option<Resume>), OpenError> {
     let setup = async {
         let (mut send, mut recv) = conn.open().await.map_err(SetupError::from)?;
         let open = Frame::Open {
             session: 0,
             client: None,
+            resume: ask.cloned(),
+            owner: None,
         };
         // A refusal may have been sent, and the stream reset, before
         // `open` went out: the answer is read either way.
@@ -303,7 +320,7 @@ async fn open_on(conn: &Conn) -> Result<(u64, Stream), OpenError> {
             (Err(_), Err(err)) | (Err(err), Ok(())) => return Err(SetupError::from(err).into()),
         };
         match answer {
-            Frame::Ready { session } => Ok((session, (send, recv))),
+            Frame::Ready { session, resume } => Ok((session, (send, recv), resume)),
             Frame::Refused { reason, message } => {
                 Err(OpenError::Refused(Refusal { reason, message }))
             }
@@ -392,7 +409,8 @@ pub async fn run(
 async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr, trim: Trim) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
-    let opened = match forwarder.open().await {
+    let offer = forwarder.offer();
+    let opened = match forwarder.open_with(offer.as_ref().map(|o| &o.ask)).await {
         Ok(opened) => opened,
         Err(OpenError::Connect(err)) if forwarder.is_final(&err) => {
             warn!(%peer, "closing ssh connection: {err}");
@@ -405,20 +423,49 @@ async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr, tr
         }
     };
     let (session, host, conn) = (opened.session, opened.host, opened.conn);
+    let mut stream = opened.stream;
     let span = tracing::Span::current();
     span.record("session", session);
     span.record("host", host.as_str());
-    info!("session started");
+    let resumable = match offer.map(|o| o.accepted(opened.resume.as_ref())) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(resumable))) => Some(resumable),
+        Some(Err(why)) => {
+            warn!(%peer, "closing ssh connection: {why}");
+            transport::abort(&mut stream, Reason::Protocol);
+            return;
+        }
+    };
+    info!(resumable = resumable.is_some(), "session started");
     let live = trim.session();
-    let t = splice::tcp(tcp, opened.stream).await;
+    let (sent, received, aborted) = match resumable {
+        Some(session) => {
+            let mut tcp = tcp;
+            let (mut from_ssh, mut to_ssh) = tcp.split();
+            let outcome = (forwarder)
+                .carry(&session, &mut stream, &mut from_ssh, &mut to_ssh)
+                .await;
+            resumable::end(&outcome, &mut stream).await;
+            if outcome != Outcome::Done {
+                // Linger 0: ssh sees a reset, not an orderly end.
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+            }
+            let (sent, received) = session.moved();
+            (sent, received, outcome != Outcome::Done)
+        }
+        None => {
+            let t = splice::tcp(tcp, stream).await;
+            (t.sent, t.received, t.aborted)
+        }
+    };
     drop(live);
     if let Some(refusal) = conn.refusal() {
         warn!("relay closed the connection: {}", refusal.message);
     }
     info!(
-        to_host = t.sent,
-        to_client = t.received,
-        aborted = t.aborted,
+        to_host = sent,
+        to_client = received,
+        aborted,
         duration = ?started.elapsed(),
         "session ended"
     );

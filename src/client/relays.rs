@@ -51,7 +51,13 @@ impl Forwarder {
     /// relay that crashed leaves its connections looking alive until
     /// their idle timeout, and this is how new sessions get past it.
     pub async fn open(&self) -> Result<Opened, OpenError> {
-        let current = self.open_current();
+        self.open_with(None).await
+    }
+
+    /// [`Forwarder::open`], asking the host for `ask`: to make the session
+    /// resumable, or to take one up again.
+    pub async fn open_with(&self, ask: Option<&Resume>) -> Result<Opened, OpenError> {
+        let current = self.open_current(ask);
         if self.config.relays.len() < 2 && self.config.fleet.is_none_or(|f| f.k < 2) {
             return current.await;
         }
@@ -65,14 +71,14 @@ impl Forwarder {
                     if matches!(r.reason, Reason::HostOffline | Reason::ShuttingDown) =>
                 {
                     let why = format!("refused the session ({})", r.message);
-                    self.open_elsewhere(&why).await.map_err(|_| OpenError::Refused(r))
+                    self.open_elsewhere(&why, ask).await.map_err(|_| OpenError::Refused(r))
                 }
                 opened => opened,
             },
             () = tokio::time::sleep(fallback) => {}
         }
         let why = format!("did not answer within {fallback:?}");
-        let elsewhere = self.open_elsewhere(&why);
+        let elsewhere = self.open_elsewhere(&why, ask);
         tokio::pin!(elsewhere);
         tokio::select! {
             opened = &mut current => match opened {
@@ -92,14 +98,18 @@ impl Forwarder {
     /// `why` says what is wrong with); on success, that relay's connection
     /// becomes the current one. One session at a time looks for another
     /// relay: the others wait, then use the connection it made.
-    pub(super) async fn open_elsewhere(&self, why: &str) -> Result<Opened, OpenError> {
+    pub(super) async fn open_elsewhere(
+        &self,
+        why: &str,
+        ask: Option<&Resume>,
+    ) -> Result<Opened, OpenError> {
         let skip = self.link.lock().await.relay.clone();
         let _one_at_a_time = self.switching.lock().await;
         let now = self.link.lock().await.relay.clone();
         if let (Some(now), Some(skip)) = (&now, &skip) {
             if !now.same(skip) {
                 // Another session moved while this one waited.
-                return self.open_current().await;
+                return self.open_current(ask).await;
             }
         }
         let others: Vec<RelayAddr> = (self.candidates().await?.into_iter())
@@ -114,7 +124,7 @@ impl Forwarder {
         )
         .await?;
         let relay = others[which].clone();
-        let (session, stream) = open_on(&link.conn).await?;
+        let (session, stream, resume) = open_on(&link.conn, ask).await?;
         let was = skip.as_ref().map(RelayAddr::name).unwrap_or_default();
         warn!(relay = %was, "the relay in use {why}; moved to {}", relay.name());
         let opened = Opened {
@@ -122,6 +132,7 @@ impl Forwarder {
             host: link.host.clone(),
             conn: link.conn.clone(),
             stream,
+            resume,
         };
         let mut state = self.link.lock().await;
         if let Some(old) = state.current.take() {

@@ -8,6 +8,7 @@
 //! ssh bytes, untouched.
 
 mod reason;
+mod resume;
 
 use std::fmt;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use reason::{printable, Reason, Refusal, MAX_MESSAGE_CHARS};
+pub use resume::Resume;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// ALPN protocol name; a peer that offers anything else fails the handshake.
@@ -101,11 +103,24 @@ pub enum Frame {
         /// Address of the client forwarder, as seen by the relay (to hosts only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client: Option<String>,
+        /// From a client: make the session resumable, or take one up
+        /// again; the relay passes it on as it is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
+        /// To hosts only: which client token opened the session (a digest
+        /// the relay computes), so that only that token can resume it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// The host's stream is open and its target connected: raw bytes follow.
     Ready {
         /// Session id assigned by the relay.
         session: u64,
+        /// From the host: its answer to the client's `resume`, passed on
+        /// by the relay as it is. Without it the session is not resumable
+        /// and carries raw bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
     },
     /// A hello or session was refused.
     Refused {
@@ -237,8 +252,13 @@ mod tests {
             Frame::Open {
                 session: 7,
                 client: Some("127.0.0.1:5".into()),
+                resume: None,
+                owner: None,
             },
-            Frame::Ready { session: 7 },
+            Frame::Ready {
+                session: 7,
+                resume: None,
+            },
             Refusal::new(Reason::HostOffline, "host lab1 is not connected").frame(),
         ];
         for frame in frames {

@@ -35,13 +35,16 @@ pub enum Reason {
     Limit,
     /// The token or the host id is on the relay's revocation list.
     Revoked,
+    /// A session could not be taken up again: it has ended, its window
+    /// has passed, or the request was not from its client.
+    NotResumable,
     /// Any code or name this version does not know.
     Unknown,
 }
 
 impl Reason {
     /// Every reason this version knows, [`Reason::Unknown`] aside.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Done,
         Reason::Protocol,
         Reason::BadToken,
@@ -53,6 +56,7 @@ impl Reason {
         Reason::Aborted,
         Reason::Limit,
         Reason::Revoked,
+        Reason::NotResumable,
     ];
 
     /// The QUIC application error code for this reason.
@@ -69,6 +73,7 @@ impl Reason {
             Reason::Aborted => 8,
             Reason::Limit => 9,
             Reason::Revoked => 10,
+            Reason::NotResumable => 11,
             Reason::Unknown => 0xff,
         }
     }
@@ -87,6 +92,7 @@ impl Reason {
             Reason::Aborted => "aborted",
             Reason::Limit => "limit",
             Reason::Revoked => "revoked",
+            Reason::NotResumable => "not_resumable",
             Reason::Unknown => "unknown",
         }
     }
@@ -140,6 +146,7 @@ impl fmt::Display for Reason {
             Reason::Aborted => "aborted",
             Reason::Limit => "limit reached",
             Reason::Revoked => "revoked",
+            Reason::NotResumable => "not resumable",
             Reason::Unknown => "unknown reason",
         };
         f.write_str(s)

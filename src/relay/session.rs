@@ -12,7 +12,7 @@ use super::budget::{Share, Shares};
 use super::{State, LOG_TARGET};
 use crate::defaults::{HOST_SETUP_TIMEOUT, OPEN_TIMEOUT};
 use crate::limits::{CountGuard, GaugeGuard};
-use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal};
+use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Resume};
 use crate::splice;
 use crate::transport::{self, Conn, SendStream, Stream};
 
@@ -63,6 +63,7 @@ pub(super) async fn accept_sessions(
             host: host.to_owned(),
             client: remote,
             who: who.clone(),
+            token: token.clone(),
         };
         let task = relay_session(state.clone(), meta, (send, recv), slots);
         state.tasks.spawn(task);
@@ -77,9 +78,18 @@ struct Meta {
     host: String,
     client: SocketAddr,
     who: Who,
+    /// The client's token, as the relay counts its sessions.
+    token: String,
 }
 
 impl Meta {
+    /// The client token, as the host knows it: a digest, so that the host
+    /// learns no token id it was not told.
+    fn owner(&self) -> String {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(self.token.as_bytes())[..16])
+    }
+
     /// An audit line for `event` about this session.
     fn audit<'a>(&'a self, event: &'static str, reason: Option<&'a str>) -> Line<'a> {
         let mut line = Line::new(event, &self.who, self.client);
@@ -94,14 +104,16 @@ impl Meta {
 async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream, _slots: Slots) {
     let (session, host, client) = (meta.session, meta.host.clone(), meta.client);
     let started = Instant::now();
-    match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.1)).await {
-        Ok(Ok(Frame::Open { .. })) => {}
+    // A resume request goes to the host as it came: only the ends can
+    // check it.
+    let resume = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.1)).await {
+        Ok(Ok(Frame::Open { resume, .. })) => resume,
         other => {
             debug!(target: LOG_TARGET, ?other, "session stream did not start with open");
             transport::abort(&mut client_stream, Reason::Protocol);
             return;
         }
-    }
+    };
     let c_send = &mut client_stream.0;
     let Some(target) = state.hosts.get(&host) else {
         let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
@@ -131,17 +143,24 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
             return refuse_session(&state, &meta, c_send, &refusal).await;
         }
     };
+    let resuming = matches!(resume, Some(Resume::Again { .. }));
     let open = Frame::Open {
         session,
         client: Some(client.to_string()),
+        resume,
+        owner: Some(meta.owner()),
     };
     let reply = tokio::time::timeout_at(deadline, async {
         write_frame(&mut host_stream.0, &open).await?;
         read_frame(&mut host_stream.1).await
     })
     .await;
+    let mut answer = None;
     let failure = match reply {
-        Ok(Ok(Frame::Ready { .. })) => None,
+        Ok(Ok(Frame::Ready { resume, .. })) => {
+            answer = resume;
+            None
+        }
         // The host's words end up on the ssh user's terminal.
         Ok(Ok(Frame::Refused { reason, message })) => Some(Refusal { reason, message }.printable()),
         Ok(Ok(other)) => {
@@ -172,6 +191,9 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
             Some(Refusal::new(Reason::TargetUnreachable, message))
         }
     };
+    if resuming {
+        state.metrics.resume(failure.as_ref().map(|r| r.reason));
+    }
     if let Some(refusal) = failure {
         info!(target: LOG_TARGET, %client, reason = %refusal.message, "session refused");
         transport::abort(&mut host_stream, refusal.reason);
@@ -179,7 +201,10 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
     }
     // Within the setup's deadline: a client that grants no credit must
     // not hold the host's stream (and its target connection) for ever.
-    let ready = Frame::Ready { session };
+    let ready = Frame::Ready {
+        session,
+        resume: answer,
+    };
     let sent = tokio::time::timeout_at(deadline, write_frame(c_send, &ready)).await;
     if !matches!(sent, Ok(Ok(()))) {
         transport::abort(&mut host_stream, Reason::Aborted);
@@ -188,7 +213,11 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
     }
     let _active = state.metrics.session_started(started);
     let _live = state.trim.session();
-    info!(target: LOG_TARGET, %client, "session started");
+    if resuming {
+        info!(target: LOG_TARGET, %client, "session resumed");
+    } else {
+        info!(target: LOG_TARGET, %client, "session started");
+    }
     state.audit.write(&meta.audit("session_start", None));
     let metrics = &state.metrics;
     let stats = &target.stats;

@@ -206,6 +206,7 @@ impl Tunnel {
             token,
             target: target.to_string(),
             max_backoff: Duration::from_secs(1),
+            resume_window: shellrelay::resume::RESUME_WINDOW,
         };
         let task = tokio::spawn(host::run(config, cancel.clone()));
         Peer { cancel, task }
@@ -236,6 +237,7 @@ impl Tunnel {
             fleet: None,
             token: TokenSource::Literal(token),
             host: host.map(str::to_owned),
+            resume_window: shellrelay::resume::RESUME_WINDOW,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -8,21 +8,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::clock::fmt_unix;
-use crate::defaults::{DIAL_TIMEOUT, INITIAL_BACKOFF, OPEN_TIMEOUT, SHUTDOWN_GRACE, STABLE_AFTER};
+use crate::defaults::{INITIAL_BACKOFF, SHUTDOWN_GRACE, STABLE_AFTER};
 use crate::fleet::{self, Fleet};
-use crate::memory::{Live, Trim};
+use crate::memory::Trim;
 use crate::peer::{self, RelayAddr, RelayLink};
+use crate::protocol::Reason;
 use crate::protocol::Role;
-use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
-use crate::splice;
 use crate::tasks::Tasks;
 use crate::token::TokenSource;
-use crate::transport::{Closed, SendStream, Stream};
+use crate::transport::Closed;
+
+mod session;
+
+use session::{host_session, Sessions};
 
 /// Settings of a host agent.
 #[derive(Debug, Clone)]
@@ -40,6 +42,9 @@ pub struct HostConfig {
     pub target: String,
     /// Cap on the reconnect delay (default [`MAX_BACKOFF`]).
     pub max_backoff: Duration,
+    /// How long a session whose path broke waits to be resumed; zero:
+    /// sessions are not resumable.
+    pub resume_window: Duration,
 }
 
 /// Exponential backoff with jitter, capped.
@@ -82,6 +87,12 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     let tasks = Tasks::new();
     let trim = Trim::default();
     let held = Held::default();
+    let sessions = Arc::new(Sessions {
+        target: config.target.clone().into(),
+        parked: Arc::default(),
+        window: config.resume_window,
+    });
+    let held = (held, sessions);
     tasks.spawn(trim.clone().run(shutdown.clone()));
     let result = match (config.fleet, config.relays.as_slice()) {
         (Some(fleet), [name]) => {
@@ -113,7 +124,7 @@ async fn follow_fleet(
     config: &HostConfig,
     tasks: &Tasks,
     trim: &Trim,
-    held_relays: &Held,
+    held_relays: &(Held, Arc<Sessions>),
     shutdown: &CancellationToken,
 ) {
     let mut held: HashMap<SocketAddr, CancellationToken> = HashMap::new();
@@ -168,10 +179,9 @@ async fn keep_registered(
     config: &HostConfig,
     tasks: &Tasks,
     trim: &Trim,
-    held: &Held,
+    (held, sessions): &(Held, Arc<Sessions>),
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let target: Arc<str> = config.target.clone().into();
     let mut backoff = Backoff::new(config.max_backoff);
     let mut displaced = false;
     loop {
@@ -204,13 +214,13 @@ async fn keep_registered(
                     host = %link.host,
                     relay = %relay.name(),
                     transport = link.conn.transport(),
-                    target = %target,
+                    target = %sessions.target,
                     expires = %fmt_unix(link.expires_at),
                     "registered with relay"
                 );
                 let mut link = link;
                 let closed = loop {
-                    match serve(&link, relay, config, &target, tasks, trim, shutdown).await {
+                    match serve(&link, relay, config, sessions, tasks, trim, shutdown).await {
                         Served::Moved(quic) => {
                             info!(
                                 host = %quic.host,
@@ -304,7 +314,7 @@ async fn serve(
     link: &RelayLink,
     relay: &RelayAddr,
     config: &HostConfig,
-    target: &Arc<str>,
+    sessions: &Arc<Sessions>,
     tasks: &Tasks,
     trim: &Trim,
     shutdown: &CancellationToken,
@@ -355,61 +365,11 @@ async fn serve(
                 .entered();
                 // Counted from here, so that no QUIC move starts while a
                 // session is being set up.
-                tasks.spawn(host_session(target.clone(), stream, trim.session()));
+                tasks.spawn(host_session(sessions.clone(), stream, trim.session()));
             }
             Err(closed) => return Served::Closed(closed),
         }
     }
-}
-
-async fn host_session(target: Arc<str>, mut stream: Stream, live: Live) {
-    let (session, client) =
-        match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.1)).await {
-            Ok(Ok(Frame::Open { session, client })) => (session, client.unwrap_or_default()),
-            other => {
-                warn!(?other, "session stream did not start with open");
-                stream.0.reset(Reason::Protocol);
-                return;
-            }
-        };
-    tracing::Span::current().record("session", session);
-    let started = Instant::now();
-    let dialled = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&*target)).await;
-    let tcp = match dialled {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(err)) => {
-            let message = format!("could not connect to {target}: {err}");
-            return refuse(stream.0, Refusal::new(Reason::TargetUnreachable, message)).await;
-        }
-        Err(_) => {
-            let secs = DIAL_TIMEOUT.as_secs();
-            let message = format!("could not connect to {target}: no answer within {secs}s");
-            return refuse(stream.0, Refusal::new(Reason::TargetUnreachable, message)).await;
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    if write_frame(&mut stream.0, &Frame::Ready { session })
-        .await
-        .is_err()
-    {
-        return;
-    }
-    info!(%client, "session started");
-    let t = splice::tcp(tcp, stream).await;
-    drop(live);
-    info!(
-        %client,
-        to_client = t.sent,
-        to_host = t.received,
-        aborted = t.aborted,
-        duration = ?started.elapsed(),
-        "session ended"
-    );
-}
-
-async fn refuse(mut send: SendStream, refusal: Refusal) {
-    warn!(reason = %refusal.message, "session refused");
-    send.refuse(&refusal).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,233 @@
+//! One session at the host agent: the target dialled for a new session,
+//! the session carried (resumable when the client asks and the window is
+//! not zero), and a resume handed to the session it names.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use crate::defaults::{DIAL_TIMEOUT, OPEN_TIMEOUT, SHUTDOWN_GRACE};
+use crate::memory::Live;
+use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Resume};
+use crate::resume::key::{self, Half};
+use crate::resume::parked::{Parked, Registered, Takeover};
+use crate::resume::{Outcome, Position, Resumable, REPLAY_LIMIT};
+use crate::splice;
+use crate::transport::{self, SendStream, Stream};
+
+/// What every session of a host agent shares.
+pub(super) struct Sessions {
+    /// The one address sessions are connected to.
+    pub target: Arc<str>,
+    /// Resumable sessions, for resumes through any relay to find.
+    pub parked: Arc<Parked>,
+    /// How long a session whose path broke waits for a resume.
+    pub window: Duration,
+}
+
+/// Serves one session stream the relay opened: a new session, or a resume.
+pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: Live) {
+    let open = tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.1)).await;
+    let (session, client, resume, owner) = match open {
+        Ok(Ok(Frame::Open {
+            session,
+            client,
+            resume,
+            owner,
+        })) => (session, client.unwrap_or_default(), resume, owner),
+        other => {
+            warn!(?other, "session stream did not start with open");
+            stream.0.reset(Reason::Protocol);
+            return;
+        }
+    };
+    tracing::Span::current().record("session", session);
+    let offer = match resume {
+        None => None,
+        Some(Resume::Offer { id, key }) => Some((id, key)),
+        Some(Resume::Again {
+            id,
+            attempt,
+            received,
+            fin,
+            proof,
+        }) => {
+            let takeover = Takeover {
+                stream,
+                attempt,
+                peer: Position { received, fin },
+            };
+            if let Err(refused) = ctx.parked.take_up(&id, owner.as_deref(), takeover, &proof) {
+                let (refusal, mut takeover) = *refused;
+                warn!(%client, reason = %refusal.message, "resume refused");
+                return refuse(&mut takeover.stream.0, refusal).await;
+            }
+            return;
+        }
+        Some(_) => {
+            let refusal = Refusal::new(Reason::Protocol, "open carried a host's resume answer");
+            return refuse(&mut stream.0, refusal).await;
+        }
+    };
+    let started = Instant::now();
+    let target = &ctx.target;
+    let dialled = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&**target)).await;
+    let tcp = match dialled {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(err)) => {
+            let message = format!("could not connect to {target}: {err}");
+            let refusal = Refusal::new(Reason::TargetUnreachable, message);
+            return refuse(&mut stream.0, refusal).await;
+        }
+        Err(_) => {
+            let secs = DIAL_TIMEOUT.as_secs();
+            let message = format!("could not connect to {target}: no answer within {secs}s");
+            let refusal = Refusal::new(Reason::TargetUnreachable, message);
+            return refuse(&mut stream.0, refusal).await;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let resumable = match offer {
+        Some((id, key)) if !ctx.window.is_zero() => match accept(&ctx.parked, id, &key, owner) {
+            Ok(accepted) => Some(accepted),
+            Err(refusal) => return refuse(&mut stream.0, refusal).await,
+        },
+        _ => None,
+    };
+    let answer = resumable
+        .as_ref()
+        .map(|(_, _, key)| Resume::Accept { key: key.clone() });
+    let ready = Frame::Ready {
+        session,
+        resume: answer,
+    };
+    if write_frame(&mut stream.0, &ready).await.is_err() {
+        return;
+    }
+    info!(%client, resumable = resumable.is_some(), "session started");
+    let (to_client, to_host, aborted) = match resumable {
+        Some((session, registered, _)) => {
+            let (outcome, moved) = carry(&ctx, &session, &registered, tcp, stream).await;
+            (moved.0, moved.1, outcome != Outcome::Done)
+        }
+        None => {
+            let t = splice::tcp(tcp, stream).await;
+            (t.sent, t.received, t.aborted)
+        }
+    };
+    drop(live);
+    info!(
+        %client,
+        to_client,
+        to_host,
+        aborted,
+        duration = ?started.elapsed(),
+        "session ended"
+    );
+}
+
+/// Takes up a client's offer: the session's key, and its place among the
+/// sessions resumes can find.
+fn accept(
+    parked: &Arc<Parked>,
+    id: String,
+    client_key: &str,
+    owner: Option<String>,
+) -> Result<(Arc<Resumable>, Registered, String), Refusal> {
+    let bad =
+        |err: key::KeyError| Refusal::new(Reason::Protocol, format!("bad resume offer: {err}"));
+    key::check_id(&id).map_err(bad)?;
+    let half = Half::new().map_err(bad)?;
+    let public = half.public.clone();
+    let key = half.agree(client_key, &id).map_err(bad)?;
+    let session = Arc::new(Resumable::new(id, key, REPLAY_LIMIT));
+    let registered = parked.register(session.clone(), owner)?;
+    Ok((session, registered, public))
+}
+
+/// Carries a resumable session until it ends, taking each stream a resume
+/// brings, and waiting up to the window whenever the stream in use breaks.
+/// Returns how it ended, with the bytes sent to the client and received.
+async fn carry(
+    ctx: &Sessions,
+    session: &Resumable,
+    registered: &Registered,
+    mut tcp: TcpStream,
+    mut stream: Stream,
+) -> (Outcome, (u64, u64)) {
+    let (mut from_target, mut to_target) = tcp.split();
+    let mut peer = Position::default();
+    let outcome = loop {
+        let outcome = tokio::select! {
+            outcome = session.attach(&mut stream, peer, &mut from_target, &mut to_target) => outcome,
+            // The client resumed before this end saw the old stream break.
+            takeover = registered.handoff.next() => {
+                transport::abort(&mut stream, Reason::Aborted);
+                if let Some(taken) = take(session, takeover).await {
+                    (stream, peer) = taken;
+                    info!("session resumed on a new stream");
+                }
+                continue;
+            }
+        };
+        let Outcome::Broken(why) = outcome else {
+            break outcome;
+        };
+        transport::abort(&mut stream, Reason::Aborted);
+        let broke = Instant::now();
+        info!(%why, window = ?ctx.window, "session path broke; waiting for the client to resume it");
+        let deadline = tokio::time::Instant::now() + ctx.window;
+        let resumed = loop {
+            match tokio::time::timeout_at(deadline, registered.handoff.next()).await {
+                Ok(takeover) => match take(session, takeover).await {
+                    Some(taken) => break Some(taken),
+                    None => continue,
+                },
+                Err(_) => break None,
+            }
+        };
+        match resumed {
+            Some(taken) => {
+                (stream, peer) = taken;
+                info!(gap = ?broke.elapsed(), "session resumed");
+            }
+            None => {
+                let window = humantime::format_duration(ctx.window);
+                break Outcome::Failed(format!("not resumed within {window}"));
+            }
+        }
+    };
+    crate::resume::end(&outcome, &mut stream).await;
+    if matches!(outcome, Outcome::Aborted(_) | Outcome::Failed(_)) {
+        // Linger 0: sshd sees a reset, not an orderly end.
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+    }
+    (outcome, session.moved())
+}
+
+/// Answers the resume that brought `takeover`; the new stream and where
+/// the client is, or `None` if the stream failed meanwhile.
+async fn take(session: &Resumable, mut takeover: Takeover) -> Option<(Stream, Position)> {
+    let ready = Frame::Ready {
+        session: 0,
+        resume: Some(session.answer(takeover.attempt)),
+    };
+    let sent = tokio::time::timeout(
+        SHUTDOWN_GRACE * 5,
+        write_frame(&mut takeover.stream.0, &ready),
+    );
+    match sent.await {
+        Ok(Ok(())) => Some((takeover.stream, takeover.peer)),
+        _ => {
+            transport::abort(&mut takeover.stream, Reason::Aborted);
+            None
+        }
+    }
+}
+
+async fn refuse(send: &mut SendStream, refusal: Refusal) {
+    warn!(reason = %refusal.message, "session refused");
+    send.refuse(&refusal).await;
+}

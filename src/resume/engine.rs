@@ -1,0 +1,395 @@
+//! One end of a resumable session: reads the local side (a TCP connection,
+//! or stdin) into data records, writes the peer's data records to the local
+//! side, acknowledges what it has written and lets go of what the peer
+//! acknowledged. A stream that breaks leaves the session as it was; the
+//! next stream picks it up where each end is.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::key::{End, SessionKey};
+use super::outbox::Outbox;
+use super::record::{self, Event, Parser};
+use crate::protocol::Resume;
+use crate::splice::{write_all_vectored, Source, BATCH};
+use crate::transport::{RecvStream, SendStream, Stream};
+
+/// Bytes received before an acknowledgement goes at once.
+const ACK_EVERY: u64 = 128 * 1024;
+
+/// Longest an acknowledgement of fewer bytes waits (for data to ride on).
+const ACK_DELAY: Duration = Duration::from_millis(20);
+
+/// Where one end is: bytes received from the other, and whether its end of
+/// data came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// Bytes received.
+    pub received: u64,
+    /// Whether the end of data was received.
+    pub fin: bool,
+}
+
+/// Which end did something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// This end (its TCP connection or stdin failed, or it was told to stop).
+    Local,
+    /// The other end.
+    Peer,
+}
+
+/// How a stream's part in a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both directions ended and both ends have everything.
+    Done,
+    /// The session was aborted.
+    Aborted(Side),
+    /// The stream broke, and why: the session waits for another.
+    Broken(String),
+    /// The session cannot go on (the peer broke the protocol, or needs
+    /// bytes no longer kept).
+    Failed(String),
+}
+
+/// One end of a resumable session.
+pub struct Resumable {
+    /// The id the client chose.
+    pub id: String,
+    key: SessionKey,
+    out: Mutex<Outbox>,
+    received: AtomicU64,
+    fin_received: AtomicBool,
+    /// Tells the sending half that there is something to acknowledge, or
+    /// that the session may be done.
+    wake: Notify,
+    /// The client's last resume attempt (at the host: the last one taken).
+    attempt: AtomicU64,
+}
+
+impl Resumable {
+    /// A session under `id` and `key`, keeping up to `limit`
+    /// unacknowledged bytes for resumes.
+    pub fn new(id: String, key: SessionKey, limit: usize) -> Resumable {
+        Resumable {
+            id,
+            key,
+            out: Mutex::new(Outbox::new(limit)),
+            received: AtomicU64::new(0),
+            fin_received: AtomicBool::new(false),
+            wake: Notify::new(),
+            attempt: AtomicU64::new(0),
+        }
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What this end has received.
+    pub fn position(&self) -> Position {
+        Position {
+            received: self.received.load(Ordering::Acquire),
+            fin: self.fin_received.load(Ordering::Acquire),
+        }
+    }
+
+    /// Bytes sent and bytes received so far.
+    pub fn moved(&self) -> (u64, u64) {
+        (self.outbox().sent(), self.position().received)
+    }
+
+    /// Bytes kept for a resume now.
+    pub fn held(&self) -> usize {
+        self.outbox().held()
+    }
+
+    /// Client: the next request to take the session up again.
+    pub fn again(&self) -> Resume {
+        let attempt = self.attempt.fetch_add(1, Ordering::AcqRel) + 1;
+        let at = self.position();
+        Resume::Again {
+            id: self.id.clone(),
+            attempt,
+            received: at.received,
+            fin: at.fin,
+            proof: self.key.prove(End::Client, attempt, at.received, at.fin),
+        }
+    }
+
+    /// Client: where the host is, from its answer to the last
+    /// [`Resumable::again`], if the answer is the host's and is to it.
+    pub fn resumed(&self, answer: Option<&Resume>) -> Result<Position, String> {
+        let Some(Resume::Resumed {
+            attempt,
+            received,
+            fin,
+            proof,
+        }) = answer
+        else {
+            return Err("the host did not take the session up again".into());
+        };
+        let ours = self.attempt.load(Ordering::Acquire);
+        if *attempt != ours || !self.key.check(End::Host, ours, *received, *fin, proof) {
+            return Err("the answer to the resume is not from the host".into());
+        }
+        Ok(Position {
+            received: *received,
+            fin: *fin,
+        })
+    }
+
+    /// Host: whether a client's request (`attempt`, its position and
+    /// proof) is from this session's client and newer than any taken; if
+    /// so it is taken, and no earlier or equal attempt will be.
+    pub fn take_again(&self, attempt: u64, at: Position, proof: &str) -> bool {
+        if !self
+            .key
+            .check(End::Client, attempt, at.received, at.fin, proof)
+        {
+            return false;
+        }
+        self.attempt.fetch_max(attempt, Ordering::AcqRel) < attempt
+    }
+
+    /// Host: the answer to the client's request `attempt`.
+    pub fn answer(&self, attempt: u64) -> Resume {
+        let at = self.position();
+        Resume::Resumed {
+            attempt,
+            received: at.received,
+            fin: at.fin,
+            proof: self.key.prove(End::Host, attempt, at.received, at.fin),
+        }
+    }
+
+    /// Carries the session over `stream` from where the peer is until the
+    /// session ends or the stream breaks. Cancel-safe: dropped at any
+    /// point, the session's state is exactly what the local side was given
+    /// and what was read from it, and the next stream goes on from there.
+    pub async fn attach<S: Source, W: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut Stream,
+        peer: Position,
+        source: &mut S,
+        writer: &mut W,
+    ) -> Outcome {
+        let replay = self.outbox().replay(peer.received, peer.fin);
+        let (again, fin_again) = match replay {
+            Ok(replay) => replay,
+            Err(gap) => return Outcome::Failed(format!("cannot resume: {gap}")),
+        };
+        let (send, recv) = stream;
+        tokio::select! {
+            outcome = self.upstream(send, source, again, fin_again) => outcome,
+            outcome = self.downstream(recv, writer) => outcome,
+        }
+    }
+
+    /// Ends the local side's data (it ended outside [`Resumable::attach`],
+    /// as `connect`'s stdin does when ssh hangs up), sending the end on
+    /// `send`.
+    pub async fn end_data(&self, send: &mut SendStream) {
+        let already = std::mem::replace(&mut self.outbox().fin, true);
+        if !already {
+            let _ = send.write_chunk(record::fin()).await;
+        }
+    }
+
+    /// Sends an abort (best effort) and resets the stream.
+    pub async fn abort(send: &mut SendStream) {
+        let sent = tokio::time::timeout(
+            crate::defaults::SHUTDOWN_GRACE,
+            send.write_chunk(record::abort()),
+        );
+        let _ = sent.await;
+        let _ = send.finish();
+    }
+
+    fn finished(&self) -> bool {
+        let out = self.outbox();
+        out.fin && out.fin_acked && self.fin_received.load(Ordering::Acquire)
+    }
+
+    /// Local side → records, and acknowledgements of what came the other way.
+    async fn upstream<S: Source>(
+        &self,
+        send: &mut SendStream,
+        source: &mut S,
+        again: Vec<Bytes>,
+        fin_again: bool,
+    ) -> Outcome {
+        let broken = |err: crate::transport::StreamError| Outcome::Broken(err.to_string());
+        // The peer learnt where this end is from the resume.
+        let mut acked = self.position();
+        for chunk in again {
+            let mut records = [record::data(len32(&chunk)), chunk];
+            if let Err(err) = send.write_all_chunks(&mut records).await {
+                return broken(err);
+            }
+        }
+        if fin_again {
+            if let Err(err) = send.write_chunk(record::fin()).await {
+                return broken(err);
+            }
+        }
+        let mut ended = self.outbox().fin;
+        let mut ack_at: Option<Instant> = None;
+        let mut buf = BytesMut::new();
+        loop {
+            let now = self.position();
+            if now != acked {
+                let due = now.fin != acked.fin
+                    || now.received - acked.received >= ACK_EVERY
+                    || ack_at.is_some_and(|at| at <= Instant::now());
+                if due {
+                    if let Err(err) = send.write_chunk(record::ack(now.received, now.fin)).await {
+                        return broken(err);
+                    }
+                    (acked, ack_at) = (now, None);
+                } else if ack_at.is_none() {
+                    ack_at = Some(Instant::now() + ACK_DELAY);
+                }
+            }
+            if ended && acked.fin && self.finished() {
+                return Outcome::Done;
+            }
+            let read = tokio::select! {
+                biased;
+                () = self.wake.notified() => continue,
+                () = sleep_until(ack_at), if ack_at.is_some() => continue,
+                read = source.read_into(&mut buf), if !ended => read,
+            };
+            let mut records = Vec::with_capacity(3);
+            match read {
+                Ok(0) => {
+                    self.outbox().fin = true;
+                    ended = true;
+                    records.push(record::fin());
+                }
+                Ok(_) => {
+                    let chunk = buf.split().freeze();
+                    self.outbox().push(chunk.clone());
+                    records.extend([record::data(len32(&chunk)), chunk]);
+                }
+                Err(_) => return Outcome::Aborted(Side::Local),
+            }
+            // An acknowledgement waiting goes along.
+            let now = self.position();
+            if now != acked {
+                records.insert(0, record::ack(now.received, now.fin));
+                (acked, ack_at) = (now, None);
+            }
+            if let Err(err) = send.write_all_chunks(&mut records).await {
+                return broken(err);
+            }
+        }
+    }
+
+    /// Records → local side.
+    async fn downstream<W: AsyncWrite + Unpin>(
+        &self,
+        recv: &mut RecvStream,
+        writer: &mut W,
+    ) -> Outcome {
+        let mut parser = Parser::default();
+        let mut chunks: [Bytes; BATCH] = Default::default();
+        let mut events = Vec::new();
+        let mut data: Vec<Bytes> = Vec::new();
+        loop {
+            let n = match recv.read_chunks(&mut chunks).await {
+                Ok(Some(n)) => n,
+                Ok(None) if self.finished() => return Outcome::Done,
+                Ok(None) => return Outcome::Broken("the stream ended early".into()),
+                Err(err) => return Outcome::Broken(err.to_string()),
+            };
+            for chunk in &mut chunks[..n] {
+                if let Err(err) = parser.feed(std::mem::take(chunk), &mut events) {
+                    return Outcome::Failed(err.to_string());
+                }
+            }
+            for event in events.drain(..) {
+                match event {
+                    Event::Data(_) if self.fin_received.load(Ordering::Acquire) => {
+                        return Outcome::Failed("data after the end of data".into());
+                    }
+                    Event::Data(bytes) => data.push(bytes),
+                    Event::Ack { received, fin } => {
+                        if let Err(gap) = self.outbox().ack(received, fin) {
+                            return Outcome::Failed(gap.to_string());
+                        }
+                    }
+                    Event::Fin => {
+                        if self.deliver(writer, &mut data).await.is_err()
+                            || writer.shutdown().await.is_err()
+                        {
+                            return Outcome::Aborted(Side::Local);
+                        }
+                        self.fin_received.store(true, Ordering::Release);
+                    }
+                    Event::Abort => return Outcome::Aborted(Side::Peer),
+                }
+            }
+            if self.deliver(writer, &mut data).await.is_err() {
+                return Outcome::Aborted(Side::Local);
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes `data` to the local side, counting each byte as it goes.
+    async fn deliver<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+        data: &mut Vec<Bytes>,
+    ) -> std::io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        write_all_vectored(writer, data, |n| {
+            self.received.fetch_add(n as u64, Ordering::AcqRel);
+        })
+        .await?;
+        data.clear();
+        writer.flush().await
+    }
+}
+
+/// A chunk's length as a record length: chunks are reads of at most a few
+/// hundred KiB.
+fn len32(chunk: &Bytes) -> u32 {
+    u32::try_from(chunk.len()).unwrap_or(u32::MAX)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends `stream` as `outcome` says: finished when done, an abort sent when
+/// this end aborted, reset otherwise. A session that could not go on says
+/// why in the log.
+pub async fn end(outcome: &Outcome, stream: &mut Stream) {
+    match outcome {
+        Outcome::Done => {
+            let _ = stream.0.finish();
+        }
+        Outcome::Aborted(Side::Local) => Resumable::abort(&mut stream.0).await,
+        Outcome::Aborted(Side::Peer) | Outcome::Broken(_) => {
+            crate::transport::abort(stream, crate::protocol::Reason::Aborted)
+        }
+        Outcome::Failed(why) => {
+            tracing::warn!("session ended: {why}");
+            crate::transport::abort(stream, crate::protocol::Reason::Aborted);
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The host agent's resumable sessions by id, for a resume (through
+//! whichever relay) to find its session. Each entry lives as long as its
+//! session, at most the resume window past its last stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::engine::{Position, Resumable};
+use crate::protocol::{Reason, Refusal};
+use crate::transport::Stream;
+
+/// A new stream for a session, from a resume its session has taken.
+pub struct Takeover {
+    /// The stream, `ready` not yet sent.
+    pub stream: Stream,
+    /// The client's attempt.
+    pub attempt: u64,
+    /// Where the client is.
+    pub peer: Position,
+}
+
+/// Where a session finds the stream a resume brought.
+#[derive(Default)]
+pub struct Handoff {
+    slot: Mutex<Option<Takeover>>,
+    arrived: Notify,
+}
+
+impl Handoff {
+    /// The next stream a resume brings (the newest, if several came).
+    pub async fn next(&self) -> Takeover {
+        loop {
+            let notified = self.arrived.notified();
+            if let Some(takeover) = self.lock().take() {
+                return takeover;
+            }
+            notified.await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Takeover>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Entry {
+    session: Arc<Resumable>,
+    owner: Option<String>,
+    handoff: Arc<Handoff>,
+}
+
+/// The sessions that a resume may take up.
+#[derive(Default)]
+pub struct Parked {
+    sessions: Mutex<HashMap<String, Entry>>,
+}
+
+/// Takes a session out of [`Parked`] when dropped.
+pub struct Registered {
+    parked: Arc<Parked>,
+    id: String,
+    /// Where the session's next stream comes.
+    pub handoff: Arc<Handoff>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.parked.lock().remove(&self.id);
+    }
+}
+
+impl Parked {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sessions that may be resumed now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes all sessions keep for resumes.
+    pub fn held(&self) -> usize {
+        self.lock().values().map(|e| e.session.held()).sum()
+    }
+
+    /// Makes `session`, opened with the client token `owner`, one that
+    /// resumes can find, until the returned guard goes.
+    pub fn register(
+        self: &Arc<Self>,
+        session: Arc<Resumable>,
+        owner: Option<String>,
+    ) -> Result<Registered, Refusal> {
+        let id = session.id.clone();
+        let handoff = Arc::new(Handoff::default());
+        let mut sessions = self.lock();
+        if sessions.contains_key(&id) {
+            return Err(Refusal::new(Reason::Protocol, "session id in use"));
+        }
+        let entry = Entry {
+            session,
+            owner,
+            handoff: handoff.clone(),
+        };
+        sessions.insert(id.clone(), entry);
+        Ok(Registered {
+            parked: self.clone(),
+            id,
+            handoff,
+        })
+    }
+
+    /// Hands `stream` to session `id` if this resume may take it up: the
+    /// same client token, a proof made with the session's key, an attempt
+    /// newer than any taken. Otherwise the stream comes back with why not.
+    pub fn take_up(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        takeover: Takeover,
+        proof: &str,
+    ) -> Result<(), Box<(Refusal, Takeover)>> {
+        let refuse = |why: &str, takeover| {
+            let message = format!("cannot resume the session: {why}");
+            Err(Box::new((
+                Refusal::new(Reason::NotResumable, message),
+                takeover,
+            )))
+        };
+        let sessions = self.lock();
+        let Some(entry) = sessions.get(id) else {
+            return refuse("it has ended, or its resume window has passed", takeover);
+        };
+        if entry.owner.as_deref() != owner {
+            return refuse("it was opened with another client token", takeover);
+        }
+        if !entry
+            .session
+            .take_again(takeover.attempt, takeover.peer, proof)
+        {
+            return refuse(
+                "the request is not from its client, or is a replay",
+                takeover,
+            );
+        }
+        *entry.handoff.lock() = Some(takeover);
+        entry.handoff.arrived.notify_one();
+        Ok(())
+    }
+}
