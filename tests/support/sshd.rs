@@ -166,7 +166,10 @@ impl Sshd {
         remote: Option<&str>,
     ) -> tokio::process::Command {
         let mut cmd = super::wan::command_in(ns, "ssh");
+        // ssh takes the first value given for an option: `options` first,
+        // so that they can override the defaults below.
         cmd.args(["-F", "/dev/null", "-T", "-p", &port.to_string()])
+            .args(options)
             .args([
                 "-o",
                 "StrictHostKeyChecking=no",
@@ -184,7 +187,6 @@ impl Sshd {
             .args(["-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=10"])
             .arg("-i")
             .arg(self.dir.path().join("id"))
-            .args(options)
             .arg(format!("{}@{ip}", user()))
             .args(remote)
             .stdin(Stdio::null())
