@@ -1,18 +1,21 @@
 //! Who may reach what, end to end through an in-process relay: client
 //! tokens for several hosts and patterns, verification keys chosen by
 //! `kid` (rotation without downtime, public-key issuers), and revocation
-//! that closes live connections.
+//! that closes live connections; and resumes, taken only from the token
+//! that opened the session, with the session's key, once.
 
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use shellrelay::client::{ClientConfig, Forwarder, OpenError, Opened};
 use shellrelay::keys::Secret;
 use shellrelay::keys::{self, KeyKind, KeySet, SigningKey, VerifyKey};
-use shellrelay::protocol::Reason;
 use shellrelay::protocol::Role;
-use shellrelay::token::{self, Claims, Verifier};
+use shellrelay::protocol::{Reason, Refusal, Resume};
+use shellrelay::resume::Position;
+use shellrelay::token::{self, Claims, TokenSource, Verifier};
 use support::traffic::*;
 use support::*;
 
@@ -251,4 +254,108 @@ async fn a_changed_revocation_file_is_read_without_a_signal_and_can_revoke_a_hos
     let client_token = tunnel.token(Role::Client, "lab1", HOUR);
     let (reason, _) = refusal(&tunnel, Role::Client, client_token, None).await;
     assert_eq!(reason, Reason::Revoked);
+}
+
+/// The refusal `opened` carries, failing the test if it is not one.
+fn refused(opened: Result<Opened, OpenError>) -> Refusal {
+    match opened {
+        Err(OpenError::Refused(refusal)) => refusal,
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("a resume that should be refused was taken"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_is_taken_only_with_its_client_token_and_key_and_once() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let forwarder = |claims: &Claims| {
+        Forwarder::new(ClientConfig {
+            relays: vec![tunnel.relay_addr()],
+            fleet: None,
+            token: TokenSource::Literal(tunnel.sign(claims)),
+            host: Some("lab1".into()),
+            resume_window: Duration::from_secs(60),
+        })
+    };
+    let alice = forwarder(&client_claims(&["lab1"], "alice-1"));
+    let offer = alice.offer().expect("a resumable offer");
+    let opened = alice.open_with(Some(&offer.ask)).await.unwrap();
+    let session = (offer.accepted(opened.resume.as_ref()))
+        .unwrap()
+        .expect("the host made the session resumable");
+    let ask = session.again();
+
+    // Another token of the same subject for the same host, with the very
+    // request: refused, because the token is not the one that opened it.
+    let mallory = forwarder(&client_claims(&["lab1"], "alice-2"));
+    let r = refused(mallory.open_with(Some(&ask)).await);
+    assert_eq!(r.reason, Reason::NotResumable);
+    assert!(r.message.contains("another client token"), "{r}");
+
+    // The right token, and all that passed through the relay, but a proof
+    // not made with the session's key: refused.
+    let Resume::Again {
+        id,
+        attempt,
+        received,
+        fin,
+        ..
+    } = ask.clone()
+    else {
+        unreachable!("again() asks to resume")
+    };
+    let forged = Resume::Again {
+        id: id.clone(),
+        attempt,
+        received,
+        fin,
+        proof: "00".repeat(32),
+    };
+    let r = refused(alice.open_with(Some(&forged)).await);
+    assert!(r.message.contains("not from its client"), "{r}");
+
+    // The real request is taken, and its answer is the host's.
+    let taken = alice.open_with(Some(&ask)).await.unwrap();
+    assert_eq!(
+        session.resumed(taken.resume.as_ref()),
+        Ok(Position::default())
+    );
+    // Replayed (by the relay, say): refused.
+    let r = refused(alice.open_with(Some(&ask)).await);
+    assert!(r.message.contains("replay"), "{r}");
+
+    // A session nobody opened.
+    let unknown = Resume::Again {
+        id: "ab".repeat(16),
+        attempt: 1,
+        received: 0,
+        fin: false,
+        proof: "00".repeat(32),
+    };
+    let r = refused(alice.open_with(Some(&unknown)).await);
+    assert!(r.message.contains("has ended"), "{r}");
+    // The session itself still works on the stream the resume brought.
+    let mut stream = taken.stream;
+    let (mut local, mut remote) = tokio::io::duplex(64 * 1024);
+    let carried = tokio::spawn(async move {
+        let (mut from, mut to) = tokio::io::split(&mut remote);
+        let mut source = shellrelay::splice::Reader(&mut from);
+        let outcome = session
+            .attach(&mut stream, Position::default(), &mut source, &mut to)
+            .await;
+        (outcome, stream)
+    });
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    local.write_all(b"ping\n").await.unwrap();
+    let mut back = [0u8; 5];
+    within(
+        WAIT,
+        "the echo after the resume",
+        local.read_exact(&mut back),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&back, b"ping\n");
+    carried.abort();
 }

@@ -2,19 +2,21 @@
 //! connection into a fresh QUIC stream to the relay, reading nothing from
 //! the socket until the host side reports `ready`.
 
+mod forward;
 mod relays;
 mod resume;
+
+use forward::forward;
 
 pub use resume::Offer;
 
 use relays::retry_quic;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -25,11 +27,9 @@ use crate::memory::Trim;
 use crate::peer::{self, ConnectError, RelayAddr, RelayLink};
 use crate::protocol::Role;
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Resume};
-use crate::resume::{self as resumable, Outcome};
-use crate::splice;
 use crate::tasks::Tasks;
 use crate::token::TokenSource;
-use crate::transport::{self, Closed, Conn, Stream};
+use crate::transport::{Closed, Conn, Stream};
 
 /// Settings of a client forwarder.
 #[derive(Debug, Clone)]
@@ -404,69 +404,4 @@ pub async fn run(
         Some(why) => anyhow::bail!("{why}; not retrying"),
         None => Ok(()),
     }
-}
-
-async fn forward(forwarder: Arc<Forwarder>, tcp: TcpStream, peer: SocketAddr, trim: Trim) {
-    let started = Instant::now();
-    let _ = tcp.set_nodelay(true);
-    let offer = forwarder.offer();
-    let opened = match forwarder.open_with(offer.as_ref().map(|o| &o.ask)).await {
-        Ok(opened) => opened,
-        Err(OpenError::Connect(err)) if forwarder.is_final(&err) => {
-            warn!(%peer, "closing ssh connection: {err}");
-            forwarder.give_up(err.to_string());
-            return;
-        }
-        Err(err) => {
-            warn!(%peer, "closing ssh connection: {err}");
-            return;
-        }
-    };
-    let (session, host, conn) = (opened.session, opened.host, opened.conn);
-    let mut stream = opened.stream;
-    let span = tracing::Span::current();
-    span.record("session", session);
-    span.record("host", host.as_str());
-    let resumable = match offer.map(|o| o.accepted(opened.resume.as_ref())) {
-        None | Some(Ok(None)) => None,
-        Some(Ok(Some(resumable))) => Some(resumable),
-        Some(Err(why)) => {
-            warn!(%peer, "closing ssh connection: {why}");
-            transport::abort(&mut stream, Reason::Protocol);
-            return;
-        }
-    };
-    info!(resumable = resumable.is_some(), "session started");
-    let live = trim.session();
-    let (sent, received, aborted) = match resumable {
-        Some(session) => {
-            let mut tcp = tcp;
-            let (mut from_ssh, mut to_ssh) = tcp.split();
-            let outcome = (forwarder)
-                .carry(&session, &mut stream, &mut from_ssh, &mut to_ssh)
-                .await;
-            resumable::end(&outcome, &mut stream).await;
-            if outcome != Outcome::Done {
-                // Linger 0: ssh sees a reset, not an orderly end.
-                let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
-            }
-            let (sent, received) = session.moved();
-            (sent, received, outcome != Outcome::Done)
-        }
-        None => {
-            let t = splice::tcp(tcp, stream).await;
-            (t.sent, t.received, t.aborted)
-        }
-    };
-    drop(live);
-    if let Some(refusal) = conn.refusal() {
-        warn!("relay closed the connection: {}", refusal.message);
-    }
-    info!(
-        to_host = sent,
-        to_client = received,
-        aborted,
-        duration = ?started.elapsed(),
-        "session ended"
-    );
 }

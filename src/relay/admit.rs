@@ -142,6 +142,15 @@ pub(super) fn revoked(state: &State, claims: &Claims, host: &str) -> Option<Refu
 
 /// What a client token's session limit is counted by: its id (`jti`), or
 /// its subject when it has none.
+/// The client token as the host learns it, to bind resumes to: a digest
+/// of all its claims, which differ between any two tokens (two tokens with
+/// the same claims are the same token).
+pub(super) fn owner(claims: &Claims) -> String {
+    use sha2::Digest;
+    let claims = serde_json::to_vec(claims).unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(&claims)[..16])
+}
+
 pub(super) fn token_key(claims: &Claims) -> String {
     // With the subject too, so that two issuers' token ids cannot collide
     // unless their subjects do.

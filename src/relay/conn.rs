@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::admit::{check_hello, client_host, revoked, token_key};
+use super::admit::{check_hello, client_host, owner, revoked, token_key};
 use super::answer::{say_last, Answer};
 use super::audit::{Line, Who};
 use super::hold::{hold, Ended};
@@ -439,7 +439,7 @@ impl Admitted {
         );
         let ended = tokio::select! {
             ended = hold(&state, &conn, &claims, &host) => ended,
-            () = accept_sessions(&state, &conn, &host, token, &who) => Ended::Shutdown,
+            () = accept_sessions(&state, &conn, &host, (token, owner(&claims)), &who) => Ended::Shutdown,
         };
         info!(target: LOG_TARGET, host = %host, %remote, reason = %ended, "client disconnected");
     }

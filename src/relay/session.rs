@@ -19,12 +19,12 @@ use crate::transport::{self, Conn, SendStream, Stream};
 /// Accepts the session streams a client opens, each in a task of its own,
 /// until the connection closes.
 /// `token` names the client's token: its sessions are counted over all of
-/// its connections.
+/// its connections; `owner` is the digest that binds resumes to it.
 pub(super) async fn accept_sessions(
     state: &Arc<State>,
     conn: &Conn,
     host: &str,
-    token: String,
+    (token, owner): (String, String),
     who: &Who,
 ) {
     let remote = conn.remote();
@@ -63,7 +63,7 @@ pub(super) async fn accept_sessions(
             host: host.to_owned(),
             client: remote,
             who: who.clone(),
-            token: token.clone(),
+            owner: owner.clone(),
         };
         let task = relay_session(state.clone(), meta, (send, recv), slots);
         state.tasks.spawn(task);
@@ -78,18 +78,11 @@ struct Meta {
     host: String,
     client: SocketAddr,
     who: Who,
-    /// The client's token, as the relay counts its sessions.
-    token: String,
+    /// The client's token, as the host knows it (a digest).
+    owner: String,
 }
 
 impl Meta {
-    /// The client token, as the host knows it: a digest, so that the host
-    /// learns no token id it was not told.
-    fn owner(&self) -> String {
-        use sha2::Digest;
-        hex::encode(&sha2::Sha256::digest(self.token.as_bytes())[..16])
-    }
-
     /// An audit line for `event` about this session.
     fn audit<'a>(&'a self, event: &'static str, reason: Option<&'a str>) -> Line<'a> {
         let mut line = Line::new(event, &self.who, self.client);
@@ -148,7 +141,7 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         session,
         client: Some(client.to_string()),
         resume,
-        owner: Some(meta.owner()),
+        owner: Some(meta.owner.clone()),
     };
     let reply = tokio::time::timeout_at(deadline, async {
         write_frame(&mut host_stream.0, &open).await?;
