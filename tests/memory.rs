@@ -212,8 +212,10 @@ async fn a_stalled_session_costs_each_process_little_and_is_given_back() {
         .await
         .unwrap_or_else(|_| {
             panic!(
-                "RSS stayed at {:?} KiB after the sessions ended (before {before:?} KiB)",
-                procs.rss()
+                "RSS stayed at {:?} KiB after the sessions ended (before {before:?} KiB)\nhost: {}\nclient: {}",
+                procs.rss(),
+                procs.host.log().lines().rev().take(30).collect::<Vec<_>>().join("\n"),
+                procs.client.log().lines().rev().take(30).collect::<Vec<_>>().join("\n"),
             )
         });
     }

@@ -26,6 +26,10 @@ const ACK_EVERY: u64 = 128 * 1024;
 /// Longest an acknowledgement of fewer bytes waits (for data to ride on).
 const ACK_DELAY: Duration = Duration::from_millis(20);
 
+/// How long a stream that can no longer be written to is still read, for
+/// an end or abort the peer sent before it stopped reading.
+const BREAK_GRACE: Duration = Duration::from_secs(1);
+
 /// Where one end is: bytes received from the other, and whether its end of
 /// data came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -187,9 +191,21 @@ impl Resumable {
             Err(gap) => return Outcome::Failed(format!("cannot resume: {gap}")),
         };
         let (send, recv) = stream;
-        tokio::select! {
-            outcome = self.upstream(send, source, again, fin_again) => outcome,
-            outcome = self.downstream(recv, writer) => outcome,
+        let up = std::pin::pin!(self.upstream(send, source, again, fin_again));
+        let mut down = std::pin::pin!(self.downstream(recv, writer));
+        let why = tokio::select! {
+            outcome = up => match outcome {
+                Outcome::Broken(why) => why,
+                outcome => return outcome,
+            },
+            outcome = &mut down => return outcome,
+        };
+        // The peer stopped reading: it may have ended or aborted the
+        // session, and what says so may be on its way. Whatever the stream
+        // still brings within a moment decides.
+        match tokio::time::timeout(BREAK_GRACE, down).await {
+            Ok(Outcome::Broken(_)) | Err(_) => Outcome::Broken(why),
+            Ok(outcome) => outcome,
         }
     }
 
