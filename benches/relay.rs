@@ -492,6 +492,73 @@ async fn run() -> anyhow::Result<()> {
     );
     drop((tcp_client, tcp_host));
 
+    // What resumption costs: a second client forwarder with sessions that
+    // are not resumable (raw bytes after `ready`), to the same host.
+    let mut plain_args = peer_args("client", &relay_addr, &cert, &client_token);
+    plain_args.extend(["--listen", "127.0.0.1:0", "--congestion", &congestion]);
+    plain_args.extend(["--stream-window", &window, "--resume-window", "0"]);
+    let mut plain_client = spawn("client-plain", &plain_args);
+    let plain: SocketAddr = logged(&mut plain_client, "client forwarder listening", "listen")
+        .await
+        .parse()?;
+    logged(&mut plain_client, "connected to relay", "host").await;
+    upload(plain, 16 << 20).await;
+    // Side by side, best of three each, so that drift on a shared machine
+    // does not pass for a cost.
+    let (mut r_up, mut r_down, mut plain_up, mut plain_down) = (0f64, 0f64, 0f64, 0f64);
+    for _ in 0..3 {
+        r_up = r_up.max(gbps(plan.bulk, upload(tunnel, plan.bulk).await));
+        plain_up = plain_up.max(gbps(plan.bulk, upload(plain, plan.bulk).await));
+        r_down = r_down.max(gbps(plan.bulk, download(tunnel, plan.bulk).await));
+        plain_down = plain_down.max(gbps(plan.bulk, download(plain, plan.bulk).await));
+    }
+    let (up, down) = (r_up, r_down);
+    let (p50, p99) = pings(tunnel, plan.pings).await;
+    let (r50, r99) = pings(plain, plan.pings).await;
+    let (s50, _) = setups(tunnel, plan.setups).await;
+    let (rs50, _) = setups(plain, plan.setups).await;
+    let cost = |resumable: f64, not: f64| format!("{:+.1} %", (resumable / not - 1.0) * 100.0);
+    println!();
+    println!(
+        "  {:<44} {:>14} {:>14} {:>9}",
+        "resumable sessions (the default) vs not", "resumable", "not", "change"
+    );
+    for (what, ours, theirs, change) in [
+        (
+            "1 session, client to host (Gbit/s)",
+            format!("{up:.2}"),
+            format!("{plain_up:.2}"),
+            cost(up, plain_up),
+        ),
+        (
+            "1 session, host to client (Gbit/s)",
+            format!("{down:.2}"),
+            format!("{plain_down:.2}"),
+            cost(down, plain_down),
+        ),
+        (
+            "64 B echo round trip p50 (µs)",
+            us(p50),
+            us(r50),
+            format!("+{}", us(p50.saturating_sub(r50))),
+        ),
+        (
+            "64 B echo round trip p99 (µs)",
+            us(p99),
+            us(r99),
+            format!("+{}", us(p99.saturating_sub(r99))),
+        ),
+        (
+            "session setup to first byte p50 (µs)",
+            us(s50),
+            us(rs50),
+            format!("+{}", us(s50.saturating_sub(rs50))),
+        ),
+    ] {
+        println!("  {what:<44} {ours:>14} {theirs:>14} {change:>9}");
+    }
+    drop(plain_client);
+
     let ours = [up, down, p50.as_secs_f64() * 1e6, s50.as_secs_f64() * 1e6];
     if let Err(err) = openssh_rows(sink, &plan, ours).await {
         println!("\nOpenSSH reverse tunnel: skipped ({err:#})");

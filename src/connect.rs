@@ -17,6 +17,9 @@ use crate::signals::{Signal, Signals};
 use crate::splice;
 use crate::transport;
 
+/// How long a resumable session may take to end after ssh hung up.
+const HANGUP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Bytes from the stream gathered into one write to stdout: stdout is
 /// written on a blocking thread, one hand-off per write.
 const STDOUT_BUFFER: usize = 256 * 1024;
@@ -130,24 +133,30 @@ async fn carry(
 ) -> Result<(), String> {
     let mut stdin = splice::Reader(tokio::io::stdin());
     let mut stdout = BufWriter::with_capacity(STDOUT_BUFFER, Stdout(tokio::io::stdout()));
+    let mut carried = Box::pin(forwarder.carry(session, stream, &mut stdin, &mut stdout));
     let outcome = tokio::select! {
-        outcome = forwarder.carry(session, stream, &mut stdin, &mut stdout) => outcome,
+        outcome = &mut carried => outcome,
         signal = signals.recv() => {
             if signal != Signal::Hangup {
+                drop(carried);
                 Resumable::abort(&mut stream.0).await;
                 return Err(format!("interrupted ({signal})"));
             }
-            // ssh is done with the session; see `run`.
-            session.end_data(&mut stream.0).await;
-            let _ = stream.0.finish();
-            let drained = async {
-                let mut chunks: [bytes::Bytes; 32] = Default::default();
-                while let Ok(Some(_)) = stream.1.read_chunks(&mut chunks).await {}
-            };
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
-            return Ok(());
+            // ssh is done with the session and has closed stdin: the
+            // session ends the usual way, both ends acknowledging each
+            // other's end, if that takes a moment; otherwise quietly.
+            match tokio::time::timeout(HANGUP_GRACE, &mut carried).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    drop(carried);
+                    session.end_data(&mut stream.0).await;
+                    let _ = stream.0.finish();
+                    return Ok(());
+                }
+            }
         }
     };
+    drop(carried);
     let (sent, received) = session.moved();
     info!(
         to_host = sent,

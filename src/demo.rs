@@ -65,6 +65,7 @@ pub async fn run(
         target: target.to_owned(),
         max_backoff: crate::defaults::MAX_BACKOFF,
         resume_window: crate::resume::RESUME_WINDOW,
+        metrics: None,
     };
     let client_config = ClientConfig {
         relays: vec![relay_at],

@@ -331,3 +331,75 @@ mod tests {
         assert_eq!((host.to_host(), host.to_client()), (5, 7));
     }
 }
+
+/// The host agent's metrics: resumes of its sessions, and what resumable
+/// sessions hold. The gauges are read at scrape time.
+pub struct HostMetrics {
+    registry: Registry,
+    resumes: Family<ReasonLabel, Counter>,
+    resumable: Gauge,
+    buffered: Gauge,
+}
+
+impl Default for HostMetrics {
+    fn default() -> Self {
+        HostMetrics::new()
+    }
+}
+
+impl HostMetrics {
+    /// Every metric at zero, registered under [`PREFIX`]`_host`.
+    pub fn new() -> HostMetrics {
+        let mut registry = Registry::with_prefix(format!("{PREFIX}_host"));
+        let resumes = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "resumes",
+            "Resumes of sessions by outcome: resumed, or why not (ended, other_token, bad_proof, window_passed)",
+            resumes.clone(),
+        );
+        let resumable = Gauge::default();
+        registry.register(
+            "sessions_resumable",
+            "Resumable sessions now, carried or waiting for a resume",
+            resumable.clone(),
+        );
+        let buffered = Gauge::default();
+        registry.register_with_unit(
+            "resume_buffered",
+            "Bytes sent and not yet acknowledged, kept for resumes",
+            Unit::Bytes,
+            buffered.clone(),
+        );
+        HostMetrics {
+            registry,
+            resumes,
+            resumable,
+            buffered,
+        }
+    }
+
+    /// Counts a resume: `resumed`, or why it failed.
+    pub fn resume(&self, outcome: &'static str) {
+        self.resumes
+            .get_or_create(&ReasonLabel { reason: outcome })
+            .inc();
+    }
+
+    /// Resumes counted with `outcome`.
+    pub fn resumes(&self, outcome: &'static str) -> u64 {
+        let label = ReasonLabel { reason: outcome };
+        self.resumes.get(&label).map_or(0, |c| c.get())
+    }
+
+    /// The metrics as OpenMetrics text, with `resumable` sessions holding
+    /// `buffered` bytes.
+    pub fn encode(&self, resumable: usize, buffered: usize) -> String {
+        self.resumable
+            .set(i64::try_from(resumable).unwrap_or(i64::MAX));
+        self.buffered
+            .set(i64::try_from(buffered).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

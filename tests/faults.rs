@@ -317,6 +317,7 @@ async fn the_host_rereads_its_token_file_and_waits_out_an_expired_token() {
         target: echo_server().await.to_string(),
         max_backoff: Duration::from_millis(400),
         resume_window: shellrelay::resume::RESUME_WINDOW,
+        metrics: None,
     };
     let agent = tokio::spawn(shellrelay::host::run(config, cancel.clone()));
     // It keeps trying at the backoff cap: neither exits nor spins.

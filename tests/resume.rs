@@ -147,11 +147,17 @@ fn counting(
     let task = tokio::spawn(async move {
         let mut lines = Vec::new();
         let mut reader = BufReader::new(stdout).lines();
+        let (mut last, mut longest) = (Instant::now(), Duration::ZERO);
         while let Ok(Some(line)) = reader.next_line().await {
+            if !lines.is_empty() {
+                longest = longest.max(last.elapsed());
+            }
+            last = Instant::now();
             lines.push(line);
             let _ = count.send(lines.len());
         }
         let out = child.wait_with_output().await.expect("ssh ends");
+        eprintln!("longest pause in the counting session's output: {longest:.2?}");
         (lines, out)
     });
     (task, lines_seen)

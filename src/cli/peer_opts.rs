@@ -306,6 +306,9 @@ pub struct HostOpt {
     /// Cap on the delay between reconnect attempts.
     #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(crate::defaults::MAX_BACKOFF), value_name = "DURATION")]
     max_backoff: HumanDuration,
+    /// Serve /metrics (Prometheus: resumes, resumable sessions, bytes kept for resumes) and /status (JSON) over HTTP on this TCP address; off by default.
+    #[arg(long, env = "SHELLRELAY_HOST_METRICS", value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// `shellrelay client`
@@ -386,6 +389,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         target,
         max_backoff: opt.max_backoff.0,
         resume_window: opt.peer.resume_window.0,
+        metrics: opt.metrics,
     };
     until_signalled(|shutdown| host::run(config, shutdown)).await
 }

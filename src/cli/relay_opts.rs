@@ -189,7 +189,8 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     let shutdown = shutdown_signal(&tasks)?;
     tasks.spawn(reload_on_hangup(hangup, relay.handle(), shutdown.clone()));
     if let Some((listener, _)) = metrics {
-        tasks.spawn(status::serve(listener, relay.handle(), shutdown.clone()));
+        let pages = status::relay_pages(relay.handle());
+        tasks.spawn(status::serve(listener, pages, shutdown.clone()));
     }
     let result = relay.run(shutdown.clone()).await;
     shutdown.cancel();

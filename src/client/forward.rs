@@ -15,6 +15,9 @@ use crate::resume::{self as resumable, Outcome};
 use crate::splice;
 use crate::transport;
 
+/// Log lines of sessions are the role's, whichever module logs them.
+const LOG_TARGET: &str = "shellrelay::client";
+
 /// Carries the ssh connection `tcp` from `peer` through a new session.
 pub(super) async fn forward(
     forwarder: Arc<Forwarder>,
@@ -28,12 +31,12 @@ pub(super) async fn forward(
     let opened = match forwarder.open_with(offer.as_ref().map(|o| &o.ask)).await {
         Ok(opened) => opened,
         Err(OpenError::Connect(err)) if forwarder.is_final(&err) => {
-            warn!(%peer, "closing ssh connection: {err}");
+            warn!(target: LOG_TARGET, %peer, "closing ssh connection: {err}");
             forwarder.give_up(err.to_string());
             return;
         }
         Err(err) => {
-            warn!(%peer, "closing ssh connection: {err}");
+            warn!(target: LOG_TARGET, %peer, "closing ssh connection: {err}");
             return;
         }
     };
@@ -46,12 +49,12 @@ pub(super) async fn forward(
         None | Some(Ok(None)) => None,
         Some(Ok(Some(resumable))) => Some(resumable),
         Some(Err(why)) => {
-            warn!(%peer, "closing ssh connection: {why}");
+            warn!(target: LOG_TARGET, %peer, "closing ssh connection: {why}");
             transport::abort(&mut stream, Reason::Protocol);
             return;
         }
     };
-    info!(resumable = resumable.is_some(), "session started");
+    info!(target: LOG_TARGET, resumable = resumable.is_some(), "session started");
     let live = trim.session();
     let (sent, received, aborted) = match resumable {
         Some(session) => {
@@ -75,9 +78,10 @@ pub(super) async fn forward(
     };
     drop(live);
     if let Some(refusal) = conn.refusal() {
-        warn!("relay closed the connection: {}", refusal.message);
+        warn!(target: LOG_TARGET, "relay closed the connection: {}", refusal.message);
     }
     info!(
+        target: LOG_TARGET,
         to_host = sent,
         to_client = received,
         aborted,

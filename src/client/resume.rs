@@ -14,6 +14,9 @@ use crate::resume::{Outcome, Position, Resumable, REPLAY_LIMIT};
 use crate::splice::Source;
 use crate::transport::{self, Stream};
 
+/// Log lines of sessions are the role's, whichever module logs them.
+const LOG_TARGET: &str = "shellrelay::client";
+
 /// Longest pause between two resume attempts.
 const RESUME_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -36,7 +39,7 @@ impl Forwarder {
         let (id, half) = match (key::new_id(), Half::new()) {
             (Ok(id), Ok(half)) => (id, half),
             (Err(err), _) | (_, Err(err)) => {
-                tracing::warn!("sessions are not resumable: {err}");
+                tracing::warn!(target: LOG_TARGET, "sessions are not resumable: {err}");
                 return None;
             }
         };
@@ -66,10 +69,10 @@ impl Forwarder {
             };
             transport::abort(stream, Reason::Aborted);
             let broke = Instant::now();
-            info!(%why, "session path broke; resuming it");
+            info!(target: LOG_TARGET, %why, "session path broke; resuming it");
             match self.reattach(session).await {
                 Ok((opened, at)) => {
-                    info!(gap = ?broke.elapsed(), relay = %opened.conn.remote(), "session resumed");
+                    info!(target: LOG_TARGET, gap = ?broke.elapsed(), relay = %opened.conn.remote(), "session resumed");
                     (*stream, peer) = (opened.stream, at);
                 }
                 Err(why) => return Outcome::Failed(why),
@@ -109,7 +112,7 @@ impl Forwarder {
             if tokio::time::Instant::now() + delay >= deadline {
                 return Err(format!("not resumed within {within}: {err}"));
             }
-            debug!("resume failed, trying again in {delay:.1?}: {err}");
+            debug!(target: LOG_TARGET, "resume failed, trying again in {delay:.1?}: {err}");
             tokio::time::sleep(delay).await;
         }
     }

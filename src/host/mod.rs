@@ -45,6 +45,8 @@ pub struct HostConfig {
     /// How long a session whose path broke waits to be resumed; zero:
     /// sessions are not resumable.
     pub resume_window: Duration,
+    /// Where to serve `/metrics` and `/status`, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Exponential backoff with jitter, capped.
@@ -91,7 +93,13 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         target: config.target.clone().into(),
         parked: Arc::default(),
         window: config.resume_window,
+        metrics: Arc::default(),
     });
+    if let Some(addr) = config.metrics {
+        let (listener, _) = crate::status::bind(addr)?;
+        let pages = pages(sessions.clone());
+        tasks.spawn(crate::status::serve(listener, pages, shutdown.clone()));
+    }
     let held = (held, sessions);
     tasks.spawn(trim.clone().run(shutdown.clone()));
     let result = match (config.fleet, config.relays.as_slice()) {
@@ -110,6 +118,30 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     };
     tasks.shutdown(SHUTDOWN_GRACE).await;
     result
+}
+
+/// The host agent's pages: its metrics, and the same figures as JSON.
+fn pages(sessions: Arc<Sessions>) -> crate::status::Render {
+    Arc::new(move |page| {
+        let (resumable, buffered) = (sessions.parked.len(), sessions.parked.held());
+        match page {
+            crate::status::Page::Metrics => {
+                Ok(sessions.metrics.encode(resumable, buffered).into_bytes())
+            }
+            crate::status::Page::Status => {
+                let m = &sessions.metrics;
+                let status = serde_json::json!({
+                    "sessions_resumable": resumable,
+                    "resume_buffered_bytes": buffered,
+                    "resumes": m.resumes("resumed"),
+                    "resume_window_passed": m.resumes("window_passed"),
+                });
+                let mut json = serde_json::to_vec_pretty(&status).map_err(|e| e.to_string())?;
+                json.push(b'\n');
+                Ok(json)
+            }
+        }
+    })
 }
 
 /// Keeps a registration with each of the `k` relays of the fleet `name`

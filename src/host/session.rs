@@ -10,12 +10,16 @@ use tracing::{info, warn};
 
 use crate::defaults::{DIAL_TIMEOUT, OPEN_TIMEOUT, SHUTDOWN_GRACE};
 use crate::memory::Live;
+use crate::metrics::HostMetrics;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Resume};
 use crate::resume::key::{self, Half};
-use crate::resume::parked::{Parked, Registered, Takeover};
+use crate::resume::parked::{NotTaken, Parked, Registered, Takeover};
 use crate::resume::{Outcome, Position, Resumable, REPLAY_LIMIT};
 use crate::splice;
 use crate::transport::{self, SendStream, Stream};
+
+/// Log lines of sessions are the role's, whichever module logs them.
+const LOG_TARGET: &str = "shellrelay::host";
 
 /// What every session of a host agent shares.
 pub(super) struct Sessions {
@@ -25,6 +29,8 @@ pub(super) struct Sessions {
     pub parked: Arc<Parked>,
     /// How long a session whose path broke waits for a resume.
     pub window: Duration,
+    /// Resumes and what resumable sessions hold.
+    pub metrics: Arc<HostMetrics>,
 }
 
 /// Serves one session stream the relay opened: a new session, or a resume.
@@ -38,7 +44,7 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
             owner,
         })) => (session, client.unwrap_or_default(), resume, owner),
         other => {
-            warn!(?other, "session stream did not start with open");
+            warn!(target: LOG_TARGET, ?other, "session stream did not start with open");
             stream.0.reset(Reason::Protocol);
             return;
         }
@@ -59,9 +65,14 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
                 attempt,
                 peer: Position { received, fin },
             };
-            if let Err(refused) = ctx.parked.take_up(&id, owner.as_deref(), takeover, &proof) {
-                let (refusal, mut takeover) = *refused;
-                warn!(%client, reason = %refusal.message, "resume refused");
+            if let Err(not) = ctx.parked.take_up(&id, owner.as_deref(), takeover, &proof) {
+                let NotTaken {
+                    refusal,
+                    kind,
+                    mut takeover,
+                } = *not;
+                ctx.metrics.resume(kind);
+                warn!(target: LOG_TARGET, %client, reason = %refusal.message, "resume refused");
                 return refuse(&mut takeover.stream.0, refusal).await;
             }
             return;
@@ -106,7 +117,7 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
     if write_frame(&mut stream.0, &ready).await.is_err() {
         return;
     }
-    info!(%client, resumable = resumable.is_some(), "session started");
+    info!(target: LOG_TARGET, %client, resumable = resumable.is_some(), "session started");
     let (to_client, to_host, aborted) = match resumable {
         Some((session, registered, _)) => {
             let (outcome, moved) = carry(&ctx, &session, &registered, tcp, stream).await;
@@ -119,6 +130,7 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
     };
     drop(live);
     info!(
+        target: LOG_TARGET,
         %client,
         to_client,
         to_host,
@@ -167,7 +179,8 @@ async fn carry(
                 transport::abort(&mut stream, Reason::Aborted);
                 if let Some(taken) = take(session, takeover).await {
                     (stream, peer) = taken;
-                    info!("session resumed on a new stream");
+                    ctx.metrics.resume("resumed");
+                    info!(target: LOG_TARGET, gap = ?Duration::ZERO, "session resumed");
                 }
                 continue;
             }
@@ -177,7 +190,7 @@ async fn carry(
         };
         transport::abort(&mut stream, Reason::Aborted);
         let broke = Instant::now();
-        info!(%why, window = ?ctx.window, "session path broke; waiting for the client to resume it");
+        info!(target: LOG_TARGET, %why, window = ?ctx.window, "session path broke; waiting for the client to resume it");
         let deadline = tokio::time::Instant::now() + ctx.window;
         let resumed = loop {
             match tokio::time::timeout_at(deadline, registered.handoff.next()).await {
@@ -191,9 +204,11 @@ async fn carry(
         match resumed {
             Some(taken) => {
                 (stream, peer) = taken;
-                info!(gap = ?broke.elapsed(), "session resumed");
+                ctx.metrics.resume("resumed");
+                info!(target: LOG_TARGET, gap = ?broke.elapsed(), "session resumed");
             }
             None => {
+                ctx.metrics.resume("window_passed");
                 let window = humantime::format_duration(ctx.window);
                 break Outcome::Failed(format!("not resumed within {window}"));
             }
@@ -228,6 +243,6 @@ async fn take(session: &Resumable, mut takeover: Takeover) -> Option<(Stream, Po
 }
 
 async fn refuse(send: &mut SendStream, refusal: Refusal) {
-    warn!(reason = %refusal.message, "session refused");
+    warn!(target: LOG_TARGET, reason = %refusal.message, "session refused");
     send.refuse(&refusal).await;
 }

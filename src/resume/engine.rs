@@ -30,6 +30,9 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 /// an end or abort the peer sent before it stopped reading.
 const BREAK_GRACE: Duration = Duration::from_secs(1);
 
+/// Longest a session that is done waits for the peer to finish its stream.
+const DONE_LINGER: Duration = Duration::from_secs(5);
+
 /// Where one end is: bytes received from the other, and whether its end of
 /// data came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -219,14 +222,15 @@ impl Resumable {
         }
     }
 
-    /// Sends an abort (best effort) and resets the stream.
+    /// Sends an abort (best effort) and ends the stream.
+    /// The stream is kept until the peer stops it (it resets its side on
+    /// reading the abort), within a grace period: over HTTP/2, letting go
+    /// of it at once would reset it before the abort went out.
     pub async fn abort(send: &mut SendStream) {
-        let sent = tokio::time::timeout(
-            crate::defaults::SHUTDOWN_GRACE,
-            send.write_chunk(record::abort()),
-        );
-        let _ = sent.await;
+        let grace = crate::defaults::SHUTDOWN_GRACE;
+        let _ = tokio::time::timeout(grace, send.write_chunk(record::abort())).await;
         let _ = send.finish();
+        let _ = tokio::time::timeout(grace, send.stopped()).await;
     }
 
     fn finished(&self) -> bool {
@@ -398,6 +402,15 @@ pub async fn end(outcome: &Outcome, stream: &mut Stream) {
     match outcome {
         Outcome::Done => {
             let _ = stream.0.finish();
+            // Until the peer finishes too (it is done once it has this
+            // end's last acknowledgement): letting go of the receiving
+            // half first would stop the peer's sending, which the relay
+            // would count as an abort.
+            let drained = async {
+                let mut chunks: [Bytes; BATCH] = Default::default();
+                while let Ok(Some(_)) = stream.1.read_chunks(&mut chunks).await {}
+            };
+            let _ = tokio::time::timeout(DONE_LINGER, drained).await;
         }
         Outcome::Aborted(Side::Local) => Resumable::abort(&mut stream.0).await,
         Outcome::Aborted(Side::Peer) | Outcome::Broken(_) => {

@@ -21,6 +21,17 @@ pub struct Takeover {
     pub peer: Position,
 }
 
+/// A resume not taken: why (for the client, and as a metric label), and
+/// the stream it came on.
+pub struct NotTaken {
+    /// What the client is told.
+    pub refusal: Refusal,
+    /// Why, as a metric label: `ended`, `other_token` or `bad_proof`.
+    pub kind: &'static str,
+    /// The resume's stream, to refuse it on.
+    pub takeover: Takeover,
+}
+
 /// Where a session finds the stream a resume brought.
 #[derive(Default)]
 pub struct Handoff {
@@ -126,29 +137,28 @@ impl Parked {
         owner: Option<&str>,
         takeover: Takeover,
         proof: &str,
-    ) -> Result<(), Box<(Refusal, Takeover)>> {
-        let refuse = |why: &str, takeover| {
+    ) -> Result<(), Box<NotTaken>> {
+        let refuse = |kind, why: &str, takeover| {
             let message = format!("cannot resume the session: {why}");
-            Err(Box::new((
-                Refusal::new(Reason::NotResumable, message),
+            Err(Box::new(NotTaken {
+                refusal: Refusal::new(Reason::NotResumable, message),
+                kind,
                 takeover,
-            )))
+            }))
         };
         let sessions = self.lock();
         let Some(entry) = sessions.get(id) else {
-            return refuse("it has ended, or its resume window has passed", takeover);
+            let why = "it has ended, or its resume window has passed";
+            return refuse("ended", why, takeover);
         };
         if entry.owner.as_deref() != owner {
-            return refuse("it was opened with another client token", takeover);
+            let why = "it was opened with another client token";
+            return refuse("other_token", why, takeover);
         }
-        if !entry
-            .session
-            .take_again(takeover.attempt, takeover.peer, proof)
-        {
-            return refuse(
-                "the request is not from its client, or is a replay",
-                takeover,
-            );
+        let (attempt, peer) = (takeover.attempt, takeover.peer);
+        if !entry.session.take_again(attempt, peer, proof) {
+            let why = "the request is not from its client, or is a replay";
+            return refuse("bad_proof", why, takeover);
         }
         *entry.handoff.lock() = Some(takeover);
         entry.handoff.arrived.notify_one();

@@ -1,4 +1,5 @@
-//! The relay's HTTP endpoint (`GET /metrics`, `GET /status`): connection
+//! The HTTP endpoint of the relay and the host agent (`GET /metrics`,
+//! `GET /status`): connection
 //! caps at accept, one request per connection served by hyper (`http`),
 //! and a linger after the answer; `report` is the client that `shellrelay
 //! status` reads it with.
@@ -6,10 +7,11 @@
 mod http;
 mod report;
 
-pub use http::{MAX_HEADERS, MAX_REQUEST};
+pub use http::{Page, MAX_HEADERS, MAX_REQUEST};
 pub use report::{fetch, table, MAX_RESPONSE};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +19,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use self::http::Page;
 use crate::defaults::{ACCEPT_BACKOFF, REQUEST_LINGER, REQUEST_TIMEOUT};
 use crate::limits::{Gauge, PerAddr};
 use crate::relay::RelayHandle;
@@ -51,20 +52,37 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((listener, bound))
 }
 
-/// Answers requests on `listener` (from [`bind`]) until `shutdown` is
-/// cancelled.
-pub async fn serve(listener: TcpListener, relay: RelayHandle, shutdown: CancellationToken) {
+/// What renders the pages: a page's body, or why it could not be made.
+pub type Render = Arc<dyn Fn(Page) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// The relay's pages: its metrics and its status as JSON.
+pub fn relay_pages(relay: RelayHandle) -> Render {
+    Arc::new(move |page| match page {
+        Page::Metrics => Ok(relay.metrics().into_bytes()),
+        Page::Status => match serde_json::to_vec_pretty(&relay.status()) {
+            Ok(mut json) => {
+                json.push(b'\n');
+                Ok(json)
+            }
+            Err(err) => Err(err.to_string()),
+        },
+    })
+}
+
+/// Answers requests on `listener` (from [`bind`]) with the pages `render`
+/// makes, until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, render: Render, shutdown: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "metrics listening");
     }
     let tasks = Tasks::new();
-    serve_on(&listener, &relay, &shutdown, &tasks).await;
+    serve_on(&listener, &render, &shutdown, &tasks).await;
     tasks.shutdown(REQUEST_TIMEOUT).await;
 }
 
 async fn serve_on(
     listener: &TcpListener,
-    relay: &RelayHandle,
+    relay: &Render,
     shutdown: &CancellationToken,
     tasks: &Tasks,
 ) {
@@ -115,18 +133,9 @@ async fn serve_on(
     }
 }
 
-/// Serves one request, then closes; the relay renders the pages.
-async fn answer(tcp: TcpStream, relay: RelayHandle) {
-    let render = move |page| match page {
-        Page::Metrics => Ok(relay.metrics().into_bytes()),
-        Page::Status => match serde_json::to_vec_pretty(&relay.status()) {
-            Ok(mut json) => {
-                json.push(b'\n');
-                Ok(json)
-            }
-            Err(err) => Err(err.to_string()),
-        },
-    };
+/// Serves one request, then closes.
+async fn answer(tcp: TcpStream, render: Render) {
+    let render = move |page| render(page);
     if let Some(mut tcp) = http::exchange(tcp, render).await {
         if tcp.shutdown().await.is_ok() {
             linger(&mut tcp).await;
