@@ -299,39 +299,6 @@ pub struct HostStatus {
     pub bytes_to_client: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_names_every_metric() {
-        let m = Metrics::new();
-        let host = HostStats::new(0);
-        m.refused(Reason::BadToken);
-        m.refused(Reason::Limit);
-        assert_eq!(m.refusals(), 2);
-        m.to_host(&host, 5);
-        m.to_client(&host, 7);
-        m.hello_accepted(Instant::now());
-        drop(m.session_started(Instant::now()));
-        let text = m.encode(3);
-        for line in [
-            "shellrelay_hosts_connected 3",
-            "shellrelay_sessions_active 0",
-            "shellrelay_sessions_total 1",
-            "shellrelay_host_replacements_total 0",
-            "shellrelay_relayed_bytes_total{direction=\"to_host\"} 5",
-            "shellrelay_relayed_bytes_total{direction=\"to_client\"} 7",
-            "shellrelay_refusals_total{reason=\"bad_token\"} 1",
-            "shellrelay_handshake_duration_seconds_count 1",
-            "shellrelay_session_setup_duration_seconds_count 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
-        }
-        assert_eq!((host.to_host(), host.to_client()), (5, 7));
-    }
-}
-
 /// The host agent's metrics: resumes of its sessions, and what resumable
 /// sessions hold. The gauges are read at scrape time.
 pub struct HostMetrics {
@@ -401,5 +368,38 @@ impl HostMetrics {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_names_every_metric() {
+        let m = Metrics::new();
+        let host = HostStats::new(0);
+        m.refused(Reason::BadToken);
+        m.refused(Reason::Limit);
+        assert_eq!(m.refusals(), 2);
+        m.to_host(&host, 5);
+        m.to_client(&host, 7);
+        m.hello_accepted(Instant::now());
+        drop(m.session_started(Instant::now()));
+        let text = m.encode(3);
+        for line in [
+            "shellrelay_hosts_connected 3",
+            "shellrelay_sessions_active 0",
+            "shellrelay_sessions_total 1",
+            "shellrelay_host_replacements_total 0",
+            "shellrelay_relayed_bytes_total{direction=\"to_host\"} 5",
+            "shellrelay_relayed_bytes_total{direction=\"to_client\"} 7",
+            "shellrelay_refusals_total{reason=\"bad_token\"} 1",
+            "shellrelay_handshake_duration_seconds_count 1",
+            "shellrelay_session_setup_duration_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert_eq!((host.to_host(), host.to_client()), (5, 7));
     }
 }
