@@ -345,7 +345,8 @@ async fn run() -> anyhow::Result<()> {
             runs.insert(1, ("bbr", "1MiB"));
         }
         // `SHELLRELAY_BENCH_RUNS="bbr/2MiB cubic/512KiB tcp"` chooses the
-        // shellrelay runs, and the TCP tunnels only if it names `tcp`.
+        // shellrelay runs, and the TCP tunnels only if it names `tcp`;
+        // `plain/W` is bbr with sessions that are not resumable.
         let chosen = std::env::var("SHELLRELAY_BENCH_RUNS").ok();
         if let Some(chosen) = &chosen {
             runs = chosen
@@ -361,6 +362,11 @@ async fn run() -> anyhow::Result<()> {
                     tcp_congestion(&lab, "bbr");
                     (vec!["--stream-window", window], vec!["--transport", "tcp"])
                 }
+                // Sessions that are not resumable: what resumption costs.
+                "plain" => (
+                    vec!["--congestion", "bbr", "--stream-window", window],
+                    vec!["--transport", "quic", "--resume-window", "0"],
+                ),
                 _ => (
                     vec!["--congestion", congestion, "--stream-window", window],
                     vec!["--transport", "quic"],
@@ -378,6 +384,7 @@ async fn run() -> anyhow::Result<()> {
                 w if w == default_window && congestion == "tcp" => {
                     "shellrelay --transport tcp".to_owned()
                 }
+                _ if congestion == "plain" => format!("  ... --resume-window 0 ({window})"),
                 w if w == default_window => format!("shellrelay --congestion {congestion}"),
                 w => format!("  ... --stream-window {w}"),
             };

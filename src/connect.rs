@@ -95,11 +95,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
                 // disconnect), so that the session ends cleanly everywhere
                 // rather than in an abort; what comes is for nobody.
                 let _ = stream.0.finish();
-                let drained = async {
-                    let mut chunks: [bytes::Bytes; 32] = Default::default();
-                    while let Ok(Some(_)) = stream.1.read_chunks(&mut chunks).await {}
-                };
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
+                resume::drain(&mut stream.1, SHUTDOWN_GRACE).await;
                 None
             }
             signal => Some(signal),
@@ -139,7 +135,7 @@ async fn carry(
         signal = signals.recv() => {
             if signal != Signal::Hangup {
                 drop(carried);
-                Resumable::abort(&mut stream.0).await;
+                Resumable::abort(stream).await;
                 return Err(format!("interrupted ({signal})"));
             }
             // ssh is done with the session and has closed stdin: the

@@ -222,15 +222,17 @@ impl Resumable {
         }
     }
 
-    /// Sends an abort (best effort) and ends the stream.
-    /// The stream is kept until the peer stops it (it resets its side on
-    /// reading the abort), within a grace period: over HTTP/2, letting go
-    /// of it at once would reset it before the abort went out.
-    pub async fn abort(send: &mut SendStream) {
+    /// Sends an abort (best effort) and ends the stream. The stream is
+    /// kept until the peer resets it (as it does on reading the abort),
+    /// within a grace period: over HTTP/2, letting go of it at once would
+    /// reset it before the abort went out.
+    pub async fn abort(stream: &mut Stream) {
         let grace = crate::defaults::SHUTDOWN_GRACE;
-        let _ = tokio::time::timeout(grace, send.write_chunk(record::abort())).await;
-        let _ = send.finish();
-        let _ = tokio::time::timeout(grace, send.stopped()).await;
+        let sent = tokio::time::timeout(grace, stream.0.write_chunk(record::abort())).await;
+        let _ = stream.0.finish();
+        if matches!(sent, Ok(Ok(()))) {
+            drain(&mut stream.1, grace).await;
+        }
     }
 
     fn finished(&self) -> bool {
@@ -406,13 +408,9 @@ pub async fn end(outcome: &Outcome, stream: &mut Stream) {
             // end's last acknowledgement): letting go of the receiving
             // half first would stop the peer's sending, which the relay
             // would count as an abort.
-            let drained = async {
-                let mut chunks: [Bytes; BATCH] = Default::default();
-                while let Ok(Some(_)) = stream.1.read_chunks(&mut chunks).await {}
-            };
-            let _ = tokio::time::timeout(DONE_LINGER, drained).await;
+            drain(&mut stream.1, DONE_LINGER).await;
         }
-        Outcome::Aborted(Side::Local) => Resumable::abort(&mut stream.0).await,
+        Outcome::Aborted(Side::Local) => Resumable::abort(stream).await,
         Outcome::Aborted(Side::Peer) | Outcome::Broken(_) => {
             crate::transport::abort(stream, crate::protocol::Reason::Aborted)
         }
@@ -421,4 +419,14 @@ pub async fn end(outcome: &Outcome, stream: &mut Stream) {
             crate::transport::abort(stream, crate::protocol::Reason::Aborted);
         }
     }
+}
+
+/// Reads `recv` to its end (or reset), for at most `limit`, throwing away
+/// what comes: for a stream whose peer has more to say before it lets go.
+pub async fn drain(recv: &mut RecvStream, limit: Duration) {
+    let drained = async {
+        let mut chunks: [Bytes; BATCH] = Default::default();
+        while let Ok(Some(_)) = recv.read_chunks(&mut chunks).await {}
+    };
+    let _ = tokio::time::timeout(limit, drained).await;
 }

@@ -57,7 +57,7 @@ pub mod record;
 use std::time::Duration;
 
 pub use crate::protocol::Resume;
-pub use engine::{end, Outcome, Position, Resumable, Side};
+pub use engine::{drain, end, Outcome, Position, Resumable, Side};
 
 /// How long a session waits for its path to come back, unless told
 /// otherwise.
