@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use support::bin::write_secret;
 use support::bin::{path_str, peer_args, relay_args, shellrelay, start_relay, token_file};
-use support::proc::{field, Proc};
+use support::http::get;
+use support::proc::{addr_field, field, Proc};
 use support::sshd::Sshd;
 use support::traffic::echo_server;
 use support::within;
@@ -58,13 +59,17 @@ impl Relay {
         self.proc.terminate().await;
     }
 
-    /// Starts the relay again on its address, with its key.
-    async fn restart(&mut self) {
+    /// Starts the relay again on its address, with its key and its
+    /// metrics on a free port; the metrics' address.
+    async fn restart(&mut self) -> SocketAddr {
         let (cert, key) = (self.dir.join("relay.crt"), self.dir.join("relay.key"));
         let listen = self.at.to_string();
-        let args = relay_args(&listen, &self.secret, &cert, &key);
+        let mut args = relay_args(&listen, &self.secret, &cert, &key);
+        args.extend(["--metrics", "127.0.0.1:0"]);
         self.proc = Proc::spawn("relay", shellrelay(&args));
         self.proc.wait_for_text("relay listening").await;
+        let line = self.proc.logged_text("metrics listening").await;
+        addr_field(&line, "addr")
     }
 }
 
@@ -218,7 +223,14 @@ async fn ssh_sessions_survive_the_relay_killed_and_started_again_3_s_later() {
     let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
     let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
     let target = sshd.addr().to_string();
-    let host = host(&[&relay], &host_token, &target, &[]).await;
+    let mut host = host(
+        &[&relay],
+        &host_token,
+        &target,
+        &["--metrics", "127.0.0.1:0"],
+    )
+    .await;
+    let host_metrics = addr_field(&host.logged_text("metrics listening").await, "addr");
     let (client, port) = forwarder(&[&relay], &client_token, &[]).await;
 
     // Three sessions at once: counting, 64 MiB up, 64 MiB down.
@@ -273,7 +285,7 @@ async fn ssh_sessions_survive_the_relay_killed_and_started_again_3_s_later() {
     let _ = killed_tx.send(true);
     // Part of the scenario, not a wait for anything: the relay is down 3 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    relay.restart().await;
+    let relay_metrics = relay.restart().await;
 
     let logs = || format!("host:\n{}\nclient:\n{}", host.log(), client.log());
     let (lines, out) = within(SESSION_LIMIT, "the counting session", counting)
@@ -312,6 +324,30 @@ async fn ssh_sessions_survive_the_relay_killed_and_started_again_3_s_later() {
         killed_at.elapsed()
     );
     assert_eq!(client_gaps.len(), 3, "{}", logs());
+    // Both count the three resumes; nothing is kept for resumes once the
+    // sessions have ended.
+    let relay_says = get(relay_metrics, "/metrics").await.body;
+    assert!(
+        relay_says.contains("shellrelay_resumes_total{reason=\"resumed\"} 3"),
+        "{relay_says}"
+    );
+    let lines = [
+        "shellrelay_host_resumes_total{reason=\"resumed\"} 3",
+        "shellrelay_host_sessions_resumable 0",
+        "shellrelay_host_resume_buffered_bytes 0",
+    ];
+    // The host agent lets go of a session once both ends have finished
+    // its stream, a moment after ssh exits.
+    let settled = within(support::WAIT, "the host's sessions to end", async {
+        loop {
+            let says = get(host_metrics, "/metrics").await.body;
+            if lines.iter().all(|l| says.contains(l)) {
+                return says;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    settled.await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,7 +465,7 @@ async fn past_its_window_a_session_ends_and_connect_says_why() {
 
     relay.kill().await;
     host.wait_for_text("not resumed within 2s").await;
-    relay.restart().await;
+    let _ = relay.restart().await;
     let out = within(SESSION_LIMIT, "connect to end", connect.wait_with_output())
         .await
         .unwrap();
