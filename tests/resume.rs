@@ -125,6 +125,29 @@ async fn relays(dir: &Path, secret: &Path, n: usize) -> Vec<Relay> {
     all
 }
 
+/// A directory with a token secret, `n` relays sharing one key, and a
+/// host and a client token for host lab1.
+struct Setup {
+    dir: tempfile::TempDir,
+    relays: Vec<Relay>,
+    host_token: PathBuf,
+    client_token: PathBuf,
+}
+
+async fn setup(n: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let relays = relays(dir.path(), &secret, n).await;
+    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
+    let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
+    Setup {
+        dir,
+        relays,
+        host_token,
+        client_token,
+    }
+}
+
 /// The printing session: `seq` 1 to 300, a line every 50 ms.
 const COUNTING: &str = "for i in $(seq 300); do echo $i; sleep 0.05; done";
 
@@ -217,11 +240,13 @@ async fn ssh_sessions_survive_the_relay_killed_and_started_again_3_s_later() {
     let Some(sshd) = Sshd::start().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let secret = write_secret(dir.path());
-    let mut relay = relays(dir.path(), &secret, 1).await.remove(0);
-    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
-    let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
+    let Setup {
+        dir,
+        relays,
+        host_token,
+        client_token,
+    } = setup(1).await;
+    let mut relay = relays.into_iter().next().expect("a relay");
     let target = sshd.addr().to_string();
     let mut host = host(
         &[&relay],
@@ -355,11 +380,12 @@ async fn a_session_goes_on_through_the_other_relay_when_its_relay_dies() {
     let Some(sshd) = Sshd::start().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let secret = write_secret(dir.path());
-    let mut relays = relays(dir.path(), &secret, 2).await;
-    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
-    let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
+    let Setup {
+        dir: _dir,
+        mut relays,
+        host_token,
+        client_token,
+    } = setup(2).await;
     let target = sshd.addr().to_string();
     // A relay that died silently is noticed within seconds.
     let quick = ["--keep-alive", "1s", "--idle-timeout", "3s"];
@@ -402,11 +428,13 @@ async fn a_session_goes_on_after_its_forwarder_was_stopped_for_90_s() {
     let Some(sshd) = Sshd::start().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let secret = write_secret(dir.path());
-    let relay = relays(dir.path(), &secret, 1).await.remove(0);
-    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
-    let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
+    let Setup {
+        dir: _dir,
+        relays,
+        host_token,
+        client_token,
+    } = setup(1).await;
+    let relay = relays.into_iter().next().expect("a relay");
     let target = sshd.addr().to_string();
     let host = host(&[&relay], &host_token, &target, &[]).await;
     let (client, port) = forwarder(&[&relay], &client_token, &[]).await;
@@ -433,11 +461,13 @@ async fn a_session_goes_on_after_its_forwarder_was_stopped_for_90_s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_window_a_session_ends_and_connect_says_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = write_secret(dir.path());
-    let mut relay = relays(dir.path(), &secret, 1).await.remove(0);
-    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
-    let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
+    let Setup {
+        dir: _dir,
+        relays,
+        host_token,
+        client_token,
+    } = setup(1).await;
+    let mut relay = relays.into_iter().next().expect("a relay");
     let target = echo_server().await.to_string();
     let quick = ["--keep-alive", "1s", "--idle-timeout", "3s"];
     let mut host_extra = quick.to_vec();
