@@ -135,7 +135,7 @@ async fn carry(
         signal = signals.recv() => {
             if signal != Signal::Hangup {
                 drop(carried);
-                Resumable::abort(stream).await;
+                session.abort(stream).await;
                 return Err(format!("interrupted ({signal})"));
             }
             // ssh is done with the session and has closed stdin: the
@@ -160,7 +160,7 @@ async fn carry(
         ?outcome,
         "session ended"
     );
-    resume::end(&outcome, stream).await;
+    resume::end(session, &outcome, stream).await;
     match outcome {
         Outcome::Done => {
             // The host has every byte (it acknowledged them); the

@@ -321,7 +321,7 @@ impl HostMetrics {
         let resumes = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "resumes",
-            "Resumes of sessions by outcome: resumed, or why not (ended, other_token, bad_proof, window_passed)",
+            "Resumes of sessions by outcome: resumed, or why not (ended, other_token, bad_proof, window_passed, too_many_waiting)",
             resumes.clone(),
         );
         let resumable = Gauge::default();

@@ -63,7 +63,7 @@ pub(super) async fn forward(
             let outcome = (forwarder)
                 .carry(&session, &mut stream, &mut from_ssh, &mut to_ssh)
                 .await;
-            resumable::end(&outcome, &mut stream).await;
+            resumable::end(&session, &outcome, &mut stream).await;
             if outcome != Outcome::Done {
                 // Linger 0: ssh sees a reset, not an orderly end.
                 let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));

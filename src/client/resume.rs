@@ -10,7 +10,7 @@ use super::{Forwarder, OpenError, Opened};
 use crate::host::Backoff;
 use crate::protocol::{Reason, Resume};
 use crate::resume::key::{self, Half};
-use crate::resume::{Outcome, Position, Resumable, REPLAY_LIMIT};
+use crate::resume::{replay_limit, Outcome, Position, Resumable};
 use crate::splice::Source;
 use crate::transport::{self, Stream};
 
@@ -27,6 +27,8 @@ pub struct Offer {
     pub ask: Resume,
     id: String,
     half: Half,
+    /// Most unacknowledged bytes the session will keep per direction.
+    limit: usize,
 }
 
 impl Forwarder {
@@ -47,7 +49,14 @@ impl Forwarder {
             id: id.clone(),
             key: half.public.clone(),
         };
-        Some(Offer { ask, id, half })
+        let window = self.config.relays.first().map(|r| r.transport.window());
+        let limit = replay_limit(window.unwrap_or(0));
+        Some(Offer {
+            ask,
+            id,
+            half,
+            limit,
+        })
     }
 
     /// Carries a resumable session over `stream` (replaced by each
@@ -128,7 +137,7 @@ impl Offer {
                 let key = (self.half)
                     .agree(key, &self.id)
                     .map_err(|err| format!("bad answer to the resume offer: {err}"))?;
-                Ok(Some(Resumable::new(self.id, key, REPLAY_LIMIT)))
+                Ok(Some(Resumable::new(self.id, key, self.limit)))
             }
             Some(_) => Err("the host answered the resume offer with something else".into()),
         }

@@ -93,6 +93,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         target: config.target.clone().into(),
         parked: Arc::default(),
         window: config.resume_window,
+        replay_limit: crate::resume::replay_limit(config.relays[0].transport.window()),
         metrics: Arc::default(),
     });
     if let Some(addr) = config.metrics {
@@ -146,7 +147,8 @@ fn pages(sessions: Arc<Sessions>) -> crate::status::Render {
 
 /// Keeps a registration with each of the `k` relays of the fleet `name`
 /// chosen for this host, looking at DNS again every `refresh`: a relay that
-/// leaves the choice is let go (its sessions end with it), and one that
+/// leaves the choice is let go (its resumable sessions resume through the
+/// others; the rest end with it), and one that
 /// enters it is registered with. A relay that is down but still in DNS
 /// stays chosen, and its registration keeps trying; clients reach the host
 /// through the others meanwhile.
@@ -368,7 +370,8 @@ async fn serve(
             () = tokio::time::sleep_until(retry_at), if retry && !probing => {
                 retry_at += relay.transport.quic_retry;
                 // Registering anew replaces this connection at the relay,
-                // which would cut its sessions: only between sessions.
+                // which would cut its sessions (or make them all resume):
+                // only between sessions.
                 if trim.live() == 0 {
                     let attempt = peer::connect(&quic_relay, &config.token, Role::Host, None);
                     probe.set(Some(attempt).into());

@@ -14,7 +14,8 @@ use crate::metrics::HostMetrics;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Resume};
 use crate::resume::key::{self, Half};
 use crate::resume::parked::{NotTaken, Parked, Registered, Takeover};
-use crate::resume::{Outcome, Position, Resumable, REPLAY_LIMIT};
+use crate::resume::parked::{WAITING_PER_HOST, WAITING_PER_TOKEN};
+use crate::resume::{Outcome, Position, Resumable};
 use crate::splice;
 use crate::transport::{self, SendStream, Stream};
 
@@ -29,6 +30,8 @@ pub(super) struct Sessions {
     pub parked: Arc<Parked>,
     /// How long a session whose path broke waits for a resume.
     pub window: Duration,
+    /// Most unacknowledged bytes a session keeps per direction.
+    pub replay_limit: usize,
     /// Resumes and what resumable sessions hold.
     pub metrics: Arc<HostMetrics>,
 }
@@ -101,7 +104,7 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
     };
     let _ = tcp.set_nodelay(true);
     let resumable = match offer {
-        Some((id, key)) if !ctx.window.is_zero() => match accept(&ctx.parked, id, &key, owner) {
+        Some((id, key)) if !ctx.window.is_zero() => match accept(&ctx, id, &key, owner) {
             Ok(accepted) => Some(accepted),
             Err(refusal) => return refuse(&mut stream.0, refusal).await,
         },
@@ -143,7 +146,7 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
 /// Takes up a client's offer: the session's key, and its place among the
 /// sessions resumes can find.
 fn accept(
-    parked: &Arc<Parked>,
+    ctx: &Sessions,
     id: String,
     client_key: &str,
     owner: Option<String>,
@@ -154,8 +157,8 @@ fn accept(
     let half = Half::new().map_err(bad)?;
     let public = half.public.clone();
     let key = half.agree(client_key, &id).map_err(bad)?;
-    let session = Arc::new(Resumable::new(id, key, REPLAY_LIMIT));
-    let registered = parked.register(session.clone(), owner)?;
+    let session = Arc::new(Resumable::new(id, key, ctx.replay_limit));
+    let registered = ctx.parked.register(session.clone(), owner)?;
     Ok((session, registered, public))
 }
 
@@ -177,18 +180,31 @@ async fn carry(
             // The client resumed before this end saw the old stream break.
             takeover = registered.handoff.next() => {
                 transport::abort(&mut stream, Reason::Aborted);
-                if let Some(taken) = take(session, takeover).await {
-                    (stream, peer) = taken;
-                    ctx.metrics.resume("resumed");
-                    info!(target: LOG_TARGET, gap = ?Duration::ZERO, "session resumed");
+                match take(session, takeover).await {
+                    Some(taken) => {
+                        (stream, peer) = taken;
+                        ctx.metrics.resume("resumed");
+                        info!(target: LOG_TARGET, gap = ?Duration::ZERO, "session resumed");
+                        continue;
+                    }
+                    // The old stream is gone as well: wait for the next.
+                    None => Outcome::Broken("a resume's stream failed before its answer".into()),
                 }
-                continue;
             }
         };
         let Outcome::Broken(why) = outcome else {
             break outcome;
         };
         transport::abort(&mut stream, Reason::Aborted);
+        // Each waiting session holds a connection to the target: a client
+        // token that leaves many behind ends its own, not the host's.
+        let Some(_waiting) = registered.wait() else {
+            ctx.metrics.resume("too_many_waiting");
+            break Outcome::Failed(format!(
+                "path broke ({why}), and too many sessions wait for a resume already \
+                 ({WAITING_PER_TOKEN} per client token, {WAITING_PER_HOST} in all)"
+            ));
+        };
         let broke = Instant::now();
         info!(target: LOG_TARGET, %why, window = ?ctx.window, "session path broke; waiting for the client to resume it");
         let deadline = tokio::time::Instant::now() + ctx.window;
@@ -214,7 +230,7 @@ async fn carry(
             }
         }
     };
-    crate::resume::end(&outcome, &mut stream).await;
+    crate::resume::end(session, &outcome, &mut stream).await;
     if matches!(outcome, Outcome::Aborted(_) | Outcome::Failed(_)) {
         // Linger 0: sshd sees a reset, not an orderly end.
         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
@@ -246,3 +262,6 @@ async fn refuse(send: &mut SendStream, refusal: Refusal) {
     warn!(target: LOG_TARGET, reason = %refusal.message, "session refused");
     send.refuse(&refusal).await;
 }
+
+#[cfg(test)]
+mod tests;

@@ -31,7 +31,7 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 const BREAK_GRACE: Duration = Duration::from_secs(1);
 
 /// Longest a session that is done waits for the peer to finish its stream.
-const DONE_LINGER: Duration = Duration::from_secs(5);
+pub(super) const DONE_LINGER: Duration = Duration::from_secs(5);
 
 /// Where one end is: bytes received from the other, and whether its end of
 /// data came.
@@ -79,6 +79,10 @@ pub struct Resumable {
     wake: Notify,
     /// The client's last resume attempt (at the host: the last one taken).
     attempt: AtomicU64,
+    /// A write of records to the current stream was cut short (its future
+    /// dropped): the stream may end inside a record, so nothing more is
+    /// written to it in band.
+    cut: AtomicBool,
 }
 
 impl Resumable {
@@ -93,6 +97,7 @@ impl Resumable {
             fin_received: AtomicBool::new(false),
             wake: Notify::new(),
             attempt: AtomicU64::new(0),
+            cut: AtomicBool::new(false),
         }
     }
 
@@ -193,6 +198,7 @@ impl Resumable {
             Ok(replay) => replay,
             Err(gap) => return Outcome::Failed(format!("cannot resume: {gap}")),
         };
+        self.cut.store(false, Ordering::Release);
         let (send, recv) = stream;
         let up = std::pin::pin!(self.upstream(send, source, again, fin_again));
         let mut down = std::pin::pin!(self.downstream(recv, writer));
@@ -218,7 +224,7 @@ impl Resumable {
     pub async fn end_data(&self, send: &mut SendStream) {
         let already = std::mem::replace(&mut self.outbox().fin, true);
         if !already {
-            let _ = send.write_chunk(record::fin()).await;
+            let _ = self.write(send, &mut [record::fin()]).await;
         }
     }
 
@@ -226,13 +232,33 @@ impl Resumable {
     /// kept until the peer resets it (as it does on reading the abort),
     /// within a grace period: over HTTP/2, letting go of it at once would
     /// reset it before the abort went out.
-    pub async fn abort(stream: &mut Stream) {
+    /// After a write cut short, the stream is reset instead: an abort
+    /// inside a record would reach the peer as data.
+    pub async fn abort(&self, stream: &mut Stream) {
         let grace = crate::defaults::SHUTDOWN_GRACE;
-        let sent = tokio::time::timeout(grace, stream.0.write_chunk(record::abort())).await;
-        let _ = stream.0.finish();
-        if matches!(sent, Ok(Ok(()))) {
-            drain(&mut stream.1, grace).await;
+        let mut abort = [record::abort()];
+        let sent = tokio::time::timeout(grace, self.write(&mut stream.0, &mut abort)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            crate::transport::abort(stream, crate::protocol::Reason::Aborted);
+            return;
         }
+        let _ = stream.0.finish();
+        super::close::drain(&mut stream.1, grace).await;
+    }
+
+    /// Writes whole records to the stream in use, unless an earlier write
+    /// to it was cut short (then nothing is written: an error).
+    async fn write(
+        &self,
+        send: &mut SendStream,
+        records: &mut [Bytes],
+    ) -> Result<(), crate::transport::StreamError> {
+        if self.cut.swap(true, Ordering::AcqRel) {
+            return Err(crate::transport::StreamError::Finished);
+        }
+        send.write_all_chunks(records).await?;
+        self.cut.store(false, Ordering::Release);
+        Ok(())
     }
 
     fn finished(&self) -> bool {
@@ -253,12 +279,12 @@ impl Resumable {
         let mut acked = self.position();
         for chunk in again {
             let mut records = [record::data(len32(&chunk)), chunk];
-            if let Err(err) = send.write_all_chunks(&mut records).await {
+            if let Err(err) = self.write(send, &mut records).await {
                 return broken(err);
             }
         }
         if fin_again {
-            if let Err(err) = send.write_chunk(record::fin()).await {
+            if let Err(err) = self.write(send, &mut [record::fin()]).await {
                 return broken(err);
             }
         }
@@ -272,7 +298,8 @@ impl Resumable {
                     || now.received - acked.received >= ACK_EVERY
                     || ack_at.is_some_and(|at| at <= Instant::now());
                 if due {
-                    if let Err(err) = send.write_chunk(record::ack(now.received, now.fin)).await {
+                    let mut ack = [record::ack(now.received, now.fin)];
+                    if let Err(err) = self.write(send, &mut ack).await {
                         return broken(err);
                     }
                     (acked, ack_at) = (now, None);
@@ -289,27 +316,28 @@ impl Resumable {
                 () = sleep_until(ack_at), if ack_at.is_some() => continue,
                 read = source.read_into(&mut buf), if !ended => read,
             };
-            let mut records = Vec::with_capacity(3);
+            // An acknowledgement waiting goes first, then what was read.
+            let mut records: [Bytes; 3] = Default::default();
+            let now = self.position();
+            if now != acked {
+                records[0] = record::ack(now.received, now.fin);
+                (acked, ack_at) = (now, None);
+            }
             match read {
                 Ok(0) => {
                     self.outbox().fin = true;
                     ended = true;
-                    records.push(record::fin());
+                    records[1] = record::fin();
                 }
                 Ok(_) => {
                     let chunk = buf.split().freeze();
                     self.outbox().push(chunk.clone());
-                    records.extend([record::data(len32(&chunk)), chunk]);
+                    records[1] = record::data(len32(&chunk));
+                    records[2] = chunk;
                 }
                 Err(_) => return Outcome::Aborted(Side::Local),
             }
-            // An acknowledgement waiting goes along.
-            let now = self.position();
-            if now != acked {
-                records.insert(0, record::ack(now.received, now.fin));
-                (acked, ack_at) = (now, None);
-            }
-            if let Err(err) = send.write_all_chunks(&mut records).await {
+            if let Err(err) = self.write(send, &mut records).await {
                 return broken(err);
             }
         }
@@ -395,38 +423,4 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Ends `stream` as `outcome` says: finished when done, an abort sent when
-/// this end aborted, reset otherwise. A session that could not go on says
-/// why in the log.
-pub async fn end(outcome: &Outcome, stream: &mut Stream) {
-    match outcome {
-        Outcome::Done => {
-            let _ = stream.0.finish();
-            // Until the peer finishes too (it is done once it has this
-            // end's last acknowledgement): letting go of the receiving
-            // half first would stop the peer's sending, which the relay
-            // would count as an abort.
-            drain(&mut stream.1, DONE_LINGER).await;
-        }
-        Outcome::Aborted(Side::Local) => Resumable::abort(stream).await,
-        Outcome::Aborted(Side::Peer) | Outcome::Broken(_) => {
-            crate::transport::abort(stream, crate::protocol::Reason::Aborted)
-        }
-        Outcome::Failed(why) => {
-            tracing::warn!("session ended: {why}");
-            crate::transport::abort(stream, crate::protocol::Reason::Aborted);
-        }
-    }
-}
-
-/// Reads `recv` to its end (or reset), for at most `limit`, throwing away
-/// what comes: for a stream whose peer has more to say before it lets go.
-pub async fn drain(recv: &mut RecvStream, limit: Duration) {
-    let drained = async {
-        let mut chunks: [Bytes; BATCH] = Default::default();
-        while let Ok(Some(_)) = recv.read_chunks(&mut chunks).await {}
-    };
-    let _ = tokio::time::timeout(limit, drained).await;
 }

@@ -35,7 +35,8 @@
 //! - Idle: nothing beyond the session's bookkeeping (a few hundred bytes);
 //!   acknowledgements empty the outbox within 20 ms.
 //! - Busy: the outbox holds what is in flight between the two ends, up to
-//!   [`REPLAY_LIMIT`] per direction per end. Those are mostly the same
+//!   [`replay_limit`] per direction per end (4 MiB with the default
+//!   512 KiB windows, eight windows with larger ones). Those are mostly the same
 //!   allocations the transport's send buffer holds anyway.
 //! - A session that waits for a resume holds its TCP connection and its
 //!   outbox, for at most the window.
@@ -43,25 +44,37 @@
 //! # Limits
 //! What is in flight between the ends is bounded by the flow-control
 //! windows of the two streams and the relay's send buffer (four 512 KiB
-//! windows with the defaults). [`REPLAY_LIMIT`] is twice that, so a resume
+//! windows with the defaults). [`replay_limit`] is twice that, so a resume
 //! finds what it needs. A relay with much larger windows could hold more;
 //! a resume that needs bytes no longer kept fails, and says so, rather
 //! than corrupting anything.
 
+pub mod close;
 pub mod engine;
 pub mod key;
 pub mod outbox;
 pub mod parked;
 pub mod record;
+#[cfg(test)]
+pub(crate) mod tests;
 
 use std::time::Duration;
 
 pub use crate::protocol::Resume;
-pub use engine::{drain, end, Outcome, Position, Resumable, Side};
+pub use close::{drain, end};
+pub use engine::{Outcome, Position, Resumable, Side};
 
 /// How long a session waits for its path to come back, unless told
 /// otherwise.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(10 * 60);
 
-/// Most unacknowledged bytes one end keeps per direction of a session.
+/// Most unacknowledged bytes one end keeps per direction of a session,
+/// with the default stream window.
 pub const REPLAY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Most unacknowledged bytes kept per direction with stream windows of
+/// `window` bytes: [`REPLAY_LIMIT`], or eight windows where that is more
+/// (what is in flight is bounded by about four windows).
+pub fn replay_limit(window: u32) -> usize {
+    REPLAY_LIMIT.max(8 * window as usize)
+}

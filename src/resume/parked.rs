@@ -62,18 +62,75 @@ struct Entry {
     handoff: Arc<Handoff>,
 }
 
+/// Most sessions of one client token that wait for a resume at once.
+pub const WAITING_PER_TOKEN: usize = 16;
+
+/// Most sessions that wait for a resume at once, over all client tokens.
+pub const WAITING_PER_HOST: usize = 64;
+
 /// The sessions that a resume may take up.
 #[derive(Default)]
 pub struct Parked {
     sessions: Mutex<HashMap<String, Entry>>,
+    /// Sessions waiting for a resume, by client token, and in all.
+    waiting: Mutex<(HashMap<Option<String>, usize>, usize)>,
 }
 
 /// Takes a session out of [`Parked`] when dropped.
 pub struct Registered {
     parked: Arc<Parked>,
     id: String,
+    owner: Option<String>,
     /// Where the session's next stream comes.
     pub handoff: Arc<Handoff>,
+}
+
+impl Registered {
+    /// A place among the sessions waiting for a resume, held until the
+    /// guard goes; `None` when the session's client token, or the host,
+    /// has [`WAITING_PER_TOKEN`] or [`WAITING_PER_HOST`] waiting already.
+    pub fn wait(&self) -> Option<Waiting> {
+        let mut waiting = self
+            .parked
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (by_owner, all) = &mut *waiting;
+        let mine = by_owner.entry(self.owner.clone()).or_insert(0);
+        if *mine >= WAITING_PER_TOKEN || *all >= WAITING_PER_HOST {
+            return None;
+        }
+        *mine += 1;
+        *all += 1;
+        Some(Waiting {
+            parked: self.parked.clone(),
+            owner: self.owner.clone(),
+        })
+    }
+}
+
+/// A session's place among those waiting for a resume.
+pub struct Waiting {
+    parked: Arc<Parked>,
+    owner: Option<String>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .parked
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (by_owner, all) = &mut *waiting;
+        *all = all.saturating_sub(1);
+        if let Some(mine) = by_owner.get_mut(&self.owner) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                by_owner.remove(&self.owner);
+            }
+        }
+    }
 }
 
 impl Drop for Registered {
@@ -117,13 +174,14 @@ impl Parked {
         }
         let entry = Entry {
             session,
-            owner,
+            owner: owner.clone(),
             handoff: handoff.clone(),
         };
         sessions.insert(id.clone(), entry);
         Ok(Registered {
             parked: self.clone(),
             id,
+            owner,
             handoff,
         })
     }
