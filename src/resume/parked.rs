@@ -73,8 +73,12 @@ pub const WAITING_PER_HOST: usize = 64;
 pub struct Parked {
     sessions: Mutex<HashMap<String, Entry>>,
     /// Sessions waiting for a resume, by client token, and in all.
-    waiting: Mutex<(HashMap<Option<String>, usize>, usize)>,
+    waiting: Mutex<Waiters>,
 }
+
+/// Sessions waiting for a resume, by client token (none kept at zero), and
+/// in all.
+type Waiters = (HashMap<Option<String>, usize>, usize);
 
 /// Takes a session out of [`Parked`] when dropped.
 pub struct Registered {
@@ -90,17 +94,13 @@ impl Registered {
     /// guard goes; `None` when the session's client token, or the host,
     /// has [`WAITING_PER_TOKEN`] or [`WAITING_PER_HOST`] waiting already.
     pub fn wait(&self) -> Option<Waiting> {
-        let mut waiting = self
-            .parked
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.parked.waiting();
         let (by_owner, all) = &mut *waiting;
-        let mine = by_owner.entry(self.owner.clone()).or_insert(0);
-        if *mine >= WAITING_PER_TOKEN || *all >= WAITING_PER_HOST {
+        let mine = by_owner.get(&self.owner).copied().unwrap_or(0);
+        if mine >= WAITING_PER_TOKEN || *all >= WAITING_PER_HOST {
             return None;
         }
-        *mine += 1;
+        by_owner.insert(self.owner.clone(), mine + 1);
         *all += 1;
         Some(Waiting {
             parked: self.parked.clone(),
@@ -117,11 +117,7 @@ pub struct Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let mut waiting = self
-            .parked
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.parked.waiting();
         let (by_owner, all) = &mut *waiting;
         *all = all.saturating_sub(1);
         if let Some(mine) = by_owner.get_mut(&self.owner) {
@@ -142,6 +138,10 @@ impl Drop for Registered {
 impl Parked {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sessions that may be resumed now.
