@@ -7,9 +7,9 @@ use std::pin::Pin;
 use std::task::{ready, Context as TaskContext, Poll};
 
 use tokio::io::{AsyncWrite, BufWriter};
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument};
 
-use crate::client::{ClientConfig, Forwarder};
+use crate::client::{ClientConfig, Forwarder, Offer, Opened};
 use crate::defaults::SHUTDOWN_GRACE;
 use crate::protocol::Reason;
 use crate::resume::{self, Outcome, Resumable, Side};
@@ -54,7 +54,27 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
             anyhow::bail!("interrupted ({signal}) before the session was ready");
         }
     };
-    let (session, host, conn) = (opened.session, opened.host, opened.conn);
+    let who = forwarder.who().unwrap_or_default();
+    let span = tracing::info_span!(
+        "session",
+        session = opened.session,
+        host = %opened.host,
+        subject = who.subject,
+        jti = who.jti.unwrap_or_default()
+    );
+    serve(&forwarder, opened, offer, &mut signals)
+        .instrument(span)
+        .await
+}
+
+/// Carries the session `opened` between stdin and stdout until it ends.
+async fn serve(
+    forwarder: &Forwarder,
+    opened: Opened,
+    offer: Option<Offer>,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
+    let (host, conn) = (opened.host, opened.conn);
     let mut stream = opened.stream;
     let resumable = match offer.map(|o| o.accepted(opened.resume.as_ref())) {
         None | Some(Ok(None)) => None,
@@ -65,9 +85,9 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
             anyhow::bail!("session to host {host}: {why}");
         }
     };
-    info!(session, %host, resumable = resumable.is_some(), "session started");
+    info!(resumable = resumable.is_some(), "session started");
     if let Some(resumable) = resumable {
-        let result = carry(&forwarder, &resumable, &mut stream, &mut signals).await;
+        let result = carry(forwarder, &resumable, &mut stream, signals).await;
         forwarder.close().await;
         return result.map_err(|why| anyhow::anyhow!("session to host {host} ended: {why}"));
     }
@@ -77,7 +97,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
     let stdout = BufWriter::with_capacity(STDOUT_BUFFER, Stdout(tokio::io::stdout()));
     let interrupted = tokio::select! {
         t = splice::io(stdin, stdout, &mut stream) => {
-            info!(session, to_host = t.sent, to_client = t.received, aborted = t.aborted, "session ended");
+            info!(to_host = t.sent, to_client = t.received, aborted = t.aborted, "session ended");
             if t.aborted {
                 let why = conn
                     .refusal()
@@ -112,7 +132,7 @@ pub async fn run(config: ClientConfig) -> anyhow::Result<()> {
         .await
         .is_err()
     {
-        debug!(session, "stream not acknowledged within the grace period");
+        debug!("stream not acknowledged within the grace period");
     }
     forwarder.close().await;
     Ok(())

@@ -47,10 +47,9 @@ pub async fn run(
     let registry = relay.handle();
     let ttl = Duration::from_secs(24 * 3600);
     let mint = |role| {
-        token::mint(
-            &secret,
-            &Claims::new(role, DEMO_HOST, crate::defaults::AUDIENCE, ttl),
-        )
+        let mut claims = Claims::new(role, DEMO_HOST, crate::defaults::AUDIENCE, ttl);
+        claims.jti = Some(token::random_id());
+        token::mint(&secret, &claims)
     };
     let relay_at = RelayAddr {
         addr: relay_addr.to_string(),

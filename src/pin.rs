@@ -146,7 +146,14 @@ impl Untrusted {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 "is not valid yet (or this machine's clock is wrong)".to_owned()
             }
-            other => format!("was refused ({other:?})"),
+            // webpki's words, without rustls's `Other(OtherError(..))`.
+            CertificateError::Other(OtherError(inner)) => match inner.to_string().as_str() {
+                "CaUsedAsEndEntity" => "is a CA's certificate (CA:TRUE), which cannot be a \
+                                        server's own"
+                    .to_owned(),
+                words => format!("was refused ({words})"),
+            },
+            other => format!("was refused ({other})"),
         };
         match anchor {
             Anchor::PinnedKey => Untrusted(format!(
@@ -307,5 +314,38 @@ mod tests {
         assert_eq!(Pin::of(&a).unwrap(), Pin::of(&b).unwrap());
         let other = crate::tls::self_signed(&["a.example".to_owned()]).unwrap();
         assert_ne!(Pin::of(&a).unwrap(), Pin::of(&other.chain[0]).unwrap());
+    }
+
+    /// webpki's refusals come wrapped in rustls's `Other(OtherError(..))`:
+    /// the line shows webpki's words only, and a CA's certificate used as
+    /// the relay's is explained.
+    #[test]
+    fn a_refusal_from_webpki_is_told_without_rustls_wrapping() {
+        #[derive(Debug)]
+        struct Words(&'static str);
+        impl fmt::Display for Words {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Words {}
+        let identity = crate::tls::self_signed(&["localhost".to_owned()]).unwrap();
+        let seen = Pin::of(&identity.chain[0]).unwrap();
+        let told = |words| {
+            let problem = CertificateError::Other(OtherError(Arc::new(Words(words))));
+            let untrusted = Untrusted::problem(&problem, &[], "127.0.0.1", seen, Anchor::PinnedKey);
+            format!("{untrusted:?}")
+        };
+        let ca = told("CaUsedAsEndEntity");
+        assert!(ca.contains("is a CA's certificate"), "{ca}");
+        let other = told("UnsupportedCriticalExtension");
+        assert!(
+            other.contains("was refused (UnsupportedCriticalExtension)"),
+            "{other}"
+        );
+        for line in [ca, other] {
+            assert!(!line.contains("OtherError"), "{line}");
+            assert!(line.contains(&format!("--relay-pin {seen}")), "{line}");
+        }
     }
 }

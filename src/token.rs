@@ -184,6 +184,18 @@ pub enum TokenError {
     },
 }
 
+impl TokenError {
+    /// Whether the token was checked against one of the relay's keys and
+    /// found well signed, and refused for what it says: its claims can be
+    /// named (as who was refused) without trusting a forger.
+    pub fn well_signed(&self) -> bool {
+        !matches!(
+            self,
+            TokenError::Malformed | TokenError::BadSignature | TokenError::UnknownKey(_)
+        )
+    }
+}
+
 /// Checks tokens for one relay.
 #[derive(Clone)]
 pub struct Verifier {

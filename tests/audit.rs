@@ -100,6 +100,20 @@ async fn admissions_refusals_and_sessions_each_get_a_line() {
         refused["reason"].as_str().is_some_and(|r| !r.is_empty()),
         "{refused}"
     );
+    // A well-signed token refused for what it says (a host token used by a
+    // client): whom it names is known.
+    let mut claims = Claims::new(Role::Host, "lab7", shellrelay::defaults::AUDIENCE, HOUR);
+    claims.jti = Some("t-wrong-role".into());
+    let wrong = TokenSource::Literal(tunnel.sign(&claims));
+    let _ = peer::connect(&tunnel.relay_addr(), &wrong, Role::Client, None).await;
+    let refused = line_with(&path, "refused", |l| l["jti"] == "t-wrong-role").await;
+    assert_eq!(refused["subject"], "lab7", "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("host token used as a client token")),
+        "{refused}"
+    );
     // A client refused for an offline host: its subject and the host.
     let other = TokenSource::Literal(tunnel.token(Role::Client, "lab9", HOUR));
     let _ = peer::connect(&tunnel.relay_addr(), &other, Role::Client, None).await;

@@ -121,7 +121,8 @@ async fn json_logs_are_one_object_per_line_with_session_and_host_ids() {
             "no message in {line:?}"
         );
     }
-    // Every line about the session, in any role, names it and its host.
+    // Every line about the session, in any role, names it, its host, and
+    // the client token's subject and jti.
     let about_session: Vec<(&serde_json::Value, &String)> = lines
         .iter()
         .zip(&seen)
@@ -139,10 +140,16 @@ async fn json_logs_are_one_object_per_line_with_session_and_host_ids() {
     let id = first["span"]["session"]
         .as_u64()
         .unwrap_or_else(|| panic!("no session id in {first}"));
+    let jti = first["span"]["jti"]
+        .as_str()
+        .filter(|j| !j.is_empty())
+        .unwrap_or_else(|| panic!("no jti in {first}"));
     for (value, line) in &about_session {
         assert_eq!(value["span"]["name"], "session", "{line}");
         assert_eq!(value["span"]["session"].as_u64(), Some(id), "{line}");
         assert_eq!(value["span"]["host"], "demo", "{line}");
+        assert_eq!(value["span"]["subject"], "demo", "{line}");
+        assert_eq!(value["span"]["jti"].as_str(), Some(jti), "{line}");
     }
     for target in [
         "shellrelay::relay",

@@ -129,6 +129,37 @@ async fn a_pinned_key_is_trusted_whatever_the_names_and_a_wrong_pin_shows_both()
         assert_error_line(&out, &[&pin_text, &other.to_string(), "pin the new one"]);
         assert!(!out.stderr.contains("OtherError"), "{via}: {out:?}");
     }
+    // A host agent with a wrong pin says so once, however often it retries.
+    let mut wrong = Proc::spawn(
+        "host with a wrong pin",
+        shellrelay(&[
+            "host",
+            "--relay",
+            &relay_at,
+            "--relay-pin",
+            &other.to_string(),
+            "--token-file",
+            path_str(&host_token),
+            "--target",
+            &target,
+            "--max-backoff",
+            "100ms",
+        ]),
+    );
+    for _ in 0..3 {
+        wrong.wait_for_text("reconnecting in").await;
+    }
+    let log = wrong.log();
+    assert_eq!(
+        log.matches("could not register with relay").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains(&pin_text) && log.contains("pin the new one"),
+        "{log}"
+    );
+    wrong.terminate().await;
     host.terminate().await;
     relay.terminate().await;
 }

@@ -21,7 +21,7 @@ use shellrelay::id::{glob_match, valid_host_pattern, MAX_HOST_ID_LEN};
 use shellrelay::keys::Secret;
 use shellrelay::protocol::Role;
 use shellrelay::protocol::{
-    read_frame, Frame, FrameError, Jwt, Reason, Refusal, Resume, MAX_FRAME_LEN,
+    read_frame, Frame, FrameError, Jwt, Reason, Refusal, Resume, Who, MAX_FRAME_LEN,
 };
 use shellrelay::token::{mint, Claims, TokenError, Verifier};
 use tokio::runtime::Runtime;
@@ -150,13 +150,15 @@ fn arb_frame() -> BoxedStrategy<Frame> {
             arb_u64(),
             prop::option::of(text()),
             prop::option::of(arb_resume()),
-            prop::option::of(text())
+            prop::option::of(text()),
+            prop::option::of((text(), prop::option::of(text())))
         )
-            .prop_map(|(session, client, resume, owner)| Frame::Open {
+            .prop_map(|(session, client, resume, owner, who)| Frame::Open {
                 session,
                 client,
                 resume,
-                owner
+                owner,
+                who: who.map(|(subject, jti)| Who { subject, jti }),
             }),
         (arb_u64(), prop::option::of(arb_resume()))
             .prop_map(|(session, resume)| Frame::Ready { session, resume }),

@@ -201,6 +201,31 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
     ])
     .await;
     assert_error_line(&out, &["a host token names exactly one host id"]);
+    // A client token for one host, with a subject: the subject is kept.
+    let token = |role: &'static str| {
+        let secret = path_str(&secret).to_owned();
+        async move {
+            run(&[
+                "token",
+                "--secret-file",
+                &secret,
+                "--role",
+                role,
+                "--host",
+                "lab1",
+                "--subject",
+                "alice",
+            ])
+            .await
+        }
+    };
+    let out = token("client").await;
+    assert!(out.status.success(), "{out:?}");
+    let (_, claims) = decode_jwt(out.stdout.trim_end(), SECRET);
+    assert_eq!(claims["sub"], "alice", "{claims}");
+    assert_eq!(claims["hosts"], serde_json::json!(["lab1"]), "{claims}");
+    let out = token("host").await;
+    assert_error_line(&out, &["--subject is for client tokens"]);
 
     let key = dir.path().join("issuer");
     let out = run(&["keygen", "--kind", "ed25519", "--out", path_str(&key)]).await;

@@ -44,9 +44,11 @@ pub struct MintOpt {
     /// with commas) and patterns such as `lab-*`.
     #[arg(long, env = "SHELLRELAY_HOST", value_name = "ID", value_parser = host_pattern, value_delimiter = ',', required = true)]
     pub(super) host: Vec<String>,
-    /// Who a client token naming several hosts is for (its `sub`).
-    #[arg(long, env = "SHELLRELAY_SUBJECT", value_name = "NAME", value_parser = host_id, default_value = "client")]
-    subject: String,
+    /// Who a client token is for (its `sub`, which the relay's logs,
+    /// audit log and status name) [default: the host id for a token for one
+    /// host, `client` for several].
+    #[arg(long, env = "SHELLRELAY_SUBJECT", value_name = "NAME", value_parser = host_id)]
+    subject: Option<String>,
     /// How long the token is valid.
     #[arg(long, env = "SHELLRELAY_TTL", default_value_t = HumanDuration(crate::defaults::TOKEN_TTL), value_name = "DURATION")]
     pub(super) ttl: HumanDuration,
@@ -114,13 +116,17 @@ fn token_claims(opt: &MintOpt) -> anyhow::Result<Claims> {
         [one] if id::valid_host_id(one) => Some(one.as_str()),
         _ => None,
     };
-    let mut claims = match (opt.role, single) {
-        (_, Some(host)) => Claims::new(opt.role, host, &opt.audience, opt.ttl.0),
-        (Role::Host, None) => {
+    let mut claims = match (opt.role, single, &opt.subject) {
+        (Role::Host, _, Some(_)) => {
+            bail!("--subject is for client tokens: a host token's subject is its host id")
+        }
+        (Role::Host, None, None) => {
             bail!("a host token names exactly one host id, without '*' or '?'")
         }
-        (Role::Client, None) => {
-            let mut c = Claims::new(opt.role, &opt.subject, &opt.audience, opt.ttl.0);
+        (_, Some(host), None) => Claims::new(opt.role, host, &opt.audience, opt.ttl.0),
+        (Role::Client, _, subject) => {
+            let subject = subject.as_deref().unwrap_or("client");
+            let mut c = Claims::new(opt.role, subject, &opt.audience, opt.ttl.0);
             c.hosts = opt.host.clone();
             c
         }

@@ -45,6 +45,10 @@ pub(super) async fn forward(
     let span = tracing::Span::current();
     span.record("session", session);
     span.record("host", host.as_str());
+    if let Some(who) = forwarder.who() {
+        span.record("subject", who.subject);
+        span.record("jti", who.jti.unwrap_or_default());
+    }
     let resumable = match offer.map(|o| o.accepted(opened.resume.as_ref())) {
         None | Some(Ok(None)) => None,
         Some(Ok(Some(resumable))) => Some(resumable),

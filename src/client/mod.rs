@@ -230,6 +230,17 @@ impl Forwarder {
         }
     }
 
+    /// Who this forwarder's token names (read afresh, as each connection
+    /// reads it), for log lines; `None` if it cannot be read.
+    pub fn who(&self) -> Option<crate::protocol::Who> {
+        let token = self.config.token.load().ok()?;
+        let claims = crate::token::peek_claims(&token).ok()?;
+        Some(crate::protocol::Who {
+            subject: claims.sub,
+            jti: claims.jti,
+        })
+    }
+
     /// Whether `err` is a refusal of this forwarder's token or request that
     /// trying again cannot change: a bad or revoked token, one for another
     /// role or host, a token for several hosts with no host named. An
@@ -311,6 +322,7 @@ async fn open_on(
             client: None,
             resume: ask.cloned(),
             owner: None,
+            who: None,
         };
         // A refusal may have been sent, and the stream reset, before
         // `open` went out: the answer is read either way.
@@ -375,12 +387,15 @@ pub async fn run(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                // Session and host ids arrive with `ready`; forward records them.
+                // Session and host ids arrive with `ready`; forward records
+                // them, and the token's subject and jti.
                 let _span = tracing::info_span!(
                     "session",
                     %peer,
                     session = tracing::field::Empty,
-                    host = tracing::field::Empty
+                    host = tracing::field::Empty,
+                    subject = tracing::field::Empty,
+                    jti = tracing::field::Empty
                 )
                 .entered();
                 tasks.spawn(forward(forwarder.clone(), tcp, peer, trim.clone()));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock::fmt_unix;
 use crate::defaults::{INITIAL_BACKOFF, SHUTDOWN_GRACE, STABLE_AFTER};
@@ -218,6 +218,8 @@ async fn keep_registered(
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(config.max_backoff);
     let mut displaced = false;
+    // The last registration error, said once while it stays the same.
+    let mut failing: Option<String> = None;
     loop {
         // Once another connection took this host's place, take it back only
         // when that one has left: two agents with one id do not evict each
@@ -243,6 +245,7 @@ async fn keep_registered(
                     return Ok(());
                 }
                 displaced = false;
+                failing = None;
                 let started = Instant::now();
                 info!(
                     host = %link.host,
@@ -297,7 +300,17 @@ async fn keep_registered(
             {
                 info!("{err}")
             }
-            Err(err) => warn!("could not register with relay: {err}"),
+            // Said once while it stays the same (a wrong pin, an expired
+            // token): each retry says it again only in the debug log.
+            Err(err) => {
+                let why = err.to_string();
+                if failing.as_deref() == Some(why.as_str()) {
+                    debug!(relay = %relay.name(), "could not register with relay, as before: {why}");
+                } else {
+                    warn!("could not register with relay: {why}");
+                    failing = Some(why);
+                }
+            }
         }
         let delay = backoff.delay();
         info!(relay = %relay.name(), "reconnecting in {delay:.1?}");
@@ -391,11 +404,14 @@ async fn serve(
         };
         match stream {
             Ok(stream) => {
-                // The session id arrives with `open`; host_session records it.
+                // The session id and the client's token's subject and jti
+                // arrive with `open`; host_session records them.
                 let _span = tracing::info_span!(
                     "session",
                     session = tracing::field::Empty,
-                    host = %link.host
+                    host = %link.host,
+                    subject = tracing::field::Empty,
+                    jti = tracing::field::Empty
                 )
                 .entered();
                 // Counted from here, so that no QUIC move starts while a

@@ -39,20 +39,26 @@ pub(super) struct Sessions {
 /// Serves one session stream the relay opened: a new session, or a resume.
 pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: Live) {
     let open = tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.1)).await;
-    let (session, client, resume, owner) = match open {
+    let (session, client, resume, owner, who) = match open {
         Ok(Ok(Frame::Open {
             session,
             client,
             resume,
             owner,
-        })) => (session, client.unwrap_or_default(), resume, owner),
+            who,
+        })) => (session, client.unwrap_or_default(), resume, owner, who),
         other => {
             warn!(target: LOG_TARGET, ?other, "session stream did not start with open");
             stream.0.reset(Reason::Protocol);
             return;
         }
     };
-    tracing::Span::current().record("session", session);
+    let span = tracing::Span::current();
+    span.record("session", session);
+    if let Some(who) = who {
+        span.record("subject", who.subject);
+        span.record("jti", who.jti.unwrap_or_default());
+    }
     let offer = match resume {
         None => None,
         Some(Resume::Offer { id, key }) => Some((id, key)),

@@ -57,6 +57,17 @@ impl fmt::Display for Role {
     }
 }
 
+/// Who a token names: its `sub` and `jti`. Both come from a token the
+/// relay checked, within a frame's 16 KiB.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Who {
+    /// The token's `sub`.
+    pub subject: String,
+    /// The token's `jti`, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
 /// A control or session-header frame. On the wire: a big-endian `u16` body
 /// length followed by that many bytes of JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +122,10 @@ pub enum Frame {
         /// the relay computes), so that only that token can resume it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<String>,
+        /// To hosts only: who opened the session, as the client token
+        /// says, for the host's log lines.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        who: Option<Who>,
     },
     /// The host's stream is open and its target connected: raw bytes follow.
     Ready {
@@ -254,6 +269,10 @@ mod tests {
                 client: Some("127.0.0.1:5".into()),
                 resume: None,
                 owner: None,
+                who: Some(Who {
+                    subject: "alice".into(),
+                    jti: Some("j1".into()),
+                }),
             },
             Frame::Ready {
                 session: 7,

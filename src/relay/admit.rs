@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
+use super::audit::Who;
 use super::{State, LOG_TARGET};
 use crate::protocol::{Frame, FrameError, Reason, Refusal, Role, VERSION};
 use crate::token::{Claims, TokenError};
@@ -21,13 +22,28 @@ pub(super) struct Hello {
     pub keep_other: bool,
 }
 
+/// A refused hello: why, and whom its token names if it was well signed.
+pub(super) struct Refused {
+    pub refusal: Refusal,
+    pub who: Who,
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
+        Refused {
+            refusal,
+            who: Who::default(),
+        }
+    }
+}
+
 /// The hello in `frame`, if its version and token are good, or why it is
 /// refused. Refused tokens that could be guesses count against `ip`.
 pub(super) fn check_hello(
     state: &State,
     ip: IpAddr,
     frame: Result<Frame, FrameError>,
-) -> Result<Hello, Refusal> {
+) -> Result<Hello, Refused> {
     let (role, token, host, keep_other) = match frame {
         Ok(Frame::Hello {
             version: VERSION,
@@ -40,10 +56,10 @@ pub(super) fn check_hello(
             let msg = format!(
                 "protocol version {version} is not supported (this relay speaks {VERSION})"
             );
-            return Err(Refusal::new(Reason::Protocol, msg));
+            return Err(Refusal::new(Reason::Protocol, msg).into());
         }
-        Ok(_) => return Err(Refusal::new(Reason::Protocol, "expected a hello frame")),
-        Err(err) => return Err(Refusal::new(Reason::Protocol, format!("bad hello: {err}"))),
+        Ok(_) => return Err(Refusal::new(Reason::Protocol, "expected a hello frame").into()),
+        Err(err) => return Err(Refusal::new(Reason::Protocol, format!("bad hello: {err}")).into()),
     };
     match state
         .config
@@ -73,7 +89,7 @@ pub(super) fn check_hello(
                     wait.as_secs() + 1
                 );
                 debug!(target: LOG_TARGET, %role, %err, "refused token from a penalised address");
-                return Err(Refusal::new(Reason::Limit, msg));
+                return Err(Refusal::new(Reason::Limit, msg).into());
             }
             // Only tokens that could be guesses count towards the limit: a
             // well-signed token that expired (an agent retrying with a stale
@@ -88,7 +104,14 @@ pub(super) fn check_hello(
             if let Some(n) = state.bad_tokens.allow(now) {
                 warn!(target: LOG_TARGET, %role, %err, "refused token{}", super::throttle::left_out(n));
             }
-            Err(Refusal::new(reason, err.to_string()))
+            let who = match err.well_signed() {
+                true => crate::token::peek_claims(&token.0).map(|c| Who::of(&c)),
+                false => Ok(Who::default()),
+            };
+            Err(Refused {
+                refusal: Refusal::new(reason, err.to_string()),
+                who: who.unwrap_or_default(),
+            })
         }
     }
 }

@@ -242,9 +242,9 @@ async fn admit(
 ) {
     let hello = match check_hello(&state, ip, frame) {
         Ok(hello) => hello,
-        Err(refusal) => {
-            let nobody = Who::default();
-            let mut line = Line::new("refused", &nobody, conn.remote());
+        Err(refused) => {
+            let (refusal, who) = (refused.refusal, refused.who);
+            let mut line = Line::new("refused", &who, conn.remote());
             line.reason = Some(&refusal.message);
             state.audit.write(&line);
             return answer.refuse(&state, &conn, refusal).await;

@@ -142,6 +142,14 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         client: Some(client.to_string()),
         resume,
         owner: Some(meta.owner.clone()),
+        who: meta
+            .who
+            .subject
+            .clone()
+            .map(|subject| crate::protocol::Who {
+                subject,
+                jti: meta.who.jti.clone(),
+            }),
     };
     let reply = tokio::time::timeout_at(deadline, async {
         write_frame(&mut host_stream.0, &open).await?;
