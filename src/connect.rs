@@ -165,8 +165,7 @@ async fn carry(
                 Ok(outcome) => outcome,
                 Err(_) => {
                     drop(carried);
-                    session.end_data(&mut stream.0).await;
-                    let _ = stream.0.finish();
+                    session.end_data(stream).await;
                     return Ok(());
                 }
             }

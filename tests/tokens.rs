@@ -225,7 +225,10 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
     assert_eq!(claims["sub"], "alice", "{claims}");
     assert_eq!(claims["hosts"], serde_json::json!(["lab1"]), "{claims}");
     let out = token("host").await;
-    assert_error_line(&out, &["--subject is for client tokens"]);
+    assert_error_line(
+        &out,
+        &["--subject (or SHELLRELAY_SUBJECT) is for client tokens"],
+    );
 
     let key = dir.path().join("issuer");
     let out = run(&["keygen", "--kind", "ed25519", "--out", path_str(&key)]).await;

@@ -306,6 +306,9 @@ pub struct HostOpt {
     /// Cap on the delay between reconnect attempts.
     #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(crate::defaults::MAX_BACKOFF), value_name = "DURATION")]
     max_backoff: HumanDuration,
+    /// Most sessions whose path broke that wait for a resume at once, each holding its connection to the target; one client token may hold a quarter of them. Past that, a session whose path breaks ends at once.
+    #[arg(long, env = "SHELLRELAY_MAX_WAITING", default_value_t = crate::resume::parked::MAX_WAITING, value_name = "N", value_parser = clap::value_parser!(usize))]
+    max_waiting: usize,
     /// Serve /metrics (Prometheus: resumes, resumable sessions, bytes kept for resumes) and /status (JSON) over HTTP on this TCP address; off by default.
     #[arg(long, env = "SHELLRELAY_HOST_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -389,6 +392,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         target,
         max_backoff: opt.max_backoff.0,
         resume_window: opt.peer.resume_window.0,
+        max_waiting: opt.max_waiting,
         metrics: opt.metrics,
     };
     until_signalled(|shutdown| host::run(config, shutdown)).await

@@ -118,7 +118,7 @@ fn token_claims(opt: &MintOpt) -> anyhow::Result<Claims> {
     };
     let mut claims = match (opt.role, single, &opt.subject) {
         (Role::Host, _, Some(_)) => {
-            bail!("--subject is for client tokens: a host token's subject is its host id")
+            bail!("--subject (or SHELLRELAY_SUBJECT) is for client tokens: a host token's subject is its host id")
         }
         (Role::Host, None, None) => {
             bail!("a host token names exactly one host id, without '*' or '?'")

@@ -22,7 +22,13 @@ use crate::tasks::Tasks;
 use crate::token::TokenSource;
 use crate::transport::Closed;
 
+/// How often a registration error that stays the same is said again.
+const REPEAT_WARNING: Duration = Duration::from_secs(10 * 60);
+
+mod held;
 mod session;
+
+use held::{pages, Held};
 
 use session::{host_session, Sessions};
 
@@ -45,6 +51,9 @@ pub struct HostConfig {
     /// How long a session whose path broke waits to be resumed; zero:
     /// sessions are not resumable.
     pub resume_window: Duration,
+    /// Most sessions that wait for a resume at once (a quarter of them of
+    /// one client token); default [`crate::resume::parked::MAX_WAITING`].
+    pub max_waiting: usize,
     /// Where to serve `/metrics` and `/status`, if anywhere.
     pub metrics: Option<SocketAddr>,
 }
@@ -91,7 +100,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     let held = Held::default();
     let sessions = Arc::new(Sessions {
         target: config.target.clone().into(),
-        parked: Arc::default(),
+        parked: Arc::new(crate::resume::parked::Parked::new(config.max_waiting)),
         window: config.resume_window,
         replay_limit: crate::resume::replay_limit(config.relays[0].transport.window()),
         metrics: Arc::default(),
@@ -119,30 +128,6 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     };
     tasks.shutdown(SHUTDOWN_GRACE).await;
     result
-}
-
-/// The host agent's pages: its metrics, and the same figures as JSON.
-fn pages(sessions: Arc<Sessions>) -> crate::status::Render {
-    Arc::new(move |page| {
-        let (resumable, buffered) = (sessions.parked.len(), sessions.parked.held());
-        match page {
-            crate::status::Page::Metrics => {
-                Ok(sessions.metrics.encode(resumable, buffered).into_bytes())
-            }
-            crate::status::Page::Status => {
-                let m = &sessions.metrics;
-                let status = serde_json::json!({
-                    "sessions_resumable": resumable,
-                    "resume_buffered_bytes": buffered,
-                    "resumes": m.resumes("resumed"),
-                    "resume_window_passed": m.resumes("window_passed"),
-                });
-                let mut json = serde_json::to_vec_pretty(&status).map_err(|e| e.to_string())?;
-                json.push(b'\n');
-                Ok(json)
-            }
-        }
-    })
 }
 
 /// Keeps a registration with each of the `k` relays of the fleet `name`
@@ -218,8 +203,9 @@ async fn keep_registered(
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(config.max_backoff);
     let mut displaced = false;
-    // The last registration error, said once while it stays the same.
-    let mut failing: Option<String> = None;
+    // The last registration error and when it was said: said again only
+    // when it changes, or every REPEAT_WARNING while it stays the same.
+    let mut failing: Option<(String, Instant)> = None;
     loop {
         // Once another connection took this host's place, take it back only
         // when that one has left: two agents with one id do not evict each
@@ -301,14 +287,18 @@ async fn keep_registered(
                 info!("{err}")
             }
             // Said once while it stays the same (a wrong pin, an expired
-            // token): each retry says it again only in the debug log.
+            // token), and again every REPEAT_WARNING: each retry in between
+            // says it in the debug log only.
             Err(err) => {
                 let why = err.to_string();
-                if failing.as_deref() == Some(why.as_str()) {
-                    debug!(relay = %relay.name(), "could not register with relay, as before: {why}");
-                } else {
-                    warn!("could not register with relay: {why}");
-                    failing = Some(why);
+                match &failing {
+                    Some((said, at)) if *said == why && at.elapsed() < REPEAT_WARNING => {
+                        debug!(relay = %relay.name(), "could not register with relay, as before: {why}");
+                    }
+                    _ => {
+                        warn!(relay = %relay.name(), "could not register with relay: {why}");
+                        failing = Some((why, Instant::now()));
+                    }
                 }
             }
         }
@@ -319,28 +309,6 @@ async fn keep_registered(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
-    }
-}
-
-/// The relay processes this agent has registered with, by the id their
-/// welcome gives, and under which of its relay names: one relay process
-/// keeps one name for the agent's lifetime (a restarted relay has a new
-/// id), so two names for one relay cannot take turns evicting each other.
-#[derive(Debug, Clone, Default)]
-struct Held(Arc<std::sync::Mutex<HashMap<String, String>>>);
-
-impl Held {
-    /// Whether relay process `instance` may be registered with under
-    /// `name`: yes unless another name has been.
-    fn claim(&self, instance: Option<&str>, name: &str) -> bool {
-        let Some(instance) = instance else {
-            return true;
-        };
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        held.entry(instance.to_owned())
-            .or_insert_with(|| name.to_owned())
-            .as_str()
-            == name
     }
 }
 

@@ -14,7 +14,6 @@ use crate::metrics::HostMetrics;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Resume};
 use crate::resume::key::{self, Half};
 use crate::resume::parked::{NotTaken, Parked, Registered, Takeover};
-use crate::resume::parked::{WAITING_PER_HOST, WAITING_PER_TOKEN};
 use crate::resume::{Outcome, Position, Resumable};
 use crate::splice;
 use crate::transport::{self, SendStream, Stream};
@@ -206,9 +205,10 @@ async fn carry(
         // token that leaves many behind ends its own, not the host's.
         let Some(_waiting) = registered.wait() else {
             ctx.metrics.resume("too_many_waiting");
+            let (most, per_token) = ctx.parked.limits();
             break Outcome::Failed(format!(
                 "path broke ({why}), and too many sessions wait for a resume already \
-                 ({WAITING_PER_TOKEN} per client token, {WAITING_PER_HOST} in all)"
+                 ({per_token} per client token, {most} in all; host --max-waiting)"
             ));
         };
         let broke = Instant::now();

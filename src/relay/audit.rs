@@ -28,12 +28,26 @@ pub(super) struct Who {
 }
 
 impl Who {
+    /// Whom `claims` name. Each is cut to [`WHO_CHARS`] printable
+    /// characters: they go into every session line, the audit log and
+    /// the `open` the host gets, and a token refused for a bad `sub` may
+    /// hold anything its issuer put there.
     pub fn of(claims: &Claims) -> Who {
         Who {
-            subject: Some(claims.sub.clone()),
-            jti: claims.jti.clone(),
+            subject: Some(printable(&claims.sub)),
+            jti: claims.jti.as_deref().map(printable),
         }
     }
+}
+
+/// Most characters of a subject or token id that lines name.
+pub(super) const WHO_CHARS: usize = 128;
+
+fn printable(text: &str) -> String {
+    (text.chars())
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(WHO_CHARS)
+        .collect()
 }
 
 /// One line of the audit log.
@@ -133,5 +147,22 @@ impl Audit {
         if let Err(err) = file.write_all(&text) {
             tracing::warn!(target: super::LOG_TARGET, %err, "could not write to the audit log");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Role;
+
+    #[test]
+    fn whom_a_token_names_is_printable_and_bounded() {
+        let mut claims = Claims::new(Role::Client, "alice", "aud", std::time::Duration::ZERO);
+        claims.jti = Some(format!("a\nb\u{1b}[31m{}", "x".repeat(10_000)));
+        let who = Who::of(&claims);
+        assert_eq!(who.subject.as_deref(), Some("alice"));
+        let jti = who.jti.unwrap();
+        assert_eq!(jti.chars().count(), WHO_CHARS);
+        assert!(jti.starts_with("a?b?[31m"), "{jti}");
     }
 }

@@ -193,12 +193,13 @@ impl Resumable {
         source: &mut S,
         writer: &mut W,
     ) -> Outcome {
+        // A new stream: nothing is cut short on it yet.
+        self.cut.store(false, Ordering::Release);
         let replay = self.outbox().replay(peer.received, peer.fin);
         let (again, fin_again) = match replay {
             Ok(replay) => replay,
             Err(gap) => return Outcome::Failed(format!("cannot resume: {gap}")),
         };
-        self.cut.store(false, Ordering::Release);
         let (send, recv) = stream;
         let up = std::pin::pin!(self.upstream(send, source, again, fin_again));
         let mut down = std::pin::pin!(self.downstream(recv, writer));
@@ -220,11 +221,21 @@ impl Resumable {
 
     /// Ends the local side's data (it ended outside [`Resumable::attach`],
     /// as `connect`'s stdin does when ssh hangs up), sending the end on
-    /// `send`.
-    pub async fn end_data(&self, send: &mut SendStream) {
+    /// `stream`, which is then finished; or reset, where an earlier write
+    /// was cut short and the stream might end inside a record.
+    pub async fn end_data(&self, stream: &mut Stream) {
         let already = std::mem::replace(&mut self.outbox().fin, true);
-        if !already {
-            let _ = self.write(send, &mut [record::fin()]).await;
+        let whole = match already {
+            true => !self.cut.load(Ordering::Acquire),
+            false => self
+                .write(&mut stream.0, &mut [record::fin()])
+                .await
+                .is_ok(),
+        };
+        if whole {
+            let _ = stream.0.finish();
+        } else {
+            crate::transport::abort(stream, crate::protocol::Reason::Aborted);
         }
     }
 

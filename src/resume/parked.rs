@@ -62,18 +62,24 @@ struct Entry {
     handoff: Arc<Handoff>,
 }
 
-/// Most sessions of one client token that wait for a resume at once.
-pub const WAITING_PER_TOKEN: usize = 16;
-
-/// Most sessions that wait for a resume at once, over all client tokens.
-pub const WAITING_PER_HOST: usize = 64;
+/// Most sessions that wait for a resume at once by default, over all
+/// client tokens (`host --max-waiting`); one client token may hold a
+/// quarter of them.
+pub const MAX_WAITING: usize = 1024;
 
 /// The sessions that a resume may take up.
-#[derive(Default)]
 pub struct Parked {
     sessions: Mutex<HashMap<String, Entry>>,
     /// Sessions waiting for a resume, by client token, and in all.
     waiting: Mutex<Waiters>,
+    /// Most sessions waiting at once: in all, and of one client token.
+    limits: (usize, usize),
+}
+
+impl Default for Parked {
+    fn default() -> Parked {
+        Parked::new(MAX_WAITING)
+    }
 }
 
 /// Sessions waiting for a resume, by client token (none kept at zero), and
@@ -92,12 +98,13 @@ pub struct Registered {
 impl Registered {
     /// A place among the sessions waiting for a resume, held until the
     /// guard goes; `None` when the session's client token, or the host,
-    /// has [`WAITING_PER_TOKEN`] or [`WAITING_PER_HOST`] waiting already.
+    /// has as many waiting as [`Parked::limits`] allows.
     pub fn wait(&self) -> Option<Waiting> {
+        let (most, per_token) = self.parked.limits;
         let mut waiting = self.parked.waiting();
         let (by_owner, all) = &mut *waiting;
         let mine = by_owner.get(&self.owner).copied().unwrap_or(0);
-        if mine >= WAITING_PER_TOKEN || *all >= WAITING_PER_HOST {
+        if mine >= per_token || *all >= most {
             return None;
         }
         by_owner.insert(self.owner.clone(), mine + 1);
@@ -136,6 +143,22 @@ impl Drop for Registered {
 }
 
 impl Parked {
+    /// No session yet; at most `max_waiting` may wait for a resume at
+    /// once, and a quarter of that (at least one) of one client token.
+    pub fn new(max_waiting: usize) -> Parked {
+        Parked {
+            sessions: Mutex::default(),
+            waiting: Mutex::default(),
+            limits: (max_waiting, (max_waiting / 4).max(1)),
+        }
+    }
+
+    /// Most sessions that may wait for a resume at once: in all, and of
+    /// one client token.
+    pub fn limits(&self) -> (usize, usize) {
+        self.limits
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }

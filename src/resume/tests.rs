@@ -143,21 +143,24 @@ async fn an_abort_after_a_write_cut_short_resets_instead() {
 /// a place comes free when a session stops waiting.
 #[test]
 fn waiting_sessions_are_capped_per_token_and_per_host() {
-    use super::parked::{Parked, WAITING_PER_HOST, WAITING_PER_TOKEN};
-    let parked: std::sync::Arc<Parked> = Default::default();
+    use super::parked::Parked;
+    let parked = std::sync::Arc::new(Parked::new(64));
+    let (waiting_per_host, waiting_per_token) = parked.limits();
+    assert_eq!((waiting_per_host, waiting_per_token), (64, 16));
+    assert_eq!(Parked::new(1).limits(), (1, 1), "a token may always wait");
     let register = |owner: &str| {
         let (_, key, id) = session_keys();
         let session = std::sync::Arc::new(Resumable::new(id, key, REPLAY_LIMIT));
         parked.register(session, Some(owner.into())).unwrap()
     };
-    let greedy: Vec<_> = (0..=WAITING_PER_TOKEN)
+    let greedy: Vec<_> = (0..=waiting_per_token)
         .map(|_| register("greedy"))
         .collect();
-    let mut waiting: Vec<_> = greedy[..WAITING_PER_TOKEN]
+    let mut waiting: Vec<_> = greedy[..waiting_per_token]
         .iter()
         .map(|r| r.wait().unwrap())
         .collect();
-    let last = &greedy[WAITING_PER_TOKEN];
+    let last = &greedy[waiting_per_token];
     assert!(last.wait().is_none(), "one token waits beyond its share");
     waiting.pop();
     assert!(
@@ -165,17 +168,17 @@ fn waiting_sessions_are_capped_per_token_and_per_host() {
         "a place that came free was not given"
     );
 
-    let others: Vec<_> = (0..WAITING_PER_HOST)
+    let others: Vec<_> = (0..waiting_per_host)
         .map(|i| register(&format!("other {i}")))
         .collect();
-    let held = WAITING_PER_TOKEN - 1;
-    let room: Vec<_> = others[..WAITING_PER_HOST - held]
+    let held = waiting_per_token - 1;
+    let room: Vec<_> = others[..waiting_per_host - held]
         .iter()
         .map(|r| r.wait().unwrap())
         .collect();
-    assert_eq!(room.len() + waiting.len(), WAITING_PER_HOST);
+    assert_eq!(room.len() + waiting.len(), waiting_per_host);
     assert!(
-        others[WAITING_PER_HOST - held].wait().is_none(),
+        others[waiting_per_host - held].wait().is_none(),
         "the host waits beyond its limit"
     );
 }
