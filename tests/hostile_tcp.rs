@@ -820,7 +820,11 @@ async fn a_client_that_grants_no_credit_pins_no_refused_stream() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let peak = peak.max(tunnel.registry.tasks());
-    assert!(peak > baseline, "no refusal waited for credit");
+    // Beyond the one stream that may have become a session.
+    assert!(
+        peak >= baseline + 2,
+        "no refusal waited for credit (peak {peak}, baseline {baseline})"
+    );
     within(
         shellrelay::defaults::OPEN_TIMEOUT + WAIT,
         "the relay to give up on refusals it cannot send",

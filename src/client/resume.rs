@@ -49,8 +49,8 @@ impl Forwarder {
             id: id.clone(),
             key: half.public.clone(),
         };
-        let window = self.config.relays.first().map(|r| r.transport.window());
-        let limit = replay_limit(window.unwrap_or(0));
+        let window = (self.config.relays.first()).map_or(0, |relay| relay.transport.window());
+        let limit = replay_limit(window);
         Some(Offer {
             ask,
             id,

@@ -102,7 +102,9 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         target: config.target.clone().into(),
         parked: Arc::new(crate::resume::parked::Parked::new(config.max_waiting)),
         window: config.resume_window,
-        replay_limit: crate::resume::replay_limit(config.relays[0].transport.window()),
+        replay_limit: crate::resume::replay_limit(
+            (config.relays.first()).map_or(0, |relay| relay.transport.window()),
+        ),
         metrics: Arc::default(),
     });
     if let Some(addr) = config.metrics {

@@ -99,7 +99,7 @@ impl Registered {
     /// A place among the sessions waiting for a resume, held until the
     /// guard goes; `None` when the session's client token, or the host,
     /// has as many waiting as [`Parked::limits`] allows.
-    pub fn wait(&self) -> Option<Waiting> {
+    pub fn wait(&self) -> Option<Waiting<'_>> {
         let (most, per_token) = self.parked.limits;
         let mut waiting = self.parked.waiting();
         let (by_owner, all) = &mut *waiting;
@@ -109,28 +109,23 @@ impl Registered {
         }
         by_owner.insert(self.owner.clone(), mine + 1);
         *all += 1;
-        Some(Waiting {
-            parked: self.parked.clone(),
-            owner: self.owner.clone(),
-        })
+        Some(Waiting(self))
     }
 }
 
 /// A session's place among those waiting for a resume.
-pub struct Waiting {
-    parked: Arc<Parked>,
-    owner: Option<String>,
-}
+pub struct Waiting<'a>(&'a Registered);
 
-impl Drop for Waiting {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut waiting = self.parked.waiting();
+        let Registered { parked, owner, .. } = self.0;
+        let mut waiting = parked.waiting();
         let (by_owner, all) = &mut *waiting;
         *all = all.saturating_sub(1);
-        if let Some(mine) = by_owner.get_mut(&self.owner) {
+        if let Some(mine) = by_owner.get_mut(owner) {
             *mine = mine.saturating_sub(1);
             if *mine == 0 {
-                by_owner.remove(&self.owner);
+                by_owner.remove(owner);
             }
         }
     }
