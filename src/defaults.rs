@@ -58,11 +58,59 @@ pub const CONNECTIONS_PER_CLIENT: usize = 64;
 /// Concurrent sessions to one host.
 pub const SESSIONS_PER_HOST: usize = 4096;
 
-/// Connections that have not finished their hello, from every address
-/// together: past this, a connection attempt is refused before any TLS
-/// work. With [`HANDSHAKES_PER_ADDR`], keeping everyone else out takes 64
-/// networks; each such connection holds at most a pre-authentication
-/// window ([`crate::tls::PRE_AUTH_WINDOW`]).
+/// Fewest sessions a client token may always hold while the relay has
+/// room, however many other tokens share it
+/// ([`crate::limits::Counts::acquire_share`]): enough for a person's
+/// terminals.
+pub const FAIR_SHARE_FLOOR: usize = 8;
+
+/// New sessions per second one client token may start on average
+/// (`--session-rate-per-client`): far above what people or scripts
+/// open, far below the tens of thousands a second a flood of opened and
+/// reset streams reaches. Streams beyond it wait to be taken up.
+pub const SESSION_RATE_PER_CLIENT: u32 = 20;
+
+/// New sessions one client token may start at once: a forwarder that
+/// starts a hundred sessions together starts them without delay.
+pub const SESSION_BURST_PER_CLIENT: u32 = 128;
+
+/// New sessions per second the relay opens towards one host on average
+/// (`--session-rate-per-host`), each of which makes the host agent dial
+/// its target: several users' bursts together, and no more.
+pub const SESSION_RATE_PER_HOST: u32 = 50;
+
+/// New sessions the relay opens towards one host at once.
+pub const SESSION_BURST_PER_HOST: u32 = 256;
+
+/// Session streams one client token may abandon (end or reset before its
+/// session has started) per second on average, and at once: a person
+/// pressing Ctrl-C on a hanging ssh does a few; a rapid-reset flood
+/// passes this within a second and is cut off.
+pub const ABANDONED_PER_CLIENT: (u32, u32) = (4, 64);
+
+/// How long a client token that abandoned streams too fast is refused
+/// (its connections closed, its hellos and sessions refused).
+pub const ABANDON_PENALTY: Duration = Duration::from_secs(60);
+
+/// Places before the hello kept for networks a peer was admitted from in
+/// the last day ([`crate::limits::Known`]), over each transport's
+/// [`MAX_HANDSHAKES`]: a host agent re-registering or a known client
+/// gets in while unknown networks fill the common places.
+pub const KNOWN_RESERVE: usize = 256;
+
+/// Handshakes a second from a network that sent too many bad tokens
+/// (`--max-failures-per-addr`): the rest of its connection attempts are
+/// dropped unanswered, before any TLS work, for the rest of its penalty.
+pub const PENALISED_HANDSHAKES: (u32, u32) = (1, 2);
+
+/// Connections that have not finished their hello, over each transport
+/// (QUIC and TCP have a pool each): past this, a connection attempt is
+/// refused before any TLS work. A network takes at most
+/// [`HANDSHAKES_PER_ADDR`] of them, and fewer as the pool fills
+/// ([`crate::limits::PerAddr::acquire_fair`]), so that filling one takes
+/// well over a hundred networks; [`KNOWN_RESERVE`] more are kept for
+/// networks admitted before. Each such connection holds at most a
+/// pre-authentication window ([`crate::tls::PRE_AUTH_WINDOW`]).
 pub const MAX_HANDSHAKES: usize = 1024;
 
 /// Connection attempts quinn holds before the relay has looked at them.

@@ -64,7 +64,7 @@ pub async fn run(
         target: target.to_owned(),
         max_backoff: crate::defaults::MAX_BACKOFF,
         resume_window: crate::resume::RESUME_WINDOW,
-        max_waiting: crate::resume::parked::MAX_WAITING,
+        max_waiting: Default::default(),
         metrics: None,
     };
     let client_config = ClientConfig {

@@ -106,9 +106,33 @@ pub fn glob_match(pattern: &str, id: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// The host id in `name`, ssh's name for a host that adds `suffix` to it
+/// (`lab1.shellrelay`): `name` without `suffix`, which ends it in any case
+/// (ssh lowercases names), if the rest is a host id.
+pub fn host_id_before<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
+    let at = name.len().checked_sub(suffix.len())?;
+    let (id, tail) = (name.get(..at)?, name.get(at..)?);
+    (tail.eq_ignore_ascii_case(suffix) && valid_host_id(id)).then_some(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suffix_comes_off_a_name_that_ends_with_it() {
+        assert_eq!(
+            host_id_before("lab1.shellrelay", ".shellrelay"),
+            Some("lab1")
+        );
+        assert_eq!(
+            host_id_before("Lab1.SHELLRELAY", ".shellrelay"),
+            Some("Lab1")
+        );
+        for bad in ["lab1", "lab1.example", ".shellrelay", "-x.shellrelay", "ay"] {
+            assert_eq!(host_id_before(bad, ".shellrelay"), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn each_checker_gives_its_one_error() {

@@ -6,7 +6,8 @@
 
 use crate::defaults::{
     CONNECTIONS_PER_CLIENT, FAILURES_PER_ADDR, FAILURE_WINDOW, HANDSHAKES_PER_ADDR, MAX_BUFFERED,
-    MAX_HOSTS, SESSIONS_PER_CLIENT, SESSIONS_PER_HOST,
+    MAX_HOSTS, SESSIONS_PER_CLIENT, SESSIONS_PER_HOST, SESSION_RATE_PER_CLIENT,
+    SESSION_RATE_PER_HOST,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -37,6 +38,12 @@ pub struct Limits {
     /// Bytes of payload the relay may hold buffered, in all; it admits no
     /// more sessions than fit ([`crate::relay::budget`]).
     pub max_buffered: u64,
+    /// New sessions per second per client token, on average (0: no
+    /// limit); streams beyond it wait to be taken up.
+    pub session_rate_per_client: u32,
+    /// New sessions per second towards one host, on average (0: no
+    /// limit); sessions beyond it are refused.
+    pub session_rate_per_host: u32,
 }
 
 impl Default for Limits {
@@ -49,6 +56,8 @@ impl Default for Limits {
             max_hosts: MAX_HOSTS,
             failures_per_addr: FAILURES_PER_ADDR,
             max_buffered: MAX_BUFFERED,
+            session_rate_per_client: SESSION_RATE_PER_CLIENT,
+            session_rate_per_host: SESSION_RATE_PER_HOST,
         }
     }
 }
@@ -151,6 +160,44 @@ impl<K: std::hash::Hash + Eq + Clone> Counts<K> {
     }
 }
 
+impl<K: std::hash::Hash + Eq + Clone> Counts<K> {
+    /// Takes one unit of a pool of `pool` for `key`, unless `key` holds
+    /// its fair share already: `pool / (others + 2)` units, where `others`
+    /// is how many other keys hold units now, and never less than `floor`
+    /// nor more than `cap`. The `+ 2` keeps room for one key more than
+    /// hold units, so that one key alone takes at most half the pool and
+    /// a newcomer finds a place while the others hold their shares. On
+    /// refusal, the share that was reached.
+    pub fn acquire_share(
+        &self,
+        key: K,
+        pool: usize,
+        floor: usize,
+        cap: usize,
+    ) -> Result<CountGuard<K>, usize> {
+        let mut map = lock(&self.0);
+        let others = map.len() - usize::from(map.contains_key(&key));
+        let share = (pool / others.saturating_add(2)).max(floor).min(cap);
+        let n = map.entry(key.clone()).or_insert(0);
+        if *n >= share {
+            if *n == 0 {
+                map.remove(&key);
+            }
+            return Err(share);
+        }
+        *n += 1;
+        Ok(CountGuard {
+            map: self.0.clone(),
+            key,
+        })
+    }
+
+    /// Keys holding units now.
+    pub fn keys(&self) -> usize {
+        lock(&self.0).len()
+    }
+}
+
 /// Counts per network ([`network_of`]), each unit held by a guard.
 #[derive(Debug, Clone, Default)]
 pub struct PerAddr(Counts<IpAddr>);
@@ -162,6 +209,161 @@ impl PerAddr {
     /// Takes one unit for `addr`'s network if fewer than `cap` are out.
     pub fn acquire(&self, addr: IpAddr, cap: usize) -> Option<PerAddrGuard> {
         self.0.acquire(network_of(addr), cap)
+    }
+
+    /// Takes one unit for `addr`'s network from a pool with `free` units
+    /// left: a network may hold `cap`, but no more than one
+    /// [`FAIR_PARTS`]th of what is free (and at least one). So the last
+    /// quarter of a pool is shared out ever more thinly, and it takes
+    /// far more networks than `pool / cap` to leave no place for a new
+    /// one.
+    pub fn acquire_fair(&self, addr: IpAddr, cap: usize, free: usize) -> Option<PerAddrGuard> {
+        let cap = cap.min((free / FAIR_PARTS).max(1));
+        self.0.acquire(network_of(addr), cap)
+    }
+}
+
+/// How thinly [`PerAddr::acquire_fair`] shares what is left of a pool:
+/// one network gets at most this fraction of the free places. With 16 per
+/// network and a pool of 1,024, the cap starts to shrink once a quarter of
+/// the pool is left, and each network after that takes about a
+/// seventeenth of what remains: 69 networks leave about 70 places free,
+/// 100 networks about 11.
+pub const FAIR_PARTS: usize = 16;
+
+/// Networks whose peers got in: their address is not forged and someone
+/// there holds a token. Each is remembered for [`KNOWN_FOR`] after its
+/// last admission, at most [`MAX_TRACKED_ADDRS`] of them (past that the
+/// oldest go first), so that a reserve of places before the hello can be
+/// kept for them.
+#[derive(Debug, Default)]
+pub struct Known(Mutex<HashMap<IpAddr, Instant>>);
+
+/// How long a network counts as [`Known`] after its last admission.
+pub const KNOWN_FOR: Duration = Duration::from_secs(24 * 3600);
+
+impl Known {
+    /// Notes that a peer from `addr` was admitted at `now`.
+    pub fn admitted(&self, addr: IpAddr, now: Instant) {
+        let addr = network_of(addr);
+        let mut map = lock(&self.0);
+        if map.len() >= MAX_TRACKED_ADDRS && !map.contains_key(&addr) {
+            map.retain(|_, seen| now.saturating_duration_since(*seen) < KNOWN_FOR);
+            if map.len() >= MAX_TRACKED_ADDRS {
+                if let Some(oldest) = map.iter().min_by_key(|(_, s)| **s).map(|(a, _)| *a) {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        map.insert(addr, now);
+    }
+
+    /// Whether a peer from `addr`'s network was admitted within
+    /// [`KNOWN_FOR`] of `now`.
+    pub fn contains(&self, addr: IpAddr, now: Instant) -> bool {
+        lock(&self.0)
+            .get(&network_of(addr))
+            .is_some_and(|seen| now.saturating_duration_since(*seen) < KNOWN_FOR)
+    }
+}
+
+/// Token buckets per key: each key may do something `rate` times a
+/// second on average, `burst` times at once. A key's bucket is forgotten
+/// once it has filled up again, and at most [`MAX_TRACKED_ADDRS`] are kept
+/// (past that the fullest go first), so the map stays bounded.
+#[derive(Debug)]
+pub struct Rates<K>(Mutex<HashMap<K, Bucket>>);
+
+impl<K> Default for Rates<K> {
+    fn default() -> Self {
+        Rates(Mutex::default())
+    }
+}
+
+/// A token bucket: tokens left as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn now(self, now: Instant, rate: f64, burst: f64) -> f64 {
+        let refilled = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        (self.tokens + refilled).min(burst)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Rates<K> {
+    /// Takes one token from `key`'s bucket, or says how long until one is
+    /// there. A `rate` of 0 means no limit.
+    pub fn take(&self, key: &K, now: Instant, rate: u32, burst: u32) -> Result<(), Duration> {
+        if rate == 0 {
+            return Ok(());
+        }
+        let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
+        let mut map = lock(&self.0);
+        if map.len() >= MAX_TRACKED_ADDRS && !map.contains_key(key) {
+            map.retain(|_, b| b.now(now, rate, burst) < burst);
+            if map.len() >= MAX_TRACKED_ADDRS {
+                let fullest = map
+                    .iter()
+                    .max_by(|a, b| {
+                        a.1.now(now, rate, burst)
+                            .total_cmp(&b.1.now(now, rate, burst))
+                    })
+                    .map(|(k, _)| k.clone());
+                if let Some(fullest) = fullest {
+                    map.remove(&fullest);
+                }
+            }
+        }
+        let bucket = map.entry(key.clone()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let tokens = bucket.now(now, rate, burst);
+        if tokens >= 1.0 {
+            *bucket = Bucket {
+                tokens: tokens - 1.0,
+                at: now,
+            };
+            return Ok(());
+        }
+        *bucket = Bucket { tokens, at: now };
+        Err(Duration::from_secs_f64((1.0 - tokens) / rate))
+    }
+}
+
+/// Keys barred until a time: tokens that opened and abandoned sessions
+/// too fast. Entries go once their time has passed; at most
+/// [`MAX_TRACKED_ADDRS`] are kept (past that the soonest to end go first).
+#[derive(Debug)]
+pub struct Penalties<K>(Mutex<HashMap<K, Instant>>);
+
+impl<K> Default for Penalties<K> {
+    fn default() -> Self {
+        Penalties(Mutex::default())
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Penalties<K> {
+    /// Bars `key` until `until`.
+    pub fn impose(&self, key: K, until: Instant, now: Instant) {
+        let mut map = lock(&self.0);
+        map.retain(|_, end| *end > now);
+        if map.len() >= MAX_TRACKED_ADDRS {
+            if let Some(soonest) = map.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone()) {
+                map.remove(&soonest);
+            }
+        }
+        map.insert(key, until);
+    }
+
+    /// How long `key` is still barred at `now`, if it is.
+    pub fn left(&self, key: &K, now: Instant) -> Option<Duration> {
+        let end = *lock(&self.0).get(key)?;
+        (end > now).then(|| end - now)
     }
 }
 
@@ -268,6 +470,100 @@ mod tests {
         }
         assert!(f.blocked(b, 3, t0).is_some(), "same /64");
         assert!(f.blocked(other, 3, t0).is_none(), "another /64");
+    }
+
+    #[test]
+    fn one_key_takes_at_most_half_and_newcomers_find_room() {
+        let c: Counts<&str> = Counts::default();
+        let pool = 100;
+        let hog: Vec<_> = (0..pool)
+            .map_while(|_| c.acquire_share("hog", pool, 8, 1000).ok())
+            .collect();
+        assert_eq!(hog.len(), 50, "alone, half the pool");
+        assert_eq!(c.acquire_share("hog", pool, 8, 1000).err(), Some(50));
+        // A second key: a third of the pool while two hold units.
+        let second: Vec<_> = (0..pool)
+            .map_while(|_| c.acquire_share("b", pool, 8, 1000).ok())
+            .collect();
+        assert_eq!(second.len(), 33);
+        // A third still gets its floor and more.
+        let third: Vec<_> = (0..pool)
+            .map_while(|_| c.acquire_share("c", pool, 8, 1000).ok())
+            .collect();
+        assert_eq!(third.len(), 25);
+        // The hard cap wins over the share, the floor over a thin share.
+        assert_eq!(c.acquire_share("d", pool, 8, 2).map(|_| ()).ok(), Some(()));
+        let many: Counts<u32> = Counts::default();
+        let held: Vec<_> = (0..40)
+            .filter_map(|k| many.acquire_share(k, pool, 8, 1000).ok())
+            .collect();
+        assert_eq!(held.len(), 40, "each of 40 keys gets its floor");
+        drop(hog);
+        assert!(c.acquire_share("hog", pool, 8, 1000).is_ok(), "given back");
+        assert_eq!(c.keys(), 2, "keys go with their last unit");
+    }
+
+    #[test]
+    fn fair_parts_leave_room_for_a_new_network_after_69_full_ones() {
+        let p = PerAddr::default();
+        let pool = Gauge::default();
+        let mut held = Vec::new();
+        for net in 0..69u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + net));
+            for _ in 0..16 {
+                let Some(all) = pool.acquire(1024) else { break };
+                let free = 1024 - pool.get();
+                match p.acquire_fair(ip, 16, free) {
+                    Some(g) => held.push((all, g)),
+                    None => break,
+                }
+            }
+        }
+        let free = 1024 - pool.get();
+        assert!(free >= 50, "only {free} places left for new networks");
+        let newcomer: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(p.acquire_fair(newcomer, 16, free).is_some());
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let r: Rates<&str> = Rates::default();
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            assert!(r.take(&"a", t0, 10, 100).is_ok());
+        }
+        let wait = r.take(&"a", t0, 10, 100).unwrap_err();
+        assert!(
+            wait <= Duration::from_millis(100) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
+        assert!(r.take(&"b", t0, 10, 100).is_ok(), "keys apart");
+        assert!(r
+            .take(&"a", t0 + Duration::from_millis(100), 10, 100)
+            .is_ok());
+        assert!(r
+            .take(&"a", t0 + Duration::from_millis(110), 10, 100)
+            .is_err());
+        assert!(r.take(&"a", t0, 0, 0).is_ok(), "a rate of 0 is no limit");
+    }
+
+    #[test]
+    fn known_networks_and_penalties_expire() {
+        let k = Known::default();
+        let t0 = Instant::now();
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        k.admitted(a, t0);
+        assert!(k.contains("2001:db8::2".parse().unwrap(), t0), "same /64");
+        assert!(!k.contains("10.0.0.1".parse().unwrap(), t0));
+        assert!(!k.contains(a, t0 + KNOWN_FOR));
+        let p: Penalties<&str> = Penalties::default();
+        p.impose("x", t0 + Duration::from_secs(60), t0);
+        assert_eq!(
+            p.left(&"x", t0 + Duration::from_secs(50)),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(p.left(&"x", t0 + Duration::from_secs(60)), None);
+        assert_eq!(p.left(&"y", t0), None);
     }
 
     #[test]

@@ -305,6 +305,7 @@ pub struct HostMetrics {
     registry: Registry,
     resumes: Family<ReasonLabel, Counter>,
     resumable: Gauge,
+    waiting: Gauge,
     buffered: Gauge,
 }
 
@@ -330,6 +331,12 @@ impl HostMetrics {
             "Resumable sessions now, carried or waiting for a resume",
             resumable.clone(),
         );
+        let waiting = Gauge::default();
+        registry.register(
+            "sessions_waiting",
+            "Resumable sessions whose path broke, waiting for a resume, each holding its connection to the target",
+            waiting.clone(),
+        );
         let buffered = Gauge::default();
         registry.register_with_unit(
             "resume_buffered",
@@ -341,6 +348,7 @@ impl HostMetrics {
             registry,
             resumes,
             resumable,
+            waiting,
             buffered,
         }
     }
@@ -359,10 +367,11 @@ impl HostMetrics {
     }
 
     /// The metrics as OpenMetrics text, with `resumable` sessions holding
-    /// `buffered` bytes.
-    pub fn encode(&self, resumable: usize, buffered: usize) -> String {
+    /// `buffered` bytes, `waiting` of them waiting for a resume.
+    pub fn encode(&self, resumable: usize, waiting: usize, buffered: usize) -> String {
         self.resumable
             .set(i64::try_from(resumable).unwrap_or(i64::MAX));
+        self.waiting.set(i64::try_from(waiting).unwrap_or(i64::MAX));
         self.buffered
             .set(i64::try_from(buffered).unwrap_or(i64::MAX));
         let mut text = String::new();

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::defaults::{HELLO_TIMEOUT, SHUTDOWN_GRACE};
-use crate::limits::{Counts, Failures, Gauge, Limits, PerAddr};
+use crate::limits::{Counts, Failures, Gauge, Known, Limits, Penalties, PerAddr, Rates};
 use crate::memory::Trim;
 use crate::metrics::{Metrics, Status};
 use crate::protocol::Reason;
@@ -111,15 +111,27 @@ pub struct RelayHandle {
 /// What every connection and session of the relay shares.
 struct State {
     config: RelayConfig,
-    /// Connections per address still in their handshake or hello, from
-    /// addresses that proved themselves (a retry) and from those that did
-    /// not.
-    handshakes: PerAddr,
+    /// Connections still in their handshake or hello, per network and
+    /// in all, for each transport; see [`PreHello`].
+    quic: PreHello,
+    tcp: PreHello,
+    /// QUIC connections per network in their handshake from addresses
+    /// that did not prove themselves (no retry yet).
     unproven: PerAddr,
-    /// Connections in their handshake or before their hello, in all.
-    pre_hello: Gauge,
+    /// Places before the hello kept for known networks, both transports.
+    known_reserve: Gauge,
+    /// Networks a peer was admitted from lately.
+    known: Known,
     /// Refused tokens per address.
     failures: Failures,
+    /// Handshakes from networks penalised for bad tokens.
+    penalised_handshakes: Rates<std::net::IpAddr>,
+    /// New sessions per client token and per host, streams abandoned per
+    /// client token, and the tokens refused for abandoning too many.
+    session_rates: Rates<String>,
+    host_rates: Rates<String>,
+    abandoned: Rates<String>,
+    penalties: Penalties<String>,
     /// Connections open now, authenticated or not.
     connections: Gauge,
     /// Sessions now, set up or running, over every connection, and the
@@ -184,10 +196,17 @@ impl Relay {
             tcp,
             state: Arc::new(State {
                 config,
-                handshakes: PerAddr::default(),
+                quic: PreHello::default(),
+                tcp: PreHello::default(),
                 unproven: PerAddr::default(),
-                pre_hello: Gauge::default(),
+                known_reserve: Gauge::default(),
+                known: Known::default(),
                 failures: Failures::default(),
+                penalised_handshakes: Rates::default(),
+                session_rates: Rates::default(),
+                host_rates: Rates::default(),
+                abandoned: Rates::default(),
+                penalties: Penalties::default(),
                 connections: Gauge::default(),
                 sessions: Gauge::default(),
                 max_sessions,
@@ -307,6 +326,7 @@ impl Relay {
         tokio::join!(idle, housekeeping.shutdown(SHUTDOWN_GRACE));
         // Let go of every connection so the socket closes with the endpoint.
         state.hosts.clear();
+        state.audit.close().await;
         Ok(())
     }
 }
@@ -317,6 +337,12 @@ impl RelayHandle {
     /// error the previous list stays.
     pub fn reload_revocations(&self) -> anyhow::Result<usize> {
         self.state.revoked.reload()
+    }
+
+    /// Opens the audit log again by its path (as SIGHUP does), after the
+    /// lines already queued: rotate it by renaming it, then asking this.
+    pub fn reopen_audit_log(&self) {
+        self.state.audit.reopen()
     }
 
     /// Ids of the hosts connected now, sorted.
@@ -380,6 +406,14 @@ impl State {
     fn next_session_id(&self) -> u64 {
         self.session_ids.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// One transport's connections before their hello: how many from each
+/// network (those that proved their address, for QUIC), and in all.
+#[derive(Debug, Default)]
+struct PreHello {
+    per_network: PerAddr,
+    all: Gauge,
 }
 
 /// Binds the UDP socket on `addr` and the TCP listener where `config`

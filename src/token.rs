@@ -14,7 +14,7 @@ use thiserror::Error;
 use crate::clock::{fmt_unix, unix_now, MAX_EXP};
 use crate::id::{self, glob_match, valid_host_id, valid_host_pattern};
 use crate::keys::{KeySet, Secret, SigningKey, VerifyKey};
-use crate::protocol::Role;
+use crate::protocol::{Printable, Role};
 
 /// The claims of a Shellrelay token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,7 +238,7 @@ impl Verifier {
         let kid = header.kid.as_deref();
         let key = self.keys.get(kid).ok_or_else(|| {
             // Peer-controlled: keep what is echoed short and printable.
-            TokenError::UnknownKey(kid.map(|k| k.chars().take(id::MAX_KID_LEN).collect()))
+            TokenError::UnknownKey(kid.map(|k| Printable::new(k, id::MAX_KID_LEN).to_string()))
         })?;
         // Each key accepts exactly its own algorithm.
         let mut validation = Validation::new(key.algorithm);

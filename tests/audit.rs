@@ -1,15 +1,19 @@
 //! The relay's audit log (`--audit-log`): one JSON line for every
 //! admission, refusal, session start and session end, naming the token's
 //! subject and id, the peer's address, and for a session its bytes each
-//! way and how long it lasted.
+//! way and how long it lasted. A peer cannot flood it: what it chose is
+//! cut and made printable, and its refusals are written at a bounded rate.
+//! SIGHUP opens it again by its path, for rotation by rename.
 
 mod support;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use shellrelay::peer;
-use shellrelay::protocol::Role;
+use shellrelay::protocol::{Refusal, Role, ALPN};
 use shellrelay::token::{Claims, TokenSource};
 use support::traffic::*;
 use support::*;
@@ -126,4 +130,202 @@ async fn admissions_refusals_and_sessions_each_get_a_line() {
             .is_some_and(|r| r.contains("not connected")),
         "{offline}"
     );
+}
+
+/// A QUIC endpoint that trusts `tunnel`'s relay and speaks its ALPN, for
+/// hellos no peer would send.
+fn raw_endpoint(tunnel: &Tunnel) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(tunnel.cert[0].clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+/// Sends `body` as the hello of a new connection to `relay` and returns
+/// the refusal the relay closes it with, if it gets that far.
+async fn refused_hello(
+    endpoint: &quinn::Endpoint,
+    relay: SocketAddr,
+    body: &str,
+) -> Option<Refusal> {
+    let conn = endpoint.connect(relay, "localhost").ok()?.await.ok()?;
+    let (mut send, _recv) = conn.open_bi().await.ok()?;
+    let mut frame = u16::try_from(body.len()).ok()?.to_be_bytes().to_vec();
+    frame.extend_from_slice(body.as_bytes());
+    send.write_all(&frame).await.ok()?;
+    let _ = send.finish();
+    Refusal::from_connection_error(&conn.closed().await)
+}
+
+/// Attack D: 16 KB hellos without a token, each refused as malformed with
+/// serde's words quoting the peer's field whole. Every hello whole in the
+/// log would be 4 MiB here (22 GB an hour at the rate measured on main).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_huge_hellos_adds_a_bounded_amount_and_a_count_to_the_audit_log() {
+    const CONNECTIONS: usize = 64;
+    const ROUNDS: usize = 4;
+    // At most 10 refusal lines per 10 s from one network, each under 4
+    // KiB, and a count when a window ends: a few windows of that.
+    const CEILING: u64 = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let audit = path.clone();
+    let mut tunnel = Tunnel::start_with(move |c| {
+        c.limits.failures_per_addr = u32::MAX;
+        c.limits.handshakes_per_addr = CONNECTIONS;
+        c.audit_log = Some(audit);
+    })
+    .await;
+    let junk = "x".repeat(16_000);
+    let bodies: Arc<[String]> = Arc::from([
+        format!(r#"{{"type":"hello","version":1,"role":"{junk}","token":"t"}}"#),
+        format!(r#"{{"type":"{junk}"}}"#),
+        format!(
+            r#"{{"type":"hello","version":1,"role":"client","token":"{}","host":"{}"}}"#,
+            &junk[..15_000],
+            &junk[..1_000]
+        ),
+    ]);
+    let endpoint = raw_endpoint(&tunnel);
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..CONNECTIONS {
+        let (endpoint, bodies, relay) = (endpoint.clone(), bodies.clone(), tunnel.addr);
+        flood.spawn(async move {
+            let mut refused = 0u64;
+            for round in 0..ROUNDS {
+                let body = &bodies[(i + round) % bodies.len()];
+                let hello = within(WAIT, "a refusal", refused_hello(&endpoint, relay, body)).await;
+                refused += u64::from(hello.is_some_and(|r| r.message.contains("malformed")));
+            }
+            refused
+        });
+    }
+    let mut seen = 0;
+    while let Some(refused) = flood.join_next().await {
+        seen += refused.unwrap();
+    }
+    tunnel.stop_relay().await;
+    let size = std::fs::metadata(&path).unwrap().len();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines = lines(&path);
+    let written = lines.iter().filter(|l| l["event"] == "refused").count() as u64;
+    let left_out: u64 = (lines.iter())
+        .filter(|l| l["event"] == "refused_summary" || l["event"] == "dropped")
+        .map(|l| l["left_out"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(seen > 10, "only {seen} hellos were refused");
+    // Every refusal the flood saw is in the file, written or counted.
+    assert!(
+        written + left_out >= seen,
+        "{written} + {left_out} < {seen}"
+    );
+    assert!(written + left_out <= tunnel.registry.refused());
+    assert!(
+        lines.iter().any(|l| l["event"] == "refused_summary"
+            && l["network"] == "127.0.0.1"
+            && l["left_out"].as_u64() > Some(0)),
+        "no count of refusals left out:\n{text}"
+    );
+    assert!(
+        size <= CEILING,
+        "{seen} refused hellos made the audit log {size} bytes"
+    );
+    assert!(text.lines().all(|l| l.len() < 4096), "{text}");
+}
+
+/// Attack I: a C1 control (U+009B, a terminal's CSI), bidi overrides and
+/// C0 controls in what reaches the audit log: a subject and a token id
+/// (of well-signed tokens refused for what they say) and the host a
+/// client asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_and_bidi_characters_never_reach_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let audit = path.clone();
+    let mut tunnel = Tunnel::start_with(move |c| {
+        c.limits.failures_per_addr = u32::MAX;
+        c.audit_log = Some(audit);
+    })
+    .await;
+    let _host = tunnel.host("lab1", echo_server().await).await;
+    let evil = "\u{9b}31m\u{202e}\u{2066}\u{200f}\u{61c}\n\u{1b}[2J";
+    let shown = "?31m??????[2J";
+    let audience = shellrelay::defaults::AUDIENCE;
+    let subject = format!("lab{evil}1");
+    let claims = Claims::new(Role::Client, &subject, audience, HOUR);
+    refusal(&tunnel, Role::Client, tunnel.sign(&claims), None).await;
+    let mut claims = Claims::new(Role::Host, "lab7", audience, HOUR);
+    claims.jti = Some(format!("t{evil}42"));
+    refusal(&tunnel, Role::Client, tunnel.sign(&claims), None).await;
+    let client = tunnel.token(Role::Client, "lab1", HOUR);
+    refusal(&tunnel, Role::Client, client, Some(&subject)).await;
+    tunnel.stop_relay().await;
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let raw: Vec<char> = (text.chars())
+        .filter(|&c| c != '\n' && !shellrelay::protocol::shown(c))
+        .collect();
+    assert!(raw.is_empty(), "{raw:?} in\n{text}");
+    let lines = lines(&path);
+    let refused = |field: &str, value: String| {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["event"] == "refused" && l[field] == *value),
+            "no refusal with {field} {value:?} in\n{text}"
+        );
+    };
+    refused("subject", format!("lab{shown}1"));
+    refused("jti", format!("t{shown}42"));
+    refused("host", format!("lab{shown}1"));
+}
+
+/// Rotation as logrotate does it by default: rename the file, then SIGHUP;
+/// the relay goes on in a new file at the old path, private to its user.
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_opens_a_renamed_audit_log_afresh_at_its_path() {
+    use shellrelay::peer::RelayAddr;
+    use shellrelay::tls::{TransportOptions, Trust};
+    use support::bin;
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = bin::write_secret(dir.path());
+    let path = dir.path().join("audit.jsonl");
+    let extra = ["--audit-log", bin::path_str(&path)];
+    let (mut relay, addr) = bin::start_relay_with(dir.path(), &secret, &extra).await;
+    let relay_addr = RelayAddr {
+        addr: addr.to_string(),
+        at: None,
+        trust: Trust::PinnedFile(dir.path().join("relay.crt")),
+        transport: TransportOptions::default(),
+    };
+    let refused = || async {
+        let bad = TokenSource::Literal("not.a.token".into());
+        let hello = peer::connect(&relay_addr, &bad, Role::Client, None);
+        let answer = within(WAIT, "a refusal", hello).await;
+        assert!(answer.is_err(), "a bad token was let in");
+    };
+    refused().await;
+    line_with(&path, "refused", |_| true).await;
+    let rotated = dir.path().join("audit.jsonl.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    relay.signal("HUP");
+    relay.wait_for_text("audit log reopened").await;
+    assert_eq!(bin::mode(&path), 0o600);
+    refused().await;
+    line_with(&path, "refused", |_| true).await;
+    let status = relay.terminate().await;
+    assert!(status.success(), "relay: {status}:\n{}", relay.log());
+    assert_eq!(lines(&rotated).len(), 1, "{:?}", lines(&rotated));
+    assert_eq!(lines(&path).len(), 1, "{:?}", lines(&path));
 }

@@ -317,7 +317,7 @@ async fn the_host_rereads_its_token_file_and_waits_out_an_expired_token() {
         target: echo_server().await.to_string(),
         max_backoff: Duration::from_millis(400),
         resume_window: shellrelay::resume::RESUME_WINDOW,
-        max_waiting: shellrelay::resume::parked::MAX_WAITING,
+        max_waiting: Default::default(),
         metrics: None,
     };
     let agent = tokio::spawn(shellrelay::host::run(config, cancel.clone()));

@@ -3,7 +3,8 @@
 //! machine behind NAT (and `--save`, after which `host` needs no
 //! arguments); `invite --role client`; `join` in a fresh config directory;
 //! then `ssh -o ProxyCommand='shellrelay connect --host %h' USER@ID` with
-//! no other flag. And the errors a wrong string gets.
+//! no other flag. The `Host` blocks `join` prints for patterns, never
+//! `Host *`. And the errors a wrong string gets.
 #![cfg(unix)]
 
 mod support;
@@ -14,12 +15,13 @@ use std::process::Stdio;
 use shellrelay::invite::Invite;
 use shellrelay::protocol::Role;
 use support::bin::{
-    assert_error_line, finish, mode, path_str, run, shellrelay, start_relay, write_secret, BIN,
+    assert_error_line, finish, mode, path_str, peer_args, run, shellrelay, start_relay, token_file,
+    write_secret, BIN,
 };
 use support::proc::{field, Proc};
-use support::sshd::{user, Sshd};
+use support::sshd::{required_program, user, Sshd};
 use support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// Runs `invite` for `role` and `host` against the relay whose certificate
 /// and secret are in `dir`, naming `relay` (if given); returns the join
@@ -81,6 +83,20 @@ async fn join_from_stdin(config_home: &Path, string: &str) -> support::bin::Out 
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// Runs `shellrelay join STRING` with the config directory at
+/// `config_home`, its stdout and stderr into one file, so that what it
+/// printed reads in the order it was printed.
+async fn join_interleaved(config_home: &Path, string: &str) -> String {
+    let path = config_home.with_extension("out");
+    let out = std::fs::File::create(&path).unwrap();
+    let mut cmd = in_config_home(shellrelay(&["join", string]), config_home);
+    cmd.stdout(out.try_clone().unwrap()).stderr(out);
+    let status = within(WAIT, "join to finish", cmd.status()).await.unwrap();
+    let printed = std::fs::read_to_string(&path).unwrap();
+    assert!(status.success(), "{status}: {printed}");
+    printed
 }
 
 /// The files `join` or `host --save` writes for `kind` under `config_home`.
@@ -219,6 +235,111 @@ async fn an_invite_pins_the_certificates_key_and_names_its_addresses_by_default(
     let home = dir.path().join("home");
     let out = join_from_stdin(&home, &string).await;
     assert!(out.stdout.starts_with("Host lab-* db1\n"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_every_host_gets_a_host_block_for_names_ending_shellrelay_only() {
+    let Some(_ssh) = required_program("ssh", "openssh-client") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let (mut relay, addr) = start_relay(dir.path(), &secret).await;
+    let relay_at = addr.to_string();
+    // Stands in for sshd: reports the first line ssh sends it.
+    let (said, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let target = traffic::serve(move |tcp| {
+        let said = said.clone();
+        async move {
+            let mut line = String::new();
+            let mut tcp = tokio::io::BufReader::new(tcp);
+            if tcp.read_line(&mut line).await.is_ok() {
+                let _ = said.send(line);
+            }
+        }
+    })
+    .await
+    .to_string();
+    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab-any").await;
+    let cert = dir.path().join("relay.crt");
+    let mut args = peer_args("host", &relay_at, &cert, &host_token);
+    args.extend(["--target", &target]);
+    let mut host = Proc::spawn("host", shellrelay(&args));
+    host.wait_for_text("registered with relay").await;
+
+    // A token that reaches every host: no `Host *`, and a word on stderr.
+    let string = invite(dir.path(), "client", "*", Some(&relay_at)).await;
+    let home = dir.path().join("home");
+    let out = join_from_stdin(&home, &string).await;
+    assert!(out.status.success(), "{out:?}");
+    let patterns: Vec<&str> = (out.stdout.lines())
+        .filter_map(|line| line.strip_prefix("Host "))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert_eq!(patterns, ["*.shellrelay"], "{out:?}");
+    assert!(
+        out.stderr
+            .contains("this invite's token reaches every host the relay serves (*)"),
+        "{out:?}"
+    );
+    let ssh_config = dir.path().join("ssh_config");
+    std::fs::write(&ssh_config, &out.stdout).unwrap();
+    let ssh = |destination: &str, options: &[&str]| {
+        let mut cmd = in_config_home(support::bin::scrubbed("ssh"), &home);
+        cmd.arg("-F")
+            .arg(&ssh_config)
+            .args(["-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=20"])
+            .args(options)
+            .arg(format!("{}@{destination}", user()));
+        cmd
+    };
+    // Another destination is not taken through the relay.
+    let resolved = finish(ssh("elsewhere.example", &["-G"])).await;
+    assert!(resolved.status.success(), "{resolved:?}");
+    assert!(
+        !resolved.stdout.to_lowercase().contains("proxycommand"),
+        "{resolved:?}"
+    );
+    // ssh with the printed block reaches host lab-any: its first words
+    // arrive at the target.
+    let mut cmd = ssh("lab-any.shellrelay", &[]);
+    cmd.arg("true");
+    let tried = finish(cmd).await;
+    let first = heard.try_recv().unwrap_or_else(|_| {
+        panic!(
+            "ssh did not reach the target: {tried:?}\nhost log:\n{}",
+            host.log()
+        )
+    });
+    assert!(first.starts_with("SSH-2.0-"), "{first:?}");
+    relay.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_says_what_a_pattern_reaches_before_its_host_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let (_relay, addr) = start_relay(dir.path(), &secret).await;
+    let relay_at = addr.to_string();
+    let string = invite(dir.path(), "client", "lab*", Some(&relay_at)).await;
+    let printed = join_interleaved(&dir.path().join("pattern"), &string).await;
+    let note = printed.find("this invite's token reaches the hosts matching lab*");
+    let block = printed.find("\nHost lab*\n    ProxyCommand ");
+    assert!(
+        matches!((note, block), (Some(note), Some(block)) if note < block),
+        "{printed}"
+    );
+    assert!(!printed.contains("--host-suffix"), "{printed}");
+    // One host: the block, and nothing to say about it.
+    let string = invite(dir.path(), "client", "lab1", Some(&relay_at)).await;
+    let printed = join_interleaved(&dir.path().join("one"), &string).await;
+    assert!(!printed.contains("note:"), "{printed}");
+    assert!(
+        printed.contains("\nHost lab1\n    ProxyCommand "),
+        "{printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

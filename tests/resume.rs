@@ -1,8 +1,10 @@
 //! Resumable sessions with real OpenSSH and real processes: ssh sessions
 //! that outlive their relay (killed with SIGKILL and started again 3 s
 //! later), a forwarder stopped for 90 s, and the relay carrying a session
-//! dying while another serves; and a session whose window has passed
-//! ending with a reason the user sees.
+//! dying while another serves; a session whose window has passed
+//! ending with a reason the user sees; and one client token's broken
+//! sessions kept waiting at a host agent only up to a cap below sshd's
+//! `MaxStartups`.
 #![cfg(unix)]
 
 mod support;
@@ -18,7 +20,7 @@ use support::bin::{path_str, peer_args, relay_args, shellrelay, start_relay, tok
 use support::http::get;
 use support::proc::{addr_field, field, Proc};
 use support::sshd::Sshd;
-use support::traffic::echo_server;
+use support::traffic::{counted_echo_server, echo, echo_server, ping};
 use support::within;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
@@ -506,4 +508,93 @@ async fn past_its_window_a_session_ends_and_connect_says_why() {
         "{stderr}"
     );
     drop(stdin);
+}
+
+/// The value of the metric line `name` (with its labels) in `text`; 0 if
+/// there is none yet.
+fn metric(text: &str, name: &str) -> u64 {
+    (text.lines())
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |value| value.trim().parse().expect("a count"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_token_keeps_at_most_8_sessions_waiting_at_a_host() {
+    // host --max-waiting-per-client by default: below the 10
+    // unauthenticated connections at which sshd's MaxStartups (10:30:100)
+    // starts refusing logins, which a waiting session that never logged
+    // in counts against.
+    const PER_CLIENT: usize = 8;
+    // More than MaxStartups' 10 of one token; and another token's.
+    const GREEDY: usize = 12;
+    const OTHER: usize = 2;
+    let Setup {
+        dir,
+        relays,
+        host_token,
+        client_token,
+    } = setup(1).await;
+    let mut relay = relays.into_iter().next().expect("a relay");
+    let other_token = token_file(&relay.secret, dir.path(), "other.token", "client", "lab1").await;
+    let (target, mut open) = counted_echo_server().await;
+    let quick = ["--keep-alive", "1s", "--idle-timeout", "3s"];
+    let mut host_extra = quick.to_vec();
+    host_extra.extend(["--metrics", "127.0.0.1:0"]);
+    let mut host = host(&[&relay], &host_token, &target.to_string(), &host_extra).await;
+    let host_metrics = addr_field(&host.logged_text("metrics listening").await, "addr");
+    let (greedy, greedy_port) = forwarder(&[&relay], &client_token, &quick).await;
+    let (other, other_port) = forwarder(&[&relay], &other_token, &quick).await;
+    let mut sessions = Vec::new();
+    for (port, n) in [(greedy_port, GREEDY), (other_port, OTHER)] {
+        for _ in 0..n {
+            sessions.push(ping(([127, 0, 0, 1], port).into()).await);
+        }
+    }
+    assert_eq!(*open.borrow(), GREEDY + OTHER);
+
+    // Every session's path breaks at once; each then waits for a resume,
+    // or ends for want of a place.
+    relay.kill().await;
+    let logs = || {
+        format!(
+            "host:\n{}\nclients:\n{}\n{}",
+            host.log(),
+            greedy.log(),
+            other.log()
+        )
+    };
+    let waiting_name = "shellrelay_host_sessions_waiting";
+    let ended_name = "shellrelay_host_resumes_total{reason=\"too_many_waiting\"}";
+    let (waiting, ended) = within(support::WAIT, "every session to break", async {
+        loop {
+            let says = get(host_metrics, "/metrics").await.body;
+            let (waiting, ended) = (metric(&says, waiting_name), metric(&says, ended_name));
+            if waiting + ended == (GREEDY + OTHER) as u64 {
+                return (waiting, ended);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        (waiting, ended),
+        ((PER_CLIENT + OTHER) as u64, (GREEDY - PER_CLIENT) as u64),
+        "sessions waiting, and ended as too many of one token\n{}",
+        logs()
+    );
+    // The ended sessions' connections to the target are closed, so sshd's
+    // count of them drops; the waiting ones stay open.
+    within(
+        support::WAIT,
+        "ended sessions' connections to close",
+        async { open.wait_for(|n| *n == PER_CLIENT + OTHER).await },
+    )
+    .await
+    .expect("the target runs");
+
+    // The other token's sessions waited: they resume once the relay is back.
+    let _ = relay.restart().await;
+    for session in &mut sessions[GREEDY..] {
+        echo(session, b"resumed").await;
+    }
 }

@@ -181,6 +181,59 @@ fn hosts(claims: &Claims) -> Vec<String> {
     }
 }
 
+/// What `join`'s `Host` block for a pattern of only `*` and `?` names
+/// after it, and `connect --host-suffix` takes off again: `ssh
+/// lab1.shellrelay` reaches host lab1. No real domain ends so, so such a
+/// block takes no ssh destination that is not the relay's, where `Host *`
+/// would take every one.
+const SSH_SUFFIX: &str = ".shellrelay";
+
+/// The `Host` patterns of ~/.ssh/config for a client token's `hosts`,
+/// in the order `join` prints their blocks: those named with
+/// [`SSH_SUFFIX`], then the others as they are.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SshHosts {
+    /// Patterns of only `*` and `?`, [`SSH_SUFFIX`] added.
+    suffixed: Vec<String>,
+    /// Host ids and patterns with a character of their own.
+    plain: Vec<String>,
+    /// What `join` says on stderr before printing them: what a pattern
+    /// reaches, and what its block takes.
+    notes: Vec<String>,
+}
+
+impl SshHosts {
+    fn new(hosts: &[String]) -> SshHosts {
+        let mut ssh = SshHosts::default();
+        for host in hosts {
+            let wild = |c: char| c == '*' || c == '?';
+            if !host.contains(wild) {
+                ssh.plain.push(host.clone());
+            } else if host.chars().all(wild) {
+                let reaches = match host.contains('*') {
+                    true => format!("every host the relay serves ({host})"),
+                    false => format!("every host whose id matches {host}"),
+                };
+                ssh.notes.push(format!(
+                    "note: this invite's token reaches {reaches}; rather than a `Host {host}` \
+                     block, which would send ssh destinations that are not the relay's through \
+                     it, the block below is for names ending {SSH_SUFFIX}: \
+                     `ssh USER@lab1{SSH_SUFFIX}` reaches host lab1"
+                ));
+                ssh.suffixed.push(format!("{host}{SSH_SUFFIX}"));
+            } else {
+                ssh.notes.push(format!(
+                    "note: this invite's token reaches the hosts matching {host}; the `Host \
+                     {host}` block below sends every ssh destination matching it through the \
+                     relay (name hosts one by one there to narrow it)"
+                ));
+                ssh.plain.push(host.clone());
+            }
+        }
+        ssh
+    }
+}
+
 /// Writes the client config and token from a client invite, and prints the
 /// `Host` block for `~/.ssh/config`.
 pub(super) fn join(opt: JoinOpt) -> anyhow::Result<()> {
@@ -203,6 +256,10 @@ pub(super) fn join(opt: JoinOpt) -> anyhow::Result<()> {
         })?,
     };
     let token = invite.save(&path, None, opt.force)?;
+    let ssh = SshHosts::new(&hosts(&claims));
+    for note in &ssh.notes {
+        eprintln!("{note}");
+    }
     eprintln!(
         "wrote {} and {} (token until {}); add this to ~/.ssh/config:",
         path.display(),
@@ -221,8 +278,15 @@ pub(super) fn join(opt: JoinOpt) -> anyhow::Result<()> {
         }
         None => String::new(),
     };
-    println!("Host {}", hosts(&claims).join(" "));
-    println!("    ProxyCommand {program} connect{config} --host %h");
+    // First, so that a plain pattern (`lab*`) cannot take lab1.shellrelay.
+    if !ssh.suffixed.is_empty() {
+        println!("Host {}", ssh.suffixed.join(" "));
+        println!("    ProxyCommand {program} connect{config} --host %h --host-suffix {SSH_SUFFIX}");
+    }
+    if !ssh.plain.is_empty() {
+        println!("Host {}", ssh.plain.join(" "));
+        println!("    ProxyCommand {program} connect{config} --host %h");
+    }
     Ok(())
 }
 
@@ -264,6 +328,30 @@ mod tests {
         );
         assert!(loopback("[::1]:4433") && loopback("localhost:1") && loopback("127.0.0.1:2"));
         assert!(!loopback("relay.example.org:4433") && !loopback("192.0.2.7:4433"));
+    }
+
+    #[test]
+    fn no_host_block_takes_every_ssh_destination() {
+        let hosts =
+            |h: &[&str]| SshHosts::new(&h.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+        let exact = hosts(&["lab1", "db1"]);
+        assert_eq!(
+            (exact.plain, exact.suffixed),
+            (vec!["lab1".into(), "db1".into()], vec![])
+        );
+        assert!(exact.notes.is_empty());
+        let every = hosts(&["*", "lab1", "??"]);
+        assert_eq!(every.suffixed, ["*.shellrelay", "??.shellrelay"]);
+        assert_eq!(every.plain, ["lab1"]);
+        assert!(
+            every.notes[0].contains("every host the relay serves (*)"),
+            "{:?}",
+            every.notes
+        );
+        assert!(every.notes[1].contains("every host whose id matches ??"));
+        let pattern = hosts(&["lab*"]);
+        assert_eq!(pattern.plain, ["lab*"]);
+        assert!(pattern.notes[0].contains("the hosts matching lab*"));
     }
 
     #[test]

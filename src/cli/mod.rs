@@ -361,7 +361,7 @@ impl Cli {
             Command::Relay(opt) => relay_opts::run(*opt).await,
             Command::Host(opt) => peer_opts::run_host(opt).await,
             Command::Client(opt) => peer_opts::run_client(opt).await,
-            Command::Connect(opt) => connect::run(opt.reach.client_config()?).await,
+            Command::Connect(opt) => connect::run(opt.client_config()?).await,
             Command::Invite(opt) => invite_opts::invite(opt),
             Command::Join(opt) => invite_opts::join(opt),
             Command::Token(opt) => token_opts::run(opt),

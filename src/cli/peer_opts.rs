@@ -306,9 +306,12 @@ pub struct HostOpt {
     /// Cap on the delay between reconnect attempts.
     #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(crate::defaults::MAX_BACKOFF), value_name = "DURATION")]
     max_backoff: HumanDuration,
-    /// Most sessions whose path broke that wait for a resume at once, each holding its connection to the target; one client token may hold a quarter of them. Past that, a session whose path breaks ends at once.
+    /// Most sessions whose path broke that wait for a resume at once, each holding its connection to the target. Past that, a session whose path breaks ends at once.
     #[arg(long, env = "SHELLRELAY_MAX_WAITING", default_value_t = crate::resume::parked::MAX_WAITING, value_name = "N", value_parser = clap::value_parser!(usize))]
     max_waiting: usize,
+    /// Most of one client token's sessions that wait for a resume at once; past that, its session whose path breaks ends at once. The default stays below sshd's MaxStartups (10 unauthenticated connections), which a token's waiting sessions that never logged in count against.
+    #[arg(long, env = "SHELLRELAY_MAX_WAITING_PER_CLIENT", default_value_t = crate::resume::parked::MAX_WAITING_PER_CLIENT, value_name = "N", value_parser = clap::value_parser!(usize))]
+    max_waiting_per_client: usize,
     /// Serve /metrics (Prometheus: resumes, resumable sessions, bytes kept for resumes) and /status (JSON) over HTTP on this TCP address; off by default.
     #[arg(long, env = "SHELLRELAY_HOST_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -328,7 +331,25 @@ pub struct ClientOpt {
 #[derive(Debug, Args)]
 pub struct ConnectOpt {
     #[command(flatten)]
-    pub(super) reach: ReachOpt,
+    reach: ReachOpt,
+    /// Take this suffix off --host: for a `Host *.shellrelay` block in ~/.ssh/config (which `join` prints for a token that reaches every host), where `ssh lab1.shellrelay` passes `--host lab1.shellrelay --host-suffix .shellrelay` and reaches host lab1.
+    #[arg(long, value_name = "SUFFIX")]
+    host_suffix: Option<String>,
+}
+
+impl ConnectOpt {
+    /// The client's configuration, with `--host-suffix` taken off `--host`.
+    pub(super) fn client_config(&self) -> anyhow::Result<client::ClientConfig> {
+        let mut config = self.reach.client_config()?;
+        if let Some(suffix) = &self.host_suffix {
+            let named = (self.reach.host.as_deref()).context("--host-suffix needs --host")?;
+            let id = crate::id::host_id_before(named, suffix).with_context(|| {
+                format!("--host {named} is not a host id followed by {suffix} (--host-suffix)")
+            })?;
+            config.host = Some(id.to_owned());
+        }
+        Ok(config)
+    }
 }
 
 /// Runs the host agent.
@@ -392,7 +413,10 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         target,
         max_backoff: opt.max_backoff.0,
         resume_window: opt.peer.resume_window.0,
-        max_waiting: opt.max_waiting,
+        max_waiting: crate::resume::parked::WaitingLimits {
+            all: opt.max_waiting,
+            per_client: opt.max_waiting_per_client,
+        },
         metrics: opt.metrics,
     };
     until_signalled(|shutdown| host::run(config, shutdown)).await

@@ -63,6 +63,10 @@ pub(super) struct RelayFile {
     #[serde(default, deserialize_with = "scalar")]
     pub max_buffered: Option<bytesize::ByteSize>,
     #[serde(default, deserialize_with = "scalar")]
+    pub session_rate_per_client: Option<u32>,
+    #[serde(default, deserialize_with = "scalar")]
+    pub session_rate_per_host: Option<u32>,
+    #[serde(default, deserialize_with = "scalar")]
     pub keep_alive: Option<HumanDuration>,
     #[serde(default, deserialize_with = "scalar")]
     pub idle_timeout: Option<HumanDuration>,
@@ -155,6 +159,8 @@ pub(super) fn merge(opt: &mut RelayOpt, given: &clap::ArgMatches) -> anyhow::Res
         opt.limits => max_failures_per_addr = file.max_failures_per_addr;
         opt.transport => keep_alive = file.keep_alive;
         opt.limits => max_buffered = file.max_buffered;
+        opt.limits => session_rate_per_client = file.session_rate_per_client;
+        opt.limits => session_rate_per_host = file.session_rate_per_host;
         opt.transport => idle_timeout = file.idle_timeout;
         opt.transport => stream_window = file.stream_window;
         opt.transport => congestion = file.congestion.map(Some);

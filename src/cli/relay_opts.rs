@@ -50,7 +50,8 @@ pub struct RelayOpt {
     /// line; re-read on SIGHUP and when it changes.
     #[arg(long, env = "SHELLRELAY_REVOCATION_FILE", value_name = "PATH")]
     pub(super) revocation_file: Option<PathBuf>,
-    /// Append a JSON line for every admission, refusal, session start and session end to this file.
+    /// Append a JSON line for every admission, refusal, session start and
+    /// session end to this file; opened again on SIGHUP (rotate by rename).
     #[arg(long, env = "SHELLRELAY_AUDIT_LOG", value_name = "PATH")]
     pub(super) audit_log: Option<PathBuf>,
     /// Certificate (PEM); made self-signed, with the key, when neither exists.
@@ -113,6 +114,12 @@ pub struct LimitsOpt {
     /// Refused tokens per IP address per minute before its hellos are refused unread.
     #[arg(long, env = "SHELLRELAY_MAX_FAILURES_PER_ADDR", default_value_t = crate::defaults::FAILURES_PER_ADDR, value_name = "N")]
     pub(super) max_failures_per_addr: u32,
+    /// New sessions per second one client token may start, on average (bursts of 128 start at once); streams beyond it wait. 0: no limit.
+    #[arg(long, env = "SHELLRELAY_SESSION_RATE_PER_CLIENT", default_value_t = crate::defaults::SESSION_RATE_PER_CLIENT, value_name = "N")]
+    pub(super) session_rate_per_client: u32,
+    /// New sessions per second towards one host, on average (bursts of 256 at once); more are refused. 0: no limit.
+    #[arg(long, env = "SHELLRELAY_SESSION_RATE_PER_HOST", default_value_t = crate::defaults::SESSION_RATE_PER_HOST, value_name = "N")]
+    pub(super) session_rate_per_host: u32,
     /// Payload the relay may hold buffered in all; it admits no more sessions than fit (four stream windows each, see SECURITY.md).
     #[arg(long, env = "SHELLRELAY_MAX_BUFFERED", default_value_t = ByteSize::b(crate::defaults::MAX_BUFFERED), value_name = "BYTES")]
     pub(super) max_buffered: ByteSize,
@@ -128,6 +135,8 @@ impl LimitsOpt {
             max_hosts: self.max_hosts,
             failures_per_addr: self.max_failures_per_addr,
             max_buffered: self.max_buffered.as_u64(),
+            session_rate_per_client: self.session_rate_per_client,
+            session_rate_per_host: self.session_rate_per_host,
         }
     }
 }
@@ -231,7 +240,8 @@ pub(super) fn listen_tcp(value: &str) -> Result<relay::ListenTcp, String> {
         .map_err(|_| format!("expected an address such as 0.0.0.0:4433, or off; got {value:?}"))
 }
 
-/// Re-reads the relay's revocation file on every SIGHUP.
+/// Re-reads the relay's revocation file and opens its audit log again on
+/// every SIGHUP.
 async fn reload_on_hangup(
     mut hangup: Signals,
     relay: relay::RelayHandle,
@@ -243,6 +253,7 @@ async fn reload_on_hangup(
             _ = shutdown.cancelled() => return,
             _ = hangup.recv() => {}
         }
+        relay.reopen_audit_log();
         match relay.reload_revocations() {
             Ok(n) => info!(entries = n, "SIGHUP: revocation file re-read"),
             Err(err) => tracing::warn!("SIGHUP: {err:#}; the previous list stays in force"),

@@ -327,7 +327,19 @@ async fn open_on(
         // A refusal may have been sent, and the stream reset, before
         // `open` went out: the answer is read either way.
         let wrote = write_frame(&mut send, &open).await;
-        let answer = match (read_frame(&mut recv).await, wrote) {
+        let read = read_frame(&mut recv).await;
+        // A refusal the relay could not write at once comes as a reset
+        // with the reason's code.
+        if let Err(FrameError::Io(err)) = &read {
+            if let Some(reason) = crate::transport::reset_reason(err) {
+                let message = format!(
+                    "refused ({}); the relay reset the stream rather than wait for room to say why",
+                    reason.as_str()
+                );
+                return Err(OpenError::Refused(Refusal::new(reason, message)));
+            }
+        }
+        let answer = match (read, wrote) {
             (Ok(answer), _) => answer,
             (Err(_), Err(err)) | (Err(err), Ok(())) => return Err(SetupError::from(err).into()),
         };

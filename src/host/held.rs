@@ -31,15 +31,18 @@ impl Held {
 /// The host agent's pages: its metrics, and the same figures as JSON.
 pub(super) fn pages(sessions: Arc<Sessions>) -> crate::status::Render {
     Arc::new(move |page| {
-        let (resumable, buffered) = (sessions.parked.len(), sessions.parked.held());
+        let parked = &sessions.parked;
+        let (resumable, waiting, buffered) = (parked.len(), parked.waiting(), parked.held());
         match page {
             crate::status::Page::Metrics => {
-                Ok(sessions.metrics.encode(resumable, buffered).into_bytes())
+                let text = sessions.metrics.encode(resumable, waiting, buffered);
+                Ok(text.into_bytes())
             }
             crate::status::Page::Status => {
                 let m = &sessions.metrics;
                 let status = serde_json::json!({
                     "sessions_resumable": resumable,
+                    "sessions_waiting": waiting,
                     "resume_buffered_bytes": buffered,
                     "resumes": m.resumes("resumed"),
                     "resume_window_passed": m.resumes("window_passed"),

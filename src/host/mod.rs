@@ -51,9 +51,9 @@ pub struct HostConfig {
     /// How long a session whose path broke waits to be resumed; zero:
     /// sessions are not resumable.
     pub resume_window: Duration,
-    /// Most sessions that wait for a resume at once (a quarter of them of
-    /// one client token); default [`crate::resume::parked::MAX_WAITING`].
-    pub max_waiting: usize,
+    /// Most sessions that wait for a resume at once, in all and of one
+    /// client token; default [`crate::resume::parked::WaitingLimits::default`].
+    pub max_waiting: crate::resume::parked::WaitingLimits,
     /// Where to serve `/metrics` and `/status`, if anywhere.
     pub metrics: Option<SocketAddr>,
 }

@@ -205,10 +205,12 @@ async fn carry(
         // token that leaves many behind ends its own, not the host's.
         let Some(_waiting) = registered.wait() else {
             ctx.metrics.resume("too_many_waiting");
-            let (most, per_token) = ctx.parked.limits();
+            let limits = ctx.parked.limits();
             break Outcome::Failed(format!(
                 "path broke ({why}), and too many sessions wait for a resume already \
-                 ({per_token} per client token, {most} in all; host --max-waiting)"
+                 ({} per client token, host --max-waiting-per-client; {} in all, \
+                 host --max-waiting)",
+                limits.per_client, limits.all
             ));
         };
         let broke = Instant::now();
@@ -266,7 +268,7 @@ async fn take(session: &Resumable, mut takeover: Takeover) -> Option<(Stream, Po
 
 async fn refuse(send: &mut SendStream, refusal: Refusal) {
     warn!(target: LOG_TARGET, reason = %refusal.message, "session refused");
-    send.refuse(&refusal).await;
+    send.refuse(&refusal);
 }
 
 #[cfg(test)]

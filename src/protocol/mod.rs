@@ -7,6 +7,7 @@
 //! [`Frame::Ready`] or [`Frame::Refused`]; after `Ready` the stream carries raw
 //! ssh bytes, untouched.
 
+mod printable;
 mod reason;
 mod resume;
 
@@ -15,7 +16,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use reason::{printable, Reason, Refusal, MAX_MESSAGE_CHARS};
+pub use printable::{printable, shown, Printable, MAX_MESSAGE_CHARS, MAX_NAME_CHARS};
+pub use reason::{Reason, Refusal};
 pub use resume::Resume;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -173,8 +175,11 @@ pub enum FrameError {
     /// The length prefix exceeds [`MAX_FRAME_LEN`].
     #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN} bytes")]
     TooLong(usize),
-    /// The body is not a frame of this protocol version.
-    #[error("malformed frame: {0}")]
+    /// The body is not a frame of this protocol version. Its words may
+    /// quote the peer (serde's "unknown variant `…`"), so they are shown
+    /// [`Printable`] and cut to [`MAX_NAME_CHARS`]: enough for what
+    /// serde says of a frame of sane size.
+    #[error("malformed frame: {}", Printable::name(&.0.to_string()))]
     Malformed(#[from] serde_json::Error),
     /// The underlying stream failed.
     #[error(transparent)]
@@ -314,6 +319,21 @@ mod tests {
             };
             assert_eq!(got, want, "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn a_malformed_frame_quotes_the_peer_cut_and_printable() {
+        // serde echoes an unknown variant whole: 16 KB of it, and a C1
+        // control and a bidi override.
+        let role = format!("\u{9b}\u{202e}{}", "x".repeat(16_000));
+        let body = format!(r#"{{"type":"hello","version":1,"role":"{role}","token":"t"}}"#);
+        let err = Frame::decode(body.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("malformed frame: unknown variant `??xxx"),
+            "{err}"
+        );
+        assert!(err.ends_with('…'), "{err}");
+        assert!(err.chars().count() <= "malformed frame: ".len() + MAX_NAME_CHARS);
     }
 
     #[test]

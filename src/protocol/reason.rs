@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::Frame;
+use super::{Frame, Printable};
 
 /// Why a connection or stream ended. The numeric value is the QUIC
 /// application error code used when closing a connection or resetting a
@@ -187,12 +187,13 @@ impl Refusal {
         }
     }
 
-    /// This refusal with its words made [`printable`], for passing on
-    /// words a peer chose towards a user's terminal.
+    /// This refusal with its words made [`Printable`] and cut to
+    /// [`MAX_MESSAGE_CHARS`](super::MAX_MESSAGE_CHARS), for passing on words
+    /// a peer chose towards a user's terminal or a log.
     pub fn printable(self) -> Refusal {
         Refusal {
             reason: self.reason,
-            message: printable(&self.message),
+            message: Printable::message(&self.message).to_string(),
         }
     }
 
@@ -205,24 +206,6 @@ impl Refusal {
     }
 }
 
-/// Longest refusal message kept from a peer, in characters: a sentence or
-/// two, however much the peer sent.
-pub const MAX_MESSAGE_CHARS: usize = 512;
-
-/// `text` from a peer made safe to print on a terminal or in a log line:
-/// control characters (escape sequences, line breaks) and bidirectional
-/// overrides become spaces, and it is cut at [`MAX_MESSAGE_CHARS`].
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .take(MAX_MESSAGE_CHARS)
-        .map(|c| match c {
-            c if c.is_control() => ' ',
-            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => ' ',
-            c => c,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,8 +213,12 @@ mod tests {
     #[test]
     fn refusal_words_from_a_peer_are_made_printable() {
         let r = Refusal::new(Reason::TargetUnreachable, "no\u{1b}[2J\nway\u{202e}").printable();
-        assert_eq!(r, Refusal::new(Reason::TargetUnreachable, "no [2J way "));
-        assert_eq!(printable(&"x".repeat(10_000)).len(), MAX_MESSAGE_CHARS);
+        assert_eq!(r, Refusal::new(Reason::TargetUnreachable, "no?[2J?way?"));
+        let long = Refusal::new(Reason::Protocol, "x".repeat(10_000)).printable();
+        assert_eq!(
+            long.message.chars().count(),
+            crate::protocol::MAX_MESSAGE_CHARS
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ impl Answer {
         state.metrics.refused(refusal.reason);
         match self {
             Answer::Quic(send, _) => {
-                send.refuse(&refusal).await;
+                // The close below carries the same words, whatever credit
+                // the peer grants.
+                send.refuse(&refusal);
                 let _ = tokio::time::timeout(REFUSE_LINGER, conn.closed()).await;
             }
             Answer::Tcp(tls) => {

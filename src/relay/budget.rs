@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::defaults::{INCOMING_BUFFER_TOTAL, MAX_HANDSHAKES};
+use crate::defaults::{INCOMING_BUFFER_TOTAL, KNOWN_RESERVE, MAX_HANDSHAKES};
 use crate::tls::PRE_AUTH_WINDOW;
 use crate::transport::Conn;
 
@@ -21,10 +21,16 @@ use crate::transport::Conn;
 pub const WINDOWS_PER_SESSION: u64 = 4;
 
 /// What connections that have not sent their hello can hold at once: each
-/// its pre-authentication window, plus quinn's buffer for datagrams of
-/// connection attempts not yet accepted.
+/// of the places before the hello (a pool per transport, and the reserve
+/// for known networks) at most its pre-authentication window (over TCP:
+/// a TLS record and a hello frame, less than that), plus quinn's buffer
+/// for datagrams of connection attempts not yet accepted.
 pub const PRE_HELLO_RESERVE: u64 =
-    MAX_HANDSHAKES as u64 * PRE_AUTH_WINDOW as u64 + INCOMING_BUFFER_TOTAL;
+    PRE_HELLO_PLACES as u64 * PRE_AUTH_WINDOW as u64 + INCOMING_BUFFER_TOTAL;
+
+/// Connections that may be before their hello at once: a pool of
+/// [`MAX_HANDSHAKES`] for each of QUIC and TCP, and [`KNOWN_RESERVE`].
+pub const PRE_HELLO_PLACES: usize = 2 * MAX_HANDSHAKES + KNOWN_RESERVE;
 
 /// Most sessions at once that keep the relay's buffered payload within
 /// `budget` bytes with stream windows of `window` bytes; at least one.
@@ -88,13 +94,17 @@ impl Shares {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets the send window for `sessions` sessions and the control stream.
+    /// Sets the send and receive windows for `sessions` sessions and one
+    /// more: the control stream, and the first words of streams not yet
+    /// counted (a new session's `open`, what arrives on a refused stream
+    /// before it is stopped).
     fn resize(&self, sessions: usize) {
         let windows = u64::try_from(sessions)
             .unwrap_or(u64::MAX)
             .saturating_add(1);
-        self.conn
-            .set_send_window(windows.saturating_mul(self.window));
+        let bytes = windows.saturating_mul(self.window);
+        self.conn.set_send_window(bytes);
+        self.conn.set_receive_window(bytes);
     }
 }
 

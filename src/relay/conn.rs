@@ -22,7 +22,9 @@ use super::session::accept_sessions;
 use super::throttle;
 use super::{State, LOG_TARGET};
 use crate::clock::{fmt_unix, unix_now};
-use crate::defaults::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, RETRY_ABOVE_HANDSHAKES};
+use crate::defaults::{
+    HANDSHAKE_TIMEOUT, KNOWN_RESERVE, MAX_HANDSHAKES, PENALISED_HANDSHAKES, RETRY_ABOVE_HANDSHAKES,
+};
 use crate::limits::{GaugeGuard, PerAddrGuard};
 use crate::protocol::{read_frame, Frame, FrameError, Reason, Refusal, Role};
 use crate::token::Claims;
@@ -43,47 +45,31 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
     // prove it is real (a stateless retry, one round trip) before any TLS
     // work is done for it: a spoofed flood then costs the relay no state.
     let validated = incoming.remote_address_validated();
-    let limits = &state.config.limits;
-    let under_load = state.pre_hello.get() >= RETRY_ABOVE_HANDSHAKES;
-    let penalised = || {
-        state
-            .failures
-            .blocked(ip, limits.failures_per_addr, accepted)
-            .is_some()
-    };
-    if !validated && (under_load || penalised()) {
+    let under_load = state.quic.all.get() >= RETRY_ABOVE_HANDSHAKES;
+    let penalised = penalised(&state, ip, accepted);
+    if !validated && (under_load || penalised) {
         return retry(incoming);
+    }
+    if penalised && !handshake_allowed(&state, ip, accepted) {
+        // Unanswered: a client that sent bad tokens waits out its own
+        // timeout rather than trying again at once.
+        incoming.ignore();
+        return;
     }
     // Proven and unproven addresses have slots of their own, so that
     // Initials with a forged source cannot use up a network's slots: past
     // its cap an unproven one is asked to prove itself, and only a proven
-    // one over its cap is refused.
-    let slots = if validated {
-        &state.handshakes
-    } else {
-        &state.unproven
+    // one over its cap is refused. Only a proven address can be a known
+    // network's.
+    let slot = match validated {
+        true => pre_hello_slot(&state, &state.quic, &state.quic.per_network, ip, accepted),
+        false => pre_hello_slot(&state, &state.quic, &state.unproven, ip, None),
     };
-    // Taken at once, so that attempts accepted together on several
-    // threads cannot pass the cap between a check and a take.
-    let Some(all) = state.pre_hello.acquire(MAX_HANDSHAKES) else {
+    let Some(slot) = slot else {
         if !validated {
             return retry(incoming);
         }
-        if let Some(n) = state.handshakes_full.allow(accepted) {
-            warn!(
-                target: LOG_TARGET,
-                "{MAX_HANDSHAKES} connections are in their handshake; refusing more{}",
-                throttle::left_out(n)
-            );
-        }
-        incoming.refuse();
-        return;
-    };
-    let Some(network) = slots.acquire(ip, limits.handshakes_per_addr) else {
-        if !validated {
-            return retry(incoming);
-        }
-        debug!(target: LOG_TARGET, "too many handshakes from this address; refusing");
+        full(&state, accepted);
         incoming.refuse();
         return;
     };
@@ -105,17 +91,73 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
                 return;
             }
         };
-    serve(
-        state,
-        conn,
-        ip,
-        Slot {
-            _all: all,
-            _network: network,
-        },
-        accepted,
-    )
-    .await;
+    serve(state, conn, ip, slot, accepted).await;
+}
+
+/// Whether `ip`'s network is penalised for bad tokens at `now`.
+fn penalised(state: &State, ip: IpAddr, now: Instant) -> bool {
+    let limit = state.config.limits.failures_per_addr;
+    state.failures.blocked(ip, limit, now).is_some()
+}
+
+/// Whether a penalised network may try another handshake now
+/// ([`PENALISED_HANDSHAKES`]).
+fn handshake_allowed(state: &State, ip: IpAddr, now: Instant) -> bool {
+    let (rate, burst) = PENALISED_HANDSHAKES;
+    let network = crate::limits::network_of(ip);
+    state
+        .penalised_handshakes
+        .take(&network, now, rate, burst)
+        .is_ok()
+}
+
+/// A place before the hello for a connection from `ip` over the
+/// transport whose places are `pool`, counted for its network in
+/// `per_network`: one of the pool's, within the network's fair part
+/// ([`crate::limits::PerAddr::acquire_fair`]), or, with the pool full or
+/// the network over its part, one of [`KNOWN_RESERVE`] if the network is
+/// known (`known_at` is when, for an address that proved itself).
+fn pre_hello_slot(
+    state: &State,
+    pool: &super::PreHello,
+    per_network: &crate::limits::PerAddr,
+    ip: IpAddr,
+    known_at: impl Into<Option<Instant>>,
+) -> Option<Slot> {
+    let cap = state.config.limits.handshakes_per_addr;
+    // Taken at once, so that attempts accepted together on several
+    // threads cannot pass the cap between a check and a take.
+    if let Some(all) = pool.all.acquire(MAX_HANDSHAKES) {
+        let free = MAX_HANDSHAKES.saturating_sub(pool.all.get());
+        if let Some(network) = per_network.acquire_fair(ip, cap, free) {
+            return Some(Slot {
+                _all: all,
+                _network: network,
+            });
+        }
+    }
+    let now = known_at.into()?;
+    if !state.known.contains(ip, now) {
+        return None;
+    }
+    let all = state.known_reserve.acquire(KNOWN_RESERVE)?;
+    let network = per_network.acquire(ip, cap)?;
+    Some(Slot {
+        _all: all,
+        _network: network,
+    })
+}
+
+/// Says, at most once per throttle window, that a transport's places
+/// before the hello are full.
+fn full(state: &State, now: Instant) {
+    if let Some(n) = state.handshakes_full.allow(now) {
+        warn!(
+            target: LOG_TARGET,
+            "connections in their handshake fill their places; refusing more{}",
+            throttle::left_out(n)
+        );
+    }
 }
 
 /// A connection's place among those before their hello: one of
@@ -175,27 +217,16 @@ pub(super) async fn tcp(
 ) {
     let accepted = Instant::now();
     let ip = remote.ip();
-    let Some(all) = state.pre_hello.acquire(MAX_HANDSHAKES) else {
-        if let Some(n) = state.handshakes_full.allow(accepted) {
-            warn!(
-                target: LOG_TARGET,
-                "{MAX_HANDSHAKES} connections are in their handshake; refusing more{}",
-                throttle::left_out(n)
-            );
-        }
+    if penalised(&state, ip, accepted) && !handshake_allowed(&state, ip, accepted) {
         return;
-    };
-    let limits = &state.config.limits;
-    let Some(network) = state.handshakes.acquire(ip, limits.handshakes_per_addr) else {
-        debug!(target: LOG_TARGET, "too many handshakes from this address; refusing");
+    }
+    let Some(handshake) = pre_hello_slot(&state, &state.tcp, &state.tcp.per_network, ip, accepted)
+    else {
+        full(&state, accepted);
         return;
     };
     let Some(_open) = state.connections.acquire(usize::MAX) else {
         return;
-    };
-    let handshake = Slot {
-        _all: all,
-        _network: network,
     };
     let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp::accept(tcp, &acceptor)).await {
         Ok(Ok(tls)) => tls,
@@ -252,6 +283,9 @@ async fn admit(
     };
     answer.hello_taken();
     state.metrics.hello_accepted(accepted);
+    // A well-signed token came from here: its network gets places kept
+    // for it before the hello from now on.
+    state.known.admitted(ip, Instant::now());
     let peer = Admitted {
         who: Who::of(&hello.claims),
         role: match hello.role {
@@ -406,6 +440,20 @@ impl Admitted {
             return self.refuse(refusal, &host).await;
         }
         let token = token_key(&claims);
+        let now = Instant::now();
+        if let Some(left) = self.state.penalties.left(&token, now) {
+            // Its network's further handshakes are slowed as a bad
+            // token's would be.
+            self.state.failures.record(self.conn.remote().ip(), now);
+            let message = format!(
+                "this client token opened and abandoned session streams too fast; \
+                 it may connect again in {}s",
+                left.as_secs() + 1
+            );
+            return self
+                .refuse(Refusal::new(Reason::Limit, message), &host)
+                .await;
+        }
         let limit = self.state.config.limits.connections_per_client;
         let Some(_connection) = self.state.token_connections.acquire(token.clone(), limit) else {
             let message = format!("too many connections for this client token (limit {limit})");
@@ -431,8 +479,8 @@ impl Admitted {
             target: LOG_TARGET,
             host = %host,
             %remote,
-            subject = %claims.sub,
-            jti = claims.jti.as_deref().unwrap_or(""),
+            subject = who.subject.as_deref().unwrap_or(""),
+            jti = who.jti.as_deref().unwrap_or(""),
             transport = conn.transport(),
             expires = %fmt_unix(claims.exp),
             "client connected"

@@ -10,11 +10,14 @@ use tracing::{debug, info, warn};
 use super::audit::{Line, Who};
 use super::budget::{Share, Shares};
 use super::{State, LOG_TARGET};
-use crate::defaults::{HOST_SETUP_TIMEOUT, OPEN_TIMEOUT};
+use crate::defaults::{
+    ABANDONED_PER_CLIENT, ABANDON_PENALTY, FAIR_SHARE_FLOOR, HOST_SETUP_TIMEOUT, OPEN_TIMEOUT,
+    SESSION_BURST_PER_CLIENT, SESSION_BURST_PER_HOST,
+};
 use crate::limits::{CountGuard, GaugeGuard};
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Resume};
 use crate::splice;
-use crate::transport::{self, Conn, SendStream, Stream};
+use crate::transport::{self, Conn, Stream};
 
 /// Accepts the session streams a client opens, each in a task of its own,
 /// until the connection closes.
@@ -29,7 +32,12 @@ pub(super) async fn accept_sessions(
 ) {
     let remote = conn.remote();
     let shares = Shares::new(conn.clone(), state.config.transport.window());
-    while let Ok((mut send, recv)) = conn.accept().await {
+    while let Ok((send, recv)) = conn.accept().await {
+        // A token that starts sessions faster than its rate waits here:
+        // its further streams are not taken up meanwhile, so it cannot
+        // open more than its stream limit, and what it costs the relay
+        // is bounded by the rate whatever it sends.
+        slow_down(state, &token).await;
         let slots = match session_slots(state, &shares, &token) {
             Ok(slots) => slots,
             Err(refusal) => {
@@ -38,13 +46,11 @@ pub(super) async fn accept_sessions(
                 line.reason = Some(&refusal.message);
                 state.audit.write(&line);
                 state.metrics.refused(refusal.reason);
-                // The receiving half goes once the refusal is out: over
-                // HTTP/2, letting go of it first could reset the stream
-                // before the client has read why.
-                state.tasks.spawn(async move {
-                    send.refuse(&refusal).await;
-                    drop(recv);
-                });
+                // Said at once or reset: a refused stream holds nothing
+                // the client sent, whatever credit the client grants.
+                if let Some(drain) = transport::refuse_at_once((send, recv), &refusal) {
+                    state.tasks.spawn(drain);
+                }
                 continue;
             }
         };
@@ -64,6 +70,8 @@ pub(super) async fn accept_sessions(
             client: remote,
             who: who.clone(),
             owner: owner.clone(),
+            token: token.clone(),
+            conn: conn.clone(),
         };
         let task = relay_session(state.clone(), meta, (send, recv), slots);
         state.tasks.spawn(task);
@@ -80,6 +88,47 @@ struct Meta {
     who: Who,
     /// The client's token, as the host knows it (a digest).
     owner: String,
+    /// The client's token, as the relay's limits count it.
+    token: String,
+    /// The client's connection.
+    conn: Conn,
+}
+
+/// Waits until `token` may start another session
+/// ([`crate::limits::Limits::session_rate_per_client`]).
+async fn slow_down(state: &State, token: &str) {
+    let rate = state.config.limits.session_rate_per_client;
+    let token = token.to_owned();
+    while let Err(wait) =
+        state
+            .session_rates
+            .take(&token, Instant::now(), rate, SESSION_BURST_PER_CLIENT)
+    {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Notes that a stream of `meta`'s token ended before its session
+/// started. A token that does so faster than [`ABANDONED_PER_CLIENT`]
+/// allows (a flood of opened and reset streams) has this connection
+/// closed, and is refused for [`ABANDON_PENALTY`].
+fn abandoned(state: &State, meta: &Meta) {
+    let now = Instant::now();
+    let (rate, burst) = ABANDONED_PER_CLIENT;
+    if state.abandoned.take(&meta.token, now, rate, burst).is_ok() {
+        return;
+    }
+    let secs = ABANDON_PENALTY.as_secs();
+    state
+        .penalties
+        .impose(meta.token.clone(), now + ABANDON_PENALTY, now);
+    let message = format!(
+        "this client token opened and abandoned more than {burst} session streams at once \
+         (or {rate} a second); closing its connection, and refusing it for {secs}s"
+    );
+    warn!(target: LOG_TARGET, client = %meta.client, "{message}");
+    state.metrics.refused(Reason::Limit);
+    meta.conn.close(Reason::Limit, &message);
 }
 
 impl Meta {
@@ -104,21 +153,35 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         other => {
             debug!(target: LOG_TARGET, ?other, "session stream did not start with open");
             transport::abort(&mut client_stream, Reason::Protocol);
+            abandoned(&state, &meta);
             return;
         }
     };
-    let c_send = &mut client_stream.0;
     let Some(target) = state.hosts.get(&host) else {
         let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
-        return refuse_session(&state, &meta, c_send, &refusal).await;
+        return refuse_session(&state, &meta, client_stream, &refusal).await;
     };
-    let limit = state.config.limits.sessions_per_host;
+    let limits = &state.config.limits;
+    let rate = limits.session_rate_per_host;
+    let now = Instant::now();
+    if let Err(wait) = (state.host_rates).take(&host, now, rate, SESSION_BURST_PER_HOST) {
+        let refusal = Refusal::new(
+            Reason::Limit,
+            format!(
+                "host {host} is asked for new sessions faster than {rate} a second; \
+                 try again in {}ms",
+                wait.as_millis() + 1
+            ),
+        );
+        return refuse_session(&state, &meta, client_stream, &refusal).await;
+    }
+    let limit = limits.sessions_per_host;
     let Some(_host_slot) = target.sessions.acquire(limit) else {
         let refusal = Refusal::new(
             Reason::Limit,
             format!("host {host} has too many sessions (limit {limit})"),
         );
-        return refuse_session(&state, &meta, c_send, &refusal).await;
+        return refuse_session(&state, &meta, client_stream, &refusal).await;
     };
     let deadline = tokio::time::Instant::now() + HOST_SETUP_TIMEOUT;
     let mut host_stream = match tokio::time::timeout_at(deadline, target.conn.open()).await {
@@ -126,14 +189,14 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         Ok(Err(err)) => {
             let refusal =
                 Refusal::new(Reason::HostOffline, format!("host {host} went away: {err}"));
-            return refuse_session(&state, &meta, c_send, &refusal).await;
+            return refuse_session(&state, &meta, client_stream, &refusal).await;
         }
         Err(_) => {
             let refusal = Refusal::new(
                 Reason::Limit,
                 format!("host {host} has no room for another session"),
             );
-            return refuse_session(&state, &meta, c_send, &refusal).await;
+            return refuse_session(&state, &meta, client_stream, &refusal).await;
         }
     };
     let resuming = matches!(resume, Some(Resume::Again { .. }));
@@ -198,7 +261,7 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
     if let Some(refusal) = failure {
         info!(target: LOG_TARGET, %client, reason = %refusal.message, "session refused");
         transport::abort(&mut host_stream, refusal.reason);
-        return refuse_session(&state, &meta, c_send, &refusal).await;
+        return refuse_session(&state, &meta, client_stream, &refusal).await;
     }
     // Within the setup's deadline: a client that grants no credit must
     // not hold the host's stream (and its target connection) for ever.
@@ -206,10 +269,11 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         session,
         resume: answer,
     };
-    let sent = tokio::time::timeout_at(deadline, write_frame(c_send, &ready)).await;
+    let sent = tokio::time::timeout_at(deadline, write_frame(&mut client_stream.0, &ready)).await;
     if !matches!(sent, Ok(Ok(()))) {
         transport::abort(&mut host_stream, Reason::Aborted);
         transport::abort(&mut client_stream, Reason::Aborted);
+        abandoned(&state, &meta);
         return;
     }
     let _active = state.metrics.session_started(started);
@@ -238,6 +302,11 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         duration = ?started.elapsed(),
         "session ended"
     );
+    if t.aborted && t.sent == 0 {
+        // Opened, then reset before the client said a word: a stream
+        // abandoned as much as one reset before its `open`.
+        abandoned(&state, &meta);
+    }
     let how = if t.aborted { "aborted" } else { "done" };
     let mut line = meta.audit("session_end", Some(how));
     line.bytes_to_host = Some(t.sent);
@@ -254,6 +323,16 @@ type Slots = (GaugeGuard, CountGuard<String>, Share);
 /// Takes a new session's slots, or says why it is refused: the relay's
 /// budget first, then the token's limit.
 fn session_slots(state: &State, shares: &Arc<Shares>, token: &str) -> Result<Slots, Refusal> {
+    if let Some(left) = state.penalties.left(&token.to_owned(), Instant::now()) {
+        return Err(Refusal::new(
+            Reason::Limit,
+            format!(
+                "this client token opened and abandoned session streams too fast; \
+                 it may start sessions again in {}s",
+                left.as_secs() + 1
+            ),
+        ));
+    }
     let max = state.max_sessions;
     let Some(relay) = state.sessions.acquire(max) else {
         return Err(Refusal::new(
@@ -262,22 +341,41 @@ fn session_slots(state: &State, shares: &Arc<Shares>, token: &str) -> Result<Slo
         ));
     };
     let limit = state.config.limits.sessions_per_client;
-    let Some(token) = state.token_sessions.acquire(token.to_owned(), limit) else {
-        return Err(Refusal::new(
-            Reason::Limit,
-            format!("too many sessions for this client token (limit {limit})"),
-        ));
+    let shared =
+        (state.token_sessions).acquire_share(token.to_owned(), max, FAIR_SHARE_FLOOR, limit);
+    let token = match shared {
+        Ok(token) => token,
+        Err(share) if share < limit => {
+            let others = state.token_sessions.keys().saturating_sub(1);
+            return Err(Refusal::new(
+                Reason::Limit,
+                format!(
+                    "this client token holds its share of the relay's sessions ({share} of \
+                     {max}, with {others} other tokens holding sessions); end some of its \
+                     sessions, or have the relay's operator raise --max-buffered"
+                ),
+            ));
+        }
+        Err(_) => {
+            return Err(Refusal::new(
+                Reason::Limit,
+                format!("too many sessions for this client token (limit {limit})"),
+            ))
+        }
     };
     // The token's limit bounds this connection's sessions too.
     Ok((relay, token, shares.take()))
 }
 
 /// Counts a session refusal, notes it in the audit log and sends it on the
-/// client's stream.
-async fn refuse_session(state: &State, meta: &Meta, send: &mut SendStream, refusal: &Refusal) {
+/// client's stream, without waiting on the client's credit
+/// ([`transport::refuse_at_once`]).
+async fn refuse_session(state: &State, meta: &Meta, stream: Stream, refusal: &Refusal) {
     state
         .audit
         .write(&meta.audit("refused", Some(&refusal.message)));
     state.metrics.refused(refusal.reason);
-    send.refuse(refusal).await;
+    if let Some(drain) = transport::refuse_at_once(stream, refusal) {
+        drain.await;
+    }
 }

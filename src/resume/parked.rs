@@ -63,22 +63,48 @@ struct Entry {
 }
 
 /// Most sessions that wait for a resume at once by default, over all
-/// client tokens (`host --max-waiting`); one client token may hold a
-/// quarter of them.
+/// client tokens (`host --max-waiting`).
 pub const MAX_WAITING: usize = 1024;
+
+/// Most sessions of one client token that wait for a resume at once by
+/// default (`host --max-waiting-per-client`). A waiting session holds its
+/// connection to sshd, and one whose ssh never logged in counts against
+/// sshd's `MaxStartups` (10:30:100 by default: past 10 unauthenticated
+/// connections sshd drops new ones at random) until sshd's
+/// `LoginGraceTime` (120 s) closes it; at 8, one token that leaves its
+/// sessions waiting cannot make sshd refuse other users' logins on its own.
+pub const MAX_WAITING_PER_CLIENT: usize = 8;
+
+/// Most sessions that may wait for a resume at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitingLimits {
+    /// Over all client tokens; default [`MAX_WAITING`].
+    pub all: usize,
+    /// Of one client token; default [`MAX_WAITING_PER_CLIENT`].
+    pub per_client: usize,
+}
+
+impl Default for WaitingLimits {
+    fn default() -> WaitingLimits {
+        WaitingLimits {
+            all: MAX_WAITING,
+            per_client: MAX_WAITING_PER_CLIENT,
+        }
+    }
+}
 
 /// The sessions that a resume may take up.
 pub struct Parked {
     sessions: Mutex<HashMap<String, Entry>>,
     /// Sessions waiting for a resume, by client token, and in all.
     waiting: Mutex<Waiters>,
-    /// Most sessions waiting at once: in all, and of one client token.
-    limits: (usize, usize),
+    /// Most sessions waiting at once.
+    limits: WaitingLimits,
 }
 
 impl Default for Parked {
     fn default() -> Parked {
-        Parked::new(MAX_WAITING)
+        Parked::new(WaitingLimits::default())
     }
 }
 
@@ -100,11 +126,11 @@ impl Registered {
     /// guard goes; `None` when the session's client token, or the host,
     /// has as many waiting as [`Parked::limits`] allows.
     pub fn wait(&self) -> Option<Waiting<'_>> {
-        let (most, per_token) = self.parked.limits;
-        let mut waiting = self.parked.waiting();
+        let limits = self.parked.limits;
+        let mut waiting = self.parked.waiters();
         let (by_owner, all) = &mut *waiting;
         let mine = by_owner.get(&self.owner).copied().unwrap_or(0);
-        if mine >= per_token || *all >= most {
+        if mine >= limits.per_client || *all >= limits.all {
             return None;
         }
         by_owner.insert(self.owner.clone(), mine + 1);
@@ -119,7 +145,7 @@ pub struct Waiting<'a>(&'a Registered);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let Registered { parked, owner, .. } = self.0;
-        let mut waiting = parked.waiting();
+        let mut waiting = parked.waiters();
         let (by_owner, all) = &mut *waiting;
         *all = all.saturating_sub(1);
         if let Some(mine) = by_owner.get_mut(owner) {
@@ -138,19 +164,17 @@ impl Drop for Registered {
 }
 
 impl Parked {
-    /// No session yet; at most `max_waiting` may wait for a resume at
-    /// once, and a quarter of that (at least one) of one client token.
-    pub fn new(max_waiting: usize) -> Parked {
+    /// No session yet; at most `limits` may wait for a resume at once.
+    pub fn new(limits: WaitingLimits) -> Parked {
         Parked {
             sessions: Mutex::default(),
             waiting: Mutex::default(),
-            limits: (max_waiting, (max_waiting / 4).max(1)),
+            limits,
         }
     }
 
-    /// Most sessions that may wait for a resume at once: in all, and of
-    /// one client token.
-    pub fn limits(&self) -> (usize, usize) {
+    /// Most sessions that may wait for a resume at once.
+    pub fn limits(&self) -> WaitingLimits {
         self.limits
     }
 
@@ -158,13 +182,18 @@ impl Parked {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiters> {
+    fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sessions that may be resumed now.
+    /// Sessions that may be resumed now, carried or waiting.
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Sessions whose path broke that wait for a resume now.
+    pub fn waiting(&self) -> usize {
+        self.waiters().1
     }
 
     /// Whether there are none.

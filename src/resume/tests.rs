@@ -143,11 +143,14 @@ async fn an_abort_after_a_write_cut_short_resets_instead() {
 /// a place comes free when a session stops waiting.
 #[test]
 fn waiting_sessions_are_capped_per_token_and_per_host() {
-    use super::parked::Parked;
-    let parked = std::sync::Arc::new(Parked::new(64));
-    let (waiting_per_host, waiting_per_token) = parked.limits();
-    assert_eq!((waiting_per_host, waiting_per_token), (64, 16));
-    assert_eq!(Parked::new(1).limits(), (1, 1), "a token may always wait");
+    use super::parked::{Parked, WaitingLimits};
+    let limits = WaitingLimits {
+        all: 64,
+        per_client: 16,
+    };
+    let parked = std::sync::Arc::new(Parked::new(limits));
+    let (waiting_per_host, waiting_per_token) = (limits.all, limits.per_client);
+    assert_eq!(parked.limits(), limits);
     let register = |owner: &str| {
         let (_, key, id) = session_keys();
         let session = std::sync::Arc::new(Resumable::new(id, key, REPLAY_LIMIT));
@@ -160,6 +163,7 @@ fn waiting_sessions_are_capped_per_token_and_per_host() {
         .iter()
         .map(|r| r.wait().unwrap())
         .collect();
+    assert_eq!(parked.waiting(), waiting_per_token);
     let last = &greedy[waiting_per_token];
     assert!(last.wait().is_none(), "one token waits beyond its share");
     waiting.pop();
@@ -177,6 +181,7 @@ fn waiting_sessions_are_capped_per_token_and_per_host() {
         .map(|r| r.wait().unwrap())
         .collect();
     assert_eq!(room.len() + waiting.len(), waiting_per_host);
+    assert_eq!(parked.waiting(), waiting_per_host);
     assert!(
         others[waiting_per_host - held].wait().is_none(),
         "the host waits beyond its limit"

@@ -207,7 +207,7 @@ impl Tunnel {
             target: target.to_string(),
             max_backoff: Duration::from_secs(1),
             resume_window: shellrelay::resume::RESUME_WINDOW,
-            max_waiting: shellrelay::resume::parked::MAX_WAITING,
+            max_waiting: Default::default(),
             metrics: None,
         };
         let task = tokio::spawn(host::run(config, cancel.clone()));

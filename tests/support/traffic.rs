@@ -24,6 +24,22 @@ async fn echo_back(mut tcp: TcpStream) {
     let _ = w.shutdown().await;
 }
 
+/// Like [`echo_server`], and how many connections to it are open now.
+pub async fn counted_echo_server() -> (SocketAddr, tokio::sync::watch::Receiver<usize>) {
+    let (open, count) = tokio::sync::watch::channel(0usize);
+    let open = std::sync::Arc::new(open);
+    let target = serve(move |tcp| {
+        let open = open.clone();
+        async move {
+            open.send_modify(|n| *n += 1);
+            echo_back(tcp).await;
+            open.send_modify(|n| *n -= 1);
+        }
+    })
+    .await;
+    (target, count)
+}
+
 /// Greeting a target sends the moment a connection is accepted.
 pub const GREETING: &[u8] = b"SSH-2.0-target_speaks_first\r\n";
 

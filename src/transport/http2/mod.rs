@@ -334,7 +334,7 @@ impl Opener {
 /// Takes the session streams a peer opens: the HTTP/2 server side of a
 /// connection.
 #[derive(Debug)]
-pub struct Accepter(tokio::sync::Mutex<mpsc::UnboundedReceiver<(SendStream, RecvStream)>>);
+pub struct Accepter(tokio::sync::Mutex<mpsc::Receiver<(SendStream, RecvStream)>>);
 
 impl Accepter {
     /// The next stream the peer opened, or `None` once the connection has
@@ -402,12 +402,18 @@ where
         .handshake::<_, Bytes>(io)
         .await?;
     let ping = conn.ping_pong();
-    let (tx, rx) = mpsc::unbounded_channel();
+    // Streams the peer opened and reset again leave h2's count of open
+    // streams, but not this queue: it holds as many as may be open at
+    // once, and a stream past that is reset at once (refused), so that a
+    // peer opening and resetting streams faster than they are taken up
+    // cannot grow it.
+    let queue = max_streams.min(self::max_streams(window)).max(1) as usize;
+    let (tx, rx) = mpsc::channel(queue);
     let run = async move {
         while let Some(Ok((request, mut respond))) = conn.accept().await {
             // A stream nobody will take is dropped, which resets it.
             if let Ok(send) = respond.send_response(http::Response::new(()), false) {
-                let _ = tx.send(stream(send, request.into_body()));
+                let _ = tx.try_send(stream(send, request.into_body()));
             }
         }
     };
