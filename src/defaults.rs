@@ -66,21 +66,28 @@ pub const FAIR_SHARE_FLOOR: usize = 8;
 
 /// New sessions per second one client token may start on average
 /// (`--session-rate-per-client`): far above what people or scripts
-/// open, far below the tens of thousands a second a flood of opened and
-/// reset streams reaches. Streams beyond it wait to be taken up.
-pub const SESSION_RATE_PER_CLIENT: u32 = 20;
+/// open (a thousand sessions at once start within 8 s), far below the
+/// tens of thousands a second a flood of opened and reset streams
+/// reaches. Streams beyond it wait to be taken up.
+pub const SESSION_RATE_PER_CLIENT: u32 = 100;
 
 /// New sessions one client token may start at once: a forwarder that
-/// starts a hundred sessions together starts them without delay.
-pub const SESSION_BURST_PER_CLIENT: u32 = 128;
+/// starts a hundred (or two hundred) sessions together starts them
+/// without delay.
+pub const SESSION_BURST_PER_CLIENT: u32 = 256;
 
 /// New sessions per second the relay opens towards one host on average
 /// (`--session-rate-per-host`), each of which makes the host agent dial
-/// its target: several users' bursts together, and no more.
-pub const SESSION_RATE_PER_HOST: u32 = 50;
+/// its target: two users' full rates together, and no more.
+pub const SESSION_RATE_PER_HOST: u32 = 200;
 
 /// New sessions the relay opens towards one host at once.
-pub const SESSION_BURST_PER_HOST: u32 = 256;
+pub const SESSION_BURST_PER_HOST: u32 = 512;
+
+/// Longest a new session waits for its host's rate
+/// ([`SESSION_RATE_PER_HOST`]) before it is refused: well within the
+/// client's wait for `ready`.
+pub const HOST_RATE_WAIT: Duration = Duration::from_secs(5);
 
 /// Session streams one client token may abandon (end or reset before its
 /// session has started) per second on average, and at once: a person

@@ -14,7 +14,9 @@ mod answer;
 mod audit;
 pub mod budget;
 mod conn;
+mod handle;
 mod hold;
+mod places;
 mod registry;
 mod session;
 mod throttle;
@@ -31,12 +33,13 @@ use tracing::{info, warn};
 use crate::defaults::{HELLO_TIMEOUT, SHUTDOWN_GRACE};
 use crate::limits::{Counts, Failures, Gauge, Known, Limits, Penalties, PerAddr, Rates};
 use crate::memory::Trim;
-use crate::metrics::{Metrics, Status};
+use crate::metrics::Metrics;
 use crate::protocol::Reason;
 use crate::revoke::RevocationList;
 use crate::tasks::Tasks;
 use crate::tls::{Identity, TransportOptions};
 use crate::token::Verifier;
+use places::PreHello;
 use registry::Registry;
 
 /// Target of every relay log line, the submodules' included: the target is
@@ -331,89 +334,10 @@ impl Relay {
     }
 }
 
-impl RelayHandle {
-    /// Re-reads the revocation file (as SIGHUP does) and closes the live
-    /// connections it revokes. Returns the entries now in force; on an
-    /// error the previous list stays.
-    pub fn reload_revocations(&self) -> anyhow::Result<usize> {
-        self.state.revoked.reload()
-    }
-
-    /// Opens the audit log again by its path (as SIGHUP does), after the
-    /// lines already queued: rotate it by renaming it, then asking this.
-    pub fn reopen_audit_log(&self) {
-        self.state.audit.reopen()
-    }
-
-    /// Ids of the hosts connected now, sorted.
-    pub fn hosts(&self) -> Vec<String> {
-        self.state
-            .hosts
-            .snapshot()
-            .into_iter()
-            .map(|h| h.id)
-            .collect()
-    }
-
-    /// Sessions now, set up or running, and the most the relay's memory
-    /// budget allows.
-    pub fn sessions(&self) -> (usize, usize) {
-        (self.state.sessions.get(), self.state.max_sessions)
-    }
-
-    /// Connections open now, authenticated or not.
-    pub fn connections(&self) -> usize {
-        self.state.connections.get()
-    }
-
-    /// Connections that completed the QUIC handshake since the relay started;
-    /// a peer that migrates to a new address keeps its connection.
-    pub fn accepted(&self) -> u64 {
-        self.state.accepted.load(Ordering::Relaxed)
-    }
-
-    /// Hellos and sessions refused since the relay started, as
-    /// `shellrelay_refusals_total` counts them.
-    pub fn refused(&self) -> u64 {
-        self.state.metrics.refusals()
-    }
-
-    /// Tasks running now: one per connection and one per session.
-    pub fn tasks(&self) -> usize {
-        self.state.tasks.len()
-    }
-
-    /// The metrics as OpenMetrics text.
-    pub fn metrics(&self) -> String {
-        self.state.metrics.encode(self.state.hosts.len())
-    }
-
-    /// The hosts online now, with their counters.
-    pub fn status(&self) -> Status {
-        Status {
-            hosts: self.state.hosts.snapshot(),
-            clients: self.state.clients.snapshot(),
-        }
-    }
-
-    /// Waits until host `id` is connected (`online`) or not (`!online`).
-    pub async fn wait_host(&self, id: &str, online: bool) {
-        self.state.hosts.wait(id, online).await
-    }
-}
-
 impl State {
     fn next_session_id(&self) -> u64 {
         self.session_ids.fetch_add(1, Ordering::Relaxed)
     }
-}
-
-/// One transport's connections before their hello: how many from each
-/// network (those that proved their address, for QUIC), and in all.
-#[derive(Debug, Default)]
-struct PreHello {
-    per_network: PerAddr,
-    all: Gauge,
 }
 
 /// Binds the UDP socket on `addr` and the TCP listener where `config`

@@ -220,3 +220,161 @@ async fn a_stalled_session_costs_each_process_little_and_is_given_back() {
         });
     }
 }
+
+/// Mints a client token for `lab1` with its own `jti`, in the private
+/// file `dir/name`.
+async fn client_token(
+    secret: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+) -> std::path::PathBuf {
+    let out = run(&[
+        "token",
+        "--secret-file",
+        path_str(secret),
+        "--role",
+        "client",
+        "--host",
+        "lab1",
+        "--jti",
+        name,
+    ])
+    .await;
+    assert!(out.status.success(), "token failed: {out:?}");
+    let path = dir.join(name);
+    std::fs::write(&path, out.stdout.trim()).expect("write token");
+    make_private(&path);
+    path
+}
+
+/// Attack A: one client token over TLS over TCP grants the relay no
+/// HTTP/2 window (so nothing the relay writes can go out) and opens
+/// stream after stream from 20 connections, each stream carrying a whole
+/// stream window. The relay once kept every refused stream and what came
+/// on it, past 3 GiB with a 256 MiB budget; now what it holds follows its
+/// budget, its RSS stays within twice it, and another user gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_grants_no_credit_keeps_the_relay_within_its_budget() {
+    use bytes::Bytes;
+    use shellrelay::protocol::{read_frame, write_frame, Frame, Jwt, Role, VERSION};
+    use shellrelay::tls::Trust;
+    use shellrelay::transport::tcp::{dial, tcp_client_config};
+
+    const BUDGET_MIB: u64 = 256;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let (relay, relay_addr) =
+        start_relay_with(dir.path(), &secret, &["--max-buffered", "256MiB"]).await;
+    let cert = dir.path().join("relay.crt");
+    let relay_at = relay_addr.to_string();
+    let echo = support::traffic::echo_server().await.to_string();
+    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
+    let mut args = peer_args("host", &relay_at, &cert, &host_token);
+    args.extend(["--target", &echo]);
+    let mut host = Proc::spawn("host", shellrelay(&args));
+    host.wait_for_text("registered with relay").await;
+    let before = rss_kib(relay.pid());
+
+    let mallory =
+        std::fs::read_to_string(client_token(&secret, dir.path(), "mallory").await).expect("token");
+    let pem = std::fs::read(&cert).expect("certificate");
+    let certs = rustls_pemfile_certs(&pem);
+    let config = tcp_client_config(&Trust::Pinned(certs)).expect("TLS config");
+    let payload = Bytes::from(vec![0x55u8; 512 * 1024]);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut attackers = Vec::new();
+    for _ in 0..20 {
+        let (config, mallory, payload, stop) = (
+            config.clone(),
+            mallory.clone(),
+            payload.clone(),
+            stop.clone(),
+        );
+        attackers.push(tokio::spawn(async move {
+            let Ok(mut tls) = dial(relay_addr, "localhost", config).await else {
+                return;
+            };
+            let hello = Frame::Hello {
+                version: VERSION,
+                role: Role::Client,
+                token: Jwt(mallory),
+                host: None,
+                keep_other: false,
+            };
+            if write_frame(&mut tls, &hello).await.is_err() {
+                return;
+            }
+            if !matches!(read_frame(&mut tls).await, Ok(Frame::Welcome { .. })) {
+                return;
+            }
+            let Ok((send, conn)) = h2::client::Builder::new()
+                .initial_window_size(0)
+                .handshake::<_, Bytes>(tls)
+                .await
+            else {
+                return;
+            };
+            tokio::spawn(conn);
+            let mut send = send;
+            let mut held = Vec::new();
+            let attack = async {
+                loop {
+                    send = match send.ready().await {
+                        Ok(send) => send,
+                        Err(_) => return,
+                    };
+                    let request = ::http::Request::post("https://shellrelay/session")
+                        .body(())
+                        .expect("request");
+                    let Ok((response, mut body)) = send.send_request(request, false) else {
+                        return;
+                    };
+                    let _ = body.send_data(payload.clone(), false);
+                    held.push((response, body));
+                    // Streams the relay refused are let go of now and then.
+                    if held.len() >= 4096 {
+                        held.drain(..2048);
+                    }
+                    // Runs beside the other attackers and the test.
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::select! {
+                () = attack => {}
+                () = stop.cancelled() => {}
+            }
+        }));
+    }
+    // The attack runs for 10 s; the relay's RSS is watched throughout.
+    let mut peak = before;
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < end {
+        peak = peak.max(rss_kib(relay.pid()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("relay RSS {peak} KiB at most after 10 s of the attack");
+    // Another user gets in while the attack goes on.
+    let bob = client_token(&secret, dir.path(), "bob").await;
+    let took = echo_via_connect(shellrelay(&peer_args("connect", &relay_at, &cert, &bob))).await;
+    peak = peak.max(rss_kib(relay.pid()));
+    stop.cancel();
+    for a in attackers {
+        let _ = a.await;
+    }
+    eprintln!(
+        "relay RSS {before} KiB before, {peak} KiB at most under attack (budget {BUDGET_MIB} MiB); another user's echo took {took:?}"
+    );
+    assert!(
+        peak <= 2 * BUDGET_MIB * 1024,
+        "the relay reached {peak} KiB under attack, over twice its budget of {BUDGET_MIB} MiB"
+    );
+    drop(host);
+}
+
+/// The certificates in PEM `pem`.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}

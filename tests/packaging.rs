@@ -80,7 +80,12 @@ async fn bash_completion_completes_subcommands_flags_and_values() {
         (&["shellrelay", "co"], &["completions", "connect"]),
         (
             &["shellrelay", "relay", "--se"],
-            &["--secret-file", "--secret"],
+            &[
+                "--secret-file",
+                "--secret",
+                "--session-rate-per-client",
+                "--session-rate-per-host",
+            ],
         ),
         (&["shellrelay", "host", "--token-f"], &["--token-file"]),
         (&["shellrelay", "--log-format", ""], &["text", "json"]),

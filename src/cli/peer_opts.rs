@@ -312,7 +312,7 @@ pub struct HostOpt {
     /// Most of one client token's sessions that wait for a resume at once; past that, its session whose path breaks ends at once. The default stays below sshd's MaxStartups (10 unauthenticated connections), which a token's waiting sessions that never logged in count against.
     #[arg(long, env = "SHELLRELAY_MAX_WAITING_PER_CLIENT", default_value_t = crate::resume::parked::MAX_WAITING_PER_CLIENT, value_name = "N", value_parser = clap::value_parser!(usize))]
     max_waiting_per_client: usize,
-    /// Serve /metrics (Prometheus: resumes, resumable sessions, bytes kept for resumes) and /status (JSON) over HTTP on this TCP address; off by default.
+    /// Serve /metrics (Prometheus: resumes, resumable and waiting sessions, bytes kept for resumes) and /status (JSON) over HTTP on this TCP address; off by default.
     #[arg(long, env = "SHELLRELAY_HOST_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
 }

@@ -114,10 +114,10 @@ pub struct LimitsOpt {
     /// Refused tokens per IP address per minute before its hellos are refused unread.
     #[arg(long, env = "SHELLRELAY_MAX_FAILURES_PER_ADDR", default_value_t = crate::defaults::FAILURES_PER_ADDR, value_name = "N")]
     pub(super) max_failures_per_addr: u32,
-    /// New sessions per second one client token may start, on average (bursts of 128 start at once); streams beyond it wait. 0: no limit.
+    /// New sessions per second one client token may start, on average (bursts of 256 start at once); streams beyond it wait. 0: no limit.
     #[arg(long, env = "SHELLRELAY_SESSION_RATE_PER_CLIENT", default_value_t = crate::defaults::SESSION_RATE_PER_CLIENT, value_name = "N")]
     pub(super) session_rate_per_client: u32,
-    /// New sessions per second towards one host, on average (bursts of 256 at once); more are refused. 0: no limit.
+    /// New sessions per second towards one host, on average (bursts of 512 at once); sessions beyond it wait up to 5 s, then are refused. 0: no limit.
     #[arg(long, env = "SHELLRELAY_SESSION_RATE_PER_HOST", default_value_t = crate::defaults::SESSION_RATE_PER_HOST, value_name = "N")]
     pub(super) session_rate_per_host: u32,
     /// Payload the relay may hold buffered in all; it admits no more sessions than fit (four stream windows each, see SECURITY.md).

@@ -32,6 +32,12 @@ pub const PRE_HELLO_RESERVE: u64 =
 /// [`MAX_HANDSHAKES`] for each of QUIC and TCP, and [`KNOWN_RESERVE`].
 pub const PRE_HELLO_PLACES: usize = 2 * MAX_HANDSHAKES + KNOWN_RESERVE;
 
+/// What an admitted connection may have sent beyond its sessions' windows
+/// and not yet had read: one pre-authentication window, room for an
+/// `open` frame and its first bytes. Streams the peer opened that the
+/// relay has not counted as sessions yet, or has refused, share it.
+pub const UNCOUNTED: u64 = PRE_AUTH_WINDOW as u64;
+
 /// Most sessions at once that keep the relay's buffered payload within
 /// `budget` bytes with stream windows of `window` bytes; at least one.
 pub fn max_sessions(budget: u64, window: u32) -> usize {
@@ -94,17 +100,20 @@ impl Shares {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets the send and receive windows for `sessions` sessions and one
-    /// more: the control stream, and the first words of streams not yet
-    /// counted (a new session's `open`, what arrives on a refused stream
-    /// before it is stopped).
+    /// Sets the send window for `sessions` sessions and the control
+    /// stream, and the receive window for `sessions` sessions and
+    /// [`UNCOUNTED`]: room for the first words of streams not yet counted
+    /// (a new session's `open`, what arrives on a refused stream before it
+    /// is stopped), which together hold no more than that.
     fn resize(&self, sessions: usize) {
-        let windows = u64::try_from(sessions)
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let bytes = windows.saturating_mul(self.window);
-        self.conn.set_send_window(bytes);
-        self.conn.set_receive_window(bytes);
+        let sessions = u64::try_from(sessions).unwrap_or(u64::MAX);
+        let windows = sessions.saturating_add(1);
+        self.conn
+            .set_send_window(windows.saturating_mul(self.window));
+        let receive = sessions
+            .saturating_mul(self.window)
+            .saturating_add(UNCOUNTED);
+        self.conn.set_receive_window(receive);
     }
 }
 

@@ -17,15 +17,13 @@ use super::admit::{check_hello, client_host, owner, revoked, token_key};
 use super::answer::{say_last, Answer};
 use super::audit::{Line, Who};
 use super::hold::{hold, Ended};
+use super::places::{full, handshake_allowed, penalised, pre_hello_slot, Slot};
 use super::registry::Refused;
 use super::session::accept_sessions;
 use super::throttle;
 use super::{State, LOG_TARGET};
 use crate::clock::{fmt_unix, unix_now};
-use crate::defaults::{
-    HANDSHAKE_TIMEOUT, KNOWN_RESERVE, MAX_HANDSHAKES, PENALISED_HANDSHAKES, RETRY_ABOVE_HANDSHAKES,
-};
-use crate::limits::{GaugeGuard, PerAddrGuard};
+use crate::defaults::{HANDSHAKE_TIMEOUT, RETRY_ABOVE_HANDSHAKES};
 use crate::protocol::{read_frame, Frame, FrameError, Reason, Refusal, Role};
 use crate::token::Claims;
 use crate::transport::tcp::{self, Side, TcpConn};
@@ -92,80 +90,6 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
             }
         };
     serve(state, conn, ip, slot, accepted).await;
-}
-
-/// Whether `ip`'s network is penalised for bad tokens at `now`.
-fn penalised(state: &State, ip: IpAddr, now: Instant) -> bool {
-    let limit = state.config.limits.failures_per_addr;
-    state.failures.blocked(ip, limit, now).is_some()
-}
-
-/// Whether a penalised network may try another handshake now
-/// ([`PENALISED_HANDSHAKES`]).
-fn handshake_allowed(state: &State, ip: IpAddr, now: Instant) -> bool {
-    let (rate, burst) = PENALISED_HANDSHAKES;
-    let network = crate::limits::network_of(ip);
-    state
-        .penalised_handshakes
-        .take(&network, now, rate, burst)
-        .is_ok()
-}
-
-/// A place before the hello for a connection from `ip` over the
-/// transport whose places are `pool`, counted for its network in
-/// `per_network`: one of the pool's, within the network's fair part
-/// ([`crate::limits::PerAddr::acquire_fair`]), or, with the pool full or
-/// the network over its part, one of [`KNOWN_RESERVE`] if the network is
-/// known (`known_at` is when, for an address that proved itself).
-fn pre_hello_slot(
-    state: &State,
-    pool: &super::PreHello,
-    per_network: &crate::limits::PerAddr,
-    ip: IpAddr,
-    known_at: impl Into<Option<Instant>>,
-) -> Option<Slot> {
-    let cap = state.config.limits.handshakes_per_addr;
-    // Taken at once, so that attempts accepted together on several
-    // threads cannot pass the cap between a check and a take.
-    if let Some(all) = pool.all.acquire(MAX_HANDSHAKES) {
-        let free = MAX_HANDSHAKES.saturating_sub(pool.all.get());
-        if let Some(network) = per_network.acquire_fair(ip, cap, free) {
-            return Some(Slot {
-                _all: all,
-                _network: network,
-            });
-        }
-    }
-    let now = known_at.into()?;
-    if !state.known.contains(ip, now) {
-        return None;
-    }
-    let all = state.known_reserve.acquire(KNOWN_RESERVE)?;
-    let network = per_network.acquire(ip, cap)?;
-    Some(Slot {
-        _all: all,
-        _network: network,
-    })
-}
-
-/// Says, at most once per throttle window, that a transport's places
-/// before the hello are full.
-fn full(state: &State, now: Instant) {
-    if let Some(n) = state.handshakes_full.allow(now) {
-        warn!(
-            target: LOG_TARGET,
-            "connections in their handshake fill their places; refusing more{}",
-            throttle::left_out(n)
-        );
-    }
-}
-
-/// A connection's place among those before their hello: one of
-/// [`MAX_HANDSHAKES`] in all and one of its network's; given back once the
-/// peer is admitted or refused.
-pub(super) struct Slot {
-    _all: GaugeGuard,
-    _network: PerAddrGuard,
 }
 
 /// Asks `incoming` to prove its address with a stateless retry.
@@ -257,6 +181,9 @@ pub(super) async fn tcp(
         }
     };
     let conn = Conn::Tcp(TcpConn::pending(remote));
+    // HTTP/2 starts with no more credit for the peer than a QUIC peer
+    // has before its hello; its sessions raise it ([`budget::Shares`]).
+    conn.set_receive_window(super::budget::UNCOUNTED);
     let answer = Answer::Tcp(Some(Box::new(tls)));
     admit(state, conn, answer, frame, ip, handshake, accepted).await
 }

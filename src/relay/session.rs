@@ -11,8 +11,8 @@ use super::audit::{Line, Who};
 use super::budget::{Share, Shares};
 use super::{State, LOG_TARGET};
 use crate::defaults::{
-    ABANDONED_PER_CLIENT, ABANDON_PENALTY, FAIR_SHARE_FLOOR, HOST_SETUP_TIMEOUT, OPEN_TIMEOUT,
-    SESSION_BURST_PER_CLIENT, SESSION_BURST_PER_HOST,
+    ABANDONED_PER_CLIENT, ABANDON_PENALTY, FAIR_SHARE_FLOOR, HOST_RATE_WAIT, HOST_SETUP_TIMEOUT,
+    OPEN_TIMEOUT, SESSION_BURST_PER_CLIENT, SESSION_BURST_PER_HOST,
 };
 use crate::limits::{CountGuard, GaugeGuard};
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Resume};
@@ -108,6 +108,32 @@ async fn slow_down(state: &State, token: &str) {
     }
 }
 
+/// Waits until `host` may be asked for another session
+/// ([`crate::limits::Limits::session_rate_per_host`]), for at most
+/// [`HOST_RATE_WAIT`]; past that, refuses.
+async fn host_rate(state: &State, host: &str) -> Result<(), Refusal> {
+    let rate = state.config.limits.session_rate_per_host;
+    let host = host.to_owned();
+    let deadline = Instant::now() + HOST_RATE_WAIT;
+    loop {
+        let now = Instant::now();
+        let wait = match (state.host_rates).take(&host, now, rate, SESSION_BURST_PER_HOST) {
+            Ok(()) => return Ok(()),
+            Err(wait) => wait,
+        };
+        if now + wait > deadline {
+            return Err(Refusal::new(
+                Reason::Limit,
+                format!(
+                    "host {host} is asked for new sessions faster than {rate} a second; \
+                     try again shortly"
+                ),
+            ));
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// Notes that a stream of `meta`'s token ended before its session
 /// started. A token that does so faster than [`ABANDONED_PER_CLIENT`]
 /// allows (a flood of opened and reset streams) has this connection
@@ -162,17 +188,7 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         return refuse_session(&state, &meta, client_stream, &refusal).await;
     };
     let limits = &state.config.limits;
-    let rate = limits.session_rate_per_host;
-    let now = Instant::now();
-    if let Err(wait) = (state.host_rates).take(&host, now, rate, SESSION_BURST_PER_HOST) {
-        let refusal = Refusal::new(
-            Reason::Limit,
-            format!(
-                "host {host} is asked for new sessions faster than {rate} a second; \
-                 try again in {}ms",
-                wait.as_millis() + 1
-            ),
-        );
+    if let Err(refusal) = host_rate(&state, &host).await {
         return refuse_session(&state, &meta, client_stream, &refusal).await;
     }
     let limit = limits.sessions_per_host;

@@ -69,8 +69,8 @@ pub const MAX_WAITING: usize = 1024;
 /// Most sessions of one client token that wait for a resume at once by
 /// default (`host --max-waiting-per-client`). A waiting session holds its
 /// connection to sshd, and one whose ssh never logged in counts against
-/// sshd's `MaxStartups` (10:30:100 by default: past 10 unauthenticated
-/// connections sshd drops new ones at random) until sshd's
+/// sshd's `MaxStartups` (10:30:100 by default: once 10 connections have
+/// not logged in, sshd drops new ones at random) until sshd's
 /// `LoginGraceTime` (120 s) closes it; at 8, one token that leaves its
 /// sessions waiting cannot make sshd refuse other users' logins on its own.
 pub const MAX_WAITING_PER_CLIENT: usize = 8;

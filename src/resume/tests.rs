@@ -22,8 +22,8 @@ pub(crate) async fn stream_pair(window: u32) -> (Stream, Stream) {
     let addr = listener.local_addr().unwrap();
     let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
     let (client, server) = tokio::join!(
-        http2::client(dialled.unwrap(), window),
-        http2::server(accepted.unwrap().0, window, 100)
+        http2::client(dialled.unwrap(), window, None),
+        http2::server(accepted.unwrap().0, window, 100, None)
     );
     let (opener, driver) = client.unwrap();
     tokio::spawn(driver.run);

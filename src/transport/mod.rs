@@ -8,7 +8,10 @@
 
 pub mod http2;
 pub mod quic;
+mod refuse;
 pub mod tcp;
+
+pub use refuse::{refuse_at_once, reset_reason};
 
 use std::io;
 use std::net::SocketAddr;
@@ -232,14 +235,15 @@ impl Conn {
         }
     }
 
-    /// Lifts the limits an unauthenticated peer is held to: lets it have
-    /// `streams` bidirectional streams open at once (its control stream
-    /// included) and send as much as the stream windows allow.
+    /// Lifts the limit on streams an unauthenticated peer is held to: lets
+    /// it have `streams` bidirectional streams open at once (its control
+    /// stream included). What it may send stays the connection's receive
+    /// window ([`Conn::set_receive_window`]), which starts at the
+    /// pre-authentication window.
     pub fn admit(&self, streams: u32) {
         match self {
             Conn::Quic(c) => {
                 c.set_max_concurrent_bi_streams(streams.into());
-                c.set_receive_window(quinn::VarInt::MAX);
             }
             // HTTP/2 starts only once the peer is admitted, with the
             // admitted peer's limits.
@@ -248,12 +252,14 @@ impl Conn {
     }
 
     /// Caps what the peer may have sent that is not yet read, over all
-    /// the connection's streams: QUIC gives it no credit beyond that. Over
-    /// TCP each stream's own window bounds it, and every stream the relay
-    /// holds is a session or a refusal that drops what it reads.
+    /// the connection's streams: no credit is given beyond that (QUIC's
+    /// connection window, HTTP/2's).
     pub fn set_receive_window(&self, bytes: u64) {
-        if let Conn::Quic(c) = self {
-            c.set_receive_window(quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX));
+        match self {
+            Conn::Quic(c) => {
+                c.set_receive_window(quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX))
+            }
+            Conn::Tcp(c) => c.set_receive_window(bytes),
         }
     }
 
@@ -431,63 +437,6 @@ impl AsyncRead for RecvStream {
 
 /// Both halves of a bidirectional stream.
 pub type Stream = (SendStream, RecvStream);
-
-/// Refuses a stream the peer opened without waiting on the peer's
-/// flow-control credit, and keeps nothing the peer sent on it. The
-/// refusal frame goes out if the stream's window takes it at once (then
-/// the stream is finished); otherwise the stream is reset with the
-/// reason's code, which the peer reads as the same refusal without its
-/// words ([`reset_reason`]).
-///
-/// QUIC's receiving half is stopped at once, which drops what arrived.
-/// HTTP/2 ends both halves of a stream together, and a reset there would
-/// drop the frame before it leaves: so over HTTP/2 a stream whose
-/// refusal went out is returned as a future that reads and drops what
-/// the peer still sends, for at most
-/// [`REFUSE_LINGER`](crate::defaults::REFUSE_LINGER), holding no more
-/// than one chunk at a time. Run it in a task; `None` means nothing is
-/// left to do.
-pub fn refuse_at_once(
-    stream: Stream,
-    refusal: &Refusal,
-) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-    let (mut send, mut recv) = stream;
-    let said = send.refuse(refusal);
-    match recv {
-        RecvStream::Http2(_) if said => Some(async move {
-            let drain = async {
-                let mut chunks = [Bytes::new(), Bytes::new(), Bytes::new(), Bytes::new()];
-                while let Ok(Some(_)) = recv.read_chunks(&mut chunks).await {
-                    chunks = Default::default();
-                }
-            };
-            let _ = tokio::time::timeout(crate::defaults::REFUSE_LINGER, drain).await;
-            drop(send);
-        }),
-        _ => {
-            recv.stop(refusal.reason);
-            None
-        }
-    }
-}
-
-/// The reason a peer gave by resetting a stream, if `err` is such a
-/// reset with a code this version knows as a refusal: what a refusal
-/// that could not be written at once ([`refuse_at_once`]) looks like to
-/// the side that opened the stream.
-pub fn reset_reason(err: &std::io::Error) -> Option<Reason> {
-    let code = match err.get_ref()?.downcast_ref::<StreamError>() {
-        Some(StreamError::Aborted(code)) => code.0,
-        _ => match err.get_ref()?.downcast_ref::<quinn::ReadError>() {
-            Some(quinn::ReadError::Reset(code)) => code.into_inner(),
-            _ => return None,
-        },
-    };
-    match Reason::from_code(code) {
-        Reason::Done | Reason::Aborted | Reason::Unknown => None,
-        reason => Some(reason),
-    }
-}
 
 /// Abandons both halves of `stream`: resets the sending half and stops the
 /// receiving half with `code`.

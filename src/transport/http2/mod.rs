@@ -22,7 +22,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{ErrorCode, StreamError};
 
@@ -353,17 +353,20 @@ pub struct Driver<F> {
     pub ping: Option<h2::PingPong>,
 }
 
-/// Starts HTTP/2 over `io` as the client, with `window` per stream.
+/// Starts HTTP/2 over `io` as the client, with `window` per stream; the
+/// connection's receive window follows `target` if given (else it stays
+/// [`CONNECTION_WINDOW`]).
 pub async fn client<T>(
     io: T,
     window: u32,
+    target: Option<watch::Receiver<u32>>,
 ) -> Result<(Opener, Driver<impl Future<Output = ()> + Send>), h2::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (send, mut conn) = h2::client::Builder::new()
         .initial_window_size(window)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_connection_window_size(first_window(&target))
         // What a stream may have waiting to go out, whatever credit the
         // peer grants: a peer that stops reading holds one window here.
         .max_send_buffer_size(window as usize)
@@ -373,9 +376,7 @@ where
         .handshake::<_, Bytes>(io)
         .await?;
     let ping = conn.ping_pong();
-    let run = async move {
-        let _ = conn.await;
-    };
+    let run = run_with_window(conn, target);
     Ok((Opener(send), Driver { run, ping }))
 }
 
@@ -388,13 +389,14 @@ pub async fn server<T>(
     io: T,
     window: u32,
     max_streams: u32,
+    target: Option<watch::Receiver<u32>>,
 ) -> Result<(Accepter, Driver<impl Future<Output = ()> + Send>), h2::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut conn = h2::server::Builder::new()
         .initial_window_size(window)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_connection_window_size(first_window(&target))
         .max_send_buffer_size(window as usize)
         .max_frame_size(MAX_FRAME)
         .max_header_list_size(MAX_HEADERS)
@@ -410,7 +412,24 @@ where
     let queue = max_streams.min(self::max_streams(window)).max(1) as usize;
     let (tx, rx) = mpsc::channel(queue);
     let run = async move {
-        while let Some(Ok((request, mut respond))) = conn.accept().await {
+        let mut target = target;
+        loop {
+            let accepted = tokio::select! {
+                accepted = conn.accept() => accepted,
+                changed = async { target.as_mut()?.changed().await.ok() } , if target.is_some() => {
+                    match (changed, &mut target) {
+                        (Some(()), Some(t)) => {
+                            let size = *t.borrow_and_update();
+                            conn.set_target_window_size(size);
+                        }
+                        _ => target = None,
+                    }
+                    continue;
+                }
+            };
+            let Some(Ok((request, mut respond))) = accepted else {
+                break;
+            };
             // A stream nobody will take is dropped, which resets it.
             if let Ok(send) = respond.send_response(http::Response::new(()), false) {
                 let _ = tx.try_send(stream(send, request.into_body()));
@@ -419,6 +438,10 @@ where
     };
     Ok((Accepter(tokio::sync::Mutex::new(rx)), Driver { run, ping }))
 }
+
+mod window;
+
+use window::{first_window, run_with_window};
 
 #[cfg(test)]
 mod tests;

@@ -12,8 +12,8 @@ async fn pair() -> (Opener, Accepter) {
     let addr = listener.local_addr().unwrap();
     let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
     let (opener, accepter) = tokio::join!(
-        client(dialled.unwrap(), WINDOW),
-        server(accepted.unwrap().0, WINDOW, u32::MAX)
+        client(dialled.unwrap(), WINDOW, None),
+        server(accepted.unwrap().0, WINDOW, u32::MAX, None)
     );
     let (opener, driver) = opener.unwrap();
     tokio::spawn(driver.run);

@@ -67,6 +67,8 @@ struct Inner {
     ended: CancellationToken,
     /// A close is under way: the reason is going out.
     closing: AtomicBool,
+    /// The connection-level receive window HTTP/2 is to offer.
+    window: watch::Sender<u32>,
 }
 
 #[derive(Debug)]
@@ -146,6 +148,7 @@ impl TcpConn {
             cancel: CancellationToken::new(),
             ended: CancellationToken::new(),
             closing: AtomicBool::new(false),
+            window: watch::Sender::new(http2::CONNECTION_WINDOW),
         }))
     }
 
@@ -159,14 +162,16 @@ impl TcpConn {
         let started = async {
             match side {
                 Side::Opens => {
-                    let (opener, driver) = http2::client(io, settings.window).await?;
+                    let window = Some(inner.window.subscribe());
+                    let (opener, driver) = http2::client(io, settings.window, window).await?;
                     self.drive(driver, settings);
                     let control = opener.open().await.map_err(|e| lost(e.to_string()))?;
                     Ok::<_, Closed>((Mux::Opens(opener), control))
                 }
                 Side::Accepts => {
+                    let window = Some(inner.window.subscribe());
                     let (accepter, driver) =
-                        http2::server(io, settings.window, settings.max_streams).await?;
+                        http2::server(io, settings.window, settings.max_streams, window).await?;
                     self.drive(driver, settings);
                     let control = accepter.accept().await.ok_or_else(|| lost("closed"))?;
                     Ok((Mux::Accepts(accepter), control))
@@ -303,6 +308,16 @@ impl TcpConn {
     /// The peer's address.
     pub fn remote(&self) -> SocketAddr {
         self.0.remote
+    }
+
+    /// Caps what the peer may have sent that is not yet read, over all
+    /// streams (HTTP/2's connection window), from now on; at most
+    /// [`http2::CONNECTION_WINDOW`].
+    pub fn set_receive_window(&self, bytes: u64) {
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self.0
+            .window
+            .send_replace(bytes.min(http2::CONNECTION_WINDOW));
     }
 }
 

@@ -123,7 +123,7 @@ mod tests {
             let mut tls = accept(tcp, &acceptor).await.unwrap();
             let hello = read_frame(&mut tls).await.unwrap();
             write_frame(&mut tls, &hello).await.unwrap();
-            let (opener, driver) = http2::client(tls, 64 * 1024).await.unwrap();
+            let (opener, driver) = http2::client(tls, 64 * 1024, None).await.unwrap();
             tokio::spawn(driver.run);
             let (mut send, _recv) = opener.open().await.unwrap();
             send.write_chunk(bytes::Bytes::from_static(b"session"))
@@ -142,7 +142,7 @@ mod tests {
         let answer = read_frame(&mut tls).await.unwrap();
         assert_eq!(format!("{answer:?}"), format!("{hello:?}"));
         // The host: HTTP/2 as the server, taking the relay's session.
-        let (accepter, driver) = http2::server(tls, 64 * 1024, u32::MAX).await.unwrap();
+        let (accepter, driver) = http2::server(tls, 64 * 1024, u32::MAX, None).await.unwrap();
         tokio::spawn(driver.run);
         let (_send, mut recv) = accepter.accept().await.unwrap();
         let mut got = Vec::new();
