@@ -112,6 +112,18 @@ pub fn network_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The IPv6 /48 `ip` belongs to, for IPv6 addresses (not IPv4 ones, mapped
+/// or not): a site's usual allocation, 65,536 networks ([`network_of`]),
+/// which per-network limits alone would count 65,536 times.
+pub fn block_of(ip: IpAddr) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => Some(IpAddr::V6(
+            std::net::Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 80) - 1)),
+        )),
+        _ => None,
+    }
+}
+
 /// Counts per key, each unit held by a guard; a key's entry goes with its
 /// last unit, so the map holds only keys in use.
 #[derive(Debug)]
@@ -166,11 +178,13 @@ impl<K: std::hash::Hash + Eq + Clone> Counts<K> {
 
 impl<K: std::hash::Hash + Eq + Clone> Counts<K> {
     /// Takes one unit of a pool of `pool` for `key`, unless `key` holds
-    /// its fair share already: `pool / (others + 2)` units, where `others`
-    /// is how many other keys hold units now, and never less than `floor`
-    /// nor more than `cap`. The `+ 2` keeps room for one key more than
-    /// hold units, so that one key alone takes at most half the pool and
-    /// a newcomer finds a place while the others hold their shares. On
+    /// its fair share already. The share is `pool / (others + 2)` units,
+    /// where `others` is how many other keys hold units now (the `+ 2`
+    /// keeps room for one key more than hold units, so one key alone takes
+    /// at most half the pool), never less than `floor` nor more than
+    /// `cap`. And past its `floor`, a key takes a unit only if what stays
+    /// free after it still holds a newcomer's share (`pool / (others +
+    /// 3)`): shares taken early cannot add up to the whole pool. On
     /// refusal, the share that was reached.
     pub fn acquire_share(
         &self,
@@ -180,16 +194,19 @@ impl<K: std::hash::Hash + Eq + Clone> Counts<K> {
         cap: usize,
     ) -> Result<CountGuard<K>, usize> {
         let mut map = lock(&self.0);
-        let others = map.len() - usize::from(map.contains_key(&key));
+        let held = map.get(&key).copied().unwrap_or(0);
+        let others = map.len() - usize::from(held > 0 || map.contains_key(&key));
         let share = (pool / others.saturating_add(2)).max(floor).min(cap);
-        let n = map.entry(key.clone()).or_insert(0);
-        if *n >= share {
-            if *n == 0 {
-                map.remove(&key);
-            }
+        if held >= share {
             return Err(share);
         }
-        *n += 1;
+        let total: usize = map.values().sum();
+        let free_after = pool.saturating_sub(total.saturating_add(1));
+        let newcomer = pool / others.saturating_add(3);
+        if held >= floor.min(cap) && free_after < newcomer {
+            return Err(held);
+        }
+        *map.entry(key.clone()).or_insert(0) += 1;
         Ok(CountGuard {
             map: self.0.clone(),
             key,
@@ -344,31 +361,40 @@ mod tests {
     fn one_key_takes_at_most_half_and_newcomers_find_room() {
         let c: Counts<&str> = Counts::default();
         let pool = 100;
-        let hog: Vec<_> = (0..pool)
-            .map_while(|_| c.acquire_share("hog", pool, 8, 1000).ok())
-            .collect();
+        let take = |key, cap| {
+            (0..pool)
+                .map_while(|_| c.acquire_share(key, pool, 8, cap).ok())
+                .collect::<Vec<_>>()
+        };
+        let hog = take("hog", 1000);
         assert_eq!(hog.len(), 50, "alone, half the pool");
         assert_eq!(c.acquire_share("hog", pool, 8, 1000).err(), Some(50));
-        // A second key: a third of the pool while two hold units.
-        let second: Vec<_> = (0..pool)
-            .map_while(|_| c.acquire_share("b", pool, 8, 1000).ok())
-            .collect();
-        assert_eq!(second.len(), 33);
-        // A third still gets its floor and more.
-        let third: Vec<_> = (0..pool)
-            .map_while(|_| c.acquire_share("c", pool, 8, 1000).ok())
-            .collect();
-        assert_eq!(third.len(), 25);
-        // The hard cap wins over the share, the floor over a thin share.
-        assert_eq!(c.acquire_share("d", pool, 8, 2).map(|_| ()).ok(), Some(()));
-        let many: Counts<u32> = Counts::default();
-        let held: Vec<_> = (0..40)
-            .filter_map(|k| many.acquire_share(k, pool, 8, 1000).ok())
-            .collect();
-        assert_eq!(held.len(), 40, "each of 40 keys gets its floor");
+        // A second key: up to a third, but leaving a newcomer's quarter.
+        let b = take("b", 1000);
+        assert_eq!(b.len(), 25);
+        // Later keys get their floor while there is room, and the pool
+        // never fills before the fifth key has come.
+        let later: Vec<_> = ["c", "d"].map(|k| take(k, 1000)).into();
+        assert!(later.iter().all(|held| held.len() == 8));
+        let e = take("e", 1000);
+        assert_eq!(e.len(), 8, "99 of the 100 places held, by five keys");
+        // The hard cap wins over the share.
+        drop(e);
+        assert_eq!(take("f", 1).len(), 1);
         drop(hog);
         assert!(c.acquire_share("hog", pool, 8, 1000).is_ok(), "given back");
-        assert_eq!(c.keys(), 2, "keys go with their last unit");
+        assert_eq!(c.keys(), 3, "keys go with their last unit");
+    }
+
+    #[test]
+    fn an_ipv6_48_is_one_block_and_ipv4_none() {
+        let a: IpAddr = "2001:db8:1:2:3::1".parse().unwrap();
+        assert_eq!(block_of(a), Some("2001:db8:1::".parse().unwrap()));
+        let b: IpAddr = "2001:db8:1:ffff::9".parse().unwrap();
+        assert_eq!(block_of(a), block_of(b), "same /48");
+        assert_ne!(block_of(a), block_of("2001:db8:2::1".parse().unwrap()));
+        assert_eq!(block_of("10.0.0.1".parse().unwrap()), None);
+        assert_eq!(block_of("::ffff:10.0.0.1".parse().unwrap()), None);
     }
 
     #[test]

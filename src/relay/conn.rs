@@ -210,9 +210,6 @@ async fn admit(
     };
     answer.hello_taken();
     state.metrics.hello_accepted(accepted);
-    // A well-signed token came from here: its network gets places kept
-    // for it before the hello from now on.
-    state.known.admitted(ip, Instant::now());
     let peer = Admitted {
         who: Who::of(&hello.claims),
         role: match hello.role {
@@ -246,6 +243,14 @@ impl Admitted {
     async fn refuse(mut self, refusal: Refusal, host: &str) {
         self.audit("refused", host, Some(&refusal.message));
         self.answer.refuse(&self.state, &self.conn, refusal).await
+    }
+
+    /// Notes that a peer from this connection's network got in (its token
+    /// good, not revoked, its welcome delivered): the network gets places
+    /// kept for it before the hello from now on.
+    fn admitted(&self) {
+        let ip = self.conn.remote().ip();
+        self.state.known.admitted(ip, Instant::now());
     }
 
     /// Appends `event` about this peer and `host` to the audit log.
@@ -337,6 +342,7 @@ impl Admitted {
             );
         }
         if self.welcome(&claims, &id, 0).await {
+            self.admitted();
             self.audit("admitted", &id, None);
             info!(
                 target: LOG_TARGET,
@@ -369,9 +375,6 @@ impl Admitted {
         let token = token_key(&claims);
         let now = Instant::now();
         if let Some(left) = self.state.penalties.left(&token, now) {
-            // Its network's further handshakes are slowed as a bad
-            // token's would be.
-            self.state.failures.record(self.conn.remote().ip(), now);
             let message = format!(
                 "this client token opened and abandoned session streams too fast; \
                  it may connect again in {}s",
@@ -398,6 +401,7 @@ impl Admitted {
         if !self.welcome(&claims, &host, streams).await {
             return;
         }
+        self.admitted();
         self.audit("admitted", &host, None);
         let (state, conn, who) = (self.state, self.conn, self.who);
         let remote = conn.remote();

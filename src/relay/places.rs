@@ -9,13 +9,16 @@ use tracing::warn;
 
 use super::{throttle, State, LOG_TARGET};
 use crate::defaults::{KNOWN_RESERVE, MAX_HANDSHAKES, PENALISED_HANDSHAKES};
-use crate::limits::{Gauge, GaugeGuard, PerAddr, PerAddrGuard};
+use crate::limits::{Gauge, GaugeGuard, PerAddr, PerAddrGuard, FAIR_PARTS};
 
 /// One transport's connections before their hello: how many from each
 /// network (those that proved their address, for QUIC), and in all.
 #[derive(Debug, Default)]
 pub(super) struct PreHello {
     pub per_network: PerAddr,
+    /// Per IPv6 /48 ([`crate::limits::block_of`]), whose holder has
+    /// 65,536 networks.
+    pub per_block: PerAddr,
     pub all: Gauge,
 }
 
@@ -26,8 +29,13 @@ pub(super) fn penalised(state: &State, ip: IpAddr, now: Instant) -> bool {
 }
 
 /// Whether a penalised network may try another handshake now
-/// ([`PENALISED_HANDSHAKES`]).
+/// ([`PENALISED_HANDSHAKES`]). A network a peer was admitted from lately
+/// is not slowed: behind an office's or a carrier's NAT, someone trying
+/// bad tokens must not keep out everyone else there.
 pub(super) fn handshake_allowed(state: &State, ip: IpAddr, now: Instant) -> bool {
+    if state.known.contains(ip, now) {
+        return true;
+    }
     let (rate, burst) = PENALISED_HANDSHAKES;
     let network = crate::limits::network_of(ip);
     state
@@ -54,11 +62,22 @@ pub(super) fn pre_hello_slot(
     // threads cannot pass the cap between a check and a take.
     if let Some(all) = pool.all.acquire(MAX_HANDSHAKES) {
         let free = MAX_HANDSHAKES.saturating_sub(pool.all.get());
-        if let Some(network) = per_network.acquire_fair(ip, cap, free) {
-            return Some(Slot {
-                _all: all,
-                _network: network,
-            });
+        // An IPv6 site's networks share its /48's part as well.
+        let block = match crate::limits::block_of(ip) {
+            Some(block) => {
+                let (cap, free) = (cap * BLOCK_NETWORKS, free * FAIR_PARTS / BLOCK_PARTS);
+                pool.per_block.acquire_fair(block, cap, free).map(Some)
+            }
+            None => Some(None),
+        };
+        if let Some(block) = block {
+            if let Some(network) = per_network.acquire_fair(ip, cap, free) {
+                return Some(Slot {
+                    _all: all,
+                    _network: network,
+                    _block: block,
+                });
+            }
         }
     }
     let now = known_at.into()?;
@@ -70,8 +89,16 @@ pub(super) fn pre_hello_slot(
     Some(Slot {
         _all: all,
         _network: network,
+        _block: None,
     })
 }
+
+/// How many networks' caps an IPv6 /48 may hold before the hello.
+const BLOCK_NETWORKS: usize = 4;
+
+/// An IPv6 /48 holds at most this fraction of its transport's free places
+/// (a network, a [`FAIR_PARTS`]th).
+const BLOCK_PARTS: usize = 4;
 
 /// Says, at most once per throttle window, that a transport's places
 /// before the hello are full.
@@ -91,4 +118,5 @@ pub(super) fn full(state: &State, now: Instant) {
 pub(super) struct Slot {
     _all: GaugeGuard,
     _network: PerAddrGuard,
+    _block: Option<PerAddrGuard>,
 }

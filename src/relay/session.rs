@@ -318,11 +318,6 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         duration = ?started.elapsed(),
         "session ended"
     );
-    if t.aborted && t.sent == 0 {
-        // Opened, then reset before the client said a word: a stream
-        // abandoned as much as one reset before its `open`.
-        abandoned(&state, &meta);
-    }
     let how = if t.aborted { "aborted" } else { "done" };
     let mut line = meta.audit("session_end", Some(how));
     line.bytes_to_host = Some(t.sent);
@@ -392,6 +387,7 @@ async fn refuse_session(state: &State, meta: &Meta, stream: Stream, refusal: &Re
         .write(&meta.audit("refused", Some(&refusal.message)));
     state.metrics.refused(refusal.reason);
     if let Some(drain) = transport::refuse_at_once(stream, refusal) {
-        drain.await;
+        // The session's places go now; the drain holds nothing.
+        state.tasks.spawn(drain);
     }
 }
