@@ -132,24 +132,6 @@ async fn admissions_refusals_and_sessions_each_get_a_line() {
     );
 }
 
-/// A QUIC endpoint that trusts `tunnel`'s relay and speaks its ALPN, for
-/// hellos no peer would send.
-fn raw_endpoint(tunnel: &Tunnel) -> quinn::Endpoint {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(tunnel.cert[0].clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    endpoint
-}
-
 /// Sends `body` as the hello of a new connection to `relay` and returns
 /// the refusal the relay answers with, if it gets that far; then closes
 /// the connection at once, as a flood would.
@@ -201,7 +183,7 @@ async fn a_flood_of_huge_hellos_adds_a_bounded_amount_and_a_count_to_the_audit_l
             &junk[..1_000]
         ),
     ]);
-    let endpoint = raw_endpoint(&tunnel);
+    let endpoint = tunnel.raw_endpoint(ALPN);
     let mut flood = tokio::task::JoinSet::new();
     for i in 0..CONNECTIONS {
         let (endpoint, bodies, relay) = (endpoint.clone(), bodies.clone(), tunnel.addr);

@@ -90,7 +90,9 @@ async fn one_token_cannot_take_every_session() {
         for _ in 0..40 {
             let (mut send, recv) = within(WAIT, "a stream", mallory.open()).await.unwrap();
             // The first byte of a frame's length: an `open` never to come.
-            send.write_all(&[0]).await.unwrap();
+            // (Over the share the relay may have refused the stream
+            // already.)
+            let _ = send.write_all(&[0]).await;
             held.push((send, recv));
         }
         until("the relay to hold half and refuse the rest", || {

@@ -813,8 +813,8 @@ async fn a_client_that_grants_no_credit_pins_no_refused_stream() {
     for _ in 0..21 {
         send = within(WAIT, "a stream", send.ready()).await.unwrap();
         let (response, mut body) = send.send_request(request(), false).unwrap();
-        body.send_data(Bytes::from(vec![0x55u8; 16 * 1024]), false)
-            .unwrap();
+        // The relay may have reset the stream already: it refuses at once.
+        let _ = body.send_data(Bytes::from(vec![0x55u8; 16 * 1024]), false);
         streams.push((response, body));
     }
     let _control = streams.remove(0);

@@ -283,6 +283,24 @@ impl Tunnel {
         addr
     }
 
+    /// A QUIC endpoint that trusts this relay and offers `alpn`, for peers
+    /// that misbehave on purpose.
+    pub fn raw_endpoint(&self, alpn: &[u8]) -> quinn::Endpoint {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert[0].clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+        endpoint
+    }
+
     /// Stops the relay and every peer, waiting for the relay to exit.
     pub async fn stop(mut self) {
         self.stop_relay().await;
