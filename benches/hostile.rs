@@ -31,7 +31,7 @@ use shellrelay::transport::tcp::{tcp_client_config, Settings, Side, TcpConn};
 use shellrelay::transport::{Conn, RecvStream, SendStream, Stream};
 use support::bin::{make_private, path_str, peer_args, relay_args};
 use support::bulk::{
-    cpu_secs, logged, machine, open, release_held, settle_rss, spawn, target, CHUNK, GREETING,
+    cpu_secs, logged, machine, release_held, settle_rss, spawn, target, CHUNK, GREETING,
 };
 use support::netem::{Link, Proxy};
 use support::proc::{rss_kib, Proc};
@@ -220,17 +220,38 @@ fn client_token_for(secret: &Secret, jti: &str) -> anyhow::Result<String> {
     token::mint(secret, &claims)
 }
 
+/// How long a session through the tunnel may take to greet, and a
+/// transfer to show progress, before its figure is counted as 0: a
+/// relay that freezes a session must not freeze the benchmark.
+const STUCK: Duration = Duration::from_secs(10);
+
+/// A session through `tunnel` that the target has greeted, unless it
+/// fails or takes longer than [`STUCK`].
+async fn tunnel_session(tunnel: SocketAddr) -> Option<TcpStream> {
+    let greeted = async {
+        let mut tcp = TcpStream::connect(tunnel).await?;
+        tcp.set_nodelay(true)?;
+        let mut greeting = [0u8; 1];
+        tcp.read_exact(&mut greeting).await?;
+        std::io::Result::Ok(tcp)
+    };
+    tokio::time::timeout(STUCK, greeted).await.ok()?.ok()
+}
+
 /// Mbit/s of one download session through `tunnel` over `time`, counted
 /// after a second of warm-up.
 async fn live_rate(tunnel: SocketAddr, time: Duration) -> f64 {
-    let mut tcp = open(tunnel).await;
+    let Some(mut tcp) = tunnel_session(tunnel).await else {
+        return 0.0;
+    };
     let _ = tcp.write_all(b"D").await;
     let _ = tcp.write_all(&u64::MAX.to_be_bytes()).await;
     let mut buf = vec![0u8; CHUNK];
     let warm = Instant::now() + Duration::from_secs(1);
     while Instant::now() < warm {
-        if matches!(tcp.read(&mut buf).await, Ok(0) | Err(_)) {
-            return 0.0;
+        match tokio::time::timeout(STUCK, tcp.read(&mut buf)).await {
+            Ok(Ok(1..)) => {}
+            _ => return 0.0,
         }
     }
     let start = Instant::now();
@@ -247,14 +268,16 @@ async fn live_rate(tunnel: SocketAddr, time: Duration) -> f64 {
 /// Mbit/s of one upload session through `tunnel` over `time`, counted at
 /// the target (which reports at the end), warm-up included.
 async fn upload_rate(tunnel: SocketAddr, time: Duration) -> f64 {
-    let mut tcp = open(tunnel).await;
+    let Some(mut tcp) = tunnel_session(tunnel).await else {
+        return 0.0;
+    };
     let _ = tcp.write_all(b"U").await;
     let buf = vec![0xa5u8; CHUNK];
     let start = Instant::now();
     let _ = tokio::time::timeout(time, async { while tcp.write_all(&buf).await.is_ok() {} }).await;
     let _ = tcp.shutdown().await;
     let mut count = [0u8; 8];
-    let _ = tcp.read_exact(&mut count).await;
+    let _ = tokio::time::timeout(STUCK, tcp.read_exact(&mut count)).await;
     u64::from_be_bytes(count) as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e6
 }
 
@@ -291,18 +314,6 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let plan = plan();
-    if let Ok(only) = std::env::var("DEBUG_ONLY") {
-        match only.as_str() {
-            "a" => no_credit(&plan).await?,
-            "bq" => held_opens(&plan, Via::Quic).await?,
-            "bt" => held_opens(&plan, Via::Tcp).await?,
-            "c" => silent(&plan).await?,
-            "d" => huge_hellos(&plan).await?,
-            "e" => rapid_reset(&plan, false).await?,
-            _ => rapid_reset(&plan, true).await?,
-        }
-        return Ok(());
-    }
     println!("shellrelay hostile-load benchmark: {}", machine());
     println!("relay, host agent and client forwarder as processes on loopback\n");
     let dir = tempfile::tempdir()?;
@@ -333,10 +344,10 @@ async fn run() -> anyhow::Result<()> {
     stalled(&rig, &plan, &report).await?;
     datagrams(&rig, &plan, &report).await?;
     initial_flood(&rig, &plan, &report).await?;
-    let forged = bad_tokens(&rig, &plan, &report).await?;
+    let flood = bad_tokens(&rig, &plan, &report).await?;
     drop(rig);
 
-    fair_shares(&plan, (forged, unloaded.0)).await?;
+    fair_shares(&plan, &flood, unloaded).await?;
     long_path(&plan).await?;
     Ok(())
 }
@@ -353,7 +364,9 @@ async fn stalled(
         let mut held = Vec::new();
         let mut writers = Vec::new();
         for _ in 0..plan.stalled {
-            let mut tcp = open(rig.tunnel).await;
+            let Some(mut tcp) = tunnel_session(rig.tunnel).await else {
+                continue;
+            };
             tcp.write_all(&[command]).await?;
             if command == b'D' {
                 tcp.write_all(&u64::MAX.to_be_bytes()).await?;
@@ -477,23 +490,35 @@ async fn initial_flood(
 
 /// Hellos with a badly signed token, from 100 loopback addresses
 /// (127.2.0.x), as fast as the relay answers them, while a session
-/// downloads; its rate, Mbit/s.
+/// downloads.
 async fn bad_tokens(
     rig: &Rig,
     plan: &Plan,
     report: &impl Fn(&str, [u64; 3], Option<(f64, f64)>),
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Flood> {
     let time = plan.measure + Duration::from_millis(1500);
     let attack = Attack::start("bad-tokens", rig, time, 100)?;
-    let rate = live(rig, plan.measure).await;
+    let (started, cpu) = (Instant::now(), attack.cpu());
+    let live = live(rig, plan.measure).await;
+    let (attacker, secs) = (attack.cpu() - cpu, started.elapsed().as_secs_f64());
     let rss = rig.rss_now();
     let hellos = attack.finish().await;
     report(
         &format!("bad-token flood, {hellos} hellos"),
         rss,
-        Some(rate),
+        Some(live),
     );
-    Ok(rate.0)
+    Ok(Flood {
+        live,
+        attacker: 100.0 * attacker / secs,
+    })
+}
+
+/// A live session under the bad-token flood: its rate (Mbit/s) and the
+/// relay's CPU use (percent of a core), and the attacker's CPU use.
+struct Flood {
+    live: (f64, f64),
+    attacker: f64,
 }
 
 // ------------------------------------------------ fair shares (issue 21)
@@ -509,16 +534,19 @@ const RSS_CAP: u64 = 3 * 1024 * 1024;
 /// Attack A's relay budget (`--max-buffered`), MiB.
 const A_BUDGET_MIB: u64 = 256;
 
-/// The rows of issue 21, each attack against a relay of its own. `f` is
-/// the live session's rate under the bad-token flood and unloaded, from
-/// the first rig.
-async fn fair_shares(plan: &Plan, f: (f64, f64)) -> anyhow::Result<()> {
+/// The rows of issue 21, each attack against a relay of its own; F's is
+/// the live session under the bad-token `flood` against `unloaded` (rate
+/// and relay CPU), from the first rig.
+async fn fair_shares(plan: &Plan, flood: &Flood, unloaded: (f64, f64)) -> anyhow::Result<()> {
+    println!("\nfair shares (issue 21): each attack against a relay of its own");
     println!(
-        "\nfair shares (issue 21): each attack against a relay of its own, beside it unloaded;"
+        "  others: new sessions of another token, each from a loopback address new to the \
+         relay, that got in (of {VISITORS} over QUIC, of {VISITORS} over TCP)"
     );
     println!(
-        "others: new sessions of another token from new loopback addresses that got in, \
-         of {VISITORS} over QUIC, of {VISITORS} over TCP"
+        "  unloaded: the same relay before the attack (A RSS; B, C others; D the log's growth \
+         with those sessions; E CPU scaled from {:?} idle)",
+        plan.measure
     );
     row(
         "",
@@ -533,9 +561,8 @@ async fn fair_shares(plan: &Plan, f: (f64, f64)) -> anyhow::Result<()> {
     for with_open in [false, true] {
         rapid_reset(plan, with_open).await?;
     }
-    let (loaded, unloaded) = f;
-    let share = if unloaded > 0.0 {
-        format!("{:.0} %", 100.0 * loaded / unloaded)
+    let share = if unloaded.0 > 0.0 {
+        format!("{:.0} %", 100.0 * flood.live.0 / unloaded.0)
     } else {
         "-".to_owned()
     };
@@ -544,9 +571,13 @@ async fn fair_shares(plan: &Plan, f: (f64, f64)) -> anyhow::Result<()> {
         &[
             share,
             "≥ 80 %".into(),
-            format!("{unloaded:.0} Mbit/s"),
+            format!("{:.0} Mbit/s", unloaded.0),
             "-".into(),
         ],
+    );
+    println!(
+        "      (relay CPU {:.0} % of a core, {:.0} % unloaded; the attacker's process {:.0} %)",
+        flood.live.1, unloaded.1, flood.attacker
     );
     Ok(())
 }
@@ -581,9 +612,6 @@ async fn no_credit(plan: &Plan) -> anyhow::Result<()> {
         ],
     );
     under.note(&format!("{} streams opened", under.count), before);
-    for l in rig.relay.lines().iter().rev().take(30).rev() {
-        eprintln!("RELAY {l}");
-    }
     Ok(())
 }
 
@@ -647,7 +675,7 @@ async fn huge_hellos(plan: &Plan) -> anyhow::Result<()> {
     let start = size();
     let before = others(&rig, 144, plan.visits, Instant::now() + HOUR).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let quiet = size() - start.min(size());
+    let quiet = size().saturating_sub(start);
     let start = size();
     let (conns, time) = plan.huge_hellos;
     let under = under_attack(&rig, plan, "huge-hellos", time, conns, 44).await?;
@@ -697,7 +725,11 @@ async fn rapid_reset(plan: &Plan, with_open: bool) -> anyhow::Result<()> {
             under.others.show(),
         ],
     );
-    under.note(&format!("{} streams opened", under.count), before);
+    let did = format!(
+        "{} streams opened; a connection cut is made again at most 100 times a second",
+        under.count
+    );
+    under.note(&did, before);
     Ok(())
 }
 
@@ -712,13 +744,18 @@ struct Under {
     capped: bool,
     /// The relay's CPU seconds while the attack ran.
     cpu: f64,
+    /// The attack's process's CPU seconds, as last seen.
+    attacker_cpu: f64,
 }
 
 impl Under {
     /// Prints, under its row, what the attack did and why others were
     /// turned away (if they were, now or unloaded).
     fn note(&self, did: &str, before: Others) {
-        println!("      ({did})");
+        println!(
+            "      ({did}; the attacker's process used {:.1} CPU-s)",
+            self.attacker_cpu
+        );
         for (when, others) in [("unloaded", &before), ("attacked", &self.others)] {
             for (via, why) in [("QUIC", &others.quic_err), ("TCP", &others.tcp_err)] {
                 if let Some(why) = why {
@@ -750,19 +787,20 @@ async fn under_attack(
         others(rig, net, plan.visits, end).await
     };
     let sample = async {
-        let (mut peak, mut capped) = (0, false);
+        let (mut peak, mut capped, mut attacker) = (0, false, 0.0);
         while Instant::now() < end {
             let rss = rss_kib(pid);
             peak = peak.max(rss);
+            attacker = attack.cpu().max(attacker);
             if rss > RSS_CAP && !capped {
                 capped = true;
                 attack.stop();
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        (peak, capped)
+        (peak, capped, attacker)
     };
-    let (others, (peak_kib, capped)) = tokio::join!(visits, sample);
+    let (others, (peak_kib, capped, attacker_cpu)) = tokio::join!(visits, sample);
     let count = attack.finish().await;
     Ok(Under {
         others,
@@ -770,6 +808,7 @@ async fn under_attack(
         peak_kib,
         capped,
         cpu: cpu_secs(pid) - cpu,
+        attacker_cpu,
     })
 }
 
@@ -871,6 +910,11 @@ impl Attack {
             .kill_on_drop(true)
             .spawn()?;
         Ok(Attack(child))
+    }
+
+    /// CPU seconds the attack's process has used so far.
+    fn cpu(&self) -> f64 {
+        self.0.id().map_or(0.0, cpu_secs)
     }
 
     /// Stops the attack before its time.

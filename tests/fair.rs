@@ -9,7 +9,7 @@ mod support;
 use shellrelay::client::{ClientConfig, Forwarder, OpenError};
 use shellrelay::peer::{self, ConnectError};
 use shellrelay::protocol::{Reason, Role};
-use shellrelay::relay::budget::{PRE_HELLO_RESERVE, WINDOWS_PER_SESSION};
+use shellrelay::relay::budget::{session_bytes, PRE_HELLO_RESERVE};
 use shellrelay::token::{Claims, TokenSource};
 use shellrelay::transport::{Closed, Conn};
 use support::traffic::*;
@@ -21,10 +21,10 @@ const TRANSPORTS: [Transport; 2] = [Transport::Quic, Transport::Tcp];
 /// A relay whose memory budget holds `sessions` sessions, with host
 /// `lab1` on an echo server over `via`.
 async fn relay_for(sessions: u64, via: Transport) -> (Tunnel, Peer) {
-    let window = u64::from(shellrelay::tls::STREAM_WINDOW);
     let tunnel = Tunnel::start_with(|c| {
         c.limits.failures_per_addr = u32::MAX;
-        c.limits.max_buffered = PRE_HELLO_RESERVE + sessions * WINDOWS_PER_SESSION * window;
+        c.limits.max_buffered =
+            PRE_HELLO_RESERVE + sessions * session_bytes(shellrelay::tls::STREAM_WINDOW);
     })
     .await;
     assert_eq!(tunnel.registry.sessions(), (0, sessions as usize));

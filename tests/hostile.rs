@@ -194,11 +194,11 @@ async fn sessions_over_the_per_client_limit_are_refused_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_admits_no_more_sessions_than_its_memory_budget_holds() {
-    use shellrelay::relay::budget::{PRE_HELLO_RESERVE, WINDOWS_PER_SESSION};
+    use shellrelay::relay::budget::{session_bytes, PRE_HELLO_RESERVE};
     // Room for three sessions of four stream windows each, over every
     // client token together.
     let window = u64::from(shellrelay::tls::STREAM_WINDOW);
-    let budget = PRE_HELLO_RESERVE + 3 * WINDOWS_PER_SESSION * window + window;
+    let budget = PRE_HELLO_RESERVE + 3 * session_bytes(shellrelay::tls::STREAM_WINDOW) + window;
     let tunnel = Tunnel::start_with(|c| c.limits.max_buffered = budget).await;
     assert_eq!(tunnel.registry.sessions(), (0, 3));
     let _host = tunnel.host("lab1", echo_server().await).await;

@@ -654,9 +654,9 @@ fn over_a_limit(err: &OpenError) -> bool {
 /// place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_admits_no_more_tcp_sessions_than_its_memory_budget_holds() {
-    use shellrelay::relay::budget::{PRE_HELLO_RESERVE, WINDOWS_PER_SESSION};
+    use shellrelay::relay::budget::{session_bytes, PRE_HELLO_RESERVE};
     let window = u64::from(shellrelay::tls::STREAM_WINDOW);
-    let budget = PRE_HELLO_RESERVE + 3 * WINDOWS_PER_SESSION * window + window;
+    let budget = PRE_HELLO_RESERVE + 3 * session_bytes(shellrelay::tls::STREAM_WINDOW) + window;
     let flood = flood_server().await;
     for (client_via, host_via) in PATHS {
         let path = format!("client over {client_via:?}, host over {host_via:?}");

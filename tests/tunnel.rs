@@ -556,3 +556,78 @@ async fn a_forwarder_whose_token_expired_for_good_stops_with_the_reason() {
         "{err}"
     );
 }
+
+/// Sixteen sessions whose ssh side stops reading hold their windows at
+/// every hop, and the other sessions on the same connections still move:
+/// the connections' receive windows leave the live ones room to earn the
+/// credit QUIC announces only an eighth of a window at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_sessions_do_not_stop_the_others_on_their_connections() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let written = Arc::new(AtomicU64::new(0));
+    let count = written.clone();
+    // `D`: writes without end; anything else: echoes it and the rest.
+    let target = serve(move |mut tcp| {
+        let written = count.clone();
+        async move {
+            let mut command = [0u8; 1];
+            if tcp.read_exact(&mut command).await.is_err() {
+                return;
+            }
+            if command[0] == b'D' {
+                let chunk = vec![0x5a; 64 * 1024];
+                while tcp.write_all(&chunk).await.is_ok() {
+                    written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            } else {
+                let (mut r, mut w) = tcp.split();
+                let _ = w.write_all(&command).await;
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        }
+    })
+    .await;
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host("lab1", target).await;
+    let client = tunnel.client("lab1").await;
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let mut tcp = TcpStream::connect(client).await.unwrap();
+        tcp.write_all(b"D").await.unwrap();
+        stalled.push(tcp);
+    }
+    // Every buffer on the way is full once the target stops getting rid
+    // of bytes for a second.
+    within(WAIT, "the stalled sessions to fill their buffers", async {
+        let mut last = u64::MAX;
+        loop {
+            let now = written.load(Ordering::Relaxed);
+            if now == last && now >= 16 * 1024 * 1024 {
+                return;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+    .await;
+    let mut live = TcpStream::connect(client).await.unwrap();
+    let sent = vec![0x42u8; 4 * 1024 * 1024];
+    let (mut r, mut w) = live.split();
+    let (_, got) = within(WAIT, "a live session's 4 MiB each way", async {
+        tokio::join!(
+            async {
+                w.write_all(b"E").await.unwrap();
+                w.write_all(&sent).await.unwrap();
+            },
+            async {
+                let mut got = vec![0u8; sent.len() + 1];
+                r.read_exact(&mut got).await.unwrap();
+                got
+            }
+        )
+    })
+    .await;
+    assert_eq!(&got[1..], &sent[..]);
+    drop(stalled);
+}

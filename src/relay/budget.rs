@@ -38,10 +38,28 @@ pub const PRE_HELLO_PLACES: usize = 2 * MAX_HANDSHAKES + KNOWN_RESERVE;
 /// relay has not counted as sessions yet, or has refused, share it.
 pub const UNCOUNTED: u64 = PRE_AUTH_WINDOW as u64;
 
+/// What a connection's receive window gives each of its sessions: a
+/// stream window and a seventh more. A QUIC receiver announces credit
+/// once it is owed an eighth of its connection window, so with stalled
+/// sessions holding their windows, the live ones must be able to free
+/// that much: without the seventh, nine stalled sessions on a connection
+/// would leave every other session on it waiting for credit for ever.
+pub fn receive_per_session(window: u32) -> u64 {
+    let window = u64::from(window);
+    window + window.div_ceil(7)
+}
+
+/// What one session may make the relay buffer: its share of two
+/// receive windows ([`receive_per_session`], the client's connection and
+/// the host's) and two stream windows of send buffer.
+pub fn session_bytes(window: u32) -> u64 {
+    2 * receive_per_session(window) + (WINDOWS_PER_SESSION - 2) * u64::from(window)
+}
+
 /// Most sessions at once that keep the relay's buffered payload within
 /// `budget` bytes with stream windows of `window` bytes; at least one.
 pub fn max_sessions(budget: u64, window: u32) -> usize {
-    let per_session = WINDOWS_PER_SESSION * u64::from(window).max(1);
+    let per_session = session_bytes(window.max(1));
     let sessions = budget.saturating_sub(PRE_HELLO_RESERVE) / per_session;
     usize::try_from(sessions).unwrap_or(usize::MAX).max(1)
 }
@@ -53,6 +71,8 @@ pub fn max_sessions(budget: u64, window: u32) -> usize {
 pub(super) struct Shares {
     conn: Conn,
     window: u64,
+    /// [`receive_per_session`].
+    receive: u64,
     sessions: Mutex<usize>,
 }
 
@@ -65,6 +85,7 @@ impl Shares {
         let shares = Arc::new(Shares {
             conn,
             window: window.into(),
+            receive: receive_per_session(window),
             sessions: Mutex::new(0),
         });
         shares.resize(0);
@@ -111,7 +132,7 @@ impl Shares {
         self.conn
             .set_send_window(windows.saturating_mul(self.window));
         let receive = sessions
-            .saturating_mul(self.window)
+            .saturating_mul(self.receive)
             .saturating_add(UNCOUNTED);
         self.conn.set_receive_window(receive);
     }
@@ -135,9 +156,9 @@ mod tests {
         let window = crate::tls::STREAM_WINDOW;
         let n = max_sessions(budget, window) as u64;
         assert!(n >= 64, "{n} sessions is too few for a default relay");
-        assert!(PRE_HELLO_RESERVE + n * WINDOWS_PER_SESSION * u64::from(window) <= budget);
+        assert!(PRE_HELLO_RESERVE + n * session_bytes(window) <= budget);
         assert!(
-            PRE_HELLO_RESERVE + (n + 1) * WINDOWS_PER_SESSION * u64::from(window) > budget,
+            PRE_HELLO_RESERVE + (n + 1) * session_bytes(window) > budget,
             "one more session would still fit"
         );
     }
