@@ -113,6 +113,26 @@ impl<K: std::hash::Hash + Eq + Clone> Rates<K> {
     }
 }
 
+impl<K: std::hash::Hash + Eq + Clone> Rates<K> {
+    /// Waits until a token of `key`'s bucket is there and takes it, for
+    /// at most `longest` (`None`: as long as it takes). False if that
+    /// would take longer.
+    pub async fn wait(&self, key: &K, rate: u32, burst: u32, longest: Option<Duration>) -> bool {
+        let deadline = longest.map(|l| Instant::now() + l);
+        loop {
+            let now = Instant::now();
+            let wait = match self.take(key, now, rate, burst) {
+                Ok(()) => return true,
+                Err(wait) => wait,
+            };
+            if deadline.is_some_and(|d| now + wait > d) {
+                return false;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// Keys barred until a time: tokens that opened and abandoned sessions
 /// too fast. Entries go once their time has passed; at most
 /// [`MAX_TRACKED_ADDRS`] are kept (past that the soonest to end go first).

@@ -373,16 +373,9 @@ impl Admitted {
             return self.refuse(refusal, &host).await;
         }
         let token = token_key(&claims);
-        let now = Instant::now();
-        if let Some(left) = self.state.penalties.left(&token, now) {
-            let message = format!(
-                "this client token opened and abandoned session streams too fast; \
-                 it may connect again in {}s",
-                left.as_secs() + 1
-            );
-            return self
-                .refuse(Refusal::new(Reason::Limit, message), &host)
-                .await;
+        if let Some(left) = self.state.penalties.left(&token, Instant::now()) {
+            let refusal = super::session::penalised(left, "connect");
+            return self.refuse(refusal, &host).await;
         }
         let limit = self.state.config.limits.connections_per_client;
         let Some(_connection) = self.state.token_connections.acquire(token.clone(), limit) else {

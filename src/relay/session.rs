@@ -98,14 +98,10 @@ struct Meta {
 /// ([`crate::limits::Limits::session_rate_per_client`]).
 async fn slow_down(state: &State, token: &str) {
     let rate = state.config.limits.session_rate_per_client;
-    let token = token.to_owned();
-    while let Err(wait) =
-        state
-            .session_rates
-            .take(&token, Instant::now(), rate, SESSION_BURST_PER_CLIENT)
-    {
-        tokio::time::sleep(wait).await;
-    }
+    let rates = &state.session_rates;
+    rates
+        .wait(&token.to_owned(), rate, SESSION_BURST_PER_CLIENT, None)
+        .await;
 }
 
 /// Waits until `host` may be asked for another session
@@ -113,25 +109,33 @@ async fn slow_down(state: &State, token: &str) {
 /// [`HOST_RATE_WAIT`]; past that, refuses.
 async fn host_rate(state: &State, host: &str) -> Result<(), Refusal> {
     let rate = state.config.limits.session_rate_per_host;
-    let host = host.to_owned();
-    let deadline = Instant::now() + HOST_RATE_WAIT;
-    loop {
-        let now = Instant::now();
-        let wait = match (state.host_rates).take(&host, now, rate, SESSION_BURST_PER_HOST) {
-            Ok(()) => return Ok(()),
-            Err(wait) => wait,
-        };
-        if now + wait > deadline {
-            return Err(Refusal::new(
-                Reason::Limit,
-                format!(
-                    "host {host} is asked for new sessions faster than {rate} a second; \
-                     try again shortly"
-                ),
-            ));
-        }
-        tokio::time::sleep(wait).await;
+    let (key, burst) = (host.to_owned(), SESSION_BURST_PER_HOST);
+    if state
+        .host_rates
+        .wait(&key, rate, burst, Some(HOST_RATE_WAIT))
+        .await
+    {
+        return Ok(());
     }
+    Err(Refusal::new(
+        Reason::Limit,
+        format!(
+            "host {host} is asked for new sessions faster than {rate} a second; try again shortly"
+        ),
+    ))
+}
+
+/// The refusal for a token that abandoned streams too fast, which may
+/// `what` again after `left`.
+pub(super) fn penalised(left: std::time::Duration, what: &str) -> Refusal {
+    Refusal::new(
+        Reason::Limit,
+        format!(
+            "this client token opened and abandoned session streams too fast; \
+             it may {what} again in {}s",
+            left.as_secs() + 1
+        ),
+    )
 }
 
 /// Notes that a stream of `meta`'s token ended before its session
@@ -335,14 +339,7 @@ type Slots = (GaugeGuard, CountGuard<String>, Share);
 /// budget first, then the token's limit.
 fn session_slots(state: &State, shares: &Arc<Shares>, token: &str) -> Result<Slots, Refusal> {
     if let Some(left) = state.penalties.left(&token.to_owned(), Instant::now()) {
-        return Err(Refusal::new(
-            Reason::Limit,
-            format!(
-                "this client token opened and abandoned session streams too fast; \
-                 it may start sessions again in {}s",
-                left.as_secs() + 1
-            ),
-        ));
+        return Err(penalised(left, "start sessions"));
     }
     let max = state.max_sessions;
     let Some(relay) = state.sessions.acquire(max) else {
