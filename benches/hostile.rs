@@ -25,9 +25,10 @@ use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use shellrelay::keys::Secret;
 use shellrelay::protocol::{read_frame, write_frame, Frame, Jwt, Reason, Role, VERSION};
-use shellrelay::tls::{self, TransportOptions, Trust, STREAM_WINDOW};
+use shellrelay::tls::Trust;
 use shellrelay::token::{self, Claims};
 use shellrelay::transport::tcp::{tcp_client_config, Settings, Side, TcpConn};
+use shellrelay::transport::{options::STREAM_WINDOW, TransportOptions};
 use shellrelay::transport::{Conn, RecvStream, SendStream, Stream};
 use support::bin::{make_private, path_str, peer_args, relay_args};
 use support::bulk::{
@@ -410,14 +411,15 @@ async fn datagrams(
     plan: &Plan,
     report: &impl Fn(&str, [u64; 3], Option<(f64, f64)>),
 ) -> anyhow::Result<()> {
-    let mut transport = tls::transport_config(TransportOptions::default())?;
+    let mut transport = shellrelay::transport::quic::transport_config(TransportOptions::default())?;
     transport.datagram_receive_buffer_size(Some(1 << 20));
-    let mut config = tls::client_config(
+    let mut config = shellrelay::transport::quic::client_config(
         &Trust::PinnedFile(rig.cert.clone()),
         TransportOptions::default(),
     )?;
     config.transport_config(Arc::new(transport));
-    let mut endpoint = tls::bind_endpoint((Ipv4Addr::LOCALHOST, 0).into(), None)?;
+    let mut endpoint =
+        shellrelay::transport::quic::bind_endpoint((Ipv4Addr::LOCALHOST, 0).into(), None)?;
     endpoint.set_default_client_config(config);
     let (mut conns, mut refused) = (Vec::new(), 0u64);
     for _ in 0..plan.datagram_conns {
@@ -453,8 +455,10 @@ async fn datagrams(
 /// socket that never answers.
 async fn an_initial() -> anyhow::Result<Vec<u8>> {
     let sink = UdpSocket::bind("127.0.0.1:0").await?;
-    let config = tls::client_config(&Trust::System, TransportOptions::default())?;
-    let mut endpoint = tls::bind_endpoint((Ipv4Addr::LOCALHOST, 0).into(), None)?;
+    let config =
+        shellrelay::transport::quic::client_config(&Trust::System, TransportOptions::default())?;
+    let mut endpoint =
+        shellrelay::transport::quic::bind_endpoint((Ipv4Addr::LOCALHOST, 0).into(), None)?;
     endpoint.set_default_client_config(config);
     let _connecting = endpoint.connect(sink.local_addr()?, "localhost")?;
     let mut buf = vec![0u8; 2048];
@@ -1032,8 +1036,11 @@ async fn forged_hellos(
     let forged = mint(&Secret::generate(), Role::Client, "bench")?;
     let mut tasks = Vec::new();
     for i in 0..100u8 {
-        let mut endpoint = tls::bind_endpoint((Ipv4Addr::new(127, 2, 0, i + 1), 0).into(), None)?;
-        let config = tls::client_config(
+        let mut endpoint = shellrelay::transport::quic::bind_endpoint(
+            (Ipv4Addr::new(127, 2, 0, i + 1), 0).into(),
+            None,
+        )?;
+        let config = shellrelay::transport::quic::client_config(
             &Trust::PinnedFile(cert.clone()),
             TransportOptions::default(),
         )?;
@@ -1432,14 +1439,15 @@ impl Dialer {
         let trust = Trust::PinnedFile(cert.to_owned());
         Ok(Dialer {
             relay,
-            quic: tls::client_config(&trust, TransportOptions::default())?,
+            quic: shellrelay::transport::quic::client_config(&trust, TransportOptions::default())?,
             tls: tcp_client_config(&trust)?,
         })
     }
 
     /// A QUIC endpoint on `from`.
     fn endpoint(&self, from: IpAddr) -> anyhow::Result<quinn::Endpoint> {
-        let mut endpoint = tls::bind_endpoint(SocketAddr::new(from, 0), None)?;
+        let mut endpoint =
+            shellrelay::transport::quic::bind_endpoint(SocketAddr::new(from, 0), None)?;
         endpoint.set_default_client_config(self.quic.clone());
         Ok(endpoint)
     }

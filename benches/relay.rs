@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use shellrelay::client::{ClientConfig, Forwarder};
 use shellrelay::keys::Secret;
-use shellrelay::peer::{self, RelayAddr};
 use shellrelay::protocol::Role;
-use shellrelay::tls::{TransportOptions, Trust};
+use shellrelay::tls::Trust;
 use shellrelay::token::{self, Claims, TokenSource};
+use shellrelay::transport::dial::{self, RelayAddr};
+use shellrelay::transport::TransportOptions;
 use support::bin::{make_private, peer_args, relay_args};
 use support::bulk::{
     cpu_secs, download, logged, machine, open, settle_rss, spawn, target, upload, CHUNK,
@@ -134,9 +135,9 @@ async fn quinn_pings(count: usize) -> anyhow::Result<(Duration, Duration)> {
     let identity = tls::self_signed(&["localhost".into()])?;
     let trust = Trust::Pinned(identity.chain.clone());
     let opts = TransportOptions::default();
-    let server = tls::bind_endpoint(
+    let server = shellrelay::transport::quic::bind_endpoint(
         "127.0.0.1:0".parse()?,
-        Some(tls::server_config(identity, opts)?),
+        Some(shellrelay::transport::quic::server_config(identity, opts)?),
     )?;
     let addr = server.local_addr()?;
     tokio::spawn(async move {
@@ -148,8 +149,8 @@ async fn quinn_pings(count: usize) -> anyhow::Result<(Duration, Duration)> {
         }
         anyhow::Ok(())
     });
-    let mut client = tls::bind_endpoint("127.0.0.1:0".parse()?, None)?;
-    client.set_default_client_config(tls::client_config(&trust, opts)?);
+    let mut client = shellrelay::transport::quic::bind_endpoint("127.0.0.1:0".parse()?, None)?;
+    client.set_default_client_config(shellrelay::transport::quic::client_config(&trust, opts)?);
     let conn = client.connect(addr, "localhost")?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let msg = [7u8; 64];
@@ -276,7 +277,7 @@ async fn run() -> anyhow::Result<()> {
     let mut hosts = Vec::new();
     for i in 0..plan.idle_hosts {
         let token = TokenSource::Literal(mint(Role::Host, &format!("idle-{i}"))?);
-        hosts.push(peer::connect(&relay_at, &token, Role::Host, None).await?);
+        hosts.push(dial::connect(&relay_at, &token, Role::Host, None).await?);
     }
     let with_hosts = settle_rss(relay.pid()).await;
     let per_host = with_hosts.saturating_sub(base_rss) as f64 / plan.idle_hosts as f64;

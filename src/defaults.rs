@@ -117,7 +117,7 @@ pub const PENALISED_HANDSHAKES: (u32, u32) = (1, 2);
 /// ([`crate::limits::PerAddr::acquire_fair`]), so that filling one takes
 /// well over a hundred networks; [`KNOWN_RESERVE`] more are kept for
 /// networks admitted before. Each such connection holds at most a
-/// pre-authentication window ([`crate::tls::PRE_AUTH_WINDOW`]).
+/// pre-authentication window ([`crate::transport::options::PRE_AUTH_WINDOW`]).
 pub const MAX_HANDSHAKES: usize = 1024;
 
 /// Connection attempts quinn holds before the relay has looked at them.

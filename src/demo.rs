@@ -11,11 +11,12 @@ use crate::client::{self, ClientConfig};
 use crate::defaults::DEMO_REGISTER_TIMEOUT;
 use crate::host::{self, HostConfig};
 use crate::keys::Secret;
-use crate::peer::RelayAddr;
 use crate::protocol::Role;
 use crate::relay::{Relay, RelayConfig};
-use crate::tls::{self, TransportOptions, Trust};
+use crate::tls::{self, Trust};
 use crate::token::{self, Claims, TokenSource, Verifier};
+use crate::transport::dial::RelayAddr;
+use crate::transport::TransportOptions;
 
 /// Host id the demo registers.
 pub const DEMO_HOST: &str = "demo";

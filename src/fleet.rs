@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use crate::peer::RelayAddr;
+use crate::transport::dial::RelayAddr;
 
 /// How a peer uses a fleet: `k` relays per host, and for a host agent how
 /// often it looks at DNS again.

@@ -4,7 +4,7 @@
 //!
 //! A join string is `sr1:` followed by unpadded base64url of a JSON object:
 //! `{"relays":["relay.example.org:4433"],"pin":"sha256:…","token":"…"}`.
-//! The pin is the relay's public key (see [`crate::pin`]), so the joining
+//! The pin is the relay's public key (see [`crate::tls::pin`]), so the joining
 //! machine needs no certificate file. The token is the secret part: whoever
 //! holds the string holds the token, so it is read from a file or stdin
 //! rather than argv where it matters.
@@ -16,9 +16,10 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::pin::Pin;
+use crate::id;
+use crate::tls::pin::Pin;
 use crate::token::Claims;
-use crate::{id, peer};
+use crate::transport::dial;
 
 /// What every join string starts with; the digit is the format's version.
 pub const PREFIX: &str = "sr1:";
@@ -48,7 +49,7 @@ pub struct Invite {
 /// Checks a relay address from a join string: `HOST:PORT` with a port
 /// number, and nothing but printable ASCII (it goes into config files).
 pub fn check_relay(relay: &str) -> anyhow::Result<()> {
-    if let Err(err) = peer::check_relay_addr(relay) {
+    if let Err(err) = dial::check_relay_addr(relay) {
         bail!("relay {relay} {err}");
     }
     let port = relay.rsplit_once(':').map(|(_, port)| port);

@@ -10,7 +10,6 @@
 //! `session` sets up and splices each session.
 
 mod admit;
-mod answer;
 mod audit;
 pub mod budget;
 mod conn;
@@ -26,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -37,8 +35,11 @@ use crate::metrics::Metrics;
 use crate::protocol::Reason;
 use crate::revoke::RevocationList;
 use crate::tasks::Tasks;
-use crate::tls::{Identity, TransportOptions};
+use crate::tls::Identity;
 use crate::token::Verifier;
+pub use crate::transport::listen::ListenTcp;
+use crate::transport::listen::{EndpointKeys, Listener, Via};
+use crate::transport::TransportOptions;
 use places::PreHello;
 use registry::Registry;
 
@@ -61,24 +62,12 @@ pub struct RelayConfig {
     pub revocation_file: Option<std::path::PathBuf>,
     /// Where to append the audit log ([`audit`]); none by default.
     pub audit_log: Option<std::path::PathBuf>,
-    /// The endpoint's configuration; by default a random stateless-reset
-    /// key, which [`crate::transport::quic::endpoint_config`] replaces with one that
-    /// survives restarts.
-    pub endpoint: quinn::EndpointConfig,
+    /// The QUIC endpoint's stateless-reset and connection-id keys: by
+    /// default random; `relay` derives them from its private key, so that
+    /// they survive restarts.
+    pub endpoint_keys: EndpointKeys,
     /// Where to listen for TLS over TCP.
     pub listen_tcp: ListenTcp,
-}
-
-/// Where the relay listens for TLS over TCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ListenTcp {
-    /// The UDP socket's address and port.
-    #[default]
-    Same,
-    /// This address.
-    At(SocketAddr),
-    /// Nowhere: QUIC only.
-    Off,
 }
 
 impl RelayConfig {
@@ -91,7 +80,7 @@ impl RelayConfig {
             hello_timeout: HELLO_TIMEOUT,
             revocation_file: None,
             audit_log: None,
-            endpoint: quinn::EndpointConfig::default(),
+            endpoint_keys: EndpointKeys::Random,
             listen_tcp: ListenTcp::Same,
         }
     }
@@ -99,9 +88,7 @@ impl RelayConfig {
 
 /// A bound relay, ready to [`run`](Relay::run).
 pub struct Relay {
-    endpoint: quinn::Endpoint,
-    /// The TCP listener and the TLS configuration it serves with.
-    tcp: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    listener: Listener,
     state: Arc<State>,
 }
 
@@ -181,22 +168,18 @@ impl Relay {
     ) -> anyhow::Result<Relay> {
         let revoked = RevocationList::open(config.revocation_file.clone())?;
         let audit = audit::Audit::open(config.audit_log.as_deref())?;
-        let acceptor = match config.listen_tcp {
-            ListenTcp::Off => None,
-            _ => Some(tokio_rustls::TlsAcceptor::from(
-                crate::transport::tcp::tcp_server_config(identity.clone())?,
-            )),
-        };
-        let server = crate::tls::server_config(identity, config.transport)?;
-        let (endpoint, tcp) = bind_sockets(addr, &config)?;
-        let tcp = tcp.zip(acceptor);
+        let listener = Listener::bind(
+            addr,
+            identity,
+            config.transport,
+            config.listen_tcp,
+            config.endpoint_keys,
+        )?;
         let window = config.transport.window();
         let hosts = Arc::new(Registry::new(config.limits.max_hosts, window));
         let max_sessions = budget::max_sessions(config.limits.max_buffered, window);
-        endpoint.set_server_config(Some(server));
         Ok(Relay {
-            endpoint,
-            tcp,
+            listener,
             state: Arc::new(State {
                 config,
                 quic: PreHello::default(),
@@ -235,14 +218,12 @@ impl Relay {
 
     /// The address the relay listens on.
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.endpoint
-            .local_addr()
-            .context("relay socket has no address")
+        self.listener.local_addr()
     }
 
     /// The address the relay listens on for TLS over TCP, if it does.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.listener.tcp_addr()
     }
 
     /// A handle to the registry.
@@ -256,20 +237,12 @@ impl Relay {
     /// with [`Reason::ShuttingDown`].
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Relay {
-            endpoint,
-            tcp,
+            mut listener,
             state,
         } = self;
-        let tcp = match tcp {
-            Some((listener, acceptor)) => {
-                listener.set_nonblocking(true)?;
-                Some((tokio::net::TcpListener::from_std(listener)?, acceptor))
-            }
-            None => None,
-        };
-        let tcp_addr = tcp.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        let tcp_addr = listener.tcp_addr();
         info!(
-            addr = %endpoint.local_addr()?,
+            addr = %listener.local_addr()?,
             tcp = %tcp_addr.map_or("off".to_owned(), |a| a.to_string()),
             max_sessions = state.max_sessions,
             "relay listening"
@@ -281,50 +254,26 @@ impl Relay {
         if state.revoked.has_file() {
             housekeeping.spawn(watch_revocations(state.clone()));
         }
-        let tcp_accept = || async {
-            match &tcp {
-                Some((listener, _)) => listener.accept().await,
-                None => std::future::pending().await,
-            }
-        };
         loop {
             let incoming = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                incoming = endpoint.accept() => incoming,
-                accepted = tcp_accept() => {
-                    match (accepted, &tcp) {
-                        (Ok((stream, remote)), Some((_, acceptor))) => {
-                            let _span = tracing::info_span!("conn", %remote).entered();
-                            let task = conn::tcp(state.clone(), stream, remote, acceptor.clone());
-                            state.tasks.spawn(task);
-                        }
-                        (Err(err), _) => {
-                            // Out of file descriptors and the like: the
-                            // listener itself is still good.
-                            warn!(%err, "could not accept a TCP connection");
-                            tokio::time::sleep(crate::defaults::ACCEPT_BACKOFF).await;
-                        }
-                        _ => {}
-                    }
-                    continue;
-                }
+                incoming = listener.accept() => incoming,
             };
             let Some(incoming) = incoming else { break };
-            let remote = incoming.remote_address();
+            let remote = incoming.remote();
             let _span = tracing::info_span!("conn", %remote).entered();
-            state.tasks.spawn(conn::quic(state.clone(), incoming));
+            state.tasks.spawn(conn::serve(state.clone(), incoming));
         }
-        // No new TCP connections during the shutdown.
-        drop(tcp);
         info!("relay shutting down");
         state.cancel.cancel();
-        endpoint.close(Reason::ShuttingDown.varint(), b"relay shutting down");
+        // No new connections during the shutdown.
+        listener.close(Reason::ShuttingDown, "relay shutting down");
         // One grace period for the sessions and the peers' acknowledgements.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let idle = async {
             state.tasks.shutdown(SHUTDOWN_GRACE).await;
-            let _ = tokio::time::timeout_at(deadline, endpoint.wait_idle()).await;
+            let _ = tokio::time::timeout_at(deadline, listener.wait_idle()).await;
         };
         tokio::join!(idle, housekeeping.shutdown(SHUTDOWN_GRACE));
         // Let go of every connection so the socket closes with the endpoint.
@@ -338,34 +287,12 @@ impl State {
     fn next_session_id(&self) -> u64 {
         self.session_ids.fetch_add(1, Ordering::Relaxed)
     }
-}
 
-/// Binds the UDP socket on `addr` and the TCP listener where `config`
-/// says. With port 0 and TCP on the same address, the port picked for UDP
-/// may be taken for TCP: then another is picked, a few times over.
-fn bind_sockets(
-    addr: SocketAddr,
-    config: &RelayConfig,
-) -> anyhow::Result<(quinn::Endpoint, Option<std::net::TcpListener>)> {
-    let bind_udp = || crate::tls::bind_endpoint_with(addr, config.endpoint.clone(), None);
-    let bind_tcp = |at: SocketAddr| {
-        std::net::TcpListener::bind(at)
-            .with_context(|| format!("could not listen on TCP {at} (see --listen-tcp)"))
-    };
-    match config.listen_tcp {
-        ListenTcp::Off => Ok((bind_udp()?, None)),
-        ListenTcp::At(at) => Ok((bind_udp()?, Some(bind_tcp(at)?))),
-        ListenTcp::Same => {
-            let mut tries = if addr.port() == 0 { 16 } else { 1 };
-            loop {
-                let endpoint = bind_udp()?;
-                let at = endpoint.local_addr()?;
-                match bind_tcp(at) {
-                    Ok(tcp) => return Ok((endpoint, Some(tcp))),
-                    Err(_) if tries > 1 => tries -= 1,
-                    Err(err) => return Err(err),
-                }
-            }
+    /// The places before the hello of connections over `via`.
+    fn pre_hello(&self, via: Via) -> &PreHello {
+        match via {
+            Via::Quic => &self.quic,
+            Via::Tcp => &self.tcp,
         }
     }
 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use shellrelay::peer;
 use shellrelay::protocol::{read_frame, Frame, Refusal, Role, ALPN};
 use shellrelay::token::{Claims, TokenSource};
+use shellrelay::transport::dial;
 use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -98,7 +98,7 @@ async fn admissions_refusals_and_sessions_each_get_a_line() {
     assert!(end["duration_ms"].as_u64().is_some(), "{end}");
     // A refused hello: no subject is known, the reason is.
     let bad = TokenSource::Literal("not.a.token".into());
-    let _ = peer::connect(&tunnel.relay_addr(), &bad, Role::Client, None).await;
+    let _ = dial::connect(&tunnel.relay_addr(), &bad, Role::Client, None).await;
     let refused = line_with(&path, "refused", |l| l["subject"].is_null()).await;
     assert!(
         refused["reason"].as_str().is_some_and(|r| !r.is_empty()),
@@ -109,7 +109,7 @@ async fn admissions_refusals_and_sessions_each_get_a_line() {
     let mut claims = Claims::new(Role::Host, "lab7", shellrelay::defaults::AUDIENCE, HOUR);
     claims.jti = Some("t-wrong-role".into());
     let wrong = TokenSource::Literal(tunnel.sign(&claims));
-    let _ = peer::connect(&tunnel.relay_addr(), &wrong, Role::Client, None).await;
+    let _ = dial::connect(&tunnel.relay_addr(), &wrong, Role::Client, None).await;
     let refused = line_with(&path, "refused", |l| l["jti"] == "t-wrong-role").await;
     assert_eq!(refused["subject"], "lab7", "{refused}");
     assert!(
@@ -120,7 +120,7 @@ async fn admissions_refusals_and_sessions_each_get_a_line() {
     );
     // A client refused for an offline host: its subject and the host.
     let other = TokenSource::Literal(tunnel.token(Role::Client, "lab9", HOUR));
-    let _ = peer::connect(&tunnel.relay_addr(), &other, Role::Client, None).await;
+    let _ = dial::connect(&tunnel.relay_addr(), &other, Role::Client, None).await;
     let offline = line_with(&path, "refused", |l| l["host"] == "lab9").await;
     assert_eq!(offline["subject"], "lab9");
     assert_eq!(offline["role"], "client");
@@ -282,8 +282,9 @@ async fn control_and_bidi_characters_never_reach_the_audit_log() {
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_opens_a_renamed_audit_log_afresh_at_its_path() {
-    use shellrelay::peer::RelayAddr;
-    use shellrelay::tls::{TransportOptions, Trust};
+    use shellrelay::tls::Trust;
+    use shellrelay::transport::dial::RelayAddr;
+    use shellrelay::transport::TransportOptions;
     use support::bin;
 
     let dir = tempfile::tempdir().unwrap();
@@ -299,7 +300,7 @@ async fn sighup_opens_a_renamed_audit_log_afresh_at_its_path() {
     };
     let refused = || async {
         let bad = TokenSource::Literal("not.a.token".into());
-        let hello = peer::connect(&relay_addr, &bad, Role::Client, None);
+        let hello = dial::connect(&relay_addr, &bad, Role::Client, None);
         let answer = within(WAIT, "a refusal", hello).await;
         assert!(answer.is_err(), "a bad token was let in");
     };

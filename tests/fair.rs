@@ -7,10 +7,10 @@
 mod support;
 
 use shellrelay::client::{ClientConfig, Forwarder, OpenError};
-use shellrelay::peer::{self, ConnectError};
 use shellrelay::protocol::{Reason, Role};
 use shellrelay::relay::budget::{session_bytes, PRE_HELLO_RESERVE};
 use shellrelay::token::{Claims, TokenSource};
+use shellrelay::transport::dial::{self, ConnectError};
 use shellrelay::transport::{Closed, Conn};
 use support::traffic::*;
 use support::*;
@@ -23,8 +23,8 @@ const TRANSPORTS: [Transport; 2] = [Transport::Quic, Transport::Tcp];
 async fn relay_for(sessions: u64, via: Transport) -> (Tunnel, Peer) {
     let tunnel = Tunnel::start_with(|c| {
         c.limits.failures_per_addr = u32::MAX;
-        c.limits.max_buffered =
-            PRE_HELLO_RESERVE + sessions * session_bytes(shellrelay::tls::STREAM_WINDOW);
+        c.limits.max_buffered = PRE_HELLO_RESERVE
+            + sessions * session_bytes(shellrelay::transport::options::STREAM_WINDOW);
     })
     .await;
     assert_eq!(tunnel.registry.sessions(), (0, sessions as usize));
@@ -58,7 +58,7 @@ async fn raw_client(tunnel: &Tunnel, via: Transport, user: &str) -> Conn {
     within(
         WAIT,
         "a welcome",
-        peer::connect(&relay, &token, Role::Client, None),
+        dial::connect(&relay, &token, Role::Client, None),
     )
     .await
     .expect("a good client is let in")
@@ -162,7 +162,7 @@ async fn a_token_that_opens_and_resets_streams_is_cut_off() {
             "{via:?}: cut off only after {opened} streams"
         );
         let relay = tunnel.relay_over(via);
-        match peer::connect(&relay, &token_of(&tunnel, "mallory"), Role::Client, None).await {
+        match dial::connect(&relay, &token_of(&tunnel, "mallory"), Role::Client, None).await {
             Err(ConnectError::Refused(r)) => {
                 assert_eq!(r.reason, Reason::Limit);
                 assert!(r.message.contains("connect again in"), "{}", r.message);

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shellrelay::protocol::Role;
-use shellrelay::tls::TransportOptions;
 use shellrelay::token::{Claims, TokenSource};
+use shellrelay::transport::options::TransportOptions;
 use support::netem::{Impairment, Proxy};
 use support::traffic::*;
 use support::*;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use shellrelay::client::{ClientConfig, Forwarder, OpenError};
-use shellrelay::peer::{self, ConnectError};
 use shellrelay::protocol::Role;
 use shellrelay::protocol::{Reason, Refusal, ALPN};
 use shellrelay::token::TokenSource;
+use shellrelay::transport::dial::{self, ConnectError};
 use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -42,7 +42,8 @@ async fn still_serving(client: std::net::SocketAddr) {
 }
 
 fn close_reason(err: &quinn::ConnectionError) -> Refusal {
-    Refusal::from_connection_error(err).unwrap_or_else(|| panic!("not an application close: {err}"))
+    shellrelay::transport::refusal_of(err)
+        .unwrap_or_else(|| panic!("not an application close: {err}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,8 +198,10 @@ async fn the_relay_admits_no_more_sessions_than_its_memory_budget_holds() {
     use shellrelay::relay::budget::{session_bytes, PRE_HELLO_RESERVE};
     // Room for three sessions of four stream windows each, over every
     // client token together.
-    let window = u64::from(shellrelay::tls::STREAM_WINDOW);
-    let budget = PRE_HELLO_RESERVE + 3 * session_bytes(shellrelay::tls::STREAM_WINDOW) + window;
+    let window = u64::from(shellrelay::transport::options::STREAM_WINDOW);
+    let budget = PRE_HELLO_RESERVE
+        + 3 * session_bytes(shellrelay::transport::options::STREAM_WINDOW)
+        + window;
     let tunnel = Tunnel::start_with(|c| c.limits.max_buffered = budget).await;
     assert_eq!(tunnel.registry.sessions(), (0, 3));
     let _host = tunnel.host("lab1", echo_server().await).await;
@@ -253,13 +256,13 @@ async fn connections_per_client_token_are_capped() {
     let _host = tunnel.host("lab1", echo_server().await).await;
     let token = TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR));
     let relay = tunnel.relay_addr();
-    let first = peer::connect(&relay, &token, Role::Client, None)
+    let first = dial::connect(&relay, &token, Role::Client, None)
         .await
         .unwrap();
-    let second = peer::connect(&relay, &token, Role::Client, None)
+    let second = dial::connect(&relay, &token, Role::Client, None)
         .await
         .unwrap();
-    match peer::connect(&relay, &token, Role::Client, None).await {
+    match dial::connect(&relay, &token, Role::Client, None).await {
         Err(ConnectError::Refused(r)) => {
             assert_eq!(r.reason, Reason::Limit);
             assert!(r.message.contains("too many connections"), "{}", r.message);
@@ -271,7 +274,7 @@ async fn connections_per_client_token_are_capped() {
     first.conn.close(Reason::Done, "done");
     drop(first);
     until_a_place_frees_up(
-        || peer::connect(&relay, &token, Role::Client, None),
+        || dial::connect(&relay, &token, Role::Client, None),
         |e| matches!(e, ConnectError::Refused(r) if r.reason == Reason::Limit),
     )
     .await;
@@ -360,7 +363,7 @@ async fn handshakes_per_address_are_capped() {
 async fn hosts_over_the_limit_are_refused() {
     let tunnel = Tunnel::start_with(|c| c.limits.max_hosts = 1).await;
     let _host = tunnel.host("lab1", echo_server().await).await;
-    let err = peer::connect(
+    let err = dial::connect(
         &tunnel.relay_addr(),
         &TokenSource::Literal(tunnel.token(Role::Host, "lab2", HOUR)),
         Role::Host,
@@ -385,7 +388,7 @@ async fn bad_tokens_from_an_address_are_penalised_but_good_ones_from_it_get_in()
     let _host = tunnel.host("lab1", echo_server().await).await;
     let connect = |token: String, role: Role| {
         let relay = tunnel.relay_addr();
-        async move { peer::connect(&relay, &TokenSource::Literal(token), role, None).await }
+        async move { dial::connect(&relay, &TokenSource::Literal(token), role, None).await }
     };
     for _ in 0..3 {
         let err = connect("garbage".into(), Role::Client)
@@ -436,7 +439,7 @@ async fn a_bad_token_does_not_reveal_whether_a_host_exists() {
             HOUR,
         );
         let forged = shellrelay::token::mint(&other, &claims).unwrap();
-        let err = peer::connect(
+        let err = dial::connect(
             &tunnel.relay_addr(),
             &TokenSource::Literal(forged),
             Role::Client,

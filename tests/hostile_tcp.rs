@@ -15,7 +15,6 @@ use rand::{Rng, SeedableRng};
 use rustls::pki_types::ServerName;
 use shellrelay::client::{ClientConfig, Forwarder, OpenError, SetupError};
 use shellrelay::defaults::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES};
-use shellrelay::peer;
 use shellrelay::protocol::{
     read_frame, Frame, FrameError, Jwt, Reason, Refusal, Role, ALPN, ALPN_TCP, MAX_FRAME_LEN,
     VERSION,
@@ -23,6 +22,7 @@ use shellrelay::protocol::{
 use shellrelay::relay::RelayConfig;
 use shellrelay::tls::Trust;
 use shellrelay::token::TokenSource;
+use shellrelay::transport::dial;
 use shellrelay::transport::tcp::{dial, tcp_client_config};
 use shellrelay::transport::{ErrorCode, StreamError};
 use support::traffic::*;
@@ -90,7 +90,7 @@ async fn a_new_client_gets_in(tunnel: &Tunnel) {
     let link = within(
         WAIT,
         "a new client's welcome",
-        peer::connect(&relay, &token, Role::Client, None),
+        dial::connect(&relay, &token, Role::Client, None),
     )
     .await
     .expect("a good client is let in");
@@ -655,8 +655,10 @@ fn over_a_limit(err: &OpenError) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_admits_no_more_tcp_sessions_than_its_memory_budget_holds() {
     use shellrelay::relay::budget::{session_bytes, PRE_HELLO_RESERVE};
-    let window = u64::from(shellrelay::tls::STREAM_WINDOW);
-    let budget = PRE_HELLO_RESERVE + 3 * session_bytes(shellrelay::tls::STREAM_WINDOW) + window;
+    let window = u64::from(shellrelay::transport::options::STREAM_WINDOW);
+    let budget = PRE_HELLO_RESERVE
+        + 3 * session_bytes(shellrelay::transport::options::STREAM_WINDOW)
+        + window;
     let flood = flood_server().await;
     for (client_via, host_via) in PATHS {
         let path = format!("client over {client_via:?}, host over {host_via:?}");

@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 
 use shellrelay::keys::Secret;
 use shellrelay::metrics::Status;
-use shellrelay::peer;
 use shellrelay::protocol::Reason;
 use shellrelay::protocol::Role;
 use shellrelay::status::{fetch, MAX_RESPONSE};
 use shellrelay::token::{self, Claims, TokenSource};
+use shellrelay::transport::dial;
 use support::http::{exchange, get, header, metrics_addr};
 use support::traffic::{echo, echo_roundtrip, echo_server, Noise};
 use support::{within, Tunnel, HOUR, WAIT};
@@ -125,7 +125,7 @@ async fn metrics_count_hosts_sessions_bytes_refusals_and_latencies() {
     let err = within(
         WAIT,
         "the relay to refuse a forged token",
-        peer::connect(
+        dial::connect(
             &tunnel.relay_addr(),
             &TokenSource::Literal(forged),
             Role::Client,

@@ -21,7 +21,7 @@ use shellrelay::id::{glob_match, valid_host_pattern, MAX_HOST_ID_LEN};
 use shellrelay::keys::Secret;
 use shellrelay::protocol::Role;
 use shellrelay::protocol::{
-    read_frame, Frame, FrameError, Jwt, Reason, Refusal, Resume, Who, MAX_FRAME_LEN,
+    read_frame, Frame, FrameError, Jwt, Reason, Resume, Who, MAX_FRAME_LEN,
 };
 use shellrelay::token::{mint, Claims, TokenError, Verifier};
 use tokio::runtime::Runtime;
@@ -991,7 +991,11 @@ fn every_reason_code_round_trips() {
     for r in all_reasons() {
         assert_eq!(Reason::from_code(r.code().into()), r, "{r:?}");
         assert_eq!(Reason::from_name(r.as_str()), r, "{r:?}");
-        assert_eq!(Reason::from_code(r.varint().into_inner()), r, "{r:?}");
+        assert_eq!(
+            Reason::from_code(shellrelay::transport::ErrorCode::from(r).0),
+            r,
+            "{r:?}"
+        );
     }
 }
 
@@ -1033,7 +1037,7 @@ fn any_application_close_reads_as_a_refusal() {
             error_code: quinn::VarInt::from_u64(code).expect("within varint range"),
             reason: Bytes::from(reason.clone()),
         });
-        let refusal = Refusal::from_connection_error(&err);
+        let refusal = shellrelay::transport::refusal_of(&err);
         prop_assert!(refusal.is_some());
         let refusal = refusal.expect("checked");
         prop_assert_eq!(refusal.reason, Reason::from_code(code));
@@ -1063,6 +1067,6 @@ fn other_connection_errors_are_not_refusals() {
         quinn::ConnectionError::LocallyClosed,
         quinn::ConnectionError::CidsExhausted,
     ] {
-        assert_eq!(Refusal::from_connection_error(&err), None, "{err}");
+        assert_eq!(shellrelay::transport::refusal_of(&err), None, "{err}");
     }
 }

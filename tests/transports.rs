@@ -7,9 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use shellrelay::peer;
 use shellrelay::protocol::{Reason, Role};
 use shellrelay::token::TokenSource;
+use shellrelay::transport::dial;
 use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -106,7 +106,7 @@ async fn refusals_and_close_reasons_reach_a_tcp_peer() {
     let err = within(
         WAIT,
         "refusal",
-        peer::connect(&relay, &bad, Role::Client, None),
+        dial::connect(&relay, &bad, Role::Client, None),
     )
     .await
     .unwrap_err();
@@ -117,7 +117,7 @@ async fn refusals_and_close_reasons_reach_a_tcp_peer() {
     let err = within(
         WAIT,
         "refusal",
-        peer::connect(&relay, &token, Role::Client, None),
+        dial::connect(&relay, &token, Role::Client, None),
     )
     .await
     .unwrap_err();
@@ -133,7 +133,7 @@ async fn refusals_and_close_reasons_reach_a_tcp_peer() {
     let link = within(
         WAIT,
         "client hello",
-        peer::connect(&relay, &token, Role::Client, None),
+        dial::connect(&relay, &token, Role::Client, None),
     )
     .await
     .unwrap();
@@ -195,7 +195,7 @@ async fn auto_falls_back_to_tcp_where_udp_is_lost_and_moves_back_to_quic_once_it
     let proxy = Proxy::start(tunnel.addr).await;
     proxy.set_blackhole(true);
     let _forwarder = tcp_forwarder(proxy.addr(), tunnel.addr).await;
-    let transport = shellrelay::tls::TransportOptions {
+    let transport = shellrelay::transport::options::TransportOptions {
         quic_retry: Duration::from_millis(300),
         ..Default::default()
     };
@@ -242,7 +242,7 @@ async fn the_last_session_on_a_tcp_connection_left_behind_keeps_its_last_bytes()
         let proxy = Proxy::start(tunnel.addr).await;
         proxy.set_blackhole(true);
         let _forwarder = tcp_forwarder(proxy.addr(), tunnel.addr).await;
-        let transport = shellrelay::tls::TransportOptions {
+        let transport = shellrelay::transport::options::TransportOptions {
             quic_retry: Duration::from_millis(200),
             ..Default::default()
         };
@@ -281,7 +281,7 @@ async fn expiry_closes_tcp_peers_with_the_reason_and_ends_their_sessions() {
     let link = within(
         WAIT,
         "a client link",
-        peer::connect(
+        dial::connect(
             &relay,
             &TokenSource::Literal(client_token),
             Role::Client,
@@ -294,7 +294,7 @@ async fn expiry_closes_tcp_peers_with_the_reason_and_ends_their_sessions() {
     let host = within(
         WAIT,
         "a host link",
-        peer::connect(&relay, &host_token, Role::Host, None),
+        dial::connect(&relay, &host_token, Role::Host, None),
     )
     .await
     .unwrap();

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use shellrelay::clock::unix_now;
 use shellrelay::keys::Secret;
-use shellrelay::peer;
 use shellrelay::protocol::Reason;
 use shellrelay::protocol::Role;
 use shellrelay::token::{self, Claims, TokenSource};
+use shellrelay::transport::dial;
 use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -323,7 +323,7 @@ async fn a_replaced_host_agent_keeps_trying_and_serves_again_once_the_other_leav
     let thief = within(
         WAIT,
         "the other connection's hello",
-        peer::connect(
+        dial::connect(
             &tunnel.relay_addr(),
             &TokenSource::Literal(tunnel.token(Role::Host, "lab1", HOUR)),
             Role::Host,
@@ -400,7 +400,7 @@ async fn relay_shutdown_closes_peers_with_the_reason() {
     let session = within(
         WAIT,
         "client hello",
-        peer::connect(
+        dial::connect(
             &tunnel.relay_addr(),
             &TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR)),
             Role::Client,
@@ -458,7 +458,7 @@ async fn stalled_sessions_do_not_block_other_sessions_of_the_host() {
         tcp.write_all(b"S").await.unwrap();
         keep.push(tcp);
     }
-    let enough = stalled * 2 * u64::from(shellrelay::tls::STREAM_WINDOW);
+    let enough = stalled * 2 * u64::from(shellrelay::transport::options::STREAM_WINDOW);
     within(WAIT, "stalled sessions to fill their windows", async {
         while written.load(Ordering::Relaxed) < enough {
             tokio::time::sleep(Duration::from_millis(10)).await;

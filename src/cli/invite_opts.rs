@@ -11,8 +11,8 @@ use clap::Args;
 use super::token_opts::MintOpt;
 use crate::clock::fmt_unix;
 use crate::invite::Invite;
-use crate::pin::Pin;
 use crate::protocol::Role;
+use crate::tls::pin::Pin;
 use crate::token::Claims;
 use crate::{config, tls};
 

@@ -29,7 +29,10 @@ pub use token_opts::{KeygenOpt, TokenOpt};
 use crate::keys::Secret;
 use crate::signals::{Signal, Signals};
 use crate::tasks::Tasks;
-use crate::tls::{self, TransportOptions};
+use crate::tls;
+use crate::transport::options::{MAX_STREAM_WINDOW, MIN_STREAM_WINDOW, STREAM_WINDOW};
+use crate::transport::quic::congestion::CONGESTION;
+use crate::transport::{Congestion, TransportOptions};
 use crate::{connect, demo, id, status};
 
 /// Relay ssh to a machine behind NAT over QUIC.
@@ -173,7 +176,7 @@ pub struct TransportOpt {
     #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value_t = HumanDuration(crate::defaults::IDLE_TIMEOUT), value_name = "DURATION")]
     idle_timeout: HumanDuration,
     /// Receive window of each session stream: a session moves at most this much per round trip, and a stalled one holds at most this much here. Raise it for long fat paths (64KiB to 64MiB).
-    #[arg(long, env = "SHELLRELAY_STREAM_WINDOW", default_value_t = ByteSize::b(tls::STREAM_WINDOW.into()), value_name = "BYTES")]
+    #[arg(long, env = "SHELLRELAY_STREAM_WINDOW", default_value_t = ByteSize::b(STREAM_WINDOW.into()), value_name = "BYTES")]
     stream_window: ByteSize,
     /// Congestion controller [default: bbr].
     #[arg(
@@ -182,7 +185,7 @@ pub struct TransportOpt {
         value_enum,
         value_name = "ALGORITHM"
     )]
-    congestion: Option<tls::Congestion>,
+    congestion: Option<Congestion>,
 }
 
 impl TransportOpt {
@@ -192,11 +195,11 @@ impl TransportOpt {
 
     /// [`TransportOpt::options`], with `congestion` from a config file
     /// where no flag or variable set it.
-    fn options_or(&self, congestion: Option<tls::Congestion>) -> anyhow::Result<TransportOptions> {
+    fn options_or(&self, congestion: Option<Congestion>) -> anyhow::Result<TransportOptions> {
         if self.keep_alive >= self.idle_timeout {
             bail!("--keep-alive must be shorter than --idle-timeout");
         }
-        let (min, max) = (tls::MIN_STREAM_WINDOW, tls::MAX_STREAM_WINDOW);
+        let (min, max) = (MIN_STREAM_WINDOW, MAX_STREAM_WINDOW);
         let stream_window = u32::try_from(self.stream_window.as_u64())
             .ok()
             .filter(|w| (min..=max).contains(w))
@@ -212,7 +215,7 @@ impl TransportOpt {
             keep_alive: self.keep_alive.0,
             idle_timeout: self.idle_timeout.0,
             stream_window,
-            congestion: self.congestion.or(congestion).unwrap_or(tls::CONGESTION),
+            congestion: self.congestion.or(congestion).unwrap_or(CONGESTION),
             via: crate::transport::Transport::default(),
             quic_retry: crate::defaults::QUIC_RETRY,
         })
@@ -254,7 +257,7 @@ pub struct CertsOpt {
 /// Prints what peers pin a relay by: its key's pin and its certificate's
 /// fingerprint.
 fn print_identity(identity: &tls::Identity) -> anyhow::Result<()> {
-    let pin = crate::pin::Pin::of(&identity.chain[0])?;
+    let pin = crate::tls::pin::Pin::of(&identity.chain[0])?;
     println!("pin (for --relay-pin): {pin}");
     println!(
         "sha-256 fingerprint: {}",

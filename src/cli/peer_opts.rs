@@ -10,10 +10,10 @@ use clap::Args;
 
 use super::{host_id, until_signalled, HumanDuration, TransportOpt};
 use crate::invite::Invite;
-use crate::peer::{self, RelayAddr};
-use crate::pin::Pin;
+use crate::tls::pin::Pin;
 use crate::tls::{self, Trust};
 use crate::token::TokenSource;
+use crate::transport::dial::{self, RelayAddr};
 use crate::transport::Transport;
 use crate::{client, config, host, private};
 
@@ -130,7 +130,7 @@ impl PeerOpt {
             ([], from_file) => from_file.to_vec(),
             (given, _) => {
                 for relay in given {
-                    if let Err(err) = peer::check_relay_addr(relay) {
+                    if let Err(err) = dial::check_relay_addr(relay) {
                         bail!("--relay {relay} {err}");
                     }
                 }

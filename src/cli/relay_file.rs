@@ -73,7 +73,7 @@ pub(super) struct RelayFile {
     #[serde(default, deserialize_with = "scalar")]
     pub stream_window: Option<bytesize::ByteSize>,
     #[serde(default)]
-    pub congestion: Option<crate::tls::Congestion>,
+    pub congestion: Option<crate::transport::Congestion>,
 }
 
 /// Reads the settings file at `path`.
@@ -240,7 +240,7 @@ issuer-2 = "/etc/shellrelay/issuer-2.pub"
         assert_eq!(opt.hello_timeout, Duration::from_secs(3));
         let transport = opt.transport.options().unwrap();
         assert_eq!(transport.stream_window, 1 << 20);
-        assert_eq!(transport.congestion, crate::tls::Congestion::NewReno);
+        assert_eq!(transport.congestion, crate::transport::Congestion::NewReno);
         assert_eq!(opt.limits.max_buffered.as_u64(), 2 << 30);
         assert_eq!(
             opt.secret.secret_file.as_deref(),

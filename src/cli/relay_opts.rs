@@ -173,7 +173,7 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     let (identity, created) = tls::load_or_create(&opt.cert, &opt.key, &names)?;
     let fingerprint = tls::fingerprint(&identity.chain[0]);
     // What peers pin with --relay-pin: it stays while the key does.
-    let pin = crate::pin::Pin::of(&identity.chain[0])
+    let pin = crate::tls::pin::Pin::of(&identity.chain[0])
         .with_context(|| format!("could not read the certificate in {}", opt.cert.display()))?;
     if created {
         info!(cert = %opt.cert.display(), key = %opt.key.display(), names = %names.join(","), %pin, %fingerprint, "made a self-signed certificate");
@@ -181,7 +181,6 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
         info!(cert = %opt.cert.display(), %pin, %fingerprint, "loaded certificate");
         warn_missing_names(&opt, &identity);
     }
-    let endpoint = crate::transport::quic::endpoint_config(&identity);
     let config = relay::RelayConfig {
         verifier: Verifier::with_keys(keys, &opt.audience),
         limits: opt.limits.limits(),
@@ -189,7 +188,8 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
         hello_timeout: opt.hello_timeout.0,
         revocation_file: opt.revocation_file.clone(),
         audit_log: opt.audit_log.clone(),
-        endpoint,
+        // Stateless resets that survive a restart ([`crate::transport::quic::keys`]).
+        endpoint_keys: crate::transport::listen::EndpointKeys::FromIdentity,
         listen_tcp: opt.listen_tcp.unwrap_or_default(),
     };
     let relay = relay::Relay::bind(opt.listen, identity, config)?;

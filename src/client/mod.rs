@@ -18,24 +18,24 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::defaults::{
     ACCEPT_BACKOFF, CLIENT_SETUP_TIMEOUT, RECONNECT_HOLDOFF, SESSION_FALLBACK, SHUTDOWN_GRACE,
 };
 use crate::memory::Trim;
-use crate::peer::{self, ConnectError, RelayAddr, RelayLink};
 use crate::protocol::Role;
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Resume};
 use crate::tasks::Tasks;
 use crate::token::TokenSource;
+use crate::transport::dial::{self, ConnectError, RelayAddr, RelayLink};
 use crate::transport::{Closed, Conn, Stream};
 
 /// Settings of a client forwarder.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The relays to connect to; the first that answers serves (see
-    /// [`peer::connect_any`]). At least one. With `fleet`, the one name
+    /// [`dial::connect_any`]). At least one. With `fleet`, the one name
     /// whose DNS records are the relays.
     pub relays: Vec<RelayAddr>,
     /// Ask the `k` relays of a fleet named by DNS that the host uses (see
@@ -151,7 +151,7 @@ impl Forwarder {
             }
         }
         let relays = self.candidates().await?;
-        let attempt = peer::connect_any(
+        let attempt = dial::connect_any(
             &relays,
             &self.config.token,
             Role::Client,

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::defaults::SESSION_FALLBACK_MAX;
+use crate::transport::dial::Turn;
 
 impl Forwarder {
     /// Records how long a session took to get `ready`.
@@ -115,7 +116,7 @@ impl Forwarder {
         let others: Vec<RelayAddr> = (self.candidates().await?.into_iter())
             .filter(|r| skip.as_ref().is_none_or(|s| !s.same(r)))
             .collect();
-        let (which, link) = peer::connect_any(
+        let (which, link) = dial::connect_any(
             &others,
             &self.config.token,
             Role::Client,
@@ -145,38 +146,37 @@ impl Forwarder {
 }
 
 /// While the forwarder is on TCP, tries QUIC every
-/// [`crate::tls::TransportOptions::quic_retry`]; once it answers, new
-/// sessions go over QUIC, and the TCP connection goes once its sessions
-/// (which hold it) have ended.
+/// [`crate::transport::TransportOptions::quic_retry`]
+/// ([`dial::back_to_quic`]); once it answers, new sessions go over QUIC,
+/// and the TCP connection goes once its sessions (which hold it) have
+/// ended.
 pub(super) async fn retry_quic(
     link: Arc<tokio::sync::Mutex<LinkState>>,
     config: ClientConfig,
     relay: RelayAddr,
     tasks: Tasks,
 ) {
-    let quic = relay.quic_only();
-    loop {
-        tokio::time::sleep(relay.transport.quic_retry).await;
-        let on_tcp = |state: &LinkState| {
-            state.relay.as_ref().is_some_and(|r| r.same(&relay))
-                && state.current.as_ref().is_some_and(|l| {
-                    matches!(l.conn, Conn::Tcp(_)) && l.conn.close_reason().is_none()
-                })
-        };
-        if !on_tcp(&*link.lock().await) {
-            return;
+    let on_tcp = |state: &LinkState| {
+        state.relay.as_ref().is_some_and(|r| r.same(&relay))
+            && state
+                .current
+                .as_ref()
+                .is_some_and(|l| matches!(l.conn, Conn::Tcp(_)) && l.conn.close_reason().is_none())
+    };
+    let turn = || async {
+        match on_tcp(&*link.lock().await) {
+            true => Turn::Try,
+            false => Turn::Stop,
         }
-        let attempt = peer::connect(&quic, &config.token, Role::Client, config.host.as_deref());
-        match attempt.await {
-            Ok(new) => {
-                let mut state = link.lock().await;
-                if on_tcp(&state) {
-                    info!("QUIC answers again; new sessions go over QUIC");
-                    install(&mut state, new, relay.clone(), &tasks);
-                }
-                return;
-            }
-            Err(err) => debug!("QUIC still fails: {err}"),
-        }
+    };
+    let host = config.host.as_deref();
+    let Some(new) = dial::back_to_quic(&relay, &config.token, Role::Client, host, turn).await
+    else {
+        return;
+    };
+    let mut state = link.lock().await;
+    if on_tcp(&state) {
+        info!("QUIC answers again; new sessions go over QUIC");
+        install(&mut state, new, relay.clone(), &tasks);
     }
 }

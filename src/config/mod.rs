@@ -15,7 +15,8 @@ use serde_path_to_error::Segment;
 use toml::de::DeTable;
 use toml::Spanned;
 
-use crate::{id, peer};
+use crate::id;
+use crate::transport::dial;
 
 /// Environment variable naming the client config file (as `--config`
 /// does); a file named there must exist.
@@ -69,7 +70,7 @@ pub struct PeerFile {
     /// taken from the config file's directory; `~/` is the home directory.
     pub relay_cert: Option<PathBuf>,
     /// The relay's public key (`--relay-pin`), instead of `relay_cert`.
-    pub relay_pin: Option<crate::pin::Pin>,
+    pub relay_pin: Option<crate::tls::pin::Pin>,
     /// File holding the client token (`--token-file`); paths as for
     /// `relay_cert`.
     pub token_file: Option<PathBuf>,
@@ -77,7 +78,7 @@ pub struct PeerFile {
     /// token names).
     pub host: Option<String>,
     /// Congestion controller (`--congestion`).
-    pub congestion: Option<crate::tls::Congestion>,
+    pub congestion: Option<crate::transport::Congestion>,
     /// `auto`, `quic` or `tcp` (`--transport`).
     pub transport: Option<crate::transport::Transport>,
     /// The relay names a fleet of this many relays per host (`--fleet`).
@@ -173,7 +174,7 @@ pub fn parse(kind: Kind, path: &Path, text: &str) -> anyhow::Result<PeerFile> {
         );
     }
     for relay in &file.relay {
-        if let Err(err) = peer::check_relay_addr(relay) {
+        if let Err(err) = dial::check_relay_addr(relay) {
             bail!("config file {}: relay = {relay:?} {err}", path.display());
         }
     }

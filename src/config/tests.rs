@@ -25,7 +25,7 @@ fn every_key_is_read_and_paths_are_taken_from_the_files_directory() {
             relay_cert: Some("/etc/shellrelay/relay.crt".into()),
             token_file: Some("/secure/client.token".into()),
             host: Some("lab-1".into()),
-            congestion: Some(crate::tls::Congestion::Cubic),
+            congestion: Some(crate::transport::Congestion::Cubic),
             transport: None,
             relay_pin: None,
             target: None,

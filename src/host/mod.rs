@@ -15,11 +15,11 @@ use crate::clock::fmt_unix;
 use crate::defaults::{INITIAL_BACKOFF, SHUTDOWN_GRACE, STABLE_AFTER};
 use crate::fleet::{self, Fleet};
 use crate::memory::Trim;
-use crate::peer::{self, RelayAddr, RelayLink};
 use crate::protocol::Reason;
 use crate::protocol::Role;
 use crate::tasks::Tasks;
 use crate::token::TokenSource;
+use crate::transport::dial::{self, RelayAddr, RelayLink, Turn};
 use crate::transport::Closed;
 
 /// How often a registration error that stays the same is said again.
@@ -212,7 +212,7 @@ async fn keep_registered(
         // Once another connection took this host's place, take it back only
         // when that one has left: two agents with one id do not evict each
         // other (and their sessions) in turns.
-        let connect = peer::connect_with(relay, &config.token, Role::Host, None, displaced);
+        let connect = dial::connect_with(relay, &config.token, Role::Host, None, displaced);
         let attempt = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
@@ -336,12 +336,23 @@ async fn serve(
     trim: &Trim,
     shutdown: &CancellationToken,
 ) -> Served {
-    let retry = relay.retries_quic(&link.conn);
-    let mut retry_at = tokio::time::Instant::now() + relay.transport.quic_retry;
-    let quic_relay = relay.quic_only();
-    // A QUIC attempt under way, alongside sessions and shutdown.
-    let mut probe = std::pin::pin!(futures_util::future::OptionFuture::from(None));
-    let mut probing = false;
+    // While on TCP, QUIC is tried again from time to time. Registering
+    // anew replaces this connection at the relay, which would cut its
+    // sessions (or make them all resume): only between sessions.
+    let turn = || async {
+        match trim.live() {
+            0 => Turn::Try,
+            _ => Turn::Skip,
+        }
+    };
+    let back_to_quic = async {
+        match relay.retries_quic(&link.conn) {
+            true => dial::back_to_quic(relay, &config.token, Role::Host, None, turn).await,
+            false => std::future::pending().await,
+        }
+    };
+    // Fused: polled again after it ended, it stays pending.
+    let mut back_to_quic = std::pin::pin!(futures_util::FutureExt::fuse(back_to_quic));
     loop {
         let stream = tokio::select! {
             biased;
@@ -350,27 +361,7 @@ async fn serve(
                 return Served::Shutdown;
             }
             stream = link.conn.accept() => stream,
-            () = tokio::time::sleep_until(retry_at), if retry && !probing => {
-                retry_at += relay.transport.quic_retry;
-                // Registering anew replaces this connection at the relay,
-                // which would cut its sessions (or make them all resume):
-                // only between sessions.
-                if trim.live() == 0 {
-                    let attempt = peer::connect(&quic_relay, &config.token, Role::Host, None);
-                    probe.set(Some(attempt).into());
-                    probing = true;
-                }
-                continue;
-            }
-            Some(attempt) = &mut probe, if probing => match attempt {
-                Ok(quic) => return Served::Moved(Box::new(quic)),
-                Err(err) => {
-                    tracing::debug!("QUIC still fails: {err}");
-                    probe.set(None.into());
-                    probing = false;
-                    continue;
-                }
-            },
+            Some(quic) = &mut back_to_quic => return Served::Moved(Box::new(quic)),
         };
         match stream {
             Ok(stream) => {

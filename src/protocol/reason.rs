@@ -112,11 +112,6 @@ impl Reason {
             .find(|r| r.as_str() == name)
             .unwrap_or(Reason::Unknown)
     }
-
-    /// The code as a QUIC variable-length integer.
-    pub fn varint(self) -> quinn::VarInt {
-        quinn::VarInt::from_u32(self.code())
-    }
 }
 
 impl Serialize for Reason {
@@ -169,21 +164,6 @@ impl Refusal {
         Refusal {
             reason,
             message: message.into(),
-        }
-    }
-
-    /// Reads an application close of a connection as a refusal, if it was one.
-    pub fn from_connection_error(err: &quinn::ConnectionError) -> Option<Refusal> {
-        match err {
-            quinn::ConnectionError::ApplicationClosed(close) => {
-                let reason = Reason::from_code(close.error_code.into_inner());
-                let mut message = String::from_utf8_lossy(&close.reason).into_owned();
-                if message.is_empty() {
-                    message = reason.to_string();
-                }
-                Some(Refusal { reason, message })
-            }
-            _ => None,
         }
     }
 

@@ -1,12 +1,9 @@
-//! A connection's whole life at the relay: the transport handshake, the
-//! hello, registration as a host or admission as a client, and holding it
-//! until it ends. Over QUIC the hello and its answer travel on the
-//! connection's first stream; over TLS over TCP they are raw frames on the
-//! TLS stream, and HTTP/2 starts only once the answer is a welcome, so
-//! that an unauthenticated peer holds no more than a TLS session and one
-//! frame.
+//! A connection's whole life at the relay: its places before the hello,
+//! the transport's handshake and the hello ([`crate::transport::listen`]),
+//! registration as a host or admission as a client, and holding it until
+//! it ends. Nothing here depends on the transport.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +11,6 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::admit::{check_hello, client_host, owner, revoked, token_key};
-use super::answer::{say_last, Answer};
 use super::audit::{Line, Who};
 use super::hold::{hold, Ended};
 use super::places::{full, handshake_allowed, penalised, pre_hello_slot, Slot};
@@ -24,35 +20,36 @@ use super::throttle;
 use super::{State, LOG_TARGET};
 use crate::clock::{fmt_unix, unix_now};
 use crate::defaults::{HANDSHAKE_TIMEOUT, RETRY_ABOVE_HANDSHAKES};
-use crate::protocol::{read_frame, Frame, FrameError, Reason, Refusal, Role};
+use crate::protocol::{Frame, Reason, Refusal, Role};
 use crate::token::Claims;
-use crate::transport::tcp::{self, Side, TcpConn};
-use crate::transport::{Closed, Conn};
+use crate::transport::listen::{Incoming, NoHello, Pending};
+use crate::transport::Conn;
 
 /// Streams a client may open beyond its session limit, so that sessions
 /// over the limit reach the relay and get a typed refusal instead of
 /// waiting for stream credit.
 const REFUSAL_STREAMS: u32 = 64;
 
-/// Runs a QUIC connection attempt: the handshake, within its limits, then
-/// [`serve`].
-pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
+/// Runs a connection attempt: within its limits, the handshake and the
+/// hello, then [`admit`].
+pub(super) async fn serve(state: Arc<State>, incoming: Incoming) {
     let accepted = Instant::now();
-    let ip = incoming.remote_address().ip();
+    let ip = incoming.remote().ip();
+    let pool = state.pre_hello(incoming.via());
     // Under load, or from a network that sent bad tokens, an address must
     // prove it is real (a stateless retry, one round trip) before any TLS
     // work is done for it: a spoofed flood then costs the relay no state.
-    let validated = incoming.remote_address_validated();
-    let under_load = state.quic.all.get() >= RETRY_ABOVE_HANDSHAKES;
+    // (A TCP peer has proven its address already.)
+    let validated = incoming.validated();
+    let under_load = pool.all.get() >= RETRY_ABOVE_HANDSHAKES;
     let penalised = penalised(&state, ip, accepted);
     if !validated && (under_load || penalised) {
-        return retry(incoming);
+        return incoming.retry();
     }
     if penalised && !handshake_allowed(&state, ip, accepted) {
         // Unanswered: a client that sent bad tokens waits out its own
         // timeout rather than trying again at once.
-        incoming.ignore();
-        return;
+        return incoming.ignore();
     }
     // Proven and unproven addresses have slots of their own, so that
     // Initials with a forged source cannot use up a network's slots: past
@@ -60,144 +57,62 @@ pub(super) async fn quic(state: Arc<State>, incoming: quinn::Incoming) {
     // one over its cap is refused. Only a proven address can be a known
     // network's.
     let slot = match validated {
-        true => pre_hello_slot(&state, &state.quic, &state.quic.per_network, ip, accepted),
-        false => pre_hello_slot(&state, &state.quic, &state.unproven, ip, None),
+        true => pre_hello_slot(&state, pool, &pool.per_network, ip, accepted),
+        false => pre_hello_slot(&state, pool, &state.unproven, ip, None),
     };
     let Some(slot) = slot else {
         if !validated {
-            return retry(incoming);
+            return incoming.retry();
         }
         full(&state, accepted);
-        incoming.refuse();
-        return;
+        return incoming.refuse();
     };
     let Some(_open) = state.connections.acquire(usize::MAX) else {
         return;
     };
-    let conn =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await {
-            Ok(Ok(conn)) => {
-                state.accepted.fetch_add(1, Ordering::Relaxed);
-                Conn::Quic(conn)
-            }
-            Ok(Err(err)) => {
-                debug!(target: LOG_TARGET, %err, "handshake failed");
-                return;
-            }
-            Err(_) => {
-                debug!(target: LOG_TARGET, "handshake timed out");
-                return;
-            }
-        };
-    serve(state, conn, ip, slot, accepted).await;
-}
-
-/// Asks `incoming` to prove its address with a stateless retry.
-fn retry(incoming: quinn::Incoming) {
-    if let Err(err) = incoming.retry() {
-        // Only an address that is already validated cannot be retried.
-        err.into_incoming().ignore();
-    }
-}
-
-/// A connection from the moment its transport is up: reads the hello and
-/// serves the host or client it admits. `handshake` is its [`Slot`],
-/// held until the peer is admitted or refused.
-async fn serve(state: Arc<State>, conn: Conn, ip: IpAddr, handshake: Slot, accepted: Instant) {
-    let hello_timeout = state.config.hello_timeout;
-    let hello = tokio::time::timeout(hello_timeout, async {
-        let (send, mut recv) = conn.accept().await?;
-        let frame = read_frame(&mut recv).await;
-        Ok::<_, Closed>((send, recv, frame))
-    })
-    .await;
-    let (send, recv, frame) = match hello {
-        Ok(Ok(parts)) => parts,
+    let handshaken = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming.handshake()).await {
+        Ok(Ok(handshaken)) => handshaken,
         Ok(Err(err)) => {
-            debug!(target: LOG_TARGET, %err, "connection ended before its hello");
+            debug!(target: LOG_TARGET, ?err, "handshake failed");
             return;
         }
         Err(_) => {
-            let msg = format!("no hello within {hello_timeout:?}");
-            if let Some(n) = state.hello_timeouts.allow(Instant::now()) {
-                warn!(target: LOG_TARGET, "{msg}; closing{}", throttle::left_out(n));
-            }
-            conn.close(Reason::Protocol, &msg);
-            return;
-        }
-    };
-    let answer = Answer::Quic(send, recv);
-    admit(state, conn, answer, frame, ip, handshake, accepted).await
-}
-
-/// Runs a TLS-over-TCP connection: within the same limits as QUIC's
-/// handshakes (a TCP peer has proven its address already), TLS, then the
-/// hello as a raw frame, then [`admit`].
-pub(super) async fn tcp(
-    state: Arc<State>,
-    tcp: tokio::net::TcpStream,
-    remote: SocketAddr,
-    acceptor: tokio_rustls::TlsAcceptor,
-) {
-    let accepted = Instant::now();
-    let ip = remote.ip();
-    if penalised(&state, ip, accepted) && !handshake_allowed(&state, ip, accepted) {
-        return;
-    }
-    let Some(handshake) = pre_hello_slot(&state, &state.tcp, &state.tcp.per_network, ip, accepted)
-    else {
-        full(&state, accepted);
-        return;
-    };
-    let Some(_open) = state.connections.acquire(usize::MAX) else {
-        return;
-    };
-    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp::accept(tcp, &acceptor)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(err)) => {
-            debug!(target: LOG_TARGET, %err, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(target: LOG_TARGET, "TLS handshake timed out");
+            debug!(target: LOG_TARGET, "handshake timed out");
             return;
         }
     };
     state.accepted.fetch_add(1, Ordering::Relaxed);
-    let hello_timeout = state.config.hello_timeout;
-    let frame = match tokio::time::timeout(hello_timeout, read_frame(&mut tls)).await {
-        Ok(Err(FrameError::Io(err))) => {
-            debug!(target: LOG_TARGET, %err, "connection ended before its hello");
+    let pending = match handshaken.hello(state.config.hello_timeout).await {
+        Ok(pending) => pending,
+        Err(NoHello::Ended(err)) => {
+            debug!(target: LOG_TARGET, %err, "no hello");
             return;
         }
-        Ok(frame) => frame,
-        Err(_) => {
-            let msg = format!("no hello within {hello_timeout:?}");
+        Err(NoHello::TimedOut(msg)) => {
             if let Some(n) = state.hello_timeouts.allow(Instant::now()) {
                 warn!(target: LOG_TARGET, "{msg}; closing{}", throttle::left_out(n));
             }
-            let refusal = Refusal::new(Reason::Protocol, msg);
-            return say_last(&mut tls, &refusal).await;
+            return;
         }
     };
-    let conn = Conn::Tcp(TcpConn::pending(remote));
-    // HTTP/2 starts with no more credit for the peer than a QUIC peer
-    // has before its hello; its sessions raise it ([`budget::Shares`]).
-    conn.set_receive_window(super::budget::UNCOUNTED);
-    let answer = Answer::Tcp(Some(Box::new(tls)));
-    admit(state, conn, answer, frame, ip, handshake, accepted).await
+    // No more credit for the peer than room for its hello; its sessions
+    // raise it ([`budget::Shares`]).
+    pending.conn().set_receive_window(super::budget::UNCOUNTED);
+    admit(state, pending, ip, slot, accepted).await
 }
 
 /// Decides on a hello and serves the host or client it admits.
 async fn admit(
     state: Arc<State>,
-    conn: Conn,
-    mut answer: Answer,
-    frame: Result<Frame, FrameError>,
+    mut answer: Pending,
     ip: IpAddr,
     handshake: Slot,
     accepted: Instant,
 ) {
+    let conn = answer.conn().clone();
+    let Some(frame) = answer.take_hello() else {
+        return;
+    };
     let hello = match check_hello(&state, ip, frame) {
         Ok(hello) => hello,
         Err(refused) => {
@@ -205,7 +120,8 @@ async fn admit(
             let mut line = Line::new("refused", &who, conn.remote());
             line.reason = Some(&refusal.message);
             state.audit.write(&line);
-            return answer.refuse(&state, &conn, refusal).await;
+            state.metrics.refused(refusal.reason);
+            return answer.refuse(refusal).await;
         }
     };
     answer.hello_taken();
@@ -234,7 +150,7 @@ struct Admitted {
     role: &'static str,
     state: Arc<State>,
     conn: Conn,
-    answer: Answer,
+    answer: Pending,
     /// Its place before the hello, given back once the peer is admitted.
     handshake: Option<Slot>,
 }
@@ -242,7 +158,8 @@ struct Admitted {
 impl Admitted {
     async fn refuse(mut self, refusal: Refusal, host: &str) {
         self.audit("refused", host, Some(&refusal.message));
-        self.answer.refuse(&self.state, &self.conn, refusal).await
+        self.state.metrics.refused(refusal.reason);
+        self.answer.refuse(refusal).await
     }
 
     /// Notes that a peer from this connection's network got in (its token
@@ -273,20 +190,10 @@ impl Admitted {
             relay: Some(self.state.instance.clone()),
         };
         let config = &self.state.config;
-        let side = match claims.role {
-            Role::Host => Side::Opens,
-            Role::Client => Side::Accepts,
-        };
-        let settings = tcp::Settings {
-            window: config.transport.window(),
-            max_streams: streams,
-            keep_alive: config.transport.keep_alive,
-            idle_timeout: config.transport.idle_timeout,
-        };
         let timeout = config.hello_timeout;
         let welcomed = self
             .answer
-            .welcome(&self.conn, &frame, timeout, side, settings)
+            .welcome(&frame, timeout, &config.transport, streams)
             .await;
         if !welcomed {
             // Sessions already waiting for it (a host's) learn at once.

@@ -251,7 +251,7 @@ mod tests {
         assert_eq!(read, all);
         assert_eq!(std::fs::read(&key).unwrap(), key_before, "the key is kept");
         assert_ne!(made.chain, issued.chain);
-        let pin = crate::pin::Pin::of;
+        let pin = crate::tls::pin::Pin::of;
         assert_eq!(pin(&made.chain[0]), pin(&issued.chain[0]));
         let missing = dir.path().join("none.crt");
         assert!(add_names(&missing, &dir.path().join("none.key"), &extra).is_err());

@@ -1,34 +1,66 @@
-//! The verifier for pinned certificates and the system's roots: the usual
-//! checks, and a refusal that names the key the relay showed, the one
-//! expected, and what to do.
+//! The one verifier of a relay's certificate: by its key alone (a pin),
+//! or by the usual checks against pinned certificates or the system's
+//! roots. Either way a refusal names the key the relay showed, the one
+//! expected, and what to do ([`Untrusted`]).
 
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
-use crate::pin::{Anchor, Pin, Untrusted};
+use super::pin::{Anchor, Pin, Untrusted};
 
-/// Verifies the relay with the usual checks (`inner`: pinned certificates
-/// or the system's roots), and explains a refusal with the key the relay
-/// showed and what to do.
+/// Verifies the relay's certificate, and explains a refusal.
 #[derive(Debug)]
-pub struct ExplainingVerifier {
-    inner: Arc<dyn ServerCertVerifier>,
-    /// The keys of the pinned certificates; empty for the system's roots.
-    pinned: Vec<Pin>,
+pub struct RelayVerifier {
+    check: Check,
+    /// Signatures of the handshake are checked with these.
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ExplainingVerifier {
-    /// Wraps `inner`, which trusts the certificates whose keys are `pinned`
-    /// (none: the system's roots).
-    pub fn new(inner: Arc<dyn ServerCertVerifier>, pinned: Vec<Pin>) -> ExplainingVerifier {
-        ExplainingVerifier { inner, pinned }
+/// What the relay's certificate is checked against.
+#[derive(Debug)]
+enum Check {
+    /// Its key must hash to the pin; names, dates and issuers are not
+    /// looked at.
+    Key(Pin),
+    /// The usual checks (`inner`: pinned certificates or the system's
+    /// roots), with the keys of the pinned certificates (empty for the
+    /// system's roots) to explain a refusal.
+    Chain {
+        inner: Arc<WebPkiServerVerifier>,
+        pinned: Vec<Pin>,
+    },
+}
+
+impl RelayVerifier {
+    /// Trusts the key that hashes to `pin`, whatever certificate carries
+    /// it, checking signatures with `provider`'s algorithms.
+    pub fn key(pin: Pin, provider: &CryptoProvider) -> RelayVerifier {
+        RelayVerifier {
+            check: Check::Key(pin),
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    /// Trusts what `inner` trusts: the certificates whose keys are
+    /// `pinned` (none: the system's roots).
+    pub fn chain(
+        inner: Arc<WebPkiServerVerifier>,
+        pinned: Vec<Pin>,
+        provider: &CryptoProvider,
+    ) -> RelayVerifier {
+        RelayVerifier {
+            check: Check::Chain { inner, pinned },
+            algorithms: provider.signature_verification_algorithms,
+        }
     }
 }
 
-impl ServerCertVerifier for ExplainingVerifier {
+impl ServerCertVerifier for RelayVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -37,7 +69,19 @@ impl ServerCertVerifier for ExplainingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let err = match (self.inner).verify_server_cert(
+        let (inner, pinned) = match &self.check {
+            Check::Key(pin) => {
+                let seen = Pin::of(end_entity).map_err(|_| {
+                    rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
+                })?;
+                if seen == *pin {
+                    return Ok(ServerCertVerified::assertion());
+                }
+                return Err(Untrusted::other_key(seen, &[*pin]).into_error());
+            }
+            Check::Chain { inner, pinned } => (inner, pinned),
+        };
+        let err = match inner.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -50,7 +94,7 @@ impl ServerCertVerifier for ExplainingVerifier {
         let Ok(seen) = Pin::of(end_entity) else {
             return Err(err);
         };
-        let anchor = match (self.pinned.is_empty(), self.pinned.contains(&seen)) {
+        let anchor = match (pinned.is_empty(), pinned.contains(&seen)) {
             (true, _) => Anchor::System,
             (false, true) => Anchor::PinnedKey,
             (false, false) => Anchor::PinnedCa,
@@ -76,7 +120,7 @@ impl ServerCertVerifier for ExplainingVerifier {
             }
             (_, Anchor::PinnedKey) => return Err(err),
             (_, Anchor::System) => Untrusted::not_vouched(seen, &err),
-            (_, Anchor::PinnedCa) => Untrusted::other_key(seen, &self.pinned),
+            (_, Anchor::PinnedCa) => Untrusted::other_key(seen, pinned),
         };
         Err(untrusted.into_error())
     }
@@ -87,7 +131,7 @@ impl ServerCertVerifier for ExplainingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -96,11 +140,11 @@ impl ServerCertVerifier for ExplainingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -126,12 +170,12 @@ mod tests {
         .build()
         .unwrap();
         let keys = trusting.iter().map(|c| Pin::of(c).unwrap()).collect();
-        let verifier = ExplainingVerifier::new(inner, keys);
+        let verifier = RelayVerifier::chain(inner, keys, &super::super::provider());
         let name = ServerName::try_from(name.to_owned()).unwrap();
         let err = verifier
             .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
             .unwrap_err();
-        crate::pin::untrusted(&err)
+        super::super::pin::untrusted(&err)
             .unwrap_or_else(|| panic!("not explained: {err:?}"))
             .to_string()
     }

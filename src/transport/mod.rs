@@ -1,135 +1,43 @@
-//! The transport seam: a connection that opens and accepts bidirectional
-//! byte streams, closes with a typed reason and knows its peer's address.
-//! The relay's admission, registry and session splicing, and the peers,
-//! speak only to these types. QUIC (quinn) is the first transport, TLS
-//! over TCP with HTTP/2 streams ([`tcp`], [`http2`]) the one for networks
-//! that block UDP. Each type is an enum over the transports, so a call
-//! costs one match and the QUIC path keeps quinn's zero-copy chunk API.
+//! The transport: a connection's whole life, from its socket to its
+//! close. QUIC (quinn, [`quic`]) is the first transport, TLS over TCP
+//! with HTTP/2 streams ([`tcp`], [`http2`]) the one for networks that
+//! block UDP; nothing outside this module names quinn or h2.
+//!
+//! - [`dial`] reaches a relay and says hello: over QUIC, over TCP, or
+//!   both raced, and later back to QUIC ([`dial::back_to_quic`]).
+//! - [`listen`] binds the relay's sockets and hands each connection
+//!   attempt to admission as an [`listen::Incoming`], then a
+//!   [`listen::Pending`] with its hello, whatever the transport.
+//! - [`Conn`] opens and accepts bidirectional [`Stream`]s, closes with a
+//!   typed reason and knows its peer's address. Each type is an enum over
+//!   the transports, so a call costs one match and the QUIC path keeps
+//!   quinn's zero-copy chunk API.
+//! - [`options`] holds the settings every role shares.
 
+pub mod dial;
 pub mod http2;
+pub mod listen;
+pub mod options;
 pub mod quic;
 mod refuse;
 pub mod tcp;
 
+mod error;
+
+pub use error::{refusal_of, Closed, ErrorCode, StreamError};
+pub use options::{Transport, TransportOptions};
+pub use quic::congestion::Congestion;
 pub use refuse::{refuse_at_once, reset_reason};
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::protocol::{write_frame, Reason, Refusal};
-
-/// An application error code carried by a stream reset or stop, or a
-/// connection close: a [`Reason`]'s code, or whatever a peer sent, passed
-/// on unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorCode(pub u64);
-
-impl From<Reason> for ErrorCode {
-    fn from(reason: Reason) -> ErrorCode {
-        ErrorCode(reason.code().into())
-    }
-}
-
-impl ErrorCode {
-    fn varint(self) -> quinn::VarInt {
-        // Every code comes from a reason or from the wire, so it fits.
-        quinn::VarInt::from_u64(self.0).unwrap_or(quinn::VarInt::MAX)
-    }
-}
-
-/// Why a connection is closed.
-#[derive(Debug, Clone, Error)]
-pub enum Closed {
-    /// The peer closed it and said why (a refusal, a revocation, a
-    /// shutdown, or [`Reason::Done`]).
-    #[error("closed by peer: {} (code {})", .0.message, .0.reason.code())]
-    Peer(Refusal),
-    /// This side closed it.
-    #[error("closed")]
-    Local,
-    /// It broke: timed out, reset, or failed in the transport.
-    #[error("{0}")]
-    Lost(Arc<dyn std::error::Error + Send + Sync>),
-}
-
-impl Closed {
-    /// The peer's reason, if the peer closed the connection.
-    pub fn refusal(&self) -> Option<&Refusal> {
-        match self {
-            Closed::Peer(refusal) => Some(refusal),
-            _ => None,
-        }
-    }
-
-    fn quic(err: quinn::ConnectionError) -> Closed {
-        Closed::from(err)
-    }
-}
-
-impl From<quinn::ConnectionError> for Closed {
-    fn from(err: quinn::ConnectionError) -> Closed {
-        match Refusal::from_connection_error(&err) {
-            // A peer's words, bound for logs and terminals.
-            Some(refusal) => Closed::Peer(refusal.printable()),
-            None if matches!(err, quinn::ConnectionError::LocallyClosed) => Closed::Local,
-            None => Closed::Lost(Arc::new(err)),
-        }
-    }
-}
-
-/// Why a stream could not be read or written.
-#[derive(Debug, Clone, Error)]
-pub enum StreamError {
-    /// The peer reset the stream (reading) or stopped it (writing).
-    #[error("stream aborted by the peer (code {})", .0 .0)]
-    Aborted(ErrorCode),
-    /// The connection closed.
-    #[error("connection closed: {0}")]
-    Closed(Closed),
-    /// This side already finished or reset the stream.
-    #[error("stream already closed")]
-    Finished,
-}
-
-impl StreamError {
-    /// The code to pass on to the other side of a splice: the peer's own,
-    /// or [`Reason::Aborted`].
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            StreamError::Aborted(code) => *code,
-            _ => Reason::Aborted.into(),
-        }
-    }
-}
-
-impl From<quinn::ReadError> for StreamError {
-    fn from(err: quinn::ReadError) -> Self {
-        match err {
-            quinn::ReadError::Reset(code) => StreamError::Aborted(ErrorCode(code.into_inner())),
-            quinn::ReadError::ConnectionLost(err) => StreamError::Closed(Closed::quic(err)),
-            _ => StreamError::Finished,
-        }
-    }
-}
-
-impl From<quinn::WriteError> for StreamError {
-    fn from(err: quinn::WriteError) -> Self {
-        match err {
-            quinn::WriteError::Stopped(code) => StreamError::Aborted(ErrorCode(code.into_inner())),
-            quinn::WriteError::ConnectionLost(err) => StreamError::Closed(Closed::quic(err)),
-            _ => StreamError::Finished,
-        }
-    }
-}
-
-pub use crate::tls::Transport;
 
 /// A connection to one peer.
 #[derive(Debug, Clone)]
@@ -166,7 +74,7 @@ impl Conn {
     /// Closes the connection, telling the peer why.
     pub fn close(&self, reason: Reason, message: &str) {
         match self {
-            Conn::Quic(c) => c.close(reason.varint(), message.as_bytes()),
+            Conn::Quic(c) => c.close(ErrorCode::from(reason).varint(), message.as_bytes()),
             Conn::Tcp(c) => c.close(reason, message),
         }
     }

@@ -25,12 +25,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use shellrelay::client::{self, ClientConfig};
 use shellrelay::host::{self, HostConfig};
 use shellrelay::keys::Secret;
-use shellrelay::peer::{self, ConnectError, RelayAddr};
 use shellrelay::protocol::{Reason, Role};
 use shellrelay::relay::{Relay, RelayConfig, RelayHandle};
-use shellrelay::tls::{self, TransportOptions, Trust};
+use shellrelay::tls::{self, Trust};
 use shellrelay::token::{self, Claims, TokenSource, Verifier};
+use shellrelay::transport::dial::{self, ConnectError, RelayAddr};
 pub use shellrelay::transport::Transport;
+use shellrelay::transport::TransportOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -375,7 +376,7 @@ pub async fn refusal(
     let err = within(
         WAIT,
         "hello answer",
-        peer::connect(
+        dial::connect(
             &tunnel.relay_addr(),
             &TokenSource::Literal(token),
             role,

@@ -34,7 +34,7 @@ pub const CONGESTION: Congestion = Congestion::Bbr;
 pub enum Congestion {
     /// BBR: paces at the measured bottleneck rate; random loss does not
     /// cut its rate. quinn's, with its window kept open on sub-millisecond
-    /// paths ([`crate::congestion`]).
+    /// paths ([`crate::transport::quic::congestion`]).
     Bbr,
     /// CUBIC: loss-based, quinn's default; halves on every loss.
     Cubic,

@@ -9,9 +9,10 @@ use tracing::debug;
 use super::{ConnectError, RelayAddr, RelayLink};
 use crate::defaults::{CLOSE_REASON_WAIT, TCP_AFTER};
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Role};
+use crate::tls::pin;
+use crate::transport::quic;
 use crate::transport::tcp::{self, Side, TcpConn};
 use crate::transport::{Closed, Conn};
-use crate::{pin, tls};
 
 /// One attempt to reach the relay with a hello.
 pub(super) struct Dial<'a> {
@@ -93,13 +94,13 @@ impl Dial<'_> {
     async fn quic_handshake(&self) -> Result<(Conn, quinn::Endpoint), ConnectError> {
         let relay = self.relay;
         let config =
-            tls::client_config(&relay.trust, relay.transport).map_err(ConnectError::setup)?;
+            quic::client_config(&relay.trust, relay.transport).map_err(ConnectError::setup)?;
         let bind: SocketAddr = if self.addr.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let mut endpoint = tls::bind_endpoint(bind, None).map_err(ConnectError::setup)?;
+        let mut endpoint = quic::bind_endpoint(bind, None).map_err(ConnectError::setup)?;
         endpoint.set_default_client_config(config);
         let connecting = endpoint
             .connect(self.addr, relay.server_name())
@@ -183,7 +184,7 @@ impl Dial<'_> {
                     .and_then(|inner| inner.downcast_ref::<rustls::Error>());
                 let tls = rustls.is_some();
                 // An untrusted relay says so in its own words, once.
-                let cause = match rustls.and_then(crate::pin::untrusted) {
+                let cause = match rustls.and_then(pin::untrusted) {
                     Some(untrusted) => anyhow::anyhow!("{untrusted}"),
                     None => err.context("over TCP"),
                 };

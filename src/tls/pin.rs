@@ -9,10 +9,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use base64::Engine;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls::pki_types::CertificateDer;
+use rustls::{CertificateError, OtherError};
 use thiserror::Error;
 
 const PREFIX: &str = "sha256:";
@@ -193,7 +191,7 @@ pub(crate) enum Anchor {
 }
 
 /// The words for a TLS failure that a relay's certificate caused, if this
-/// module's verifiers refused it.
+/// crate's verifier refused it.
 pub fn untrusted(err: &rustls::Error) -> Option<&Untrusted> {
     match err {
         rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
@@ -209,66 +207,6 @@ pub fn untrusted(err: &rustls::Error) -> Option<&Untrusted> {
 pub fn untrusted_in(reason: &str) -> Option<&str> {
     let (_, rest) = reason.split_once("invalid peer certificate: Other(OtherError(")?;
     rest.strip_suffix("))")
-}
-
-/// Verifies the relay by its key alone: the end-entity certificate's key
-/// must hash to the pin, and the handshake must be signed by that key.
-/// Names, dates and issuers are not looked at.
-#[derive(Debug)]
-pub struct PinVerifier {
-    pin: Pin,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl PinVerifier {
-    /// A verifier for `pin`, checking signatures with `provider`'s
-    /// algorithms.
-    pub fn new(pin: Pin, provider: &rustls::crypto::CryptoProvider) -> PinVerifier {
-        PinVerifier {
-            pin,
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let seen = Pin::of(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if seen == self.pin {
-            return Ok(ServerCertVerified::assertion());
-        }
-        Err(Untrusted::other_key(seen, &[self.pin]).into_error())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Dialling the relay and the hello exchange, shared by the host agent and
 //! the client forwarder: over QUIC, over TLS over TCP, or both raced
-//! ([`Transport::Auto`]).
+//! ([`Transport::Auto`]); one of several relays ([`connect_any`]); and
+//! back to QUIC once it answers again ([`back_to_quic`]).
 
-mod dial;
+mod race;
 mod several;
 
 pub use several::connect_any;
@@ -19,11 +20,12 @@ use crate::defaults::{CONNECT_TIMEOUT, SHUTDOWN_GRACE};
 /// relay's TCP port is tried, to tell a blocked network from a relay that
 /// is down.
 const PROBE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+use super::options::{Transport, TransportOptions};
+use super::{Conn, Stream};
 use crate::protocol::{Frame, FrameError, Jwt, Reason, Refusal, Role, DEFAULT_PORT, VERSION};
-use crate::tls::{TransportOptions, Trust};
+use crate::tls::Trust;
 use crate::token::TokenSource;
-use crate::transport::{Conn, Stream, Transport};
-use dial::Dial;
+use race::Dial;
 
 /// Where and how to reach the relay.
 #[derive(Debug, Clone)]
@@ -73,7 +75,8 @@ impl RelayAddr {
         quic
     }
 
-    /// Whether a link over `conn` should try QUIC again from time to time.
+    /// Whether a link over `conn` should try QUIC again from time to time
+    /// ([`back_to_quic`]).
     pub fn retries_quic(&self, conn: &Conn) -> bool {
         self.transport.via == Transport::Auto && matches!(conn, Conn::Tcp(_))
     }
@@ -278,6 +281,48 @@ pub async fn connect_with(
                 "no answer from relay {name} over UDP or TCP within {secs} s: is it running, and are UDP and TCP port {port} open?"
             ))),
         },
+    }
+}
+
+/// What [`back_to_quic`] does when its time to try QUIC again comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Try QUIC now.
+    Try,
+    /// Not now: wait for the next turn.
+    Skip,
+    /// Stop trying: the link it was for is gone or moved.
+    Stop,
+}
+
+/// For a link to `relay` that fell back to TCP: tries QUIC again every
+/// [`TransportOptions::quic_retry`], with the hello `role` and `host`
+/// say, whenever `turn` says [`Turn::Try`]. Returns the link over QUIC
+/// once QUIC answers, or `None` once `turn` says [`Turn::Stop`]. The
+/// caller decides what moves to the new link and when the old one goes.
+pub async fn back_to_quic<F, Fut>(
+    relay: &RelayAddr,
+    token: &TokenSource,
+    role: Role,
+    host: Option<&str>,
+    mut turn: F,
+) -> Option<RelayLink>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Turn>,
+{
+    let quic = relay.quic_only();
+    loop {
+        tokio::time::sleep(relay.transport.quic_retry).await;
+        match turn().await {
+            Turn::Stop => return None,
+            Turn::Skip => continue,
+            Turn::Try => {}
+        }
+        match connect(&quic, token, role, host).await {
+            Ok(link) => return Some(link),
+            Err(err) => tracing::debug!("QUIC still fails: {err}"),
+        }
     }
 }
 
