@@ -10,7 +10,7 @@ use super::{ConnectError, RelayAddr, RelayLink};
 use crate::defaults::{CLOSE_REASON_WAIT, TCP_AFTER};
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Role};
 use crate::transport::tcp::{self, Side, TcpConn};
-use crate::transport::{Closed, Conn};
+use crate::transport::{Closed, Conn, Stream};
 use crate::{pin, tls};
 
 /// One attempt to reach the relay with a hello.
@@ -124,7 +124,7 @@ impl Dial<'_> {
         conn: Conn,
         endpoint: quinn::Endpoint,
     ) -> Result<RelayLink, ConnectError> {
-        let (mut send, mut recv) = conn.open().await.map_err(|c| self.lost(c))?;
+        let Stream { mut send, mut recv } = conn.open().await.map_err(|c| self.lost(c))?;
         let answer = async {
             write_frame(&mut send, self.hello).await?;
             read_frame(&mut recv).await
@@ -138,7 +138,7 @@ impl Dial<'_> {
                 ..
             }) => Ok(RelayLink {
                 conn,
-                control: Some((send, recv)),
+                control: Some(Stream { send, recv }),
                 host,
                 expires_at,
                 instance: relay,

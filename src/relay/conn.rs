@@ -15,8 +15,8 @@ use tracing::{debug, info, warn};
 
 use super::admit::{check_hello, client_host, owner, revoked, token_key};
 use super::answer::{say_last, Answer};
-use super::audit::{Line, Who};
-use super::hold::{hold, Ended};
+use super::audit::{Line, Party};
+use super::hold::{keep_until_ended, Ended};
 use super::places::{full, handshake_allowed, penalised, pre_hello_slot, Slot};
 use super::registry::Refused;
 use super::session::accept_sessions;
@@ -27,7 +27,7 @@ use crate::defaults::{HANDSHAKE_TIMEOUT, RETRY_ABOVE_HANDSHAKES};
 use crate::protocol::{read_frame, Frame, FrameError, Reason, Refusal, Role};
 use crate::token::Claims;
 use crate::transport::tcp::{self, Side, TcpConn};
-use crate::transport::{Closed, Conn};
+use crate::transport::{Closed, Conn, Stream};
 
 /// Streams a client may open beyond its session limit, so that sessions
 /// over the limit reach the relay and get a typed refusal instead of
@@ -106,7 +106,7 @@ fn retry(incoming: quinn::Incoming) {
 async fn serve(state: Arc<State>, conn: Conn, ip: IpAddr, handshake: Slot, accepted: Instant) {
     let hello_timeout = state.config.hello_timeout;
     let hello = tokio::time::timeout(hello_timeout, async {
-        let (send, mut recv) = conn.accept().await?;
+        let Stream { send, mut recv } = conn.accept().await?;
         let frame = read_frame(&mut recv).await;
         Ok::<_, Closed>((send, recv, frame))
     })
@@ -211,7 +211,7 @@ async fn admit(
     answer.hello_taken();
     state.metrics.hello_accepted(accepted);
     let peer = Admitted {
-        who: Who::of(&hello.claims),
+        who: Party::of(&hello.claims),
         role: match hello.role {
             Role::Host => "host",
             Role::Client => "client",
@@ -230,7 +230,7 @@ async fn admit(
 /// A connection whose hello was good, with where its answer goes.
 struct Admitted {
     /// Whose token it is, and for which role.
-    who: Who,
+    who: Party,
     role: &'static str,
     state: Arc<State>,
     conn: Conn,
@@ -352,7 +352,7 @@ impl Admitted {
                 expires = %fmt_unix(claims.exp),
                 "host registered"
             );
-            let ended = hold(&state, &self.conn, &claims, &id).await;
+            let ended = keep_until_ended(&state, &self.conn, &claims, &id).await;
             info!(target: LOG_TARGET, host = %id, %remote, reason = %ended, "host unregistered");
         }
     }
@@ -410,7 +410,7 @@ impl Admitted {
             "client connected"
         );
         let ended = tokio::select! {
-            ended = hold(&state, &conn, &claims, &host) => ended,
+            ended = keep_until_ended(&state, &conn, &claims, &host) => ended,
             () = accept_sessions(&state, &conn, &host, (token, owner(&claims)), &who) => Ended::Shutdown,
         };
         info!(target: LOG_TARGET, host = %host, %remote, reason = %ended, "client disconnected");
