@@ -881,7 +881,7 @@ async fn others(rig: &Rig, net: u8, visits: Visits, until: Instant) -> Others {
 /// hello, `open`, `ready`, and the target's greeting through the session.
 async fn visit(dialer: &Dialer, from: IpAddr, token: &str, via: Via) -> anyhow::Result<()> {
     let link = dialer.link(from, token, via).await?;
-    let (mut send, mut recv) = link.conn.open().await?;
+    let Stream { mut send, mut recv } = link.conn.open().await?;
     write_frame(&mut send, &open_frame()).await?;
     match read_frame(&mut recv).await? {
         Frame::Ready { .. } => {}
@@ -1177,7 +1177,7 @@ async fn held_attack(target: Target, via: Via, opened: Arc<AtomicU64>) -> anyhow
             for _ in 0..target.n {
                 let (conn, partial, opened) = (link.conn.clone(), partial.clone(), opened.clone());
                 held.spawn(async move {
-                    while let Ok((mut send, mut recv)) = conn.open().await {
+                    while let Ok(Stream { mut send, mut recv }) = conn.open().await {
                         opened.fetch_add(1, Ordering::Relaxed);
                         let ended = async {
                             send.write_all(&partial).await?;
@@ -1357,7 +1357,7 @@ async fn reset_quic(
 ) -> anyhow::Result<()> {
     let link = dialer.link(from, token, Via::Quic).await?;
     loop {
-        let (mut send, mut recv) = link.conn.open().await?;
+        let Stream { mut send, mut recv } = link.conn.open().await?;
         send.write_all(first).await?;
         streams.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(RESET_AFTER).await;
@@ -1481,12 +1481,12 @@ impl Dialer {
                 let endpoint = self.endpoint(from)?;
                 let conn = endpoint.connect(self.relay, "localhost")?.await?;
                 let conn = Conn::Quic(conn);
-                let (mut send, mut recv) = conn.open().await?;
+                let Stream { mut send, mut recv } = conn.open().await?;
                 write_frame(&mut send, &hello).await?;
                 welcomed(read_frame(&mut recv).await?)?;
                 Ok(ClientLink {
                     conn,
-                    _control: Some((send, recv)),
+                    _control: Some(Stream { send, recv }),
                     _endpoint: Some(endpoint),
                 })
             }

@@ -9,10 +9,11 @@ use std::task::{ready, Context as TaskContext, Poll};
 use tokio::io::{AsyncWrite, BufWriter};
 use tracing::{debug, info, Instrument};
 
-use crate::client::{ClientConfig, Forwarder, Offer, Opened};
+use crate::client::{ClientConfig, Forwarder, Opened};
 use crate::defaults::SHUTDOWN_GRACE;
 use crate::protocol::Reason;
 use crate::resume::{self, Outcome, Resumable, Side};
+use crate::session::offer::{answered, Offer};
 use crate::signals::{Signal, Signals};
 use crate::splice;
 use crate::transport;
@@ -76,10 +77,9 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let (host, conn) = (opened.host, opened.conn);
     let mut stream = opened.stream;
-    let resumable = match offer.map(|o| o.accepted(opened.resume.as_ref())) {
-        None | Some(Ok(None)) => None,
-        Some(Ok(Some(resumable))) => Some(resumable),
-        Some(Err(why)) => {
+    let resumable = match answered(offer, opened.resume.as_ref()) {
+        Ok(resumable) => resumable,
+        Err(why) => {
             transport::abort(&mut stream, Reason::Protocol);
             forwarder.close().await;
             anyhow::bail!("session to host {host}: {why}");
@@ -114,8 +114,8 @@ async fn serve(
                 // Let the host side end too (sshd closes right after ssh's
                 // disconnect), so that the session ends cleanly everywhere
                 // rather than in an abort; what comes is for nobody.
-                let _ = stream.0.finish();
-                resume::drain(&mut stream.1, SHUTDOWN_GRACE).await;
+                let _ = stream.send.finish();
+                splice::drain(&mut stream.recv, SHUTDOWN_GRACE).await;
                 None
             }
             signal => Some(signal),
@@ -128,7 +128,7 @@ async fn serve(
     }
     // Closing the connection drops stream data not yet delivered: wait for
     // the host side to have every byte, within the grace period.
-    if tokio::time::timeout(SHUTDOWN_GRACE, stream.0.stopped())
+    if tokio::time::timeout(SHUTDOWN_GRACE, stream.send.stopped())
         .await
         .is_err()
     {
@@ -184,12 +184,13 @@ async fn carry(
         Outcome::Done => {
             // The host has every byte (it acknowledged them); the
             // stream's end goes out before the connection closes.
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, stream.0.stopped()).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, stream.send.stopped()).await;
             Ok(())
         }
         Outcome::Aborted(Side::Peer) => Err("aborted by the host side".into()),
         Outcome::Aborted(Side::Local) => Err("aborted (stdin or stdout failed)".into()),
-        Outcome::Failed(why) | Outcome::Broken(why) => Err(why),
+        Outcome::Failed(why) => Err(why.to_string()),
+        Outcome::Broken(why) => Err(why.to_string()),
     }
 }
 

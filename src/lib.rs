@@ -25,6 +25,7 @@ pub mod protocol;
 pub mod relay;
 pub mod resume;
 pub mod revoke;
+pub mod session;
 pub mod signals;
 pub mod splice;
 pub mod status;

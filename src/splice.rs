@@ -142,7 +142,7 @@ where
     S: Source,
     W: AsyncWrite + Unpin,
 {
-    let (send, recv) = stream;
+    let Stream { send, recv } = stream;
     let sent = AtomicU64::new(0);
     let received = AtomicU64::new(0);
     let upstream = async {
@@ -214,6 +214,16 @@ async fn to_writer<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Reads `recv` to its end (or reset), for at most `limit`, throwing away
+/// what comes: for a stream whose peer has more to say before it lets go.
+pub async fn drain(recv: &mut RecvStream, limit: std::time::Duration) {
+    let drained = async {
+        let mut chunks: [Bytes; BATCH] = Default::default();
+        while let Ok(Some(_)) = recv.read_chunks(&mut chunks).await {}
+    };
+    let _ = tokio::time::timeout(limit, drained).await;
+}
+
 /// Splices two streams at the relay (client side `a`, host side `b`)
 /// without copying payload: chunks read from one are written to the other
 /// as they are. Reports bytes as they move: `up(n)` for each batch passed
@@ -221,8 +231,14 @@ async fn to_writer<W: AsyncWrite + Unpin>(
 /// per batch (up to 32 received chunks), so a relaxed atomic add there
 /// costs nothing measurable.
 pub async fn relay(a: Stream, b: Stream, up: impl Fn(u64), down: impl Fn(u64)) -> Transfer {
-    let (mut a_send, mut a_recv) = a;
-    let (mut b_send, mut b_recv) = b;
+    let Stream {
+        send: mut a_send,
+        recv: mut a_recv,
+    } = a;
+    let Stream {
+        send: mut b_send,
+        recv: mut b_recv,
+    } = b;
     let (up, down) = tokio::join!(
         forward(&mut a_recv, &mut b_send, up),
         forward(&mut b_recv, &mut a_send, down)

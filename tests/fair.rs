@@ -11,7 +11,7 @@ use shellrelay::protocol::{Reason, Role};
 use shellrelay::relay::budget::{session_bytes, PRE_HELLO_RESERVE};
 use shellrelay::token::{Claims, TokenSource};
 use shellrelay::transport::dial::{self, ConnectError};
-use shellrelay::transport::{Closed, Conn};
+use shellrelay::transport::{Closed, Conn, Stream};
 use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -88,7 +88,7 @@ async fn one_token_cannot_take_every_session() {
         let refused = tunnel.registry.refused();
         let mut held = Vec::new();
         for _ in 0..40 {
-            let (mut send, recv) = within(WAIT, "a stream", mallory.open()).await.unwrap();
+            let Stream { mut send, recv } = within(WAIT, "a stream", mallory.open()).await.unwrap();
             // The first byte of a frame's length: an `open` never to come.
             // (Over the share the relay may have refused the stream
             // already.)
@@ -137,7 +137,7 @@ async fn a_token_that_opens_and_resets_streams_is_cut_off() {
         let closed = within(WAIT, "the relay to cut the token off", async {
             loop {
                 match mallory.open().await {
-                    Ok((mut send, mut recv)) => {
+                    Ok(Stream { mut send, mut recv }) => {
                         opened += 1;
                         let _ = send.write_all(&[0]).await;
                         send.reset(Reason::Aborted);

@@ -198,7 +198,7 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     let shutdown = shutdown_signal(&tasks)?;
     tasks.spawn(reload_on_hangup(hangup, relay.handle(), shutdown.clone()));
     if let Some((listener, _)) = metrics {
-        let pages = status::relay_pages(relay.handle());
+        let pages = relay.handle().pages();
         tasks.spawn(status::serve(listener, pages, shutdown.clone()));
     }
     let result = relay.run(shutdown.clone()).await;

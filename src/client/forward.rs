@@ -12,17 +12,18 @@ use super::{Forwarder, OpenError};
 use crate::memory::Trim;
 use crate::protocol::Reason;
 use crate::resume::{self as resumable, Outcome};
+use crate::session::offer::answered;
 use crate::splice;
 use crate::transport;
 
 /// Log lines of sessions are the role's, whichever module logs them.
 const LOG_TARGET: &str = "shellrelay::client";
 
-/// Carries the ssh connection `tcp` from `peer` through a new session.
+/// Carries the ssh connection `tcp` from `from` through a new session.
 pub(super) async fn forward(
     forwarder: Arc<Forwarder>,
     tcp: TcpStream,
-    peer: SocketAddr,
+    from: SocketAddr,
     trim: Trim,
 ) {
     let started = Instant::now();
@@ -31,12 +32,12 @@ pub(super) async fn forward(
     let opened = match forwarder.open_with(offer.as_ref().map(|o| &o.ask)).await {
         Ok(opened) => opened,
         Err(OpenError::Connect(err)) if forwarder.is_final(&err) => {
-            warn!(target: LOG_TARGET, %peer, "closing ssh connection: {err}");
+            warn!(target: LOG_TARGET, peer = %from, "closing ssh connection: {err}");
             forwarder.give_up(err.to_string());
             return;
         }
         Err(err) => {
-            warn!(target: LOG_TARGET, %peer, "closing ssh connection: {err}");
+            warn!(target: LOG_TARGET, peer = %from, "closing ssh connection: {err}");
             return;
         }
     };
@@ -49,11 +50,10 @@ pub(super) async fn forward(
         span.record("subject", who.subject);
         span.record("jti", who.jti.unwrap_or_default());
     }
-    let resumable = match offer.map(|o| o.accepted(opened.resume.as_ref())) {
-        None | Some(Ok(None)) => None,
-        Some(Ok(Some(resumable))) => Some(resumable),
-        Some(Err(why)) => {
-            warn!(target: LOG_TARGET, %peer, "closing ssh connection: {why}");
+    let resumable = match answered(offer, opened.resume.as_ref()) {
+        Ok(resumable) => resumable,
+        Err(why) => {
+            warn!(target: LOG_TARGET, peer = %from, "closing ssh connection: {why}");
             transport::abort(&mut stream, Reason::Protocol);
             return;
         }
@@ -68,12 +68,13 @@ pub(super) async fn forward(
                 .carry(&session, &mut stream, &mut from_ssh, &mut to_ssh)
                 .await;
             resumable::end(&session, &outcome, &mut stream).await;
-            if outcome != Outcome::Done {
+            let done = matches!(outcome, Outcome::Done);
+            if !done {
                 // Linger 0: ssh sees a reset, not an orderly end.
                 let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
             }
             let (sent, received) = session.moved();
-            (sent, received, outcome != Outcome::Done)
+            (sent, received, !done)
         }
         None => {
             let t = splice::tcp(tcp, stream).await;

@@ -8,8 +8,6 @@ mod resume;
 
 use forward::forward;
 
-pub use resume::Offer;
-
 use relays::retry_quic;
 
 use std::sync::Arc;
@@ -316,7 +314,7 @@ async fn open_on(
     ask: Option<&Resume>,
 ) -> Result<(u64, Stream, Option<Resume>), OpenError> {
     let setup = async {
-        let (mut send, mut recv) = conn.open().await.map_err(SetupError::from)?;
+        let Stream { mut send, mut recv } = conn.open().await.map_err(SetupError::from)?;
         let open = Frame::Open {
             session: 0,
             client: None,
@@ -344,7 +342,7 @@ async fn open_on(
             (Err(_), Err(err)) | (Err(err), Ok(())) => return Err(SetupError::from(err).into()),
         };
         match answer {
-            Frame::Ready { session, resume } => Ok((session, (send, recv), resume)),
+            Frame::Ready { session, resume } => Ok((session, Stream { send, recv }, resume)),
             Frame::Refused { reason, message } => {
                 Err(OpenError::Refused(Refusal { reason, message }))
             }
@@ -398,19 +396,19 @@ pub async fn run(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, peer)) => {
+            Ok((tcp, from)) => {
                 // Session and host ids arrive with `ready`; forward records
                 // them, and the token's subject and jti.
                 let _span = tracing::info_span!(
                     "session",
-                    %peer,
+                    peer = %from,
                     session = tracing::field::Empty,
                     host = tracing::field::Empty,
                     subject = tracing::field::Empty,
                     jti = tracing::field::Empty
                 )
                 .entered();
-                tasks.spawn(forward(forwarder.clone(), tcp, peer, trim.clone()));
+                tasks.spawn(forward(forwarder.clone(), tcp, from, trim.clone()));
             }
             Err(err) => {
                 // Out of file descriptors and the like: log and go on after

@@ -2,15 +2,17 @@
 //! offer in `open`, and when the stream breaks, resumes through whichever
 //! relay answers until one is taken or the window has passed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
 use super::{Forwarder, OpenError, Opened};
-use crate::host::Backoff;
-use crate::protocol::{Reason, Resume};
-use crate::resume::key::{self, Half};
-use crate::resume::{replay_limit, Outcome, Position, Resumable};
+use crate::protocol::Reason;
+use crate::resume::{replay_limit, Broke, Failure, Outcome, Position, Resumable};
+use crate::session::backoff::Backoff;
+use crate::session::carry::{self, NextStream};
+use crate::session::offer::Offer;
 use crate::splice::Source;
 use crate::transport::{self, Stream};
 
@@ -20,17 +22,6 @@ const LOG_TARGET: &str = "shellrelay::client";
 /// Longest pause between two resume attempts.
 const RESUME_BACKOFF: Duration = Duration::from_secs(2);
 
-/// A session offer not yet answered: what `open` carries, and the key half
-/// kept for the answer.
-pub struct Offer {
-    /// What `open` carries.
-    pub ask: Resume,
-    id: String,
-    half: Half,
-    /// Most unacknowledged bytes the session will keep per direction.
-    limit: usize,
-}
-
 impl Forwarder {
     /// An offer to make the next session resumable, if this forwarder's
     /// window is not zero (and the system has random numbers).
@@ -38,25 +29,14 @@ impl Forwarder {
         if self.config.resume_window.is_zero() {
             return None;
         }
-        let (id, half) = match (key::new_id(), Half::new()) {
-            (Ok(id), Ok(half)) => (id, half),
-            (Err(err), _) | (_, Err(err)) => {
-                tracing::warn!(target: LOG_TARGET, "sessions are not resumable: {err}");
-                return None;
-            }
-        };
-        let ask = Resume::Offer {
-            id: id.clone(),
-            key: half.public.clone(),
-        };
         let window = (self.config.relays.first()).map_or(0, |relay| relay.transport.window());
-        let limit = replay_limit(window);
-        Some(Offer {
-            ask,
-            id,
-            half,
-            limit,
-        })
+        match Offer::new(replay_limit(window)) {
+            Ok(offer) => Some(offer),
+            Err(err) => {
+                tracing::warn!(target: LOG_TARGET, "sessions are not resumable: {err}");
+                None
+            }
+        }
     }
 
     /// Carries a resumable session over `stream` (replaced by each
@@ -70,36 +50,20 @@ impl Forwarder {
         source: &mut S,
         writer: &mut W,
     ) -> Outcome {
-        let mut peer = Position::default();
-        loop {
-            let why = match session.attach(stream, peer, source, writer).await {
-                Outcome::Broken(why) => why,
-                outcome => return outcome,
-            };
-            transport::abort(stream, Reason::Aborted);
-            let broke = Instant::now();
-            info!(target: LOG_TARGET, %why, "session path broke; resuming it");
-            match self.reattach(session).await {
-                Ok((opened, at)) => {
-                    info!(target: LOG_TARGET, gap = ?broke.elapsed(), relay = %opened.conn.remote(), "session resumed");
-                    (*stream, peer) = (opened.stream, at);
-                }
-                Err(why) => return Outcome::Failed(why),
-            }
-        }
+        carry::carry(session, stream, source, writer, &mut Reattach(self)).await
     }
 
     /// Takes `session` up again on a new stream, through whichever relay
     /// answers, trying until the window has passed.
-    async fn reattach(&self, session: &Resumable) -> Result<(Opened, Position), String> {
+    async fn reattach(&self, session: &Resumable) -> Result<(Opened, Position), Failure> {
         let window = self.config.resume_window;
         let deadline = tokio::time::Instant::now() + window;
         let mut backoff = Backoff::new(RESUME_BACKOFF);
-        let within = humantime::format_duration(window);
+        let not_resumed = |last| Failure::NotResumed { window, last };
         loop {
             let ask = session.again();
             let err = match tokio::time::timeout_at(deadline, self.open_with(Some(&ask))).await {
-                Err(_) => return Err(format!("not resumed within {within}")),
+                Err(_) => return Err(not_resumed(None)),
                 Ok(Ok(mut opened)) => {
                     return match session.resumed(opened.resume.as_ref()) {
                         Ok(at) => Ok((opened, at)),
@@ -110,16 +74,16 @@ impl Forwarder {
                     };
                 }
                 Ok(Err(OpenError::Refused(r))) if r.reason == Reason::NotResumable => {
-                    return Err(r.message);
+                    return Err(Failure::Refused(r.message));
                 }
                 Ok(Err(OpenError::Connect(err))) if self.is_final(&err) => {
-                    return Err(err.to_string());
+                    return Err(Failure::RelayRefused(Arc::new(err)));
                 }
                 Ok(Err(err)) => err,
             };
             let delay = backoff.delay();
             if tokio::time::Instant::now() + delay >= deadline {
-                return Err(format!("not resumed within {within}: {err}"));
+                return Err(not_resumed(Some(Arc::new(err))));
             }
             debug!(target: LOG_TARGET, "resume failed, trying again in {delay:.1?}: {err}");
             tokio::time::sleep(delay).await;
@@ -127,19 +91,34 @@ impl Forwarder {
     }
 }
 
-impl Offer {
-    /// The session, from the host's answer to the offer; `None` if the host
-    /// made it a plain session.
-    pub fn accepted(self, answer: Option<&Resume>) -> Result<Option<Resumable>, String> {
-        match answer {
-            None => Ok(None),
-            Some(Resume::Accept { key }) => {
-                let key = (self.half)
-                    .agree(key, &self.id)
-                    .map_err(|err| format!("bad answer to the resume offer: {err}"))?;
-                Ok(Some(Resumable::new(self.id, key, self.limit)))
-            }
-            Some(_) => Err("the host answered the resume offer with something else".into()),
-        }
+/// A client's next stream for a session whose path broke: a resume
+/// through whichever relay answers. The host never brings one.
+struct Reattach<'a>(&'a Forwarder);
+
+impl NextStream for Reattach<'_> {
+    type Takeover = std::convert::Infallible;
+
+    fn takeover(&mut self) -> impl std::future::Future<Output = Self::Takeover> {
+        std::future::pending()
+    }
+
+    async fn take_up(
+        &mut self,
+        _: &Resumable,
+        takeover: Self::Takeover,
+    ) -> Option<(Stream, Position)> {
+        match takeover {}
+    }
+
+    async fn after_break(
+        &mut self,
+        session: &Resumable,
+        why: Broke,
+    ) -> Result<(Stream, Position), Failure> {
+        let broke = Instant::now();
+        info!(target: LOG_TARGET, %why, "session path broke; resuming it");
+        let (opened, at) = self.0.reattach(session).await?;
+        info!(target: LOG_TARGET, gap = ?broke.elapsed(), relay = %opened.conn.remote(), "session resumed");
+        Ok((opened.stream, at))
     }
 }

@@ -1,5 +1,5 @@
-//! What the host agent keeps beside its registrations: which relay
-//! process it holds under which name, and the pages it serves.
+//! What the host agent keeps beside its registrations: under which name
+//! it registered with each relay process, and the pages it serves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,17 +11,18 @@ use super::session::Sessions;
 /// keeps one name for the agent's lifetime (a restarted relay has a new
 /// id), so two names for one relay cannot take turns evicting each other.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Held(Arc<std::sync::Mutex<HashMap<String, String>>>);
+pub(super) struct Instances(Arc<std::sync::Mutex<HashMap<String, String>>>);
 
-impl Held {
+impl Instances {
     /// Whether relay process `instance` may be registered with under
     /// `name`: yes unless another name has been.
     pub(super) fn claim(&self, instance: Option<&str>, name: &str) -> bool {
         let Some(instance) = instance else {
             return true;
         };
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        held.entry(instance.to_owned())
+        let mut names = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .entry(instance.to_owned())
             .or_insert_with(|| name.to_owned())
             .as_str()
             == name
@@ -32,7 +33,7 @@ impl Held {
 pub(super) fn pages(sessions: Arc<Sessions>) -> crate::status::Render {
     Arc::new(move |page| {
         let parked = &sessions.parked;
-        let (resumable, waiting, buffered) = (parked.len(), parked.waiting(), parked.held());
+        let (resumable, waiting, buffered) = (parked.len(), parked.waiting(), parked.buffered());
         match page {
             crate::status::Page::Metrics => {
                 let text = sessions.metrics.encode(resumable, waiting, buffered);

@@ -7,16 +7,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::clock::fmt_unix;
-use crate::defaults::{INITIAL_BACKOFF, SHUTDOWN_GRACE, STABLE_AFTER};
+use crate::defaults::{SHUTDOWN_GRACE, STABLE_AFTER};
 use crate::fleet::{self, Fleet};
 use crate::memory::Trim;
 use crate::protocol::Reason;
 use crate::protocol::Role;
+use crate::session::backoff::Backoff;
 use crate::tasks::Tasks;
 use crate::token::TokenSource;
 use crate::transport::dial::{self, RelayAddr, RelayLink, Turn};
@@ -28,7 +28,7 @@ const REPEAT_WARNING: Duration = Duration::from_secs(10 * 60);
 mod held;
 mod session;
 
-use held::{pages, Held};
+use held::{pages, Instances};
 
 use session::{host_session, Sessions};
 
@@ -58,37 +58,6 @@ pub struct HostConfig {
     pub metrics: Option<SocketAddr>,
 }
 
-/// Exponential backoff with jitter, capped.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Backoff from [`INITIAL_BACKOFF`] up to `max`.
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: INITIAL_BACKOFF.min(max),
-            max,
-        }
-    }
-
-    /// The delay before the next attempt: the current step with up to half
-    /// of it taken off at random, so that many agents do not reconnect in step.
-    pub fn delay(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let jitter = rand::rng().random_range(0.0..=0.5);
-        step.mul_f64(1.0 - jitter)
-    }
-
-    /// Starts again from the first step.
-    pub fn reset(&mut self) {
-        self.next = INITIAL_BACKOFF.min(self.max);
-    }
-}
-
 /// Runs the host agent until `shutdown` is cancelled: registered with
 /// every relay at once, each registration on its own. A connection that
 /// ends, for whatever reason (another connection with this host's token
@@ -97,7 +66,6 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     anyhow::ensure!(!config.relays.is_empty(), "no relay to register with");
     let tasks = Tasks::new();
     let trim = Trim::default();
-    let held = Held::default();
     let sessions = Arc::new(Sessions {
         target: config.target.clone().into(),
         parked: Arc::new(crate::resume::parked::Parked::new(config.max_waiting)),
@@ -112,17 +80,17 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         let pages = pages(sessions.clone());
         tasks.spawn(crate::status::serve(listener, pages, shutdown.clone()));
     }
-    let held = (held, sessions);
+    let shared = (Instances::default(), sessions);
     tasks.spawn(trim.clone().run(shutdown.clone()));
     let result = match (config.fleet, config.relays.as_slice()) {
         (Some(fleet), [name]) => {
-            follow_fleet(name, fleet, &config, &tasks, &trim, &held, &shutdown).await;
+            follow_fleet(name, fleet, &config, &tasks, &trim, &shared, &shutdown).await;
             Ok(())
         }
         (Some(_), _) => Err(anyhow::anyhow!("a fleet is named by one relay name")),
         (None, relays) => {
             let registrations = (relays.iter())
-                .map(|relay| keep_registered(relay, &config, &tasks, &trim, &held, &shutdown));
+                .map(|relay| keep_registered(relay, &config, &tasks, &trim, &shared, &shutdown));
             futures_util::future::try_join_all(registrations)
                 .await
                 .map(drop)
@@ -145,15 +113,15 @@ async fn follow_fleet(
     config: &HostConfig,
     tasks: &Tasks,
     trim: &Trim,
-    held_relays: &(Held, Arc<Sessions>),
+    shared: &(Instances, Arc<Sessions>),
     shutdown: &CancellationToken,
 ) {
-    let mut held: HashMap<SocketAddr, CancellationToken> = HashMap::new();
+    let mut registered: HashMap<SocketAddr, CancellationToken> = HashMap::new();
     loop {
         match chosen(name, fleet.k, &config.token).await {
             Ok(relays) => {
                 let wanted: Vec<SocketAddr> = relays.iter().filter_map(|r| r.at).collect();
-                held.retain(|at, stop| {
+                registered.retain(|at, stop| {
                     let keep = wanted.contains(at);
                     if !keep {
                         info!(fleet = %name.addr, relay = %at, "relay no longer chosen for this host; leaving it");
@@ -163,17 +131,18 @@ async fn follow_fleet(
                 });
                 for relay in relays {
                     let Some(at) = relay.at else { continue };
-                    if held.contains_key(&at) {
+                    if registered.contains_key(&at) {
                         continue;
                     }
                     info!(fleet = %name.addr, relay = %at, "relay chosen for this host");
                     let stop = shutdown.child_token();
-                    held.insert(at, stop.clone());
-                    let (config, tasks2, trim) = (config.clone(), tasks.clone(), trim.clone());
-                    let held_relays = held_relays.clone();
+                    registered.insert(at, stop.clone());
+                    let (config, session_tasks, trim) =
+                        (config.clone(), tasks.clone(), trim.clone());
+                    let shared = shared.clone();
                     tasks.spawn(async move {
                         let _ =
-                            keep_registered(&relay, &config, &tasks2, &trim, &held_relays, &stop)
+                            keep_registered(&relay, &config, &session_tasks, &trim, &shared, &stop)
                                 .await;
                     });
                 }
@@ -200,7 +169,7 @@ async fn keep_registered(
     config: &HostConfig,
     tasks: &Tasks,
     trim: &Trim,
-    (held, sessions): &(Held, Arc<Sessions>),
+    (instances, sessions): &(Instances, Arc<Sessions>),
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(config.max_backoff);
@@ -223,7 +192,7 @@ async fn keep_registered(
                 // One relay under two names (or addresses): its welcome
                 // names the same process. This registration took the
                 // other's place, which takes it back; this one goes.
-                if !held.claim(link.instance.as_deref(), &relay.name()) {
+                if !instances.claim(link.instance.as_deref(), &relay.name()) {
                     warn!(
                         relay = %relay.name(),
                         "the same relay as another of this agent's relays (one relay under two names or addresses); keeping one registration with it"
@@ -381,31 +350,5 @@ async fn serve(
             }
             Err(closed) => return Served::Closed(closed),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
-        let max = Duration::from_secs(4);
-        let mut b = Backoff::new(max);
-        let mut prev_step = Duration::ZERO;
-        for _ in 0..20 {
-            let step = b.next;
-            let d = b.delay();
-            assert!(
-                d <= step && d >= step / 2,
-                "{d:?} outside [{:?}, {step:?}]",
-                step / 2
-            );
-            assert!(step >= prev_step && step <= max);
-            prev_step = step;
-        }
-        assert_eq!(b.next, max);
-        b.reset();
-        assert_eq!(b.next, INITIAL_BACKOFF);
     }
 }

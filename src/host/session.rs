@@ -14,7 +14,8 @@ use crate::metrics::HostMetrics;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Resume};
 use crate::resume::key::{self, Half};
 use crate::resume::parked::{NotTaken, Parked, Registered, Takeover};
-use crate::resume::{Outcome, Position, Resumable};
+use crate::resume::{Broke, Failure, Outcome, Position, Resumable};
+use crate::session::carry::NextStream;
 use crate::splice;
 use crate::transport::{self, SendStream, Stream};
 
@@ -37,7 +38,7 @@ pub(super) struct Sessions {
 
 /// Serves one session stream the relay opened: a new session, or a resume.
 pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: Live) {
-    let open = tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.1)).await;
+    let open = tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.recv)).await;
     let (session, client, resume, owner, who) = match open {
         Ok(Ok(Frame::Open {
             session,
@@ -48,7 +49,7 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
         })) => (session, client.unwrap_or_default(), resume, owner, who),
         other => {
             warn!(target: LOG_TARGET, ?other, "session stream did not start with open");
-            stream.0.reset(Reason::Protocol);
+            stream.send.reset(Reason::Protocol);
             return;
         }
     };
@@ -71,7 +72,7 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
             let takeover = Takeover {
                 stream,
                 attempt,
-                peer: Position { received, fin },
+                peer_at: Position { received, fin },
             };
             if let Err(not) = ctx.parked.take_up(&id, owner.as_deref(), takeover, &proof) {
                 let NotTaken {
@@ -81,13 +82,13 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
                 } = *not;
                 ctx.metrics.resume(kind);
                 warn!(target: LOG_TARGET, %client, reason = %refusal.message, "resume refused");
-                return refuse(&mut takeover.stream.0, refusal).await;
+                return refuse(&mut takeover.stream.send, refusal).await;
             }
             return;
         }
         Some(_) => {
             let refusal = Refusal::new(Reason::Protocol, "open carried a host's resume answer");
-            return refuse(&mut stream.0, refusal).await;
+            return refuse(&mut stream.send, refusal).await;
         }
     };
     let started = Instant::now();
@@ -98,20 +99,20 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
         Ok(Err(err)) => {
             let message = format!("could not connect to {target}: {err}");
             let refusal = Refusal::new(Reason::TargetUnreachable, message);
-            return refuse(&mut stream.0, refusal).await;
+            return refuse(&mut stream.send, refusal).await;
         }
         Err(_) => {
             let secs = DIAL_TIMEOUT.as_secs();
             let message = format!("could not connect to {target}: no answer within {secs}s");
             let refusal = Refusal::new(Reason::TargetUnreachable, message);
-            return refuse(&mut stream.0, refusal).await;
+            return refuse(&mut stream.send, refusal).await;
         }
     };
     let _ = tcp.set_nodelay(true);
     let resumable = match offer {
         Some((id, key)) if !ctx.window.is_zero() => match accept(&ctx, id, &key, owner) {
             Ok(accepted) => Some(accepted),
-            Err(refusal) => return refuse(&mut stream.0, refusal).await,
+            Err(refusal) => return refuse(&mut stream.send, refusal).await,
         },
         _ => None,
     };
@@ -122,14 +123,14 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
         session,
         resume: answer,
     };
-    if write_frame(&mut stream.0, &ready).await.is_err() {
+    if write_frame(&mut stream.send, &ready).await.is_err() {
         return;
     }
     info!(target: LOG_TARGET, %client, resumable = resumable.is_some(), "session started");
     let (to_client, to_host, aborted) = match resumable {
         Some((session, registered, _)) => {
             let (outcome, moved) = carry(&ctx, &session, &registered, tcp, stream).await;
-            (moved.0, moved.1, outcome != Outcome::Done)
+            (moved.0, moved.1, !matches!(outcome, Outcome::Done))
         }
         None => {
             let t = splice::tcp(tcp, stream).await;
@@ -178,72 +179,86 @@ async fn carry(
     mut stream: Stream,
 ) -> (Outcome, (u64, u64)) {
     let (mut from_target, mut to_target) = tcp.split();
-    let mut peer = Position::default();
-    let outcome = loop {
-        let outcome = tokio::select! {
-            outcome = session.attach(&mut stream, peer, &mut from_target, &mut to_target) => outcome,
-            // The client resumed before this end saw the old stream break.
-            takeover = registered.handoff.next() => {
-                transport::abort(&mut stream, Reason::Aborted);
-                match take(session, takeover).await {
-                    Some(taken) => {
-                        (stream, peer) = taken;
-                        ctx.metrics.resume("resumed");
-                        info!(target: LOG_TARGET, gap = ?Duration::ZERO, "session resumed");
-                        continue;
-                    }
-                    // The old stream is gone as well: wait for the next.
-                    None => Outcome::Broken("a resume's stream failed before its answer".into()),
-                }
-            }
-        };
-        let Outcome::Broken(why) = outcome else {
-            break outcome;
-        };
-        transport::abort(&mut stream, Reason::Aborted);
-        // Each waiting session holds a connection to the target: a client
-        // token that leaves many behind ends its own, not the host's.
-        let Some(_waiting) = registered.wait() else {
-            ctx.metrics.resume("too_many_waiting");
-            let limits = ctx.parked.limits();
-            break Outcome::Failed(format!(
-                "path broke ({why}), and too many sessions wait for a resume already \
-                 ({} per client token, host --max-waiting-per-client; {} in all, \
-                 host --max-waiting)",
-                limits.per_client, limits.all
-            ));
-        };
-        let broke = Instant::now();
-        info!(target: LOG_TARGET, %why, window = ?ctx.window, "session path broke; waiting for the client to resume it");
-        let deadline = tokio::time::Instant::now() + ctx.window;
-        let resumed = loop {
-            match tokio::time::timeout_at(deadline, registered.handoff.next()).await {
-                Ok(takeover) => match take(session, takeover).await {
-                    Some(taken) => break Some(taken),
-                    None => continue,
-                },
-                Err(_) => break None,
-            }
-        };
-        match resumed {
-            Some(taken) => {
-                (stream, peer) = taken;
-                ctx.metrics.resume("resumed");
-                info!(target: LOG_TARGET, gap = ?broke.elapsed(), "session resumed");
-            }
-            None => {
-                ctx.metrics.resume("window_passed");
-                let window = humantime::format_duration(ctx.window);
-                break Outcome::Failed(format!("not resumed within {window}"));
-            }
-        }
-    };
+    let mut resumes = Resumes { ctx, registered };
+    let outcome = crate::session::carry::carry(
+        session,
+        &mut stream,
+        &mut from_target,
+        &mut to_target,
+        &mut resumes,
+    )
+    .await;
     crate::resume::end(session, &outcome, &mut stream).await;
     if matches!(outcome, Outcome::Aborted(_) | Outcome::Failed(_)) {
         // Linger 0: sshd sees a reset, not an orderly end.
         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
     }
     (outcome, session.moved())
+}
+
+/// A session's next stream at the host: the one the client's resume
+/// brings, taken whenever it comes, and waited for up to the window once
+/// the stream in use broke.
+struct Resumes<'a> {
+    ctx: &'a Sessions,
+    registered: &'a Registered,
+}
+
+impl NextStream for Resumes<'_> {
+    type Takeover = Takeover;
+
+    fn takeover(&mut self) -> impl std::future::Future<Output = Takeover> {
+        self.registered.handoff.next()
+    }
+
+    async fn take_up(
+        &mut self,
+        session: &Resumable,
+        takeover: Takeover,
+    ) -> Option<(Stream, Position)> {
+        let taken = take(session, takeover).await?;
+        self.ctx.metrics.resume("resumed");
+        info!(target: LOG_TARGET, gap = ?Duration::ZERO, "session resumed");
+        Some(taken)
+    }
+
+    async fn after_break(
+        &mut self,
+        session: &Resumable,
+        why: Broke,
+    ) -> Result<(Stream, Position), Failure> {
+        let ctx = self.ctx;
+        // Each waiting session holds a connection to the target: a client
+        // token that leaves many behind ends its own, not the host's.
+        let Some(_waiting) = self.registered.wait() else {
+            ctx.metrics.resume("too_many_waiting");
+            let limits = ctx.parked.limits();
+            return Err(Failure::TooManyWaiting {
+                broke: why,
+                per_client: limits.per_client,
+                all: limits.all,
+            });
+        };
+        let broke = Instant::now();
+        info!(target: LOG_TARGET, %why, window = ?ctx.window, "session path broke; waiting for the client to resume it");
+        let deadline = tokio::time::Instant::now() + ctx.window;
+        loop {
+            match tokio::time::timeout_at(deadline, self.registered.handoff.next()).await {
+                Ok(takeover) => {
+                    if let Some(taken) = take(session, takeover).await {
+                        ctx.metrics.resume("resumed");
+                        info!(target: LOG_TARGET, gap = ?broke.elapsed(), "session resumed");
+                        return Ok(taken);
+                    }
+                }
+                Err(_) => {
+                    ctx.metrics.resume("window_passed");
+                    let window = ctx.window;
+                    return Err(Failure::NotResumed { window, last: None });
+                }
+            }
+        }
+    }
 }
 
 /// Answers the resume that brought `takeover`; the new stream and where
@@ -255,10 +270,10 @@ async fn take(session: &Resumable, mut takeover: Takeover) -> Option<(Stream, Po
     };
     let sent = tokio::time::timeout(
         SHUTDOWN_GRACE * 5,
-        write_frame(&mut takeover.stream.0, &ready),
+        write_frame(&mut takeover.stream.send, &ready),
     );
     match sent.await {
-        Ok(Ok(())) => Some((takeover.stream, takeover.peer)),
+        Ok(Ok(())) => Some((takeover.stream, takeover.peer_at)),
         _ => {
             transport::abort(&mut takeover.stream, Reason::Aborted);
             None

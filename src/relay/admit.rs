@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
-use super::audit::Who;
+use super::audit::Party;
 use super::{State, LOG_TARGET};
 use crate::protocol::{Frame, FrameError, Reason, Refusal, Role, VERSION};
 use crate::token::{Claims, TokenError};
@@ -25,14 +25,14 @@ pub(super) struct Hello {
 /// A refused hello: why, and whom its token names if it was well signed.
 pub(super) struct Refused {
     pub refusal: Refusal,
-    pub who: Who,
+    pub who: Party,
 }
 
 impl From<Refusal> for Refused {
     fn from(refusal: Refusal) -> Refused {
         Refused {
             refusal,
-            who: Who::default(),
+            who: Party::default(),
         }
     }
 }
@@ -105,8 +105,8 @@ pub(super) fn check_hello(
                 warn!(target: LOG_TARGET, %role, %err, "refused token{}", super::throttle::left_out(n));
             }
             let who = match err.well_signed() {
-                true => crate::token::peek_claims(&token.0).map(|c| Who::of(&c)),
-                false => Ok(Who::default()),
+                true => crate::token::peek_claims(&token.0).map(|c| Party::of(&c)),
+                false => Ok(Party::default()),
             };
             Err(Refused {
                 refusal: Refusal::new(reason, err.to_string()),

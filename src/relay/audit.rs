@@ -35,10 +35,10 @@ const QUEUE: usize = 1024;
 /// disk that hangs must not hang the relay's exit.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Who a line is about: the token's subject and id, once the token is
+/// The party a line is about: the token's subject and id, once the token is
 /// known.
 #[derive(Debug, Clone, Default, Serialize)]
-pub(super) struct Who {
+pub(super) struct Party {
     /// The token's `sub`.
     #[serde(serialize_with = "name")]
     pub subject: Option<String>,
@@ -47,14 +47,14 @@ pub(super) struct Who {
     pub jti: Option<String>,
 }
 
-impl Who {
+impl Party {
     /// Whom `claims` name. Each is made [`Printable`] and cut to
     /// [`MAX_NAME_CHARS`](crate::protocol::MAX_NAME_CHARS): they go into every session line, the audit log
     /// and the `open` the host gets, and a token refused for a bad `sub`
     /// may hold anything its issuer put there.
-    pub fn of(claims: &Claims) -> Who {
+    pub fn of(claims: &Claims) -> Party {
         let name = |text: &str| Printable::name(text).to_string();
-        Who {
+        Party {
             subject: Some(name(&claims.sub)),
             jti: claims.jti.as_deref().map(name),
         }
@@ -75,7 +75,7 @@ pub(super) struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "name")]
     pub host: Option<&'a str>,
     #[serde(flatten)]
-    pub who: &'a Who,
+    pub who: &'a Party,
     /// The peer's address.
     pub remote: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,7 +93,7 @@ pub(super) struct Line<'a> {
 
 impl<'a> Line<'a> {
     /// A line for `event` from `remote` about `who`, the rest unset.
-    pub fn new(event: &'static str, who: &'a Who, remote: SocketAddr) -> Line<'a> {
+    pub fn new(event: &'static str, who: &'a Party, remote: SocketAddr) -> Line<'a> {
         Line {
             event,
             role: None,
@@ -250,7 +250,7 @@ mod tests {
             "a\nb\u{1b}[31m\u{9b}\u{202e}{}",
             "x".repeat(10_000)
         ));
-        let who = Who::of(&claims);
+        let who = Party::of(&claims);
         assert_eq!(who.subject.as_deref(), Some("alice"));
         let jti = who.jti.unwrap();
         assert_eq!(jti.chars().count(), MAX_NAME_CHARS);
@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn every_field_a_peer_chose_is_written_printable_and_cut() {
         // Built by hand, as a refusal is before any token is known.
-        let who = Who {
+        let who = Party {
             subject: Some("sub\u{202e}\u{9b}".into()),
             jti: Some("j".repeat(4096)),
         };
@@ -295,7 +295,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let audit = Audit::open(Some(&path)).unwrap();
-        let who = Who::default();
+        let who = Party::default();
         let remote = "198.51.100.7:4000".parse().unwrap();
         let mut refused = Line::new("refused", &who, remote);
         refused.reason = Some("bad hello");

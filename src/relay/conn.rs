@@ -11,8 +11,8 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::admit::{check_hello, client_host, owner, revoked, token_key};
-use super::audit::{Line, Who};
-use super::hold::{hold, Ended};
+use super::audit::{Line, Party};
+use super::hold::{keep_until_ended, Ended};
 use super::places::{full, handshake_allowed, penalised, pre_hello_slot, Slot};
 use super::registry::Refused;
 use super::session::accept_sessions;
@@ -127,7 +127,7 @@ async fn admit(
     answer.hello_taken();
     state.metrics.hello_accepted(accepted);
     let peer = Admitted {
-        who: Who::of(&hello.claims),
+        who: Party::of(&hello.claims),
         role: match hello.role {
             Role::Host => "host",
             Role::Client => "client",
@@ -146,7 +146,7 @@ async fn admit(
 /// A connection whose hello was good, with where its answer goes.
 struct Admitted {
     /// Whose token it is, and for which role.
-    who: Who,
+    who: Party,
     role: &'static str,
     state: Arc<State>,
     conn: Conn,
@@ -259,7 +259,7 @@ impl Admitted {
                 expires = %fmt_unix(claims.exp),
                 "host registered"
             );
-            let ended = hold(&state, &self.conn, &claims, &id).await;
+            let ended = keep_until_ended(&state, &self.conn, &claims, &id).await;
             info!(target: LOG_TARGET, host = %id, %remote, reason = %ended, "host unregistered");
         }
     }
@@ -317,7 +317,7 @@ impl Admitted {
             "client connected"
         );
         let ended = tokio::select! {
-            ended = hold(&state, &conn, &claims, &host) => ended,
+            ended = keep_until_ended(&state, &conn, &claims, &host) => ended,
             () = accept_sessions(&state, &conn, &host, (token, owner(&claims)), &who) => Ended::Shutdown,
         };
         info!(target: LOG_TARGET, host = %host, %remote, reason = %ended, "client disconnected");

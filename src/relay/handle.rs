@@ -2,9 +2,11 @@
 //! can ask of it (re-reading the revocation file, reopening the audit log).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::RelayHandle;
 use crate::metrics::Status;
+use crate::status::{Page, Render};
 
 impl RelayHandle {
     /// Re-reads the revocation file (as SIGHUP does) and closes the live
@@ -69,6 +71,22 @@ impl RelayHandle {
             hosts: self.state.hosts.snapshot(),
             clients: self.state.clients.snapshot(),
         }
+    }
+
+    /// The relay's pages, for [`crate::status::serve`]: its metrics, and
+    /// its status as JSON.
+    pub fn pages(&self) -> Render {
+        let relay = self.clone();
+        Arc::new(move |page| match page {
+            Page::Metrics => Ok(relay.metrics().into_bytes()),
+            Page::Status => match serde_json::to_vec_pretty(&relay.status()) {
+                Ok(mut json) => {
+                    json.push(b'\n');
+                    Ok(json)
+                }
+                Err(err) => Err(err.to_string()),
+            },
+        })
     }
 
     /// Waits until host `id` is connected (`online`) or not (`!online`).

@@ -34,7 +34,12 @@ pub(super) enum Ended {
 /// Waits until the connection closes, its token expires or is revoked, or
 /// the relay shuts down, closing it with the matching reason in all but the
 /// first case. `host` is the host the connection is bound to.
-pub(super) async fn hold(state: &State, conn: &Conn, claims: &Claims, host: &str) -> Ended {
+pub(super) async fn keep_until_ended(
+    state: &State,
+    conn: &Conn,
+    claims: &Claims,
+    host: &str,
+) -> Ended {
     let ended = wait(state, conn, claims, host).await;
     if !matches!(ended, Ended::Closed(_)) {
         conn.closing().await;

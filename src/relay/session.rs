@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::audit::{Line, Who};
+use super::audit::{Line, Party};
 use super::budget::{Share, Shares};
 use super::{State, LOG_TARGET};
 use crate::defaults::{
@@ -28,11 +28,11 @@ pub(super) async fn accept_sessions(
     conn: &Conn,
     host: &str,
     (token, owner): (String, String),
-    who: &Who,
+    who: &Party,
 ) {
     let remote = conn.remote();
     let shares = Shares::new(conn.clone(), state.config.transport.window());
-    while let Ok((send, recv)) = conn.accept().await {
+    while let Ok(stream) = conn.accept().await {
         // A token that starts sessions faster than its rate waits here:
         // its further streams are not taken up meanwhile, so it cannot
         // open more than its stream limit, and what it costs the relay
@@ -48,7 +48,7 @@ pub(super) async fn accept_sessions(
                 state.metrics.refused(refusal.reason);
                 // Said at once or reset: a refused stream holds nothing
                 // the client sent, whatever credit the client grants.
-                if let Some(drain) = transport::refuse_at_once((send, recv), &refusal) {
+                if let Some(drain) = transport::refuse_at_once(stream, &refusal) {
                     state.tasks.spawn(drain);
                 }
                 continue;
@@ -73,10 +73,10 @@ pub(super) async fn accept_sessions(
             token: token.clone(),
             conn: conn.clone(),
         };
-        let task = relay_session(state.clone(), meta, (send, recv), slots);
+        let task = relay_session(state.clone(), meta, stream, slots);
         state.tasks.spawn(task);
     }
-    // The connection is closed; `hold` reports why.
+    // The connection is closed; `keep_until_ended` reports why.
     std::future::pending::<()>().await;
 }
 
@@ -85,7 +85,7 @@ struct Meta {
     session: u64,
     host: String,
     client: SocketAddr,
-    who: Who,
+    who: Party,
     /// The client's token, as the host knows it (a digest).
     owner: String,
     /// The client's token, as the relay's limits count it.
@@ -178,7 +178,8 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
     let started = Instant::now();
     // A resume request goes to the host as it came: only the ends can
     // check it.
-    let resume = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.1)).await {
+    let resume = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.recv)).await
+    {
         Ok(Ok(Frame::Open { resume, .. })) => resume,
         other => {
             debug!(target: LOG_TARGET, ?other, "session stream did not start with open");
@@ -235,8 +236,8 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
             }),
     };
     let reply = tokio::time::timeout_at(deadline, async {
-        write_frame(&mut host_stream.0, &open).await?;
-        read_frame(&mut host_stream.1).await
+        write_frame(&mut host_stream.send, &open).await?;
+        read_frame(&mut host_stream.recv).await
     })
     .await;
     let mut answer = None;
@@ -289,7 +290,8 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         session,
         resume: answer,
     };
-    let sent = tokio::time::timeout_at(deadline, write_frame(&mut client_stream.0, &ready)).await;
+    let sent =
+        tokio::time::timeout_at(deadline, write_frame(&mut client_stream.send, &ready)).await;
     if !matches!(sent, Ok(Ok(()))) {
         transport::abort(&mut host_stream, Reason::Aborted);
         transport::abort(&mut client_stream, Reason::Aborted);

@@ -1,13 +1,10 @@
 //! How a resumable session lets go of a stream: as its outcome says, and
 //! without cutting off what the peer still has to say.
 
-use std::time::Duration;
-
-use bytes::Bytes;
-
-use super::engine::{Outcome, Resumable, Side, DONE_LINGER};
-use crate::splice::BATCH;
-use crate::transport::{RecvStream, Stream};
+use super::engine::{Resumable, DONE_LINGER};
+use super::outcome::{Outcome, Side};
+use crate::splice::drain;
+use crate::transport::Stream;
 
 /// Ends `session`'s `stream` as `outcome` says: finished when done, an
 /// abort sent when this end aborted or cannot go on (so that the peer ends
@@ -16,12 +13,12 @@ use crate::transport::{RecvStream, Stream};
 pub async fn end(session: &Resumable, outcome: &Outcome, stream: &mut Stream) {
     match outcome {
         Outcome::Done => {
-            let _ = stream.0.finish();
+            let _ = stream.send.finish();
             // Until the peer finishes too (it is done once it has this
             // end's last acknowledgement): letting go of the receiving
             // half first would stop the peer's sending, which the relay
             // would count as an abort.
-            drain(&mut stream.1, DONE_LINGER).await;
+            drain(&mut stream.recv, DONE_LINGER).await;
         }
         Outcome::Aborted(Side::Local) => session.abort(stream).await,
         Outcome::Aborted(Side::Peer) | Outcome::Broken(_) => {
@@ -32,14 +29,4 @@ pub async fn end(session: &Resumable, outcome: &Outcome, stream: &mut Stream) {
             session.abort(stream).await;
         }
     }
-}
-
-/// Reads `recv` to its end (or reset), for at most `limit`, throwing away
-/// what comes: for a stream whose peer has more to say before it lets go.
-pub async fn drain(recv: &mut RecvStream, limit: Duration) {
-    let drained = async {
-        let mut chunks: [Bytes; BATCH] = Default::default();
-        while let Ok(Some(_)) = recv.read_chunks(&mut chunks).await {}
-    };
-    let _ = tokio::time::timeout(limit, drained).await;
 }

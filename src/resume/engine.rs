@@ -15,9 +15,10 @@ use tokio::time::Instant;
 
 use super::key::{End, SessionKey};
 use super::outbox::Outbox;
+use super::outcome::{Broke, Failure, Outcome, Side};
 use super::record::{self, Event, Parser};
 use crate::protocol::Resume;
-use crate::splice::{write_all_vectored, Source, BATCH};
+use crate::splice::{drain, write_all_vectored, Source, BATCH};
 use crate::transport::{RecvStream, SendStream, Stream};
 
 /// Bytes received before an acknowledgement goes at once.
@@ -41,29 +42,6 @@ pub struct Position {
     pub received: u64,
     /// Whether the end of data was received.
     pub fin: bool,
-}
-
-/// Which end did something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// This end (its TCP connection or stdin failed, or it was told to stop).
-    Local,
-    /// The other end.
-    Peer,
-}
-
-/// How a stream's part in a session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Both directions ended and both ends have everything.
-    Done,
-    /// The session was aborted.
-    Aborted(Side),
-    /// The stream broke, and why: the session waits for another.
-    Broken(String),
-    /// The session cannot go on (the peer broke the protocol, or needs
-    /// bytes no longer kept).
-    Failed(String),
 }
 
 /// One end of a resumable session.
@@ -119,8 +97,8 @@ impl Resumable {
     }
 
     /// Bytes kept for a resume now.
-    pub fn held(&self) -> usize {
-        self.outbox().held()
+    pub fn buffered(&self) -> usize {
+        self.outbox().buffered()
     }
 
     /// Client: the next request to take the session up again.
@@ -138,7 +116,7 @@ impl Resumable {
 
     /// Client: where the host is, from its answer to the last
     /// [`Resumable::again`], if the answer is the host's and is to it.
-    pub fn resumed(&self, answer: Option<&Resume>) -> Result<Position, String> {
+    pub fn resumed(&self, answer: Option<&Resume>) -> Result<Position, Failure> {
         let Some(Resume::Resumed {
             attempt,
             received,
@@ -146,11 +124,11 @@ impl Resumable {
             proof,
         }) = answer
         else {
-            return Err("the host did not take the session up again".into());
+            return Err(Failure::NotTakenUp);
         };
         let ours = self.attempt.load(Ordering::Acquire);
         if *attempt != ours || !self.key.check(End::Host, ours, *received, *fin, proof) {
-            return Err("the answer to the resume is not from the host".into());
+            return Err(Failure::NotFromHost);
         }
         Ok(Position {
             received: *received,
@@ -189,18 +167,18 @@ impl Resumable {
     pub async fn attach<S: Source, W: AsyncWrite + Unpin>(
         &self,
         stream: &mut Stream,
-        peer: Position,
+        peer_at: Position,
         source: &mut S,
         writer: &mut W,
     ) -> Outcome {
         // A new stream: nothing is cut short on it yet.
         self.cut.store(false, Ordering::Release);
-        let replay = self.outbox().replay(peer.received, peer.fin);
+        let replay = self.outbox().replay(peer_at.received, peer_at.fin);
         let (again, fin_again) = match replay {
             Ok(replay) => replay,
-            Err(gap) => return Outcome::Failed(format!("cannot resume: {gap}")),
+            Err(gap) => return Outcome::Failed(Failure::Replay(gap)),
         };
-        let (send, recv) = stream;
+        let Stream { send, recv } = stream;
         let up = std::pin::pin!(self.upstream(send, source, again, fin_again));
         let mut down = std::pin::pin!(self.downstream(recv, writer));
         let why = tokio::select! {
@@ -228,12 +206,12 @@ impl Resumable {
         let whole = match already {
             true => !self.cut.load(Ordering::Acquire),
             false => self
-                .write(&mut stream.0, &mut [record::fin()])
+                .write(&mut stream.send, &mut [record::fin()])
                 .await
                 .is_ok(),
         };
         if whole {
-            let _ = stream.0.finish();
+            let _ = stream.send.finish();
         } else {
             crate::transport::abort(stream, crate::protocol::Reason::Aborted);
         }
@@ -248,13 +226,13 @@ impl Resumable {
     pub async fn abort(&self, stream: &mut Stream) {
         let grace = crate::defaults::SHUTDOWN_GRACE;
         let mut abort = [record::abort()];
-        let sent = tokio::time::timeout(grace, self.write(&mut stream.0, &mut abort)).await;
+        let sent = tokio::time::timeout(grace, self.write(&mut stream.send, &mut abort)).await;
         if !matches!(sent, Ok(Ok(()))) {
             crate::transport::abort(stream, crate::protocol::Reason::Aborted);
             return;
         }
-        let _ = stream.0.finish();
-        super::close::drain(&mut stream.1, grace).await;
+        let _ = stream.send.finish();
+        drain(&mut stream.recv, grace).await;
     }
 
     /// Writes whole records to the stream in use, unless an earlier write
@@ -285,7 +263,7 @@ impl Resumable {
         again: Vec<Bytes>,
         fin_again: bool,
     ) -> Outcome {
-        let broken = |err: crate::transport::StreamError| Outcome::Broken(err.to_string());
+        let broken = |err| Outcome::Broken(Broke::Stream(err));
         // The peer learnt where this end is from the resume.
         let mut acked = self.position();
         for chunk in again {
@@ -368,23 +346,23 @@ impl Resumable {
             let n = match recv.read_chunks(&mut chunks).await {
                 Ok(Some(n)) => n,
                 Ok(None) if self.finished() => return Outcome::Done,
-                Ok(None) => return Outcome::Broken("the stream ended early".into()),
-                Err(err) => return Outcome::Broken(err.to_string()),
+                Ok(None) => return Outcome::Broken(Broke::EndedEarly),
+                Err(err) => return Outcome::Broken(Broke::Stream(err)),
             };
             for chunk in &mut chunks[..n] {
                 if let Err(err) = parser.feed(std::mem::take(chunk), &mut events) {
-                    return Outcome::Failed(err.to_string());
+                    return Outcome::Failed(Failure::Record(err));
                 }
             }
             for event in events.drain(..) {
                 match event {
                     Event::Data(_) if self.fin_received.load(Ordering::Acquire) => {
-                        return Outcome::Failed("data after the end of data".into());
+                        return Outcome::Failed(Failure::DataAfterEnd);
                     }
                     Event::Data(bytes) => data.push(bytes),
                     Event::Ack { received, fin } => {
                         if let Err(gap) = self.outbox().ack(received, fin) {
-                            return Outcome::Failed(gap.to_string());
+                            return Outcome::Failed(Failure::Ack(gap));
                         }
                     }
                     Event::Fin => {

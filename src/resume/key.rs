@@ -45,13 +45,13 @@ impl Half {
         })
     }
 
-    /// The session key, from the peer's public key `peer` (hex) and the
-    /// session's id.
-    pub fn agree(self, peer: &str, id: &str) -> Result<SessionKey, KeyError> {
-        let peer = decode(peer, KEY_LEN, "public key")?;
+    /// The session key, from the peer's public key `their_key` (hex) and
+    /// the session's id.
+    pub fn agree(self, their_key: &str, id: &str) -> Result<SessionKey, KeyError> {
+        let their_key = decode(their_key, KEY_LEN, "public key")?;
         let id = decode(id, ID_LEN, "session id")?;
-        let peer = UnparsedPublicKey::new(&X25519, peer);
-        agreement::agree_ephemeral(self.private, &peer, |secret| {
+        let their_key = UnparsedPublicKey::new(&X25519, their_key);
+        agreement::agree_ephemeral(self.private, &their_key, |secret| {
             let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, &id);
             let prk = salt.extract(secret);
             let okm = prk

@@ -53,6 +53,7 @@ pub mod close;
 pub mod engine;
 pub mod key;
 pub mod outbox;
+pub mod outcome;
 pub mod parked;
 pub mod record;
 #[cfg(test)]
@@ -61,8 +62,9 @@ pub(crate) mod tests;
 use std::time::Duration;
 
 pub use crate::protocol::Resume;
-pub use close::{drain, end};
-pub use engine::{Outcome, Position, Resumable, Side};
+pub use close::end;
+pub use engine::{Position, Resumable};
+pub use outcome::{Broke, Failure, Outcome, Side};
 
 /// How long a session waits for its path to come back, unless told
 /// otherwise.

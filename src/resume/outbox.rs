@@ -16,7 +16,7 @@ pub struct Outbox {
     /// Offset after the last byte sent.
     sent: u64,
     /// Bytes in `chunks`.
-    held: usize,
+    buffered: usize,
     limit: usize,
     /// The local side's data has ended: the end of data sits at `sent`.
     pub fin: bool,
@@ -53,7 +53,7 @@ impl Outbox {
             chunks: VecDeque::new(),
             base: 0,
             sent: 0,
-            held: 0,
+            buffered: 0,
             limit,
             fin: false,
             fin_acked: false,
@@ -66,20 +66,20 @@ impl Outbox {
     }
 
     /// Bytes kept for a resume.
-    pub fn held(&self) -> usize {
-        self.held
+    pub fn buffered(&self) -> usize {
+        self.buffered
     }
 
     /// Keeps `chunk`, just sent.
     pub fn push(&mut self, chunk: Bytes) {
         self.sent += chunk.len() as u64;
-        self.held += chunk.len();
+        self.buffered += chunk.len();
         self.chunks.push_back(chunk);
-        while self.held > self.limit {
+        while self.buffered > self.limit {
             let Some(old) = self.chunks.pop_front() else {
                 break;
             };
-            self.held -= old.len();
+            self.buffered -= old.len();
             self.base += old.len() as u64;
         }
     }
@@ -100,7 +100,7 @@ impl Outbox {
             let take = (received - self.base).min(front.len() as u64) as usize;
             front.advance(take);
             self.base += take as u64;
-            self.held -= take;
+            self.buffered -= take;
             if front.is_empty() {
                 self.chunks.pop_front();
             }
@@ -138,7 +138,7 @@ mod tests {
         out.push(bytes(100, 0));
         out.push(bytes(100, 100));
         out.ack(50, false).unwrap();
-        assert_eq!(out.held(), 150);
+        assert_eq!(out.buffered(), 150);
         let (again, fin) = out.replay(120, false).unwrap();
         let flat: Vec<u8> = again.iter().flat_map(|c| c.to_vec()).collect();
         assert_eq!(flat, bytes(80, 120).to_vec());
@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(out.replay(200, false).unwrap(), (vec![], true));
         out.ack(200, true).unwrap();
         assert!(out.fin_acked);
-        assert_eq!(out.held(), 0);
+        assert_eq!(out.buffered(), 0);
     }
 
     #[test]
@@ -155,7 +155,7 @@ mod tests {
         let mut out = Outbox::new(150);
         out.push(bytes(100, 0));
         out.push(bytes(100, 100));
-        assert_eq!(out.held(), 100);
+        assert_eq!(out.buffered(), 100);
         assert_eq!(
             out.replay(50, false),
             Err(Gap::Lost {

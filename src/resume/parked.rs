@@ -18,7 +18,7 @@ pub struct Takeover {
     /// The client's attempt.
     pub attempt: u64,
     /// Where the client is.
-    pub peer: Position,
+    pub peer_at: Position,
 }
 
 /// A resume not taken: why (for the client, and as a metric label), and
@@ -202,8 +202,8 @@ impl Parked {
     }
 
     /// Bytes all sessions keep for resumes.
-    pub fn held(&self) -> usize {
-        self.lock().values().map(|e| e.session.held()).sum()
+    pub fn buffered(&self) -> usize {
+        self.lock().values().map(|e| e.session.buffered()).sum()
     }
 
     /// Makes `session`, opened with the client token `owner`, one that
@@ -260,8 +260,8 @@ impl Parked {
             let why = "it was opened with another client token";
             return refuse("other_token", why, takeover);
         }
-        let (attempt, peer) = (takeover.attempt, takeover.peer);
-        if !entry.session.take_again(attempt, peer, proof) {
+        let (attempt, peer_at) = (takeover.attempt, takeover.peer_at);
+        if !entry.session.take_again(attempt, peer_at, proof) {
             let why = "the request is not from its client, or is a replay";
             return refuse("bad_proof", why, takeover);
         }

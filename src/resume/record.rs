@@ -68,7 +68,7 @@ pub enum Event {
 }
 
 /// A stream that does not carry records.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed record: {0}")]
 pub struct RecordError(&'static str);
 

@@ -1,8 +1,8 @@
 //! The HTTP endpoint of the relay and the host agent (`GET /metrics`,
-//! `GET /status`): connection
-//! caps at accept, one request per connection served by hyper (`http`),
-//! and a linger after the answer; `report` is the client that `shellrelay
-//! status` reads it with.
+//! `GET /status`), serving the pages of whichever role hands it a
+//! [`Render`]: connection caps at accept, one request per connection
+//! served by hyper (`http`), and a linger after the answer; `report` is
+//! the client that `shellrelay status` reads it with.
 
 mod http;
 mod report;
@@ -21,7 +21,6 @@ use tracing::{debug, info};
 
 use crate::defaults::{ACCEPT_BACKOFF, REQUEST_LINGER, REQUEST_TIMEOUT};
 use crate::limits::{Gauge, PerAddr};
-use crate::relay::RelayHandle;
 use crate::tasks::Tasks;
 
 /// Most bytes read from a connection after its answer; a peer that keeps
@@ -55,20 +54,6 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
 /// What renders the pages: a page's body, or why it could not be made.
 pub type Render = Arc<dyn Fn(Page) -> Result<Vec<u8>, String> + Send + Sync>;
 
-/// The relay's pages: its metrics and its status as JSON.
-pub fn relay_pages(relay: RelayHandle) -> Render {
-    Arc::new(move |page| match page {
-        Page::Metrics => Ok(relay.metrics().into_bytes()),
-        Page::Status => match serde_json::to_vec_pretty(&relay.status()) {
-            Ok(mut json) => {
-                json.push(b'\n');
-                Ok(json)
-            }
-            Err(err) => Err(err.to_string()),
-        },
-    })
-}
-
 /// Answers requests on `listener` (from [`bind`]) with the pages `render`
 /// makes, until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, render: Render, shutdown: CancellationToken) {
@@ -82,7 +67,7 @@ pub async fn serve(listener: TcpListener, render: Render, shutdown: Cancellation
 
 async fn serve_on(
     listener: &TcpListener,
-    relay: &Render,
+    render: &Render,
     shutdown: &CancellationToken,
     tasks: &Tasks,
 ) {
@@ -116,14 +101,14 @@ async fn serve_on(
             debug!(%remote, "too many metrics connections; closing");
             continue;
         };
-        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        let (render, shutdown) = (render.clone(), shutdown.clone());
         let _span = tracing::debug_span!("metrics", %remote).entered();
         tasks.spawn(async move {
             let _slots = (slot, addr_slot);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {}
-                done = tokio::time::timeout(REQUEST_TIMEOUT, answer(tcp, relay)) => {
+                done = tokio::time::timeout(REQUEST_TIMEOUT, answer(tcp, render)) => {
                     if done.is_err() {
                         debug!("metrics request timed out");
                     }

@@ -50,10 +50,13 @@ pub enum Conn {
 
 impl Conn {
     /// Opens a bidirectional stream.
-    pub async fn open(&self) -> Result<(SendStream, RecvStream), Closed> {
+    pub async fn open(&self) -> Result<Stream, Closed> {
         match self {
             Conn::Quic(c) => match c.open_bi().await {
-                Ok((s, r)) => Ok((SendStream::Quic(s), RecvStream::Quic(r))),
+                Ok((send, recv)) => Ok(Stream {
+                    send: SendStream::Quic(send),
+                    recv: RecvStream::Quic(recv),
+                }),
                 Err(err) => Err(Closed::quic(err)),
             },
             Conn::Tcp(c) => c.open().await,
@@ -61,10 +64,13 @@ impl Conn {
     }
 
     /// Accepts the next bidirectional stream the peer opens.
-    pub async fn accept(&self) -> Result<(SendStream, RecvStream), Closed> {
+    pub async fn accept(&self) -> Result<Stream, Closed> {
         match self {
             Conn::Quic(c) => match c.accept_bi().await {
-                Ok((s, r)) => Ok((SendStream::Quic(s), RecvStream::Quic(r))),
+                Ok((send, recv)) => Ok(Stream {
+                    send: SendStream::Quic(send),
+                    recv: RecvStream::Quic(recv),
+                }),
                 Err(err) => Err(Closed::quic(err)),
             },
             Conn::Tcp(c) => c.accept().await,
@@ -344,12 +350,18 @@ impl AsyncRead for RecvStream {
 }
 
 /// Both halves of a bidirectional stream.
-pub type Stream = (SendStream, RecvStream);
+#[derive(Debug)]
+pub struct Stream {
+    /// Towards the peer.
+    pub send: SendStream,
+    /// From the peer.
+    pub recv: RecvStream,
+}
 
 /// Abandons both halves of `stream`: resets the sending half and stops the
 /// receiving half with `code`.
-pub fn abort((send, recv): &mut Stream, code: impl Into<ErrorCode>) {
+pub fn abort(stream: &mut Stream, code: impl Into<ErrorCode>) {
     let code = code.into();
-    send.reset(code);
-    recv.stop(code);
+    stream.send.reset(code);
+    stream.recv.stop(code);
 }

@@ -25,7 +25,7 @@ pub fn refuse_at_once(
     stream: Stream,
     refusal: &Refusal,
 ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-    let (mut send, mut recv) = stream;
+    let Stream { mut send, mut recv } = stream;
     let said = send.refuse(refusal);
     match recv {
         RecvStream::Http2(_) if said => Some(async move {

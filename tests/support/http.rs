@@ -16,7 +16,7 @@ pub fn metrics_addr(tunnel: &Tunnel) -> SocketAddr {
         shellrelay::status::bind("127.0.0.1:0".parse().unwrap()).expect("bind metrics");
     tokio::spawn(shellrelay::status::serve(
         listener,
-        shellrelay::status::relay_pages(tunnel.registry.clone()),
+        tunnel.registry.pages(),
         tunnel.cancel.child_token(),
     ));
     addr

@@ -19,7 +19,7 @@ async fn read_exactly(stream: &mut Stream, want: usize) -> Vec<u8> {
     let mut got = Vec::new();
     let mut chunks: [Bytes; 32] = Default::default();
     while got.len() < want {
-        let read = tokio::time::timeout(BOUND, stream.1.read_chunks(&mut chunks)).await;
+        let read = tokio::time::timeout(BOUND, stream.recv.read_chunks(&mut chunks)).await;
         let n = read
             .expect("nothing came")
             .unwrap()
@@ -64,26 +64,30 @@ async fn a_resume_whose_stream_fails_leaves_the_session_waiting_for_the_next() {
     // sshd says hello; the client has it, and acknowledges it.
     sshd.write_all(b"hello").await.unwrap();
     assert_eq!(&read_exactly(&mut client, 10).await[5..], b"hello");
-    client.0.write_chunk(record::ack(5, false)).await.unwrap();
+    client
+        .send
+        .write_chunk(record::ack(5, false))
+        .await
+        .unwrap();
 
     // A resume whose stream is gone by the time the host answers.
     let (mut dead, _far) = stream_pair(WINDOW).await;
-    dead.0.reset(Reason::Aborted);
-    let peer = Position {
+    dead.send.reset(Reason::Aborted);
+    let peer_at = Position {
         received: 5,
         fin: false,
     };
     let takeover = Takeover {
         stream: dead,
         attempt: 1,
-        peer,
+        peer_at,
     };
     let proof = client_key.prove(End::Client, 1, 5, false);
     assert!(parked.take_up(&id, Some("owner"), takeover, &proof).is_ok());
     // The host agent lets go of the old stream for it.
     let mut chunks: [Bytes; 32] = Default::default();
     loop {
-        let read = tokio::time::timeout(BOUND, client.1.read_chunks(&mut chunks)).await;
+        let read = tokio::time::timeout(BOUND, client.recv.read_chunks(&mut chunks)).await;
         if !matches!(read.expect("the old stream was kept"), Ok(Some(_))) {
             break;
         }
@@ -94,12 +98,12 @@ async fn a_resume_whose_stream_fails_leaves_the_session_waiting_for_the_next() {
     let takeover = Takeover {
         stream: host_end,
         attempt: 2,
-        peer,
+        peer_at,
     };
     let proof = client_key.prove(End::Client, 2, 5, false);
     let taken = parked.take_up(&id, Some("owner"), takeover, &proof);
     assert!(taken.is_ok(), "the session no longer waits for a resume");
-    let answer = tokio::time::timeout(BOUND, read_frame(&mut client.1)).await;
+    let answer = tokio::time::timeout(BOUND, read_frame(&mut client.recv)).await;
     match answer.expect("no answer to the resume").unwrap() {
         Frame::Ready {
             resume: Some(Resume::Resumed { attempt: 2, .. }),

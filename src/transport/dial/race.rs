@@ -12,7 +12,7 @@ use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Role};
 use crate::tls::pin;
 use crate::transport::quic;
 use crate::transport::tcp::{self, Side, TcpConn};
-use crate::transport::{Closed, Conn};
+use crate::transport::{Closed, Conn, Stream};
 
 /// One attempt to reach the relay with a hello.
 pub(super) struct Dial<'a> {
@@ -125,7 +125,7 @@ impl Dial<'_> {
         conn: Conn,
         endpoint: quinn::Endpoint,
     ) -> Result<RelayLink, ConnectError> {
-        let (mut send, mut recv) = conn.open().await.map_err(|c| self.lost(c))?;
+        let Stream { mut send, mut recv } = conn.open().await.map_err(|c| self.lost(c))?;
         let answer = async {
             write_frame(&mut send, self.hello).await?;
             read_frame(&mut recv).await
@@ -139,7 +139,7 @@ impl Dial<'_> {
                 ..
             }) => Ok(RelayLink {
                 conn,
-                control: Some((send, recv)),
+                control: Some(Stream { send, recv }),
                 host,
                 expires_at,
                 instance: relay,

@@ -13,7 +13,7 @@ use crate::defaults::REFUSE_LINGER;
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Role};
 use crate::transport::options::TransportOptions;
 use crate::transport::tcp::{self, Side, TcpConn};
-use crate::transport::{Closed, Conn, RecvStream, SendStream};
+use crate::transport::{Closed, Conn, RecvStream, SendStream, Stream};
 
 /// A connection attempt before its handshake.
 pub enum Incoming {
@@ -137,7 +137,7 @@ impl Handshaken {
         match self {
             Handshaken::Quic(conn) => {
                 let hello = tokio::time::timeout(timeout, async {
-                    let (send, mut recv) = conn.accept().await?;
+                    let Stream { send, mut recv } = conn.accept().await?;
                     let frame = read_frame(&mut recv).await;
                     Ok::<_, Closed>((send, recv, frame))
                 })

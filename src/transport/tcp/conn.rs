@@ -240,7 +240,10 @@ impl TcpConn {
     pub async fn open(&self) -> Result<Stream, Closed> {
         match &*self.mux().await? {
             Mux::Opens(opener) => match opener.open().await {
-                Ok((send, recv)) => Ok((SendStream::Http2(send), RecvStream::Http2(recv))),
+                Ok((send, recv)) => Ok(Stream {
+                    send: SendStream::Http2(send),
+                    recv: RecvStream::Http2(recv),
+                }),
                 Err(err) => Err(self.close_reason().unwrap_or_else(|| lost(err.to_string()))),
             },
             Mux::Accepts(_) => Err(lost("this side of the connection does not open streams")),
@@ -251,7 +254,10 @@ impl TcpConn {
     pub async fn accept(&self) -> Result<Stream, Closed> {
         match &*self.mux().await? {
             Mux::Accepts(accepter) => match accepter.accept().await {
-                Some((send, recv)) => Ok((SendStream::Http2(send), RecvStream::Http2(recv))),
+                Some((send, recv)) => Ok(Stream {
+                    send: SendStream::Http2(send),
+                    recv: RecvStream::Http2(recv),
+                }),
                 None => Err(self.closed().await),
             },
             // The peer opens none: wait for the end.
