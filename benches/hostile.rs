@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustls::pki_types::ServerName;
-use shellrelay::keys::Secret;
+use shellrelay::access::keys::Secret;
+use shellrelay::access::token::{self, Claims};
+use shellrelay::net::tls::Trust;
+use shellrelay::net::transport::tcp::{tcp_client_config, Settings, Side, TcpConn};
+use shellrelay::net::transport::{options::STREAM_WINDOW, TransportOptions};
+use shellrelay::net::transport::{Conn, RecvStream, SendStream, Stream};
 use shellrelay::protocol::{read_frame, write_frame, Frame, Jwt, Reason, Role, VERSION};
-use shellrelay::tls::Trust;
-use shellrelay::token::{self, Claims};
-use shellrelay::transport::tcp::{tcp_client_config, Settings, Side, TcpConn};
-use shellrelay::transport::{options::STREAM_WINDOW, TransportOptions};
-use shellrelay::transport::{Conn, RecvStream, SendStream, Stream};
 use support::bin::{make_private, path_str, peer_args, relay_args};
 use support::bulk::{
     cpu_secs, logged, machine, release_held, settle_rss, spawn, target, CHUNK, GREETING,
@@ -209,14 +209,19 @@ impl Rig {
 fn mint(secret: &Secret, role: Role, host: &str) -> anyhow::Result<String> {
     token::mint(
         secret,
-        &Claims::new(role, host, shellrelay::defaults::AUDIENCE, HOUR),
+        &Claims::new(role, host, shellrelay::ops::defaults::AUDIENCE, HOUR),
     )
 }
 
 /// A client token for the rig's host `bench` whose id (what the relay's
 /// per-token limits count) is `jti`.
 fn client_token_for(secret: &Secret, jti: &str) -> anyhow::Result<String> {
-    let mut claims = Claims::new(Role::Client, "bench", shellrelay::defaults::AUDIENCE, HOUR);
+    let mut claims = Claims::new(
+        Role::Client,
+        "bench",
+        shellrelay::ops::defaults::AUDIENCE,
+        HOUR,
+    );
     claims.jti = Some(jti.to_owned());
     token::mint(secret, &claims)
 }
@@ -411,15 +416,16 @@ async fn datagrams(
     plan: &Plan,
     report: &impl Fn(&str, [u64; 3], Option<(f64, f64)>),
 ) -> anyhow::Result<()> {
-    let mut transport = shellrelay::transport::quic::transport_config(TransportOptions::default())?;
+    let mut transport =
+        shellrelay::net::transport::quic::transport_config(TransportOptions::default())?;
     transport.datagram_receive_buffer_size(Some(1 << 20));
-    let mut config = shellrelay::transport::quic::client_config(
+    let mut config = shellrelay::net::transport::quic::client_config(
         &Trust::PinnedFile(rig.cert.clone()),
         TransportOptions::default(),
     )?;
     config.transport_config(Arc::new(transport));
     let mut endpoint =
-        shellrelay::transport::quic::bind_endpoint((Ipv4Addr::LOCALHOST, 0).into(), None)?;
+        shellrelay::net::transport::quic::bind_endpoint((Ipv4Addr::LOCALHOST, 0).into(), None)?;
     endpoint.set_default_client_config(config);
     let (mut conns, mut refused) = (Vec::new(), 0u64);
     for _ in 0..plan.datagram_conns {
@@ -455,10 +461,12 @@ async fn datagrams(
 /// socket that never answers.
 async fn an_initial() -> anyhow::Result<Vec<u8>> {
     let sink = UdpSocket::bind("127.0.0.1:0").await?;
-    let config =
-        shellrelay::transport::quic::client_config(&Trust::System, TransportOptions::default())?;
+    let config = shellrelay::net::transport::quic::client_config(
+        &Trust::System,
+        TransportOptions::default(),
+    )?;
     let mut endpoint =
-        shellrelay::transport::quic::bind_endpoint((Ipv4Addr::LOCALHOST, 0).into(), None)?;
+        shellrelay::net::transport::quic::bind_endpoint((Ipv4Addr::LOCALHOST, 0).into(), None)?;
     endpoint.set_default_client_config(config);
     let _connecting = endpoint.connect(sink.local_addr()?, "localhost")?;
     let mut buf = vec![0u8; 2048];
@@ -1036,11 +1044,11 @@ async fn forged_hellos(
     let forged = mint(&Secret::generate(), Role::Client, "bench")?;
     let mut tasks = Vec::new();
     for i in 0..100u8 {
-        let mut endpoint = shellrelay::transport::quic::bind_endpoint(
+        let mut endpoint = shellrelay::net::transport::quic::bind_endpoint(
             (Ipv4Addr::new(127, 2, 0, i + 1), 0).into(),
             None,
         )?;
-        let config = shellrelay::transport::quic::client_config(
+        let config = shellrelay::net::transport::quic::client_config(
             &Trust::PinnedFile(cert.clone()),
             TransportOptions::default(),
         )?;
@@ -1439,7 +1447,10 @@ impl Dialer {
         let trust = Trust::PinnedFile(cert.to_owned());
         Ok(Dialer {
             relay,
-            quic: shellrelay::transport::quic::client_config(&trust, TransportOptions::default())?,
+            quic: shellrelay::net::transport::quic::client_config(
+                &trust,
+                TransportOptions::default(),
+            )?,
             tls: tcp_client_config(&trust)?,
         })
     }
@@ -1447,7 +1458,7 @@ impl Dialer {
     /// A QUIC endpoint on `from`.
     fn endpoint(&self, from: IpAddr) -> anyhow::Result<quinn::Endpoint> {
         let mut endpoint =
-            shellrelay::transport::quic::bind_endpoint(SocketAddr::new(from, 0), None)?;
+            shellrelay::net::transport::quic::bind_endpoint(SocketAddr::new(from, 0), None)?;
         endpoint.set_default_client_config(self.quic.clone());
         Ok(endpoint)
     }

@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use shellrelay::access::keys::Secret;
+use shellrelay::access::token::{self, Claims, TokenSource};
 use shellrelay::client::{ClientConfig, Forwarder};
-use shellrelay::keys::Secret;
+use shellrelay::net::tls::Trust;
+use shellrelay::net::transport::dial::{self, RelayAddr};
+use shellrelay::net::transport::TransportOptions;
 use shellrelay::protocol::Role;
-use shellrelay::tls::Trust;
-use shellrelay::token::{self, Claims, TokenSource};
-use shellrelay::transport::dial::{self, RelayAddr};
-use shellrelay::transport::TransportOptions;
 use support::bin::{make_private, peer_args, relay_args};
 use support::bulk::{
     cpu_secs, download, logged, machine, open, settle_rss, spawn, target, upload, CHUNK,
@@ -131,13 +131,15 @@ async fn pings(addr: SocketAddr, count: usize) -> (Duration, Duration) {
 /// Round trips of 64 bytes over one raw quinn connection on loopback, both
 /// ends in this process: the floor that each QUIC hop of the tunnel adds.
 async fn quinn_pings(count: usize) -> anyhow::Result<(Duration, Duration)> {
-    use shellrelay::tls;
+    use shellrelay::net::tls;
     let identity = tls::self_signed(&["localhost".into()])?;
     let trust = Trust::Pinned(identity.chain.clone());
     let opts = TransportOptions::default();
-    let server = shellrelay::transport::quic::bind_endpoint(
+    let server = shellrelay::net::transport::quic::bind_endpoint(
         "127.0.0.1:0".parse()?,
-        Some(shellrelay::transport::quic::server_config(identity, opts)?),
+        Some(shellrelay::net::transport::quic::server_config(
+            identity, opts,
+        )?),
     )?;
     let addr = server.local_addr()?;
     tokio::spawn(async move {
@@ -149,8 +151,10 @@ async fn quinn_pings(count: usize) -> anyhow::Result<(Duration, Duration)> {
         }
         anyhow::Ok(())
     });
-    let mut client = shellrelay::transport::quic::bind_endpoint("127.0.0.1:0".parse()?, None)?;
-    client.set_default_client_config(shellrelay::transport::quic::client_config(&trust, opts)?);
+    let mut client = shellrelay::net::transport::quic::bind_endpoint("127.0.0.1:0".parse()?, None)?;
+    client.set_default_client_config(shellrelay::net::transport::quic::client_config(
+        &trust, opts,
+    )?);
     let conn = client.connect(addr, "localhost")?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let msg = [7u8; 64];
@@ -207,7 +211,7 @@ async fn run() -> anyhow::Result<()> {
     let mint = |role, host: &str| {
         token::mint(
             &secret,
-            &Claims::new(role, host, shellrelay::defaults::AUDIENCE, HOUR),
+            &Claims::new(role, host, shellrelay::ops::defaults::AUDIENCE, HOUR),
         )
     };
     let host_token = dir.path().join("host.token");
@@ -301,7 +305,7 @@ async fn run() -> anyhow::Result<()> {
         fleet: None,
         token: TokenSource::Literal(mint(Role::Client, "bench")?),
         host: None,
-        resume_window: shellrelay::resume::RESUME_WINDOW,
+        resume_window: shellrelay::session::resume::RESUME_WINDOW,
     });
     let before_sessions = settle_rss(relay.pid()).await;
     let mut sessions = Vec::with_capacity(plan.idle_sessions);
@@ -566,7 +570,8 @@ async fn run() -> anyhow::Result<()> {
     }
 
     // The relay hands freed memory back every MEMORY_TRIM_INTERVAL.
-    tokio::time::sleep(shellrelay::defaults::MEMORY_TRIM_INTERVAL + Duration::from_secs(1)).await;
+    tokio::time::sleep(shellrelay::ops::defaults::MEMORY_TRIM_INTERVAL + Duration::from_secs(1))
+        .await;
     let after_bulk = settle_rss(relay.pid()).await;
     println!();
     println!(

@@ -9,18 +9,18 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use shellrelay::access::keys::Secret;
+use shellrelay::access::keys::{self, KeyKind, KeySet, SigningKey, VerifyKey};
+use shellrelay::access::token::{self, Claims, TokenSource, Verifier};
 use shellrelay::client::{ClientConfig, Forwarder, OpenError, Opened};
-use shellrelay::keys::Secret;
-use shellrelay::keys::{self, KeyKind, KeySet, SigningKey, VerifyKey};
 use shellrelay::protocol::Role;
 use shellrelay::protocol::{Reason, Refusal, Resume};
-use shellrelay::resume::Position;
-use shellrelay::token::{self, Claims, TokenSource, Verifier};
+use shellrelay::session::resume::Position;
 use support::traffic::*;
 use support::*;
 
 fn claims(role: Role, sub: &str) -> Claims {
-    Claims::new(role, sub, shellrelay::defaults::AUDIENCE, HOUR)
+    Claims::new(role, sub, shellrelay::ops::defaults::AUDIENCE, HOUR)
 }
 
 /// A client token for `sub` reaching `hosts`, with token id `jti`.
@@ -103,7 +103,7 @@ async fn tokens_are_checked_with_the_key_their_kid_names() {
         set.insert("2026-10", VerifyKey::secret(&old)).unwrap();
         set.insert("issuer-ed", ed_verify).unwrap();
         set.insert("issuer-es", es_verify).unwrap();
-        c.verifier = Verifier::with_keys(set, shellrelay::defaults::AUDIENCE);
+        c.verifier = Verifier::with_keys(set, shellrelay::ops::defaults::AUDIENCE);
         c.limits.failures_per_addr = u32::MAX;
     })
     .await;
@@ -165,7 +165,7 @@ async fn tokens_are_checked_with_the_key_their_kid_names() {
     let strict = Tunnel::start_with(|c| {
         let mut set = KeySet::default();
         set.insert("issuer-ed", only_ed).unwrap();
-        c.verifier = Verifier::with_keys(set, shellrelay::defaults::AUDIENCE);
+        c.verifier = Verifier::with_keys(set, shellrelay::ops::defaults::AUDIENCE);
     })
     .await;
     let (reason, message) = refusal(
@@ -340,7 +340,7 @@ async fn a_resume_is_taken_only_with_its_client_token_and_key_and_once() {
     let (mut local, mut remote) = tokio::io::duplex(64 * 1024);
     let carried = tokio::spawn(async move {
         let (mut from, mut to) = tokio::io::split(&mut remote);
-        let mut source = shellrelay::splice::Reader(&mut from);
+        let mut source = shellrelay::session::splice::Reader(&mut from);
         let outcome = session
             .attach(&mut stream, Position::default(), &mut source, &mut to)
             .await;

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use shellrelay::access::token::{Claims, TokenSource};
+use shellrelay::net::transport::dial;
 use shellrelay::protocol::{read_frame, Frame, Refusal, Role, ALPN};
-use shellrelay::token::{Claims, TokenSource};
-use shellrelay::transport::dial;
 use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -63,7 +63,12 @@ async fn admissions_refusals_and_sessions_each_get_a_line() {
         "{host}"
     );
     // A client with a token id, one session of known size.
-    let mut claims = Claims::new(Role::Client, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
+    let mut claims = Claims::new(
+        Role::Client,
+        "lab1",
+        shellrelay::ops::defaults::AUDIENCE,
+        HOUR,
+    );
     claims.jti = Some("t-42".into());
     let (client, _peer) = tunnel.client_with(tunnel.sign(&claims), None).await;
     let mut tcp = ping(client).await;
@@ -106,7 +111,12 @@ async fn admissions_refusals_and_sessions_each_get_a_line() {
     );
     // A well-signed token refused for what it says (a host token used by a
     // client): whom it names is known.
-    let mut claims = Claims::new(Role::Host, "lab7", shellrelay::defaults::AUDIENCE, HOUR);
+    let mut claims = Claims::new(
+        Role::Host,
+        "lab7",
+        shellrelay::ops::defaults::AUDIENCE,
+        HOUR,
+    );
     claims.jti = Some("t-wrong-role".into());
     let wrong = TokenSource::Literal(tunnel.sign(&claims));
     let _ = dial::connect(&tunnel.relay_addr(), &wrong, Role::Client, None).await;
@@ -247,7 +257,7 @@ async fn control_and_bidi_characters_never_reach_the_audit_log() {
     let _host = tunnel.host("lab1", echo_server().await).await;
     let evil = "\u{9b}31m\u{202e}\u{2066}\u{200f}\u{61c}\n\u{1b}[2J";
     let shown = "?31m??????[2J";
-    let audience = shellrelay::defaults::AUDIENCE;
+    let audience = shellrelay::ops::defaults::AUDIENCE;
     let subject = format!("lab{evil}1");
     let claims = Claims::new(Role::Client, &subject, audience, HOUR);
     refusal(&tunnel, Role::Client, tunnel.sign(&claims), None).await;
@@ -282,9 +292,9 @@ async fn control_and_bidi_characters_never_reach_the_audit_log() {
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_opens_a_renamed_audit_log_afresh_at_its_path() {
-    use shellrelay::tls::Trust;
-    use shellrelay::transport::dial::RelayAddr;
-    use shellrelay::transport::TransportOptions;
+    use shellrelay::net::tls::Trust;
+    use shellrelay::net::transport::dial::RelayAddr;
+    use shellrelay::net::transport::TransportOptions;
     use support::bin;
 
     let dir = tempfile::tempdir().unwrap();

@@ -6,12 +6,12 @@
 
 mod support;
 
+use shellrelay::access::token::{Claims, TokenSource};
 use shellrelay::client::{ClientConfig, Forwarder, OpenError};
+use shellrelay::net::transport::dial::{self, ConnectError};
+use shellrelay::net::transport::{Closed, Conn, Stream};
 use shellrelay::protocol::{Reason, Role};
 use shellrelay::relay::budget::{session_bytes, PRE_HELLO_RESERVE};
-use shellrelay::token::{Claims, TokenSource};
-use shellrelay::transport::dial::{self, ConnectError};
-use shellrelay::transport::{Closed, Conn, Stream};
 use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -24,7 +24,7 @@ async fn relay_for(sessions: u64, via: Transport) -> (Tunnel, Peer) {
     let tunnel = Tunnel::start_with(|c| {
         c.limits.failures_per_addr = u32::MAX;
         c.limits.max_buffered = PRE_HELLO_RESERVE
-            + sessions * session_bytes(shellrelay::transport::options::STREAM_WINDOW);
+            + sessions * session_bytes(shellrelay::net::transport::options::STREAM_WINDOW);
     })
     .await;
     assert_eq!(tunnel.registry.sessions(), (0, sessions as usize));
@@ -34,7 +34,12 @@ async fn relay_for(sessions: u64, via: Transport) -> (Tunnel, Peer) {
 
 /// A client token for `lab1` of `user`'s own (its `jti`).
 fn token_of(tunnel: &Tunnel, user: &str) -> TokenSource {
-    let mut claims = Claims::new(Role::Client, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
+    let mut claims = Claims::new(
+        Role::Client,
+        "lab1",
+        shellrelay::ops::defaults::AUDIENCE,
+        HOUR,
+    );
     claims.jti = Some(user.to_owned());
     TokenSource::Literal(tunnel.sign(&claims))
 }
@@ -46,7 +51,7 @@ fn forwarder(tunnel: &Tunnel, via: Transport, user: &str) -> Forwarder {
         fleet: None,
         token: token_of(tunnel, user),
         host: None,
-        resume_window: shellrelay::resume::RESUME_WINDOW,
+        resume_window: shellrelay::session::resume::RESUME_WINDOW,
     })
 }
 
@@ -156,7 +161,7 @@ async fn a_token_that_opens_and_resets_streams_is_cut_off() {
         }
         // Cut off before it could use up the stream credit it was given
         // twice over (a session limit's worth and 64 more, at once).
-        let credit = shellrelay::defaults::SESSIONS_PER_CLIENT + 64;
+        let credit = shellrelay::ops::defaults::SESSIONS_PER_CLIENT + 64;
         assert!(
             opened <= 2 * credit,
             "{via:?}: cut off only after {opened} streams"

@@ -7,9 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shellrelay::access::token::{Claims, TokenSource};
+use shellrelay::net::transport::options::TransportOptions;
 use shellrelay::protocol::Role;
-use shellrelay::token::{Claims, TokenSource};
-use shellrelay::transport::options::TransportOptions;
 use support::netem::{Impairment, Proxy};
 use support::traffic::*;
 use support::*;
@@ -305,8 +305,13 @@ async fn the_host_rereads_its_token_file_and_waits_out_an_expired_token() {
     let tunnel = Tunnel::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("host.token");
-    let mut expired = Claims::new(Role::Host, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
-    expired.exp = shellrelay::clock::unix_now() - 10;
+    let mut expired = Claims::new(
+        Role::Host,
+        "lab1",
+        shellrelay::ops::defaults::AUDIENCE,
+        HOUR,
+    );
+    expired.exp = shellrelay::ops::clock::unix_now() - 10;
     std::fs::write(&file, tunnel.sign(&expired)).unwrap();
 
     let cancel = tunnel.cancel.child_token();
@@ -316,7 +321,7 @@ async fn the_host_rereads_its_token_file_and_waits_out_an_expired_token() {
         token: TokenSource::File(file.clone()),
         target: echo_server().await.to_string(),
         max_backoff: Duration::from_millis(400),
-        resume_window: shellrelay::resume::RESUME_WINDOW,
+        resume_window: shellrelay::session::resume::RESUME_WINDOW,
         max_waiting: Default::default(),
         metrics: None,
     };

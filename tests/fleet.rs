@@ -194,7 +194,7 @@ async fn a_host_uses_the_two_relays_its_id_ranks_first_and_follows_the_records()
         ),
     );
     // The two the host id ranks first, as every peer computes them.
-    let mut chosen = shellrelay::fleet::choose("lab1", &members, 2);
+    let mut chosen = shellrelay::net::fleet::choose("lab1", &members, 2);
     chosen.sort();
     assert_eq!(registrations(&mut host, 2).await, chosen, "{}", host.log());
     echo_through_fleet(&ns.name, port, &pin, &client_token_file).await;
@@ -210,7 +210,7 @@ async fn a_host_uses_the_two_relays_its_id_ranks_first_and_follows_the_records()
     // the next, which clients now compute too.
     let left: Vec<SocketAddr> = members.iter().copied().filter(|m| *m != gone).collect();
     ns.hosts(&left);
-    let next = shellrelay::fleet::choose("lab1", &left, 2);
+    let next = shellrelay::net::fleet::choose("lab1", &left, 2);
     let newcomer = *next.iter().find(|m| !chosen.contains(m)).unwrap();
     let line = host
         .wait_for("the next relay", |l| l.contains("registered with relay"))

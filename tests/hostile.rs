@@ -7,11 +7,11 @@ mod support;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use shellrelay::access::token::TokenSource;
 use shellrelay::client::{ClientConfig, Forwarder, OpenError};
+use shellrelay::net::transport::dial::{self, ConnectError};
 use shellrelay::protocol::Role;
 use shellrelay::protocol::{Reason, Refusal, ALPN};
-use shellrelay::token::TokenSource;
-use shellrelay::transport::dial::{self, ConnectError};
 use support::traffic::*;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -42,7 +42,7 @@ async fn still_serving(client: std::net::SocketAddr) {
 }
 
 fn close_reason(err: &quinn::ConnectionError) -> Refusal {
-    shellrelay::transport::refusal_of(err)
+    shellrelay::net::transport::refusal_of(err)
         .unwrap_or_else(|| panic!("not an application close: {err}"))
 }
 
@@ -168,7 +168,7 @@ async fn sessions_over_the_per_client_limit_are_refused_with_a_reason() {
         fleet: None,
         token: TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR)),
         host: None,
-        resume_window: shellrelay::resume::RESUME_WINDOW,
+        resume_window: shellrelay::session::resume::RESUME_WINDOW,
     });
     let mut open = Vec::new();
     for _ in 0..8 {
@@ -198,27 +198,29 @@ async fn the_relay_admits_no_more_sessions_than_its_memory_budget_holds() {
     use shellrelay::relay::budget::{session_bytes, PRE_HELLO_RESERVE};
     // Room for three sessions of four stream windows each, over every
     // client token together.
-    let window = u64::from(shellrelay::transport::options::STREAM_WINDOW);
+    let window = u64::from(shellrelay::net::transport::options::STREAM_WINDOW);
     let budget = PRE_HELLO_RESERVE
-        + 3 * session_bytes(shellrelay::transport::options::STREAM_WINDOW)
+        + 3 * session_bytes(shellrelay::net::transport::options::STREAM_WINDOW)
         + window;
     let tunnel = Tunnel::start_with(|c| c.limits.max_buffered = budget).await;
     assert_eq!(tunnel.registry.sessions(), (0, 3));
     let _host = tunnel.host("lab1", echo_server().await).await;
     let forwarder = |user: &str| {
-        let mut claims = shellrelay::token::Claims::new(
+        let mut claims = shellrelay::access::token::Claims::new(
             Role::Client,
             "lab1",
-            shellrelay::defaults::AUDIENCE,
+            shellrelay::ops::defaults::AUDIENCE,
             HOUR,
         );
         claims.jti = Some(user.to_owned());
         Forwarder::new(ClientConfig {
             relays: vec![tunnel.relay_addr()],
             fleet: None,
-            token: TokenSource::Literal(shellrelay::token::mint(&tunnel.secret, &claims).unwrap()),
+            token: TokenSource::Literal(
+                shellrelay::access::token::mint(&tunnel.secret, &claims).unwrap(),
+            ),
             host: None,
-            resume_window: shellrelay::resume::RESUME_WINDOW,
+            resume_window: shellrelay::session::resume::RESUME_WINDOW,
         })
     };
     let (alice, bob) = (forwarder("alice"), forwarder("bob"));
@@ -295,7 +297,7 @@ async fn the_session_limit_holds_per_token_across_connections() {
                 fleet: None,
                 token: TokenSource::Literal(token.clone()),
                 host: None,
-                resume_window: shellrelay::resume::RESUME_WINDOW,
+                resume_window: shellrelay::session::resume::RESUME_WINDOW,
             })
         })
         .collect();
@@ -315,15 +317,19 @@ async fn the_session_limit_holds_per_token_across_connections() {
     }
     // Another token (counted by its jti; tokens without one by their
     // subject) has places of its own.
-    let mut claims =
-        shellrelay::token::Claims::new(Role::Client, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
+    let mut claims = shellrelay::access::token::Claims::new(
+        Role::Client,
+        "lab1",
+        shellrelay::ops::defaults::AUDIENCE,
+        HOUR,
+    );
     claims.jti = Some("another-token".into());
     let other = Forwarder::new(ClientConfig {
         relays: vec![tunnel.relay_addr()],
         fleet: None,
         token: TokenSource::Literal(tunnel.sign(&claims)),
         host: None,
-        resume_window: shellrelay::resume::RESUME_WINDOW,
+        resume_window: shellrelay::session::resume::RESUME_WINDOW,
     });
     within(WAIT, "a session of another token", other.open())
         .await
@@ -429,16 +435,17 @@ async fn bad_tokens_from_an_address_are_penalised_but_good_ones_from_it_get_in()
 async fn a_bad_token_does_not_reveal_whether_a_host_exists() {
     let tunnel = Tunnel::start().await;
     let _host = tunnel.host("lab1", echo_server().await).await;
-    let other = shellrelay::keys::Secret::new(b"not the relay's secret at all".to_vec()).unwrap();
+    let other =
+        shellrelay::access::keys::Secret::new(b"not the relay's secret at all".to_vec()).unwrap();
     let mut answers = Vec::new();
     for host in ["lab1", "no-such-host"] {
-        let claims = shellrelay::token::Claims::new(
+        let claims = shellrelay::access::token::Claims::new(
             Role::Client,
             host,
-            shellrelay::defaults::AUDIENCE,
+            shellrelay::ops::defaults::AUDIENCE,
             HOUR,
         );
-        let forged = shellrelay::token::mint(&other, &claims).unwrap();
+        let forged = shellrelay::access::token::mint(&other, &claims).unwrap();
         let err = dial::connect(
             &tunnel.relay_addr(),
             &TokenSource::Literal(forged),

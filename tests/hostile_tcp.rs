@@ -13,18 +13,18 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rustls::pki_types::ServerName;
+use shellrelay::access::token::TokenSource;
 use shellrelay::client::{ClientConfig, Forwarder, OpenError, SetupError};
-use shellrelay::defaults::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES};
+use shellrelay::net::tls::Trust;
+use shellrelay::net::transport::dial;
+use shellrelay::net::transport::tcp::{dial, tcp_client_config};
+use shellrelay::net::transport::{ErrorCode, StreamError};
+use shellrelay::ops::defaults::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES};
 use shellrelay::protocol::{
     read_frame, Frame, FrameError, Jwt, Reason, Refusal, Role, ALPN, ALPN_TCP, MAX_FRAME_LEN,
     VERSION,
 };
 use shellrelay::relay::RelayConfig;
-use shellrelay::tls::Trust;
-use shellrelay::token::TokenSource;
-use shellrelay::transport::dial;
-use shellrelay::transport::tcp::{dial, tcp_client_config};
-use shellrelay::transport::{ErrorCode, StreamError};
 use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -621,15 +621,19 @@ async fn flood_server() -> SocketAddr {
 /// A forwarder for `lab1` over `via` with a token of its own (`user` is
 /// its id).
 fn forwarder(tunnel: &Tunnel, via: Transport, user: &str) -> Forwarder {
-    let mut claims =
-        shellrelay::token::Claims::new(Role::Client, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
+    let mut claims = shellrelay::access::token::Claims::new(
+        Role::Client,
+        "lab1",
+        shellrelay::ops::defaults::AUDIENCE,
+        HOUR,
+    );
     claims.jti = Some(user.to_owned());
     Forwarder::new(ClientConfig {
         relays: vec![tunnel.relay_over(via)],
         fleet: None,
         token: TokenSource::Literal(tunnel.sign(&claims)),
         host: None,
-        resume_window: shellrelay::resume::RESUME_WINDOW,
+        resume_window: shellrelay::session::resume::RESUME_WINDOW,
     })
 }
 
@@ -655,9 +659,9 @@ fn over_a_limit(err: &OpenError) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_admits_no_more_tcp_sessions_than_its_memory_budget_holds() {
     use shellrelay::relay::budget::{session_bytes, PRE_HELLO_RESERVE};
-    let window = u64::from(shellrelay::transport::options::STREAM_WINDOW);
+    let window = u64::from(shellrelay::net::transport::options::STREAM_WINDOW);
     let budget = PRE_HELLO_RESERVE
-        + 3 * session_bytes(shellrelay::transport::options::STREAM_WINDOW)
+        + 3 * session_bytes(shellrelay::net::transport::options::STREAM_WINDOW)
         + window;
     let flood = flood_server().await;
     for (client_via, host_via) in PATHS {

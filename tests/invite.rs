@@ -12,7 +12,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use shellrelay::invite::Invite;
+use shellrelay::cli::invite::Invite;
 use shellrelay::protocol::Role;
 use support::bin::{
     assert_error_line, finish, mode, path_str, peer_args, run, shellrelay, start_relay, token_file,

@@ -79,7 +79,7 @@ async fn until_full(count: &AtomicU64, what: &str) -> u64 {
 /// the sessions stall: lowest seen over two trim intervals.
 async fn trimmed(procs: &Procs) -> [u64; 3] {
     let mut low = procs.rss();
-    let end = tokio::time::Instant::now() + shellrelay::defaults::MEMORY_TRIM_INTERVAL * 2;
+    let end = tokio::time::Instant::now() + shellrelay::ops::defaults::MEMORY_TRIM_INTERVAL * 2;
     while tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = procs.rss();
@@ -256,9 +256,9 @@ async fn client_token(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_grants_no_credit_keeps_the_relay_within_its_budget() {
     use bytes::Bytes;
+    use shellrelay::net::tls::Trust;
+    use shellrelay::net::transport::tcp::{dial, tcp_client_config};
     use shellrelay::protocol::{read_frame, write_frame, Frame, Jwt, Role, VERSION};
-    use shellrelay::tls::Trust;
-    use shellrelay::transport::tcp::{dial, tcp_client_config};
 
     const BUDGET_MIB: u64 = 256;
     let dir = tempfile::tempdir().expect("temp dir");

@@ -11,13 +11,13 @@ mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use shellrelay::keys::Secret;
-use shellrelay::metrics::Status;
+use shellrelay::access::keys::Secret;
+use shellrelay::access::token::{self, Claims, TokenSource};
+use shellrelay::net::transport::dial;
+use shellrelay::ops::metrics::Status;
+use shellrelay::ops::status::{fetch, MAX_RESPONSE};
 use shellrelay::protocol::Reason;
 use shellrelay::protocol::Role;
-use shellrelay::status::{fetch, MAX_RESPONSE};
-use shellrelay::token::{self, Claims, TokenSource};
-use shellrelay::transport::dial;
 use support::http::{exchange, get, header, metrics_addr};
 use support::traffic::{echo, echo_roundtrip, echo_server, Noise};
 use support::{within, Tunnel, HOUR, WAIT};
@@ -119,7 +119,12 @@ async fn metrics_count_hosts_sessions_bytes_refusals_and_latencies() {
     let other = Secret::new(b"some other secret, long enough".to_vec()).unwrap();
     let forged = token::mint(
         &other,
-        &Claims::new(Role::Client, "lab1", shellrelay::defaults::AUDIENCE, HOUR),
+        &Claims::new(
+            Role::Client,
+            "lab1",
+            shellrelay::ops::defaults::AUDIENCE,
+            HOUR,
+        ),
     )
     .unwrap();
     let err = within(
@@ -190,10 +195,10 @@ async fn status_lists_each_host_with_its_counters() {
         }
     );
 
-    let before = shellrelay::clock::unix_now();
+    let before = shellrelay::ops::clock::unix_now();
     let _lab1 = tunnel.host("lab1", echo_server().await).await;
     let _lab2 = tunnel.host("lab2", echo_server().await).await;
-    let after = shellrelay::clock::unix_now();
+    let after = shellrelay::ops::clock::unix_now();
     let client = tunnel.client("lab1").await;
     let _open = open_session(client, 10_000).await;
 

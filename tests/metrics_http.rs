@@ -11,8 +11,8 @@ mod support;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use shellrelay::defaults::{HEAD_TIMEOUT, REQUEST_TIMEOUT};
-use shellrelay::status::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDR, MAX_REQUEST};
+use shellrelay::ops::defaults::{HEAD_TIMEOUT, REQUEST_TIMEOUT};
+use shellrelay::ops::status::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDR, MAX_REQUEST};
 use support::http::{connect_from, exchange, get, metrics_addr, read_answer, try_exchange};
 use support::traffic::{echo_roundtrip, echo_server, Noise};
 use support::{within, Tunnel, WAIT};

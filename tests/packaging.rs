@@ -325,7 +325,11 @@ async fn systemd_units_start_the_binary_with_flags_it_accepts() {
                 .unwrap_or_else(|| panic!("{name}: no SHELLRELAY_METRICS"));
             let addr: std::net::SocketAddr = metrics.parse().expect("an address");
             assert!(addr.ip().is_loopback(), "{name}: metrics on {addr}");
-            assert_eq!(metrics, shellrelay::defaults::METRICS, "where status looks");
+            assert_eq!(
+                metrics,
+                shellrelay::ops::defaults::METRICS,
+                "where status looks"
+            );
         }
     }
 }

@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::Stdio;
 
-use shellrelay::tls::pin::Pin;
+use shellrelay::net::tls::pin::Pin;
 use support::bin::{
     assert_error_line, finish, make_private, path_str, shellrelay, start_relay, token_file,
     write_secret,

@@ -16,14 +16,14 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::Value;
-use shellrelay::clock::MAX_EXP;
-use shellrelay::id::{glob_match, valid_host_pattern, MAX_HOST_ID_LEN};
-use shellrelay::keys::Secret;
+use shellrelay::access::keys::Secret;
+use shellrelay::access::token::{mint, Claims, TokenError, Verifier};
+use shellrelay::ops::clock::MAX_EXP;
+use shellrelay::protocol::id::{glob_match, valid_host_pattern, MAX_HOST_ID_LEN};
 use shellrelay::protocol::Role;
 use shellrelay::protocol::{
     read_frame, Frame, FrameError, Jwt, Reason, Resume, Who, MAX_FRAME_LEN,
 };
-use shellrelay::token::{mint, Claims, TokenError, Verifier};
 use tokio::runtime::Runtime;
 
 const AUDIENCE: &str = "shellrelay";
@@ -992,7 +992,7 @@ fn every_reason_code_round_trips() {
         assert_eq!(Reason::from_code(r.code().into()), r, "{r:?}");
         assert_eq!(Reason::from_name(r.as_str()), r, "{r:?}");
         assert_eq!(
-            Reason::from_code(shellrelay::transport::ErrorCode::from(r).0),
+            Reason::from_code(shellrelay::net::transport::ErrorCode::from(r).0),
             r,
             "{r:?}"
         );
@@ -1037,7 +1037,7 @@ fn any_application_close_reads_as_a_refusal() {
             error_code: quinn::VarInt::from_u64(code).expect("within varint range"),
             reason: Bytes::from(reason.clone()),
         });
-        let refusal = shellrelay::transport::refusal_of(&err);
+        let refusal = shellrelay::net::transport::refusal_of(&err);
         prop_assert!(refusal.is_some());
         let refusal = refusal.expect("checked");
         prop_assert_eq!(refusal.reason, Reason::from_code(code));
@@ -1067,6 +1067,6 @@ fn other_connection_errors_are_not_refusals() {
         quinn::ConnectionError::LocallyClosed,
         quinn::ConnectionError::CidsExhausted,
     ] {
-        assert_eq!(shellrelay::transport::refusal_of(&err), None, "{err}");
+        assert_eq!(shellrelay::net::transport::refusal_of(&err), None, "{err}");
     }
 }

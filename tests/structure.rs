@@ -1,7 +1,8 @@
-//! The source tree's shape, checked: no import cycles between the crate's
-//! top-level modules (the wire protocol at the bottom, the command line at
-//! the top), and no source file over about 400 lines unless its `//!`
-//! says why.
+//! The source tree's shape, checked: the crate's top-level modules on
+//! floors (the wire protocol at the bottom, the roles side by side, the
+//! command line at the top), no import cycle between any two files; quinn and h2 named only in the
+//! transport; the three roles side by side, never importing one another;
+//! and no source file over about 400 lines unless its `//!` says why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -144,18 +145,35 @@ fn modules_import_each_other_without_cycles() {
         let deps = graph.entry(module.clone()).or_default();
         deps.extend(uses(&code(text)).into_iter().filter(|m| *m != module));
     }
-    assert!(graph.len() > 10, "found only {graph:?}");
     assert_eq!(find_cycle(&graph), None, "an import cycle");
-    // The wire protocol is the bottom floor.
-    assert_eq!(graph["protocol"], BTreeSet::new(), "protocol imports");
-    // Nothing below the command line reaches up into it.
+    // The floors, from the bottom: each module imports only from floors
+    // below its own (the wire protocol imports nothing of the crate).
+    let floor = |module: &str| {
+        FLOORS
+            .iter()
+            .position(|f| f.contains(&module))
+            .unwrap_or_else(|| panic!("{module} is on no floor: add it to FLOORS"))
+    };
     for (module, deps) in &graph {
-        assert!(
-            module == "cli" || !deps.contains("cli"),
-            "{module} imports cli"
-        );
+        for dep in deps {
+            assert!(
+                floor(dep) < floor(module),
+                "{module} imports {dep}, which is not below it"
+            );
+        }
     }
 }
+
+/// The crate's top-level modules, a floor each, from the bottom up.
+const FLOORS: [&[&str]; 7] = [
+    &["protocol"],
+    &["ops"],
+    &["access"],
+    &["net"],
+    &["session"],
+    &["client", "host", "relay"],
+    &["cli"],
+];
 
 #[test]
 fn the_cycle_finder_finds_cycles() {
@@ -189,4 +207,300 @@ fn long_files_say_why_they_are_long() {
         long.is_empty(),
         "files over {LONG_FILE} lines without a `{LONG_MARK}` reason: {long:?}"
     );
+}
+
+/// The folder, under `src`, of the transport: the only one that may name
+/// quinn or h2.
+const TRANSPORT: &str = "net/transport";
+
+/// The roles, as folders under `src` (with their `<role>.rs` if any).
+const ROLES: [&str; 3] = ["client", "host", "relay"];
+
+/// The path of `file` under `src`, with `/` between its parts.
+fn rel(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).expect("under src");
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Where `code` names one of `crates` (`quinn::`, `h2::`…) as a path.
+fn names_crate(code: &str, krate: &str) -> bool {
+    let pattern = format!("{krate}::");
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    code.match_indices(&pattern).any(|(at, _)| {
+        let before = &code[..at];
+        match before.strip_suffix("::") {
+            // `::h2::` is the crate; `x::h2::` is a module of `x`.
+            Some(path) => !path.chars().next_back().is_some_and(ident),
+            None => !before.chars().next_back().is_some_and(ident),
+        }
+    })
+}
+
+/// Files outside the transport that name quinn or h2 in their code.
+fn transport_leaks(files: &[(String, String)]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(rel, _)| !rel.starts_with(&format!("{TRANSPORT}/")))
+        .filter(|(_, text)| {
+            let code = code(text);
+            ["quinn", "quinn_proto", "h2"]
+                .iter()
+                .any(|k| names_crate(&code, k))
+        })
+        .map(|(rel, _)| rel.clone())
+        .collect()
+}
+
+/// The role a file belongs to, if any.
+fn role_of(rel: &str) -> Option<&'static str> {
+    ROLES
+        .into_iter()
+        .find(|r| rel == format!("{r}.rs") || rel.starts_with(&format!("{r}/")))
+}
+
+/// `(file, role)` for each file that names a role it may not: a role
+/// names no other role, and below the command line (`cli/`, which starts
+/// them) nothing names a role at all.
+fn roles_crossed(files: &[(String, String)]) -> Vec<(String, String)> {
+    let mut crossed = Vec::new();
+    for (rel, text) in files {
+        if rel.starts_with("cli/") || rel == "lib.rs" || rel == "main.rs" {
+            continue;
+        }
+        let own = role_of(rel);
+        for other in uses(&code(text)) {
+            if ROLES.contains(&other.as_str()) && own != Some(other.as_str()) {
+                crossed.push((rel.clone(), other));
+            }
+        }
+    }
+    crossed
+}
+
+#[test]
+fn quinn_and_h2_are_named_only_in_the_transport() {
+    let (src, files) = read_sources();
+    let files: Vec<(String, String)> = files.into_iter().map(|(f, t)| (rel(&src, &f), t)).collect();
+    assert!(files.iter().any(|(r, _)| r.starts_with(TRANSPORT)));
+    let leaks = transport_leaks(&files);
+    assert!(
+        leaks.is_empty(),
+        "quinn or h2 named outside src/{TRANSPORT}/: {leaks:?}"
+    );
+}
+
+#[test]
+fn the_roles_never_import_one_another() {
+    let (src, files) = read_sources();
+    let files: Vec<(String, String)> = files.into_iter().map(|(f, t)| (rel(&src, &f), t)).collect();
+    for role in ROLES {
+        assert!(
+            files.iter().any(|(r, _)| role_of(r) == Some(role)),
+            "no files of {role}"
+        );
+    }
+    let crossed = roles_crossed(&files);
+    assert!(crossed.is_empty(), "a role imports another: {crossed:?}");
+}
+
+#[test]
+fn the_rules_catch_what_they_are_for() {
+    let files = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(r, t)| ((*r).to_owned(), (*t).to_owned()))
+            .collect()
+    };
+    let leaky = files(&[
+        (&format!("{TRANSPORT}/quic.rs"), "use quinn::Endpoint;"),
+        ("relay/conn.rs", "fn f(i: quinn::Incoming) {}"),
+        (
+            "client/mod.rs",
+            "// quinn::Connection in a comment\nuse crate::h2c::X;",
+        ),
+        ("tls/mod.rs", "use ::h2::client;"),
+    ]);
+    assert_eq!(transport_leaks(&leaky), ["relay/conn.rs", "tls/mod.rs"]);
+    let stacked = files(&[
+        ("client/resume.rs", "use crate::host::Backoff;"),
+        ("host.rs", "use crate::{relay::X, session::Y};"),
+        (
+            "relay/conn.rs",
+            "use crate::relay::budget; use super::State;",
+        ),
+        ("status/mod.rs", "use crate::relay::RelayHandle;"),
+        ("cli/demo.rs", "use crate::{client, host, relay};"),
+    ]);
+    assert_eq!(
+        roles_crossed(&stacked),
+        [
+            ("client/resume.rs", "host"),
+            ("host.rs", "relay"),
+            ("status/mod.rs", "relay"),
+        ]
+        .map(|(f, r)| (f.to_owned(), r.to_owned()))
+    );
+}
+
+/// The module path of a file under `src` (`relay/conn.rs` → `relay::conn`,
+/// `relay/mod.rs` and `relay.rs` → `relay`, `lib.rs` → the crate).
+fn module_path(rel: &str) -> Vec<String> {
+    let rel = rel.strip_suffix(".rs").unwrap_or(rel);
+    let mut parts: Vec<String> = rel.split('/').map(str::to_owned).collect();
+    if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
+        parts.pop();
+    }
+    parts
+}
+
+/// Every path `code` names through `crate::` or `super::`, made absolute
+/// from `module` (the file's module path), with use groups expanded
+/// (`use super::{a::X, b}` → `m::a::X`, `m::b`).
+fn paths(code: &str, module: &[String]) -> Vec<Vec<String>> {
+    fn expand(text: &str, prefix: &[String], out: &mut Vec<Vec<String>>) {
+        let mut path = prefix.to_vec();
+        let mut rest = text;
+        loop {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.is_empty() {
+                if let Some(group) = rest.strip_prefix('{') {
+                    let (mut depth, mut start) = (0usize, 0usize);
+                    for (i, c) in group.char_indices() {
+                        match c {
+                            '{' => depth += 1,
+                            '}' if depth == 0 => {
+                                expand(group[start..i].trim(), &path, out);
+                                return;
+                            }
+                            '}' => depth -= 1,
+                            ',' if depth == 0 => {
+                                expand(group[start..i].trim(), &path, out);
+                                start = i + 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                break;
+            }
+            rest = &rest[name.len()..];
+            if name != "self" {
+                path.push(name);
+            }
+            match rest.strip_prefix("::") {
+                Some(more) => rest = more,
+                None => break,
+            }
+        }
+        out.push(path);
+    }
+    let mut out = Vec::new();
+    let starts = code
+        .match_indices("crate::")
+        .chain(code.match_indices("super::"));
+    for (at, _) in starts {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            // Part of a longer path (`super::super::`), taken from its start.
+            continue;
+        }
+        let mut base: Vec<String> = Vec::new();
+        let mut rest = &code[at..];
+        if let Some(more) = rest.strip_prefix("crate::") {
+            rest = more;
+        } else {
+            base = module.to_vec();
+            while let Some(more) = rest.strip_prefix("super::") {
+                base.pop();
+                rest = more;
+            }
+        }
+        expand(rest, &base, &mut out);
+    }
+    out
+}
+
+/// The file graph: each file to the files whose modules it names, leaving
+/// out a file's own parent and children (a module and its parts).
+fn file_graph(files: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
+    let modules: BTreeMap<Vec<String>, String> = files
+        .iter()
+        .filter(|(rel, _)| rel != "main.rs")
+        .map(|(rel, _)| (module_path(rel), rel.clone()))
+        .collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (rel, text) in files {
+        if rel == "main.rs" {
+            continue;
+        }
+        let module = module_path(rel);
+        let deps = graph.entry(rel.clone()).or_default();
+        for path in paths(&code(text), &module) {
+            // The deepest module the path names.
+            let Some(target) = (1..=path.len())
+                .rev()
+                .find_map(|n| modules.get(&path[..n]).map(|f| (&path[..n], f)))
+            else {
+                continue;
+            };
+            let (target_module, target_file) = target;
+            let related = target_module.starts_with(&module) || module.starts_with(target_module);
+            if !related {
+                deps.insert(target_file.clone());
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn no_two_files_import_each_other_even_through_others() {
+    let (src, files) = read_sources();
+    let files: Vec<(String, String)> = files.into_iter().map(|(f, t)| (rel(&src, &f), t)).collect();
+    let graph = file_graph(&files);
+    assert!(
+        graph.values().map(BTreeSet::len).sum::<usize>() > 50,
+        "{graph:?}"
+    );
+    assert_eq!(find_cycle(&graph), None, "an import cycle between files");
+}
+
+#[test]
+fn the_file_graph_sees_siblings_and_not_parents() {
+    let files = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(r, t)| ((*r).to_owned(), (*t).to_owned()))
+            .collect()
+    };
+    let tree = files(&[
+        ("resume/mod.rs", "pub use engine::Outcome;"),
+        ("resume/close.rs", "use super::engine::{Outcome, Side};"),
+        (
+            "resume/engine.rs",
+            "use super::{close::drain, key};\nuse crate::session::resume::key::End;",
+        ),
+        (
+            "resume/key.rs",
+            "use super::super::protocol::Resume; use super::Outcome;",
+        ),
+        ("protocol/mod.rs", ""),
+    ]);
+    let graph = file_graph(&tree);
+    assert_eq!(
+        graph["resume/engine.rs"],
+        ["resume/close.rs", "resume/key.rs"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(
+        graph["resume/key.rs"],
+        ["protocol/mod.rs"].map(String::from).into()
+    );
+    let cycle = find_cycle(&graph).expect("close and engine");
+    assert!(cycle.contains(&"resume/close.rs".to_owned()), "{cycle:?}");
 }

@@ -7,9 +7,9 @@ mod support;
 
 use std::time::Duration;
 
+use shellrelay::access::token::TokenSource;
+use shellrelay::net::transport::dial;
 use shellrelay::protocol::{Reason, Role};
-use shellrelay::token::TokenSource;
-use shellrelay::transport::dial;
 use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -195,7 +195,7 @@ async fn auto_falls_back_to_tcp_where_udp_is_lost_and_moves_back_to_quic_once_it
     let proxy = Proxy::start(tunnel.addr).await;
     proxy.set_blackhole(true);
     let _forwarder = tcp_forwarder(proxy.addr(), tunnel.addr).await;
-    let transport = shellrelay::transport::options::TransportOptions {
+    let transport = shellrelay::net::transport::options::TransportOptions {
         quic_retry: Duration::from_millis(300),
         ..Default::default()
     };
@@ -242,7 +242,7 @@ async fn the_last_session_on_a_tcp_connection_left_behind_keeps_its_last_bytes()
         let proxy = Proxy::start(tunnel.addr).await;
         proxy.set_blackhole(true);
         let _forwarder = tcp_forwarder(proxy.addr(), tunnel.addr).await;
-        let transport = shellrelay::transport::options::TransportOptions {
+        let transport = shellrelay::net::transport::options::TransportOptions {
             quic_retry: Duration::from_millis(200),
             ..Default::default()
         };
@@ -272,7 +272,7 @@ async fn expiry_closes_tcp_peers_with_the_reason_and_ends_their_sessions() {
         .await;
     let relay = tunnel.relay_over(Transport::Tcp);
     let short = Duration::from_secs(2);
-    let exp = shellrelay::clock::unix_now() + 2;
+    let exp = shellrelay::ops::clock::unix_now() + 2;
     let client_token = tunnel.token(Role::Client, "lab1", short);
     let (client, _peer) = tunnel
         .client_via(relay.clone(), client_token.clone(), None)
@@ -310,7 +310,7 @@ async fn expiry_closes_tcp_peers_with_the_reason_and_ends_their_sessions() {
         assert_eq!(refusal.reason, Reason::TokenExpired, "{refusal:?}");
     }
     assert!(
-        shellrelay::clock::unix_now() >= exp,
+        shellrelay::ops::clock::unix_now() >= exp,
         "closed before the token expired"
     );
 }

@@ -6,12 +6,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use shellrelay::clock::unix_now;
-use shellrelay::keys::Secret;
+use shellrelay::access::keys::Secret;
+use shellrelay::access::token::{self, Claims, TokenSource};
+use shellrelay::net::transport::dial;
+use shellrelay::ops::clock::unix_now;
 use shellrelay::protocol::Reason;
 use shellrelay::protocol::Role;
-use shellrelay::token::{self, Claims, TokenSource};
-use shellrelay::transport::dial;
 use support::traffic::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -128,7 +128,7 @@ async fn bad_tokens_are_refused_with_their_reason_and_the_relay_serves_on() {
     let _host = tunnel.host("lab1", echo_server().await).await;
     let client = tunnel.client("lab1").await;
     let now = unix_now();
-    let claims = |role| Claims::new(role, "lab1", shellrelay::defaults::AUDIENCE, HOUR);
+    let claims = |role| Claims::new(role, "lab1", shellrelay::ops::defaults::AUDIENCE, HOUR);
     let other = Secret::new(b"some other secret, long enough".to_vec()).unwrap();
 
     let mut expired = claims(Role::Client);
@@ -458,7 +458,7 @@ async fn stalled_sessions_do_not_block_other_sessions_of_the_host() {
         tcp.write_all(b"S").await.unwrap();
         keep.push(tcp);
     }
-    let enough = stalled * 2 * u64::from(shellrelay::transport::options::STREAM_WINDOW);
+    let enough = stalled * 2 * u64::from(shellrelay::net::transport::options::STREAM_WINDOW);
     within(WAIT, "stalled sessions to fill their windows", async {
         while written.load(Ordering::Relaxed) < enough {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use shellrelay::defaults::CONNECT_TIMEOUT;
+use shellrelay::ops::defaults::CONNECT_TIMEOUT;
 use support::bin::{
     assert_error_line, finish, make_certs, make_private, mint_token, path_str, peer_args,
     relay_args, shellrelay, shellrelay_in, write_secret, Out, BIN,

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use shellrelay::token::{mint, Claims, Role, Secret, Verifier, DEFAULT_AUDIENCE, MAX_EXP};
+use shellrelay::access::token::{mint, Claims, Role, Secret, Verifier, DEFAULT_AUDIENCE, MAX_EXP};
 
 /// A fixed "now" keeps runs reproducible.
 const NOW: u64 = 1_700_000_000;

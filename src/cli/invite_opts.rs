@@ -9,16 +9,16 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::token_opts::MintOpt;
-use crate::clock::fmt_unix;
-use crate::invite::Invite;
+use crate::access::token::Claims;
+use crate::cli::invite::Invite;
+use crate::net::tls::pin::Pin;
+use crate::ops::clock::fmt_unix;
 use crate::protocol::Role;
-use crate::tls::pin::Pin;
-use crate::token::Claims;
-use crate::{config, tls};
+use crate::{cli::config, net::tls};
 
 /// `shellrelay invite`
 #[derive(Debug, Args)]
-#[command(mut_arg("ttl", |a| a.default_value(crate::defaults::INVITE_TTL)))]
+#[command(mut_arg("ttl", |a| a.default_value(crate::ops::defaults::INVITE_TTL)))]
 pub struct InviteOpt {
     #[command(flatten)]
     mint: MintOpt,
@@ -34,7 +34,7 @@ pub struct InviteOpt {
     #[arg(long, env = "SHELLRELAY_FLEET", value_name = "K", value_parser = clap::value_parser!(u8).range(1..=16))]
     fleet: Option<u8>,
     /// The relay's certificate, whose public key the invite pins.
-    #[arg(long, env = "SHELLRELAY_CERT", default_value = crate::defaults::CERT, value_name = "PATH")]
+    #[arg(long, env = "SHELLRELAY_CERT", default_value = crate::ops::defaults::CERT, value_name = "PATH")]
     cert: PathBuf,
 }
 
@@ -59,7 +59,7 @@ pub(super) fn invite(opt: InviteOpt) -> anyhow::Result<()> {
         format!(
             "the invite pins the relay's key, read from its certificate: run invite next to the \
              relay, or pass --cert with the relay's certificate (its --cert; default {})",
-            crate::defaults::CERT
+            crate::ops::defaults::CERT
         )
     })?;
     let cert = certs.first().context("no certificate in --cert")?;
@@ -79,7 +79,7 @@ pub(super) fn invite(opt: InviteOpt) -> anyhow::Result<()> {
         }
         given => {
             for relay in given {
-                crate::invite::check_relay(relay).context("--relay")?;
+                crate::cli::invite::check_relay(relay).context("--relay")?;
             }
             given.to_vec()
         }

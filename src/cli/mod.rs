@@ -8,11 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub mod config;
+pub mod demo;
+pub mod invite;
 mod invite_opts;
 pub mod manual;
 mod peer_opts;
@@ -20,20 +22,19 @@ mod relay_file;
 mod relay_opts;
 mod setting;
 mod token_opts;
+mod transport_opts;
 
 pub use invite_opts::{InviteOpt, JoinOpt};
 pub use peer_opts::{ClientOpt, ConnectOpt, HostOpt, PeerOpt, ReachOpt};
 pub use relay_opts::{LimitsOpt, RelayOpt};
 pub use token_opts::{KeygenOpt, TokenOpt};
+pub use transport_opts::TransportOpt;
 
-use crate::keys::Secret;
-use crate::signals::{Signal, Signals};
-use crate::tasks::Tasks;
-use crate::tls;
-use crate::transport::options::{MAX_STREAM_WINDOW, MIN_STREAM_WINDOW, STREAM_WINDOW};
-use crate::transport::quic::congestion::CONGESTION;
-use crate::transport::{Congestion, TransportOptions};
-use crate::{connect, demo, id, status};
+use crate::access::keys::Secret;
+use crate::net::tls;
+use crate::ops::signals::{Signal, Signals};
+use crate::ops::tasks::Tasks;
+use crate::{client::connect, ops::status, protocol::id};
 
 /// Relay ssh to a machine behind NAT over QUIC.
 #[derive(Debug, Parser)]
@@ -166,62 +167,6 @@ impl SecretOpt {
     }
 }
 
-/// Keep-alive and idle timeout.
-#[derive(Debug, Clone, Args)]
-pub struct TransportOpt {
-    /// Interval of keep-alive packets; keeps NAT mappings open.
-    #[arg(long, env = "SHELLRELAY_KEEP_ALIVE", default_value_t = HumanDuration(crate::defaults::KEEP_ALIVE), value_name = "DURATION")]
-    keep_alive: HumanDuration,
-    /// Silence after which the peer is considered gone.
-    #[arg(long, env = "SHELLRELAY_IDLE_TIMEOUT", default_value_t = HumanDuration(crate::defaults::IDLE_TIMEOUT), value_name = "DURATION")]
-    idle_timeout: HumanDuration,
-    /// Receive window of each session stream: a session moves at most this much per round trip, and a stalled one holds at most this much here. Raise it for long fat paths (64KiB to 64MiB).
-    #[arg(long, env = "SHELLRELAY_STREAM_WINDOW", default_value_t = ByteSize::b(STREAM_WINDOW.into()), value_name = "BYTES")]
-    stream_window: ByteSize,
-    /// Congestion controller [default: bbr].
-    #[arg(
-        long,
-        env = "SHELLRELAY_CONGESTION",
-        value_enum,
-        value_name = "ALGORITHM"
-    )]
-    congestion: Option<Congestion>,
-}
-
-impl TransportOpt {
-    fn options(&self) -> anyhow::Result<TransportOptions> {
-        self.options_or(None)
-    }
-
-    /// [`TransportOpt::options`], with `congestion` from a config file
-    /// where no flag or variable set it.
-    fn options_or(&self, congestion: Option<Congestion>) -> anyhow::Result<TransportOptions> {
-        if self.keep_alive >= self.idle_timeout {
-            bail!("--keep-alive must be shorter than --idle-timeout");
-        }
-        let (min, max) = (MIN_STREAM_WINDOW, MAX_STREAM_WINDOW);
-        let stream_window = u32::try_from(self.stream_window.as_u64())
-            .ok()
-            .filter(|w| (min..=max).contains(w))
-            .with_context(|| {
-                format!(
-                    "--stream-window must be between {} and {}, not {}",
-                    ByteSize::b(min.into()).display().iec(),
-                    ByteSize::b(max.into()).display().iec(),
-                    self.stream_window.display().iec()
-                )
-            })?;
-        Ok(TransportOptions {
-            keep_alive: self.keep_alive.0,
-            idle_timeout: self.idle_timeout.0,
-            stream_window,
-            congestion: self.congestion.or(congestion).unwrap_or(CONGESTION),
-            via: crate::transport::Transport::default(),
-            quic_retry: crate::defaults::QUIC_RETRY,
-        })
-    }
-}
-
 /// `shellrelay certs`
 #[derive(Debug, Args)]
 pub struct CertsOpt {
@@ -229,7 +174,7 @@ pub struct CertsOpt {
     #[arg(
         long,
         env = "SHELLRELAY_OUT",
-        default_value = crate::defaults::CERT_DIR,
+        default_value = crate::ops::defaults::CERT_DIR,
         value_name = "DIR"
     )]
     out: PathBuf,
@@ -257,7 +202,7 @@ pub struct CertsOpt {
 /// Prints what peers pin a relay by: its key's pin and its certificate's
 /// fingerprint.
 fn print_identity(identity: &tls::Identity) -> anyhow::Result<()> {
-    let pin = crate::tls::pin::Pin::of(&identity.chain[0])?;
+    let pin = crate::net::tls::pin::Pin::of(&identity.chain[0])?;
     println!("pin (for --relay-pin): {pin}");
     println!(
         "sha-256 fingerprint: {}",
@@ -270,10 +215,10 @@ fn print_identity(identity: &tls::Identity) -> anyhow::Result<()> {
 #[derive(Debug, Args)]
 pub struct DemoOpt {
     /// What the demo host agent connects sessions to.
-    #[arg(long, env = "SHELLRELAY_TARGET", default_value = crate::defaults::TARGET, value_name = "HOST:PORT")]
+    #[arg(long, env = "SHELLRELAY_TARGET", default_value = crate::ops::defaults::TARGET, value_name = "HOST:PORT")]
     target: String,
     /// Local TCP address that ssh connects to.
-    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = crate::defaults::CLIENT_LISTEN, value_name = "ADDR")]
+    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = crate::ops::defaults::CLIENT_LISTEN, value_name = "ADDR")]
     listen: SocketAddr,
 }
 
@@ -281,7 +226,7 @@ pub struct DemoOpt {
 #[derive(Debug, Args)]
 pub struct StatusOpt {
     /// The relay's metrics endpoint (the address it was given with --metrics).
-    #[arg(long, env = "SHELLRELAY_METRICS", default_value = crate::defaults::METRICS, value_name = "HOST:PORT")]
+    #[arg(long, env = "SHELLRELAY_METRICS", default_value = crate::ops::defaults::METRICS, value_name = "HOST:PORT")]
     metrics: String,
 }
 
@@ -331,7 +276,7 @@ where
     let shutdown = shutdown_signal(&tasks)?;
     let result = role(shutdown.clone()).await;
     shutdown.cancel();
-    tasks.shutdown(crate::defaults::SHUTDOWN_GRACE).await;
+    tasks.shutdown(crate::ops::defaults::SHUTDOWN_GRACE).await;
     result
 }
 

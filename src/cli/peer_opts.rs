@@ -9,13 +9,13 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::{host_id, until_signalled, HumanDuration, TransportOpt};
-use crate::invite::Invite;
-use crate::tls::pin::Pin;
-use crate::tls::{self, Trust};
-use crate::token::TokenSource;
-use crate::transport::dial::{self, RelayAddr};
-use crate::transport::Transport;
-use crate::{client, config, host, private};
+use crate::access::token::TokenSource;
+use crate::cli::invite::Invite;
+use crate::net::tls::pin::Pin;
+use crate::net::tls::{self, Trust};
+use crate::net::transport::dial::{self, RelayAddr};
+use crate::net::transport::Transport;
+use crate::{access::private, cli::config, client, host};
 
 /// How hosts and clients reach the relay. The relay and a token are
 /// required; `client` and `connect` may take them from the config file.
@@ -72,10 +72,10 @@ pub struct PeerOpt {
     #[arg(long, env = "SHELLRELAY_FLEET", value_name = "K", value_parser = clap::value_parser!(u8).range(1..=16))]
     fleet: Option<u8>,
     /// With --transport auto, how often a peer that fell back to TCP tries QUIC again.
-    #[arg(long, env = "SHELLRELAY_QUIC_RETRY", default_value_t = HumanDuration(crate::defaults::QUIC_RETRY), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_QUIC_RETRY", default_value_t = HumanDuration(crate::ops::defaults::QUIC_RETRY), value_name = "DURATION")]
     quic_retry: HumanDuration,
     /// How long a session whose path broke (a relay restarting or dying, a network change, sleep) waits to be resumed, through any relay; 0 makes sessions end with their path.
-    #[arg(long, env = "SHELLRELAY_RESUME_WINDOW", default_value_t = HumanDuration(crate::resume::RESUME_WINDOW), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_RESUME_WINDOW", default_value_t = HumanDuration(crate::session::resume::RESUME_WINDOW), value_name = "DURATION")]
     resume_window: HumanDuration,
 }
 
@@ -193,11 +193,11 @@ impl PeerOpt {
         file: Option<&config::Loaded>,
         relays: &[RelayAddr],
         refresh: std::time::Duration,
-    ) -> anyhow::Result<Option<crate::fleet::Fleet>> {
+    ) -> anyhow::Result<Option<crate::net::fleet::Fleet>> {
         let k = self.fleet.or(file.and_then(|f| f.file.fleet));
         match (k, relays) {
             (None, _) => Ok(None),
-            (Some(k), [_]) => Ok(Some(crate::fleet::Fleet {
+            (Some(k), [_]) => Ok(Some(crate::net::fleet::Fleet {
                 k: usize::from(k),
                 refresh,
             })),
@@ -266,7 +266,8 @@ impl ReachOpt {
         let file = config::load(config::Kind::Client, self.config.as_deref())?;
         let wanted = wanted_in(config::Kind::Client, file.as_ref());
         let (relays, token) = self.peer.reach(file.as_ref(), &wanted)?;
-        let fleet = (self.peer).fleet(file.as_ref(), &relays, crate::defaults::FLEET_REFRESH)?;
+        let fleet =
+            (self.peer).fleet(file.as_ref(), &relays, crate::ops::defaults::FLEET_REFRESH)?;
         let host = self.host.clone().or_else(|| file.and_then(|f| f.file.host));
         Ok(client::ClientConfig {
             relays,
@@ -301,16 +302,16 @@ pub struct HostOpt {
     #[arg(long, env = "SHELLRELAY_TARGET", value_name = "HOST:PORT")]
     target: Option<String>,
     /// With --fleet, how often the host agent resolves the fleet's name again, to follow relays joining and leaving.
-    #[arg(long, env = "SHELLRELAY_FLEET_REFRESH", default_value_t = HumanDuration(crate::defaults::FLEET_REFRESH), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_FLEET_REFRESH", default_value_t = HumanDuration(crate::ops::defaults::FLEET_REFRESH), value_name = "DURATION")]
     fleet_refresh: HumanDuration,
     /// Cap on the delay between reconnect attempts.
-    #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(crate::defaults::MAX_BACKOFF), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_MAX_BACKOFF", default_value_t = HumanDuration(crate::ops::defaults::MAX_BACKOFF), value_name = "DURATION")]
     max_backoff: HumanDuration,
     /// Most sessions whose path broke that wait for a resume at once, each holding its connection to the target. Past that, a session whose path breaks ends at once.
-    #[arg(long, env = "SHELLRELAY_MAX_WAITING", default_value_t = crate::resume::parked::MAX_WAITING, value_name = "N", value_parser = clap::value_parser!(usize))]
+    #[arg(long, env = "SHELLRELAY_MAX_WAITING", default_value_t = crate::session::resume::parked::MAX_WAITING, value_name = "N", value_parser = clap::value_parser!(usize))]
     max_waiting: usize,
     /// Most of one client token's sessions that wait for a resume at once; past that, its session whose path breaks ends at once. The default stays below sshd's MaxStartups (10 unauthenticated connections), which a token's waiting sessions that never logged in count against.
-    #[arg(long, env = "SHELLRELAY_MAX_WAITING_PER_CLIENT", default_value_t = crate::resume::parked::MAX_WAITING_PER_CLIENT, value_name = "N", value_parser = clap::value_parser!(usize))]
+    #[arg(long, env = "SHELLRELAY_MAX_WAITING_PER_CLIENT", default_value_t = crate::session::resume::parked::MAX_WAITING_PER_CLIENT, value_name = "N", value_parser = clap::value_parser!(usize))]
     max_waiting_per_client: usize,
     /// Serve /metrics (Prometheus: resumes, resumable and waiting sessions, bytes kept for resumes) and /status (JSON) over HTTP on this TCP address; off by default.
     #[arg(long, env = "SHELLRELAY_HOST_METRICS", value_name = "ADDR")]
@@ -323,7 +324,7 @@ pub struct ClientOpt {
     #[command(flatten)]
     reach: ReachOpt,
     /// Local TCP address that ssh connects to.
-    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = crate::defaults::CLIENT_LISTEN, value_name = "ADDR")]
+    #[arg(long, env = "SHELLRELAY_LISTEN", default_value = crate::ops::defaults::CLIENT_LISTEN, value_name = "ADDR")]
     listen: SocketAddr,
 }
 
@@ -343,7 +344,7 @@ impl ConnectOpt {
         let mut config = self.reach.client_config()?;
         if let Some(suffix) = &self.host_suffix {
             let named = (self.reach.host.as_deref()).context("--host-suffix needs --host")?;
-            let id = crate::id::host_id_before(named, suffix).with_context(|| {
+            let id = crate::protocol::id::host_id_before(named, suffix).with_context(|| {
                 format!("--host {named} is not a host id followed by {suffix} (--host-suffix)")
             })?;
             config.host = Some(id.to_owned());
@@ -397,7 +398,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
     let (relays, token) = opt.peer.reach_or(joined, file.as_ref(), &wanted)?;
     let refresh = opt.fleet_refresh.0;
     let fleet = match (opt.peer.fleet(file.as_ref(), &relays, refresh)?, &invite) {
-        (None, Some(invite)) => invite.fleet.map(|k| crate::fleet::Fleet {
+        (None, Some(invite)) => invite.fleet.map(|k| crate::net::fleet::Fleet {
             k: usize::from(k),
             refresh,
         }),
@@ -405,7 +406,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
     };
     let target = (opt.target)
         .or_else(|| file.and_then(|f| f.file.target))
-        .unwrap_or_else(|| crate::defaults::TARGET.to_owned());
+        .unwrap_or_else(|| crate::ops::defaults::TARGET.to_owned());
     let config = host::HostConfig {
         relays,
         fleet,
@@ -413,7 +414,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         target,
         max_backoff: opt.max_backoff.0,
         resume_window: opt.peer.resume_window.0,
-        max_waiting: crate::resume::parked::WaitingLimits {
+        max_waiting: crate::session::resume::parked::WaitingLimits {
             all: opt.max_waiting,
             per_client: opt.max_waiting_per_client,
         },

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::setting::{kid_paths, scalar, scalars};
 use super::{HumanDuration, RelayOpt, SecretOpt};
-use crate::{config, private};
+use crate::{access::private, cli::config};
 
 /// The keys of a relay settings file: the long flags of `shellrelay relay`,
 /// written with `_` or `-`, before any `[table]`; `[token_keys]` and
@@ -73,7 +73,7 @@ pub(super) struct RelayFile {
     #[serde(default, deserialize_with = "scalar")]
     pub stream_window: Option<bytesize::ByteSize>,
     #[serde(default)]
-    pub congestion: Option<crate::transport::Congestion>,
+    pub congestion: Option<crate::net::transport::Congestion>,
 }
 
 /// Reads the settings file at `path`.
@@ -240,7 +240,10 @@ issuer-2 = "/etc/shellrelay/issuer-2.pub"
         assert_eq!(opt.hello_timeout, Duration::from_secs(3));
         let transport = opt.transport.options().unwrap();
         assert_eq!(transport.stream_window, 1 << 20);
-        assert_eq!(transport.congestion, crate::transport::Congestion::NewReno);
+        assert_eq!(
+            transport.congestion,
+            crate::net::transport::Congestion::NewReno
+        );
         assert_eq!(opt.limits.max_buffered.as_u64(), 2 << 30);
         assert_eq!(
             opt.secret.secret_file.as_deref(),
@@ -257,7 +260,7 @@ issuer-2 = "/etc/shellrelay/issuer-2.pub"
         // Untouched keys keep their defaults.
         assert_eq!(
             opt.limits.max_sessions_per_host,
-            crate::defaults::SESSIONS_PER_HOST
+            crate::ops::defaults::SESSIONS_PER_HOST
         );
 
         // Flags win, and a secret given by flag replaces the file's.

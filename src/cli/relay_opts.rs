@@ -10,11 +10,11 @@ use clap::Args;
 use tracing::info;
 
 use super::{shutdown_signal, HumanDuration, SecretOpt, TransportOpt};
-use crate::defaults::SHUTDOWN_GRACE;
-use crate::signals::{Signal, Signals};
-use crate::tasks::Tasks;
-use crate::token::Verifier;
-use crate::{keys, limits, relay, status, tls};
+use crate::access::token::Verifier;
+use crate::ops::defaults::SHUTDOWN_GRACE;
+use crate::ops::signals::{Signal, Signals};
+use crate::ops::tasks::Tasks;
+use crate::{access::keys, net::tls, ops::limits, ops::status, relay};
 
 /// `shellrelay relay`
 #[derive(Debug, Args)]
@@ -23,7 +23,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_LISTEN",
-        default_value_t = crate::defaults::RELAY_LISTEN,
+        default_value_t = crate::ops::defaults::RELAY_LISTEN,
         value_name = "ADDR"
     )]
     pub(super) listen: SocketAddr,
@@ -58,7 +58,7 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_CERT",
-        default_value = crate::defaults::CERT,
+        default_value = crate::ops::defaults::CERT,
         value_name = "PATH"
     )]
     pub(super) cert: PathBuf,
@@ -66,12 +66,12 @@ pub struct RelayOpt {
     #[arg(
         long,
         env = "SHELLRELAY_KEY",
-        default_value = crate::defaults::KEY,
+        default_value = crate::ops::defaults::KEY,
         value_name = "PATH"
     )]
     pub(super) key: PathBuf,
     /// The `aud` that tokens must carry.
-    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = crate::defaults::AUDIENCE)]
+    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = crate::ops::defaults::AUDIENCE)]
     pub(super) audience: String,
     /// Extra DNS name or IP for a generated certificate (repeatable).
     #[arg(
@@ -82,7 +82,7 @@ pub struct RelayOpt {
     )]
     pub(super) names: Vec<String>,
     /// Longest a new connection may take to send its hello.
-    #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value_t = HumanDuration(crate::defaults::HELLO_TIMEOUT), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_HELLO_TIMEOUT", default_value_t = HumanDuration(crate::ops::defaults::HELLO_TIMEOUT), value_name = "DURATION")]
     pub(super) hello_timeout: HumanDuration,
     /// Serve /metrics (Prometheus) and /status (JSON) over HTTP on this TCP address; off by default.
     #[arg(long, env = "SHELLRELAY_METRICS", value_name = "ADDR")]
@@ -97,31 +97,31 @@ pub struct RelayOpt {
 #[derive(Debug, Args)]
 pub struct LimitsOpt {
     /// Concurrent sessions per client token (its jti, else its subject), over all its connections; more are refused.
-    #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_CLIENT", default_value_t = crate::defaults::SESSIONS_PER_CLIENT, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_CLIENT", default_value_t = crate::ops::defaults::SESSIONS_PER_CLIENT, value_name = "N")]
     pub(super) max_sessions_per_client: usize,
     /// Connections per client token (its jti, else its subject) at once; more are refused.
-    #[arg(long, env = "SHELLRELAY_MAX_CONNECTIONS_PER_CLIENT", default_value_t = crate::defaults::CONNECTIONS_PER_CLIENT, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_CONNECTIONS_PER_CLIENT", default_value_t = crate::ops::defaults::CONNECTIONS_PER_CLIENT, value_name = "N")]
     pub(super) max_connections_per_client: usize,
     /// Concurrent sessions per host; more are refused.
-    #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_HOST", default_value_t = crate::defaults::SESSIONS_PER_HOST, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_SESSIONS_PER_HOST", default_value_t = crate::ops::defaults::SESSIONS_PER_HOST, value_name = "N")]
     pub(super) max_sessions_per_host: usize,
     /// Connections per IP address still in their handshake or hello; more are refused.
-    #[arg(long, env = "SHELLRELAY_MAX_HANDSHAKES_PER_ADDR", default_value_t = crate::defaults::HANDSHAKES_PER_ADDR, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_HANDSHAKES_PER_ADDR", default_value_t = crate::ops::defaults::HANDSHAKES_PER_ADDR, value_name = "N")]
     pub(super) max_handshakes_per_addr: usize,
     /// Hosts registered at once; more are refused.
-    #[arg(long, env = "SHELLRELAY_MAX_HOSTS", default_value_t = crate::defaults::MAX_HOSTS, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_HOSTS", default_value_t = crate::ops::defaults::MAX_HOSTS, value_name = "N")]
     pub(super) max_hosts: usize,
     /// Refused tokens per IP address per minute before its hellos are refused unread.
-    #[arg(long, env = "SHELLRELAY_MAX_FAILURES_PER_ADDR", default_value_t = crate::defaults::FAILURES_PER_ADDR, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_MAX_FAILURES_PER_ADDR", default_value_t = crate::ops::defaults::FAILURES_PER_ADDR, value_name = "N")]
     pub(super) max_failures_per_addr: u32,
     /// New sessions per second one client token may start, on average (bursts of 256 start at once); streams beyond it wait. 0: no limit.
-    #[arg(long, env = "SHELLRELAY_SESSION_RATE_PER_CLIENT", default_value_t = crate::defaults::SESSION_RATE_PER_CLIENT, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_SESSION_RATE_PER_CLIENT", default_value_t = crate::ops::defaults::SESSION_RATE_PER_CLIENT, value_name = "N")]
     pub(super) session_rate_per_client: u32,
     /// New sessions per second towards one host, on average (bursts of 512 at once); sessions beyond it wait up to 5 s, then are refused. 0: no limit.
-    #[arg(long, env = "SHELLRELAY_SESSION_RATE_PER_HOST", default_value_t = crate::defaults::SESSION_RATE_PER_HOST, value_name = "N")]
+    #[arg(long, env = "SHELLRELAY_SESSION_RATE_PER_HOST", default_value_t = crate::ops::defaults::SESSION_RATE_PER_HOST, value_name = "N")]
     pub(super) session_rate_per_host: u32,
     /// Payload the relay may hold buffered in all; it admits no more sessions than fit (four stream windows each, see SECURITY.md).
-    #[arg(long, env = "SHELLRELAY_MAX_BUFFERED", default_value_t = ByteSize::b(crate::defaults::MAX_BUFFERED), value_name = "BYTES")]
+    #[arg(long, env = "SHELLRELAY_MAX_BUFFERED", default_value_t = ByteSize::b(crate::ops::defaults::MAX_BUFFERED), value_name = "BYTES")]
     pub(super) max_buffered: ByteSize,
 }
 
@@ -173,7 +173,7 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
     let (identity, created) = tls::load_or_create(&opt.cert, &opt.key, &names)?;
     let fingerprint = tls::fingerprint(&identity.chain[0]);
     // What peers pin with --relay-pin: it stays while the key does.
-    let pin = crate::tls::pin::Pin::of(&identity.chain[0])
+    let pin = crate::net::tls::pin::Pin::of(&identity.chain[0])
         .with_context(|| format!("could not read the certificate in {}", opt.cert.display()))?;
     if created {
         info!(cert = %opt.cert.display(), key = %opt.key.display(), names = %names.join(","), %pin, %fingerprint, "made a self-signed certificate");
@@ -188,8 +188,8 @@ pub(super) async fn run(opt: RelayOpt) -> anyhow::Result<()> {
         hello_timeout: opt.hello_timeout.0,
         revocation_file: opt.revocation_file.clone(),
         audit_log: opt.audit_log.clone(),
-        // Stateless resets that survive a restart ([`crate::transport::quic::keys`]).
-        endpoint_keys: crate::transport::listen::EndpointKeys::FromIdentity,
+        // Stateless resets that survive a restart ([`crate::net::transport::quic::keys`]).
+        endpoint_keys: crate::net::transport::listen::EndpointKeys::FromIdentity,
         listen_tcp: opt.listen_tcp.unwrap_or_default(),
     };
     let relay = relay::Relay::bind(opt.listen, identity, config)?;

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::id;
+use crate::protocol::id;
 
 /// Visitor methods that take a number or boolean as the string it is
 /// written as, as it would be on the command line.

@@ -8,10 +8,10 @@ use anyhow::bail;
 use clap::Args;
 
 use super::{host_id, host_pattern, kid, HumanDuration, SecretOpt};
-use crate::private::{self, Existing};
+use crate::access::private::{self, Existing};
+use crate::access::token::{self, Claims};
 use crate::protocol::Role;
-use crate::token::{self, Claims};
-use crate::{id, keys};
+use crate::{access::keys, protocol::id};
 
 /// `shellrelay token`
 #[derive(Debug, Args)]
@@ -50,10 +50,10 @@ pub struct MintOpt {
     #[arg(long, env = "SHELLRELAY_SUBJECT", value_name = "NAME", value_parser = host_id)]
     subject: Option<String>,
     /// How long the token is valid.
-    #[arg(long, env = "SHELLRELAY_TTL", default_value_t = HumanDuration(crate::defaults::TOKEN_TTL), value_name = "DURATION")]
+    #[arg(long, env = "SHELLRELAY_TTL", default_value_t = HumanDuration(crate::ops::defaults::TOKEN_TTL), value_name = "DURATION")]
     pub(super) ttl: HumanDuration,
     /// The relay's audience.
-    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = crate::defaults::AUDIENCE)]
+    #[arg(long, env = "SHELLRELAY_AUDIENCE", default_value = crate::ops::defaults::AUDIENCE)]
     audience: String,
     /// Token id (`jti`), which a revocation file can name (default: random).
     #[arg(long, env = "SHELLRELAY_JTI", value_name = "ID", value_parser = host_id)]

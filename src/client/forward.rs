@@ -9,12 +9,12 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use super::{Forwarder, OpenError};
-use crate::memory::Trim;
+use crate::net::transport;
+use crate::ops::memory::Trim;
 use crate::protocol::Reason;
-use crate::resume::{self as resumable, Outcome};
 use crate::session::offer::answered;
-use crate::splice;
-use crate::transport;
+use crate::session::resume::{self as resumable, Outcome};
+use crate::session::splice;
 
 /// Log lines of sessions are the role's, whichever module logs them.
 const LOG_TARGET: &str = "shellrelay::client";

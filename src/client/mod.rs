@@ -1,7 +1,19 @@
-//! The client forwarder: listens on a local TCP port and turns each accepted
-//! connection into a fresh QUIC stream to the relay, reading nothing from
-//! the socket until the host side reports `ready`.
+//! The client side: the forwarder, which listens on a local TCP port
+//! (`127.0.0.1:2222`) and turns each accepted ssh connection into a
+//! session, and [`connect`], which carries one session over stdin and
+//! stdout for ssh's `ProxyCommand`.
+//!
+//! A session is a fresh stream on the forwarder's one connection to a
+//! relay ([`Forwarder`]), over QUIC or over TLS and HTTP/2 on TCP,
+//! whichever the transport's dialler got through with (on TCP, QUIC is
+//! tried again from time to time). Nothing is read from ssh until the
+//! host side reports `ready`, since ssh clients speak first. With several
+//! relays, or a fleet, the first that answers serves, and a new session
+//! does not wait on one that stopped answering (`relays`). A session is
+//! resumable when the window is not zero and the host agrees: when its
+//! path breaks, it is taken up again through any relay (`resume`).
 
+pub mod connect;
 mod forward;
 mod relays;
 mod resume;
@@ -18,16 +30,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::defaults::{
+use crate::access::token::TokenSource;
+use crate::net::transport::dial::{self, ConnectError, RelayAddr, RelayLink};
+use crate::net::transport::{Closed, Conn, Stream};
+use crate::ops::defaults::{
     ACCEPT_BACKOFF, CLIENT_SETUP_TIMEOUT, RECONNECT_HOLDOFF, SESSION_FALLBACK, SHUTDOWN_GRACE,
 };
-use crate::memory::Trim;
+use crate::ops::memory::Trim;
+use crate::ops::tasks::Tasks;
 use crate::protocol::Role;
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Resume};
-use crate::tasks::Tasks;
-use crate::token::TokenSource;
-use crate::transport::dial::{self, ConnectError, RelayAddr, RelayLink};
-use crate::transport::{Closed, Conn, Stream};
 
 /// Settings of a client forwarder.
 #[derive(Debug, Clone)]
@@ -37,8 +49,8 @@ pub struct ClientConfig {
     /// whose DNS records are the relays.
     pub relays: Vec<RelayAddr>,
     /// Ask the `k` relays of a fleet named by DNS that the host uses (see
-    /// [`crate::fleet`]) rather than each of `relays`.
-    pub fleet: Option<crate::fleet::Fleet>,
+    /// [`crate::net::fleet`]) rather than each of `relays`.
+    pub fleet: Option<crate::net::fleet::Fleet>,
     /// The client token; a file is re-read on every reconnect.
     pub token: TokenSource,
     /// The host to reach (default: the token's `sub`).
@@ -232,7 +244,7 @@ impl Forwarder {
     /// reads it), for log lines; `None` if it cannot be read.
     pub fn who(&self) -> Option<crate::protocol::Who> {
         let token = self.config.token.load().ok()?;
-        let claims = crate::token::peek_claims(&token).ok()?;
+        let claims = crate::access::token::peek_claims(&token).ok()?;
         Some(crate::protocol::Who {
             subject: claims.sub,
             jti: claims.jti,
@@ -329,7 +341,7 @@ async fn open_on(
         // A refusal the relay could not write at once comes as a reset
         // with the reason's code.
         if let Err(FrameError::Io(err)) = &read {
-            if let Some(reason) = crate::transport::reset_reason(err) {
+            if let Some(reason) = crate::net::transport::reset_reason(err) {
                 let message = format!(
                     "refused ({}); the relay reset the stream rather than wait for room to say why",
                     reason.as_str()

@@ -3,8 +3,8 @@
 //! QUIC tried again on a connection that fell back to TCP.
 
 use super::*;
-use crate::defaults::SESSION_FALLBACK_MAX;
-use crate::transport::dial::Turn;
+use crate::net::transport::dial::Turn;
+use crate::ops::defaults::SESSION_FALLBACK_MAX;
 
 impl Forwarder {
     /// Records how long a session took to get `ready`.
@@ -32,7 +32,8 @@ impl Forwarder {
             Some(host) => host.clone(),
             None => {
                 let token = self.config.token.load().map_err(ConnectError::setup)?;
-                let claims = crate::token::peek_claims(&token).map_err(ConnectError::setup)?;
+                let claims =
+                    crate::access::token::peek_claims(&token).map_err(ConnectError::setup)?;
                 claims.only_host().map(str::to_owned).ok_or_else(|| {
                     ConnectError::setup(anyhow::anyhow!(
                         "the token covers several hosts: name one with --host, which picks the \
@@ -41,7 +42,7 @@ impl Forwarder {
                 })?
             }
         };
-        crate::fleet::relays_for(name, &host, fleet.k)
+        crate::net::fleet::relays_for(name, &host, fleet.k)
             .await
             .map_err(ConnectError::setup)
     }
@@ -146,7 +147,7 @@ impl Forwarder {
 }
 
 /// While the forwarder is on TCP, tries QUIC every
-/// [`crate::transport::TransportOptions::quic_retry`]
+/// [`crate::net::transport::TransportOptions::quic_retry`]
 /// ([`dial::back_to_quic`]); once it answers, new sessions go over QUIC,
 /// and the TCP connection goes once its sessions (which hold it) have
 /// ended.

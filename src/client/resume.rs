@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
 use super::{Forwarder, OpenError, Opened};
+use crate::net::transport::{self, Stream};
 use crate::protocol::Reason;
-use crate::resume::{replay_limit, Broke, Failure, Outcome, Position, Resumable};
 use crate::session::backoff::Backoff;
 use crate::session::carry::{self, NextStream};
 use crate::session::offer::Offer;
-use crate::splice::Source;
-use crate::transport::{self, Stream};
+use crate::session::resume::{replay_limit, Broke, Failure, Outcome, Position, Resumable};
+use crate::session::splice::Source;
 
 /// Log lines of sessions are the role's, whichever module logs them.
 const LOG_TARGET: &str = "shellrelay::client";

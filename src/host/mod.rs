@@ -1,6 +1,15 @@
-//! The host agent: keeps one QUIC connection out to the relay (so no inbound
-//! port is needed) and, for each session stream the relay opens, dials its
-//! one configured target and pipes bytes. It never dials a peer-chosen address.
+//! The host agent: keeps one connection out to each of its relays (so the
+//! host needs no open port) and, for each session stream a relay opens,
+//! dials its one configured target (sshd) and carries the bytes. It never
+//! dials a peer-chosen address.
+//!
+//! Each registration is made and kept on its own, with backoff, over QUIC
+//! or over TLS and HTTP/2 on TCP where UDP is blocked (and back to QUIC,
+//! between sessions, once it answers again); with a fleet, the relays are
+//! the `k` that DNS and rendezvous hashing choose for this host. A
+//! session whose client asked for it is resumable (`session`): when its
+//! path breaks, it waits with its connection to sshd open for the client
+//! to resume it through any relay, up to the resume window.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,25 +19,25 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::clock::fmt_unix;
-use crate::defaults::{SHUTDOWN_GRACE, STABLE_AFTER};
-use crate::fleet::{self, Fleet};
-use crate::memory::Trim;
+use crate::access::token::TokenSource;
+use crate::net::fleet::{self, Fleet};
+use crate::net::transport::dial::{self, RelayAddr, RelayLink, Turn};
+use crate::net::transport::Closed;
+use crate::ops::clock::fmt_unix;
+use crate::ops::defaults::{SHUTDOWN_GRACE, STABLE_AFTER};
+use crate::ops::memory::Trim;
+use crate::ops::tasks::Tasks;
 use crate::protocol::Reason;
 use crate::protocol::Role;
 use crate::session::backoff::Backoff;
-use crate::tasks::Tasks;
-use crate::token::TokenSource;
-use crate::transport::dial::{self, RelayAddr, RelayLink, Turn};
-use crate::transport::Closed;
 
 /// How often a registration error that stays the same is said again.
 const REPEAT_WARNING: Duration = Duration::from_secs(10 * 60);
 
-mod held;
+mod instances;
 mod session;
 
-use held::{pages, Instances};
+use instances::{pages, Instances};
 
 use session::{host_session, Sessions};
 
@@ -40,20 +49,20 @@ pub struct HostConfig {
     /// DNS records are the relays.
     pub relays: Vec<RelayAddr>,
     /// Register with `k` relays of a fleet named by DNS (see
-    /// [`crate::fleet`]) rather than with each of `relays`.
+    /// [`crate::net::fleet`]) rather than with each of `relays`.
     pub fleet: Option<Fleet>,
     /// The host token; a file is re-read on every reconnect.
     pub token: TokenSource,
-    /// `HOST:PORT` dialled for every session (default [`TARGET`]).
+    /// `HOST:PORT` dialled for every session (default [`crate::ops::defaults::TARGET`]).
     pub target: String,
-    /// Cap on the reconnect delay (default [`MAX_BACKOFF`]).
+    /// Cap on the reconnect delay (default [`crate::ops::defaults::MAX_BACKOFF`]).
     pub max_backoff: Duration,
     /// How long a session whose path broke waits to be resumed; zero:
     /// sessions are not resumable.
     pub resume_window: Duration,
     /// Most sessions that wait for a resume at once, in all and of one
-    /// client token; default [`crate::resume::parked::WaitingLimits::default`].
-    pub max_waiting: crate::resume::parked::WaitingLimits,
+    /// client token; default [`crate::session::resume::parked::WaitingLimits::default`].
+    pub max_waiting: crate::session::resume::parked::WaitingLimits,
     /// Where to serve `/metrics` and `/status`, if anywhere.
     pub metrics: Option<SocketAddr>,
 }
@@ -68,17 +77,19 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     let trim = Trim::default();
     let sessions = Arc::new(Sessions {
         target: config.target.clone().into(),
-        parked: Arc::new(crate::resume::parked::Parked::new(config.max_waiting)),
+        parked: Arc::new(crate::session::resume::parked::Parked::new(
+            config.max_waiting,
+        )),
         window: config.resume_window,
-        replay_limit: crate::resume::replay_limit(
+        replay_limit: crate::session::resume::replay_limit(
             (config.relays.first()).map_or(0, |relay| relay.transport.window()),
         ),
         metrics: Arc::default(),
     });
     if let Some(addr) = config.metrics {
-        let (listener, _) = crate::status::bind(addr)?;
+        let (listener, _) = crate::ops::status::bind(addr)?;
         let pages = pages(sessions.clone());
-        tasks.spawn(crate::status::serve(listener, pages, shutdown.clone()));
+        tasks.spawn(crate::ops::status::serve(listener, pages, shutdown.clone()));
     }
     let shared = (Instances::default(), sessions);
     tasks.spawn(trim.clone().run(shutdown.clone()));
@@ -158,7 +169,7 @@ async fn follow_fleet(
 
 /// The fleet's relays for the host id in this agent's token.
 async fn chosen(name: &RelayAddr, k: usize, token: &TokenSource) -> anyhow::Result<Vec<RelayAddr>> {
-    let claims = crate::token::peek_claims(&token.load()?)?;
+    let claims = crate::access::token::peek_claims(&token.load()?)?;
     fleet::relays_for(name, &claims.sub, k).await
 }
 

@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use crate::defaults::{DIAL_TIMEOUT, OPEN_TIMEOUT, SHUTDOWN_GRACE};
-use crate::memory::Live;
-use crate::metrics::HostMetrics;
+use crate::net::transport::{self, SendStream, Stream};
+use crate::ops::defaults::{DIAL_TIMEOUT, OPEN_TIMEOUT, SHUTDOWN_GRACE};
+use crate::ops::memory::Live;
+use crate::ops::metrics::HostMetrics;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Resume};
-use crate::resume::key::{self, Half};
-use crate::resume::parked::{NotTaken, Parked, Registered, Takeover};
-use crate::resume::{Broke, Failure, Outcome, Position, Resumable};
 use crate::session::carry::NextStream;
-use crate::splice;
-use crate::transport::{self, SendStream, Stream};
+use crate::session::resume::key::{self, Half};
+use crate::session::resume::parked::{NotTaken, Parked, Registered, Takeover};
+use crate::session::resume::{Broke, Failure, Outcome, Position, Resumable};
+use crate::session::splice;
 
 /// Log lines of sessions are the role's, whichever module logs them.
 const LOG_TARGET: &str = "shellrelay::host";
@@ -188,7 +188,7 @@ async fn carry(
         &mut resumes,
     )
     .await;
-    crate::resume::end(session, &outcome, &mut stream).await;
+    crate::session::resume::end(session, &outcome, &mut stream).await;
     if matches!(outcome, Outcome::Aborted(_) | Outcome::Failed(_)) {
         // Linger 0: sshd sees a reset, not an orderly end.
         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));

@@ -7,6 +7,7 @@
 //! [`Frame::Ready`] or [`Frame::Refused`]; after `Ready` the stream carries raw
 //! ssh bytes, untouched.
 
+pub mod id;
 mod printable;
 mod reason;
 mod resume;

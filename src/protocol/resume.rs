@@ -1,5 +1,5 @@
 //! The `resume` field of `open` and `ready`: what makes a session
-//! resumable, and what takes it up again (see [`crate::resume`]). The relay
+//! resumable, and what takes it up again (see [`crate::session::resume`]). The relay
 //! passes it between client and host as it is.
 
 use serde::{Deserialize, Serialize};

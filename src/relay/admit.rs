@@ -9,8 +9,8 @@ use tracing::{debug, warn};
 
 use super::audit::Party;
 use super::{State, LOG_TARGET};
+use crate::access::token::{Claims, TokenError};
 use crate::protocol::{Frame, FrameError, Reason, Refusal, Role, VERSION};
-use crate::token::{Claims, TokenError};
 
 /// An admitted hello: the role, the token's claims, and for a client the
 /// host it asked for.
@@ -64,7 +64,7 @@ pub(super) fn check_hello(
     match state
         .config
         .verifier
-        .verify(&token.0, role, crate::clock::unix_now())
+        .verify(&token.0, role, crate::ops::clock::unix_now())
     {
         // A good token is let in however many bad ones its address sent:
         // an office or a carrier-grade NAT puts many people behind one.
@@ -105,7 +105,7 @@ pub(super) fn check_hello(
                 warn!(target: LOG_TARGET, %role, %err, "refused token{}", super::throttle::left_out(n));
             }
             let who = match err.well_signed() {
-                true => crate::token::peek_claims(&token.0).map(|c| Party::of(&c)),
+                true => crate::access::token::peek_claims(&token.0).map(|c| Party::of(&c)),
                 false => Ok(Party::default()),
             };
             Err(Refused {
@@ -126,7 +126,7 @@ pub(super) fn client_host(claims: &Claims, requested: Option<String>) -> Result<
         );
         return Err(Refusal::new(Reason::Protocol, msg));
     };
-    if !crate::id::valid_host_id(&host) {
+    if !crate::protocol::id::valid_host_id(&host) {
         return Err(Refusal::new(
             Reason::Protocol,
             "the host asked for is not a valid host id",

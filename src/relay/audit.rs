@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use crate::access::token::Claims;
 use crate::protocol::Printable;
-use crate::token::Claims;
 use writer::{Msg, Writer};
 
 /// Lines waiting for the writer, at most: about 1 MiB of typical lines

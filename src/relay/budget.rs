@@ -12,9 +12,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::defaults::{INCOMING_BUFFER_TOTAL, KNOWN_RESERVE, MAX_HANDSHAKES};
-use crate::transport::options::PRE_AUTH_WINDOW;
-use crate::transport::Conn;
+use crate::net::transport::options::PRE_AUTH_WINDOW;
+use crate::net::transport::Conn;
+use crate::ops::defaults::{INCOMING_BUFFER_TOTAL, KNOWN_RESERVE, MAX_HANDSHAKES};
 
 /// Stream windows a session can hold at the relay: two receive windows and
 /// two shares of send buffer.
@@ -152,8 +152,8 @@ mod tests {
 
     #[test]
     fn the_default_budget_fits_its_sessions() {
-        let budget = crate::defaults::MAX_BUFFERED;
-        let window = crate::transport::options::STREAM_WINDOW;
+        let budget = crate::ops::defaults::MAX_BUFFERED;
+        let window = crate::net::transport::options::STREAM_WINDOW;
         let n = max_sessions(budget, window) as u64;
         assert!(n >= 64, "{n} sessions is too few for a default relay");
         assert!(PRE_HELLO_RESERVE + n * session_bytes(window) <= budget);

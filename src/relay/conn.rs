@@ -1,5 +1,5 @@
 //! A connection's whole life at the relay: its places before the hello,
-//! the transport's handshake and the hello ([`crate::transport::listen`]),
+//! the transport's handshake and the hello ([`crate::net::transport::listen`]),
 //! registration as a host or admission as a client, and holding it until
 //! it ends. Nothing here depends on the transport.
 
@@ -12,18 +12,18 @@ use tracing::{debug, info, warn};
 
 use super::admit::{check_hello, client_host, owner, revoked, token_key};
 use super::audit::{Line, Party};
-use super::hold::{keep_until_ended, Ended};
+use super::keep::{keep_until_ended, Ended};
 use super::places::{full, handshake_allowed, penalised, pre_hello_slot, Slot};
 use super::registry::Refused;
 use super::session::accept_sessions;
 use super::throttle;
 use super::{State, LOG_TARGET};
-use crate::clock::{fmt_unix, unix_now};
-use crate::defaults::{HANDSHAKE_TIMEOUT, RETRY_ABOVE_HANDSHAKES};
+use crate::access::token::Claims;
+use crate::net::transport::listen::{Incoming, NoHello, Pending};
+use crate::net::transport::Conn;
+use crate::ops::clock::{fmt_unix, unix_now};
+use crate::ops::defaults::{HANDSHAKE_TIMEOUT, RETRY_ABOVE_HANDSHAKES};
 use crate::protocol::{Frame, Reason, Refusal, Role};
-use crate::token::Claims;
-use crate::transport::listen::{Incoming, NoHello, Pending};
-use crate::transport::Conn;
 
 /// Streams a client may open beyond its session limit, so that sessions
 /// over the limit reach the relay and get a typed refusal instead of

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::RelayHandle;
-use crate::metrics::Status;
-use crate::status::{Page, Render};
+use crate::ops::metrics::Status;
+use crate::ops::status::{Page, Render};
 
 impl RelayHandle {
     /// Re-reads the revocation file (as SIGHUP does) and closes the live
@@ -73,7 +73,7 @@ impl RelayHandle {
         }
     }
 
-    /// The relay's pages, for [`crate::status::serve`]: its metrics, and
+    /// The relay's pages, for [`crate::ops::status::serve`]: its metrics, and
     /// its status as JSON.
     pub fn pages(&self) -> Render {
         let relay = self.clone();

@@ -8,15 +8,15 @@ use std::time::Instant;
 use tracing::warn;
 
 use super::{throttle, State, LOG_TARGET};
-use crate::defaults::{KNOWN_RESERVE, MAX_HANDSHAKES, PENALISED_HANDSHAKES};
-use crate::limits::{Gauge, GaugeGuard, PerAddr, PerAddrGuard, FAIR_PARTS};
+use crate::ops::defaults::{KNOWN_RESERVE, MAX_HANDSHAKES, PENALISED_HANDSHAKES};
+use crate::ops::limits::{Gauge, GaugeGuard, PerAddr, PerAddrGuard, FAIR_PARTS};
 
 /// One transport's connections before their hello: how many from each
 /// network (those that proved their address, for QUIC), and in all.
 #[derive(Debug, Default)]
 pub(super) struct PreHello {
     pub per_network: PerAddr,
-    /// Per IPv6 /48 ([`crate::limits::block_of`]), whose holder has
+    /// Per IPv6 /48 ([`crate::ops::limits::block_of`]), whose holder has
     /// 65,536 networks.
     pub per_block: PerAddr,
     pub all: Gauge,
@@ -37,7 +37,7 @@ pub(super) fn handshake_allowed(state: &State, ip: IpAddr, now: Instant) -> bool
         return true;
     }
     let (rate, burst) = PENALISED_HANDSHAKES;
-    let network = crate::limits::network_of(ip);
+    let network = crate::ops::limits::network_of(ip);
     state
         .penalised_handshakes
         .take(&network, now, rate, burst)
@@ -47,7 +47,7 @@ pub(super) fn handshake_allowed(state: &State, ip: IpAddr, now: Instant) -> bool
 /// A place before the hello for a connection from `ip` over the
 /// transport whose places are `pool`, counted for its network in
 /// `per_network`: one of the pool's, within the network's fair part
-/// ([`crate::limits::PerAddr::acquire_fair`]), or, with the pool full or
+/// ([`crate::ops::limits::PerAddr::acquire_fair`]), or, with the pool full or
 /// the network over its part, one of [`KNOWN_RESERVE`] if the network is
 /// known (`known_at` is when, for an address that proved itself).
 pub(super) fn pre_hello_slot(
@@ -63,7 +63,7 @@ pub(super) fn pre_hello_slot(
     if let Some(all) = pool.all.acquire(MAX_HANDSHAKES) {
         let free = MAX_HANDSHAKES.saturating_sub(pool.all.get());
         // An IPv6 site's networks share its /48's part as well.
-        let block = match crate::limits::block_of(ip) {
+        let block = match crate::ops::limits::block_of(ip) {
             Some(block) => {
                 let (cap, free) = (cap * BLOCK_NETWORKS, free * FAIR_PARTS / BLOCK_PARTS);
                 pool.per_block.acquire_fair(block, cap, free).map(Some)

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::budget::Shares;
-use crate::metrics::{ClientStatus, HostStats, HostStatus};
-use crate::transport::Conn;
+use crate::net::transport::Conn;
+use crate::ops::metrics::{ClientStatus, HostStats, HostStatus};
 
 /// Host id → the connection that serves it.
 pub(super) struct Registry {

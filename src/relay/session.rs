@@ -10,14 +10,14 @@ use tracing::{debug, info, warn};
 use super::audit::{Line, Party};
 use super::budget::{Share, Shares};
 use super::{State, LOG_TARGET};
-use crate::defaults::{
+use crate::net::transport::{self, Conn, Stream};
+use crate::ops::defaults::{
     ABANDONED_PER_CLIENT, ABANDON_PENALTY, FAIR_SHARE_FLOOR, HOST_RATE_WAIT, HOST_SETUP_TIMEOUT,
     OPEN_TIMEOUT, SESSION_BURST_PER_CLIENT, SESSION_BURST_PER_HOST,
 };
-use crate::limits::{CountGuard, GaugeGuard};
+use crate::ops::limits::{CountGuard, GaugeGuard};
 use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Resume};
-use crate::splice;
-use crate::transport::{self, Conn, Stream};
+use crate::session::splice;
 
 /// Accepts the session streams a client opens, each in a task of its own,
 /// until the connection closes.
@@ -95,7 +95,7 @@ struct Meta {
 }
 
 /// Waits until `token` may start another session
-/// ([`crate::limits::Limits::session_rate_per_client`]).
+/// ([`crate::ops::limits::Limits::session_rate_per_client`]).
 async fn slow_down(state: &State, token: &str) {
     let rate = state.config.limits.session_rate_per_client;
     let rates = &state.session_rates;
@@ -105,7 +105,7 @@ async fn slow_down(state: &State, token: &str) {
 }
 
 /// Waits until `host` may be asked for another session
-/// ([`crate::limits::Limits::session_rate_per_host`]), for at most
+/// ([`crate::ops::limits::Limits::session_rate_per_host`]), for at most
 /// [`HOST_RATE_WAIT`]; past that, refuses.
 async fn host_rate(state: &State, host: &str) -> Result<(), Refusal> {
     let rate = state.config.limits.session_rate_per_host;

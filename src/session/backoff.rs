@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::defaults::INITIAL_BACKOFF;
+use crate::ops::defaults::INITIAL_BACKOFF;
 
 /// Exponential backoff with jitter, capped.
 #[derive(Debug)]

@@ -6,10 +6,10 @@ use std::future::Future;
 
 use tokio::io::AsyncWrite;
 
+use crate::net::transport::{self, Stream};
 use crate::protocol::Reason;
-use crate::resume::{Broke, Failure, Outcome, Position, Resumable};
-use crate::splice::Source;
-use crate::transport::{self, Stream};
+use crate::session::resume::{Broke, Failure, Outcome, Position, Resumable};
+use crate::session::splice::Source;
 
 /// Where a role finds a session's next stream, and where the peer is on
 /// it: the client resumes through the relays, the host waits for the
@@ -44,7 +44,7 @@ pub trait NextStream {
 /// Carries `session` between `source` and `writer` over `stream`, which
 /// is replaced by each new stream `next` finds, until the session is done
 /// or aborted, or cannot go on. The stream in use at the end is left as it
-/// is, for [`crate::resume::end`].
+/// is, for [`crate::session::resume::end`].
 pub async fn carry<S: Source, W: AsyncWrite + Unpin>(
     session: &Resumable,
     stream: &mut Stream,

@@ -2,8 +2,8 @@
 //! answer to it makes of the session.
 
 use crate::protocol::Resume;
-use crate::resume::key::{self, Half, KeyError};
-use crate::resume::Resumable;
+use crate::session::resume::key::{self, Half, KeyError};
+use crate::session::resume::Resumable;
 
 /// A session offer not yet answered: what `open` carries, and the key half
 /// kept for the answer.

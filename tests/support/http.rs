@@ -13,8 +13,8 @@ use super::{within, Tunnel, WAIT};
 /// `relay --metrics` does, until the tunnel stops.
 pub fn metrics_addr(tunnel: &Tunnel) -> SocketAddr {
     let (listener, addr) =
-        shellrelay::status::bind("127.0.0.1:0".parse().unwrap()).expect("bind metrics");
-    tokio::spawn(shellrelay::status::serve(
+        shellrelay::ops::status::bind("127.0.0.1:0".parse().unwrap()).expect("bind metrics");
+    tokio::spawn(shellrelay::ops::status::serve(
         listener,
         tunnel.registry.pages(),
         tunnel.cancel.child_token(),

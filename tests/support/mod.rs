@@ -22,16 +22,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use shellrelay::access::keys::Secret;
+use shellrelay::access::token::{self, Claims, TokenSource, Verifier};
 use shellrelay::client::{self, ClientConfig};
 use shellrelay::host::{self, HostConfig};
-use shellrelay::keys::Secret;
+use shellrelay::net::tls::{self, Trust};
+use shellrelay::net::transport::dial::{self, ConnectError, RelayAddr};
+pub use shellrelay::net::transport::Transport;
+use shellrelay::net::transport::TransportOptions;
 use shellrelay::protocol::{Reason, Role};
 use shellrelay::relay::{Relay, RelayConfig, RelayHandle};
-use shellrelay::tls::{self, Trust};
-use shellrelay::token::{self, Claims, TokenSource, Verifier};
-use shellrelay::transport::dial::{self, ConnectError, RelayAddr};
-pub use shellrelay::transport::Transport;
-use shellrelay::transport::TransportOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -109,7 +109,8 @@ impl Tunnel {
             chain: cert.clone(),
             key: key.clone_key(),
         };
-        let mut config = RelayConfig::new(Verifier::new(&secret, shellrelay::defaults::AUDIENCE));
+        let mut config =
+            RelayConfig::new(Verifier::new(&secret, shellrelay::ops::defaults::AUDIENCE));
         configure(&mut config);
         let relay = Relay::bind("127.0.0.1:0".parse().unwrap(), identity, config.clone()).unwrap();
         let addr = relay.local_addr().unwrap();
@@ -172,7 +173,7 @@ impl Tunnel {
         self.sign(&Claims::new(
             role,
             host,
-            shellrelay::defaults::AUDIENCE,
+            shellrelay::ops::defaults::AUDIENCE,
             ttl,
         ))
     }
@@ -207,7 +208,7 @@ impl Tunnel {
             token,
             target: target.to_string(),
             max_backoff: Duration::from_secs(1),
-            resume_window: shellrelay::resume::RESUME_WINDOW,
+            resume_window: shellrelay::session::resume::RESUME_WINDOW,
             max_waiting: Default::default(),
             metrics: None,
         };
@@ -240,7 +241,7 @@ impl Tunnel {
             fleet: None,
             token: TokenSource::Literal(token),
             host: host.map(str::to_owned),
-            resume_window: shellrelay::resume::RESUME_WINDOW,
+            resume_window: shellrelay::session::resume::RESUME_WINDOW,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -329,11 +330,15 @@ impl Tunnel {
         let cert = dir.join("relay.crt");
         std::fs::write(&cert, &self.cert_pem).unwrap();
         let token = dir.join("client.token");
-        let jwt = if shellrelay::id::valid_host_id(host) {
+        let jwt = if shellrelay::protocol::id::valid_host_id(host) {
             self.token(Role::Client, host, HOUR)
         } else {
-            let mut claims =
-                Claims::new(Role::Client, "tester", shellrelay::defaults::AUDIENCE, HOUR);
+            let mut claims = Claims::new(
+                Role::Client,
+                "tester",
+                shellrelay::ops::defaults::AUDIENCE,
+                HOUR,
+            );
             claims.hosts = vec![host.to_owned()];
             self.sign(&claims)
         };

@@ -6,10 +6,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::resume::key::End;
-use crate::resume::record;
-use crate::resume::tests::{session_keys, stream_pair};
-use crate::resume::REPLAY_LIMIT;
+use crate::session::resume::key::End;
+use crate::session::resume::record;
+use crate::session::resume::tests::{session_keys, stream_pair};
+use crate::session::resume::REPLAY_LIMIT;
 
 const WINDOW: u32 = 64 * 1024;
 const BOUND: Duration = Duration::from_secs(10);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::limits::network_of;
+use crate::ops::limits::network_of;
 
 /// How long a window lasts; the same as the relay's summarised warnings.
 pub(super) const WINDOW: Duration = crate::relay::throttle::WINDOW;

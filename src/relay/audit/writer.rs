@@ -265,5 +265,5 @@ pub(super) fn unix_millis() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
-    crate::clock::fmt_unix_millis(now)
+    crate::ops::clock::fmt_unix_millis(now)
 }
