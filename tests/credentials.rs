@@ -13,34 +13,14 @@ use support::bin::*;
 #[tokio::test]
 async fn missing_secret_file_is_a_one_line_error() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let missing = dir.path().join("no-such-secret");
-    let missing = path_str(&missing);
-    let out = run(&[
-        "token",
-        "--secret-file",
-        missing,
-        "--role",
-        "host",
-        "--host",
-        "lab1",
-    ])
-    .await;
+    let missing_file = dir.path().join("no-such-secret");
+    let missing = path_str(&missing_file);
+    let out = run(&token_args(&missing_file, "host", "lab1")).await;
     assert_error_line(&out, &[missing]);
 
     let cert = dir.path().join("relay.crt");
     let key = dir.path().join("relay.key");
-    let out = run(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--secret-file",
-        missing,
-        "--cert",
-        path_str(&cert),
-        "--key",
-        path_str(&key),
-    ])
-    .await;
+    let out = run(&relay_args("127.0.0.1:0", &missing_file, &cert, &key)).await;
     assert_error_line(&out, &[missing]);
     assert!(
         !cert.exists() && !key.exists(),
@@ -52,18 +32,10 @@ async fn missing_secret_file_is_a_one_line_error() {
 async fn missing_token_file_is_a_one_line_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, _) = make_certs(dir.path()).await;
-    let missing = dir.path().join("no-such.token");
-    let missing = path_str(&missing);
+    let missing_file = dir.path().join("no-such.token");
+    let missing = path_str(&missing_file);
     for role in ["host", "client"] {
-        let mut args = vec![
-            role,
-            "--relay",
-            "127.0.0.1:9",
-            "--relay-cert",
-            path_str(&cert),
-            "--token-file",
-            missing,
-        ];
+        let mut args = peer_args(role, "127.0.0.1:9", &cert, &missing_file);
         if role == "client" {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
@@ -78,18 +50,10 @@ async fn missing_relay_cert_is_a_one_line_error() {
     let secret = write_secret(dir.path());
     let token = dir.path().join("host.token");
     std::fs::write(&token, mint_token(&secret, "host", "lab1", "1h").await).expect("write token");
-    let missing = dir.path().join("no-such.crt");
-    let missing = path_str(&missing);
+    let missing_file = dir.path().join("no-such.crt");
+    let missing = path_str(&missing_file);
     for role in ["host", "client"] {
-        let mut args = vec![
-            role,
-            "--relay",
-            "127.0.0.1:9",
-            "--relay-cert",
-            missing,
-            "--token-file",
-            path_str(&token),
-        ];
+        let mut args = peer_args(role, "127.0.0.1:9", &missing_file, &token);
         if role == "client" {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
@@ -101,18 +65,7 @@ async fn missing_relay_cert_is_a_one_line_error() {
     // error, not a reason to make a new pair over the old key.
     let key = dir.path().join("relay.key");
     std::fs::write(&key, "not really a key").expect("write key");
-    let out = run(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--secret-file",
-        path_str(&secret),
-        "--cert",
-        missing,
-        "--key",
-        path_str(&key),
-    ])
-    .await;
+    let out = run(&relay_args("127.0.0.1:0", &secret, &missing_file, &key)).await;
     assert_error_line(&out, &[missing]);
     assert_eq!(
         std::fs::read_to_string(&key).expect("read key"),
@@ -127,16 +80,7 @@ async fn short_secret_is_refused_with_a_clear_message() {
     // Fifteen bytes, plus a newline that does not count.
     std::fs::write(&secret, "0123456789abcde\n").expect("write secret");
     make_private(&secret);
-    let out = run(&[
-        "token",
-        "--secret-file",
-        path_str(&secret),
-        "--role",
-        "host",
-        "--host",
-        "lab1",
-    ])
-    .await;
+    let out = run(&token_args(&secret, "host", "lab1")).await;
     assert_error_line(&out, &[path_str(&secret)]);
     assert!(out.stderr.contains("15 bytes"), "{out:?}");
     assert!(out.stderr.contains("at least 16"), "{out:?}");
@@ -154,16 +98,7 @@ async fn a_secret_file_readable_by_others_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = write_secret(dir.path());
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let out = run(&[
-        "token",
-        "--secret-file",
-        path_str(&secret),
-        "--role",
-        "host",
-        "--host",
-        "lab1",
-    ])
-    .await;
+    let out = run(&token_args(&secret, "host", "lab1")).await;
     assert_error_line(&out, &[path_str(&secret)]);
     assert!(out.stderr.contains("readable by other users"), "{out:?}");
     assert!(out.stderr.contains("chmod 600"), "{out:?}");

@@ -16,6 +16,10 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The most later than the relay made it that [`Tunnel::next_refusals`]
+/// may see a refusal: its poll and a loaded scheduler.
+const SEEN_LATE: Duration = Duration::from_millis(50);
+
 /// A relay with a proxy in front of it on the host's side and one on the
 /// client's side, an echo target, and a client forwarder.
 struct Rig {
@@ -315,30 +319,32 @@ async fn the_host_rereads_its_token_file_and_waits_out_an_expired_token() {
     std::fs::write(&file, tunnel.sign(&expired)).unwrap();
 
     let cancel = tunnel.cancel.child_token();
+    let cap = Duration::from_millis(400);
     let config = shellrelay::host::HostConfig {
         relays: vec![tunnel.relay_addr()],
         fleet: None,
         token: TokenSource::File(file.clone()),
         target: echo_server().await.to_string(),
-        max_backoff: Duration::from_millis(400),
+        max_backoff: cap,
         resume_window: shellrelay::session::resume::RESUME_WINDOW,
         max_waiting: Default::default(),
         metrics: None,
     };
     let agent = tokio::spawn(shellrelay::host::run(config, cancel.clone()));
-    // It keeps trying at the backoff cap: neither exits nor spins.
-    within(WAIT, "a few refused attempts", async {
-        while tunnel.registry.refused() < 4 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    let before = tunnel.registry.refused();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let in_two_seconds = tunnel.registry.refused() - before;
+    // It keeps trying at the backoff cap: neither exits nor spins. From its
+    // second refusal on, each delay is the cap less up to half of it
+    // (jitter), so refusals come at least half the cap apart (less what
+    // seeing them late takes off), and at most the cap and a refused
+    // handshake apart; a backoff that went on doubling past the cap would
+    // leave more than 1.9 s between the fifth and the sixth.
+    let (least, most) = (cap / 2 - SEEN_LATE, cap + Duration::from_millis(1500));
+    tunnel.refused_at_least(2).await;
+    let times = tunnel.next_refusals(6).await;
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("refused attempts {gaps:?} apart at a {cap:?} cap");
     assert!(
-        (2..=12).contains(&in_two_seconds),
-        "{in_two_seconds} attempts in 2 s at a 400 ms cap"
+        gaps.iter().all(|gap| (least..=most).contains(gap)),
+        "refused attempts {gaps:?} apart at a {cap:?} cap, not between {least:?} and {most:?}"
     );
     assert!(!agent.is_finished(), "the agent gave up");
 

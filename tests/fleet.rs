@@ -14,7 +14,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use support::bin::{make_private, path_str, relay_args, shellrelay_in, token_file, write_secret};
+use support::bin::{
+    make_private, pinned_peer_args, relay_args, shellrelay_in, token_file, write_secret,
+};
 use support::proc::{addr_field, field, Proc};
 use support::wan::Lab;
 
@@ -89,23 +91,9 @@ fn available() -> bool {
 /// A line through `connect` to host lab1 over the fleet, inside `ns`.
 async fn echo_through_fleet(ns: &str, port: u16, pin: &str, token: &Path) {
     let fleet = format!("{FLEET}:{port}");
-    let cmd = shellrelay_in(
-        ns,
-        &[
-            "connect",
-            "--relay",
-            &fleet,
-            "--fleet",
-            "2",
-            "--relay-pin",
-            pin,
-            "--token-file",
-            path_str(token),
-            "--host",
-            "lab1",
-        ],
-    );
-    support::bin::echo_via_connect(cmd).await;
+    let mut args = pinned_peer_args("connect", &fleet, pin, token);
+    args.extend(["--fleet", "2", "--host", "lab1"]);
+    support::bin::echo_via_connect(shellrelay_in(ns, &args)).await;
 }
 
 /// The relays the host agent logs registering with, `n` of them.
@@ -133,17 +121,9 @@ async fn a_host_uses_the_two_relays_its_id_ranks_first_and_follows_the_records()
     let secret = write_secret(dir.path());
     let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
     // Five relays on 127.0.0.1 to .5, one port, one key.
-    let mut first = Proc::spawn(
-        "relay 1",
-        shellrelay_in(
-            &ns.name,
-            &[
-                relay_args("127.0.0.1:0", &secret, &cert, &key),
-                vec!["--name", FLEET],
-            ]
-            .concat(),
-        ),
-    );
+    let mut args = relay_args("127.0.0.1:0", &secret, &cert, &key);
+    args.extend(["--name", FLEET]);
+    let mut first = Proc::spawn("relay 1", shellrelay_in(&ns.name, &args));
     let line = first.wait_for_text("relay listening").await;
     let port = addr_field(&line, "addr").port();
     let pin = field(&first.logged_text("certificate cert=").await, "pin")
@@ -164,35 +144,14 @@ async fn a_host_uses_the_two_relays_its_id_ranks_first_and_follows_the_records()
     let members: Vec<SocketAddr> = relays.iter().map(|(at, _)| *at).collect();
     ns.hosts(&members);
 
-    let target = support::traffic::echo_server_in(&ns.name).await;
+    let target = support::traffic::echo_server_in(&ns.name).await.to_string();
     let host_token_file = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
     let client_token_file = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
     let fleet = format!("{FLEET}:{port}");
-    let mut host = Proc::spawn(
-        "host",
-        shellrelay_in(
-            &ns.name,
-            &[
-                "host",
-                "--relay",
-                &fleet,
-                "--fleet",
-                "2",
-                "--fleet-refresh",
-                "1s",
-                "--relay-pin",
-                &pin,
-                "--token-file",
-                path_str(&host_token_file),
-                "--target",
-                &target.to_string(),
-                "--keep-alive",
-                "1s",
-                "--idle-timeout",
-                "3s",
-            ],
-        ),
-    );
+    let mut args = pinned_peer_args("host", &fleet, &pin, &host_token_file);
+    args.extend(["--fleet", "2", "--fleet-refresh", "1s", "--target", &target]);
+    args.extend(["--keep-alive", "1s", "--idle-timeout", "3s"]);
+    let mut host = Proc::spawn("host", shellrelay_in(&ns.name, &args));
     // The two the host id ranks first, as every peer computes them.
     let mut chosen = shellrelay::net::fleet::choose("lab1", &members, 2);
     chosen.sort();
@@ -245,41 +204,19 @@ async fn one_relay_under_two_names_keeps_one_registration() {
     ns.hosts(&[at]);
     let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
     let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
-    let target = support::traffic::echo_server_in(&ns.name).await;
+    let target = support::traffic::echo_server_in(&ns.name).await.to_string();
     // Two names for one relay process.
     let both = format!("{FLEET}:{},{at}", at.port());
-    let mut host = Proc::spawn(
-        "host",
-        shellrelay_in(
-            &ns.name,
-            &[
-                "host",
-                "--relay",
-                &both,
-                "--relay-pin",
-                &pin,
-                "--token-file",
-                path_str(&host_token),
-                "--target",
-                &target.to_string(),
-            ],
-        ),
-    );
+    let mut args = pinned_peer_args("host", &both, &pin, &host_token);
+    args.extend(["--target", &target]);
+    let mut host = Proc::spawn("host", shellrelay_in(&ns.name, &args));
     host.wait_for_text("the same relay as another").await;
     // The registration the second took the place of comes back, and stays.
     let relay_arg = at.to_string();
     let connect = || {
         shellrelay_in(
             &ns.name,
-            &[
-                "connect",
-                "--relay",
-                &relay_arg,
-                "--relay-pin",
-                &pin,
-                "--token-file",
-                path_str(&client_token),
-            ],
+            &pinned_peer_args("connect", &relay_arg, &pin, &client_token),
         )
     };
     // Whichever registered last at the relay stands. If that was the one

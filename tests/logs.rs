@@ -173,17 +173,8 @@ async fn log_format_comes_from_the_environment_and_refuses_unknown_values() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = write_secret(dir.path());
     let certs = dir.path().join("certs");
-    let mut cmd = shellrelay(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--secret-file",
-        path_str(&secret),
-        "--cert",
-        path_str(&certs.join("relay.crt")),
-        "--key",
-        path_str(&certs.join("relay.key")),
-    ]);
+    let (cert, key) = (certs.join("relay.crt"), certs.join("relay.key"));
+    let mut cmd = shellrelay(&relay_args("127.0.0.1:0", &secret, &cert, &key));
     cmd.env("SHELLRELAY_LOG_FORMAT", "json");
     let mut relay = Proc::spawn("relay", cmd);
     let line = relay

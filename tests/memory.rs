@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,8 @@ use support::proc::{field, rss_kib, Proc};
 use support::WAIT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 /// Stalled sessions per direction.
 const SESSIONS: u64 = 48;
@@ -23,14 +23,90 @@ const SESSIONS: u64 = 48;
 /// The most one stalled session may cost each process: README "Limits".
 const CEILING_KIB: u64 = 1536;
 
+/// What one write of a stalling writer offers the kernel.
+const CHUNK: usize = 64 * 1024;
+
+/// How long nothing may move (no writer hands the kernel a byte, no
+/// process grows) for the way of the stalled sessions to count as full;
+/// see [`until_full`].
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// How much a process may grow within [`SETTLE`] and still count as
+/// still: what it may allocate for itself meanwhile, far below what
+/// filling the windows of [`SESSIONS`] sessions takes.
+const SETTLED_GROWTH_KIB: u64 = 512;
+
+/// The writers of one kind of stalled session: the bytes the kernel took
+/// from them, how many are blocked in a write now, and when one last
+/// handed the kernel bytes.
+#[derive(Clone, Copy, Debug)]
+struct Fill {
+    written: u64,
+    blocked: u64,
+    progress: Instant,
+}
+
+/// Writers that say what they do, for [`until_full`].
+#[derive(Clone)]
+struct Writers(Arc<watch::Sender<Fill>>);
+
+impl Writers {
+    fn new() -> Writers {
+        let fill = Fill {
+            written: 0,
+            blocked: 0,
+            progress: Instant::now(),
+        };
+        Writers(Arc::new(watch::Sender::new(fill)))
+    }
+
+    /// Writes `byte` to `tcp` without end, until the connection fails;
+    /// counted as blocked while a write waits for room.
+    async fn flood(&self, tcp: &TcpStream, byte: u8) {
+        let chunk = vec![byte; CHUNK];
+        loop {
+            match tcp.try_write(&chunk) {
+                Ok(n) => self.0.send_modify(|f| {
+                    f.written += n as u64;
+                    f.progress = Instant::now();
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let _blocked = Blocked::new(&self.0);
+                    if tcp.writable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// One writer counted in [`Fill::blocked`] until dropped, also when its
+/// write is cancelled.
+struct Blocked<'a>(&'a watch::Sender<Fill>);
+
+impl<'a> Blocked<'a> {
+    fn new(fill: &'a watch::Sender<Fill>) -> Blocked<'a> {
+        fill.send_modify(|f| f.blocked += 1);
+        Blocked(fill)
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|f| f.blocked -= 1);
+    }
+}
+
 /// A target that answers `D` by writing without end and `H` by reading
-/// nothing, counting what it wrote, until `release` is notified.
-async fn target(written: Arc<AtomicU64>, release: Arc<Notify>) -> String {
+/// nothing, its writes told to `writers`, until `release` is notified.
+async fn target(writers: Writers, release: Arc<Notify>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address").to_string();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
-            let (written, release) = (written.clone(), release.clone());
+            let (writers, release) = (writers.clone(), release.clone());
             tokio::spawn(async move {
                 let mut command = [0u8; 1];
                 if tcp.read_exact(&mut command).await.is_err() {
@@ -38,14 +114,8 @@ async fn target(written: Arc<AtomicU64>, release: Arc<Notify>) -> String {
                 }
                 let released = release.notified();
                 if command[0] == b'D' {
-                    let chunk = vec![0x5a; 64 * 1024];
-                    let flood = async {
-                        while tcp.write_all(&chunk).await.is_ok() {
-                            written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        }
-                    };
                     tokio::select! {
-                        _ = flood => {}
+                        _ = writers.flood(&tcp, 0x5a) => {}
                         _ = released => {}
                     }
                 } else {
@@ -57,22 +127,55 @@ async fn target(written: Arc<AtomicU64>, release: Arc<Notify>) -> String {
     addr
 }
 
-/// Waits until `count` has stopped growing for a second: every buffer on
-/// the way is full.
-async fn until_full(count: &AtomicU64, what: &str) -> u64 {
-    tokio::time::timeout(WAIT * 2, async {
-        let mut last = u64::MAX;
+/// Waits until the `sessions` stalled sessions have filled every window on
+/// their way: each of their writers is blocked in a write (the stall has
+/// reached them), and for [`SETTLE`] none hands the kernel a byte and no
+/// process grows. Writers blocked alone are not enough: the kernel buffers
+/// megabytes per session between a writer and the first process, which
+/// goes on reading them, and filling the processes' windows behind, while
+/// the writers wait. Returns what the writers wrote.
+async fn until_full(writers: &Writers, sessions: u64, procs: &Procs, what: &str) -> u64 {
+    let mut fill = writers.0.subscribe();
+    let full = async {
         loop {
-            let now = count.load(Ordering::Relaxed);
-            if now == last {
-                return now;
+            let start = *fill.borrow_and_update();
+            if start.blocked < sessions {
+                fill.changed().await.expect("the writers outlive the wait");
+                continue;
             }
-            last = now;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (rss, deadline) = (procs.rss(), Instant::now() + SETTLE);
+            let still = loop {
+                tokio::select! {
+                    biased;
+                    changed = fill.changed() => {
+                        changed.expect("the writers outlive the wait");
+                        let now = *fill.borrow_and_update();
+                        if now.written != start.written || now.blocked < sessions {
+                            break false;
+                        }
+                    }
+                    () = tokio::time::sleep_until(deadline) => break true,
+                }
+            };
+            let now = procs.rss();
+            if still && (0..3).all(|i| now[i] <= rss[i] + SETTLED_GROWTH_KIB) {
+                return start.written;
+            }
         }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what} never stopped growing"))
+    };
+    tokio::time::timeout(WAIT * 2, full)
+        .await
+        .unwrap_or_else(|_| {
+            let now = *writers.0.borrow();
+            panic!(
+                "{what}: the sessions never filled their way; {} of {sessions} writers \
+                 blocked, {} bytes written, the last {:?} ago, RSS {:?} KiB now",
+                now.blocked,
+                now.written,
+                now.progress.elapsed(),
+                procs.rss()
+            )
+        })
 }
 
 /// RSS of the three processes once each has trimmed its allocator while
@@ -112,25 +215,19 @@ async fn a_stalled_session_costs_each_process_little_and_is_given_back() {
     let (relay, relay_addr) = start_relay(dir.path(), &secret).await;
     let cert = dir.path().join("relay.crt");
     let relay_at = relay_addr.to_string();
-    let written = Arc::new(AtomicU64::new(0));
+    let written = Writers::new();
     let release = Arc::new(Notify::new());
     let target = target(written.clone(), release.clone()).await;
-    let token = |role: &str, name: &str| {
-        let path = dir.path().join(name);
-        (role.to_owned(), path)
-    };
     let mut procs = Vec::new();
-    for (role, path) in [token("host", "host.token"), token("client", "client.token")] {
-        let minted = mint_token(&secret, &role, "lab1", "1h").await;
-        std::fs::write(&path, minted).expect("write token");
-        make_private(&path);
-        let mut args = peer_args(&role, &relay_at, &cert, &path);
+    for role in ["host", "client"] {
+        let path = token_file(&secret, dir.path(), &format!("{role}.token"), role, "lab1").await;
+        let mut args = peer_args(role, &relay_at, &cert, &path);
         if role == "host" {
             args.extend(["--target", &target]);
         } else {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
-        let mut proc = Proc::spawn(&role, shellrelay(&args));
+        let mut proc = Proc::spawn(role, shellrelay(&args));
         // The forwarder connects at start, and a host not yet registered
         // would make that first try a refusal.
         if role == "host" {
@@ -151,7 +248,7 @@ async fn a_stalled_session_costs_each_process_little_and_is_given_back() {
     let before = procs.rss();
 
     for command in [b'D', b'H'] {
-        let sent = Arc::new(AtomicU64::new(0));
+        let sent = Writers::new();
         let mut sessions = Vec::new();
         for _ in 0..SESSIONS {
             let mut tcp = TcpStream::connect(&tunnel).await.expect("connect");
@@ -159,10 +256,7 @@ async fn a_stalled_session_costs_each_process_little_and_is_given_back() {
             if command == b'H' {
                 let sent = sent.clone();
                 sessions.push(tokio::spawn(async move {
-                    let chunk = vec![0x11; 64 * 1024];
-                    while tcp.write_all(&chunk).await.is_ok() {
-                        sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    }
+                    sent.flood(&tcp, 0x11).await;
                 }));
             } else {
                 sessions.push(tokio::spawn(async move {
@@ -175,7 +269,7 @@ async fn a_stalled_session_costs_each_process_little_and_is_given_back() {
             b'D' => ("what the target wrote", &written),
             _ => ("what the ssh side sent", &sent),
         };
-        let held = until_full(count, what).await;
+        let held = until_full(count, SESSIONS, &procs, what).await;
         let during = trimmed(&procs).await;
         let per: Vec<u64> = (0..3)
             .map(|i| during[i].saturating_sub(before[i]) / SESSIONS)
@@ -228,18 +322,9 @@ async fn client_token(
     dir: &std::path::Path,
     name: &str,
 ) -> std::path::PathBuf {
-    let out = run(&[
-        "token",
-        "--secret-file",
-        path_str(secret),
-        "--role",
-        "client",
-        "--host",
-        "lab1",
-        "--jti",
-        name,
-    ])
-    .await;
+    let mut args = token_args(secret, "client", "lab1");
+    args.extend(["--jti", name]);
+    let out = run(&args).await;
     assert!(out.status.success(), "token failed: {out:?}");
     let path = dir.join(name);
     std::fs::write(&path, out.stdout.trim()).expect("write token");

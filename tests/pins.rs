@@ -10,8 +10,8 @@ use std::process::Stdio;
 
 use shellrelay::net::tls::pin::Pin;
 use support::bin::{
-    assert_error_line, finish, make_private, path_str, shellrelay, start_relay, token_file,
-    write_secret,
+    assert_error_line, finish, make_private, path_str, peer_args, pinned_peer_args, shellrelay,
+    start_relay, token_file, write_secret,
 };
 use support::proc::{field, Proc};
 use support::traffic::*;
@@ -46,32 +46,16 @@ async fn a_pinned_key_is_trusted_whatever_the_names_and_a_wrong_pin_shows_both()
     let (relay_at, pin_text) = (addr.to_string(), pin.to_string());
     let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
     let target = greeting_server().await.to_string();
-    let mut host = Proc::spawn(
-        "host",
-        shellrelay(&[
-            "host",
-            "--relay",
-            &relay_at,
-            "--relay-pin",
-            &pin_text,
-            "--token-file",
-            path_str(&host_token),
-            "--target",
-            &target,
-        ]),
-    );
+    let host_cmd = |pin: &str| {
+        let mut cmd = shellrelay(&pinned_peer_args("host", &relay_at, pin, &host_token));
+        cmd.args(["--target", &target]);
+        cmd
+    };
+    let mut host = Proc::spawn("host", host_cmd(&pin_text));
     host.wait_for_text("registered with relay").await;
     let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
     let connect = |pin: &str| {
-        let mut cmd = shellrelay(&[
-            "connect",
-            "--relay",
-            &relay_at,
-            "--relay-pin",
-            pin,
-            "--token-file",
-            path_str(&client_token),
-        ]);
+        let mut cmd = shellrelay(&pinned_peer_args("connect", &relay_at, pin, &client_token));
         cmd.stdin(Stdio::piped());
         cmd
     };
@@ -101,17 +85,9 @@ async fn a_pinned_key_is_trusted_whatever_the_names_and_a_wrong_pin_shows_both()
     // The relay's own certificate file, dialled by a name it lacks: one
     // line with the key it showed, and both ways out.
     let by_cert = |cert: &Path, via: &str| {
-        shellrelay(&[
-            "connect",
-            "--relay",
-            &relay_at,
-            "--relay-cert",
-            path_str(cert),
-            "--token-file",
-            path_str(&client_token),
-            "--transport",
-            via,
-        ])
+        let mut cmd = shellrelay(&peer_args("connect", &relay_at, cert, &client_token));
+        cmd.args(["--transport", via]);
+        cmd
     };
     for via in ["quic", "tcp"] {
         let out = finish(by_cert(&dir.path().join("relay.crt"), via)).await;
@@ -130,22 +106,9 @@ async fn a_pinned_key_is_trusted_whatever_the_names_and_a_wrong_pin_shows_both()
         assert!(!out.stderr.contains("OtherError"), "{via}: {out:?}");
     }
     // A host agent with a wrong pin says so once, however often it retries.
-    let mut wrong = Proc::spawn(
-        "host with a wrong pin",
-        shellrelay(&[
-            "host",
-            "--relay",
-            &relay_at,
-            "--relay-pin",
-            &other.to_string(),
-            "--token-file",
-            path_str(&host_token),
-            "--target",
-            &target,
-            "--max-backoff",
-            "100ms",
-        ]),
-    );
+    let mut wrong = host_cmd(&other.to_string());
+    wrong.args(["--max-backoff", "100ms"]);
+    let mut wrong = Proc::spawn("host with a wrong pin", wrong);
     for _ in 0..3 {
         wrong.wait_for_text("reconnecting in").await;
     }

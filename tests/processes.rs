@@ -13,12 +13,19 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use support::bin::*;
+use support::netem::Proxy;
 use support::proc::{addr_field, field, Proc};
 use support::{within, WAIT};
 use tokio::io::AsyncReadExt;
 
 /// Longest wait for the far side to close a forwarded TCP connection.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a connection that carried nothing either way has been idle:
+/// far longer than a QUIC retransmission timeout over loopback (a few
+/// milliseconds), and half of a 1 s keep-alive interval, the longest an
+/// idle connection stays silent.
+const IDLE: Duration = Duration::from_millis(500);
 
 #[tokio::test]
 async fn relay_makes_its_certificate_logs_its_port_and_stops_on_sigterm() {
@@ -153,9 +160,7 @@ async fn client_exits_on_a_refusal_that_retrying_cannot_fix() {
         ),
     ];
     for (file, role, hosts, words) in cases {
-        let token = dir.path().join(file);
-        std::fs::write(&token, mint_token(&secret, role, hosts, "1h").await).expect("token");
-        make_private(&token);
+        let token = token_file(&secret, dir.path(), file, role, hosts).await;
         let mut args = peer_args("client", &relay_at, &cert, &token);
         args.extend(["--listen", "127.0.0.1:0"]);
         let out = finish(shellrelay(&args)).await;
@@ -178,17 +183,8 @@ async fn every_role_stops_gracefully_and_the_relay_says_why() {
     let (mut relay, relay_addr) = start_relay(&certs, &secret).await;
     let relay_at = relay_addr.to_string();
     let cert = certs.join("relay.crt");
-    let host_token = dir.path().join("host.token");
-    std::fs::write(&host_token, mint_token(&secret, "host", "lab1", "1h").await)
-        .expect("write token");
-    make_private(&host_token);
-    let client_token = dir.path().join("client.token");
-    std::fs::write(
-        &client_token,
-        mint_token(&secret, "client", "lab1", "1h").await,
-    )
-    .expect("write token");
-    make_private(&client_token);
+    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
+    let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
     let peer = |role: &'static str, token: &Path, extra: &[&str]| {
         spawn_peer(role, &relay_at, &cert, token, extra)
     };
@@ -238,22 +234,13 @@ async fn status_prints_the_hosts_online_from_the_relays_metrics_endpoint() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, "no hosts online\n", "{out:?}");
 
-    let token = dir.path().join("host.token");
-    std::fs::write(&token, mint_token(&secret, "host", "lab1", "1h").await).expect("write token");
-    make_private(&token);
-    let mut host = Proc::spawn(
+    let token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
+    let mut host = spawn_peer(
         "host",
-        shellrelay(&[
-            "host",
-            "--relay",
-            &relay_addr.to_string(),
-            "--relay-cert",
-            path_str(&certs.join("relay.crt")),
-            "--token-file",
-            path_str(&token),
-            "--target",
-            "127.0.0.1:9",
-        ]),
+        &relay_addr.to_string(),
+        &certs.join("relay.crt"),
+        &token,
+        &["--target", "127.0.0.1:9"],
     );
     host.wait_for_text("registered with relay").await;
 
@@ -321,52 +308,51 @@ async fn after_sigkill_and_a_restart_hosts_and_clients_are_back_within_5_s() {
     let target = support::traffic::echo_server().await.to_string();
     let mut tokens = Vec::new();
     for role in ["host", "client"] {
-        let path = dir.path().join(format!("{role}.token"));
-        std::fs::write(&path, mint_token(&secret, role, "lab1", "1h").await).expect("token");
-        make_private(&path);
-        tokens.push(path);
+        let name = format!("{role}.token");
+        tokens.push(token_file(&secret, dir.path(), &name, role, "lab1").await);
     }
-    let peer = |role: &'static str, token: &Path, extra: &[&str]| {
-        spawn_peer(role, &relay_at, &cert, token, extra)
-    };
+    // The host agent reaches the relay through a UDP proxy, which shows
+    // when its connection is idle.
+    let proxy = Proxy::start(relay_addr).await;
+    let via_proxy = proxy.addr().to_string();
     // The default keep-alive (4 s) bounds how long an idle agent takes to
     // hear the new relay's reset; 1 s keeps this test's margin wide on a
     // loaded machine.
-    let mut host = peer(
+    let mut host = spawn_peer(
         "host",
+        &via_proxy,
+        &cert,
         &tokens[0],
         &["--target", &target, "--keep-alive", "1s"],
     );
     host.wait_for_text("registered with relay").await;
-    let mut client = peer(
+    let mut client = spawn_peer(
         "client",
+        &relay_at,
+        &cert,
         &tokens[1],
         &["--listen", "127.0.0.1:0", "--keep-alive", "1s"],
     );
     let line = client.wait_for_text("client forwarder listening").await;
     let listen = addr_field(&line, "listen");
     assert!(echo_once(listen).await, "no session before the crash");
-    // Idle for a moment, so that what brings the agent back is the reset of
-    // a keep-alive, not a retransmission of the session's last packets.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Idle, so that what brings the agent back is the reset of a
+    // keep-alive, not a retransmission of the session's last packets: the
+    // agent has ended the session, and its connection has then carried
+    // nothing either way for IDLE, so it holds no packet unacknowledged
+    // (it would have sent it again by then), and the next it sends is a
+    // keep-alive.
+    host.wait_for_text("session ended").await;
+    proxy.until_quiet(IDLE).await;
 
     // A crash: no close reaches anyone, and the new relay knows none of the
     // old connections. It is the same relay (port, certificate, key).
     relay.signal("KILL");
     let _ = relay.terminate().await;
+    let key = certs.join("relay.key");
     let mut again = Proc::spawn(
         "relay",
-        shellrelay(&[
-            "relay",
-            "--listen",
-            &relay_at,
-            "--secret-file",
-            path_str(&secret),
-            "--cert",
-            path_str(&cert),
-            "--key",
-            path_str(&certs.join("relay.key")),
-        ]),
+        shellrelay(&relay_args(&relay_at, &secret, &cert, &key)),
     );
     again.wait_for_text("relay listening").await;
     let up = std::time::Instant::now();

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::bin::{make_private, path_str, shellrelay, start_relay, token_file, write_secret};
+use support::bin::{
+    make_private, path_str, pinned_peer_args, shellrelay, start_relay, token_file, write_secret,
+};
 use support::proc::{addr_field, field, Proc};
 use support::traffic::*;
 
@@ -34,17 +36,9 @@ impl Rig {
     /// The arguments of a client-side role reaching host lab1 through
     /// both relays.
     fn client_args<'a>(&'a self, role: &'a str, relays: &'a str) -> Vec<&'a str> {
-        vec![
-            role,
-            "--relay",
-            relays,
-            "--relay-pin",
-            &self.pin,
-            "--token-file",
-            path_str(&self.client_token),
-            "--host",
-            "lab1",
-        ]
+        let mut args = pinned_peer_args(role, relays, &self.pin, &self.client_token);
+        args.extend(["--host", "lab1"]);
+        args
     }
 }
 
@@ -92,25 +86,11 @@ async fn rig() -> Rig {
     let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
     let target = echo_server().await.to_string();
     let both = format!("{a},{b}");
-    let mut host = Proc::spawn(
-        "host",
-        shellrelay(&[
-            "host",
-            "--relay",
-            &both,
-            "--relay-pin",
-            &pin,
-            "--token-file",
-            path_str(&host_token),
-            "--target",
-            &target,
-            // Notices a relay that died silently within seconds.
-            "--keep-alive",
-            "1s",
-            "--idle-timeout",
-            "3s",
-        ]),
-    );
+    let mut args = pinned_peer_args("host", &both, &pin, &host_token);
+    args.extend(["--target", &target]);
+    // Notices a relay that died silently within seconds.
+    args.extend(["--keep-alive", "1s", "--idle-timeout", "3s"]);
+    let mut host = Proc::spawn("host", shellrelay(&args));
     // One registration with each.
     registered_with_each(&mut host, &relays).await;
     Rig {

@@ -75,18 +75,9 @@ async fn token_out_writes_a_file_only_its_owner_reads() {
     let out_file = dir.path().join("host.token");
     // Even over a file that others could read.
     std::fs::write(&out_file, "old").unwrap();
-    let out = run(&[
-        "token",
-        "--secret-file",
-        path_str(&secret),
-        "--role",
-        "host",
-        "--host",
-        "lab1",
-        "--out",
-        path_str(&out_file),
-    ])
-    .await;
+    let mut args = token_args(&secret, "host", "lab1");
+    args.extend(["--out", path_str(&out_file)]);
+    let out = run(&args).await;
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.is_empty(), "the token is not printed: {out:?}");
     assert_eq!(mode(&out_file), 0o600);
@@ -95,9 +86,8 @@ async fn token_out_writes_a_file_only_its_owner_reads() {
     assert_eq!(claims["sub"], "lab1", "{claims}");
     // `keygen --out` and `certs --out` read SHELLRELAY_OUT; `token` does
     // not, so a variable set for them never overwrites the secret.
-    let mut cmd = shellrelay(&["token", "--secret-file", path_str(&secret)]);
-    cmd.args(["--role", "host", "--host", "lab1"])
-        .env("SHELLRELAY_OUT", &secret);
+    let mut cmd = shellrelay(&token_args(&secret, "host", "lab1"));
+    cmd.env("SHELLRELAY_OUT", &secret);
     let out = finish(cmd).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(decode_jwt(out.stdout.trim(), SECRET).1["sub"], "lab1");
@@ -118,18 +108,11 @@ async fn token_ttl_takes_durations_and_refuses_nonsense() {
         assert_eq!(exp - iat, secs, "--ttl {ttl}: {claims}");
     }
     for ttl in ["banana", "0s", "-5m", ""] {
-        let out = run(&[
-            "token",
-            "--secret-file",
-            path_str(&secret),
-            "--role",
-            "host",
-            "--host",
-            "lab1",
-            // `=` so that "-5m" reaches the parser instead of looking like a flag.
-            &format!("--ttl={ttl}"),
-        ])
-        .await;
+        // `=` so that "-5m" reaches the parser instead of looking like a flag.
+        let flag = format!("--ttl={ttl}");
+        let mut args = token_args(&secret, "host", "lab1");
+        args.push(&flag);
+        let out = run(&args).await;
         assert!(!out.status.success(), "--ttl {ttl:?} succeeded: {out:?}");
         assert!(
             out.stdout.is_empty(),
@@ -168,20 +151,9 @@ async fn secret_file_can_come_from_the_environment() {
 async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = write_secret(dir.path());
-    let out = run(&[
-        "token",
-        "--secret-file",
-        path_str(&secret),
-        "--role",
-        "client",
-        "--host",
-        "lab-1,lab-2",
-        "--host",
-        "web-*",
-        "--subject",
-        "alice",
-    ])
-    .await;
+    let mut args = token_args(&secret, "client", "lab-1,lab-2");
+    args.extend(["--host", "web-*", "--subject", "alice"]);
+    let out = run(&args).await;
     assert!(out.status.success(), "{out:?}");
     let (_, claims) = decode_jwt(out.stdout.trim_end(), SECRET);
     assert_eq!(claims["sub"], "alice", "{claims}");
@@ -190,34 +162,13 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
         serde_json::json!(["lab-1", "lab-2", "web-*"]),
         "{claims}"
     );
-    let out = run(&[
-        "token",
-        "--secret-file",
-        path_str(&secret),
-        "--role",
-        "host",
-        "--host",
-        "lab-*",
-    ])
-    .await;
+    let out = run(&token_args(&secret, "host", "lab-*")).await;
     assert_error_line(&out, &["a host token names exactly one host id"]);
     // A client token for one host, with a subject: the subject is kept.
     let token = |role: &'static str| {
-        let secret = path_str(&secret).to_owned();
-        async move {
-            run(&[
-                "token",
-                "--secret-file",
-                &secret,
-                "--role",
-                role,
-                "--host",
-                "lab1",
-                "--subject",
-                "alice",
-            ])
-            .await
-        }
+        let mut args = token_args(&secret, role, "lab1");
+        args.extend(["--subject", "alice"]);
+        async move { run(&args).await }
     };
     let out = token("client").await;
     assert!(out.status.success(), "{out:?}");
@@ -277,17 +228,10 @@ async fn token_names_several_hosts_and_signs_with_a_generated_key_under_a_kid() 
     let token_file = dir.path().join("host.token");
     std::fs::write(&token_file, jwt).expect("write token");
     make_private(&token_file);
+    let relay_at = addr.to_string();
     let mut host = Proc::spawn(
         "host",
-        shellrelay(&[
-            "host",
-            "--relay",
-            &addr.to_string(),
-            "--relay-cert",
-            path_str(&cert),
-            "--token-file",
-            path_str(&token_file),
-        ]),
+        shellrelay(&peer_args("host", &relay_at, &cert, &token_file)),
     );
     host.wait_for_text("registered with relay").await;
     relay.signal("HUP");

@@ -454,11 +454,8 @@ async fn with_nothing_listening_connect_says_once_that_neither_udp_nor_tcp_answe
     let (tcp, port) = free_port();
     let relay = format!("127.0.0.1:{port}");
 
-    let mut cmd = shellrelay(&["connect", "--relay", &relay, "--host", HOST_ID]);
-    cmd.arg("--relay-cert")
-        .arg(&cert)
-        .arg("--token-file")
-        .arg(&token);
+    let mut cmd = shellrelay(&peer_args("connect", &relay, &cert, &token));
+    cmd.args(["--host", HOST_ID]);
     let (out, took) = timed(cmd).await;
     drop(tcp);
     eprintln!("nothing listening: gave up after {took:?}");

@@ -161,9 +161,10 @@ pub async fn token_file(secret: &Path, dir: &Path, name: &str, role: &str, host:
     path
 }
 
-/// Mints a token with the `token` subcommand and returns it.
-pub async fn mint_token(secret: &Path, role: &str, host: &str, ttl: &str) -> String {
-    let out = run(&[
+/// The arguments of `token` signing with the secret in `secret`, for
+/// `role` on `host` (one host id, or a list or pattern for a client).
+pub fn token_args<'a>(secret: &'a Path, role: &'a str, host: &'a str) -> Vec<&'a str> {
+    vec![
         "token",
         "--secret-file",
         path_str(secret),
@@ -171,10 +172,14 @@ pub async fn mint_token(secret: &Path, role: &str, host: &str, ttl: &str) -> Str
         role,
         "--host",
         host,
-        "--ttl",
-        ttl,
-    ])
-    .await;
+    ]
+}
+
+/// Mints a token with the `token` subcommand and returns it.
+pub async fn mint_token(secret: &Path, role: &str, host: &str, ttl: &str) -> String {
+    let mut args = token_args(secret, role, host);
+    args.extend(["--ttl", ttl]);
+    let out = run(&args).await;
     assert!(out.status.success(), "token failed: {out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 1, "token prints exactly one line: {out:?}");
@@ -248,15 +253,32 @@ pub fn peer_args<'a>(
     cert: &'a Path,
     token: &'a Path,
 ) -> Vec<&'a str> {
-    vec![
-        role,
-        "--relay",
-        relay,
-        "--relay-cert",
-        path_str(cert),
-        "--token-file",
-        path_str(token),
-    ]
+    trusting_peer_args(role, relay, ["--relay-cert", path_str(cert)], token)
+}
+
+/// [`peer_args`] trusting the relay by the pin of its key (`--relay-pin`)
+/// instead of its certificate file.
+pub fn pinned_peer_args<'a>(
+    role: &'a str,
+    relay: &'a str,
+    pin: &'a str,
+    token: &'a Path,
+) -> Vec<&'a str> {
+    trusting_peer_args(role, relay, ["--relay-pin", pin], token)
+}
+
+/// The arguments of `role` for `relay`, trusted as the flag and value in
+/// `trust` say, with the token in `token`.
+fn trusting_peer_args<'a>(
+    role: &'a str,
+    relay: &'a str,
+    trust: [&'a str; 2],
+    token: &'a Path,
+) -> Vec<&'a str> {
+    let mut args = vec![role, "--relay", relay];
+    args.extend(trust);
+    args.extend(["--token-file", path_str(token)]);
+    args
 }
 
 /// Runs `connect` as `cmd` says, to a host in front of an echo target:

@@ -42,6 +42,10 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// The lifetime of a token that outlives any test.
 pub const HOUR: Duration = Duration::from_secs(3600);
 
+/// How often [`Tunnel::next_refusals`] reads the relay's refusal count:
+/// short beside any backoff a test measures with it.
+pub const REFUSAL_POLL: Duration = Duration::from_millis(2);
+
 /// Awaits `fut`, failing the test with `what` if it takes longer than `limit`.
 pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {
@@ -161,6 +165,50 @@ impl Tunnel {
         self.registry = relay.handle();
         self.relay_cancel = self.cancel.child_token();
         self.relay = Some(tokio::spawn(relay.run(self.relay_cancel.clone())));
+    }
+
+    /// Waits until the relay has refused `n` hellos or sessions in all,
+    /// within [`WAIT`].
+    pub async fn refused_at_least(&self, n: u64) {
+        let what = format!(
+            "{n} refusals (the relay has made {})",
+            self.registry.refused()
+        );
+        within(WAIT, &what, async {
+            while self.registry.refused() < n {
+                tokio::time::sleep(REFUSAL_POLL).await;
+            }
+        })
+        .await;
+    }
+
+    /// When the relay made each of its next `n` refusals, as this test saw
+    /// them: the registry counts refusals without saying when, so its count
+    /// is read every [`REFUSAL_POLL`], and refusals that came between two
+    /// reads get the same time. Each refusal is waited for within [`WAIT`].
+    pub async fn next_refusals(&self, n: usize) -> Vec<std::time::Instant> {
+        let mut seen = self.registry.refused();
+        let mut times = Vec::with_capacity(n);
+        while times.len() < n {
+            let what = format!("refusal {} of {n} after {:?}", times.len() + 1, times);
+            let now = within(WAIT, &what, async {
+                loop {
+                    let now = self.registry.refused();
+                    if now > seen {
+                        return now;
+                    }
+                    tokio::time::sleep(REFUSAL_POLL).await;
+                }
+            })
+            .await;
+            let at = std::time::Instant::now();
+            for _ in seen..now {
+                times.push(at);
+            }
+            seen = now;
+        }
+        times.truncate(n);
+        times
     }
 
     /// Signs `claims` with the relay's secret.

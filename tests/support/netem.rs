@@ -256,6 +256,33 @@ impl Proxy {
         lock(&self.inner.settings).upstream = upstream;
     }
 
+    /// How long no datagram has come either way, on any flow (since the
+    /// proxy started, if none has yet).
+    pub fn quiet_for(&self) -> Duration {
+        let last = lock(&self.inner.flows)
+            .values()
+            .map(|flow| flow.last_seen.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        Duration::from_millis(self.inner.now_ms().saturating_sub(last))
+    }
+
+    /// Waits until no datagram has come either way for `quiet`, within
+    /// [`WAIT`](super::WAIT): looks again each time it could first be so.
+    pub async fn until_quiet(&self, quiet: Duration) {
+        let what = format!("{quiet:?} without a datagram through the proxy");
+        super::within(super::WAIT, &what, async {
+            loop {
+                let so_far = self.quiet_for();
+                if so_far >= quiet {
+                    return;
+                }
+                tokio::time::sleep(quiet - so_far).await;
+            }
+        })
+        .await;
+    }
+
     /// Counters: datagrams forwarded/dropped/duplicated/reordered each way,
     /// and number of rebinds.
     pub fn stats(&self) -> Stats {
