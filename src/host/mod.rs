@@ -212,7 +212,6 @@ async fn keep_registered(
                         .await;
                     return Ok(());
                 }
-                displaced = false;
                 failing = None;
                 let started = Instant::now();
                 info!(
@@ -223,44 +222,14 @@ async fn keep_registered(
                     expires = %fmt_unix(link.expires_at),
                     "registered with relay"
                 );
-                let mut link = link;
-                let closed = loop {
-                    match serve(&link, relay, config, sessions, tasks, trim, shutdown).await {
-                        Served::Moved(quic) => {
-                            info!(
-                                host = %quic.host,
-                                relay = %relay.name(),
-                                "QUIC answers again; registered over QUIC and leaving TCP"
-                            );
-                            link.close(Reason::Done, "host agent moved to QUIC").await;
-                            link = *quic;
-                        }
-                        Served::Shutdown => return Ok(()),
-                        Served::Closed(closed) => break closed,
-                    }
+                let Some(closed) =
+                    serve_moving(link, relay, config, sessions, tasks, trim, shutdown).await
+                else {
+                    return Ok(());
                 };
-                match closed {
-                    // Not final: the other connection may hold a stolen or
-                    // leaked token, and may go away. Back off and register
-                    // again once it has, without resetting the backoff.
-                    Closed::Peer(refusal) if refusal.reason == Reason::Replaced => {
-                        warn!(
-                            "{}; is another host agent running with this host id, or has its token leaked? Registering again once it leaves",
-                            refusal.message
-                        );
-                        displaced = true;
-                    }
-                    closed => {
-                        match closed {
-                            Closed::Peer(refusal) => {
-                                warn!(relay = %relay.name(), reason = %refusal.message, "relay closed the connection")
-                            }
-                            _ => warn!(relay = %relay.name(), "lost the connection to the relay"),
-                        }
-                        if started.elapsed() >= STABLE_AFTER {
-                            backoff.reset();
-                        }
-                    }
+                displaced = said_closed(relay, closed);
+                if !displaced && started.elapsed() >= STABLE_AFTER {
+                    backoff.reset();
                 }
             }
             Err(err)
@@ -268,21 +237,7 @@ async fn keep_registered(
             {
                 info!("{err}")
             }
-            // Said once while it stays the same (a wrong pin, an expired
-            // token), and again every REPEAT_WARNING: each retry in between
-            // says it in the debug log only.
-            Err(err) => {
-                let why = err.to_string();
-                match &failing {
-                    Some((said, at)) if *said == why && at.elapsed() < REPEAT_WARNING => {
-                        debug!(relay = %relay.name(), "could not register with relay, as before: {why}");
-                    }
-                    _ => {
-                        warn!(relay = %relay.name(), "could not register with relay: {why}");
-                        failing = Some((why, Instant::now()));
-                    }
-                }
-            }
+            Err(err) => say_failure(relay, &mut failing, err.to_string()),
         }
         let delay = backoff.delay();
         info!(relay = %relay.name(), "reconnecting in {delay:.1?}");
@@ -290,6 +245,75 @@ async fn keep_registered(
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Serves sessions on a registration, and on the one over QUIC that
+/// takes its place once QUIC answers again, until it closes (with why)
+/// or the agent shuts down (`None`).
+async fn serve_moving(
+    mut link: RelayLink,
+    relay: &RelayAddr,
+    config: &HostConfig,
+    sessions: &Arc<Sessions>,
+    tasks: &Tasks,
+    trim: &Trim,
+    shutdown: &CancellationToken,
+) -> Option<Closed> {
+    loop {
+        match serve(&link, relay, config, sessions, tasks, trim, shutdown).await {
+            Served::Moved(quic) => {
+                info!(
+                    host = %quic.host,
+                    relay = %relay.name(),
+                    "QUIC answers again; registered over QUIC and leaving TCP"
+                );
+                link.close(Reason::Done, "host agent moved to QUIC").await;
+                link = *quic;
+            }
+            Served::Shutdown => return None,
+            Served::Closed(closed) => return Some(closed),
+        }
+    }
+}
+
+/// Says why a registration ended; true if another connection took this
+/// host's place. That is not final: the other connection may hold a
+/// stolen or leaked token, and may go away. The agent backs off and
+/// registers again once it has, without resetting the backoff.
+fn said_closed(relay: &RelayAddr, closed: Closed) -> bool {
+    match closed {
+        Closed::Peer(refusal) if refusal.reason == Reason::Replaced => {
+            warn!(
+                "{}; is another host agent running with this host id, or has its token leaked? Registering again once it leaves",
+                refusal.message
+            );
+            true
+        }
+        Closed::Peer(refusal) => {
+            warn!(relay = %relay.name(), reason = %refusal.message, "relay closed the connection");
+            false
+        }
+        _ => {
+            warn!(relay = %relay.name(), "lost the connection to the relay");
+            false
+        }
+    }
+}
+
+/// Says that registering failed, `why`: once while it stays the same (a
+/// wrong pin, an expired token), and again every [`REPEAT_WARNING`]; each
+/// retry in between says it in the debug log only. `failing` is what was
+/// said last, and when.
+fn say_failure(relay: &RelayAddr, failing: &mut Option<(String, Instant)>, why: String) {
+    match failing {
+        Some((said, at)) if *said == why && at.elapsed() < REPEAT_WARNING => {
+            debug!(relay = %relay.name(), "could not register with relay, as before: {why}");
+        }
+        _ => {
+            warn!(relay = %relay.name(), "could not register with relay: {why}");
+            *failing = Some((why, Instant::now()));
         }
     }
 }

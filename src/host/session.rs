@@ -74,17 +74,7 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
                 attempt,
                 peer_at: Position { received, fin },
             };
-            if let Err(not) = ctx.parked.take_up(&id, owner.as_deref(), takeover, &proof) {
-                let NotTaken {
-                    refusal,
-                    kind,
-                    mut takeover,
-                } = *not;
-                ctx.metrics.resume(kind);
-                warn!(target: LOG_TARGET, %client, reason = %refusal.message, "resume refused");
-                return refuse(&mut takeover.stream.send, refusal).await;
-            }
-            return;
+            return take_up(&ctx, &id, owner.as_deref(), takeover, &proof, &client).await;
         }
         Some(_) => {
             let refusal = Refusal::new(Reason::Protocol, "open carried a host's resume answer");
@@ -92,21 +82,9 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
         }
     };
     let started = Instant::now();
-    let target = &ctx.target;
-    let dialled = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&**target)).await;
-    let tcp = match dialled {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(err)) => {
-            let message = format!("could not connect to {target}: {err}");
-            let refusal = Refusal::new(Reason::TargetUnreachable, message);
-            return refuse(&mut stream.send, refusal).await;
-        }
-        Err(_) => {
-            let secs = DIAL_TIMEOUT.as_secs();
-            let message = format!("could not connect to {target}: no answer within {secs}s");
-            let refusal = Refusal::new(Reason::TargetUnreachable, message);
-            return refuse(&mut stream.send, refusal).await;
-        }
+    let tcp = match dial(&ctx.target).await {
+        Ok(tcp) => tcp,
+        Err(refusal) => return refuse(&mut stream.send, refusal).await,
     };
     let _ = tcp.set_nodelay(true);
     let resumable = match offer {
@@ -147,6 +125,44 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
         duration = ?started.elapsed(),
         "session ended"
     );
+}
+
+/// Hands a resume's stream to the session it names, or refuses it.
+async fn take_up(
+    ctx: &Sessions,
+    id: &str,
+    owner: Option<&str>,
+    takeover: Takeover,
+    proof: &str,
+    client: &str,
+) {
+    if let Err(not) = ctx.parked.take_up(id, owner, takeover, proof) {
+        let NotTaken {
+            refusal,
+            kind,
+            mut takeover,
+        } = *not;
+        ctx.metrics.resume(kind);
+        warn!(target: LOG_TARGET, %client, reason = %refusal.message, "resume refused");
+        refuse(&mut takeover.stream.send, refusal).await;
+    }
+}
+
+/// Connects to the host's one target, or says why the client cannot have
+/// it.
+async fn dial(target: &str) -> Result<TcpStream, Refusal> {
+    match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(err)) => {
+            let message = format!("could not connect to {target}: {err}");
+            Err(Refusal::new(Reason::TargetUnreachable, message))
+        }
+        Err(_) => {
+            let secs = DIAL_TIMEOUT.as_secs();
+            let message = format!("could not connect to {target}: no answer within {secs}s");
+            Err(Refusal::new(Reason::TargetUnreachable, message))
+        }
+    }
 }
 
 /// Takes up a client's offer: the session's key, and its place among the

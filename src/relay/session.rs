@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::audit::{Line, Party};
 use super::budget::{Share, Shares};
+use super::registry::Host;
 use super::{State, LOG_TARGET};
 use crate::net::transport::{self, Conn, Stream};
 use crate::ops::defaults::{
@@ -173,8 +174,9 @@ impl Meta {
     }
 }
 
+/// One session, from the client's `open` to its end: the host's stream
+/// opened and asked, `ready` passed back, and the two spliced.
 async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream, _slots: Slots) {
-    let (session, host, client) = (meta.session, meta.host.clone(), meta.client);
     let started = Instant::now();
     // A resume request goes to the host as it came: only the ends can
     // check it.
@@ -188,106 +190,39 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
             return;
         }
     };
-    let Some(target) = state.hosts.get(&host) else {
-        let refusal = Refusal::new(Reason::HostOffline, format!("host {host} is not connected"));
-        return refuse_session(&state, &meta, client_stream, &refusal).await;
-    };
-    let limits = &state.config.limits;
-    if let Err(refusal) = host_rate(&state, &host).await {
-        return refuse_session(&state, &meta, client_stream, &refusal).await;
-    }
-    let limit = limits.sessions_per_host;
-    let Some(_host_slot) = target.sessions.acquire(limit) else {
-        let refusal = Refusal::new(
-            Reason::Limit,
-            format!("host {host} has too many sessions (limit {limit})"),
-        );
-        return refuse_session(&state, &meta, client_stream, &refusal).await;
-    };
-    let deadline = tokio::time::Instant::now() + HOST_SETUP_TIMEOUT;
-    let mut host_stream = match tokio::time::timeout_at(deadline, target.conn.open()).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => {
-            let refusal =
-                Refusal::new(Reason::HostOffline, format!("host {host} went away: {err}"));
-            return refuse_session(&state, &meta, client_stream, &refusal).await;
-        }
-        Err(_) => {
-            let refusal = Refusal::new(
-                Reason::Limit,
-                format!("host {host} has no room for another session"),
-            );
-            return refuse_session(&state, &meta, client_stream, &refusal).await;
-        }
-    };
     let resuming = matches!(resume, Some(Resume::Again { .. }));
+    let deadline = tokio::time::Instant::now() + HOST_SETUP_TIMEOUT;
+    let (target, _host_slot, mut host_stream) = match host_stream(&state, &meta, deadline).await {
+        Ok(opened) => opened,
+        Err(refusal) => return refuse_session(&state, &meta, client_stream, &refusal).await,
+    };
     let open = Frame::Open {
-        session,
-        client: Some(client.to_string()),
+        session: meta.session,
+        client: Some(meta.client.to_string()),
         resume,
         owner: Some(meta.owner.clone()),
-        who: meta
-            .who
-            .subject
-            .clone()
-            .map(|subject| crate::protocol::Who {
-                subject,
-                jti: meta.who.jti.clone(),
-            }),
+        who: (meta.who.subject.clone()).map(|subject| crate::protocol::Who {
+            subject,
+            jti: meta.who.jti.clone(),
+        }),
     };
-    let reply = tokio::time::timeout_at(deadline, async {
-        write_frame(&mut host_stream.send, &open).await?;
-        read_frame(&mut host_stream.recv).await
-    })
-    .await;
-    let mut answer = None;
-    let failure = match reply {
-        Ok(Ok(Frame::Ready { resume, .. })) => {
-            answer = resume;
-            None
-        }
-        // The host's words end up on the ssh user's terminal.
-        Ok(Ok(Frame::Refused { reason, message })) => Some(Refusal { reason, message }.printable()),
-        Ok(Ok(other)) => {
-            warn!(target: LOG_TARGET, ?other, "host answered open with an unexpected frame");
-            Some(Refusal::new(
-                Reason::Protocol,
-                format!("host {host} broke the protocol"),
-            ))
-        }
-        Ok(Err(err @ (FrameError::TooLong(_) | FrameError::Malformed(_)))) => {
-            warn!(target: LOG_TARGET, %err, "host answered open with a bad frame");
-            Some(Refusal::new(
-                Reason::Protocol,
-                format!("host {host} broke the protocol"),
-            ))
-        }
-        Ok(Err(_)) if target.conn.close_reason().is_some() => Some(Refusal::new(
-            Reason::HostOffline,
-            format!("host {host} went away"),
-        )),
-        Ok(Err(_)) => Some(Refusal::new(
-            Reason::Aborted,
-            format!("host {host} dropped the session"),
-        )),
-        Err(_) => {
-            let secs = HOST_SETUP_TIMEOUT.as_secs();
-            let message = format!("host {host} did not open the session within {secs}s");
-            Some(Refusal::new(Reason::TargetUnreachable, message))
-        }
-    };
+    let asked = ask_host(&meta.host, &target.conn, &mut host_stream, &open, deadline).await;
     if resuming {
-        state.metrics.resume(failure.as_ref().map(|r| r.reason));
+        state.metrics.resume(asked.as_ref().err().map(|r| r.reason));
     }
-    if let Some(refusal) = failure {
-        info!(target: LOG_TARGET, %client, reason = %refusal.message, "session refused");
-        transport::abort(&mut host_stream, refusal.reason);
-        return refuse_session(&state, &meta, client_stream, &refusal).await;
-    }
+    let answer = match asked {
+        Ok(answer) => answer,
+        Err(refusal) => {
+            let client = meta.client;
+            info!(target: LOG_TARGET, %client, reason = %refusal.message, "session refused");
+            transport::abort(&mut host_stream, refusal.reason);
+            return refuse_session(&state, &meta, client_stream, &refusal).await;
+        }
+    };
     // Within the setup's deadline: a client that grants no credit must
     // not hold the host's stream (and its target connection) for ever.
     let ready = Frame::Ready {
-        session,
+        session: meta.session,
         resume: answer,
     };
     let sent =
@@ -298,38 +233,142 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         abandoned(&state, &meta);
         return;
     }
-    let _active = state.metrics.session_started(started);
-    let _live = state.trim.session();
-    if resuming {
-        info!(target: LOG_TARGET, %client, "session resumed");
-    } else {
-        info!(target: LOG_TARGET, %client, "session started");
+    let spliced = Spliced {
+        client: client_stream,
+        host: host_stream,
+        started,
+        resuming,
+    };
+    spliced.run(&state, &meta, &target).await;
+}
+
+/// The host's side of a new session: the host registered, within its
+/// rate and its limit of sessions, and a stream opened on its connection
+/// by `deadline`; with the host and its session slot.
+async fn host_stream(
+    state: &State,
+    meta: &Meta,
+    deadline: tokio::time::Instant,
+) -> Result<(Host, Share, Stream), Refusal> {
+    let host = &meta.host;
+    let Some(target) = state.hosts.get(host) else {
+        let message = format!("host {host} is not connected");
+        return Err(Refusal::new(Reason::HostOffline, message));
+    };
+    host_rate(state, host).await?;
+    let limit = state.config.limits.sessions_per_host;
+    let Some(slot) = target.sessions.acquire(limit) else {
+        let message = format!("host {host} has too many sessions (limit {limit})");
+        return Err(Refusal::new(Reason::Limit, message));
+    };
+    match tokio::time::timeout_at(deadline, target.conn.open()).await {
+        Ok(Ok(stream)) => Ok((target, slot, stream)),
+        Ok(Err(err)) => {
+            let message = format!("host {host} went away: {err}");
+            Err(Refusal::new(Reason::HostOffline, message))
+        }
+        Err(_) => {
+            let message = format!("host {host} has no room for another session");
+            Err(Refusal::new(Reason::Limit, message))
+        }
     }
-    state.audit.write(&meta.audit("session_start", None));
-    let metrics = &state.metrics;
-    let stats = &target.stats;
-    let t = splice::relay(
-        client_stream,
-        host_stream,
-        |n| metrics.to_host(stats, n),
-        |n| metrics.to_client(stats, n),
-    )
+}
+
+/// Sends `open` on the host's stream and reads its answer by `deadline`:
+/// the host's resume answer once it is `ready`, or the refusal the client
+/// is to get.
+async fn ask_host(
+    host: &str,
+    host_conn: &Conn,
+    stream: &mut Stream,
+    open: &Frame,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Resume>, Refusal> {
+    let reply = tokio::time::timeout_at(deadline, async {
+        write_frame(&mut stream.send, open).await?;
+        read_frame(&mut stream.recv).await
+    })
     .await;
-    info!(
-        target: LOG_TARGET,
-        %client,
-        to_host = t.sent,
-        to_client = t.received,
-        aborted = t.aborted,
-        duration = ?started.elapsed(),
-        "session ended"
-    );
-    let how = if t.aborted { "aborted" } else { "done" };
-    let mut line = meta.audit("session_end", Some(how));
-    line.bytes_to_host = Some(t.sent);
-    line.bytes_to_client = Some(t.received);
-    line.duration_ms = u64::try_from(started.elapsed().as_millis()).ok();
-    state.audit.write(&line);
+    let broke = || Refusal::new(Reason::Protocol, format!("host {host} broke the protocol"));
+    match reply {
+        Ok(Ok(Frame::Ready { resume, .. })) => Ok(resume),
+        // The host's words end up on the ssh user's terminal.
+        Ok(Ok(Frame::Refused { reason, message })) => Err(Refusal { reason, message }.printable()),
+        Ok(Ok(other)) => {
+            warn!(target: LOG_TARGET, ?other, "host answered open with an unexpected frame");
+            Err(broke())
+        }
+        Ok(Err(err @ (FrameError::TooLong(_) | FrameError::Malformed(_)))) => {
+            warn!(target: LOG_TARGET, %err, "host answered open with a bad frame");
+            Err(broke())
+        }
+        Ok(Err(_)) if host_conn.close_reason().is_some() => Err(Refusal::new(
+            Reason::HostOffline,
+            format!("host {host} went away"),
+        )),
+        Ok(Err(_)) => Err(Refusal::new(
+            Reason::Aborted,
+            format!("host {host} dropped the session"),
+        )),
+        Err(_) => {
+            let secs = HOST_SETUP_TIMEOUT.as_secs();
+            let message = format!("host {host} did not open the session within {secs}s");
+            Err(Refusal::new(Reason::TargetUnreachable, message))
+        }
+    }
+}
+
+/// A session whose host is `ready`: its two streams, spliced until both
+/// ends are done, with its start and end logged and audited.
+struct Spliced {
+    client: Stream,
+    host: Stream,
+    started: Instant,
+    resuming: bool,
+}
+
+impl Spliced {
+    async fn run(self, state: &State, meta: &Meta, target: &Host) {
+        let Spliced {
+            client: client_stream,
+            host: host_stream,
+            started,
+            resuming,
+        } = self;
+        let client = meta.client;
+        let _active = state.metrics.session_started(started);
+        let _live = state.trim.session();
+        if resuming {
+            info!(target: LOG_TARGET, %client, "session resumed");
+        } else {
+            info!(target: LOG_TARGET, %client, "session started");
+        }
+        state.audit.write(&meta.audit("session_start", None));
+        let metrics = &state.metrics;
+        let stats = &target.stats;
+        let t = splice::relay(
+            client_stream,
+            host_stream,
+            |n| metrics.to_host(stats, n),
+            |n| metrics.to_client(stats, n),
+        )
+        .await;
+        info!(
+            target: LOG_TARGET,
+            %client,
+            to_host = t.sent,
+            to_client = t.received,
+            aborted = t.aborted,
+            duration = ?started.elapsed(),
+            "session ended"
+        );
+        let how = if t.aborted { "aborted" } else { "done" };
+        let mut line = meta.audit("session_end", Some(how));
+        line.bytes_to_host = Some(t.sent);
+        line.bytes_to_client = Some(t.received);
+        line.duration_ms = u64::try_from(started.elapsed().as_millis()).ok();
+        state.audit.write(&line);
+    }
 }
 
 /// What a session holds while it lasts: its place in the relay's budget,
