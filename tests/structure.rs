@@ -306,13 +306,15 @@ fn the_roles_never_import_one_another() {
     assert!(crossed.is_empty(), "a role imports another: {crossed:?}");
 }
 
+/// A made-up tree: `(path under src, text)`.
+fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(r, t)| ((*r).to_owned(), (*t).to_owned()))
+        .collect()
+}
+
 #[test]
 fn the_rules_catch_what_they_are_for() {
-    let files = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-        list.iter()
-            .map(|(r, t)| ((*r).to_owned(), (*t).to_owned()))
-            .collect()
-    };
     let leaky = files(&[
         (&format!("{TRANSPORT}/quic.rs"), "use quinn::Endpoint;"),
         ("relay/conn.rs", "fn f(i: quinn::Incoming) {}"),
@@ -472,11 +474,6 @@ fn no_two_files_import_each_other_even_through_others() {
 
 #[test]
 fn the_file_graph_sees_siblings_and_not_parents() {
-    let files = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-        list.iter()
-            .map(|(r, t)| ((*r).to_owned(), (*t).to_owned()))
-            .collect()
-    };
     let tree = files(&[
         ("resume/mod.rs", "pub use engine::Outcome;"),
         ("resume/close.rs", "use super::engine::{Outcome, Side};"),

@@ -183,99 +183,17 @@ async fn keep_registered(
     (instances, sessions): &(Instances, Arc<Sessions>),
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Backoff::new(config.max_backoff);
-    let mut displaced = false;
-    // The last registration error and when it was said: said again only
-    // when it changes, or every REPEAT_WARNING while it stays the same.
-    let mut failing: Option<(String, Instant)> = None;
-    loop {
-        // Once another connection took this host's place, take it back only
-        // when that one has left: two agents with one id do not evict each
-        // other (and their sessions) in turns.
-        let connect = dial::connect_with(relay, &config.token, Role::Host, None, displaced);
-        let attempt = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(()),
-            attempt = connect => attempt,
-        };
-        match attempt {
-            Ok(link) => {
-                // One relay under two names (or addresses): its welcome
-                // names the same process. This registration took the
-                // other's place, which takes it back; this one goes.
-                if !instances.claim(link.instance.as_deref(), &relay.name()) {
-                    warn!(
-                        relay = %relay.name(),
-                        "the same relay as another of this agent's relays (one relay under two names or addresses); keeping one registration with it"
-                    );
-                    link.close(Reason::Done, "registered with this relay already")
-                        .await;
-                    return Ok(());
-                }
-                failing = None;
-                let started = Instant::now();
-                info!(
-                    host = %link.host,
-                    relay = %relay.name(),
-                    transport = link.conn.transport(),
-                    target = %sessions.target,
-                    expires = %fmt_unix(link.expires_at),
-                    "registered with relay"
-                );
-                let Some(closed) =
-                    serve_moving(link, relay, config, sessions, tasks, trim, shutdown).await
-                else {
-                    return Ok(());
-                };
-                displaced = said_closed(relay, closed);
-                if !displaced && started.elapsed() >= STABLE_AFTER {
-                    backoff.reset();
-                }
-            }
-            Err(err)
-                if displaced && err.refusal().is_some_and(|r| r.reason == Reason::Replaced) =>
-            {
-                info!("{err}")
-            }
-            Err(err) => say_failure(relay, &mut failing, err.to_string()),
-        }
-        let delay = backoff.delay();
-        info!(relay = %relay.name(), "reconnecting in {delay:.1?}");
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
-}
-
-/// Serves sessions on a registration, and on the one over QUIC that
-/// takes its place once QUIC answers again, until it closes (with why)
-/// or the agent shuts down (`None`).
-async fn serve_moving(
-    mut link: RelayLink,
-    relay: &RelayAddr,
-    config: &HostConfig,
-    sessions: &Arc<Sessions>,
-    tasks: &Tasks,
-    trim: &Trim,
-    shutdown: &CancellationToken,
-) -> Option<Closed> {
-    loop {
-        match serve(&link, relay, config, sessions, tasks, trim, shutdown).await {
-            Served::Moved(quic) => {
-                info!(
-                    host = %quic.host,
-                    relay = %relay.name(),
-                    "QUIC answers again; registered over QUIC and leaving TCP"
-                );
-                link.close(Reason::Done, "host agent moved to QUIC").await;
-                link = *quic;
-            }
-            Served::Shutdown => return None,
-            Served::Closed(closed) => return Some(closed),
-        }
-    }
+    let registration = Registration {
+        relay,
+        config,
+        tasks,
+        trim,
+        instances,
+        sessions,
+        shutdown,
+    };
+    registration.keep().await;
+    Ok(())
 }
 
 /// Says why a registration ended; true if another connection took this
@@ -329,61 +247,175 @@ enum Served {
     Closed(Closed),
 }
 
-/// Serves sessions on a registered connection until it closes or the agent
-/// shuts down.
-async fn serve(
-    link: &RelayLink,
-    relay: &RelayAddr,
-    config: &HostConfig,
-    sessions: &Arc<Sessions>,
-    tasks: &Tasks,
-    trim: &Trim,
-    shutdown: &CancellationToken,
-) -> Served {
-    // While on TCP, QUIC is tried again from time to time. Registering
-    // anew replaces this connection at the relay, which would cut its
-    // sessions (or make them all resume): only between sessions.
-    let turn = || async {
-        match trim.live() {
-            0 => Turn::Try,
-            _ => Turn::Skip,
-        }
-    };
-    let back_to_quic = async {
-        match relay.retries_quic(&link.conn) {
-            true => dial::back_to_quic(relay, &config.token, Role::Host, None, turn).await,
-            false => std::future::pending().await,
-        }
-    };
-    // Fused: polled again after it ended, it stays pending.
-    let mut back_to_quic = std::pin::pin!(futures_util::FutureExt::fuse(back_to_quic));
-    loop {
-        let stream = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                link.close(Reason::Done, "host agent shutting down").await;
-                return Served::Shutdown;
+/// One registration of the agent's: the relay, and what serving it needs
+/// from the agent.
+struct Registration<'a> {
+    relay: &'a RelayAddr,
+    config: &'a HostConfig,
+    tasks: &'a Tasks,
+    trim: &'a Trim,
+    /// The relay processes the agent is registered with.
+    instances: &'a Instances,
+    sessions: &'a Arc<Sessions>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Registration<'_> {
+    /// Registers and serves sessions, reconnecting with backoff, until
+    /// shutdown (or until the relay turns out to be one the agent is
+    /// registered with under another name).
+    async fn keep(&self) {
+        let Registration {
+            relay,
+            config,
+            instances,
+            sessions,
+            shutdown,
+            ..
+        } = *self;
+        let mut backoff = Backoff::new(config.max_backoff);
+        let mut displaced = false;
+        // The last registration error and when it was said: said again only
+        // when it changes, or every REPEAT_WARNING while it stays the same.
+        let mut failing: Option<(String, Instant)> = None;
+        loop {
+            // Once another connection took this host's place, take it back only
+            // when that one has left: two agents with one id do not evict each
+            // other (and their sessions) in turns.
+            let connect = dial::connect_with(relay, &config.token, Role::Host, None, displaced);
+            let attempt = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                attempt = connect => attempt,
+            };
+            match attempt {
+                Ok(link) => {
+                    // One relay under two names (or addresses): its welcome
+                    // names the same process. This registration took the
+                    // other's place, which takes it back; this one goes.
+                    if !instances.claim(link.instance.as_deref(), &relay.name()) {
+                        warn!(
+                            relay = %relay.name(),
+                            "the same relay as another of this agent's relays (one relay under two names or addresses); keeping one registration with it"
+                        );
+                        link.close(Reason::Done, "registered with this relay already")
+                            .await;
+                        return;
+                    }
+                    failing = None;
+                    let started = Instant::now();
+                    info!(
+                        host = %link.host,
+                        relay = %relay.name(),
+                        transport = link.conn.transport(),
+                        target = %sessions.target,
+                        expires = %fmt_unix(link.expires_at),
+                        "registered with relay"
+                    );
+                    let Some(closed) = self.serve_moving(link).await else {
+                        return;
+                    };
+                    displaced = said_closed(relay, closed);
+                    if !displaced && started.elapsed() >= STABLE_AFTER {
+                        backoff.reset();
+                    }
+                }
+                Err(err)
+                    if displaced && err.refusal().is_some_and(|r| r.reason == Reason::Replaced) =>
+                {
+                    info!("{err}")
+                }
+                Err(err) => say_failure(relay, &mut failing, err.to_string()),
             }
-            stream = link.conn.accept() => stream,
-            Some(quic) = &mut back_to_quic => return Served::Moved(Box::new(quic)),
+            let delay = backoff.delay();
+            info!(relay = %relay.name(), "reconnecting in {delay:.1?}");
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Serves sessions on a registration, and on the one over QUIC that
+    /// takes its place once QUIC answers again, until it closes (with why)
+    /// or the agent shuts down (`None`).
+    async fn serve_moving(&self, mut link: RelayLink) -> Option<Closed> {
+        let relay = self.relay;
+        loop {
+            match self.serve(&link).await {
+                Served::Moved(quic) => {
+                    info!(
+                        host = %quic.host,
+                        relay = %relay.name(),
+                        "QUIC answers again; registered over QUIC and leaving TCP"
+                    );
+                    link.close(Reason::Done, "host agent moved to QUIC").await;
+                    link = *quic;
+                }
+                Served::Shutdown => return None,
+                Served::Closed(closed) => return Some(closed),
+            }
+        }
+    }
+
+    /// Serves sessions on a registered connection until it closes or the agent
+    /// shuts down.
+    async fn serve(&self, link: &RelayLink) -> Served {
+        let Registration {
+            relay,
+            config,
+            sessions,
+            tasks,
+            trim,
+            shutdown,
+            ..
+        } = *self;
+        // While on TCP, QUIC is tried again from time to time. Registering
+        // anew replaces this connection at the relay, which would cut its
+        // sessions (or make them all resume): only between sessions.
+        let turn = || async {
+            match trim.live() {
+                0 => Turn::Try,
+                _ => Turn::Skip,
+            }
         };
-        match stream {
-            Ok(stream) => {
-                // The session id and the client's token's subject and jti
-                // arrive with `open`; host_session records them.
-                let _span = tracing::info_span!(
-                    "session",
-                    session = tracing::field::Empty,
-                    host = %link.host,
-                    subject = tracing::field::Empty,
-                    jti = tracing::field::Empty
-                )
-                .entered();
-                // Counted from here, so that no QUIC move starts while a
-                // session is being set up.
-                tasks.spawn(host_session(sessions.clone(), stream, trim.session()));
+        let back_to_quic = async {
+            match relay.retries_quic(&link.conn) {
+                true => dial::back_to_quic(relay, &config.token, Role::Host, None, turn).await,
+                false => std::future::pending().await,
             }
-            Err(closed) => return Served::Closed(closed),
+        };
+        // Fused: polled again after it ended, it stays pending.
+        let mut back_to_quic = std::pin::pin!(futures_util::FutureExt::fuse(back_to_quic));
+        loop {
+            let stream = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    link.close(Reason::Done, "host agent shutting down").await;
+                    return Served::Shutdown;
+                }
+                stream = link.conn.accept() => stream,
+                Some(quic) = &mut back_to_quic => return Served::Moved(Box::new(quic)),
+            };
+            match stream {
+                Ok(stream) => {
+                    // The session id and the client's token's subject and jti
+                    // arrive with `open`; host_session records them.
+                    let _span = tracing::info_span!(
+                        "session",
+                        session = tracing::field::Empty,
+                        host = %link.host,
+                        subject = tracing::field::Empty,
+                        jti = tracing::field::Empty
+                    )
+                    .entered();
+                    // Counted from here, so that no QUIC move starts while a
+                    // session is being set up.
+                    tasks.spawn(host_session(sessions.clone(), stream, trim.session()));
+                }
+                Err(closed) => return Served::Closed(closed),
+            }
         }
     }
 }
