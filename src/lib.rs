@@ -10,7 +10,8 @@
 //! they share lies below them, and the command line above them starts
 //! them.
 //!
-//! - [`cli`]: flags, settings files, and the commands, `demo` among them.
+//! - [`cli`]: flags, settings files, the commands (`demo` among them),
+//!   join strings and the peers' config files.
 //! - The roles: [`client`] (the forwarder and `connect`), [`host`] (the
 //!   host agent), [`relay`].
 //! - [`session`]: what the client and host sides do with a session's
@@ -23,9 +24,14 @@
 //!   relays in DNS.
 //! - [`protocol`]: the wire protocol: frames, reasons, ids.
 //! - [`access`]: who may connect: tokens and their keys, revocation,
-//!   invitations, secret files.
+//!   secret files.
 //! - [`ops`]: running it: defaults, limits, metrics and the status page,
-//!   config files, signals, tasks, memory.
+//!   signals, tasks, memory.
+//!
+//! Why these floors: each folder needs only what lies below it, so a
+//! change to the wire protocol or the transport is made in one place and
+//! the roles above take it as it is; and a newcomer reads the roles
+//! without the transport's insides, or the transport without the roles.
 //!
 //! # One ssh session, from `ssh` to `sshd`
 //! 1. The host agent ([`host::run`]) has dialled the relay

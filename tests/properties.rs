@@ -163,6 +163,7 @@ fn arb_frame() -> BoxedStrategy<Frame> {
         (arb_u64(), prop::option::of(arb_resume()))
             .prop_map(|(session, resume)| Frame::Ready { session, resume }),
         (arb_reason(), text()).prop_map(|(reason, message)| Frame::Refused { reason, message }),
+        Just(Frame::Ping),
     ]
     .boxed()
 }

@@ -598,3 +598,66 @@ async fn one_client_token_keeps_at_most_8_sessions_waiting_at_a_host() {
         echo(session, b"resumed").await;
     }
 }
+
+/// A relay that stops answering without a word (SIGSTOP: no close, no
+/// reset, its sockets still open) while it carries a session, over
+/// `transport`: the forwarder notices within seconds, with the default
+/// idle timeout of 30 s, and the session goes on through the other relay,
+/// every line in order.
+async fn a_session_goes_on_when_its_relay_goes_silent(transport: &str) {
+    let Some(sshd) = Sshd::start().await else {
+        return;
+    };
+    let Setup {
+        dir: _dir,
+        relays,
+        host_token,
+        client_token,
+    } = setup(2).await;
+    let target = sshd.addr().to_string();
+    let via = ["--transport", transport];
+    let both = [&relays[0], &relays[1]];
+    let host = host(&both, &host_token, &target, &via).await;
+    let (mut client, port) = forwarder(&both, &client_token, &via).await;
+    let line = client.logged_text("connected to relay").await;
+    let carrying = field(&line, "relay").expect("relay=").to_owned();
+    let i = relays
+        .iter()
+        .position(|r| r.at.to_string() == carrying)
+        .expect("one of the two");
+
+    let (counting, mut lines_seen) = counting(&sshd, port, &[]);
+    reached(&mut lines_seen, 20, "20 lines counted").await;
+    relays[i].proc.signal("STOP");
+    let (lines, out) = within(SESSION_LIMIT, "the counting session", counting)
+        .await
+        .unwrap();
+    let logs = format!("host:\n{}\nclient:\n{}", host.log(), client.log());
+    assert_counted(&lines, &out, &logs);
+    assert!(
+        client.log().contains("no answer from the relay"),
+        "the forwarder did not notice the silence: {logs}"
+    );
+    let other = relays[1 - i].at.to_string();
+    let resumed: Vec<String> = (client.lines().iter())
+        .filter(|l| l.contains("session resumed"))
+        .cloned()
+        .collect();
+    assert_eq!(resumed.len(), 1, "{logs}");
+    assert!(resumed[0].contains(&other), "not through {other}: {logs}");
+    eprintln!(
+        "relay {carrying} stopped ({transport}): resumed through {other}, gaps {:?}",
+        gaps(&client)
+    );
+    relays[i].proc.signal("CONT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_goes_on_when_its_relay_goes_silent_over_quic() {
+    a_session_goes_on_when_its_relay_goes_silent("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_goes_on_when_its_relay_goes_silent_over_tcp() {
+    a_session_goes_on_when_its_relay_goes_silent("tcp").await;
+}

@@ -143,7 +143,8 @@ fn modules_import_each_other_without_cycles() {
             continue;
         };
         let deps = graph.entry(module.clone()).or_default();
-        deps.extend(uses(&code(text)).into_iter().filter(|m| *m != module));
+        let rel = rel(&src, file);
+        deps.extend(tops(&code(text), &rel).into_iter().filter(|m| *m != module));
     }
     assert_eq!(find_cycle(&graph), None, "an import cycle");
     // The floors, from the bottom: each module imports only from floors
@@ -271,7 +272,7 @@ fn roles_crossed(files: &[(String, String)]) -> Vec<(String, String)> {
             continue;
         }
         let own = role_of(rel);
-        for other in uses(&code(text)) {
+        for other in tops(&code(text), rel) {
             if ROLES.contains(&other.as_str()) && own != Some(other.as_str()) {
                 crossed.push((rel.clone(), other));
             }
@@ -334,6 +335,7 @@ fn the_rules_catch_what_they_are_for() {
         ),
         ("status/mod.rs", "use crate::relay::RelayHandle;"),
         ("cli/demo.rs", "use crate::{client, host, relay};"),
+        ("host/session.rs", "use super::super::relay::Registry;"),
     ]);
     assert_eq!(
         roles_crossed(&stacked),
@@ -341,9 +343,22 @@ fn the_rules_catch_what_they_are_for() {
             ("client/resume.rs", "host"),
             ("host.rs", "relay"),
             ("status/mod.rs", "relay"),
+            ("host/session.rs", "relay"),
         ]
         .map(|(f, r)| (f.to_owned(), r.to_owned()))
     );
+}
+
+/// The top-level modules `code`, the text of the file `rel`, names through
+/// `crate::` or through `super::` chains that climb out of its own.
+fn tops(code: &str, rel: &str) -> BTreeSet<String> {
+    let mut found = uses(code);
+    found.extend(
+        paths(code, &module_path(rel))
+            .into_iter()
+            .filter_map(|p| p.into_iter().next()),
+    );
+    found
 }
 
 /// The module path of a file under `src` (`relay/conn.rs` → `relay::conn`,
@@ -427,14 +442,71 @@ fn paths(code: &str, module: &[String]) -> Vec<Vec<String>> {
     out
 }
 
+/// What each module re-exports (`pub use child::Item;`, `pub use
+/// crate::x::Y;`): the item's name to the path it stands for.
+fn reexports(files: &[(String, String)]) -> BTreeMap<Vec<String>, BTreeMap<String, Vec<String>>> {
+    let mut all = BTreeMap::new();
+    for (rel, text) in files {
+        let module = module_path(rel);
+        let code = code(text);
+        let mut items = BTreeMap::new();
+        for (at, _) in code.match_indices("pub use ") {
+            let rest = &code[at + "pub use ".len()..];
+            let end = rest.find(';').unwrap_or(rest.len());
+            let used = &rest[..end];
+            // A child's items (`pub use child::X`) are the child's; paths
+            // through `crate::` and `super::` are made whole by `paths`.
+            let whole = if used.starts_with("crate::") || used.starts_with("super::") {
+                used.to_owned()
+            } else {
+                format!("self::{used}")
+            };
+            let mut expanded = paths(&whole.replacen("self::", "crate::__self__::", 1), &module);
+            for path in &mut expanded {
+                if path.first().is_some_and(|p| p == "__self__") {
+                    path.remove(0);
+                    path.splice(0..0, module.iter().cloned());
+                }
+            }
+            for path in expanded {
+                if let Some(name) = path.last() {
+                    items.insert(name.clone(), path.clone());
+                }
+            }
+        }
+        all.insert(module, items);
+    }
+    all
+}
+
 /// The file graph: each file to the files whose modules it names, leaving
-/// out a file's own parent and children (a module and its parts).
+/// out a file's own parent and children (a module and its parts). A name a
+/// module re-exports counts as the file it comes from.
 fn file_graph(files: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
     let modules: BTreeMap<Vec<String>, String> = files
         .iter()
         .filter(|(rel, _)| rel != "main.rs")
         .map(|(rel, _)| (module_path(rel), rel.clone()))
         .collect();
+    let reexported = reexports(files);
+    // The deepest module `path` names, through re-exports.
+    let resolve = |path: &[String]| -> Option<(Vec<String>, String)> {
+        let mut path = path.to_vec();
+        for _ in 0..4 {
+            let n = (1..=path.len())
+                .rev()
+                .find(|n| modules.contains_key(&path[..*n]))?;
+            let module = path[..n].to_vec();
+            let through = (path.get(n))
+                .and_then(|item| reexported.get(&module)?.get(item))
+                .filter(|to| to.as_slice() != path.as_slice());
+            match through {
+                Some(to) => path = to.clone(),
+                None => return Some((module.clone(), modules[&module].clone())),
+            }
+        }
+        None
+    };
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (rel, text) in files {
         if rel == "main.rs" {
@@ -443,17 +515,12 @@ fn file_graph(files: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> 
         let module = module_path(rel);
         let deps = graph.entry(rel.clone()).or_default();
         for path in paths(&code(text), &module) {
-            // The deepest module the path names.
-            let Some(target) = (1..=path.len())
-                .rev()
-                .find_map(|n| modules.get(&path[..n]).map(|f| (&path[..n], f)))
-            else {
+            let Some((target_module, target_file)) = resolve(&path) else {
                 continue;
             };
-            let (target_module, target_file) = target;
-            let related = target_module.starts_with(&module) || module.starts_with(target_module);
+            let related = target_module.starts_with(&module) || module.starts_with(&target_module);
             if !related {
-                deps.insert(target_file.clone());
+                deps.insert(target_file);
             }
         }
     }
@@ -494,10 +561,28 @@ fn the_file_graph_sees_siblings_and_not_parents() {
             .map(String::from)
             .into()
     );
+    // `super::Outcome` is the parent's re-export of engine's.
     assert_eq!(
         graph["resume/key.rs"],
-        ["protocol/mod.rs"].map(String::from).into()
+        ["protocol/mod.rs", "resume/engine.rs"]
+            .map(String::from)
+            .into()
     );
-    let cycle = find_cycle(&graph).expect("close and engine");
-    assert!(cycle.contains(&"resume/close.rs".to_owned()), "{cycle:?}");
+    let cycle = find_cycle(&graph).expect("engine with close and with key");
+    assert!(cycle.contains(&"resume/engine.rs".to_owned()), "{cycle:?}");
+    // A name a parent re-exports from its child counts as the child's.
+    let tree = files(&[
+        (
+            "net/mod.rs",
+            "mod error;\npub use error::{Closed, ErrorCode};",
+        ),
+        ("net/error.rs", "use crate::ops::Counter;"),
+        ("ops/mod.rs", "use crate::net::Closed;\npub struct Counter;"),
+    ]);
+    let graph = file_graph(&tree);
+    assert_eq!(
+        graph["ops/mod.rs"],
+        ["net/error.rs"].map(String::from).into()
+    );
+    assert!(find_cycle(&graph).is_some(), "{graph:?}");
 }

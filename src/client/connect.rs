@@ -75,6 +75,8 @@ async fn serve(
     offer: Option<Offer>,
     signals: &mut Signals,
 ) -> anyhow::Result<()> {
+    // Until the session ends, the relay's silence is watched for.
+    let _under_way = forwarder.session_started();
     let (host, conn) = (opened.host, opened.conn);
     let mut stream = opened.stream;
     let resumable = match answered(offer, opened.resume.as_ref()) {

@@ -27,6 +27,8 @@ pub(super) async fn forward(
     trim: Trim,
 ) {
     let started = Instant::now();
+    // Until the session ends, the relay's silence is watched for.
+    let _under_way = forwarder.session_started();
     let _ = tcp.set_nodelay(true);
     let offer = forwarder.offer();
     let opened = match forwarder.open_with(offer.as_ref().map(|o| &o.ask)).await {

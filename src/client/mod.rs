@@ -15,10 +15,13 @@
 
 pub mod connect;
 mod forward;
+mod open;
 mod relays;
 mod resume;
 
 use forward::forward;
+use open::open_on;
+pub use open::{OpenError, SetupError};
 
 use relays::retry_quic;
 
@@ -33,13 +36,11 @@ use tracing::{info, warn};
 use crate::access::token::TokenSource;
 use crate::net::transport::dial::{self, ConnectError, RelayAddr, RelayLink};
 use crate::net::transport::{Closed, Conn, Stream};
-use crate::ops::defaults::{
-    ACCEPT_BACKOFF, CLIENT_SETUP_TIMEOUT, RECONNECT_HOLDOFF, SESSION_FALLBACK, SHUTDOWN_GRACE,
-};
-use crate::ops::memory::Trim;
+use crate::ops::defaults::{ACCEPT_BACKOFF, RECONNECT_HOLDOFF, SESSION_FALLBACK, SHUTDOWN_GRACE};
+use crate::ops::memory::{Live, Trim};
 use crate::ops::tasks::Tasks;
 use crate::protocol::Role;
-use crate::protocol::{read_frame, write_frame, Frame, FrameError, Reason, Refusal, Resume};
+use crate::protocol::{Reason, Resume};
 
 /// Settings of a client forwarder.
 #[derive(Debug, Clone)]
@@ -74,6 +75,8 @@ pub struct Forwarder {
     /// How long the last session took to get `ready`, in microseconds.
     last_ready: std::sync::atomic::AtomicU64,
     given_up: std::sync::Mutex<Option<String>>,
+    /// Sessions under way, over every connection.
+    live: Trim,
 }
 
 /// The forwarder's connection, or why the last attempt failed.
@@ -83,6 +86,9 @@ struct LinkState {
     /// The relay `current` is to.
     relay: Option<RelayAddr>,
     failed: Option<(Instant, ConnectError)>,
+    /// The forwarder's sessions under way ([`Forwarder::session_started`]):
+    /// while there are any, the relay's silence is watched for.
+    live: Trim,
 }
 
 /// A session stream the host side has reported `ready` on.
@@ -100,43 +106,17 @@ pub struct Opened {
     pub resume: Option<Resume>,
 }
 
-/// Why a session could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// No registered connection to the relay.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// The relay or host refused the session.
-    #[error("session refused: {0}")]
-    Refused(Refusal),
-    /// The session could not be set up.
-    #[error("session setup failed: {0}")]
-    Setup(#[from] SetupError),
-}
-
-/// Why setting up a session failed, short of a refusal.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// The connection closed.
-    #[error("{0}")]
-    Closed(#[from] Closed),
-    /// The stream failed, or did not carry a frame.
-    #[error("{0}")]
-    Frame(#[from] FrameError),
-    /// The relay answered `open` with a frame that is not an answer.
-    #[error("unexpected answer to open: {0:?}")]
-    Unexpected(Box<Frame>),
-    /// No answer in time.
-    #[error("no answer within {}s", CLIENT_SETUP_TIMEOUT.as_secs())]
-    Timeout,
-}
-
 impl Forwarder {
     /// A forwarder that has not connected yet.
     pub fn new(config: ClientConfig) -> Forwarder {
+        let live = Trim::default();
         Forwarder {
             config,
-            link: Arc::default(),
+            link: Arc::new(tokio::sync::Mutex::new(LinkState {
+                live: live.clone(),
+                ..LinkState::default()
+            })),
+            live,
             tasks: Tasks::new(),
             stop: CancellationToken::new(),
             switching: tokio::sync::Mutex::new(()),
@@ -267,6 +247,13 @@ impl Forwarder {
         }
     }
 
+    /// Counts a session as under way until the guard goes: while any is,
+    /// the relay in use is watched for silence, and a relay that goes
+    /// silent is left within seconds (its sessions resume elsewhere).
+    pub fn session_started(&self) -> Live {
+        self.live.session()
+    }
+
     /// Records that the forwarder cannot go on, and why; [`run`] ends.
     fn give_up(&self, why: String) {
         let mut given_up = self.given_up.lock().unwrap_or_else(|e| e.into_inner());
@@ -295,7 +282,7 @@ impl Forwarder {
 
 /// Makes `link`, to `relay`, the forwarder's connection, logs it, and
 /// watches for its end.
-fn install(state: &mut LinkState, link: RelayLink, relay: RelayAddr, tasks: &Tasks) {
+fn install(state: &mut LinkState, mut link: RelayLink, relay: RelayAddr, tasks: &Tasks) {
     info!(
         host = %link.host,
         relay = %relay.name(),
@@ -303,12 +290,26 @@ fn install(state: &mut LinkState, link: RelayLink, relay: RelayAddr, tasks: &Tas
         "connected to relay"
     );
     // Say when and why the relay connection ends, not only when the next
-    // ssh connection finds it gone. Ends with the connection.
+    // ssh connection finds it gone. Ends with the connection. While
+    // sessions are live, a relay that goes silent is left: the connection
+    // closes here and its sessions resume through whichever relay answers.
     let closed = link.conn.watch_closed();
+    let (liveness, conn, live) = (link.liveness(), link.conn.downgrade(), state.live.clone());
+    let name = relay.name();
     // Not in the span of the session that happened to connect.
     let _none = tracing::Span::none().entered();
     tasks.spawn(async move {
-        match closed.await {
+        let closed = tokio::select! {
+            closed = closed => closed,
+            quiet = liveness.silent(|| live.live() > 0) => {
+                warn!(relay = %name, "no answer from the relay for {quiet:.1?} with sessions live; leaving it");
+                if let Some(conn) = conn.upgrade() {
+                    conn.close(Reason::Aborted, "the relay went silent");
+                }
+                return;
+            }
+        };
+        match closed {
             Closed::Local => {}
             Closed::Peer(r) if r.reason == Reason::Done => {}
             Closed::Peer(r) => warn!("relay closed the connection: {}", r.message),
@@ -317,54 +318,6 @@ fn install(state: &mut LinkState, link: RelayLink, relay: RelayAddr, tasks: &Tas
     });
     state.current = Some(link);
     state.relay = Some(relay);
-}
-
-/// A session stream on `conn`, once the host side is ready, with the
-/// session id and the host's answer to `ask`.
-async fn open_on(
-    conn: &Conn,
-    ask: Option<&Resume>,
-) -> Result<(u64, Stream, Option<Resume>), OpenError> {
-    let setup = async {
-        let Stream { mut send, mut recv } = conn.open().await.map_err(SetupError::from)?;
-        let open = Frame::Open {
-            session: 0,
-            client: None,
-            resume: ask.cloned(),
-            owner: None,
-            who: None,
-        };
-        // A refusal may have been sent, and the stream reset, before
-        // `open` went out: the answer is read either way.
-        let wrote = write_frame(&mut send, &open).await;
-        let read = read_frame(&mut recv).await;
-        // A refusal the relay could not write at once comes as a reset
-        // with the reason's code.
-        if let Err(FrameError::Io(err)) = &read {
-            if let Some(reason) = crate::net::transport::reset_reason(err) {
-                let message = format!(
-                    "refused ({}); the relay reset the stream rather than wait for room to say why",
-                    reason.as_str()
-                );
-                return Err(OpenError::Refused(Refusal::new(reason, message)));
-            }
-        }
-        let answer = match (read, wrote) {
-            (Ok(answer), _) => answer,
-            (Err(_), Err(err)) | (Err(err), Ok(())) => return Err(SetupError::from(err).into()),
-        };
-        match answer {
-            Frame::Ready { session, resume } => Ok((session, Stream { send, recv }, resume)),
-            Frame::Refused { reason, message } => {
-                Err(OpenError::Refused(Refusal { reason, message }))
-            }
-            other => Err(SetupError::Unexpected(Box::new(other)).into()),
-        }
-    };
-    match tokio::time::timeout(CLIENT_SETUP_TIMEOUT, setup).await {
-        Ok(result) => result,
-        Err(_) => Err(SetupError::Timeout.into()),
-    }
 }
 
 /// Runs the forwarder on `listener` until `shutdown` is cancelled.

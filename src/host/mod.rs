@@ -24,7 +24,7 @@ use crate::net::fleet::{self, Fleet};
 use crate::net::transport::dial::{self, RelayAddr, RelayLink, Turn};
 use crate::net::transport::Closed;
 use crate::ops::clock::fmt_unix;
-use crate::ops::defaults::{SHUTDOWN_GRACE, STABLE_AFTER};
+use crate::ops::defaults::{DISPLACED_RETRY, SHUTDOWN_GRACE, STABLE_AFTER};
 use crate::ops::memory::Trim;
 use crate::ops::tasks::Tasks;
 use crate::protocol::Reason;
@@ -204,7 +204,7 @@ fn said_closed(relay: &RelayAddr, closed: Closed) -> bool {
     match closed {
         Closed::Peer(refusal) if refusal.reason == Reason::Replaced => {
             warn!(
-                "{}; is another host agent running with this host id, or has its token leaked? Registering again once it leaves",
+                "{}; is another host agent running with this host id, or has its token leaked? Asking the relay again every {DISPLACED_RETRY:?} until it leaves or stops answering",
                 refusal.message
             );
             true
@@ -320,15 +320,25 @@ impl Registration<'_> {
                         backoff.reset();
                     }
                 }
+                // Said once, at warn, when the place was taken.
                 Err(err)
                     if displaced && err.refusal().is_some_and(|r| r.reason == Reason::Replaced) =>
                 {
-                    info!("{err}")
+                    debug!(relay = %relay.name(), "{err}")
                 }
                 Err(err) => say_failure(relay, &mut failing, err.to_string()),
             }
-            let delay = backoff.delay();
-            info!(relay = %relay.name(), "reconnecting in {delay:.1?}");
+            // While another connection holds the id, ask again at a short,
+            // steady interval: the relay hands the id over as soon as that
+            // one has left, or stopped answering.
+            let delay = match displaced {
+                true => DISPLACED_RETRY,
+                false => backoff.delay(),
+            };
+            match displaced {
+                true => debug!(relay = %relay.name(), "asking again in {delay:.1?}"),
+                false => info!(relay = %relay.name(), "reconnecting in {delay:.1?}"),
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
@@ -343,7 +353,7 @@ impl Registration<'_> {
     async fn serve_moving(&self, mut link: RelayLink) -> Option<Closed> {
         let relay = self.relay;
         loop {
-            match self.serve(&link).await {
+            match self.serve(&mut link).await {
                 Served::Moved(quic) => {
                     info!(
                         host = %quic.host,
@@ -361,7 +371,7 @@ impl Registration<'_> {
 
     /// Serves sessions on a registered connection until it closes or the agent
     /// shuts down.
-    async fn serve(&self, link: &RelayLink) -> Served {
+    async fn serve(&self, link: &mut RelayLink) -> Served {
         let Registration {
             relay,
             config,
@@ -374,6 +384,11 @@ impl Registration<'_> {
         // While on TCP, QUIC is tried again from time to time. Registering
         // anew replaces this connection at the relay, which would cut its
         // sessions (or make them all resume): only between sessions.
+        // While sessions are live, a relay that goes silent is left within
+        // seconds: their clients resume them through another relay, and
+        // this registration is made again.
+        let silent = link.liveness().silent(|| trim.live() > 0);
+        let mut silent = std::pin::pin!(silent);
         let turn = || async {
             match trim.live() {
                 0 => Turn::Try,
@@ -397,6 +412,11 @@ impl Registration<'_> {
                 }
                 stream = link.conn.accept() => stream,
                 Some(quic) = &mut back_to_quic => return Served::Moved(Box::new(quic)),
+                quiet = &mut silent => {
+                    let why = format!("no answer from the relay for {quiet:.1?} with sessions live");
+                    link.conn.close(Reason::Aborted, "the relay went silent");
+                    return Served::Closed(Closed::Lost(std::sync::Arc::new(std::io::Error::other(why))));
+                }
             };
             match stream {
                 Ok(stream) => {

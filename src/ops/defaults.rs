@@ -180,6 +180,27 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(4);
 /// Silence after which a peer is gone.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// While sessions are live on a connection, how often the peers look for
+/// a sign of life from the relay and, when none came since the last look,
+/// ask for one (a probe the relay's QUIC stack or HTTP/2 answers).
+pub const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// While sessions are live on a connection, silence from the relay after
+/// which it counts as gone (or four round trips, on a longer path): its
+/// sessions resume through another relay. Six probes go unanswered first,
+/// so loss on the path does not set it off (README, "Failover").
+pub const SILENT_AFTER: Duration = Duration::from_millis(1500);
+
+/// How long the connection that holds a host id has to answer a probe
+/// when a newcomer for that id would otherwise wait for it to leave; one
+/// that does not answer (its agent killed, its network gone) is closed
+/// and the newcomer takes the id at once.
+pub const HOLDER_ANSWERS_WITHIN: Duration = Duration::from_secs(1);
+
+/// How often a host agent whose id another connection holds asks the
+/// relay again, while it waits for that connection to leave.
+pub const DISPLACED_RETRY: Duration = Duration::from_secs(1);
+
 /// Longest wait for the transport handshake and the relay's answer to a
 /// hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -140,6 +140,11 @@ pub enum Frame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<Resume>,
     },
+    /// On a QUIC control stream after the welcome: asks nothing, and is
+    /// read and dropped. Writing it makes the peer's QUIC stack
+    /// acknowledge a packet, which proves the path alive
+    /// ([`crate::net::transport::liveness`] at the peers).
+    Ping,
     /// A hello or session was refused.
     Refused {
         /// Why, as a machine-readable reason.

@@ -22,7 +22,7 @@ use crate::access::token::Claims;
 use crate::net::transport::listen::{Incoming, NoHello, Pending};
 use crate::net::transport::Conn;
 use crate::ops::clock::{fmt_unix, unix_now};
-use crate::ops::defaults::{HANDSHAKE_TIMEOUT, RETRY_ABOVE_HANDSHAKES};
+use crate::ops::defaults::{HANDSHAKE_TIMEOUT, HOLDER_ANSWERS_WITHIN, RETRY_ABOVE_HANDSHAKES};
 use crate::protocol::{Frame, Reason, Refusal, Role};
 
 /// Streams a client may open beyond its session limit, so that sessions
@@ -73,11 +73,11 @@ pub(super) async fn serve(state: Arc<State>, incoming: Incoming) {
     let handshaken = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming.handshake()).await {
         Ok(Ok(handshaken)) => handshaken,
         Ok(Err(err)) => {
-            debug!(target: LOG_TARGET, ?err, "handshake failed");
+            debug!(target: LOG_TARGET, "{err}");
             return;
         }
         Err(_) => {
-            debug!(target: LOG_TARGET, "handshake timed out");
+            debug!(target: LOG_TARGET, "TLS handshake timed out");
             return;
         }
     };
@@ -85,7 +85,7 @@ pub(super) async fn serve(state: Arc<State>, incoming: Incoming) {
     let pending = match handshaken.hello(state.config.hello_timeout).await {
         Ok(pending) => pending,
         Err(NoHello::Ended(err)) => {
-            debug!(target: LOG_TARGET, %err, "no hello");
+            debug!(target: LOG_TARGET, "{err}");
             return;
         }
         Err(NoHello::TimedOut(msg)) => {
@@ -203,6 +203,28 @@ impl Admitted {
         welcomed
     }
 
+    /// Whether the connection that holds host `id`, if any, answers a
+    /// probe within [`HOLDER_ANSWERS_WITHIN`]; one that does not is closed.
+    async fn holder_answers(&self, id: &str) -> bool {
+        let Some(holder) = self.state.hosts.get(id) else {
+            return true;
+        };
+        if holder.prober.answers(HOLDER_ANSWERS_WITHIN).await {
+            return true;
+        }
+        let (remote, from) = (holder.conn.remote(), self.conn.remote());
+        warn!(
+            target: LOG_TARGET,
+            host = %id,
+            %remote,
+            "the connection holding this host id did not answer within {HOLDER_ANSWERS_WITHIN:?}; \
+             giving the id to the connection from {from} that asked for it"
+        );
+        let message = format!("did not answer; host {id} taken over by a connection from {from}");
+        holder.conn.close(Reason::Replaced, &message);
+        false
+    }
+
     async fn serve_host(mut self, claims: Claims, keep_other: bool) {
         let id = claims.sub.clone();
         if let Some(refusal) = revoked(&self.state, &claims, &id) {
@@ -210,11 +232,16 @@ impl Admitted {
         }
         let state = self.state.clone();
         let remote = self.conn.remote();
+        let prober = self.answer.prober();
+        // A connection that holds the id but has gone silent (its agent
+        // killed, its network gone) gives it up to a newcomer that would
+        // wait for it: it is asked, and closed if it does not answer.
+        let keep_other = keep_other && self.holder_answers(&id).await;
         // Unregisters on every way out of here, a panic included.
         let (_registration, replaced) =
             match state
                 .hosts
-                .register(&id, self.conn.clone(), unix_now(), keep_other)
+                .register(&id, self.conn.clone(), prober, unix_now(), keep_other)
             {
                 Ok(registered) => registered,
                 Err(Refused::Full(max)) => {

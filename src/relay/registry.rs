@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::budget::Shares;
+use crate::net::transport::liveness::Prober;
 use crate::net::transport::Conn;
 use crate::ops::metrics::{ClientStatus, HostStats, HostStatus};
 
@@ -40,6 +41,8 @@ pub(super) struct Host {
     pub sessions: Arc<Shares>,
     /// Its counters.
     pub stats: Arc<HostStats>,
+    /// Asks the host whether it is still there.
+    pub prober: Prober,
 }
 
 /// Why a host could not register.
@@ -85,6 +88,7 @@ impl Registry {
         self: &Arc<Self>,
         id: &str,
         conn: Conn,
+        prober: Prober,
         since: u64,
         keep_other: bool,
     ) -> Result<(Registration, Option<Conn>), Refused> {
@@ -101,6 +105,7 @@ impl Registry {
                 sessions: Shares::new(conn.clone(), self.window),
                 conn,
                 stats: Arc::new(HostStats::new(since)),
+                prober,
             };
             hosts.insert(id.to_owned(), Entry { generation, host })
         };

@@ -191,8 +191,7 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         }
     };
     let resuming = matches!(resume, Some(Resume::Again { .. }));
-    let deadline = tokio::time::Instant::now() + HOST_SETUP_TIMEOUT;
-    let (target, _host_slot, mut host_stream) = match host_stream(&state, &meta, deadline).await {
+    let (target, _host_slot, mut host_stream, deadline) = match host_stream(&state, &meta).await {
         Ok(opened) => opened,
         Err(refusal) => return refuse_session(&state, &meta, client_stream, &refusal).await,
     };
@@ -243,13 +242,13 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
 }
 
 /// The host's side of a new session: the host registered, within its
-/// rate and its limit of sessions, and a stream opened on its connection
-/// by `deadline`; with the host and its session slot.
+/// rate and its limit of sessions, and a stream opened on its connection;
+/// with the host, its session slot, and the deadline of the session's
+/// setup ([`HOST_SETUP_TIMEOUT`] from then on).
 async fn host_stream(
     state: &State,
     meta: &Meta,
-    deadline: tokio::time::Instant,
-) -> Result<(Host, Share, Stream), Refusal> {
+) -> Result<(Host, Share, Stream, tokio::time::Instant), Refusal> {
     let host = &meta.host;
     let Some(target) = state.hosts.get(host) else {
         let message = format!("host {host} is not connected");
@@ -261,8 +260,9 @@ async fn host_stream(
         let message = format!("host {host} has too many sessions (limit {limit})");
         return Err(Refusal::new(Reason::Limit, message));
     };
+    let deadline = tokio::time::Instant::now() + HOST_SETUP_TIMEOUT;
     match tokio::time::timeout_at(deadline, target.conn.open()).await {
-        Ok(Ok(stream)) => Ok((target, slot, stream)),
+        Ok(Ok(stream)) => Ok((target, slot, stream, deadline)),
         Ok(Err(err)) => {
             let message = format!("host {host} went away: {err}");
             Err(Refusal::new(Reason::HostOffline, message))

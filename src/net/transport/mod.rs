@@ -17,6 +17,7 @@
 pub mod dial;
 pub mod http2;
 pub mod listen;
+pub mod liveness;
 pub mod options;
 pub mod quic;
 mod refuse;
@@ -141,6 +142,34 @@ impl Conn {
         }
     }
 
+    /// A count that grows whenever something arrives from the peer (QUIC
+    /// datagrams, bytes over TCP): when it has not grown, nothing came.
+    pub fn heard(&self) -> u64 {
+        match self {
+            Conn::Quic(c) => c.stats().udp_rx.datagrams,
+            Conn::Tcp(c) => c.heard(),
+        }
+    }
+
+    /// The path's smoothed round trip, where the transport measures one
+    /// (QUIC); zero otherwise.
+    pub fn rtt(&self) -> std::time::Duration {
+        match self {
+            Conn::Quic(c) => c.rtt(),
+            Conn::Tcp(_) => std::time::Duration::ZERO,
+        }
+    }
+
+    /// A handle that does not keep the connection open (over TCP; a QUIC
+    /// connection is held until it closes, as [`Conn::watch_closed`]
+    /// holds it).
+    pub fn downgrade(&self) -> WeakConn {
+        match self {
+            Conn::Quic(c) => WeakConn::Quic(c.clone()),
+            Conn::Tcp(c) => WeakConn::Tcp(c.downgrade()),
+        }
+    }
+
     /// The transport's name, for logs and status: `quic` or `tcp`.
     pub fn transport(&self) -> &'static str {
         match self {
@@ -185,6 +214,25 @@ impl Conn {
             // Each stream sends no more than its peer's window allows
             // ([`http2::SendStream::write_chunk`]): nothing else waits.
             Conn::Tcp(_) => {}
+        }
+    }
+}
+
+/// A [`Conn`] that does not keep a TCP connection open.
+#[derive(Debug, Clone)]
+pub enum WeakConn {
+    /// A QUIC connection.
+    Quic(quinn::Connection),
+    /// A TLS-over-TCP connection.
+    Tcp(tcp::WeakTcpConn),
+}
+
+impl WeakConn {
+    /// The connection, if it is still open somewhere.
+    pub fn upgrade(&self) -> Option<Conn> {
+        match self {
+            WeakConn::Quic(c) => Some(Conn::Quic(c.clone())),
+            WeakConn::Tcp(c) => c.upgrade().map(Conn::Tcp),
         }
     }
 }

@@ -130,6 +130,12 @@ pub struct RelayLink {
 }
 
 impl RelayLink {
+    /// A watch on this link's silence, taking its control stream (over
+    /// QUIC, the probes go on it): see [`super::liveness`].
+    pub fn liveness(&mut self) -> super::liveness::Liveness {
+        super::liveness::Liveness::new(self.conn.clone(), self.control.take())
+    }
+
     /// Closes the connection with `reason` and waits, within the shutdown
     /// grace, for the relay to acknowledge it (over TCP: to let go of the
     /// connection, which it does once every session on it has ended).
@@ -312,8 +318,12 @@ where
     Fut: std::future::Future<Output = Turn>,
 {
     let quic = relay.quic_only();
+    // Turns come on a fixed grid; one that an attempt overran comes at once.
+    let every = relay.transport.quic_retry;
+    let mut next = tokio::time::Instant::now() + every;
     loop {
-        tokio::time::sleep(relay.transport.quic_retry).await;
+        tokio::time::sleep_until(next).await;
+        next = (next + every).max(tokio::time::Instant::now());
         match turn().await {
             Turn::Stop => return None,
             Turn::Skip => continue,

@@ -3,12 +3,14 @@
 //! with its hello read ([`Pending`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::Via;
+use crate::net::transport::liveness::Prober;
 use crate::net::transport::options::TransportOptions;
 use crate::net::transport::tcp::{self, Side, TcpConn};
 use crate::net::transport::{Closed, Conn, RecvStream, SendStream, Stream};
@@ -31,12 +33,14 @@ pub enum Incoming {
 }
 
 /// Why a connection ended before its hello was read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum NoHello {
     /// The handshake failed, or the peer went before its hello.
+    #[error("{0}")]
     Ended(String),
     /// No hello within the time allowed; the peer has been told so, in
     /// these words.
+    #[error("{0}")]
     TimedOut(String),
 }
 
@@ -145,7 +149,7 @@ impl Handshaken {
                 match hello {
                     Ok(Ok((send, recv, hello))) => Ok(Pending {
                         conn,
-                        answer: Answer::Quic(send, recv),
+                        answer: Answer::Quic(Arc::new(tokio::sync::Mutex::new(send)), Some(recv)),
                         hello: Some(hello),
                     }),
                     Ok(Err(err)) => Err(NoHello::Ended(format!(
@@ -190,8 +194,9 @@ pub struct Pending {
 /// Where a hello's answer goes: the QUIC control stream, or the TLS
 /// stream before HTTP/2 starts on it.
 enum Answer {
-    /// The control stream, both halves.
-    Quic(SendStream, RecvStream),
+    /// The control stream: its sending half (shared with the connection's
+    /// [`Prober`]), and its receiving half until the hello is taken.
+    Quic(Arc<tokio::sync::Mutex<SendStream>>, Option<RecvStream>),
     /// Taken when HTTP/2 starts.
     Tcp(Option<Box<Tls>>),
 }
@@ -202,17 +207,30 @@ impl Pending {
         &self.conn
     }
 
+    /// What asks the peer whether it is still there, once its hello is
+    /// answered.
+    pub fn prober(&self) -> Prober {
+        let control = match &self.answer {
+            Answer::Quic(send, _) => Some(send.clone()),
+            Answer::Tcp(_) => None,
+        };
+        Prober::new(&self.conn, control)
+    }
+
     /// The hello, the first time it is asked for.
     pub fn take_hello(&mut self) -> Option<Result<Frame, FrameError>> {
         self.hello.take()
     }
 
-    /// After a good hello: nothing follows it on a peer's control stream in
-    /// this version, and stopping the stream keeps a peer from parking data
-    /// there. (Over TCP nothing more is read before HTTP/2 starts.)
+    /// After a good hello: only probes follow it on a peer's control
+    /// stream; they are read and dropped from now on, at a bounded rate
+    /// ([`crate::net::transport::liveness::absorb_probes`]). (Over TCP
+    /// nothing more is read before HTTP/2 starts; HTTP/2 answers PINGs.)
     pub fn hello_taken(&mut self) {
-        if let Answer::Quic(_, recv) = &mut self.answer {
-            recv.stop(Reason::Done);
+        if let Answer::Quic(_, control) = &mut self.answer {
+            if let Some(recv) = control.take() {
+                tokio::spawn(crate::net::transport::liveness::absorb_probes(recv));
+            }
         }
     }
 
@@ -223,7 +241,9 @@ impl Pending {
             Answer::Quic(send, _) => {
                 // The close below carries the same words, whatever credit
                 // the peer grants.
-                send.refuse(&refusal);
+                if let Ok(mut send) = send.try_lock() {
+                    send.refuse(&refusal);
+                }
                 let _ = tokio::time::timeout(REFUSE_LINGER, self.conn.closed()).await;
             }
             Answer::Tcp(tls) => {
@@ -261,7 +281,9 @@ impl Pending {
         };
         let sent = tokio::time::timeout(timeout, async {
             match (&mut self.answer, &self.conn) {
-                (Answer::Quic(send, _), _) => write_frame(send, welcome).await.is_ok(),
+                (Answer::Quic(send, _), _) => {
+                    write_frame(&mut *send.lock().await, welcome).await.is_ok()
+                }
                 (Answer::Tcp(tls), Conn::Tcp(conn)) => {
                     let Some(mut tls) = tls.take() else {
                         return false;

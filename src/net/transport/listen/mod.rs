@@ -140,6 +140,7 @@ impl Listener {
                 }
             };
             tokio::select! {
+                biased;
                 incoming = self.quic.accept() => return incoming.map(|i| Incoming::Quic(Box::new(i))),
                 accepted = tcp => match (accepted, &self.tcp) {
                     (Ok((stream, remote)), Some((_, acceptor))) => {
@@ -206,8 +207,8 @@ mod tests {
         (bound, trust)
     }
 
-    /// One socket both accepts and dials, as a host agent's must for a
-    /// direct path: the peer it dials sees the listener's own address, and
+    /// One socket both accepts and dials (as the host agent's will, for a
+    /// direct path between client and host): the peer it dials sees the listener's own address, and
     /// it still accepts meanwhile.
     #[tokio::test]
     async fn one_endpoint_both_accepts_and_dials() {

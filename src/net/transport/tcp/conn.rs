@@ -10,16 +10,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::super::http2::{self, Accepter, Opener};
 use super::super::{Closed, RecvStream, SendStream, Stream};
+use super::Counted;
 use crate::ops::defaults::REFUSE_LINGER;
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal};
 
@@ -52,6 +53,17 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct TcpConn(Arc<Inner>);
 
+/// A [`TcpConn`] that does not keep the connection open.
+#[derive(Debug, Clone)]
+pub struct WeakTcpConn(std::sync::Weak<Inner>);
+
+impl WeakTcpConn {
+    /// The connection, if it is still open somewhere.
+    pub fn upgrade(&self) -> Option<TcpConn> {
+        self.0.upgrade().map(TcpConn)
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     remote: SocketAddr,
@@ -69,6 +81,10 @@ struct Inner {
     closing: AtomicBool,
     /// The connection-level receive window HTTP/2 is to offer.
     window: watch::Sender<u32>,
+    /// Bytes read from the peer, ever: anything heard proves it alive.
+    heard: Arc<AtomicU64>,
+    /// Sends a PING now rather than at the next keep-alive.
+    poke: Arc<Notify>,
 }
 
 #[derive(Debug)]
@@ -149,7 +165,25 @@ impl TcpConn {
             ended: CancellationToken::new(),
             closing: AtomicBool::new(false),
             window: watch::Sender::new(http2::CONNECTION_WINDOW),
+            heard: Arc::default(),
+            poke: Arc::default(),
         }))
+    }
+
+    /// A handle that does not keep the connection open.
+    pub fn downgrade(&self) -> WeakTcpConn {
+        WeakTcpConn(Arc::downgrade(&self.0))
+    }
+
+    /// Bytes read from the peer, ever.
+    pub fn heard(&self) -> u64 {
+        self.0.heard.load(Ordering::Relaxed)
+    }
+
+    /// Sends a PING now, unless one is out already; its answer is heard
+    /// like any byte.
+    pub fn poke(&self) {
+        self.0.poke.notify_one();
     }
 
     /// Starts HTTP/2 on `io` as `side` and sets up the control stream.
@@ -159,6 +193,10 @@ impl TcpConn {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let inner = &self.0;
+        let io = Counted {
+            io,
+            heard: inner.heard.clone(),
+        };
         let started = async {
             match side {
                 Side::Opens => {
@@ -207,13 +245,14 @@ impl TcpConn {
         driver: http2::Driver<impl Future<Output = ()> + Send + 'static>,
         settings: Settings,
     ) {
-        let (closed, cancel, ended) = (
+        let (closed, cancel, ended, poke) = (
             self.0.closed.clone(),
             self.0.cancel.clone(),
             self.0.ended.clone(),
+            self.0.poke.clone(),
         );
         tokio::spawn(async move {
-            let keep_alive = keep_alive(driver.ping, settings);
+            let keep_alive = keep_alive(driver.ping, settings, poke);
             let why = tokio::select! {
                 () = cancel.cancelled() => lost("closed"),
                 () = driver.run => lost("connection closed by the relay or the network"),
@@ -372,14 +411,17 @@ async fn read_control(
     }
 }
 
-/// PINGs the peer every `keep_alive`; resolves with why when one goes
-/// unanswered for the idle timeout.
-async fn keep_alive(ping: Option<h2::PingPong>, settings: Settings) -> Closed {
+/// PINGs the peer every `keep_alive`, and when poked; resolves with why
+/// when one goes unanswered for the idle timeout.
+async fn keep_alive(ping: Option<h2::PingPong>, settings: Settings, poke: Arc<Notify>) -> Closed {
     let Some(mut ping) = ping else {
         return std::future::pending().await;
     };
     loop {
-        tokio::time::sleep(settings.keep_alive).await;
+        tokio::select! {
+            () = tokio::time::sleep(settings.keep_alive) => {}
+            () = poke.notified() => {}
+        }
         let pong = tokio::time::timeout(settings.idle_timeout, ping.ping(h2::Ping::opaque()));
         match pong.await {
             Ok(Ok(_)) => {}

@@ -3,8 +3,10 @@
 //! over HTTP/2 ([`super::http2`]).
 
 mod conn;
+mod counted;
 
-pub use conn::{Settings, Side, TcpConn};
+pub use conn::{Settings, Side, TcpConn, WeakTcpConn};
+use counted::Counted;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
