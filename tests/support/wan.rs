@@ -236,6 +236,14 @@ pub struct Relayed {
     pub port: u16,
 }
 
+impl Relayed {
+    /// What the relay, the host agent and the client forwarder have
+    /// written to stderr so far, in that order.
+    pub fn lines(&self) -> [Vec<String>; 3] {
+        std::array::from_fn(|i| self._procs[i].lines())
+    }
+}
+
 impl Lab {
     /// Starts shellrelay across the lab with its files in `dir`, every role
     /// given `extra` flags (`--congestion`, `--stream-window`), the host
