@@ -315,23 +315,6 @@ async fn a_stalled_session_costs_each_process_little_and_is_given_back() {
     }
 }
 
-/// Mints a client token for `lab1` with its own `jti`, in the private
-/// file `dir/name`.
-async fn client_token(
-    secret: &std::path::Path,
-    dir: &std::path::Path,
-    name: &str,
-) -> std::path::PathBuf {
-    let mut args = token_args(secret, "client", "lab1");
-    args.extend(["--jti", name]);
-    let out = run(&args).await;
-    assert!(out.status.success(), "token failed: {out:?}");
-    let path = dir.join(name);
-    std::fs::write(&path, out.stdout.trim()).expect("write token");
-    make_private(&path);
-    path
-}
-
 /// Attack A: one client token over TLS over TCP grants the relay no
 /// HTTP/2 window (so nothing the relay writes can go out) and opens
 /// stream after stream from 20 connections, each stream carrying a whole
@@ -361,7 +344,8 @@ async fn a_client_that_grants_no_credit_keeps_the_relay_within_its_budget() {
     let before = rss_kib(relay.pid());
 
     let mallory =
-        std::fs::read_to_string(client_token(&secret, dir.path(), "mallory").await).expect("token");
+        std::fs::read_to_string(jti_token_file(&secret, dir.path(), "lab1", "mallory").await)
+            .expect("token");
     let pem = std::fs::read(&cert).expect("certificate");
     let certs = rustls_pemfile_certs(&pem);
     let config = tcp_client_config(&Trust::Pinned(certs)).expect("TLS config");
@@ -439,7 +423,7 @@ async fn a_client_that_grants_no_credit_keeps_the_relay_within_its_budget() {
     }
     eprintln!("relay RSS {peak} KiB at most after 10 s of the attack");
     // Another user gets in while the attack goes on.
-    let bob = client_token(&secret, dir.path(), "bob").await;
+    let bob = jti_token_file(&secret, dir.path(), "lab1", "bob").await;
     let took = echo_via_connect(shellrelay(&peer_args("connect", &relay_at, &cert, &bob))).await;
     peak = peak.max(rss_kib(relay.pid()));
     stop.cancel();

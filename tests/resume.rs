@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use support::bin::write_secret;
-use support::bin::{path_str, peer_args, relay_args, shellrelay, start_relay, token_file};
+use support::bin::{
+    jti_token_file, path_str, peer_args, relay_args, shellrelay, start_relay, start_relay_with,
+    token_file,
+};
 use support::http::get;
 use support::proc::{addr_field, field, Proc};
 use support::sshd::Sshd;
@@ -660,4 +663,70 @@ async fn a_session_goes_on_when_its_relay_goes_silent_over_quic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_goes_on_when_its_relay_goes_silent_over_tcp() {
     a_session_goes_on_when_its_relay_goes_silent("tcp").await;
+}
+
+/// A client token revoked while its session's path is broken (its
+/// forwarder killed): the relay tells the host, which ends the waiting
+/// session at once rather than wait out its window (10 minutes) for a
+/// resume that cannot come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_during_a_break_ends_its_waiting_session_at_the_host() {
+    let Some(sshd) = Sshd::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let revoked = dir.path().join("revoked");
+    std::fs::write(&revoked, "").unwrap();
+    let (mut relay, at) = start_relay_with(
+        dir.path(),
+        &secret,
+        &["--revocation-file", path_str(&revoked)],
+    )
+    .await;
+    let (at, cert) = (at.to_string(), dir.path().join("relay.crt"));
+    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
+    let alice = jti_token_file(&secret, dir.path(), "lab1", "alice").await;
+    let target = sshd.addr().to_string();
+    let mut args = peer_args("host", &at, &cert, &host_token);
+    args.extend(["--target", &target]);
+    let mut host = Proc::spawn("host", shellrelay(&args));
+    host.wait_for_text("registered with relay").await;
+    // The relay hears of a dead forwarder within its idle timeout.
+    let mut args = peer_args("client", &at, &cert, &alice);
+    args.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--keep-alive",
+        "1s",
+        "--idle-timeout",
+        "3s",
+    ]);
+    let mut client = Proc::spawn("client", shellrelay(&args));
+    let line = client.wait_for_text("client forwarder listening").await;
+    let port: u16 = field(&line, "listen")
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("forwarder port");
+    let mut ssh = sshd.ssh(port, "sleep 120");
+    ssh.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut ssh = ssh.spawn().expect("ssh runs");
+    let started = host.wait_for_text("session started").await;
+    assert!(started.contains("resumable=true"), "{started}");
+
+    client.signal("KILL");
+    client.terminate().await;
+    host.wait_for_text("waiting for the client to resume it")
+        .await;
+    std::fs::write(&revoked, "jti alice\n").unwrap();
+    let revoked_at = Instant::now();
+    let ended = (host.wait_for_text("not resumable: the client token was revoked")).await;
+    eprintln!(
+        "revoked during the break: the host ended the session after {:.2?}: {ended}",
+        revoked_at.elapsed()
+    );
+    relay
+        .wait_for_text("told the host a client token has ended")
+        .await;
+    let _ = ssh.kill().await;
 }

@@ -213,7 +213,11 @@ fn said_closed(relay: &RelayAddr, closed: Closed) -> bool {
             warn!(relay = %relay.name(), reason = %refusal.message, "relay closed the connection");
             false
         }
-        _ => {
+        Closed::Lost(err) => {
+            warn!(relay = %relay.name(), "lost the connection to the relay: {err}");
+            false
+        }
+        Closed::Local => {
             warn!(relay = %relay.name(), "lost the connection to the relay");
             false
         }

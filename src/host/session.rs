@@ -76,6 +76,16 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
             };
             return take_up(&ctx, &id, owner.as_deref(), takeover, &proof, &client).await;
         }
+        Some(Resume::Ended { why }) => {
+            // From the relay: a client token ended; its sessions that wait
+            // for a resume end now.
+            if let Some(owner) = owner {
+                info!(target: LOG_TARGET, "the relay says a client token has ended ({why}); its sessions cannot be resumed");
+                ctx.parked.end_token(&owner, why, ctx.window);
+            }
+            let _ = stream.send.finish();
+            return;
+        }
         Some(_) => {
             let refusal = Refusal::new(Reason::Protocol, "open carried a host's resume answer");
             return refuse(&mut stream.send, refusal).await;
@@ -255,11 +265,22 @@ impl NextStream for Resumes<'_> {
                 all: limits.all,
             });
         };
+        if let Some(ended) = self.registered.token_ended() {
+            ctx.metrics.resume("token_ended");
+            return Err(Failure::TokenEnded(ended));
+        }
         let broke = Instant::now();
         info!(target: LOG_TARGET, %why, window = ?ctx.window, "session path broke; waiting for the client to resume it");
         let deadline = tokio::time::Instant::now() + ctx.window;
         loop {
-            match tokio::time::timeout_at(deadline, self.registered.handoff.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, self.registered.handoff.next()) => next,
+                ended = self.registered.until_token_ended() => {
+                    ctx.metrics.resume("token_ended");
+                    return Err(Failure::TokenEnded(ended));
+                }
+            };
+            match next {
                 Ok(takeover) => {
                     if let Some(taken) = take(session, takeover).await {
                         ctx.metrics.resume("resumed");

@@ -322,7 +322,7 @@ impl HostMetrics {
         let resumes = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "resumes",
-            "Resumes of sessions by outcome: resumed, or why not (ended, other_token, bad_proof, window_passed, too_many_waiting)",
+            "Resumes of sessions by outcome: resumed, or why not (ended, other_token, bad_proof, window_passed, too_many_waiting, token_ended)",
             resumes.clone(),
         );
         let resumable = Gauge::default();

@@ -36,6 +36,14 @@ pub enum Resume {
         /// HMAC of the above under the session's key.
         proof: String,
     },
+    /// Relay, in an `open` of its own to a host: the client token whose
+    /// digest is the `open`'s `owner` was revoked or has expired, so none
+    /// of its sessions can be resumed: end those that wait. The relay
+    /// refuses it from a client.
+    Ended {
+        /// Why, in plain words.
+        why: String,
+    },
     /// Host, in `ready`: the session is taken up again.
     Resumed {
         /// The client's attempt this answers.

@@ -330,6 +330,9 @@ impl Admitted {
         }
         self.admitted();
         self.audit("admitted", &host, None);
+        // Its host is told when this token is revoked or expires.
+        let (jti, exp) = (claims.jti.clone(), claims.exp);
+        (self.state.owners).admitted(owner(&claims), host.clone(), jti, exp);
         let (state, conn, who) = (self.state, self.conn, self.who);
         let remote = conn.remote();
         let _listed = state.clients.add(&host, &claims.sub, &conn, unix_now());

@@ -18,6 +18,7 @@ pub mod budget;
 mod conn;
 mod handle;
 mod keep;
+mod owners;
 mod places;
 mod registry;
 mod session;
@@ -138,6 +139,8 @@ struct State {
     hosts: Arc<Registry>,
     /// Client connections admitted now.
     clients: Arc<registry::Clients>,
+    /// Client tokens admitted lately, whose hosts are told when they end.
+    owners: owners::Owners,
     /// Admissions, refusals and sessions, for the audit log.
     audit: audit::Audit,
     /// This relay process, in welcomes: a host agent that reaches it under
@@ -203,6 +206,7 @@ impl Relay {
                 trim: Trim::default(),
                 hosts,
                 clients: Arc::default(),
+                owners: owners::Owners::default(),
                 audit,
                 instance: crate::access::token::random_id(),
                 revoked,
@@ -257,6 +261,7 @@ impl Relay {
         if state.revoked.has_file() {
             housekeeping.spawn(watch_revocations(state.clone()));
         }
+        housekeeping.spawn(owners::watch(state.clone()));
         loop {
             let incoming = tokio::select! {
                 biased;

@@ -182,7 +182,10 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
     // check it.
     let resume = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.recv)).await
     {
-        Ok(Ok(Frame::Open { resume, .. })) => resume,
+        // Only the relay says a token has ended.
+        Ok(Ok(Frame::Open { resume, .. })) if !matches!(resume, Some(Resume::Ended { .. })) => {
+            resume
+        }
         other => {
             debug!(target: LOG_TARGET, ?other, "session stream did not start with open");
             transport::abort(&mut client_stream, Reason::Protocol);

@@ -161,6 +161,19 @@ pub async fn token_file(secret: &Path, dir: &Path, name: &str, role: &str, host:
     path
 }
 
+/// Mints a client token for `host` with token id `jti`, in the private
+/// file `dir/jti`.
+pub async fn jti_token_file(secret: &Path, dir: &Path, host: &str, jti: &str) -> PathBuf {
+    let mut args = token_args(secret, "client", host);
+    args.extend(["--jti", jti]);
+    let out = run(&args).await;
+    assert!(out.status.success(), "token failed: {out:?}");
+    let path = dir.join(jti);
+    std::fs::write(&path, out.stdout.trim()).expect("write token");
+    make_private(&path);
+    path
+}
+
 /// The arguments of `token` signing with the secret in `secret`, for
 /// `role` on `host` (one host id, or a list or pattern for a client).
 pub fn token_args<'a>(secret: &'a Path, role: &'a str, host: &'a str) -> Vec<&'a str> {

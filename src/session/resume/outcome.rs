@@ -88,6 +88,10 @@ pub enum Failure {
     /// The peer refused to take the session up again, in its words.
     #[error("{0}")]
     Refused(String),
+    /// The relay said the session's client token has ended (revoked or
+    /// expired): no resume can come.
+    #[error("not resumable: {0}")]
+    TokenEnded(String),
     /// A relay refused this end in a way trying again cannot change (a
     /// bad or revoked token, say).
     #[error("{0}")]

@@ -62,6 +62,10 @@ struct Entry {
     handoff: Arc<Handoff>,
 }
 
+/// Most client tokens remembered as ended at once; past it, those kept
+/// the shortest go first.
+pub const MAX_ENDED_TOKENS: usize = 4096;
+
 /// Most sessions that wait for a resume at once by default, over all
 /// client tokens (`host --max-waiting`).
 pub const MAX_WAITING: usize = 1024;
@@ -96,6 +100,12 @@ impl Default for WaitingLimits {
 /// The sessions that a resume may take up.
 pub struct Parked {
     sessions: Mutex<HashMap<String, Entry>>,
+    /// Client tokens the relay said have ended (revoked or expired), by
+    /// digest: until when this is kept, and why. At most
+    /// [`MAX_ENDED_TOKENS`].
+    ended: Mutex<HashMap<String, (std::time::Instant, String)>>,
+    /// Bumped whenever a client token ends.
+    ended_changes: tokio::sync::watch::Sender<u64>,
     /// Sessions waiting for a resume, by client token, and in all.
     waiting: Mutex<Waiters>,
     /// Most sessions waiting at once.
@@ -122,6 +132,26 @@ pub struct Registered {
 }
 
 impl Registered {
+    /// Why the session's client token has ended (revoked or expired), if
+    /// the relay said it has: no resume can come.
+    pub fn token_ended(&self) -> Option<String> {
+        self.parked.token_ended(self.owner.as_deref()?)
+    }
+
+    /// Resolves once the relay says the session's client token has
+    /// ended, with why.
+    pub async fn until_token_ended(&self) -> String {
+        let mut changes = self.parked.ended_changes.subscribe();
+        loop {
+            if let Some(why) = self.token_ended() {
+                return why;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// A place among the sessions waiting for a resume, held until the
     /// guard goes; `None` when the session's client token, or the host,
     /// has as many waiting as [`Parked::limits`] allows.
@@ -168,6 +198,8 @@ impl Parked {
     pub fn new(limits: WaitingLimits) -> Parked {
         Parked {
             sessions: Mutex::default(),
+            ended: Mutex::default(),
+            ended_changes: tokio::sync::watch::Sender::new(0),
             waiting: Mutex::default(),
             limits,
         }
@@ -184,6 +216,34 @@ impl Parked {
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that the client token `owner` has ended (the relay said so),
+    /// for `keep_for` (the resume window): its sessions that wait for a
+    /// resume end now, and those whose path breaks later end at once.
+    pub fn end_token(&self, owner: &str, why: String, keep_for: std::time::Duration) {
+        let now = std::time::Instant::now();
+        {
+            let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+            ended.retain(|_, (until, _)| *until > now);
+            if ended.len() >= MAX_ENDED_TOKENS {
+                let soonest = (ended.iter())
+                    .min_by_key(|(_, (until, _))| *until)
+                    .map(|(k, _)| k.clone());
+                if let Some(soonest) = soonest {
+                    ended.remove(&soonest);
+                }
+            }
+            ended.insert(owner.to_owned(), (now + keep_for, why));
+        }
+        self.ended_changes.send_modify(|n| *n += 1);
+    }
+
+    /// Why client token `owner` has ended, if the relay said so lately.
+    pub fn token_ended(&self, owner: &str) -> Option<String> {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        let (until, why) = ended.get(owner)?;
+        (*until > std::time::Instant::now()).then(|| why.clone())
     }
 
     /// Sessions that may be resumed now, carried or waiting.
