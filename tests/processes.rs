@@ -509,3 +509,62 @@ async fn the_demo_says_when_nothing_listens_at_its_target_and_copes_without_user
     let status = within(WAIT, "the demo to stop", demo.wait()).await.unwrap();
     assert!(status.success(), "demo exited with {status}");
 }
+
+/// The same crash as above with both peers on TLS over TCP: the kernel
+/// resets their connections when the relay dies, and once it is back they
+/// register and connect again, and sessions work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_and_a_restart_tcp_peers_are_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = write_secret(dir.path());
+    let certs = dir.path().join("certs");
+    let (mut relay, relay_addr) = start_relay(&certs, &secret).await;
+    let relay_at = relay_addr.to_string();
+    let cert = certs.join("relay.crt");
+    let target = support::traffic::echo_server().await.to_string();
+    let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
+    let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
+    let tcp = ["--transport", "tcp"];
+    let mut host_args = vec!["--target", target.as_str()];
+    host_args.extend(tcp);
+    let mut host = spawn_peer("host", &relay_at, &cert, &host_token, &host_args);
+    let line = host.wait_for_text("registered with relay").await;
+    assert!(line.contains("transport=\"tcp\""), "{line}");
+    let mut client_args = vec!["--listen", "127.0.0.1:0"];
+    client_args.extend(tcp);
+    let mut client = spawn_peer("client", &relay_at, &cert, &client_token, &client_args);
+    let line = client.wait_for_text("client forwarder listening").await;
+    let listen = addr_field(&line, "listen");
+    assert!(echo_once(listen).await, "no session before the crash");
+
+    relay.signal("KILL");
+    let _ = relay.terminate().await;
+    let key = certs.join("relay.key");
+    let mut again = Proc::spawn(
+        "relay",
+        shellrelay(&relay_args(&relay_at, &secret, &cert, &key)),
+    );
+    again.wait_for_text("relay listening").await;
+    let up = std::time::Instant::now();
+    let line = host.find(|l| l.contains("registered with relay")).await;
+    let line = line.expect("the host agent registered again");
+    assert!(line.contains("transport=\"tcp\""), "{line}");
+    let host_back = up.elapsed();
+    let session_back = tokio::time::timeout(WAIT, async {
+        while !echo_once(listen).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        up.elapsed()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no session within {WAIT:?}; client:\n{}", client.log()));
+    eprintln!("TCP peers, after SIGKILL and a restart: host registered again in {host_back:?}, a session worked in {session_back:?}");
+    for (name, proc) in [
+        ("host", &mut host),
+        ("client", &mut client),
+        ("relay", &mut again),
+    ] {
+        let status = proc.terminate().await;
+        assert!(status.success(), "{name}: {status}:\n{}", proc.log());
+    }
+}
