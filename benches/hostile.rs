@@ -1070,6 +1070,7 @@ async fn forged_hellos(
                         token: Jwt(forged.clone()),
                         host: None,
                         keep_other: false,
+                        moving: false,
                     };
                     let _ = write_frame(&mut SendStream::Quic(send), &hello).await;
                     let _ = read_frame(&mut RecvStream::Quic(recv)).await;
@@ -1539,6 +1540,7 @@ fn client_hello(token: &str) -> Frame {
         token: Jwt(token.to_owned()),
         host: None,
         keep_other: false,
+        moving: false,
     }
 }
 

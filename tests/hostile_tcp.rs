@@ -202,6 +202,7 @@ fn good_hello(tunnel: &Tunnel) -> Vec<u8> {
         token: Jwt(tunnel.token(Role::Client, "lab1", HOUR)),
         host: None,
         keep_other: false,
+        moving: false,
     }
     .encode()
     .unwrap()
@@ -798,6 +799,7 @@ async fn a_client_that_grants_no_credit_pins_no_refused_stream() {
         token: Jwt(tunnel.token(Role::Client, "lab1", HOUR)),
         host: None,
         keep_other: false,
+        moving: false,
     };
     write_frame(&mut tls, &hello).await.unwrap();
     let answer = within(WAIT, "welcome", read_frame(&mut tls)).await.unwrap();

@@ -369,6 +369,7 @@ async fn a_client_that_grants_no_credit_keeps_the_relay_within_its_budget() {
                 token: Jwt(mallory),
                 host: None,
                 keep_other: false,
+                moving: false,
             };
             if write_frame(&mut tls, &hello).await.is_err() {
                 return;

@@ -137,6 +137,7 @@ fn arb_frame() -> BoxedStrategy<Frame> {
                 token: Jwt(token),
                 host,
                 keep_other,
+                moving: false,
             }),
         (text(), arb_role(), arb_u64(), prop::option::of(text())).prop_map(
             |(host, role, expires_at, relay)| Frame::Welcome {

@@ -80,7 +80,7 @@ enum Blocked {
 /// client side needs. Fields drop in order: processes before the lab.
 struct Rig {
     relay: Proc,
-    _host: Proc,
+    host: Proc,
     sshd: Sshd,
     /// The relay's port, UDP and TCP alike.
     port: u16,
@@ -95,6 +95,11 @@ impl Rig {
     /// relay and the host agent (registered: over TCP if its UDP is
     /// dropped, else over QUIC). `None` where sshd is not installed.
     async fn start(blocked: Blocked) -> Option<Rig> {
+        Rig::start_with(blocked, &[]).await
+    }
+
+    /// [`Rig::start`], the host agent started with `host_extra` too.
+    async fn start_with(blocked: Blocked, host_extra: &[&str]) -> Option<Rig> {
         let lab = Lab::start(CLEAN);
         let from = match blocked {
             Blocked::Client => CLIENT,
@@ -148,6 +153,7 @@ impl Rig {
         let target = format!("127.0.0.1:{}", sshd.port);
         let mut args = peer_args("host", &at, &cert, &host_token);
         args.extend(["--target", &target]);
+        args.extend_from_slice(host_extra);
         let mut host = Proc::spawn("host", shellrelay_in(&lab.host, &args));
         let line = host.wait_for_text("registered with relay").await;
         let want = match blocked {
@@ -157,7 +163,7 @@ impl Rig {
         assert_eq!(transport_of(&line), Some(want), "{line}");
         Some(Rig {
             relay,
-            _host: host,
+            host,
             sshd,
             port,
             cert,
@@ -484,4 +490,72 @@ fn free_port() -> (tokio::net::TcpSocket, u16) {
         }
     }
     panic!("found no loopback port free for both TCP and UDP");
+}
+
+/// A host agent on TCP (its UDP dropped) whose UDP gets through again moves
+/// back to QUIC while an ssh session runs through it: the session goes on
+/// to its end on the old connection, every line in order, and no session
+/// is refused during or after the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_agent_moves_back_to_quic_under_a_running_session_and_refuses_none() {
+    if !lab_available() {
+        return;
+    }
+    let Some(mut rig) = Rig::start_with(Blocked::Host, &["--quic-retry", "1s"]).await else {
+        return;
+    };
+    let (_client, port) = rig.forwarder().await;
+    let counting = "for i in $(seq 100); do echo $i; sleep 0.05; done";
+    let mut ssh = rig.sshd.ssh_in(Some(&rig.lab.client), port, counting);
+    let mut child = (ssh.stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ssh runs");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = within(WAIT, "the session's first line", lines.next_line()).await;
+    assert_eq!(first.ok().flatten().as_deref(), Some("1"));
+    let rest = tokio::spawn(async move {
+        let mut got = vec!["1".to_owned()];
+        while let Ok(Some(line)) = lines.next_line().await {
+            got.push(line);
+        }
+        (got, child.wait_with_output().await)
+    });
+
+    // UDP from the host gets through again: at its next try the agent
+    // registers over QUIC, while the session runs on its TCP connection.
+    let host = HOST.to_string();
+    let rule = ["-p", "udp", "-s", host.as_str(), "-j", "DROP"];
+    let mut delete = vec!["iptables", "-D", "INPUT"];
+    delete.extend(rule);
+    in_ns(&rig.lab.relay, &delete);
+    rig.host
+        .wait_for_text("registered over QUIC and leaving TCP")
+        .await;
+    for _ in 0..3 {
+        let ssh = rig.sshd.ssh_in(Some(&rig.lab.client), port, "echo hello");
+        let (line, _) = first_output(Instant::now(), ssh).await;
+        assert_eq!(line, "hello");
+    }
+    let (got, out) = within(WAIT, "the running session to end", rest)
+        .await
+        .unwrap();
+    let out = out.expect("ssh ends");
+    let want: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+    assert!(
+        out.status.success() && got == want,
+        "the session across the move: {}, {} lines\nhost:\n{}\nrelay:\n{}",
+        out.status,
+        got.len(),
+        rig.host.log(),
+        rig.relay.log()
+    );
+    rig.relay
+        .wait_for_text("the old one drains its sessions")
+        .await;
+    assert!(
+        !rig.relay.log().contains("refused"),
+        "a session was refused: {}",
+        rig.relay.log()
+    );
 }

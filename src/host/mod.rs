@@ -286,7 +286,8 @@ impl Registration<'_> {
             // Once another connection took this host's place, take it back only
             // when that one has left: two agents with one id do not evict each
             // other (and their sessions) in turns.
-            let connect = dial::connect_with(relay, &config.token, Role::Host, None, displaced);
+            let connect =
+                dial::connect_with(relay, &config.token, Role::Host, None, displaced, false);
             let attempt = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
@@ -364,8 +365,7 @@ impl Registration<'_> {
                         relay = %relay.name(),
                         "QUIC answers again; registered over QUIC and leaving TCP"
                     );
-                    link.close(Reason::Done, "host agent moved to QUIC").await;
-                    link = *quic;
+                    self.drain(std::mem::replace(&mut link, *quic));
                 }
                 Served::Shutdown => return None,
                 Served::Closed(closed) => return Some(closed),
@@ -375,6 +375,33 @@ impl Registration<'_> {
 
     /// Serves sessions on a registered connection until it closes or the agent
     /// shuts down.
+    /// Lets a registration that another took the place of carry its
+    /// sessions to their end: it takes the streams the relay opened on it
+    /// before the move, and goes when the relay closes it (once its
+    /// sessions have ended) or the agent shuts down.
+    fn drain(&self, old: RelayLink) {
+        let (sessions, tasks, trim) =
+            (self.sessions.clone(), self.tasks.clone(), self.trim.clone());
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        old.close(Reason::Done, "host agent shutting down").await;
+                        return;
+                    }
+                    stream = old.conn.accept() => stream,
+                };
+                match stream {
+                    Ok(stream) => {
+                        tasks.spawn(host_session(sessions.clone(), stream, trim.session()))
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+
     async fn serve(&self, link: &mut RelayLink) -> Served {
         let Registration {
             relay,
@@ -385,20 +412,16 @@ impl Registration<'_> {
             shutdown,
             ..
         } = *self;
-        // While on TCP, QUIC is tried again from time to time. Registering
-        // anew replaces this connection at the relay, which would cut its
-        // sessions (or make them all resume): only between sessions.
         // While sessions are live, a relay that goes silent is left within
         // seconds: their clients resume them through another relay, and
         // this registration is made again.
         let silent = link.liveness().silent(|| trim.live() > 0);
         let mut silent = std::pin::pin!(silent);
-        let turn = || async {
-            match trim.live() {
-                0 => Turn::Try,
-                _ => Turn::Skip,
-            }
-        };
+        // While on TCP, QUIC is tried again from time to time, sessions or
+        // not: the new registration takes this one's place at the relay,
+        // and this one carries its sessions to their end
+        // ([`Registration::drain`]).
+        let turn = || async { Turn::Try };
         let back_to_quic = async {
             match relay.retries_quic(&link.conn) {
                 true => dial::back_to_quic(relay, &config.token, Role::Host, None, turn).await,

@@ -95,6 +95,12 @@ pub enum Frame {
         /// for the other to leave rather than taking the place back.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         keep_other: bool,
+        /// For hosts: this agent is moving its registration to this
+        /// connection (back to QUIC): the older connection for this host
+        /// id carries its sessions to their end and only then closes,
+        /// rather than at once.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        moving: bool,
     },
     /// The relay accepted a hello.
     Welcome {
@@ -261,6 +267,7 @@ mod tests {
                 token: "a.b.c".into(),
                 host: Some("lab1".into()),
                 keep_other: false,
+                moving: false,
             },
             Frame::Hello {
                 version: VERSION,
@@ -268,6 +275,7 @@ mod tests {
                 token: "a.b.c".into(),
                 host: None,
                 keep_other: true,
+                moving: false,
             },
             Frame::Welcome {
                 host: "lab1".into(),
@@ -350,6 +358,7 @@ mod tests {
             token: "eyJhbGciOiJIUzI1NiJ9.secret.sig".into(),
             host: None,
             keep_other: false,
+            moving: false,
         };
         assert!(!format!("{hello:?}").contains("eyJ"), "{hello:?}");
     }

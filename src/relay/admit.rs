@@ -20,6 +20,9 @@ pub(super) struct Hello {
     pub host: Option<String>,
     /// For a host: leave another registration of its id in place.
     pub keep_other: bool,
+    /// For a host: it moves its registration here; the older connection
+    /// drains its sessions before it closes.
+    pub moving: bool,
 }
 
 /// A refused hello: why, and whom its token names if it was well signed.
@@ -44,14 +47,15 @@ pub(super) fn check_hello(
     ip: IpAddr,
     frame: Result<Frame, FrameError>,
 ) -> Result<Hello, Refused> {
-    let (role, token, host, keep_other) = match frame {
+    let (role, token, host, keep_other, moving) = match frame {
         Ok(Frame::Hello {
             version: VERSION,
             role,
             token,
             host,
             keep_other,
-        }) => (role, token, host, keep_other),
+            moving,
+        }) => (role, token, host, keep_other, moving),
         Ok(Frame::Hello { version, .. }) => {
             let msg = format!(
                 "protocol version {version} is not supported (this relay speaks {VERSION})"
@@ -73,6 +77,7 @@ pub(super) fn check_hello(
             claims,
             host,
             keep_other,
+            moving,
         }),
         Err(err) => {
             let now = Instant::now();

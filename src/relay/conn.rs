@@ -14,7 +14,7 @@ use super::admit::{check_hello, client_host, owner, revoked, token_key};
 use super::audit::{Line, Party};
 use super::keep::{keep_until_ended, Ended};
 use super::places::{full, handshake_allowed, penalised, pre_hello_slot, Slot};
-use super::registry::Refused;
+use super::registry::{Host, Refused};
 use super::session::accept_sessions;
 use super::throttle;
 use super::{State, LOG_TARGET};
@@ -101,6 +101,21 @@ pub(super) async fn serve(state: Arc<State>, incoming: Incoming) {
     admit(state, pending, ip, slot, accepted).await
 }
 
+/// Closes a host's old connection once the sessions it carries have ended
+/// (it takes no new ones: the registry names its successor), or when it
+/// closes by itself.
+async fn drain(old: Host, id: String) {
+    let mut tick = tokio::time::interval(DRAIN_POLL);
+    while old.sessions.get() > 0 && old.conn.close_reason().is_none() {
+        tick.tick().await;
+    }
+    let message = format!("host {id} moved to a newer connection");
+    old.conn.close(Reason::Done, &message);
+}
+
+/// How often a draining connection is looked at.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Decides on a hello and serves the host or client it admits.
 async fn admit(
     state: Arc<State>,
@@ -138,7 +153,7 @@ async fn admit(
         handshake: Some(handshake),
     };
     match hello.role {
-        Role::Host => peer.serve_host(hello.claims, hello.keep_other).await,
+        Role::Host => (peer.serve_host(hello.claims, hello.keep_other, hello.moving)).await,
         Role::Client => peer.serve_client(hello.claims, hello.host).await,
     }
 }
@@ -225,7 +240,7 @@ impl Admitted {
         false
     }
 
-    async fn serve_host(mut self, claims: Claims, keep_other: bool) {
+    async fn serve_host(mut self, claims: Claims, keep_other: bool, moving: bool) {
         let id = claims.sub.clone();
         if let Some(refusal) = revoked(&self.state, &claims, &id) {
             return self.refuse(refusal, &id).await;
@@ -262,18 +277,28 @@ impl Admitted {
         self.handshake = None;
         // The host opens no streams: its control stream is all it keeps.
         self.conn.admit(1);
-        if let Some(old) = replaced {
-            info!(
-                target: LOG_TARGET,
-                host = %id,
-                old = %old.remote(),
-                "replacing older connection of host"
-            );
-            self.state.metrics.host_replaced();
-            old.close(
-                Reason::Replaced,
-                &format!("replaced by a newer connection for host {id} from {remote}"),
-            );
+        match replaced {
+            // The same agent, moving (back to QUIC): its old connection
+            // takes no new session, and carries those it has to their end.
+            Some(old) if moving => {
+                info!(target: LOG_TARGET, host = %id, old = %old.conn.remote(), "host moved to a new connection; the old one drains its sessions");
+                state.tasks.spawn(drain(old, id.clone()));
+            }
+            Some(old) => {
+                let old = old.conn;
+                info!(
+                    target: LOG_TARGET,
+                    host = %id,
+                    old = %old.remote(),
+                    "replacing older connection of host"
+                );
+                self.state.metrics.host_replaced();
+                old.close(
+                    Reason::Replaced,
+                    &format!("replaced by a newer connection for host {id} from {remote}"),
+                );
+            }
+            None => {}
         }
         if self.welcome(&claims, &id, 0).await {
             self.admitted();

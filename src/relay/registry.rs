@@ -82,7 +82,7 @@ impl Registry {
     }
 
     /// Registers `conn` as host `id` since `since` (Unix seconds). Returns
-    /// the guard and the connection it replaced, if any; refuses a new id
+    /// the guard and the host entry it replaced, if any; refuses a new id
     /// when the registry is full, and a taken id when `keep_other`.
     pub fn register(
         self: &Arc<Self>,
@@ -91,7 +91,7 @@ impl Registry {
         prober: Prober,
         since: u64,
         keep_other: bool,
-    ) -> Result<(Registration, Option<Conn>), Refused> {
+    ) -> Result<(Registration, Option<Host>), Refused> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let replaced = {
             let mut hosts = self.lock();
@@ -115,7 +115,7 @@ impl Registry {
             id: id.to_owned(),
             generation,
         };
-        Ok((registration, replaced.map(|e| e.host.conn)))
+        Ok((registration, replaced.map(|e| e.host)))
     }
 
     /// Host `id`, if registered.

@@ -220,17 +220,19 @@ pub async fn connect(
     role: Role,
     host: Option<&str>,
 ) -> Result<RelayLink, ConnectError> {
-    connect_with(relay, token, role, host, false).await
+    connect_with(relay, token, role, host, false, false).await
 }
 
 /// [`connect`], and for a host whether to leave another connection
-/// registered for its id in place (`keep_other`, see [`Frame::Hello`]).
+/// registered for its id in place (`keep_other`), and whether it moves
+/// its registration here (`moving`; see [`Frame::Hello`]).
 pub async fn connect_with(
     relay: &RelayAddr,
     token: &TokenSource,
     role: Role,
     host: Option<&str>,
     keep_other: bool,
+    moving: bool,
 ) -> Result<RelayLink, ConnectError> {
     let token = token.load().map_err(ConnectError::setup)?;
     let addr = relay.resolve().await.map_err(ConnectError::setup)?;
@@ -240,6 +242,7 @@ pub async fn connect_with(
         token: Jwt(token),
         host: host.map(str::to_owned),
         keep_other,
+        moving,
     };
     let dial = Dial {
         relay,
@@ -329,7 +332,9 @@ where
             Turn::Skip => continue,
             Turn::Try => {}
         }
-        match connect(&quic, token, role, host).await {
+        // A host agent's new registration takes the place of its old one,
+        // which carries its sessions to their end.
+        match connect_with(&quic, token, role, host, false, true).await {
             Ok(link) => return Some(link),
             Err(err) => tracing::debug!("QUIC still fails: {err}"),
         }
