@@ -347,19 +347,48 @@ async fn after_sigkill_and_a_restart_hosts_and_clients_are_back_within_5_s() {
 
     // A crash: no close reaches anyone, and the new relay knows none of the
     // old connections. It is the same relay (port, certificate, key).
-    relay.signal("KILL");
-    let _ = relay.terminate().await;
-    let key = certs.join("relay.key");
-    let mut again = Proc::spawn(
-        "relay",
-        shellrelay(&relay_args(&relay_at, &secret, &cert, &key)),
-    );
-    again.wait_for_text("relay listening").await;
-    let up = std::time::Instant::now();
+    let (mut again, up) = crash_and_restart(&mut relay, &certs, &secret, &relay_at).await;
     // The host agent's next registration, after the one before the crash.
     host.find(|l| l.contains("registered with relay")).await;
     let host_back = up.elapsed();
-    let session_back = tokio::time::timeout(WAIT, async {
+    let session_back = session_back(listen, up, &client).await;
+    eprintln!("after SIGKILL and a restart: host registered again in {host_back:?}, a session worked in {session_back:?}");
+    assert!(
+        host_back <= Duration::from_secs(5) && session_back <= Duration::from_secs(5),
+        "host registered again after {host_back:?}, a session worked after {session_back:?}"
+    );
+    stop_gracefully([
+        ("host", &mut host),
+        ("client", &mut client),
+        ("relay", &mut again),
+    ])
+    .await;
+}
+
+/// Kills `relay` with SIGKILL (no close reaches anyone) and starts it again
+/// on `relay_at` with the same certificate and key, in `certs`; the new
+/// relay and when it was up.
+async fn crash_and_restart(
+    relay: &mut Proc,
+    certs: &Path,
+    secret: &Path,
+    relay_at: &str,
+) -> (Proc, std::time::Instant) {
+    relay.signal("KILL");
+    let _ = relay.terminate().await;
+    let (cert, key) = (certs.join("relay.crt"), certs.join("relay.key"));
+    let mut again = Proc::spawn(
+        "relay",
+        shellrelay(&relay_args(relay_at, secret, &cert, &key)),
+    );
+    again.wait_for_text("relay listening").await;
+    (again, std::time::Instant::now())
+}
+
+/// How long after `up` an echo through the forwarder at `listen` first
+/// came back.
+async fn session_back(listen: SocketAddr, up: std::time::Instant, client: &Proc) -> Duration {
+    tokio::time::timeout(WAIT, async {
         while !echo_once(listen).await {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -371,17 +400,12 @@ async fn after_sigkill_and_a_restart_hosts_and_clients_are_back_within_5_s() {
             "no session within {WAIT:?}; client logged:\n{}",
             client.log()
         )
-    });
-    eprintln!("after SIGKILL and a restart: host registered again in {host_back:?}, a session worked in {session_back:?}");
-    assert!(
-        host_back <= Duration::from_secs(5) && session_back <= Duration::from_secs(5),
-        "host registered again after {host_back:?}, a session worked after {session_back:?}"
-    );
-    for (name, proc) in [
-        ("host", &mut host),
-        ("client", &mut client),
-        ("relay", &mut again),
-    ] {
+    })
+}
+
+/// Stops each process with SIGTERM and checks it exited cleanly.
+async fn stop_gracefully<const N: usize>(procs: [(&str, &mut Proc); N]) {
+    for (name, proc) in procs {
         let status = proc.terminate().await;
         assert!(status.success(), "{name}: {status}:\n{}", proc.log());
     }
@@ -537,34 +561,17 @@ async fn after_sigkill_and_a_restart_tcp_peers_are_back() {
     let listen = addr_field(&line, "listen");
     assert!(echo_once(listen).await, "no session before the crash");
 
-    relay.signal("KILL");
-    let _ = relay.terminate().await;
-    let key = certs.join("relay.key");
-    let mut again = Proc::spawn(
-        "relay",
-        shellrelay(&relay_args(&relay_at, &secret, &cert, &key)),
-    );
-    again.wait_for_text("relay listening").await;
-    let up = std::time::Instant::now();
+    let (mut again, up) = crash_and_restart(&mut relay, &certs, &secret, &relay_at).await;
     let line = host.find(|l| l.contains("registered with relay")).await;
     let line = line.expect("the host agent registered again");
     assert!(line.contains("transport=\"tcp\""), "{line}");
     let host_back = up.elapsed();
-    let session_back = tokio::time::timeout(WAIT, async {
-        while !echo_once(listen).await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        up.elapsed()
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no session within {WAIT:?}; client:\n{}", client.log()));
+    let session_back = session_back(listen, up, &client).await;
     eprintln!("TCP peers, after SIGKILL and a restart: host registered again in {host_back:?}, a session worked in {session_back:?}");
-    for (name, proc) in [
+    stop_gracefully([
         ("host", &mut host),
         ("client", &mut client),
         ("relay", &mut again),
-    ] {
-        let status = proc.terminate().await;
-        assert!(status.success(), "{name}: {status}:\n{}", proc.log());
-    }
+    ])
+    .await;
 }

@@ -382,50 +382,9 @@ async fn ssh_sessions_survive_the_relay_killed_and_started_again_3_s_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_goes_on_through_the_other_relay_when_its_relay_dies() {
-    let Some(sshd) = Sshd::start().await else {
-        return;
-    };
-    let Setup {
-        dir: _dir,
-        mut relays,
-        host_token,
-        client_token,
-    } = setup(2).await;
-    let target = sshd.addr().to_string();
     // A relay that died silently is noticed within seconds.
     let quick = ["--keep-alive", "1s", "--idle-timeout", "3s"];
-    let both = [&relays[0], &relays[1]];
-    let host = host(&both, &host_token, &target, &quick).await;
-    let (mut client, port) = forwarder(&both, &client_token, &quick).await;
-    let line = client.logged_text("connected to relay").await;
-    let carrying = field(&line, "relay").expect("relay=").to_owned();
-    let i = relays
-        .iter()
-        .position(|r| r.at.to_string() == carrying)
-        .expect("one of the two");
-
-    let (counting, mut lines_seen) = counting(&sshd, port, &[]);
-    reached(&mut lines_seen, 20, "20 lines counted").await;
-    relays[i].kill().await;
-    let (lines, out) = within(SESSION_LIMIT, "the counting session", counting)
-        .await
-        .unwrap();
-    let logs = format!("host:\n{}\nclient:\n{}", host.log(), client.log());
-    assert_counted(&lines, &out, &logs);
-    let resumed: Vec<String> = (client.lines().iter())
-        .filter(|l| l.contains("session resumed"))
-        .cloned()
-        .collect();
-    let other = relays[1 - i].at.to_string();
-    assert_eq!(resumed.len(), 1, "{logs}");
-    assert!(
-        resumed[0].contains(&other),
-        "not resumed through {other}: {logs}"
-    );
-    eprintln!(
-        "relay {carrying} killed: resumed through {other}, gaps {:?}",
-        gaps(&client)
-    );
+    a_session_goes_on_through_the_other_relay(Gone::Killed, &quick).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,26 +561,33 @@ async fn one_client_token_keeps_at_most_8_sessions_waiting_at_a_host() {
     }
 }
 
-/// A relay that stops answering without a word (SIGSTOP: no close, no
-/// reset, its sockets still open) while it carries a session, over
-/// `transport`: the forwarder notices within seconds, with the default
-/// idle timeout of 30 s, and the session goes on through the other relay,
-/// every line in order.
-async fn a_session_goes_on_when_its_relay_goes_silent(transport: &str) {
+/// How the relay carrying a session goes away.
+#[derive(PartialEq)]
+enum Gone {
+    /// SIGKILL: its peers' packets get no answer, or a stateless reset.
+    Killed,
+    /// SIGSTOP: no close, no reset, its sockets still open; with the
+    /// default idle timeout of 30 s, only the peers' probes notice.
+    Silent,
+}
+
+/// A relay goes away as `gone` says while it carries a session, the peers
+/// run with `extra`: the session goes on through the other relay, every
+/// line in order.
+async fn a_session_goes_on_through_the_other_relay(gone: Gone, extra: &[&str]) {
     let Some(sshd) = Sshd::start().await else {
         return;
     };
     let Setup {
         dir: _dir,
-        relays,
+        mut relays,
         host_token,
         client_token,
     } = setup(2).await;
     let target = sshd.addr().to_string();
-    let via = ["--transport", transport];
     let both = [&relays[0], &relays[1]];
-    let host = host(&both, &host_token, &target, &via).await;
-    let (mut client, port) = forwarder(&both, &client_token, &via).await;
+    let host = host(&both, &host_token, &target, extra).await;
+    let (mut client, port) = forwarder(&both, &client_token, extra).await;
     let line = client.logged_text("connected to relay").await;
     let carrying = field(&line, "relay").expect("relay=").to_owned();
     let i = relays
@@ -631,14 +597,17 @@ async fn a_session_goes_on_when_its_relay_goes_silent(transport: &str) {
 
     let (counting, mut lines_seen) = counting(&sshd, port, &[]);
     reached(&mut lines_seen, 20, "20 lines counted").await;
-    relays[i].proc.signal("STOP");
+    match gone {
+        Gone::Killed => relays[i].kill().await,
+        Gone::Silent => relays[i].proc.signal("STOP"),
+    }
     let (lines, out) = within(SESSION_LIMIT, "the counting session", counting)
         .await
         .unwrap();
     let logs = format!("host:\n{}\nclient:\n{}", host.log(), client.log());
     assert_counted(&lines, &out, &logs);
     assert!(
-        client.log().contains("no answer from the relay"),
+        gone == Gone::Killed || client.log().contains("no answer from the relay"),
         "the forwarder did not notice the silence: {logs}"
     );
     let other = relays[1 - i].at.to_string();
@@ -649,20 +618,27 @@ async fn a_session_goes_on_when_its_relay_goes_silent(transport: &str) {
     assert_eq!(resumed.len(), 1, "{logs}");
     assert!(resumed[0].contains(&other), "not through {other}: {logs}");
     eprintln!(
-        "relay {carrying} stopped ({transport}): resumed through {other}, gaps {:?}",
+        "relay {carrying} {} ({extra:?}): resumed through {other}, gaps {:?}",
+        if gone == Gone::Killed {
+            "killed"
+        } else {
+            "stopped"
+        },
         gaps(&client)
     );
-    relays[i].proc.signal("CONT");
+    if gone == Gone::Silent {
+        relays[i].proc.signal("CONT");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_goes_on_when_its_relay_goes_silent_over_quic() {
-    a_session_goes_on_when_its_relay_goes_silent("quic").await;
+    a_session_goes_on_through_the_other_relay(Gone::Silent, &["--transport", "quic"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_goes_on_when_its_relay_goes_silent_over_tcp() {
-    a_session_goes_on_when_its_relay_goes_silent("tcp").await;
+    a_session_goes_on_through_the_other_relay(Gone::Silent, &["--transport", "tcp"]).await;
 }
 
 /// A client token revoked while its session's path is broken (its
@@ -704,10 +680,7 @@ async fn a_token_revoked_during_a_break_ends_its_waiting_session_at_the_host() {
     ]);
     let mut client = Proc::spawn("client", shellrelay(&args));
     let line = client.wait_for_text("client forwarder listening").await;
-    let port: u16 = field(&line, "listen")
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("forwarder port");
+    let port = addr_field(&line, "listen").port();
     let mut ssh = sshd.ssh(port, "sleep 120");
     ssh.stdout(Stdio::null()).stderr(Stdio::null());
     let mut ssh = ssh.spawn().expect("ssh runs");

@@ -10,7 +10,7 @@ mod support;
 use std::time::Instant;
 
 use support::bin::{peer_args, shellrelay, start_relay, token_file, write_secret};
-use support::proc::{field, Proc};
+use support::proc::{addr_field, Proc};
 use support::sshd::Sshd;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,10 +36,7 @@ async fn a_silent_impostor_gives_the_host_id_back_within_seconds() {
     client_args.extend(["--listen", "127.0.0.1:0"]);
     let mut client = Proc::spawn("client", shellrelay(&client_args));
     let line = client.wait_for_text("client forwarder listening").await;
-    let port: u16 = field(&line, "listen")
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("forwarder port");
+    let port = addr_field(&line, "listen").port();
     let ssh = |remote: &str| sshd.ssh(port, remote).output();
     let out = ssh("echo before").await.unwrap();
     assert!(out.status.success(), "{}", client.log());
