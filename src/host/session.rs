@@ -115,10 +115,15 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
         return;
     }
     info!(target: LOG_TARGET, %client, resumable = resumable.is_some(), "session started");
+    let mut finished = None;
     let (to_client, to_host, aborted) = match resumable {
         Some((session, registered, _)) => {
             let (outcome, moved) = carry(&ctx, &session, &registered, tcp, stream).await;
-            (moved.0, moved.1, !matches!(outcome, Outcome::Done))
+            let done = matches!(outcome, Outcome::Done);
+            if done {
+                finished = Some((session, registered));
+            }
+            (moved.0, moved.1, !done)
         }
         None => {
             let t = splice::tcp(tcp, stream).await;
@@ -135,6 +140,38 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
         duration = ?started.elapsed(),
         "session ended"
     );
+    if let Some((session, registered)) = finished {
+        linger(&session, &registered, FINISHED_LINGER).await;
+    }
+}
+
+/// How long a resumable session that ended well can still be resumed:
+/// its client may not have had the last acknowledgement when the path
+/// broke, and then asks for a resume to learn that everything arrived.
+pub(super) const FINISHED_LINGER: Duration = Duration::from_secs(60);
+
+/// Answers, for `time`, the resumes of a session that ended well: each
+/// learns where this end is (everything received, the end of data too),
+/// and the session ends on the new stream as it did on the old one, so
+/// that its client reports it finished rather than not resumable.
+async fn linger(session: &Resumable, registered: &Registered, time: Duration) {
+    registered.finished();
+    let answer = async {
+        loop {
+            let takeover = registered.handoff.next().await;
+            let Some((mut stream, peer_at)) = take(session, takeover).await else {
+                continue;
+            };
+            let (mut nothing, mut nowhere) =
+                (splice::Reader(tokio::io::empty()), tokio::io::sink());
+            let outcome = session
+                .attach(&mut stream, peer_at, &mut nothing, &mut nowhere)
+                .await;
+            info!(target: LOG_TARGET, ?outcome, "a finished session's client learnt it had finished");
+            crate::session::resume::end(session, &outcome, &mut stream).await;
+        }
+    };
+    let _ = tokio::time::timeout(time, answer).await;
 }
 
 /// Hands a resume's stream to the session it names, or refuses it.

@@ -117,3 +117,134 @@ async fn a_resume_whose_stream_fails_leaves_the_session_waiting_for_the_next() {
 
     carried.abort();
 }
+
+/// The host's last acknowledgement is lost with the path: the client has
+/// every byte and the host's end of data, but not the host's word that
+/// its own end arrived, and asks for a resume. The host, done with the
+/// session, still answers it for a while: the client learns everything
+/// arrived, and the session ends well at both ends.
+#[tokio::test]
+async fn a_client_that_missed_the_last_acknowledgement_learns_it_finished() {
+    use crate::session::resume::record::{Event, Parser};
+    let (client_key, host_key, id) = session_keys();
+    let parked: Arc<Parked> = Arc::default();
+    let host = Arc::new(Resumable::new(id.clone(), host_key, REPLAY_LIMIT));
+    let registered = parked.register(host.clone(), Some("owner".into())).unwrap();
+    let client = Resumable::new(id.clone(), client_key, REPLAY_LIMIT);
+
+    // The first path: client, a middle that passes every record but the
+    // host's acknowledgement of the client's end (and then breaks the
+    // client's stream), host.
+    let (mut client_end, middle_c) = stream_pair(WINDOW).await;
+    let (middle_h, mut host_end) = stream_pair(WINDOW).await;
+    let (
+        Stream {
+            send: mut to_client,
+            recv: mut from_client,
+        },
+        Stream {
+            send: mut to_host_side,
+            recv: mut from_host,
+        },
+    ) = (middle_c, middle_h);
+    let middle = tokio::spawn(async move {
+        let up = async {
+            let mut chunks: [Bytes; 32] = Default::default();
+            while let Ok(Some(n)) = from_client.read_chunks(&mut chunks).await {
+                let mut got = chunks[..n].to_vec();
+                if to_host_side.write_all_chunks(&mut got).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let down = async {
+            let (mut parser, mut events) = (Parser::default(), Vec::new());
+            let mut chunks: [Bytes; 32] = Default::default();
+            while let Ok(Some(n)) = from_host.read_chunks(&mut chunks).await {
+                for chunk in &mut chunks[..n] {
+                    parser.feed(std::mem::take(chunk), &mut events).unwrap();
+                }
+                for event in events.drain(..) {
+                    let mut records = match event {
+                        Event::Ack { fin: true, .. } => {
+                            // Lost with the path.
+                            to_client.reset(Reason::Aborted);
+                            return;
+                        }
+                        Event::Ack { received, fin } => vec![record::ack(received, fin)],
+                        Event::Data(bytes) => {
+                            vec![record::data(bytes.len() as u32), bytes]
+                        }
+                        Event::Fin => vec![record::fin()],
+                        Event::Abort => vec![record::abort()],
+                    };
+                    to_client.write_all_chunks(&mut records).await.unwrap();
+                }
+            }
+        };
+        tokio::select! {
+            () = up => {}
+            () = down => {}
+        }
+    });
+    let (mut hello, mut from_host_side) = (splice::Reader(&b"hello"[..]), Vec::new());
+    let (mut nothing, mut to_host) = (splice::Reader(tokio::io::empty()), Vec::new());
+    let (client_did, host_did) = tokio::join!(
+        client.attach(
+            &mut client_end,
+            Position::default(),
+            &mut hello,
+            &mut from_host_side
+        ),
+        async {
+            let at = Position::default();
+            let outcome = host
+                .attach(&mut host_end, at, &mut nothing, &mut to_host)
+                .await;
+            crate::session::resume::end(&host, &outcome, &mut host_end).await;
+            outcome
+        },
+    );
+    assert!(matches!(host_did, Outcome::Done), "{host_did:?}");
+    assert_eq!(to_host, b"hello");
+    assert!(matches!(client_did, Outcome::Broken(_)), "{client_did:?}");
+    middle.abort();
+    let lingering = tokio::spawn(async move { linger(&host, &registered, BOUND).await });
+
+    // The resume, on a path of its own.
+    let Resume::Again {
+        attempt,
+        received,
+        fin,
+        proof,
+        ..
+    } = client.again()
+    else {
+        panic!("not a resume request");
+    };
+    let (mut client_end, host_end) = stream_pair(WINDOW).await;
+    let takeover = Takeover {
+        stream: host_end,
+        attempt,
+        peer_at: Position { received, fin },
+    };
+    assert!(parked.take_up(&id, Some("owner"), takeover, &proof).is_ok());
+    assert_eq!(
+        parked.len(),
+        0,
+        "a finished session does not count as resumable"
+    );
+    let ready = tokio::time::timeout(BOUND, read_frame(&mut client_end.recv))
+        .await
+        .unwrap()
+        .unwrap();
+    let Frame::Ready { resume, .. } = ready else {
+        panic!("not ready: {ready:?}");
+    };
+    let at = client.resumed(resume.as_ref()).unwrap();
+    let (mut nothing, mut nowhere) = (splice::Reader(tokio::io::empty()), Vec::new());
+    let resumed = client.attach(&mut client_end, at, &mut nothing, &mut nowhere);
+    let outcome = tokio::time::timeout(BOUND, resumed).await.unwrap();
+    assert!(matches!(outcome, Outcome::Done), "{outcome:?}");
+    lingering.abort();
+}

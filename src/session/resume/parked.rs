@@ -60,6 +60,9 @@ struct Entry {
     session: Arc<Resumable>,
     owner: Option<String>,
     handoff: Arc<Handoff>,
+    /// The session ended well; it is kept a little longer only to tell a
+    /// late resume so ([`Registered::finished`]).
+    finished: bool,
 }
 
 /// Most client tokens remembered as ended at once; past it, those kept
@@ -132,6 +135,14 @@ pub struct Registered {
 }
 
 impl Registered {
+    /// Notes that the session ended well: it no longer counts as
+    /// resumable, and is kept only to answer a late resume.
+    pub fn finished(&self) {
+        if let Some(entry) = self.parked.lock().get_mut(&self.id) {
+            entry.finished = true;
+        }
+    }
+
     /// Why the session's client token has ended (revoked or expired), if
     /// the relay said it has: no resume can come.
     pub fn token_ended(&self) -> Option<String> {
@@ -246,9 +257,10 @@ impl Parked {
         (*until > std::time::Instant::now()).then(|| why.clone())
     }
 
-    /// Sessions that may be resumed now, carried or waiting.
+    /// Sessions that may be resumed now, carried or waiting (not those
+    /// that ended well and only answer a late resume).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values().filter(|e| !e.finished).count()
     }
 
     /// Sessions whose path broke that wait for a resume now.
@@ -283,6 +295,7 @@ impl Parked {
             session,
             owner: owner.clone(),
             handoff: handoff.clone(),
+            finished: false,
         };
         sessions.insert(id.clone(), entry);
         Ok(Registered {
