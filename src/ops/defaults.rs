@@ -223,7 +223,7 @@ pub const FLEET_REFRESH: Duration = Duration::from_secs(30);
 /// With several relays, how long a new session waits for `ready` through
 /// the relay in use before it is asked of the others too: a crashed relay
 /// leaves its connections looking alive until their idle timeout.
-pub const SESSION_FALLBACK: Duration = Duration::from_millis(500);
+pub const SESSION_FALLBACK: Duration = Duration::from_millis(350);
 
 /// The longest [`SESSION_FALLBACK`] grows to on a path where `ready` is
 /// slow to come (three times the last session's wait).
