@@ -11,7 +11,6 @@
 //! path breaks, it waits with its connection to sshd open for the client
 //! to resume it through any relay, up to the resume window.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::access::token::TokenSource;
-use crate::net::fleet::{self, Fleet};
+use crate::net::fleet::Fleet;
 use crate::net::transport::dial::{self, RelayAddr, RelayLink, Turn};
 use crate::net::transport::Closed;
 use crate::ops::clock::fmt_unix;
@@ -34,6 +33,8 @@ use crate::session::backoff::Backoff;
 /// How often a registration error that stays the same is said again.
 const REPEAT_WARNING: Duration = Duration::from_secs(10 * 60);
 
+mod fleet_relays;
+use fleet_relays::follow_fleet;
 mod instances;
 mod session;
 
@@ -109,68 +110,6 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     };
     tasks.shutdown(SHUTDOWN_GRACE).await;
     result
-}
-
-/// Keeps a registration with each of the `k` relays of the fleet `name`
-/// chosen for this host, looking at DNS again every `refresh`: a relay that
-/// leaves the choice is let go (its resumable sessions resume through the
-/// others; the rest end with it), and one that
-/// enters it is registered with. A relay that is down but still in DNS
-/// stays chosen, and its registration keeps trying; clients reach the host
-/// through the others meanwhile.
-async fn follow_fleet(
-    name: &RelayAddr,
-    fleet: Fleet,
-    config: &HostConfig,
-    tasks: &Tasks,
-    trim: &Trim,
-    shared: &(Instances, Arc<Sessions>),
-    shutdown: &CancellationToken,
-) {
-    let mut registered: HashMap<SocketAddr, CancellationToken> = HashMap::new();
-    loop {
-        match chosen(name, fleet.k, &config.token).await {
-            Ok(relays) => {
-                let wanted: Vec<SocketAddr> = relays.iter().filter_map(|r| r.at).collect();
-                registered.retain(|at, stop| {
-                    let keep = wanted.contains(at);
-                    if !keep {
-                        info!(fleet = %name.addr, relay = %at, "relay no longer chosen for this host; leaving it");
-                        stop.cancel();
-                    }
-                    keep
-                });
-                for relay in relays {
-                    let Some(at) = relay.at else { continue };
-                    if registered.contains_key(&at) {
-                        continue;
-                    }
-                    info!(fleet = %name.addr, relay = %at, "relay chosen for this host");
-                    let stop = shutdown.child_token();
-                    registered.insert(at, stop.clone());
-                    let (config, session_tasks, trim) =
-                        (config.clone(), tasks.clone(), trim.clone());
-                    let shared = shared.clone();
-                    tasks.spawn(async move {
-                        let _ =
-                            keep_registered(&relay, &config, &session_tasks, &trim, &shared, &stop)
-                                .await;
-                    });
-                }
-            }
-            Err(err) => warn!(fleet = %name.addr, "{err:#}; keeping the relays chosen before"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(fleet.refresh) => {}
-        }
-    }
-}
-
-/// The fleet's relays for the host id in this agent's token.
-async fn chosen(name: &RelayAddr, k: usize, token: &TokenSource) -> anyhow::Result<Vec<RelayAddr>> {
-    let claims = crate::access::token::peek_claims(&token.load()?)?;
-    fleet::relays_for(name, &claims.sub, k).await
 }
 
 /// Registers with `relay` and serves sessions, reconnecting with backoff,

@@ -60,7 +60,7 @@ impl Liveness {
         SILENT_AFTER.max(conn.rtt().saturating_mul(4))
     }
 
-    /// Resolves once the relay has been silent for [`Liveness::limit`]
+    /// Resolves once the relay has been silent for the limit (`SILENT_AFTER`, or four round trips)
     /// while `busy` said sessions were live, with how long it was silent.
     /// Never resolves over a QUIC connection whose relay takes no probes.
     pub async fn silent(mut self, busy: impl Fn() -> bool) -> Duration {
