@@ -148,14 +148,42 @@ async fn a_client_that_missed_the_last_acknowledgement_learns_it_finished() {
         },
     ) = (middle_c, middle_h);
     let middle = tokio::spawn(async move {
+        // The client's end of data waits until its acknowledgement of the
+        // host's end has gone on: the host is then done the moment it has
+        // acknowledged the client's end, its last word.
         let up = async {
+            let (mut parser, mut events) = (Parser::default(), Vec::new());
+            let (mut acked_host_end, mut held_end) = (false, false);
             let mut chunks: [Bytes; 32] = Default::default();
             while let Ok(Some(n)) = from_client.read_chunks(&mut chunks).await {
-                let mut got = chunks[..n].to_vec();
-                if to_host_side.write_all_chunks(&mut got).await.is_err() {
-                    return;
+                for chunk in &mut chunks[..n] {
+                    parser.feed(std::mem::take(chunk), &mut events).unwrap();
+                }
+                for event in events.drain(..) {
+                    let mut records = match event {
+                        Event::Data(bytes) => vec![record::data(bytes.len() as u32), bytes],
+                        Event::Ack { received, fin } => {
+                            acked_host_end |= fin;
+                            let mut records = vec![record::ack(received, fin)];
+                            if fin && std::mem::take(&mut held_end) {
+                                records.push(record::fin());
+                            }
+                            records
+                        }
+                        Event::Fin if !acked_host_end => {
+                            held_end = true;
+                            continue;
+                        }
+                        Event::Fin => vec![record::fin()],
+                        Event::Abort => vec![record::abort()],
+                    };
+                    if to_host_side.write_all_chunks(&mut records).await.is_err() {
+                        return;
+                    }
                 }
             }
+            // The client's stream broke: the host's stays as it is.
+            std::future::pending::<()>().await
         };
         let down = async {
             let (mut parser, mut events) = (Parser::default(), Vec::new());
@@ -167,9 +195,10 @@ async fn a_client_that_missed_the_last_acknowledgement_learns_it_finished() {
                 for event in events.drain(..) {
                     let mut records = match event {
                         Event::Ack { fin: true, .. } => {
-                            // Lost with the path.
+                            // Lost with the path, which breaks on the
+                            // client's side only.
                             to_client.reset(Reason::Aborted);
-                            return;
+                            return std::future::pending::<()>().await;
                         }
                         Event::Ack { received, fin } => vec![record::ack(received, fin)],
                         Event::Data(bytes) => {
