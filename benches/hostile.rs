@@ -1071,6 +1071,7 @@ async fn forged_hellos(
                         host: None,
                         keep_other: false,
                         moving: false,
+                        direct: None,
                     };
                     let _ = write_frame(&mut SendStream::Quic(send), &hello).await;
                     let _ = read_frame(&mut RecvStream::Quic(recv)).await;
@@ -1541,6 +1542,7 @@ fn client_hello(token: &str) -> Frame {
         host: None,
         keep_other: false,
         moving: false,
+        direct: None,
     }
 }
 
@@ -1552,6 +1554,7 @@ fn open_frame() -> Frame {
         resume: None,
         owner: None,
         who: None,
+        direct: None,
     }
 }
 

@@ -306,6 +306,7 @@ async fn run() -> anyhow::Result<()> {
         token: TokenSource::Literal(mint(Role::Client, "bench")?),
         host: None,
         resume_window: shellrelay::session::resume::RESUME_WINDOW,
+        direct: shellrelay::net::transport::direct::DirectMode::Off,
     });
     let before_sessions = settle_rss(relay.pid()).await;
     let mut sessions = Vec::with_capacity(plan.idle_sessions);

@@ -276,6 +276,7 @@ async fn a_resume_is_taken_only_with_its_client_token_and_key_and_once() {
             token: TokenSource::Literal(tunnel.sign(claims)),
             host: Some("lab1".into()),
             resume_window: Duration::from_secs(60),
+            direct: shellrelay::net::transport::direct::DirectMode::Off,
         })
     };
     let alice = forwarder(&client_claims(&["lab1"], "alice-1"));

@@ -52,6 +52,7 @@ fn forwarder(tunnel: &Tunnel, via: Transport, user: &str) -> Forwarder {
         token: token_of(tunnel, user),
         host: None,
         resume_window: shellrelay::session::resume::RESUME_WINDOW,
+        direct: shellrelay::net::transport::direct::DirectMode::Off,
     })
 }
 

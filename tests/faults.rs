@@ -329,6 +329,7 @@ async fn the_host_rereads_its_token_file_and_waits_out_an_expired_token() {
         resume_window: shellrelay::session::resume::RESUME_WINDOW,
         max_waiting: Default::default(),
         metrics: None,
+        direct: shellrelay::net::transport::direct::DirectMode::Off,
     };
     let agent = tokio::spawn(shellrelay::host::run(config, cancel.clone()));
     // It keeps trying at the backoff cap: neither exits nor spins. From its

@@ -169,6 +169,7 @@ async fn sessions_over_the_per_client_limit_are_refused_with_a_reason() {
         token: TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR)),
         host: None,
         resume_window: shellrelay::session::resume::RESUME_WINDOW,
+        direct: shellrelay::net::transport::direct::DirectMode::Off,
     });
     let mut open = Vec::new();
     for _ in 0..8 {
@@ -221,6 +222,7 @@ async fn the_relay_admits_no_more_sessions_than_its_memory_budget_holds() {
             ),
             host: None,
             resume_window: shellrelay::session::resume::RESUME_WINDOW,
+            direct: shellrelay::net::transport::direct::DirectMode::Off,
         })
     };
     let (alice, bob) = (forwarder("alice"), forwarder("bob"));
@@ -298,6 +300,7 @@ async fn the_session_limit_holds_per_token_across_connections() {
                 token: TokenSource::Literal(token.clone()),
                 host: None,
                 resume_window: shellrelay::session::resume::RESUME_WINDOW,
+                direct: shellrelay::net::transport::direct::DirectMode::Off,
             })
         })
         .collect();
@@ -330,6 +333,7 @@ async fn the_session_limit_holds_per_token_across_connections() {
         token: TokenSource::Literal(tunnel.sign(&claims)),
         host: None,
         resume_window: shellrelay::session::resume::RESUME_WINDOW,
+        direct: shellrelay::net::transport::direct::DirectMode::Off,
     });
     within(WAIT, "a session of another token", other.open())
         .await

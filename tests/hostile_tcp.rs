@@ -203,6 +203,7 @@ fn good_hello(tunnel: &Tunnel) -> Vec<u8> {
         host: None,
         keep_other: false,
         moving: false,
+        direct: None,
     }
     .encode()
     .unwrap()
@@ -635,6 +636,7 @@ fn forwarder(tunnel: &Tunnel, via: Transport, user: &str) -> Forwarder {
         token: TokenSource::Literal(tunnel.sign(&claims)),
         host: None,
         resume_window: shellrelay::session::resume::RESUME_WINDOW,
+        direct: shellrelay::net::transport::direct::DirectMode::Off,
     })
 }
 
@@ -800,6 +802,7 @@ async fn a_client_that_grants_no_credit_pins_no_refused_stream() {
         host: None,
         keep_other: false,
         moving: false,
+        direct: None,
     };
     write_frame(&mut tls, &hello).await.unwrap();
     let answer = within(WAIT, "welcome", read_frame(&mut tls)).await.unwrap();

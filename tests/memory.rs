@@ -370,6 +370,7 @@ async fn a_client_that_grants_no_credit_keeps_the_relay_within_its_budget() {
                 host: None,
                 keep_other: false,
                 moving: false,
+                direct: None,
             };
             if write_frame(&mut tls, &hello).await.is_err() {
                 return;

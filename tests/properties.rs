@@ -138,6 +138,7 @@ fn arb_frame() -> BoxedStrategy<Frame> {
                 host,
                 keep_other,
                 moving: false,
+                direct: None,
             }),
         (text(), arb_role(), arb_u64(), prop::option::of(text())).prop_map(
             |(host, role, expires_at, relay)| Frame::Welcome {
@@ -160,9 +161,10 @@ fn arb_frame() -> BoxedStrategy<Frame> {
                 resume,
                 owner,
                 who: who.map(|(subject, jti)| Who { subject, jti }),
+                direct: None,
             }),
         (arb_u64(), prop::option::of(arb_resume()))
-            .prop_map(|(session, resume)| Frame::Ready { session, resume }),
+            .prop_map(|(session, resume)| Frame::Ready { session, resume , direct: None }),
         (arb_reason(), text()).prop_map(|(reason, message)| Frame::Refused { reason, message }),
         Just(Frame::Ping),
     ]
@@ -292,7 +294,8 @@ fn wire_input() -> BoxedStrategy<Vec<u8>> {
                     .encode()
                     .unwrap_or_else(|_| Frame::Ready {
                         session: 1,
-                        resume: None
+                        resume: None,
+                        direct: None,
                     }
                     .encode().expect("encode"));
                 for (i, b) in flips {

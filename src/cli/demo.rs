@@ -67,6 +67,7 @@ pub async fn run(
         resume_window: crate::session::resume::RESUME_WINDOW,
         max_waiting: Default::default(),
         metrics: None,
+        direct: Default::default(),
     };
     let client_config = ClientConfig {
         relays: vec![relay_at],
@@ -74,6 +75,7 @@ pub async fn run(
         token: TokenSource::Literal(mint(Role::Client)?),
         host: None,
         resume_window: crate::session::resume::RESUME_WINDOW,
+        direct: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await

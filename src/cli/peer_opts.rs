@@ -14,6 +14,7 @@ use crate::cli::invite::Invite;
 use crate::net::tls::pin::Pin;
 use crate::net::tls::{self, Trust};
 use crate::net::transport::dial::{self, RelayAddr};
+use crate::net::transport::direct::DirectMode;
 use crate::net::transport::Transport;
 use crate::{access::private, cli::config, client, host};
 
@@ -77,9 +78,19 @@ pub struct PeerOpt {
     /// How long a session whose path broke (a relay restarting or dying, a network change, sleep) waits to be resumed, through any relay; 0 makes sessions end with their path.
     #[arg(long, env = "SHELLRELAY_RESUME_WINDOW", default_value_t = HumanDuration(crate::session::resume::RESUME_WINDOW), value_name = "DURATION")]
     resume_window: HumanDuration,
+    /// Whether client and host talk directly where the NATs allow (the relay introduces them; sessions start on the relay and move): auto, or off [default: auto].
+    #[arg(long, env = "SHELLRELAY_DIRECT", value_name = "MODE")]
+    direct: Option<DirectMode>,
 }
 
 impl PeerOpt {
+    /// `--direct`, else the config file's `direct`, else auto.
+    fn direct(&self, file: Option<&config::Loaded>) -> DirectMode {
+        (self.direct)
+            .or_else(|| file.and_then(|f| f.file.direct))
+            .unwrap_or_default()
+    }
+
     /// The relay and the token, from flags (and their environment
     /// variables) first, then from the config file `file`. `wanted` says
     /// where a missing value may be given, for the error.
@@ -120,6 +131,7 @@ impl PeerOpt {
                 via: self.via,
                 quic_retry: self.quic_retry,
                 resume_window: self.resume_window,
+                direct: self.direct,
             };
             return joined.reach_or(None, None, wanted);
         }
@@ -268,13 +280,14 @@ impl ReachOpt {
         let (relays, token) = self.peer.reach(file.as_ref(), &wanted)?;
         let fleet =
             (self.peer).fleet(file.as_ref(), &relays, crate::ops::defaults::FLEET_REFRESH)?;
-        let host = self.host.clone().or_else(|| file.and_then(|f| f.file.host));
+        let host = (self.host.clone()).or_else(|| file.as_ref().and_then(|f| f.file.host.clone()));
         Ok(client::ClientConfig {
             relays,
             fleet,
             token,
             host,
             resume_window: self.peer.resume_window.0,
+            direct: self.peer.direct(file.as_ref()),
         })
     }
 }
@@ -404,6 +417,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         }),
         (fleet, _) => fleet,
     };
+    let direct = opt.peer.direct(file.as_ref());
     let target = (opt.target)
         .or_else(|| file.and_then(|f| f.file.target))
         .unwrap_or_else(|| crate::ops::defaults::TARGET.to_owned());
@@ -419,6 +433,7 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
             per_client: opt.max_waiting_per_client,
         },
         metrics: opt.metrics,
+        direct,
     };
     until_signalled(|shutdown| host::run(config, shutdown)).await
 }

@@ -77,7 +77,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     // Until the session ends, the relay's silence is watched for.
     let _under_way = forwarder.session_started();
-    let (host, conn) = (opened.host, opened.conn);
+    let (host, conn, direct) = (opened.host, opened.conn, opened.direct);
     let mut stream = opened.stream;
     let resumable = match answered(offer, opened.resume.as_ref()) {
         Ok(resumable) => resumable,
@@ -87,9 +87,10 @@ async fn serve(
             anyhow::bail!("session to host {host}: {why}");
         }
     };
-    info!(resumable = resumable.is_some(), "session started");
+    let path = if direct { "direct" } else { "relay" };
+    info!(path, resumable = resumable.is_some(), "session started");
     if let Some(resumable) = resumable {
-        let result = carry(forwarder, &resumable, &mut stream, signals).await;
+        let result = carry(forwarder, &resumable, (&mut stream, direct), signals).await;
         forwarder.close().await;
         return result.map_err(|why| anyhow::anyhow!("session to host {host} ended: {why}"));
     }
@@ -146,12 +147,13 @@ async fn serve(
 async fn carry(
     forwarder: &Forwarder,
     session: &Resumable,
-    stream: &mut transport::Stream,
+    (stream, direct): (&mut transport::Stream, bool),
     signals: &mut Signals,
 ) -> Result<(), String> {
     let mut stdin = splice::Reader(tokio::io::stdin());
     let mut stdout = BufWriter::with_capacity(STDOUT_BUFFER, Stdout(tokio::io::stdout()));
-    let mut carried = Box::pin(forwarder.carry(session, stream, &mut stdin, &mut stdout));
+    let on = (&mut *stream, direct);
+    let mut carried = Box::pin(forwarder.carry(session, on, &mut stdin, &mut stdout));
     let outcome = tokio::select! {
         outcome = &mut carried => outcome,
         signal = signals.recv() => {

@@ -44,6 +44,7 @@ pub(super) async fn forward(
         }
     };
     let (session, host, conn) = (opened.session, opened.host, opened.conn);
+    let path = if opened.direct { "direct" } else { "relay" };
     let mut stream = opened.stream;
     let span = tracing::Span::current();
     span.record("session", session);
@@ -60,14 +61,14 @@ pub(super) async fn forward(
             return;
         }
     };
-    info!(target: LOG_TARGET, resumable = resumable.is_some(), "session started");
+    info!(target: LOG_TARGET, path, resumable = resumable.is_some(), "session started");
     let live = trim.session();
     let (sent, received, aborted) = match resumable {
         Some(session) => {
             let mut tcp = tcp;
             let (mut from_ssh, mut to_ssh) = tcp.split();
             let outcome = (forwarder)
-                .carry(&session, &mut stream, &mut from_ssh, &mut to_ssh)
+                .carry(&session, (&mut stream, opened.direct), &mut from_ssh, &mut to_ssh)
                 .await;
             resumable::end(&session, &outcome, &mut stream).await;
             let done = matches!(outcome, Outcome::Done);

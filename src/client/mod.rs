@@ -14,6 +14,7 @@
 //! path breaks, it is taken up again through any relay (`resume`).
 
 pub mod connect;
+mod direct;
 mod forward;
 mod open;
 mod relays;
@@ -35,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::access::token::TokenSource;
 use crate::net::transport::dial::{self, ConnectError, RelayAddr, RelayLink};
+pub use crate::net::transport::direct::DirectMode;
 use crate::net::transport::{Closed, Conn, Stream};
 use crate::ops::defaults::{ACCEPT_BACKOFF, RECONNECT_HOLDOFF, SESSION_FALLBACK, SHUTDOWN_GRACE};
 use crate::ops::memory::{Live, Trim};
@@ -59,6 +61,9 @@ pub struct ClientConfig {
     /// How long a session whose path broke tries to resume; zero: not
     /// resumable.
     pub resume_window: std::time::Duration,
+    /// Whether to go direct to the host where the NATs allow (default
+    /// [`DirectMode::Auto`]).
+    pub direct: DirectMode,
 }
 
 /// A client forwarder's connection to the relay, made on demand and made
@@ -77,6 +82,8 @@ pub struct Forwarder {
     given_up: std::sync::Mutex<Option<String>>,
     /// Sessions under way, over every connection.
     live: Trim,
+    /// The direct path to the host.
+    direct: Arc<direct::DirectPath>,
 }
 
 /// The forwarder's connection, or why the last attempt failed.
@@ -104,13 +111,18 @@ pub struct Opened {
     pub stream: Stream,
     /// The host's answer to the resume step asked for, if any.
     pub resume: Option<Resume>,
+    /// Whether it goes over the direct path (else through a relay).
+    pub direct: bool,
 }
 
 impl Forwarder {
     /// A forwarder that has not connected yet.
     pub fn new(config: ClientConfig) -> Forwarder {
         let live = Trim::default();
+        let options = (config.relays.first()).map(|relay| relay.transport);
+        let direct = direct::DirectPath::new(config.direct, options.unwrap_or_default());
         Forwarder {
+            direct: Arc::new(direct),
             config,
             link: Arc::new(tokio::sync::Mutex::new(LinkState {
                 live: live.clone(),
@@ -197,15 +209,21 @@ impl Forwarder {
         loop {
             let (conn, host, fresh) = self.connection().await?;
             let asked = Instant::now();
-            match open_on(&conn, ask).await {
-                Ok((session, stream, resume)) => {
+            let (introduce, dialer) = self.direct_ask().await.unzip();
+            match open_on(&conn, ask, introduce).await {
+                Ok(ready) => {
                     self.ready_after(asked.elapsed());
+                    if let Some(dialer) = dialer {
+                        let given = (&self.tasks, &self.live);
+                        (self.direct).answered(ready.direct, dialer, host.clone(), given);
+                    }
                     return Ok(Opened {
-                        session,
+                        session: ready.session,
                         host,
                         conn,
-                        stream,
-                        resume,
+                        stream: ready.stream,
+                        resume: ready.resume,
+                        direct: false,
                     });
                 }
                 Err(OpenError::Setup(_)) if !fresh && conn.close_reason().is_some() => continue,
@@ -270,8 +288,11 @@ impl Forwarder {
         given_up.clone().unwrap_or_default()
     }
 
-    /// Closes the connection to the relay, if any.
+    /// Closes the connection to the relay, and the direct one, if any.
     pub async fn close(&self) {
+        if let Some(up) = self.direct.current() {
+            up.conn.close(Reason::Done, "client shutting down");
+        }
         let current = self.link.lock().await.current.take();
         if let Some(link) = current {
             link.close(Reason::Done, "client shutting down").await;

@@ -4,7 +4,7 @@
 use crate::net::transport::dial::ConnectError;
 use crate::net::transport::{Closed, Conn, Stream};
 use crate::ops::defaults::CLIENT_SETUP_TIMEOUT;
-use crate::protocol::{read_frame, write_frame, Frame, FrameError, Refusal, Resume};
+use crate::protocol::{read_frame, write_frame, Direct, Frame, FrameError, Refusal, Resume};
 
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +37,23 @@ pub enum SetupError {
     Timeout,
 }
 
-/// A session stream on `conn`, once the host side is ready, with the
-/// session id and the host's answer to `ask`.
+/// A session stream the host side reported `ready` on.
+pub(super) struct Ready {
+    pub session: u64,
+    pub stream: Stream,
+    /// The host's answer to the resume step asked for.
+    pub resume: Option<Resume>,
+    /// The relay's introduction, if asked for and made.
+    pub direct: Option<Direct>,
+}
+
+/// A session stream on `conn`, once the host side is ready: its id, the
+/// host's answer to `ask`, and the relay's answer to `direct`.
 pub(super) async fn open_on(
     conn: &Conn,
     ask: Option<&Resume>,
-) -> Result<(u64, Stream, Option<Resume>), OpenError> {
+    direct: Option<Direct>,
+) -> Result<Ready, OpenError> {
     let setup = async {
         let Stream { mut send, mut recv } = conn.open().await.map_err(SetupError::from)?;
         let open = Frame::Open {
@@ -51,6 +62,7 @@ pub(super) async fn open_on(
             resume: ask.cloned(),
             owner: None,
             who: None,
+            direct,
         };
         // A refusal may have been sent, and the stream reset, before
         // `open` went out: the answer is read either way.
@@ -72,7 +84,16 @@ pub(super) async fn open_on(
             (Err(_), Err(err)) | (Err(err), Ok(())) => return Err(SetupError::from(err).into()),
         };
         match answer {
-            Frame::Ready { session, resume } => Ok((session, Stream { send, recv }, resume)),
+            Frame::Ready {
+                session,
+                resume,
+                direct,
+            } => Ok(Ready {
+                session,
+                stream: Stream { send, recv },
+                resume,
+                direct,
+            }),
             Frame::Refused { reason, message } => {
                 Err(OpenError::Refused(Refusal { reason, message }))
             }

@@ -59,6 +59,9 @@ impl Forwarder {
     /// [`Forwarder::open`], asking the host for `ask`: to make the session
     /// resumable, or to take one up again.
     pub async fn open_with(&self, ask: Option<&Resume>) -> Result<Opened, OpenError> {
+        if let Some(opened) = self.open_direct(ask).await? {
+            return Ok(opened);
+        }
         let current = self.open_current(ask);
         if self.config.relays.len() < 2 && self.config.fleet.is_none_or(|f| f.k < 2) {
             return current.await;
@@ -126,15 +129,16 @@ impl Forwarder {
         )
         .await?;
         let relay = others[which].clone();
-        let (session, stream, resume) = open_on(&link.conn, ask).await?;
+        let ready = open_on(&link.conn, ask, None).await?;
         let was = skip.as_ref().map(RelayAddr::name).unwrap_or_default();
         warn!(relay = %was, "the relay in use {why}; moved to {}", relay.name());
         let opened = Opened {
-            session,
+            session: ready.session,
             host: link.host.clone(),
             conn: link.conn.clone(),
-            stream,
-            resume,
+            stream: ready.stream,
+            resume: ready.resume,
+            direct: false,
         };
         let mut state = self.link.lock().await;
         if let Some(old) = state.current.take() {
@@ -171,7 +175,7 @@ pub(super) async fn retry_quic(
         }
     };
     let host = config.host.as_deref();
-    let Some(new) = dial::back_to_quic(&relay, &config.token, Role::Client, host, turn).await
+    let Some(new) = dial::back_to_quic(&relay, &config.token, Role::Client, host, None, turn).await
     else {
         return;
     };

@@ -41,16 +41,22 @@ impl Forwarder {
 
     /// Carries a resumable session over `stream` (replaced by each
     /// resume's) until it ends; a broken stream is resumed through any
-    /// relay within the window. `Failed` says why the session could not go
-    /// on.
+    /// relay within the window, and a session on a relay moves to the
+    /// direct path once one is up. `direct` says whether `stream` is on
+    /// the direct path. `Failed` says why the session could not go on.
     pub async fn carry<S: Source, W: tokio::io::AsyncWrite + Unpin>(
         &self,
         session: &Resumable,
-        stream: &mut Stream,
+        (stream, direct): (&mut Stream, bool),
         source: &mut S,
         writer: &mut W,
     ) -> Outcome {
-        carry::carry(session, stream, source, writer, &mut Reattach(self)).await
+        let mut next = Reattach {
+            forwarder: self,
+            direct,
+            moved: false,
+        };
+        carry::carry(session, stream, source, writer, &mut next).await
     }
 
     /// Takes `session` up again on a new stream, through whichever relay
@@ -91,23 +97,60 @@ impl Forwarder {
     }
 }
 
-/// A client's next stream for a session whose path broke: a resume
-/// through whichever relay answers. The host never brings one.
-struct Reattach<'a>(&'a Forwarder);
+/// A client's next stream for a session: on the direct path once one is
+/// up (a takeover: the host takes the resume while the relay's stream
+/// still works), and after a break a resume through the direct path or
+/// whichever relay answers.
+struct Reattach<'a> {
+    forwarder: &'a Forwarder,
+    /// Whether the stream in use is on the direct path.
+    direct: bool,
+    /// Whether the session has tried a move to the direct path: it tries
+    /// once, so that a path that fails resumes cannot make it go round.
+    moved: bool,
+}
 
 impl NextStream for Reattach<'_> {
-    type Takeover = std::convert::Infallible;
+    type Takeover = transport::Conn;
 
     fn takeover(&mut self) -> impl std::future::Future<Output = Self::Takeover> {
-        std::future::pending()
+        let (forwarder, stay) = (self.forwarder, self.direct || self.moved);
+        async move {
+            match stay {
+                true => std::future::pending().await,
+                false => forwarder.direct_up().await,
+            }
+        }
     }
 
     async fn take_up(
         &mut self,
-        _: &Resumable,
-        takeover: Self::Takeover,
+        session: &Resumable,
+        conn: Self::Takeover,
     ) -> Option<(Stream, Position)> {
-        match takeover {}
+        self.moved = true;
+        let moving = Instant::now();
+        let ask = session.again();
+        let opened = super::open_on(&conn, Some(&ask), None).await;
+        let mut ready = match opened {
+            Ok(ready) => ready,
+            Err(err) => {
+                info!(target: LOG_TARGET, "could not move the session to the direct path: {err}");
+                return None;
+            }
+        };
+        match session.resumed(ready.resume.as_ref()) {
+            Ok(at) => {
+                self.direct = true;
+                info!(target: LOG_TARGET, gap = ?moving.elapsed(), path = "direct", "session moved to the direct path");
+                Some((ready.stream, at))
+            }
+            Err(why) => {
+                info!(target: LOG_TARGET, "could not move the session to the direct path: {why}");
+                transport::abort(&mut ready.stream, Reason::Protocol);
+                None
+            }
+        }
     }
 
     async fn after_break(
@@ -117,8 +160,10 @@ impl NextStream for Reattach<'_> {
     ) -> Result<(Stream, Position), Failure> {
         let broke = Instant::now();
         info!(target: LOG_TARGET, %why, "session path broke; resuming it");
-        let (opened, at) = self.0.reattach(session).await?;
-        info!(target: LOG_TARGET, gap = ?broke.elapsed(), relay = %opened.conn.remote(), "session resumed");
+        let (opened, at) = self.forwarder.reattach(session).await?;
+        self.direct = opened.direct;
+        let path = if opened.direct { "direct" } else { "relay" };
+        info!(target: LOG_TARGET, gap = ?broke.elapsed(), path, remote = %opened.conn.remote(), "session resumed");
         Ok((opened.stream, at))
     }
 }

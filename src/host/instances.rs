@@ -36,6 +36,9 @@ pub(super) fn pages(sessions: Arc<Sessions>) -> crate::ops::status::Render {
         let (resumable, waiting, buffered) = (parked.len(), parked.waiting(), parked.buffered());
         match page {
             crate::ops::status::Page::Metrics => {
+                if let Some(paths) = &sessions.direct {
+                    sessions.metrics.set_direct_bytes(paths.bytes());
+                }
                 let text = sessions.metrics.encode(resumable, waiting, buffered);
                 Ok(text.into_bytes())
             }

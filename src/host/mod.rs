@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::access::token::TokenSource;
 use crate::net::fleet::Fleet;
-use crate::net::transport::dial::{self, RelayAddr, RelayLink, Turn};
+use crate::net::transport::dial::{self, HostAsks, RelayAddr, RelayLink, Turn};
+use crate::net::transport::direct::DirectMode;
 use crate::net::transport::Closed;
 use crate::ops::clock::fmt_unix;
 use crate::ops::defaults::{DISPLACED_RETRY, SHUTDOWN_GRACE, STABLE_AFTER};
@@ -33,6 +34,7 @@ use crate::session::backoff::Backoff;
 /// How often a registration error that stays the same is said again.
 const REPEAT_WARNING: Duration = Duration::from_secs(10 * 60);
 
+mod direct;
 mod fleet_relays;
 use fleet_relays::follow_fleet;
 mod instances;
@@ -40,7 +42,8 @@ mod session;
 
 use instances::{pages, Instances};
 
-use session::{host_session, Sessions};
+use direct::DirectPaths;
+use session::{host_session, Origin, Sessions};
 
 /// Settings of a host agent.
 #[derive(Debug, Clone)]
@@ -66,6 +69,9 @@ pub struct HostConfig {
     pub max_waiting: crate::session::resume::parked::WaitingLimits,
     /// Where to serve `/metrics` and `/status`, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Whether clients may connect directly where the NATs allow
+    /// (default [`DirectMode::Auto`]).
+    pub direct: DirectMode,
 }
 
 /// Runs the host agent until `shutdown` is cancelled: registered with
@@ -76,6 +82,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     anyhow::ensure!(!config.relays.is_empty(), "no relay to register with");
     let tasks = Tasks::new();
     let trim = Trim::default();
+    let metrics = Arc::new(crate::ops::metrics::HostMetrics::new());
     let sessions = Arc::new(Sessions {
         target: config.target.clone().into(),
         parked: Arc::new(crate::session::resume::parked::Parked::new(
@@ -85,7 +92,16 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         replay_limit: crate::session::resume::replay_limit(
             (config.relays.first()).map_or(0, |relay| relay.transport.window()),
         ),
-        metrics: Arc::default(),
+        metrics: metrics.clone(),
+        direct: match config.direct {
+            DirectMode::Auto => {
+                let transport = (config.relays.first()).map(|relay| relay.transport);
+                let transport = transport.unwrap_or_default();
+                let paths = DirectPaths::new(transport, tasks.clone(), metrics)?;
+                Some(Arc::new(paths))
+            }
+            DirectMode::Off => None,
+        },
     });
     if let Some(addr) = config.metrics {
         let (listener, _) = crate::ops::status::bind(addr)?;
@@ -225,8 +241,12 @@ impl Registration<'_> {
             // Once another connection took this host's place, take it back only
             // when that one has left: two agents with one id do not evict each
             // other (and their sessions) in turns.
-            let connect =
-                dial::connect_with(relay, &config.token, Role::Host, None, displaced, false);
+            let asks = HostAsks {
+                keep_other: displaced,
+                moving: false,
+                direct: sessions.direct.as_ref().map(|paths| paths.pin.clone()),
+            };
+            let connect = dial::connect_with(relay, &config.token, Role::Host, None, &asks);
             let attempt = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
@@ -333,7 +353,8 @@ impl Registration<'_> {
                 };
                 match stream {
                     Ok(stream) => {
-                        tasks.spawn(host_session(sessions.clone(), stream, trim.session()))
+                        let origin = Origin::Relay(None);
+                        tasks.spawn(host_session(sessions.clone(), stream, trim.session(), origin))
                     }
                     Err(_) => return,
                 }
@@ -361,15 +382,27 @@ impl Registration<'_> {
         // and this one carries its sessions to their end
         // ([`Registration::drain`]).
         let turn = || async { Turn::Try };
+        let pin = sessions.direct.as_ref().map(|paths| paths.pin.as_str());
         let back_to_quic = async {
             match relay.retries_quic(&link.conn) {
-                true => dial::back_to_quic(relay, &config.token, Role::Host, None, turn).await,
+                true => dial::back_to_quic(relay, &config.token, Role::Host, None, pin, turn).await,
                 false => std::future::pending().await,
             }
         };
         // Fused: polled again after it ended, it stays pending.
         let mut back_to_quic = std::pin::pin!(futures_util::FutureExt::fuse(back_to_quic));
+        // Clients this relay introduces connect on its link's endpoint.
+        let paths = sessions.direct.as_ref();
+        let listener = paths.and_then(|paths| paths.listen(link));
         loop {
+            // Made anew each turn: quinn keeps an attempt that came while
+            // no accept was waiting.
+            let direct = async {
+                match &listener {
+                    Some(listener) => listener.accept().await,
+                    None => std::future::pending().await,
+                }
+            };
             let stream = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -378,6 +411,13 @@ impl Registration<'_> {
                 }
                 stream = link.conn.accept() => stream,
                 Some(quic) = &mut back_to_quic => return Served::Moved(Box::new(quic)),
+                Some(incoming) = direct => {
+                    if let Some(paths) = paths {
+                        let serve = paths.clone().serve(sessions.clone(), incoming, trim.clone());
+                        tasks.spawn(serve);
+                    }
+                    continue;
+                }
                 quiet = &mut silent => {
                     let why = format!("no answer from the relay for {quiet:.1?} with sessions live");
                     link.conn.close(Reason::Aborted, "the relay went silent");
@@ -398,7 +438,8 @@ impl Registration<'_> {
                     .entered();
                     // Counted from here, so that no QUIC move starts while a
                     // session is being set up.
-                    tasks.spawn(host_session(sessions.clone(), stream, trim.session()));
+                    let origin = Origin::Relay(listener.clone());
+                    tasks.spawn(host_session(sessions.clone(), stream, trim.session(), origin));
                 }
                 Err(closed) => return Served::Closed(closed),
             }

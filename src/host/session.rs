@@ -12,6 +12,8 @@ use crate::net::transport::{self, SendStream, Stream};
 use crate::ops::defaults::{DIAL_TIMEOUT, OPEN_TIMEOUT, SHUTDOWN_GRACE};
 use crate::ops::memory::Live;
 use crate::ops::metrics::HostMetrics;
+use crate::net::transport::direct::DirectListener;
+use super::direct::{Admitted, DirectPaths};
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Resume};
 use crate::session::carry::NextStream;
 use crate::session::resume::key::{self, Half};
@@ -34,25 +36,51 @@ pub(super) struct Sessions {
     pub replay_limit: usize,
     /// Resumes and what resumable sessions hold.
     pub metrics: Arc<HostMetrics>,
+    /// Direct paths, unless they are off.
+    pub direct: Option<Arc<DirectPaths>>,
 }
 
-/// Serves one session stream the relay opened: a new session, or a resume.
-pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: Live) {
+/// Where a session stream came from.
+pub(super) enum Origin {
+    /// A relay, whose introductions punch from this listener (on the
+    /// endpoint of the agent's link to it), if it takes direct connections.
+    Relay(Option<Arc<DirectListener>>),
+    /// A direct connection, from this client.
+    Direct(Arc<Admitted>),
+}
+
+/// Serves one session stream a relay or a direct client opened: a new
+/// session, or a resume.
+pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: Live, origin: Origin) {
     let open = tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.recv)).await;
-    let (session, client, resume, owner, who) = match open {
-        Ok(Ok(Frame::Open {
-            session,
-            client,
-            resume,
-            owner,
-            who,
-        })) => (session, client.unwrap_or_default(), resume, owner, who),
-        other => {
+    let (session, client, resume, owner, who, direct) = match (open, &origin) {
+        (Ok(Ok(Frame::Open { session, client, resume, owner, who, direct })), Origin::Relay(_)) => {
+            (session, client.unwrap_or_default(), resume, owner, who, direct)
+        }
+        // On a direct connection the ticket says who the client is, and
+        // only a relay introduces or says a token has ended.
+        (Ok(Ok(Frame::Open { resume, direct: None, .. })), Origin::Direct(admitted))
+            if !matches!(resume, Some(Resume::Ended { .. })) =>
+        {
+            let (owner, who) = (admitted.owner.clone(), admitted.who.clone());
+            let client = admitted.client.to_string();
+            (admitted.next_session(), client, resume, owner, who, None)
+        }
+        (other, _) => {
             warn!(target: LOG_TARGET, ?other, "session stream did not start with open");
             stream.send.reset(Reason::Protocol);
             return;
         }
     };
+    let path = match origin {
+        Origin::Relay(_) => "relay",
+        Origin::Direct(_) => "direct",
+    };
+    if let (Some(expect), Origin::Relay(Some(listener)), Some(paths)) =
+        (direct, &origin, &ctx.direct)
+    {
+        paths.expect(listener, expect, owner.clone(), who.clone());
+    }
     let span = tracing::Span::current();
     span.record("session", session);
     if let Some(who) = who {
@@ -81,6 +109,9 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
             // for a resume end now.
             if let Some(owner) = owner {
                 info!(target: LOG_TARGET, "the relay says a client token has ended ({why}); its sessions cannot be resumed");
+                if let Some(paths) = &ctx.direct {
+                    paths.end_owner(&owner, &why);
+                }
                 ctx.parked.end_token(&owner, why, ctx.window);
             }
             let _ = stream.send.finish();
@@ -110,11 +141,13 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
     let ready = Frame::Ready {
         session,
         resume: answer,
+        direct: None,
     };
     if write_frame(&mut stream.send, &ready).await.is_err() {
         return;
     }
-    info!(target: LOG_TARGET, %client, resumable = resumable.is_some(), "session started");
+    info!(target: LOG_TARGET, %client, path, resumable = resumable.is_some(), "session started");
+    ctx.metrics.session_on(path);
     let mut finished = None;
     let (to_client, to_host, aborted) = match resumable {
         Some((session, registered, _)) => {
@@ -341,6 +374,7 @@ async fn take(session: &Resumable, mut takeover: Takeover) -> Option<(Stream, Po
     let ready = Frame::Ready {
         session: 0,
         resume: Some(session.answer(takeover.attempt)),
+        direct: None,
     };
     let sent = tokio::time::timeout(
         SHUTDOWN_GRACE * 5,

@@ -312,3 +312,9 @@ pub const CERT: &str = "certs/relay.crt";
 
 /// The relay's private key by default: [`crate::net::tls::KEY_FILE`] in [`CERT_DIR`].
 pub const KEY: &str = "certs/relay.key";
+
+/// Introductions for a direct path one client token may get per second on
+/// average, and at once ([`crate::protocol::Direct`]). A client asks for
+/// one when it has no direct path to its host and is not backing off
+/// from a failed one: a few a minute.
+pub const INTRODUCTIONS_PER_CLIENT: (u32, u32) = (1, 8);

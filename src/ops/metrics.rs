@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::Reason;
 
+mod host;
+pub use host::HostMetrics;
+
 /// Prefix of every metric name.
 pub const PREFIX: &str = "shellrelay";
 
@@ -50,6 +53,7 @@ pub struct Metrics {
     to_client: Counter,
     refusals: Family<ReasonLabel, Counter>,
     resumes: Family<ReasonLabel, Counter>,
+    introductions: Family<ReasonLabel, Counter>,
     handshake: Histogram,
     session_setup: Histogram,
 }
@@ -113,6 +117,12 @@ impl Metrics {
             "Resumes of sessions routed to hosts, by outcome: resumed, or the refusal's reason",
             resumes.clone(),
         );
+        let introductions = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "introductions",
+            "Clients that asked to reach their host directly, by outcome: made, or why not (no_path, limited)",
+            introductions.clone(),
+        );
         let handshake = Histogram::new(latency_buckets());
         registry.register_with_unit(
             "handshake_duration",
@@ -137,6 +147,7 @@ impl Metrics {
             to_client,
             refusals,
             resumes,
+            introductions,
             handshake,
             session_setup,
         }
@@ -160,6 +171,12 @@ impl Metrics {
     pub fn resume(&self, refused: Option<Reason>) {
         let reason = refused.map_or("resumed", Reason::as_str);
         self.resumes.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts an introduction asked for: `made`, or why not.
+    pub fn introduced(&self, outcome: &'static str) {
+        let label = ReasonLabel { reason: outcome };
+        self.introductions.get_or_create(&label).inc();
     }
 
     /// Refusals counted so far, for every reason.
@@ -297,87 +314,6 @@ pub struct HostStatus {
     pub bytes_to_host: u64,
     /// Bytes relayed from the host to its clients since it registered.
     pub bytes_to_client: u64,
-}
-
-/// The host agent's metrics: resumes of its sessions, and what resumable
-/// sessions hold. The gauges are read at scrape time.
-pub struct HostMetrics {
-    registry: Registry,
-    resumes: Family<ReasonLabel, Counter>,
-    resumable: Gauge,
-    waiting: Gauge,
-    buffered: Gauge,
-}
-
-impl Default for HostMetrics {
-    fn default() -> Self {
-        HostMetrics::new()
-    }
-}
-
-impl HostMetrics {
-    /// Every metric at zero, registered under [`PREFIX`]`_host`.
-    pub fn new() -> HostMetrics {
-        let mut registry = Registry::with_prefix(format!("{PREFIX}_host"));
-        let resumes = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "resumes",
-            "Resumes of sessions by outcome: resumed, or why not (ended, other_token, bad_proof, window_passed, too_many_waiting, token_ended)",
-            resumes.clone(),
-        );
-        let resumable = Gauge::default();
-        registry.register(
-            "sessions_resumable",
-            "Resumable sessions now, carried or waiting for a resume",
-            resumable.clone(),
-        );
-        let waiting = Gauge::default();
-        registry.register(
-            "sessions_waiting",
-            "Resumable sessions whose path broke, waiting for a resume, each holding its connection to the target",
-            waiting.clone(),
-        );
-        let buffered = Gauge::default();
-        registry.register_with_unit(
-            "resume_buffered",
-            "Bytes sent and not yet acknowledged, kept for resumes",
-            Unit::Bytes,
-            buffered.clone(),
-        );
-        HostMetrics {
-            registry,
-            resumes,
-            resumable,
-            waiting,
-            buffered,
-        }
-    }
-
-    /// Counts a resume: `resumed`, or why it failed.
-    pub fn resume(&self, outcome: &'static str) {
-        self.resumes
-            .get_or_create(&ReasonLabel { reason: outcome })
-            .inc();
-    }
-
-    /// Resumes counted with `outcome`.
-    pub fn resumes(&self, outcome: &'static str) -> u64 {
-        let label = ReasonLabel { reason: outcome };
-        self.resumes.get(&label).map_or(0, |c| c.get())
-    }
-
-    /// The metrics as OpenMetrics text, with `resumable` sessions holding
-    /// `buffered` bytes, `waiting` of them waiting for a resume.
-    pub fn encode(&self, resumable: usize, waiting: usize, buffered: usize) -> String {
-        self.resumable
-            .set(i64::try_from(resumable).unwrap_or(i64::MAX));
-        self.waiting.set(i64::try_from(waiting).unwrap_or(i64::MAX));
-        self.buffered
-            .set(i64::try_from(buffered).unwrap_or(i64::MAX));
-        let mut text = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! ssh bytes, untouched.
 
 pub mod id;
+pub mod direct;
 mod printable;
 mod reason;
 mod resume;
@@ -19,6 +20,7 @@ use thiserror::Error;
 
 pub use printable::{printable, shown, Printable, MAX_MESSAGE_CHARS, MAX_NAME_CHARS};
 pub use reason::{Reason, Refusal};
+pub use direct::Direct;
 pub use resume::Resume;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -28,6 +30,10 @@ pub const ALPN: &[u8] = b"shellrelay/1";
 /// ALPN protocol name of the TLS-over-TCP transport (HTTP/2 after the
 /// hello), so that a QUIC peer and a TCP peer can never be confused.
 pub const ALPN_TCP: &[u8] = b"shellrelay-tcp/1";
+
+/// ALPN protocol name of a direct connection from a client to a host
+/// agent, which only a host offers (see [`Direct`]).
+pub const ALPN_DIRECT: &[u8] = b"shellrelay-direct/1";
 
 /// The relay's UDP port unless it is told otherwise, and the port that
 /// examples and error messages suggest.
@@ -101,6 +107,9 @@ pub enum Frame {
         /// rather than at once.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         moving: bool,
+        /// For hosts: it accepts direct connections ([`Direct::Offer`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direct: Option<Direct>,
     },
     /// The relay accepted a hello.
     Welcome {
@@ -135,6 +144,10 @@ pub enum Frame {
         /// says, for the host's log lines.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         who: Option<Who>,
+        /// From a client: introduce it to the host ([`Direct::Ask`]); to a
+        /// host: expect it ([`Direct::Expect`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direct: Option<Direct>,
     },
     /// The host's stream is open and its target connected: raw bytes follow.
     Ready {
@@ -145,6 +158,17 @@ pub enum Frame {
         /// and carries raw bytes.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<Resume>,
+        /// From the relay to a client that asked: how to reach the host
+        /// directly ([`Direct::Meet`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direct: Option<Direct>,
+    },
+    /// First frame on a direct connection's control stream, from the
+    /// client: the ticket the relay gave it ([`Direct::Meet`]). The host
+    /// answers [`Frame::Welcome`] or [`Frame::Refused`].
+    Ticket {
+        /// The ticket, once.
+        ticket: String,
     },
     /// On a QUIC control stream after the welcome: asks nothing, and is
     /// read and dropped. Writing it makes the peer's QUIC stack
@@ -268,6 +292,7 @@ mod tests {
                 host: Some("lab1".into()),
                 keep_other: false,
                 moving: false,
+                direct: None,
             },
             Frame::Hello {
                 version: VERSION,
@@ -276,6 +301,7 @@ mod tests {
                 host: None,
                 keep_other: true,
                 moving: false,
+                direct: None,
             },
             Frame::Welcome {
                 host: "lab1".into(),
@@ -292,10 +318,12 @@ mod tests {
                     subject: "alice".into(),
                     jti: Some("j1".into()),
                 }),
+                direct: None,
             },
             Frame::Ready {
                 session: 7,
                 resume: None,
+                direct: None,
             },
             Refusal::new(Reason::HostOffline, "host lab1 is not connected").frame(),
         ];
@@ -359,6 +387,7 @@ mod tests {
             host: None,
             keep_other: false,
             moving: false,
+            direct: None,
         };
         assert!(!format!("{hello:?}").contains("eyJ"), "{hello:?}");
     }

@@ -23,6 +23,8 @@ pub(super) struct Hello {
     /// For a host: it moves its registration here; the older connection
     /// drains its sessions before it closes.
     pub moving: bool,
+    /// For a host: it takes direct connections ([`crate::protocol::Direct::Offer`]).
+    pub direct: Option<crate::protocol::Direct>,
 }
 
 /// A refused hello: why, and whom its token names if it was well signed.
@@ -47,7 +49,7 @@ pub(super) fn check_hello(
     ip: IpAddr,
     frame: Result<Frame, FrameError>,
 ) -> Result<Hello, Refused> {
-    let (role, token, host, keep_other, moving) = match frame {
+    let (role, token, host, keep_other, moving, direct) = match frame {
         Ok(Frame::Hello {
             version: VERSION,
             role,
@@ -55,7 +57,8 @@ pub(super) fn check_hello(
             host,
             keep_other,
             moving,
-        }) => (role, token, host, keep_other, moving),
+            direct,
+        }) => (role, token, host, keep_other, moving, direct),
         Ok(Frame::Hello { version, .. }) => {
             let msg = format!(
                 "protocol version {version} is not supported (this relay speaks {VERSION})"
@@ -78,6 +81,7 @@ pub(super) fn check_hello(
             host,
             keep_other,
             moving,
+            direct,
         }),
         Err(err) => {
             let now = Instant::now();

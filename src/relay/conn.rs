@@ -153,7 +153,11 @@ async fn admit(
         handshake: Some(handshake),
     };
     match hello.role {
-        Role::Host => (peer.serve_host(hello.claims, hello.keep_other, hello.moving)).await,
+        Role::Host => {
+            let offered = super::introduce::offered(&peer.conn, hello.direct);
+            let asks = (hello.keep_other, hello.moving, offered);
+            peer.serve_host(hello.claims, asks).await
+        }
         Role::Client => peer.serve_client(hello.claims, hello.host).await,
     }
 }
@@ -240,7 +244,11 @@ impl Admitted {
         false
     }
 
-    async fn serve_host(mut self, claims: Claims, keep_other: bool, moving: bool) {
+    async fn serve_host(
+        mut self,
+        claims: Claims,
+        (keep_other, moving, offered): (bool, bool, Option<super::introduce::Offered>),
+    ) {
         let id = claims.sub.clone();
         if let Some(refusal) = revoked(&self.state, &claims, &id) {
             return self.refuse(refusal, &id).await;
@@ -256,7 +264,7 @@ impl Admitted {
         let (_registration, replaced) =
             match state
                 .hosts
-                .register(&id, self.conn.clone(), prober, unix_now(), keep_other)
+                .register(&id, self.conn.clone(), (prober, offered), unix_now(), keep_other)
             {
                 Ok(registered) => registered,
                 Err(Refused::Full(max)) => {
@@ -373,7 +381,7 @@ impl Admitted {
         );
         let ended = tokio::select! {
             ended = keep_until_ended(&state, &conn, &claims, &host) => ended,
-            () = accept_sessions(&state, &conn, &host, (token, owner(&claims)), &who) => Ended::Shutdown,
+            () = accept_sessions(&state, &conn, &host, (token, owner(&claims), claims.exp), &who) => Ended::Shutdown,
         };
         info!(target: LOG_TARGET, host = %host, %remote, reason = %ended, "client disconnected");
     }

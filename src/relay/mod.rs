@@ -17,6 +17,7 @@ mod audit;
 pub mod budget;
 mod conn;
 mod handle;
+mod introduce;
 mod keep;
 mod owners;
 mod places;
@@ -125,6 +126,8 @@ struct State {
     session_rates: Rates<String>,
     host_rates: Rates<String>,
     abandoned: Rates<String>,
+    /// Introductions per client token ([`introduce`]).
+    introductions: Rates<String>,
     penalties: Penalties<String>,
     /// Connections open now, authenticated or not.
     connections: Gauge,
@@ -198,6 +201,7 @@ impl Relay {
                 session_rates: Rates::default(),
                 host_rates: Rates::default(),
                 abandoned: Rates::default(),
+                introductions: Rates::default(),
                 penalties: Penalties::default(),
                 connections: Gauge::default(),
                 sessions: Gauge::default(),

@@ -97,6 +97,7 @@ async fn tell(state: Arc<State>, owner: String, host: String, why: String) {
         resume: Some(Resume::Ended { why: why.clone() }),
         owner: Some(owner),
         who: None,
+        direct: None,
     };
     let told = tokio::time::timeout(HOST_SETUP_TIMEOUT, async {
         let mut stream = target.conn.open().await.ok()?;

@@ -43,6 +43,8 @@ pub(super) struct Host {
     pub stats: Arc<HostStats>,
     /// Asks the host whether it is still there.
     pub prober: Prober,
+    /// What it offers for direct paths, if it takes them.
+    pub direct: Option<Arc<super::introduce::Offered>>,
 }
 
 /// Why a host could not register.
@@ -88,7 +90,7 @@ impl Registry {
         self: &Arc<Self>,
         id: &str,
         conn: Conn,
-        prober: Prober,
+        (prober, direct): (Prober, Option<super::introduce::Offered>),
         since: u64,
         keep_other: bool,
     ) -> Result<(Registration, Option<Host>), Refused> {
@@ -106,6 +108,7 @@ impl Registry {
                 conn,
                 stats: Arc::new(HostStats::new(since)),
                 prober,
+                direct: direct.map(Arc::new),
             };
             hosts.insert(id.to_owned(), Entry { generation, host })
         };

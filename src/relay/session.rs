@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::audit::{Line, Party};
 use super::budget::{Share, Shares};
+use super::introduce::{self, introduce};
 use super::registry::Host;
 use super::{State, LOG_TARGET};
 use crate::net::transport::{self, Conn, Stream};
@@ -28,7 +29,7 @@ pub(super) async fn accept_sessions(
     state: &Arc<State>,
     conn: &Conn,
     host: &str,
-    (token, owner): (String, String),
+    (token, owner, expires_at): (String, String, u64),
     who: &Party,
 ) {
     let remote = conn.remote();
@@ -72,6 +73,7 @@ pub(super) async fn accept_sessions(
             who: who.clone(),
             owner: owner.clone(),
             token: token.clone(),
+            expires_at,
             conn: conn.clone(),
         };
         let task = relay_session(state.clone(), meta, stream, slots);
@@ -91,6 +93,8 @@ struct Meta {
     owner: String,
     /// The client's token, as the relay's limits count it.
     token: String,
+    /// When the client's token expires (Unix seconds).
+    expires_at: u64,
     /// The client's connection.
     conn: Conn,
 }
@@ -180,24 +184,30 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
     let started = Instant::now();
     // A resume request goes to the host as it came: only the ends can
     // check it.
-    let resume = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.recv)).await
-    {
-        // Only the relay says a token has ended.
-        Ok(Ok(Frame::Open { resume, .. })) if !matches!(resume, Some(Resume::Ended { .. })) => {
-            resume
-        }
-        other => {
-            debug!(target: LOG_TARGET, ?other, "session stream did not start with open");
-            transport::abort(&mut client_stream, Reason::Protocol);
-            abandoned(&state, &meta);
-            return;
-        }
-    };
+    let (resume, ask) =
+        match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut client_stream.recv)).await {
+            // Only the relay says a token has ended.
+            Ok(Ok(Frame::Open { resume, direct, .. }))
+                if !matches!(resume, Some(Resume::Ended { .. })) =>
+            {
+                (resume, direct)
+            }
+            other => {
+                debug!(target: LOG_TARGET, ?other, "session stream did not start with open");
+                transport::abort(&mut client_stream, Reason::Protocol);
+                abandoned(&state, &meta);
+                return;
+            }
+        };
     let resuming = matches!(resume, Some(Resume::Again { .. }));
     let (target, _host_slot, mut host_stream, deadline) = match host_stream(&state, &meta).await {
         Ok(opened) => opened,
         Err(refusal) => return refuse_session(&state, &meta, client_stream, &refusal).await,
     };
+    let (conn, token, expires_at) = (&meta.conn, &meta.token, meta.expires_at);
+    let asking = introduce::Asking { conn, token, expires_at };
+    let intro = ask.and_then(|ask| introduce(&state, &asking, ask, target.direct.as_deref()).ok());
+    let (expect, meet) = intro.map(|i| (i.expect, i.meet)).unzip();
     let open = Frame::Open {
         session: meta.session,
         client: Some(meta.client.to_string()),
@@ -207,6 +217,7 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
             subject,
             jti: meta.who.jti.clone(),
         }),
+        direct: expect,
     };
     let asked = ask_host(&meta.host, &target.conn, &mut host_stream, &open, deadline).await;
     if resuming {
@@ -226,6 +237,7 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
     let ready = Frame::Ready {
         session: meta.session,
         resume: answer,
+        direct: meet,
     };
     let sent =
         tokio::time::timeout_at(deadline, write_frame(&mut client_stream.send, &ready)).await;
@@ -235,13 +247,8 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         abandoned(&state, &meta);
         return;
     }
-    let spliced = Spliced {
-        client: client_stream,
-        host: host_stream,
-        started,
-        resuming,
-    };
-    spliced.run(&state, &meta, &target).await;
+    let streams = (client_stream, host_stream);
+    spliced(&state, &meta, &target, streams, (started, resuming)).await;
 }
 
 /// The host's side of a new session: the host registered, within its
@@ -323,55 +330,46 @@ async fn ask_host(
 
 /// A session whose host is `ready`: its two streams, spliced until both
 /// ends are done, with its start and end logged and audited.
-struct Spliced {
-    client: Stream,
-    host: Stream,
-    started: Instant,
-    resuming: bool,
-}
-
-impl Spliced {
-    async fn run(self, state: &State, meta: &Meta, target: &Host) {
-        let Spliced {
-            client: client_stream,
-            host: host_stream,
-            started,
-            resuming,
-        } = self;
-        let client = meta.client;
-        let _active = state.metrics.session_started(started);
-        let _live = state.trim.session();
-        if resuming {
-            info!(target: LOG_TARGET, %client, "session resumed");
-        } else {
-            info!(target: LOG_TARGET, %client, "session started");
-        }
-        state.audit.write(&meta.audit("session_start", None));
-        let metrics = &state.metrics;
-        let stats = &target.stats;
-        let t = splice::relay(
-            client_stream,
-            host_stream,
-            |n| metrics.to_host(stats, n),
-            |n| metrics.to_client(stats, n),
-        )
-        .await;
-        info!(
-            target: LOG_TARGET,
-            %client,
-            to_host = t.sent,
-            to_client = t.received,
-            aborted = t.aborted,
-            duration = ?started.elapsed(),
-            "session ended"
-        );
-        let how = if t.aborted { "aborted" } else { "done" };
-        let mut line = meta.audit("session_end", Some(how));
-        line.bytes_to_host = Some(t.sent);
-        line.bytes_to_client = Some(t.received);
-        line.duration_ms = u64::try_from(started.elapsed().as_millis()).ok();
-        state.audit.write(&line);
+async fn spliced(
+    state: &State,
+    meta: &Meta,
+    target: &Host,
+    (client_stream, host_stream): (Stream, Stream),
+    (started, resuming): (Instant, bool),
+) {
+    let client = meta.client;
+    let _active = state.metrics.session_started(started);
+    let _live = state.trim.session();
+    if resuming {
+        info!(target: LOG_TARGET, %client, "session resumed");
+    } else {
+        info!(target: LOG_TARGET, %client, "session started");
     }
+    state.audit.write(&meta.audit("session_start", None));
+    let metrics = &state.metrics;
+    let stats = &target.stats;
+    let t = splice::relay(
+        client_stream,
+        host_stream,
+        |n| metrics.to_host(stats, n),
+        |n| metrics.to_client(stats, n),
+    )
+    .await;
+    info!(
+        target: LOG_TARGET,
+        %client,
+        to_host = t.sent,
+        to_client = t.received,
+        aborted = t.aborted,
+        duration = ?started.elapsed(),
+        "session ended"
+    );
+    let how = if t.aborted { "aborted" } else { "done" };
+    let mut line = meta.audit("session_end", Some(how));
+    line.bytes_to_host = Some(t.sent);
+    line.bytes_to_client = Some(t.received);
+    line.duration_ms = u64::try_from(started.elapsed().as_millis()).ok();
+    state.audit.write(&line);
 }
 
 /// What a session holds while it lasts: its place in the relay's budget,

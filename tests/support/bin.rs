@@ -18,7 +18,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_shellrelay");
 /// settings: no `SHELLRELAY_*` variable, no `RUST_LOG` (each subcommand logs
 /// at its own default level) and no user client config file. Text logs
 /// without colour, a backtrace on a panic (which the tests look for), no
-/// stdin, stdout and stderr piped, killed on drop.
+/// stdin, stdout and stderr piped, killed on drop. Direct paths are off
+/// (`SHELLRELAY_DIRECT=off`): peers on one machine can always go direct,
+/// and most tests are about what the relay carries; a test of direct
+/// paths passes `--direct auto`, which wins over the variable.
 pub fn scrubbed(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {
@@ -32,6 +35,7 @@ pub fn scrubbed(program: impl AsRef<std::ffi::OsStr>) -> Command {
             Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-config-dir"),
         )
         .env("NO_COLOR", "1")
+        .env("SHELLRELAY_DIRECT", "off")
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -27,6 +27,7 @@ use shellrelay::access::token::{self, Claims, TokenSource, Verifier};
 use shellrelay::client::{self, ClientConfig};
 use shellrelay::host::{self, HostConfig};
 use shellrelay::net::tls::{self, Trust};
+use shellrelay::net::transport::direct::DirectMode;
 use shellrelay::net::transport::dial::{self, ConnectError, RelayAddr};
 pub use shellrelay::net::transport::Transport;
 use shellrelay::net::transport::TransportOptions;
@@ -259,6 +260,8 @@ impl Tunnel {
             resume_window: shellrelay::session::resume::RESUME_WINDOW,
             max_waiting: Default::default(),
             metrics: None,
+            // As for processes ([`bin::scrubbed`]): the relay carries all.
+            direct: DirectMode::Off,
         };
         let task = tokio::spawn(host::run(config, cancel.clone()));
         Peer { cancel, task }
@@ -290,6 +293,7 @@ impl Tunnel {
             token: TokenSource::Literal(token),
             host: host.map(str::to_owned),
             resume_window: shellrelay::session::resume::RESUME_WINDOW,
+            direct: DirectMode::Off,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

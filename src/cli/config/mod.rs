@@ -85,6 +85,8 @@ pub struct PeerFile {
     pub fleet: Option<u8>,
     /// Host agent only: the address sessions are connected to (`--target`).
     pub target: Option<String>,
+    /// `auto` or `off` (`--direct`).
+    pub direct: Option<crate::net::transport::direct::DirectMode>,
 }
 
 /// A config file as read from disk, its paths made absolute.

@@ -30,6 +30,7 @@ fn every_key_is_read_and_paths_are_taken_from_the_files_directory() {
             relay_pin: None,
             target: None,
             fleet: None,
+            direct: None,
         }
     );
     assert_eq!(

@@ -43,6 +43,7 @@ async fn a_resume_whose_stream_fails_leaves_the_session_waiting_for_the_next() {
         window: Duration::from_secs(60),
         replay_limit: REPLAY_LIMIT,
         metrics: Arc::default(),
+        direct: None,
     };
     let (client_key, host_key, id) = session_keys();
     let session = Arc::new(Resumable::new(id.clone(), host_key, REPLAY_LIMIT));

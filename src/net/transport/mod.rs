@@ -12,9 +12,12 @@
 //!   typed reason and knows its peer's address. Each type is an enum over
 //!   the transports, so a call costs one match and the QUIC path keeps
 //!   quinn's zero-copy chunk API.
+//! - [`direct`] accepts and dials direct connections between a client
+//!   and a host agent, on the endpoints of their relay links.
 //! - [`options`] holds the settings every role shares.
 
 pub mod dial;
+pub mod direct;
 pub mod http2;
 pub mod listen;
 pub mod liveness;
@@ -175,6 +178,27 @@ impl Conn {
         match self {
             Conn::Quic(_) => "quic",
             Conn::Tcp(_) => "tcp",
+        }
+    }
+
+    /// UDP payload bytes sent and received so far (QUIC only; zero over
+    /// TCP).
+    pub fn traffic(&self) -> (u64, u64) {
+        match self {
+            Conn::Quic(c) => {
+                let stats = c.stats();
+                (stats.udp_tx.bytes, stats.udp_rx.bytes)
+            }
+            Conn::Tcp(_) => (0, 0),
+        }
+    }
+
+    /// Whether `other` is this very connection (a clone of it).
+    pub fn same(&self, other: &Conn) -> bool {
+        match (self, other) {
+            (Conn::Quic(a), Conn::Quic(b)) => a.stable_id() == b.stable_id(),
+            (Conn::Tcp(a), Conn::Tcp(b)) => a.same(b),
+            _ => false,
         }
     }
 

@@ -24,7 +24,9 @@ use super::options::{Transport, TransportOptions};
 use super::{Conn, Stream};
 use crate::access::token::TokenSource;
 use crate::net::tls::Trust;
-use crate::protocol::{Frame, FrameError, Jwt, Reason, Refusal, Role, DEFAULT_PORT, VERSION};
+use crate::protocol::{
+    Direct, Frame, FrameError, Jwt, Reason, Refusal, Role, DEFAULT_PORT, VERSION,
+};
 use race::Dial;
 
 /// Where and how to reach the relay.
@@ -127,6 +129,8 @@ pub struct RelayLink {
     /// The QUIC endpoint it lives on (kept so its socket lives as long as
     /// it does).
     endpoint: Option<quinn::Endpoint>,
+    /// The endpoint's socket, shared for a direct path's punches.
+    socket: Option<Arc<std::net::UdpSocket>>,
 }
 
 impl RelayLink {
@@ -134,6 +138,34 @@ impl RelayLink {
     /// QUIC, the probes go on it): see [`super::liveness`].
     pub fn liveness(&mut self) -> super::liveness::Liveness {
         super::liveness::Liveness::new(self.conn.clone(), self.control.take())
+    }
+
+    /// The addresses of this link's endpoint besides the one the relay
+    /// sees (see [`super::direct`]); none over TCP.
+    pub fn local_candidates(&self) -> Vec<std::net::SocketAddr> {
+        match &self.endpoint {
+            Some(endpoint) => super::direct::local_candidates(endpoint, self.conn.remote()),
+            None => Vec::new(),
+        }
+    }
+
+    /// Accepts direct connections on this link's endpoint, showing
+    /// `identity`, until the listener is dropped; `None` over TCP.
+    pub fn direct_listener(
+        &self,
+        identity: crate::net::tls::Identity,
+        options: super::TransportOptions,
+    ) -> Option<anyhow::Result<super::direct::DirectListener>> {
+        let (endpoint, socket) = (self.endpoint.clone()?, self.socket.clone()?);
+        Some(super::direct::DirectListener::new(
+            endpoint, socket, identity, options,
+        ))
+    }
+
+    /// Dials direct connections from this link's endpoint; `None` over TCP.
+    pub fn direct_dialer(&self) -> Option<super::direct::DirectDialer> {
+        let endpoint = self.endpoint.clone()?;
+        Some(super::direct::DirectDialer::new(endpoint, self.conn.rtt()))
     }
 
     /// Closes the connection with `reason` and waits, within the shutdown
@@ -220,20 +252,36 @@ pub async fn connect(
     role: Role,
     host: Option<&str>,
 ) -> Result<RelayLink, ConnectError> {
-    connect_with(relay, token, role, host, false, false).await
+    connect_with(relay, token, role, host, &HostAsks::default()).await
 }
 
-/// [`connect`], and for a host whether to leave another connection
-/// registered for its id in place (`keep_other`), and whether it moves
-/// its registration here (`moving`; see [`Frame::Hello`]).
+/// What a host agent's hello asks besides its registration (see
+/// [`Frame::Hello`]).
+#[derive(Debug, Clone, Default)]
+pub struct HostAsks {
+    /// Leave another connection registered for its id in place.
+    pub keep_other: bool,
+    /// It moves its registration here.
+    pub moving: bool,
+    /// It takes direct connections with a certificate whose key has
+    /// this pin (over QUIC only; the hello names the endpoint's own
+    /// addresses).
+    pub direct: Option<String>,
+}
+
+/// [`connect`], with what a host's hello asks besides.
 pub async fn connect_with(
     relay: &RelayAddr,
     token: &TokenSource,
     role: Role,
     host: Option<&str>,
-    keep_other: bool,
-    moving: bool,
+    asks: &HostAsks,
 ) -> Result<RelayLink, ConnectError> {
+    let HostAsks {
+        keep_other,
+        moving,
+        ref direct,
+    } = *asks;
     let token = token.load().map_err(ConnectError::setup)?;
     let addr = relay.resolve().await.map_err(ConnectError::setup)?;
     let hello = Frame::Hello {
@@ -243,6 +291,10 @@ pub async fn connect_with(
         host: host.map(str::to_owned),
         keep_other,
         moving,
+        direct: direct.as_ref().map(|pin| Direct::Offer {
+            pin: pin.clone(),
+            addrs: Vec::new(),
+        }),
     };
     let dial = Dial {
         relay,
@@ -314,6 +366,7 @@ pub async fn back_to_quic<F, Fut>(
     token: &TokenSource,
     role: Role,
     host: Option<&str>,
+    direct: Option<&str>,
     mut turn: F,
 ) -> Option<RelayLink>
 where
@@ -334,7 +387,12 @@ where
         }
         // A host agent's new registration takes the place of its old one,
         // which carries its sessions to their end.
-        match connect_with(&quic, token, role, host, false, true).await {
+        let asks = HostAsks {
+            moving: true,
+            direct: direct.map(str::to_owned),
+            ..HostAsks::default()
+        };
+        match connect_with(&quic, token, role, host, &asks).await {
             Ok(link) => return Some(link),
             Err(err) => tracing::debug!("QUIC still fails: {err}"),
         }

@@ -8,11 +8,17 @@ use tracing::debug;
 
 use super::{ConnectError, RelayAddr, RelayLink};
 use crate::net::tls::pin;
-use crate::net::transport::quic;
+use crate::net::transport::{direct, quic};
 use crate::net::transport::tcp::{self, Side, TcpConn};
 use crate::net::transport::{Closed, Conn, Stream};
 use crate::ops::defaults::{CLOSE_REASON_WAIT, TCP_AFTER};
-use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Role};
+use crate::protocol::{read_frame, write_frame, Direct, Frame, Reason, Refusal, Role};
+
+/// A QUIC endpoint that dialled the relay, and its socket, shared.
+pub(super) struct Dialled {
+    endpoint: quinn::Endpoint,
+    socket: Arc<std::net::UdpSocket>,
+}
 
 /// One attempt to reach the relay with a hello.
 pub(super) struct Dial<'a> {
@@ -91,7 +97,7 @@ impl Dial<'_> {
     }
 
     /// A QUIC connection to the relay, and the endpoint it lives on.
-    async fn quic_handshake(&self) -> Result<(Conn, quinn::Endpoint), ConnectError> {
+    async fn quic_handshake(&self) -> Result<(Conn, Dialled), ConnectError> {
         let relay = self.relay;
         let config =
             quic::client_config(&relay.trust, relay.transport).map_err(ConnectError::setup)?;
@@ -100,7 +106,7 @@ impl Dial<'_> {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let mut endpoint = quic::bind_endpoint(bind, None).map_err(ConnectError::setup)?;
+        let (mut endpoint, socket) = quic::bind_dialling(bind).map_err(ConnectError::setup)?;
         endpoint.set_default_client_config(config);
         let connecting = endpoint
             .connect(self.addr, relay.server_name())
@@ -116,18 +122,33 @@ impl Dial<'_> {
             },
             _ => self.lost(Closed::from(e)),
         })?;
-        Ok((Conn::Quic(conn), endpoint))
+        let dialled = Dialled {
+            endpoint,
+            socket: Arc::new(socket),
+        };
+        Ok((Conn::Quic(conn), dialled))
     }
 
     /// The hello on a QUIC connection's first stream.
     async fn quic_hello(
         &self,
         conn: Conn,
-        endpoint: quinn::Endpoint,
+        endpoint: Dialled,
     ) -> Result<RelayLink, ConnectError> {
         let Stream { mut send, mut recv } = conn.open().await.map_err(|c| self.lost(c))?;
+        // A host that takes direct connections names its own addresses:
+        // this endpoint's port on the address that routes to the relay.
+        let mut hello = self.hello.clone();
+        if let Frame::Hello {
+            direct: Some(Direct::Offer { addrs, .. }),
+            ..
+        } = &mut hello
+        {
+            let local = direct::local_candidates(&endpoint.endpoint, self.addr);
+            *addrs = crate::protocol::direct::written(&local);
+        }
         let answer = async {
-            write_frame(&mut send, self.hello).await?;
+            write_frame(&mut send, &hello).await?;
             read_frame(&mut recv).await
         }
         .await;
@@ -143,7 +164,8 @@ impl Dial<'_> {
                 host,
                 expires_at,
                 instance: relay,
-                endpoint: Some(endpoint),
+                endpoint: Some(endpoint.endpoint),
+                socket: Some(endpoint.socket),
             }),
             Ok(Frame::Refused { reason, message }) => {
                 conn.close(Reason::Done, "");
@@ -200,8 +222,13 @@ impl Dial<'_> {
     /// The hello as a raw frame on the TLS stream; HTTP/2 starts on the
     /// connection once the relay has welcomed it.
     async fn tcp_hello(&self, mut tls: Tls) -> Result<RelayLink, ConnectError> {
+        // No direct path from a peer whose UDP may be blocked.
+        let mut hello = self.hello.clone();
+        if let Frame::Hello { direct, .. } = &mut hello {
+            *direct = None;
+        }
         let answer = async {
-            write_frame(&mut tls, self.hello).await?;
+            write_frame(&mut tls, &hello).await?;
             read_frame(&mut tls).await
         }
         .await;
@@ -235,6 +262,7 @@ impl Dial<'_> {
                     expires_at,
                     instance,
                     endpoint: None,
+                    socket: None,
                 })
             }
             Ok(Frame::Refused { reason, message }) => Err(ConnectError::Refused(

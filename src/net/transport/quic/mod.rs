@@ -68,6 +68,30 @@ pub fn bind_endpoint_with(
     endpoint: quinn::EndpointConfig,
     server: Option<quinn::ServerConfig>,
 ) -> anyhow::Result<quinn::Endpoint> {
+    let socket = udp_socket(addr)?;
+    let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
+    quinn::Endpoint::new(endpoint, server, socket, runtime)
+        .with_context(|| format!("could not listen on {addr}"))
+}
+
+/// A dialling endpoint on `addr` (see [`bind_endpoint`]), and its socket
+/// shared, for the punches of a direct path
+/// ([`super::direct::DirectListener::introduce`]).
+pub fn bind_dialling(addr: SocketAddr) -> anyhow::Result<(quinn::Endpoint, std::net::UdpSocket)> {
+    let socket = udp_socket(addr)?;
+    let shared = socket.try_clone().context("could not share the UDP socket")?;
+    shared
+        .set_nonblocking(true)
+        .context("could not share the UDP socket")?;
+    let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .with_context(|| format!("could not listen on {addr}"))?;
+    Ok((endpoint, shared))
+}
+
+/// A UDP socket bound on `addr`, with buffers as large as the kernel grants
+/// up to [`UDP_BUFFER`].
+fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .context("could not create a UDP socket")?;
@@ -96,9 +120,7 @@ pub fn bind_endpoint_with(
     socket
         .bind(&addr.into())
         .with_context(|| format!("could not bind UDP {addr}"))?;
-    let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
-    quinn::Endpoint::new(endpoint, server, socket.into(), runtime)
-        .with_context(|| format!("could not listen on {addr}"))
+    Ok(socket.into())
 }
 
 /// The relay's server configuration. A new connection may open only its
@@ -109,7 +131,17 @@ pub fn server_config(
     identity: Identity,
     opts: TransportOptions,
 ) -> anyhow::Result<quinn::ServerConfig> {
-    let tls = server_tls(identity, ALPN)?;
+    server_config_for(identity, opts, ALPN)
+}
+
+/// [`server_config`] offering `alpn`: a host agent's direct connections
+/// are admitted the same way, with [`crate::protocol::ALPN_DIRECT`].
+pub fn server_config_for(
+    identity: Identity,
+    opts: TransportOptions,
+    alpn: &[u8],
+) -> anyhow::Result<quinn::ServerConfig> {
+    let tls = server_tls(identity, alpn)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .context("could not build QUIC TLS configuration")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

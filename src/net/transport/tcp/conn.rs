@@ -57,6 +57,13 @@ pub struct TcpConn(Arc<Inner>);
 #[derive(Debug, Clone)]
 pub struct WeakTcpConn(std::sync::Weak<Inner>);
 
+impl TcpConn {
+    /// Whether `other` is this very connection.
+    pub fn same(&self, other: &TcpConn) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl WeakTcpConn {
     /// The connection, if it is still open somewhere.
     pub fn upgrade(&self) -> Option<TcpConn> {

@@ -1,0 +1,352 @@
+//! Direct paths at the host agent. With `--direct auto`, the agent says
+//! in its hello that it takes direct connections, with a certificate of
+//! its own (made at start; the relay passes its pin to clients). When the
+//! relay introduces a client (a [`Direct::Expect`] in a session's
+//! `open`), the registration's endpoint lets the client's addresses in
+//! for a few seconds and punches towards them; the client then connects
+//! from the endpoint it reaches the relay with, presents the ticket once,
+//! and opens its sessions on that connection as it would through the
+//! relay. A direct connection lives until its client's token expires, the
+//! relay says the token has ended, or either side closes it.
+//!
+//! Bounds: at most [`MAX_TICKETS`] tickets wait at once (each a few
+//! hundred bytes; the oldest goes first), at most [`MAX_DIRECT_CONNS`]
+//! direct connections, each with at most [`MAX_DIRECT_SESSIONS`] sessions
+//! and one stream window per session.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::session::{host_session, Origin, Sessions};
+use crate::net::tls::{pin::Pin, self_signed, Identity};
+use crate::net::transport::direct::{DirectIncoming, DirectListener, INTRODUCED_FOR};
+use crate::net::transport::dial::RelayLink;
+use crate::net::transport::{liveness, Conn, Stream, TransportOptions};
+use crate::ops::clock::unix_now;
+use crate::ops::defaults::OPEN_TIMEOUT;
+use crate::ops::memory::Trim;
+use crate::ops::metrics::HostMetrics;
+use crate::ops::tasks::Tasks;
+use crate::protocol::direct::{candidates, is_ticket};
+use crate::protocol::{read_frame, write_frame, Direct, Frame, Reason, Refusal, Role, Who};
+
+/// Most tickets waiting to be presented at once.
+pub const MAX_TICKETS: usize = 256;
+
+/// Most direct connections at once; a client past it stays on the relay.
+pub const MAX_DIRECT_CONNS: usize = 64;
+
+/// Most sessions on one direct connection at once.
+pub const MAX_DIRECT_SESSIONS: u32 = 64;
+
+/// Session ids on direct connections start here, above any a relay gives
+/// out in years, so that logs never show one id for two sessions.
+const DIRECT_SESSION_IDS: u64 = 1 << 40;
+
+/// What the relay said of a client it introduced.
+struct Ticket {
+    /// The client's token (a digest), which its resumes must match.
+    owner: Option<String>,
+    who: Option<Who>,
+    /// Where it may connect from.
+    addrs: Vec<SocketAddr>,
+    /// When its token expires (Unix seconds).
+    expires_at: u64,
+    given: Instant,
+    /// Set once presented: its punches stop.
+    used: Arc<AtomicBool>,
+}
+
+/// A client admitted on a direct connection.
+pub(super) struct Admitted {
+    pub owner: Option<String>,
+    pub who: Option<Who>,
+    pub client: SocketAddr,
+    paths: Arc<DirectPaths>,
+}
+
+impl Admitted {
+    /// The id of a new session on this connection.
+    pub fn next_session(&self) -> u64 {
+        self.paths.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The agent's direct paths: its certificate, the tickets the relays gave
+/// it, and its direct connections.
+pub(super) struct DirectPaths {
+    identity: Identity,
+    /// The pin of `identity`'s key, which the relay passes to clients.
+    pub pin: String,
+    options: TransportOptions,
+    tickets: Mutex<HashMap<String, Ticket>>,
+    conns: Mutex<Vec<(Option<String>, Conn)>>,
+    next_id: AtomicU64,
+    tasks: Tasks,
+    /// Bytes direct connections that have closed carried.
+    carried: AtomicU64,
+    metrics: Arc<HostMetrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DirectPaths {
+    /// Direct paths with a new certificate.
+    pub fn new(
+        options: TransportOptions,
+        tasks: Tasks,
+        metrics: Arc<HostMetrics>,
+    ) -> anyhow::Result<DirectPaths> {
+        let identity = self_signed(&["shellrelay-host".to_owned()])?;
+        let leaf = identity.chain.first().ok_or_else(|| anyhow::anyhow!("no certificate"))?;
+        let pin = Pin::of(leaf)?.to_string();
+        Ok(DirectPaths {
+            identity,
+            pin,
+            options,
+            tickets: Mutex::default(),
+            conns: Mutex::default(),
+            next_id: AtomicU64::new(DIRECT_SESSION_IDS),
+            tasks,
+            carried: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// Starts taking direct connections on `link`'s endpoint, if it is
+    /// over QUIC.
+    pub fn listen(&self, link: &RelayLink) -> Option<Arc<DirectListener>> {
+        match link.direct_listener(self.identity.clone(), self.options)? {
+            Ok(listener) => Some(Arc::new(listener)),
+            Err(err) => {
+                warn!("direct connections are off on this relay's link: {err:#}");
+                None
+            }
+        }
+    }
+
+    /// Takes the relay's introduction of a client (`expect`, from an
+    /// `open` whose `owner` and `who` name the client) and punches from
+    /// `listener` towards it.
+    pub fn expect(
+        &self,
+        listener: &DirectListener,
+        expect: Direct,
+        owner: Option<String>,
+        who: Option<Who>,
+    ) {
+        let Direct::Expect {
+            ticket,
+            addrs,
+            expires_at,
+        } = expect
+        else {
+            return;
+        };
+        let addrs = candidates(&addrs);
+        if !is_ticket(&ticket) || addrs.is_empty() || expires_at <= unix_now() {
+            debug!("an introduction that cannot be used: left alone");
+            return;
+        }
+        let used = Arc::new(AtomicBool::new(false));
+        {
+            let mut tickets = lock(&self.tickets);
+            let before = tickets.len();
+            tickets.retain(|_, t| t.given.elapsed() < INTRODUCED_FOR);
+            if tickets.len() >= MAX_TICKETS {
+                let oldest = (tickets.iter().min_by_key(|(_, t)| t.given)).map(|(k, _)| k.clone());
+                oldest.map(|k| tickets.remove(&k));
+            }
+            for _ in tickets.len()..before {
+                self.metrics.introduced("not_presented", None);
+            }
+            let ticket_of = Ticket {
+                owner,
+                who,
+                addrs: addrs.clone(),
+                expires_at,
+                given: Instant::now(),
+                used: used.clone(),
+            };
+            tickets.insert(ticket, ticket_of);
+        }
+        debug!(?addrs, "introduced to a client; punching towards it");
+        let punches = listener.introduce(&addrs, move || used.load(Ordering::Relaxed));
+        self.tasks.spawn(punches);
+    }
+
+    /// Takes `ticket` presented from `from`, once, if the relay gave it
+    /// lately for that address.
+    fn take(&self, ticket: &str, from: SocketAddr) -> Option<Ticket> {
+        let mut tickets = lock(&self.tickets);
+        let fresh = |t: &Ticket| t.given.elapsed() < INTRODUCED_FOR;
+        let known = tickets.get(ticket)?;
+        if !fresh(known) || !known.addrs.iter().any(|a| a.ip() == from.ip()) {
+            return None;
+        }
+        let taken = tickets.remove(ticket)?;
+        taken.used.store(true, Ordering::Relaxed);
+        self.metrics.introduced("direct", Some(taken.given.elapsed()));
+        Some(taken)
+    }
+
+    /// Bytes sent and received on direct connections so far.
+    pub fn bytes(&self) -> u64 {
+        let conns = lock(&self.conns);
+        let live: u64 = (conns.iter())
+            .map(|(_, c)| {
+                let (tx, rx) = c.traffic();
+                tx + rx
+            })
+            .sum();
+        self.carried.load(Ordering::Relaxed) + live
+    }
+
+    /// Closes the direct connections of the client token `owner` (its
+    /// token revoked or expired, as the relay said: `why`).
+    pub fn end_owner(&self, owner: &str, why: &str) {
+        let mut conns = lock(&self.conns);
+        conns.retain(|(of, conn)| {
+            let ended = of.as_deref() == Some(owner);
+            if ended {
+                conn.close(Reason::Revoked, why);
+            }
+            !ended && conn.close_reason().is_none()
+        });
+    }
+
+    /// Serves one direct connection attempt: handshake, ticket, then its
+    /// sessions until it closes or its client's token expires.
+    pub async fn serve(
+        self: Arc<Self>,
+        ctx: Arc<Sessions>,
+        incoming: DirectIncoming,
+        trim: Trim,
+    ) {
+        let from = incoming.remote();
+        let conn = match incoming.handshake().await {
+            Ok(conn) => conn,
+            Err(err) => return debug!(%from, "direct handshake failed: {err:#}"),
+        };
+        let Some((admitted, expires_at, control)) = self.admit(&conn, from).await else {
+            return;
+        };
+        let _listed = Listed::new(&self, admitted.owner.clone(), &conn);
+        let Some(_listed) = _listed else {
+            let message = "the host has too many direct connections";
+            return conn.close(Reason::Limit, message);
+        };
+        info!(client = %from, "direct connection from a client");
+        self.tasks.spawn(liveness::absorb_probes(control.recv));
+        let admitted = Arc::new(admitted);
+        let expiry = std::time::Duration::from_secs(expires_at.saturating_sub(unix_now()));
+        let expired = tokio::time::sleep(expiry);
+        tokio::pin!(expired);
+        loop {
+            let stream = tokio::select! {
+                () = &mut expired => {
+                    conn.close(Reason::TokenExpired, "the client's token has expired");
+                    return;
+                }
+                stream = conn.accept() => stream,
+            };
+            let Ok(stream) = stream else {
+                return info!(client = %from, "direct connection closed");
+            };
+            let _span = tracing::info_span!(
+                "session",
+                session = tracing::field::Empty,
+                path = "direct",
+                subject = tracing::field::Empty,
+                jti = tracing::field::Empty
+            )
+            .entered();
+            let origin = Origin::Direct(admitted.clone());
+            let session = host_session(ctx.clone(), stream, trim.session(), origin);
+            self.tasks.spawn(session);
+        }
+    }
+
+    /// Reads the ticket on `conn`'s control stream and answers it; the
+    /// client admitted, when its token expires, and its control stream.
+    async fn admit(
+        self: &Arc<Self>,
+        conn: &Conn,
+        from: SocketAddr,
+    ) -> Option<(Admitted, u64, Stream)> {
+        let first = async {
+            let mut control = conn.accept().await.ok()?;
+            let frame = read_frame(&mut control.recv).await.ok()?;
+            Some((control, frame))
+        };
+        let (mut control, frame) = tokio::time::timeout(OPEN_TIMEOUT, first).await.ok()??;
+        let ticket = match frame {
+            Frame::Ticket { ticket } => self.take(&ticket, from),
+            _ => None,
+        };
+        let Some(ticket) = ticket else {
+            let refusal = Refusal::new(
+                Reason::BadToken,
+                "no such introduction: ask the relay for another",
+            );
+            let _ = write_frame(&mut control.send, &refusal.frame()).await;
+            conn.close(Reason::BadToken, &refusal.message);
+            return None;
+        };
+        conn.admit(MAX_DIRECT_SESSIONS + 1);
+        let window = u64::from(self.options.window());
+        conn.set_receive_window(window * u64::from(MAX_DIRECT_SESSIONS + 1));
+        let welcome = Frame::Welcome {
+            host: String::new(),
+            role: Role::Client,
+            expires_at: ticket.expires_at,
+            relay: None,
+        };
+        write_frame(&mut control.send, &welcome).await.ok()?;
+        let admitted = Admitted {
+            owner: ticket.owner,
+            who: ticket.who,
+            client: from,
+            paths: self.clone(),
+        };
+        Some((admitted, ticket.expires_at, control))
+    }
+}
+
+/// A direct connection's place in the list that [`DirectPaths::end_owner`]
+/// closes from; given up when dropped.
+struct Listed<'a> {
+    paths: &'a DirectPaths,
+    conn: Conn,
+}
+
+impl<'a> Listed<'a> {
+    fn new(paths: &'a DirectPaths, owner: Option<String>, conn: &Conn) -> Option<Listed<'a>> {
+        let mut conns = lock(&paths.conns);
+        conns.retain(|(_, c)| c.close_reason().is_none());
+        if conns.len() >= MAX_DIRECT_CONNS {
+            return None;
+        }
+        conns.push((owner, conn.clone()));
+        Some(Listed {
+            paths,
+            conn: conn.clone(),
+        })
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        let (tx, rx) = self.conn.traffic();
+        self.paths.carried.fetch_add(tx + rx, Ordering::Relaxed);
+        let mut conns = lock(&self.paths.conns);
+        conns.retain(|(_, c)| !c.same(&self.conn));
+    }
+}
