@@ -11,6 +11,7 @@ pub mod bin;
 pub mod bulk;
 pub mod direct;
 pub mod http;
+pub mod natlab;
 pub mod netem;
 pub mod proc;
 pub mod sshd;

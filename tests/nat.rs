@@ -1,0 +1,142 @@
+//! The NAT matrix: client and host each behind a router of one kind
+//! ([`Nat`]: public, a home router's cone NAT, a symmetric NAT), one
+//! router for both (the LAN address), and IPv6 behind stateful firewalls.
+//! Each pair starts a relay, a host agent in front of a private sshd and a
+//! client forwarder in their namespaces, runs one ssh session (on the
+//! relay), then checks which path the next one takes, and that it carries
+//! a file byte-exact. Needs root; skipped with a loud line without it.
+
+mod support;
+
+use std::io::Write;
+
+use support::direct::{Places, Rig};
+use support::natlab::{Layout, Nat, NatLab};
+use support::traffic::{hash_to_end, hex, write_noise};
+use support::within;
+
+/// How the next session must go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Direct,
+    Relay,
+}
+
+async fn pair(layout: Layout, want: Path) {
+    if let Some(why) = NatLab::unavailable() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("the NAT lab cannot run, and CI=true: {why}");
+        }
+        eprintln!("\n!!! SKIPPED: {why} !!!\n");
+        return;
+    }
+    let lab = NatLab::start(layout);
+    let places = Places {
+        relay: Some(&lab.wan),
+        host: Some(&lab.host),
+        client: Some(&lab.client),
+    };
+    let Some(mut rig) = Rig::start(places, lab.relay_ip(), ("auto", "auto")).await else {
+        return;
+    };
+    assert_eq!(rig.ssh_output("echo first").await, b"first\n");
+    let outcome = rig
+        .client
+        .wait_for("the direct path's outcome", |l| {
+            l.contains("direct path to the host is up") || l.contains("no direct path to the host")
+        })
+        .await;
+    let got = if outcome.contains("is up") {
+        Path::Direct
+    } else {
+        Path::Relay
+    };
+    assert_eq!(got, want, "{layout:?}: {outcome}\nclient:\n{}", rig.client.log());
+    // 1 MiB of noise from the host, on the path the client now takes.
+    let file = rig.sshd.dir.path().join("noise");
+    let hash = {
+        let mut f = tokio::fs::File::create(&file).await.unwrap();
+        let hash = write_noise(&mut f, 11, 1 << 20).await;
+        tokio::io::AsyncWriteExt::flush(&mut f).await.unwrap();
+        hash
+    };
+    let mut child = rig
+        .ssh(&format!("cat {}", file.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (len, got_hash) = within(support::WAIT, "the download", hash_to_end(&mut out)).await;
+    assert!(child.wait().await.unwrap().success());
+    assert_eq!((len, hex(&got_hash)), (1 << 20, hex(&hash)));
+    let second = match want {
+        Path::Direct => "direct",
+        Path::Relay => "relay",
+    };
+    assert_eq!(rig.host_paths(), ["relay", second], "{layout:?}: {}", rig.host.log());
+    let _ = std::io::stderr().flush();
+}
+
+fn pair_of(client: Nat, host: Nat) -> Layout {
+    Layout::Pair { client, host }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_client_and_public_host_go_direct() {
+    pair(pair_of(Nat::Public, Nat::Public), Path::Direct).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_client_and_cone_host_go_direct() {
+    pair(pair_of(Nat::Public, Nat::Cone), Path::Direct).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cone_client_and_public_host_go_direct() {
+    pair(pair_of(Nat::Cone, Nat::Public), Path::Direct).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cone_client_and_cone_host_go_direct() {
+    pair(pair_of(Nat::Cone, Nat::Cone), Path::Direct).await;
+}
+
+/// The client's NAT maps it anew towards the host, but a public host
+/// admits the introduced address's IP on any port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symmetric_client_and_public_host_go_direct() {
+    pair(pair_of(Nat::Symmetric, Nat::Public), Path::Direct).await;
+}
+
+/// The host's NAT maps it anew towards the client: the client's handshake
+/// goes to the port the relay saw, which lets nothing in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_client_and_symmetric_host_stay_on_the_relay() {
+    pair(pair_of(Nat::Public, Nat::Symmetric), Path::Relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cone_client_and_symmetric_host_stay_on_the_relay() {
+    pair(pair_of(Nat::Cone, Nat::Symmetric), Path::Relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symmetric_client_and_cone_host_stay_on_the_relay() {
+    pair(pair_of(Nat::Symmetric, Nat::Cone), Path::Relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symmetric_client_and_symmetric_host_stay_on_the_relay() {
+    pair(pair_of(Nat::Symmetric, Nat::Symmetric), Path::Relay).await;
+}
+
+/// Behind one router (no hairpin), the host's LAN address gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_host_behind_one_nat_go_direct_over_the_lan() {
+    pair(Layout::SameNat, Path::Direct).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_behind_stateful_firewalls_goes_direct() {
+    pair(Layout::Ipv6, Path::Direct).await;
+}
