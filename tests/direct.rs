@@ -7,7 +7,8 @@ mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use support::direct::{ticker, Places, Rig};
+use support::bin::path_str;
+use support::direct::{ticker, Extra, Places, Rig};
 use support::traffic::{hash_to_end, hex, write_noise};
 use support::within;
 
@@ -54,7 +55,10 @@ async fn a_live_session_moves_to_the_direct_path_and_loses_no_line() {
     eprintln!("longest gap between two lines: {longest:?}");
     assert_eq!(rig.host_paths(), ["relay"], "{}", rig.host.log());
     assert!(
-        rig.host.lines().iter().any(|l| l.contains("session resumed")),
+        rig.host
+            .lines()
+            .iter()
+            .any(|l| l.contains("session resumed")),
         "{}",
         rig.host.log()
     );
@@ -69,8 +73,68 @@ async fn with_direct_off_on_either_side_every_session_stays_on_the_relay() {
         for _ in 0..3 {
             assert_eq!(rig.ssh_output("echo hi").await, b"hi\n");
         }
-        assert_eq!(rig.host_paths(), ["relay"; 3], "{sides:?}: {}", rig.host.log());
+        assert_eq!(
+            rig.host_paths(),
+            ["relay"; 3],
+            "{sides:?}: {}",
+            rig.host.log()
+        );
         let said = |p: &support::proc::Proc| p.lines().iter().any(|l| l.contains("direct path"));
         assert!(!said(&rig.client), "{sides:?}: {}", rig.client.log());
     }
+}
+
+/// Without resumption a live session cannot move: it stays on the relay
+/// to its end, and only the next session goes direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_resumption_only_new_sessions_go_direct() {
+    let extra = Extra {
+        peers: &["--resume-window", "0"],
+        ..Extra::default()
+    };
+    let rig = Rig::start_with(Places::default(), LOOPBACK, ("auto", "auto"), extra).await;
+    let Some(mut rig) = rig else { return };
+    ticker(&rig, 100, async {}).await;
+    rig.direct_up().await;
+    assert_eq!(rig.ssh_output("echo next").await, b"next\n");
+    assert_eq!(rig.host_paths(), ["relay", "direct"], "{}", rig.host.log());
+    let moved = |l: &String| l.contains("session moved");
+    assert!(
+        !rig.client.lines().iter().any(moved),
+        "{}",
+        rig.client.log()
+    );
+}
+
+/// A client token revoked at the relay: the host closes its direct
+/// connection as the relay closes the client's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_client_token_closes_its_direct_connection_at_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let revoked = dir.path().join("revoked");
+    std::fs::write(&revoked, "").unwrap();
+    let extra = Extra {
+        relay: &["--revocation-file", path_str(&revoked)],
+        ..Extra::default()
+    };
+    let rig = Rig::start_with(Places::default(), LOOPBACK, ("auto", "auto"), extra).await;
+    let Some(mut rig) = rig else { return };
+    assert_eq!(rig.ssh_output("echo first").await, b"first\n");
+    rig.direct_up().await;
+    let mut ssh = rig.ssh("sleep 120").spawn().expect("ssh runs");
+    rig.host.wait_for_text("path=\"direct\"").await;
+    std::fs::write(&revoked, "jti alice\n").unwrap();
+    let at = std::time::Instant::now();
+    rig.host.wait_for_text("direct connection closed").await;
+    eprintln!(
+        "the direct connection closed {:.2?} after the revocation",
+        at.elapsed()
+    );
+    rig.relay
+        .wait_for_text("told the host a client token has ended")
+        .await;
+    let status = within(support::WAIT, "ssh to end", ssh.wait())
+        .await
+        .unwrap();
+    assert!(!status.success(), "the revoked session ended: {status}");
 }

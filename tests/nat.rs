@@ -10,10 +10,19 @@ mod support;
 
 use std::io::Write;
 
-use support::direct::{Places, Rig};
+use support::direct::{ticker, Extra, Places, Rig};
 use support::natlab::{Layout, Nat, NatLab};
 use support::traffic::{hash_to_end, hex, write_noise};
+use support::wan::in_ns;
 use support::within;
+
+/// Peers over QUIC only: a first handshake slowed down (the machine
+/// busy, a neighbour discovery) must not make them fall back to TCP,
+/// which never goes direct; that fallback is `tests/udp_blocked.rs`'s.
+const QUIC: Extra = Extra {
+    relay: &[],
+    peers: &["--transport", "quic"],
+};
 
 /// How the next session must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +45,8 @@ async fn pair(layout: Layout, want: Path) {
         host: Some(&lab.host),
         client: Some(&lab.client),
     };
-    let Some(mut rig) = Rig::start(places, lab.relay_ip(), ("auto", "auto")).await else {
+    let Some(mut rig) = Rig::start_with(places, lab.relay_ip(), ("auto", "auto"), QUIC).await
+    else {
         return;
     };
     assert_eq!(rig.ssh_output("echo first").await, b"first\n");
@@ -51,7 +61,12 @@ async fn pair(layout: Layout, want: Path) {
     } else {
         Path::Relay
     };
-    assert_eq!(got, want, "{layout:?}: {outcome}\nclient:\n{}", rig.client.log());
+    assert_eq!(
+        got,
+        want,
+        "{layout:?}: {outcome}\nclient:\n{}",
+        rig.client.log()
+    );
     // 1 MiB of noise from the host, on the path the client now takes.
     let file = rig.sshd.dir.path().join("noise");
     let hash = {
@@ -73,7 +88,12 @@ async fn pair(layout: Layout, want: Path) {
         Path::Direct => "direct",
         Path::Relay => "relay",
     };
-    assert_eq!(rig.host_paths(), ["relay", second], "{layout:?}: {}", rig.host.log());
+    assert_eq!(
+        rig.host_paths(),
+        ["relay", second],
+        "{layout:?}: {}",
+        rig.host.log()
+    );
     let _ = std::io::stderr().flush();
 }
 
@@ -139,4 +159,45 @@ async fn client_and_host_behind_one_nat_go_direct_over_the_lan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_behind_stateful_firewalls_goes_direct() {
     pair(Layout::Ipv6, Path::Direct).await;
+}
+
+/// A direct path that breaks under a live session (the wan drops what
+/// goes between the two routers, as a NAT that forgot its mapping would):
+/// the session resumes over the relay, and loses no line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_path_that_breaks_resumes_its_session_over_the_relay() {
+    if let Some(why) = NatLab::unavailable() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        return eprintln!("\n!!! SKIPPED: {why} !!!\n");
+    }
+    let lab = NatLab::start(pair_of(Nat::Cone, Nat::Cone));
+    let places = Places {
+        relay: Some(&lab.wan),
+        host: Some(&lab.host),
+        client: Some(&lab.client),
+    };
+    let Some(mut rig) = Rig::start_with(places, lab.relay_ip(), ("auto", "auto"), QUIC).await
+    else {
+        return;
+    };
+    assert_eq!(rig.ssh_output("echo first").await, b"first\n");
+    rig.direct_up().await;
+    let (client, host) = (
+        lab.client_public_ip().to_string(),
+        lab.host_public_ip().to_string(),
+    );
+    let cut = async {
+        for (from, to) in [(&client, &host), (&host, &client)] {
+            let rule = [
+                "iptables", "-I", "FORWARD", "-s", from, "-d", to, "-j", "DROP",
+            ];
+            in_ns(&lab.wan, &rule);
+        }
+    };
+    // 500 lines, one every 10 ms: the path breaks after the first.
+    let longest = ticker(&rig, 500, cut).await;
+    let resumed = rig.client.wait_for_text("session resumed").await;
+    eprintln!("longest gap while the session left the broken direct path: {longest:?}");
+    assert!(resumed.contains("path=\"relay\""), "{resumed}");
+    assert_eq!(rig.host_paths(), ["relay", "direct"], "{}", rig.host.log());
 }

@@ -268,6 +268,7 @@ async fn status_prints_the_hosts_online_from_the_relays_metrics_endpoint() {
             "SINCE",
             "REMOTE",
             "TRANSPORT",
+            "DIRECT",
             "SESSIONS",
             "BYTES TO HOST",
             "BYTES TO CLIENT"
@@ -275,7 +276,7 @@ async fn status_prints_the_hosts_online_from_the_relays_metrics_endpoint() {
         "{out:?}"
     );
     let row = &lines[1];
-    assert_eq!(row.len(), 7, "{out:?}");
+    assert_eq!(row.len(), 8, "{out:?}");
     assert_eq!(row[0], "lab1", "{out:?}");
     assert!(
         row[1].len() == "2024-01-01T00:00:00Z".len() && row[1].ends_with('Z'),
@@ -284,7 +285,9 @@ async fn status_prints_the_hosts_online_from_the_relays_metrics_endpoint() {
     let remote: SocketAddr = row[2].parse().expect("remote is an address");
     assert_eq!(remote.ip().to_string(), "127.0.0.1", "{out:?}");
     assert_eq!(row[3], "quic", "{out:?}");
-    assert_eq!(&row[4..], ["0", "0", "0"], "{out:?}");
+    // Test processes run with SHELLRELAY_DIRECT=off.
+    assert_eq!(row[4], "off", "{out:?}");
+    assert_eq!(&row[5..], ["0", "0", "0"], "{out:?}");
 
     host.terminate().await;
     relay.terminate().await;

@@ -22,7 +22,7 @@ use shellrelay::ops::clock::MAX_EXP;
 use shellrelay::protocol::id::{glob_match, valid_host_pattern, MAX_HOST_ID_LEN};
 use shellrelay::protocol::Role;
 use shellrelay::protocol::{
-    read_frame, Frame, FrameError, Jwt, Reason, Resume, Who, MAX_FRAME_LEN,
+    read_frame, Direct, Frame, FrameError, Jwt, Reason, Resume, Who, MAX_FRAME_LEN,
 };
 use tokio::runtime::Runtime;
 
@@ -122,6 +122,25 @@ fn arb_u64() -> BoxedStrategy<u64> {
     .boxed()
 }
 
+fn arb_direct() -> BoxedStrategy<Direct> {
+    let addrs = || prop::collection::vec(text(), 0..6);
+    prop_oneof![
+        (text(), addrs()).prop_map(|(pin, addrs)| Direct::Offer { pin, addrs }),
+        addrs().prop_map(|addrs| Direct::Ask { addrs }),
+        (text(), addrs(), arb_u64()).prop_map(|(ticket, addrs, expires_at)| Direct::Expect {
+            ticket,
+            addrs,
+            expires_at
+        }),
+        (text(), addrs(), text()).prop_map(|(ticket, addrs, pin)| Direct::Meet {
+            ticket,
+            addrs,
+            pin
+        }),
+    ]
+    .boxed()
+}
+
 fn arb_frame() -> BoxedStrategy<Frame> {
     prop_oneof![
         (
@@ -153,18 +172,25 @@ fn arb_frame() -> BoxedStrategy<Frame> {
             prop::option::of(text()),
             prop::option::of(arb_resume()),
             prop::option::of(text()),
-            prop::option::of((text(), prop::option::of(text())))
+            prop::option::of((text(), prop::option::of(text()))),
+            prop::option::of(arb_direct())
         )
-            .prop_map(|(session, client, resume, owner, who)| Frame::Open {
-                session,
-                client,
-                resume,
-                owner,
-                who: who.map(|(subject, jti)| Who { subject, jti }),
-                direct: None,
-            }),
-        (arb_u64(), prop::option::of(arb_resume()))
-            .prop_map(|(session, resume)| Frame::Ready { session, resume , direct: None }),
+            .prop_map(
+                |(session, client, resume, owner, who, direct)| Frame::Open {
+                    session,
+                    client,
+                    resume,
+                    owner,
+                    who: who.map(|(subject, jti)| Who { subject, jti }),
+                    direct,
+                }
+            ),
+        text().prop_map(|ticket| Frame::Ticket { ticket }),
+        (arb_u64(), prop::option::of(arb_resume())).prop_map(|(session, resume)| Frame::Ready {
+            session,
+            resume,
+            direct: None
+        }),
         (arb_reason(), text()).prop_map(|(reason, message)| Frame::Refused { reason, message }),
         Just(Frame::Ping),
     ]
@@ -398,7 +424,7 @@ fn a_prefix_above_the_limit_is_too_long_whatever_follows() {
         bytes(256).prop_map(Follow::Noise),
         // A real frame's JSON padded with whitespace to exactly the announced
         // length: valid JSON, and still refused for its size.
-        (arb_frame(), bytes(8)).prop_map(|(f, tail)| Follow::Padded(f, tail)),
+        (arb_frame(), bytes(8)).prop_map(|(f, tail)| Follow::Padded(Box::new(f), tail)),
     ];
     proptest!(config(192), |(len in (MAX_FRAME_LEN as u16 + 1)..=u16::MAX, follow in follow)| {
         let body = follow.materialise(len as usize);
@@ -445,7 +471,7 @@ fn the_limit_is_exactly_max_frame_len() {
 #[derive(Debug, Clone)]
 enum Follow {
     Noise(Vec<u8>),
-    Padded(Frame, Vec<u8>),
+    Padded(Box<Frame>, Vec<u8>),
 }
 
 impl Follow {

@@ -250,6 +250,19 @@ impl Invite {
     }
 }
 
+/// The invite `--join` names, which must be a host's.
+pub(super) fn host_invite(arg: &str) -> anyhow::Result<Invite> {
+    let invite = Invite::read_arg(arg)?;
+    let claims = invite.claims()?;
+    if claims.role != crate::protocol::Role::Host {
+        bail!(
+            "this join string is a client invite: run `shellrelay join` with it on the machine \
+             you ssh from; a host agent needs one made with `shellrelay invite --role host`"
+        );
+    }
+    Ok(invite)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::{host_id, until_signalled, HumanDuration, TransportOpt};
 use crate::access::token::TokenSource;
-use crate::cli::invite::Invite;
+use crate::cli::invite::{host_invite, Invite};
 use crate::net::tls::pin::Pin;
 use crate::net::tls::{self, Trust};
 use crate::net::transport::dial::{self, RelayAddr};
@@ -436,19 +436,6 @@ pub(super) async fn run_host(opt: HostOpt) -> anyhow::Result<()> {
         direct,
     };
     until_signalled(|shutdown| host::run(config, shutdown)).await
-}
-
-/// The invite `--join` names, which must be a host's.
-fn host_invite(arg: &str) -> anyhow::Result<Invite> {
-    let invite = Invite::read_arg(arg)?;
-    let claims = invite.claims()?;
-    if claims.role != crate::protocol::Role::Host {
-        bail!(
-            "this join string is a client invite: run `shellrelay join` with it on the machine \
-             you ssh from; a host agent needs one made with `shellrelay invite --role host`"
-        );
-    }
-    Ok(invite)
 }
 
 /// Runs the client forwarder.

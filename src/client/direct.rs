@@ -101,7 +101,11 @@ impl DirectPath {
     /// What to ask the relay in a session's `open`, if an introduction is
     /// due: none while a direct connection is up or being made, or while
     /// backing off. `own` are the client's own addresses.
-    pub fn ask(&self, dialer: Option<&DirectDialer>, own: &[std::net::SocketAddr]) -> Option<Direct> {
+    pub fn ask(
+        &self,
+        dialer: Option<&DirectDialer>,
+        own: &[std::net::SocketAddr],
+    ) -> Option<Direct> {
         if self.mode == DirectMode::Off || dialer.is_none() || self.current().is_some() {
             return None;
         }
@@ -149,6 +153,12 @@ impl DirectPath {
         });
     }
 
+    /// The session that asked for an introduction failed before its
+    /// `ready`: the next session asks.
+    pub fn unanswered(&self) {
+        self.retry_after(Duration::ZERO);
+    }
+
     fn retry_after(&self, delay: Duration) {
         let mut state = self.lock();
         state.trying = false;
@@ -180,7 +190,10 @@ impl DirectPath {
             Frame::Welcome { .. } => Ok((conn, control)),
             Frame::Refused { message, .. } => {
                 conn.close(Reason::Done, "");
-                anyhow::bail!("the host refused: {}", crate::protocol::Printable::message(&message))
+                anyhow::bail!(
+                    "the host refused: {}",
+                    crate::protocol::Printable::message(&message)
+                )
             }
             _ => {
                 conn.close(Reason::Protocol, "unexpected answer to the ticket");

@@ -68,7 +68,12 @@ pub(super) async fn forward(
             let mut tcp = tcp;
             let (mut from_ssh, mut to_ssh) = tcp.split();
             let outcome = (forwarder)
-                .carry(&session, (&mut stream, opened.direct), &mut from_ssh, &mut to_ssh)
+                .carry(
+                    &session,
+                    (&mut stream, opened.direct),
+                    &mut from_ssh,
+                    &mut to_ssh,
+                )
                 .await;
             resumable::end(&session, &outcome, &mut stream).await;
             let done = matches!(outcome, Outcome::Done);

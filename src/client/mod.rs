@@ -210,7 +210,12 @@ impl Forwarder {
             let (conn, host, fresh) = self.connection().await?;
             let asked = Instant::now();
             let (introduce, dialer) = self.direct_ask().await.unzip();
-            match open_on(&conn, ask, introduce).await {
+            let opened = open_on(&conn, ask, introduce).await;
+            if opened.is_err() && dialer.is_some() {
+                // Asked, and no answer: the next session asks again.
+                self.direct.unanswered();
+            }
+            match opened {
                 Ok(ready) => {
                     self.ready_after(asked.elapsed());
                     if let Some(dialer) = dialer {

@@ -11,8 +11,10 @@
 //!
 //! Bounds: at most [`MAX_TICKETS`] tickets wait at once (each a few
 //! hundred bytes; the oldest goes first), at most [`MAX_DIRECT_CONNS`]
-//! direct connections, each with at most [`MAX_DIRECT_SESSIONS`] sessions
-//! and one stream window per session.
+//! direct connections ([`MAX_DIRECT_CONNS_PER_CLIENT`] of one client
+//! token), each with at most [`MAX_DIRECT_SESSIONS`] sessions and
+//! [`DIRECT_CONN_WINDOWS`] stream windows of unread data in all: with the
+//! default 512 KiB window, 128 MiB for all of them, 16 MiB for one token.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,16 +22,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::session::{host_session, Origin, Sessions};
 use crate::net::tls::{pin::Pin, self_signed, Identity};
-use crate::net::transport::direct::{DirectIncoming, DirectListener, INTRODUCED_FOR};
 use crate::net::transport::dial::RelayLink;
-use crate::net::transport::{liveness, Conn, Stream, TransportOptions};
+use crate::net::transport::direct::{DirectListener, DirectMode, INTRODUCED_FOR};
+use crate::net::transport::{Conn, Stream, TransportOptions};
 use crate::ops::clock::unix_now;
 use crate::ops::defaults::OPEN_TIMEOUT;
-use crate::ops::memory::Trim;
 use crate::ops::metrics::HostMetrics;
 use crate::ops::tasks::Tasks;
 use crate::protocol::direct::{candidates, is_ticket};
@@ -39,10 +39,19 @@ use crate::protocol::{read_frame, write_frame, Direct, Frame, Reason, Refusal, R
 pub const MAX_TICKETS: usize = 256;
 
 /// Most direct connections at once; a client past it stays on the relay.
-pub const MAX_DIRECT_CONNS: usize = 64;
+pub const MAX_DIRECT_CONNS: usize = 32;
+
+/// Most direct connections of one client token at once (a forwarder
+/// keeps one; each `connect` keeps its own).
+pub const MAX_DIRECT_CONNS_PER_CLIENT: usize = 4;
 
 /// Most sessions on one direct connection at once.
 pub const MAX_DIRECT_SESSIONS: u32 = 64;
+
+/// Stream windows of data a direct connection's client may have sent and
+/// the host not yet passed on, over all its sessions: a client whose
+/// sessions stall holds up its own others, nobody else's.
+pub const DIRECT_CONN_WINDOWS: u64 = 8;
 
 /// Session ids on direct connections start here, above any a relay gives
 /// out in years, so that logs never show one id for two sessions.
@@ -87,7 +96,7 @@ pub(super) struct DirectPaths {
     tickets: Mutex<HashMap<String, Ticket>>,
     conns: Mutex<Vec<(Option<String>, Conn)>>,
     next_id: AtomicU64,
-    tasks: Tasks,
+    pub(super) tasks: Tasks,
     /// Bytes direct connections that have closed carried.
     carried: AtomicU64,
     metrics: Arc<HostMetrics>,
@@ -98,6 +107,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl DirectPaths {
+    /// The agent's direct paths, unless `config` turns them off.
+    pub fn unless_off(
+        config: &super::HostConfig,
+        tasks: Tasks,
+        metrics: Arc<HostMetrics>,
+    ) -> anyhow::Result<Option<Arc<DirectPaths>>> {
+        if config.direct == DirectMode::Off {
+            return Ok(None);
+        }
+        let transport = (config.relays.first()).map(|relay| relay.transport);
+        let paths = DirectPaths::new(transport.unwrap_or_default(), tasks, metrics)?;
+        Ok(Some(Arc::new(paths)))
+    }
+
     /// Direct paths with a new certificate.
     pub fn new(
         options: TransportOptions,
@@ -105,7 +128,10 @@ impl DirectPaths {
         metrics: Arc<HostMetrics>,
     ) -> anyhow::Result<DirectPaths> {
         let identity = self_signed(&["shellrelay-host".to_owned()])?;
-        let leaf = identity.chain.first().ok_or_else(|| anyhow::anyhow!("no certificate"))?;
+        let leaf = identity
+            .chain
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no certificate"))?;
         let pin = Pin::of(leaf)?.to_string();
         Ok(DirectPaths {
             identity,
@@ -193,8 +219,18 @@ impl DirectPaths {
         }
         let taken = tickets.remove(ticket)?;
         taken.used.store(true, Ordering::Relaxed);
-        self.metrics.introduced("direct", Some(taken.given.elapsed()));
+        self.metrics
+            .introduced("direct", Some(taken.given.elapsed()));
         Some(taken)
+    }
+
+    /// Direct connections open now.
+    pub fn connections(&self) -> usize {
+        let conns = lock(&self.conns);
+        conns
+            .iter()
+            .filter(|(_, c)| c.close_reason().is_none())
+            .count()
     }
 
     /// Bytes sent and received on direct connections so far.
@@ -222,61 +258,9 @@ impl DirectPaths {
         });
     }
 
-    /// Serves one direct connection attempt: handshake, ticket, then its
-    /// sessions until it closes or its client's token expires.
-    pub async fn serve(
-        self: Arc<Self>,
-        ctx: Arc<Sessions>,
-        incoming: DirectIncoming,
-        trim: Trim,
-    ) {
-        let from = incoming.remote();
-        let conn = match incoming.handshake().await {
-            Ok(conn) => conn,
-            Err(err) => return debug!(%from, "direct handshake failed: {err:#}"),
-        };
-        let Some((admitted, expires_at, control)) = self.admit(&conn, from).await else {
-            return;
-        };
-        let _listed = Listed::new(&self, admitted.owner.clone(), &conn);
-        let Some(_listed) = _listed else {
-            let message = "the host has too many direct connections";
-            return conn.close(Reason::Limit, message);
-        };
-        info!(client = %from, "direct connection from a client");
-        self.tasks.spawn(liveness::absorb_probes(control.recv));
-        let admitted = Arc::new(admitted);
-        let expiry = std::time::Duration::from_secs(expires_at.saturating_sub(unix_now()));
-        let expired = tokio::time::sleep(expiry);
-        tokio::pin!(expired);
-        loop {
-            let stream = tokio::select! {
-                () = &mut expired => {
-                    conn.close(Reason::TokenExpired, "the client's token has expired");
-                    return;
-                }
-                stream = conn.accept() => stream,
-            };
-            let Ok(stream) = stream else {
-                return info!(client = %from, "direct connection closed");
-            };
-            let _span = tracing::info_span!(
-                "session",
-                session = tracing::field::Empty,
-                path = "direct",
-                subject = tracing::field::Empty,
-                jti = tracing::field::Empty
-            )
-            .entered();
-            let origin = Origin::Direct(admitted.clone());
-            let session = host_session(ctx.clone(), stream, trim.session(), origin);
-            self.tasks.spawn(session);
-        }
-    }
-
     /// Reads the ticket on `conn`'s control stream and answers it; the
     /// client admitted, when its token expires, and its control stream.
-    async fn admit(
+    pub(super) async fn admit(
         self: &Arc<Self>,
         conn: &Conn,
         from: SocketAddr,
@@ -302,7 +286,7 @@ impl DirectPaths {
         };
         conn.admit(MAX_DIRECT_SESSIONS + 1);
         let window = u64::from(self.options.window());
-        conn.set_receive_window(window * u64::from(MAX_DIRECT_SESSIONS + 1));
+        conn.set_receive_window(window * DIRECT_CONN_WINDOWS);
         let welcome = Frame::Welcome {
             host: String::new(),
             role: Role::Client,
@@ -322,16 +306,21 @@ impl DirectPaths {
 
 /// A direct connection's place in the list that [`DirectPaths::end_owner`]
 /// closes from; given up when dropped.
-struct Listed<'a> {
+pub(super) struct Listed<'a> {
     paths: &'a DirectPaths,
     conn: Conn,
 }
 
 impl<'a> Listed<'a> {
-    fn new(paths: &'a DirectPaths, owner: Option<String>, conn: &Conn) -> Option<Listed<'a>> {
+    pub(super) fn new(
+        paths: &'a DirectPaths,
+        owner: Option<String>,
+        conn: &Conn,
+    ) -> Option<Listed<'a>> {
         let mut conns = lock(&paths.conns);
         conns.retain(|(_, c)| c.close_reason().is_none());
-        if conns.len() >= MAX_DIRECT_CONNS {
+        let of_client = conns.iter().filter(|(o, _)| *o == owner).count();
+        if conns.len() >= MAX_DIRECT_CONNS || of_client >= MAX_DIRECT_CONNS_PER_CLIENT {
             return None;
         }
         conns.push((owner, conn.clone()));

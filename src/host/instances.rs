@@ -50,6 +50,10 @@ pub(super) fn pages(sessions: Arc<Sessions>) -> crate::ops::status::Render {
                     "resume_buffered_bytes": buffered,
                     "resumes": m.resumes("resumed"),
                     "resume_window_passed": m.resumes("window_passed"),
+                    "sessions_on_relay": m.active("relay"),
+                    "sessions_direct": m.active("direct"),
+                    "direct_connections": sessions.direct.as_ref().map_or(0, |d| d.connections()),
+                    "direct_bytes": sessions.direct.as_ref().map_or(0, |d| d.bytes()),
                 });
                 let mut json = serde_json::to_vec_pretty(&status).map_err(|e| e.to_string())?;
                 json.push(b'\n');

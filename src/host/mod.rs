@@ -35,6 +35,7 @@ use crate::session::backoff::Backoff;
 const REPEAT_WARNING: Duration = Duration::from_secs(10 * 60);
 
 mod direct;
+mod direct_conns;
 mod fleet_relays;
 use fleet_relays::follow_fleet;
 mod instances;
@@ -93,15 +94,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
             (config.relays.first()).map_or(0, |relay| relay.transport.window()),
         ),
         metrics: metrics.clone(),
-        direct: match config.direct {
-            DirectMode::Auto => {
-                let transport = (config.relays.first()).map(|relay| relay.transport);
-                let transport = transport.unwrap_or_default();
-                let paths = DirectPaths::new(transport, tasks.clone(), metrics)?;
-                Some(Arc::new(paths))
-            }
-            DirectMode::Off => None,
-        },
+        direct: DirectPaths::unless_off(&config, tasks.clone(), metrics)?,
     });
     if let Some(addr) = config.metrics {
         let (listener, _) = crate::ops::status::bind(addr)?;
@@ -354,7 +347,12 @@ impl Registration<'_> {
                 match stream {
                     Ok(stream) => {
                         let origin = Origin::Relay(None);
-                        tasks.spawn(host_session(sessions.clone(), stream, trim.session(), origin))
+                        tasks.spawn(host_session(
+                            sessions.clone(),
+                            stream,
+                            trim.session(),
+                            origin,
+                        ))
                     }
                     Err(_) => return,
                 }
@@ -397,12 +395,7 @@ impl Registration<'_> {
         loop {
             // Made anew each turn: quinn keeps an attempt that came while
             // no accept was waiting.
-            let direct = async {
-                match &listener {
-                    Some(listener) => listener.accept().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let direct = direct_conns::accept(listener.as_deref());
             let stream = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -411,11 +404,9 @@ impl Registration<'_> {
                 }
                 stream = link.conn.accept() => stream,
                 Some(quic) = &mut back_to_quic => return Served::Moved(Box::new(quic)),
-                Some(incoming) = direct => {
-                    if let Some(paths) = paths {
-                        let serve = paths.clone().serve(sessions.clone(), incoming, trim.clone());
-                        tasks.spawn(serve);
-                    }
+                Some(incoming) = direct, if paths.is_some() => {
+                    let paths = paths.cloned().unwrap_or_else(|| unreachable!());
+                    tasks.spawn(direct_conns::serve(paths, sessions.clone(), incoming, trim.clone()));
                     continue;
                 }
                 quiet = &mut silent => {
@@ -439,7 +430,12 @@ impl Registration<'_> {
                     // Counted from here, so that no QUIC move starts while a
                     // session is being set up.
                     let origin = Origin::Relay(listener.clone());
-                    tasks.spawn(host_session(sessions.clone(), stream, trim.session(), origin));
+                    tasks.spawn(host_session(
+                        sessions.clone(),
+                        stream,
+                        trim.session(),
+                        origin,
+                    ));
                 }
                 Err(closed) => return Served::Closed(closed),
             }

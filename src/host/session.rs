@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
+use super::direct::{Admitted, DirectPaths};
+use crate::net::transport::direct::DirectListener;
 use crate::net::transport::{self, SendStream, Stream};
 use crate::ops::defaults::{DIAL_TIMEOUT, OPEN_TIMEOUT, SHUTDOWN_GRACE};
 use crate::ops::memory::Live;
 use crate::ops::metrics::HostMetrics;
-use crate::net::transport::direct::DirectListener;
-use super::direct::{Admitted, DirectPaths};
 use crate::protocol::{read_frame, write_frame, Frame, Reason, Refusal, Resume};
 use crate::session::carry::NextStream;
 use crate::session::resume::key::{self, Half};
@@ -51,17 +51,42 @@ pub(super) enum Origin {
 
 /// Serves one session stream a relay or a direct client opened: a new
 /// session, or a resume.
-pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: Live, origin: Origin) {
+pub(super) async fn host_session(
+    ctx: Arc<Sessions>,
+    mut stream: Stream,
+    live: Live,
+    origin: Origin,
+) {
     let open = tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut stream.recv)).await;
     let (session, client, resume, owner, who, direct) = match (open, &origin) {
-        (Ok(Ok(Frame::Open { session, client, resume, owner, who, direct })), Origin::Relay(_)) => {
-            (session, client.unwrap_or_default(), resume, owner, who, direct)
-        }
+        (
+            Ok(Ok(Frame::Open {
+                session,
+                client,
+                resume,
+                owner,
+                who,
+                direct,
+            })),
+            Origin::Relay(_),
+        ) => (
+            session,
+            client.unwrap_or_default(),
+            resume,
+            owner,
+            who,
+            direct,
+        ),
         // On a direct connection the ticket says who the client is, and
         // only a relay introduces or says a token has ended.
-        (Ok(Ok(Frame::Open { resume, direct: None, .. })), Origin::Direct(admitted))
-            if !matches!(resume, Some(Resume::Ended { .. })) =>
-        {
+        (
+            Ok(Ok(Frame::Open {
+                resume,
+                direct: None,
+                ..
+            })),
+            Origin::Direct(admitted),
+        ) if !matches!(resume, Some(Resume::Ended { .. })) => {
             let (owner, who) = (admitted.owner.clone(), admitted.who.clone());
             let client = admitted.client.to_string();
             (admitted.next_session(), client, resume, owner, who, None)
@@ -147,7 +172,7 @@ pub(super) async fn host_session(ctx: Arc<Sessions>, mut stream: Stream, live: L
         return;
     }
     info!(target: LOG_TARGET, %client, path, resumable = resumable.is_some(), "session started");
-    ctx.metrics.session_on(path);
+    let _on = ctx.metrics.session_on(path);
     let mut finished = None;
     let (to_client, to_host, aborted) = match resumable {
         Some((session, registered, _)) => {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::Reason;
 
 mod host;
-pub use host::HostMetrics;
+pub use host::{Active, HostMetrics};
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "shellrelay";
@@ -308,6 +308,10 @@ pub struct HostStatus {
     /// `quic` or `tcp`.
     #[serde(default)]
     pub transport: String,
+    /// Whether the host takes direct connections (its clients may then
+    /// carry sessions that the relay does not see).
+    #[serde(default)]
+    pub direct: bool,
     /// Sessions to the host now, including those being set up.
     pub sessions: u64,
     /// Bytes relayed to the host since it registered.

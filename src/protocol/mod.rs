@@ -7,8 +7,8 @@
 //! [`Frame::Ready`] or [`Frame::Refused`]; after `Ready` the stream carries raw
 //! ssh bytes, untouched.
 
-pub mod id;
 pub mod direct;
+pub mod id;
 mod printable;
 mod reason;
 mod resume;
@@ -18,9 +18,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use direct::Direct;
 pub use printable::{printable, shown, Printable, MAX_MESSAGE_CHARS, MAX_NAME_CHARS};
 pub use reason::{Reason, Refusal};
-pub use direct::Direct;
 pub use resume::Resume;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

@@ -261,27 +261,29 @@ impl Admitted {
         // wait for it: it is asked, and closed if it does not answer.
         let keep_other = keep_other && self.holder_answers(&id).await;
         // Unregisters on every way out of here, a panic included.
-        let (_registration, replaced) =
-            match state
-                .hosts
-                .register(&id, self.conn.clone(), (prober, offered), unix_now(), keep_other)
-            {
-                Ok(registered) => registered,
-                Err(Refused::Full(max)) => {
-                    let message = format!("relay is at its limit of {max} hosts");
-                    warn!(target: LOG_TARGET, host = %id, "refused host: {message}");
-                    return self.refuse(Refusal::new(Reason::Limit, message), &id).await;
-                }
-                Err(Refused::Taken) => {
-                    let message = format!(
-                        "host {id} is registered by another connection; waiting for it to leave"
-                    );
-                    info!(target: LOG_TARGET, host = %id, %remote, "refused host: id taken");
-                    return self
-                        .refuse(Refusal::new(Reason::Replaced, message), &id)
-                        .await;
-                }
-            };
+        let (_registration, replaced) = match state.hosts.register(
+            &id,
+            self.conn.clone(),
+            (prober, offered),
+            unix_now(),
+            keep_other,
+        ) {
+            Ok(registered) => registered,
+            Err(Refused::Full(max)) => {
+                let message = format!("relay is at its limit of {max} hosts");
+                warn!(target: LOG_TARGET, host = %id, "refused host: {message}");
+                return self.refuse(Refusal::new(Reason::Limit, message), &id).await;
+            }
+            Err(Refused::Taken) => {
+                let message = format!(
+                    "host {id} is registered by another connection; waiting for it to leave"
+                );
+                info!(target: LOG_TARGET, host = %id, %remote, "refused host: id taken");
+                return self
+                    .refuse(Refusal::new(Reason::Replaced, message), &id)
+                    .await;
+            }
+        };
         self.handshake = None;
         // The host opens no streams: its control stream is all it keeps.
         self.conn.admit(1);

@@ -32,9 +32,7 @@ pub(super) fn offered(conn: &Conn, direct: Option<Direct>) -> Option<Offered> {
     let Some(Direct::Offer { pin, addrs }) = direct else {
         return None;
     };
-    if !matches!(conn, Conn::Quic(_))
-        || pin.parse::<crate::net::tls::pin::Pin>().is_err()
-    {
+    if !matches!(conn, Conn::Quic(_)) || pin.parse::<crate::net::tls::pin::Pin>().is_err() {
         return None;
     }
     Some(Offered {

@@ -141,6 +141,7 @@ impl Registry {
                 since: e.host.stats.since,
                 remote: e.host.conn.remote(),
                 transport: e.host.conn.transport().to_owned(),
+                direct: e.host.direct.is_some(),
                 sessions: e.host.sessions.get() as u64,
                 bytes_to_host: e.host.stats.to_host(),
                 bytes_to_client: e.host.stats.to_client(),

@@ -205,7 +205,11 @@ async fn relay_session(state: Arc<State>, meta: Meta, mut client_stream: Stream,
         Err(refusal) => return refuse_session(&state, &meta, client_stream, &refusal).await,
     };
     let (conn, token, expires_at) = (&meta.conn, &meta.token, meta.expires_at);
-    let asking = introduce::Asking { conn, token, expires_at };
+    let asking = introduce::Asking {
+        conn,
+        token,
+        expires_at,
+    };
     let intro = ask.and_then(|ask| introduce(&state, &asking, ask, target.direct.as_deref()).ok());
     let (expect, meet) = intro.map(|i| (i.expect, i.meet)).unzip();
     let open = Frame::Open {

@@ -4,7 +4,6 @@
 //! as each test asks. What each logs says which path a session took.
 #![allow(dead_code)]
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::bin::*;
@@ -41,14 +40,32 @@ fn spawn(name: &str, ns: Option<&str>, args: &[&str]) -> Proc {
     )
 }
 
+/// More arguments for the relay and for both peers.
+#[derive(Clone, Copy, Default)]
+pub struct Extra<'a> {
+    pub relay: &'a [&'a str],
+    pub peers: &'a [&'a str],
+}
+
 impl Rig {
-    /// Starts the three roles, the relay listening on `relay_ip` (port 0),
-    /// each peer with `--direct` as `host_direct` and `client_direct` say;
-    /// returns once the client is connected, or `None` without OpenSSH.
+    /// [`Rig::start_with`] with no more arguments.
     pub async fn start(
         places: Places<'_>,
         relay_ip: std::net::IpAddr,
+        modes: (&str, &str),
+    ) -> Option<Rig> {
+        Rig::start_with(places, relay_ip, modes, Extra::default()).await
+    }
+
+    /// Starts the three roles, the relay listening on `relay_ip` (port 0),
+    /// each peer with `--direct` as `host_direct` and `client_direct` say;
+    /// and `extra` arguments; returns once the client is connected, or
+    /// `None` without OpenSSH. The client's token has token id `alice`.
+    pub async fn start_with(
+        places: Places<'_>,
+        relay_ip: std::net::IpAddr,
         (host_direct, client_direct): (&str, &str),
+        extra: Extra<'_>,
     ) -> Option<Rig> {
         let sshd = Sshd::start_in(places.host).await?;
         let dir = tempfile::tempdir().expect("temp dir");
@@ -58,19 +75,22 @@ impl Rig {
         let name = relay_ip.to_string();
         let mut args = relay_args(&listen, &secret, &cert, &key);
         args.extend(["--name", &name]);
+        args.extend(extra.relay);
         let mut relay = spawn("relay", places.relay, &args);
         let line = relay.wait_for_text("relay listening").await;
         let relay_at = addr_field(&line, "addr").to_string();
         let host_token = token_file(&secret, dir.path(), "host.token", "host", "lab1").await;
-        let client_token = token_file(&secret, dir.path(), "client.token", "client", "lab1").await;
+        let client_token = jti_token_file(&secret, dir.path(), "lab1", "alice").await;
         // The host agent dials sshd on its own namespace's loopback.
         let target = format!("127.0.0.1:{}", sshd.addr().port());
         let mut args = peer_args("host", &relay_at, &cert, &host_token);
         args.extend(["--target", &target, "--direct", host_direct]);
+        args.extend(extra.peers);
         let mut host = spawn("host", places.host, &args);
         host.wait_for_text("registered with relay").await;
         let mut args = peer_args("client", &relay_at, &cert, &client_token);
         args.extend(["--listen", "127.0.0.1:0", "--direct", client_direct]);
+        args.extend(extra.peers);
         let mut client = spawn("client", places.client, &args);
         let line = client.wait_for_text("client forwarder listening").await;
         let port = addr_field(&line, "listen").port();
@@ -88,14 +108,19 @@ impl Rig {
 
     /// `remote` over ssh through the forwarder, from the client's place.
     pub fn ssh(&self, remote: &str) -> tokio::process::Command {
-        self.sshd.ssh_in(self.client_ns.as_deref(), self.port, remote)
+        self.sshd
+            .ssh_in(self.client_ns.as_deref(), self.port, remote)
     }
 
     /// Runs `remote` over ssh; its stdout, failing the test if ssh fails.
     pub async fn ssh_output(&self, remote: &str) -> Vec<u8> {
-        let out = super::within(super::WAIT, &format!("ssh {remote}"), self.ssh(remote).output())
-            .await
-            .expect("ssh runs");
+        let out = super::within(
+            super::WAIT,
+            &format!("ssh {remote}"),
+            self.ssh(remote).output(),
+        )
+        .await
+        .expect("ssh runs");
         assert!(
             out.status.success(),
             "ssh {remote} failed: {}\nstderr: {}\nclient:\n{}\nhost:\n{}",
@@ -155,7 +180,9 @@ pub async fn ticker<F: std::future::Future<Output = ()>>(
                     () = &mut during, if started => started = false,
                 }
             };
-            let line = line.expect("read").unwrap_or_else(|| panic!("ended before line {want}"));
+            let line = line
+                .expect("read")
+                .unwrap_or_else(|| panic!("ended before line {want}"));
             assert_eq!(line, want.to_string(), "lines out of order or lost");
             let now = Instant::now();
             if let Some(last) = last {
@@ -172,9 +199,4 @@ pub async fn ticker<F: std::future::Future<Output = ()>>(
     let status = child.wait().await.expect("ssh exits");
     assert!(status.success(), "ticker ssh failed: {status}");
     longest
-}
-
-/// The path of the file in `dir` named `name`, as a str.
-pub fn path_in<'a>(dir: &'a Path, name: &str) -> std::path::PathBuf {
-    dir.join(name)
 }

@@ -87,7 +87,9 @@ pub(crate) fn local_candidates(endpoint: &quinn::Endpoint, relay: SocketAddr) ->
         probe.local_addr()
     });
     match route {
-        Ok(route) if !route.ip().is_unspecified() => vec![SocketAddr::new(route.ip(), local.port())],
+        Ok(route) if !route.ip().is_unspecified() => {
+            vec![SocketAddr::new(route.ip(), local.port())]
+        }
         _ => Vec::new(),
     }
 }
@@ -113,7 +115,8 @@ impl Introduced {
     fn allows(&self, ip: IpAddr) -> bool {
         let list = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        list.iter().any(|(known, until)| *known == ip && *until > now)
+        list.iter()
+            .any(|(known, until)| *known == ip && *until > now)
     }
 }
 

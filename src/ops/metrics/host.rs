@@ -9,6 +9,15 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::{latency_buckets, ReasonLabel, PREFIX};
 
+/// A session counted as active on its path, until dropped.
+pub struct Active(Gauge);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PathLabel {
     path: &'static str,
@@ -20,6 +29,7 @@ pub struct HostMetrics {
     registry: Registry,
     resumes: Family<ReasonLabel, Counter>,
     sessions: Family<PathLabel, Counter>,
+    active: Family<PathLabel, Gauge>,
     introductions: Family<ReasonLabel, Counter>,
     time_to_direct: Histogram,
     direct_bytes: Gauge,
@@ -69,6 +79,12 @@ impl HostMetrics {
             "Sessions started, by path: relay, or direct",
             sessions.clone(),
         );
+        let active = Family::<PathLabel, Gauge>::default();
+        registry.register(
+            "sessions_active",
+            "Sessions now, by path: relay, or direct",
+            active.clone(),
+        );
         let introductions = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "introductions",
@@ -93,6 +109,7 @@ impl HostMetrics {
             registry,
             resumes,
             sessions,
+            active,
             introductions,
             time_to_direct,
             direct_bytes,
@@ -109,9 +126,19 @@ impl HostMetrics {
             .inc();
     }
 
-    /// Counts a session started on `path`.
-    pub fn session_on(&self, path: &'static str) {
+    /// Counts a session started on `path`, and as active on it until the
+    /// guard goes. A session that moves stays counted on the path it
+    /// started on.
+    pub fn session_on(&self, path: &'static str) -> Active {
         self.sessions.get_or_create(&PathLabel { path }).inc();
+        let gauge = self.active.get_or_create_owned(&PathLabel { path });
+        gauge.inc();
+        Active(gauge)
+    }
+
+    /// Sessions active now on `path`.
+    pub fn active(&self, path: &'static str) -> i64 {
+        self.active.get(&PathLabel { path }).map_or(0, |g| g.get())
     }
 
     /// Counts an introduction: `direct`, or why not; `took` from the
@@ -126,7 +153,8 @@ impl HostMetrics {
 
     /// Sets the bytes direct connections have carried so far.
     pub fn set_direct_bytes(&self, bytes: u64) {
-        self.direct_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.direct_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Resumes counted with `outcome`.
@@ -148,4 +176,3 @@ impl HostMetrics {
         text
     }
 }
-

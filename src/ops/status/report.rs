@@ -90,6 +90,7 @@ pub fn table(status: &Status) -> String {
                 fmt_unix(h.since),
                 h.remote.to_string(),
                 h.transport.clone(),
+                if h.direct { "auto" } else { "off" }.to_owned(),
                 h.sessions.to_string(),
                 h.bytes_to_host.to_string(),
                 h.bytes_to_client.to_string(),
@@ -101,6 +102,7 @@ pub fn table(status: &Status) -> String {
         "SINCE",
         "REMOTE",
         "TRANSPORT",
+        "DIRECT",
         "SESSIONS",
         "BYTES TO HOST",
         "BYTES TO CLIENT",
@@ -175,6 +177,7 @@ mod tests {
             since: 1_700_000_000,
             remote: "192.0.2.7:50000".parse().unwrap(),
             transport: "quic".into(),
+            direct: false,
             sessions,
             bytes_to_host: bytes,
             bytes_to_client: bytes * 10,
@@ -191,9 +194,9 @@ mod tests {
             clients: vec![client],
         };
         let want = "\
-HOST       SINCE                 REMOTE           TRANSPORT  SESSIONS  BYTES TO HOST  BYTES TO CLIENT
-a          2023-11-14T22:13:20Z  192.0.2.7:50000  quic              2              5               50
-longer-id  2023-11-14T22:13:20Z  192.0.2.7:50000  quic             10         123456          1234560
+HOST       SINCE                 REMOTE           TRANSPORT  DIRECT  SESSIONS  BYTES TO HOST  BYTES TO CLIENT
+a          2023-11-14T22:13:20Z  192.0.2.7:50000  quic       off            2              5               50
+longer-id  2023-11-14T22:13:20Z  192.0.2.7:50000  quic       off           10         123456          1234560
 
 CLIENT OF  SUBJECT  SINCE                 REMOTE              TRANSPORT
 a          alice    2023-11-14T22:13:20Z  198.51.100.1:40000  tcp

@@ -8,8 +8,8 @@ use tracing::debug;
 
 use super::{ConnectError, RelayAddr, RelayLink};
 use crate::net::tls::pin;
-use crate::net::transport::{direct, quic};
 use crate::net::transport::tcp::{self, Side, TcpConn};
+use crate::net::transport::{direct, quic};
 use crate::net::transport::{Closed, Conn, Stream};
 use crate::ops::defaults::{CLOSE_REASON_WAIT, TCP_AFTER};
 use crate::protocol::{read_frame, write_frame, Direct, Frame, Reason, Refusal, Role};
@@ -130,11 +130,7 @@ impl Dial<'_> {
     }
 
     /// The hello on a QUIC connection's first stream.
-    async fn quic_hello(
-        &self,
-        conn: Conn,
-        endpoint: Dialled,
-    ) -> Result<RelayLink, ConnectError> {
+    async fn quic_hello(&self, conn: Conn, endpoint: Dialled) -> Result<RelayLink, ConnectError> {
         let Stream { mut send, mut recv } = conn.open().await.map_err(|c| self.lost(c))?;
         // A host that takes direct connections names its own addresses:
         // this endpoint's port on the address that routes to the relay.

@@ -79,7 +79,9 @@ pub fn bind_endpoint_with(
 /// ([`super::direct::DirectListener::introduce`]).
 pub fn bind_dialling(addr: SocketAddr) -> anyhow::Result<(quinn::Endpoint, std::net::UdpSocket)> {
     let socket = udp_socket(addr)?;
-    let shared = socket.try_clone().context("could not share the UDP socket")?;
+    let shared = socket
+        .try_clone()
+        .context("could not share the UDP socket")?;
     shared
         .set_nonblocking(true)
         .context("could not share the UDP socket")?;
