@@ -8,7 +8,7 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr};
 
 use support::bin::path_str;
-use support::direct::{ticker, Extra, Places, Rig};
+use support::direct::{ticker, ticker_over, Extra, Places, Rig};
 use support::traffic::{hash_to_end, hex, write_noise};
 use support::within;
 
@@ -137,4 +137,17 @@ async fn revoking_the_client_token_closes_its_direct_connection_at_the_host() {
         .await
         .unwrap();
     assert!(!status.success(), "the revoked session ended: {status}");
+}
+
+/// `connect` (a process per ssh session) starts its session on the relay,
+/// gets its own direct path, and moves the live session to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_moves_its_session_to_the_direct_path() {
+    let Some(rig) = Rig::start(Places::default(), LOOPBACK, ("auto", "auto")).await else {
+        return;
+    };
+    let (longest, said) = ticker_over(|remote| rig.ssh_via_connect(remote), 300, async {}).await;
+    eprintln!("longest gap between two lines: {longest:?}");
+    assert!(said.contains("session moved to the direct path"), "{said}");
+    assert_eq!(rig.host_paths(), ["relay"], "{}", rig.host.log());
 }

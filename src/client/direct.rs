@@ -178,9 +178,17 @@ impl DirectPath {
         let conn = dialer.dial(&candidates(addrs), pin, self.options).await?;
         let hello = async {
             let mut control = conn.open().await?;
-            write_frame(&mut control.send, &Frame::Ticket { ticket }).await?;
-            let answer = read_frame(&mut control.recv).await?;
-            anyhow::Ok((control, answer))
+            let _ = write_frame(&mut control.send, &Frame::Ticket { ticket }).await;
+            match read_frame(&mut control.recv).await {
+                Ok(answer) => anyhow::Ok((control, answer)),
+                // A refusal may come as the close, ahead of its frame.
+                Err(err) => match conn.closed().await {
+                    crate::net::transport::Closed::Peer(refusal) => {
+                        anyhow::bail!("the host refused: {}", refusal.message)
+                    }
+                    _ => Err(err.into()),
+                },
+            }
         };
         let timeout = crate::net::transport::direct::DIRECT_HANDSHAKE;
         let (control, answer) = tokio::time::timeout(timeout, hello)

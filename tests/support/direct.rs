@@ -28,6 +28,11 @@ pub struct Rig {
     pub port: u16,
     pub client_ns: Option<String>,
     pub dir: tempfile::TempDir,
+    /// The relay's address, its certificate and the client's token file,
+    /// for `connect`.
+    pub relay_at: String,
+    pub cert: std::path::PathBuf,
+    pub client_token: std::path::PathBuf,
 }
 
 fn spawn(name: &str, ns: Option<&str>, args: &[&str]) -> Proc {
@@ -103,6 +108,9 @@ impl Rig {
             port,
             client_ns: places.client.map(str::to_owned),
             dir,
+            relay_at,
+            cert,
+            client_token,
         })
     }
 
@@ -110,6 +118,24 @@ impl Rig {
     pub fn ssh(&self, remote: &str) -> tokio::process::Command {
         self.sshd
             .ssh_in(self.client_ns.as_deref(), self.port, remote)
+    }
+
+    /// `remote` over ssh with `shellrelay connect --direct auto` as its
+    /// ProxyCommand, from the client's place, its log lines (info) on
+    /// ssh's stderr.
+    pub fn ssh_via_connect(&self, remote: &str) -> tokio::process::Command {
+        let proxy = format!(
+            "ProxyCommand={BIN} connect --relay {} --relay-cert {} --token-file {} --direct auto",
+            self.relay_at,
+            self.cert.display(),
+            self.client_token.display()
+        );
+        let options = ["-o".to_owned(), proxy];
+        let ip = std::net::Ipv4Addr::LOCALHOST;
+        let mut cmd =
+            (self.sshd).ssh_with(self.client_ns.as_deref(), ip, 22, &options, Some(remote));
+        cmd.env("RUST_LOG", "shellrelay=info");
+        cmd
     }
 
     /// Runs `remote` over ssh; its stdout, failing the test if ssh fails.
@@ -159,13 +185,29 @@ pub async fn ticker<F: std::future::Future<Output = ()>>(
     lines: u32,
     during: F,
 ) -> Duration {
-    use tokio::io::AsyncBufReadExt;
+    ticker_over(|remote| rig.ssh(remote), lines, during).await.0
+}
+
+/// [`ticker`] over the ssh command `ssh` makes for a remote command; with
+/// what ssh wrote to stderr.
+pub async fn ticker_over<F: std::future::Future<Output = ()>>(
+    ssh: impl Fn(&str) -> tokio::process::Command,
+    lines: u32,
+    during: F,
+) -> (Duration, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let remote = format!("i=0; while [ $i -lt {lines} ]; do echo $i; i=$((i+1)); sleep 0.01; done");
-    let mut child = rig
-        .ssh(&remote)
+    let mut child = ssh(&remote)
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("ssh runs");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let said = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
     let stdout = child.stdout.take().expect("stdout");
     let mut reader = tokio::io::BufReader::new(stdout).lines();
     let read = async {
@@ -197,6 +239,7 @@ pub async fn ticker<F: std::future::Future<Output = ()>>(
     };
     let longest = super::within(Duration::from_secs(60), "the ticker", read).await;
     let status = child.wait().await.expect("ssh exits");
-    assert!(status.success(), "ticker ssh failed: {status}");
-    longest
+    let said = said.await.unwrap_or_default();
+    assert!(status.success(), "ticker ssh failed: {status}: {said}");
+    (longest, said)
 }

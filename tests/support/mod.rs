@@ -252,6 +252,26 @@ impl Tunnel {
 
     /// Starts a host agent that reaches the relay as `relay` says.
     pub fn spawn_host_via(&self, relay: RelayAddr, token: TokenSource, target: SocketAddr) -> Peer {
+        self.spawn_host_with(relay, token, target, DirectMode::Off)
+    }
+
+    /// Starts host agent `id` for `target` that takes direct connections,
+    /// and waits until it is registered.
+    pub async fn host_direct(&self, id: &str, target: SocketAddr) -> Peer {
+        let token = TokenSource::Literal(self.token(Role::Host, id, HOUR));
+        let peer = self.spawn_host_with(self.relay_addr(), token, target, DirectMode::Auto);
+        within(WAIT, "host to register", self.registry.wait_host(id, true)).await;
+        peer
+    }
+
+    /// [`Tunnel::spawn_host_via`], with direct paths as `direct` says.
+    pub fn spawn_host_with(
+        &self,
+        relay: RelayAddr,
+        token: TokenSource,
+        target: SocketAddr,
+        direct: DirectMode,
+    ) -> Peer {
         let cancel = self.cancel.child_token();
         let config = HostConfig {
             relays: vec![relay],
@@ -262,8 +282,8 @@ impl Tunnel {
             resume_window: shellrelay::session::resume::RESUME_WINDOW,
             max_waiting: Default::default(),
             metrics: None,
-            // As for processes ([`bin::scrubbed`]): the relay carries all.
-            direct: DirectMode::Off,
+            // Off unless asked, as for processes ([`bin::scrubbed`]).
+            direct,
         };
         let task = tokio::spawn(host::run(config, cancel.clone()));
         Peer { cancel, task }
@@ -342,6 +362,11 @@ impl Tunnel {
     /// A QUIC endpoint that trusts this relay and offers `alpn`, for peers
     /// that misbehave on purpose.
     pub fn raw_endpoint(&self, alpn: &[u8]) -> quinn::Endpoint {
+        self.raw_endpoint_at("127.0.0.1:0".parse().unwrap(), alpn)
+    }
+
+    /// [`Tunnel::raw_endpoint`] bound to `at`.
+    pub fn raw_endpoint_at(&self, at: SocketAddr, alpn: &[u8]) -> quinn::Endpoint {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert[0].clone()).unwrap();
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -352,7 +377,7 @@ impl Tunnel {
             .with_no_client_auth();
         tls.alpn_protocols = vec![alpn.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut endpoint = quinn::Endpoint::client(at).unwrap();
         endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
         endpoint
     }

@@ -1,0 +1,178 @@
+//! The direct path against peers that misbehave on purpose: introductions
+//! beyond a token's rate, a direct connection from an address nobody
+//! introduced, a wrong ticket and a ticket used twice. An in-process
+//! relay and host agent on loopback; the client is this test, speaking
+//! the protocol itself.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shellrelay::access::token::TokenSource;
+use shellrelay::net::transport::dial::{self, RelayLink};
+use shellrelay::net::transport::{Closed, Conn, TransportOptions};
+use shellrelay::protocol::{read_frame, write_frame, Direct, Frame, Reason, Resume, Role};
+use support::traffic::echo_server;
+use support::*;
+
+/// A client connection to the relay for host `lab1`.
+async fn client(tunnel: &Tunnel) -> RelayLink {
+    let token = TokenSource::Literal(tunnel.token(Role::Client, "lab1", HOUR));
+    within(
+        WAIT,
+        "the client's hello",
+        dial::connect(&tunnel.relay_addr(), &token, Role::Client, None),
+    )
+    .await
+    .expect("client connects")
+}
+
+/// Opens a session asking for an introduction; the relay's answer to it.
+async fn ask(conn: &Conn) -> Option<Direct> {
+    let mut stream = conn.open().await.expect("a stream");
+    let open = Frame::Open {
+        session: 0,
+        client: None,
+        resume: None,
+        owner: None,
+        who: None,
+        direct: Some(Direct::Ask { addrs: vec![] }),
+    };
+    write_frame(&mut stream.send, &open).await.expect("open");
+    match within(WAIT, "ready", read_frame(&mut stream.recv)).await {
+        Ok(Frame::Ready { direct, .. }) => direct,
+        other => panic!("not ready: {other:?}"),
+    }
+}
+
+/// A host agent that takes direct connections, and the relay's
+/// introduction of a client to it: the host's addresses, pin and ticket.
+async fn introduced(tunnel: &Tunnel) -> (Peer, RelayLink, Vec<SocketAddr>, String, String) {
+    let host = tunnel.host_direct("lab1", echo_server().await).await;
+    let link = client(tunnel).await;
+    let Some(Direct::Meet { ticket, addrs, pin }) = ask(&link.conn).await else {
+        panic!("no introduction");
+    };
+    let addrs = shellrelay::protocol::direct::candidates(&addrs);
+    (host, link, addrs, pin, ticket)
+}
+
+/// Presents `ticket` on `conn`: whether the host welcomed it, or why it
+/// refused (in a frame, or in closing the connection, which may overtake
+/// the frame).
+async fn present(conn: &Conn, ticket: &str) -> Result<(), Reason> {
+    let mut control = conn.open().await.expect("control stream");
+    let frame = Frame::Ticket {
+        ticket: ticket.to_owned(),
+    };
+    let _ = write_frame(&mut control.send, &frame).await;
+    match within(WAIT, "the host's answer", read_frame(&mut control.recv)).await {
+        Ok(Frame::Welcome { .. }) => Ok(()),
+        Ok(Frame::Refused { reason, .. }) => Err(reason),
+        Ok(other) => panic!("the host answered {other:?}"),
+        Err(err) => match within(WAIT, "the close", conn.closed()).await {
+            Closed::Peer(refusal) => Err(refusal.reason),
+            other => panic!("no answer ({err}) and the connection {other:?}"),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_token_is_introduced_at_most_its_burst_at_once() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host_direct("lab1", echo_server().await).await;
+    let link = client(&tunnel).await;
+    let mut met = 0;
+    for _ in 0..12 {
+        if let Some(Direct::Meet { .. }) = ask(&link.conn).await {
+            met += 1;
+        }
+    }
+    // A burst of 8, and one a second after that.
+    assert!(
+        (8..=9).contains(&met),
+        "{met} introductions of 12 asked at once"
+    );
+}
+
+#[tokio::test]
+async fn a_right_ticket_is_welcomed_once_and_a_wrong_one_closes_the_connection() {
+    let tunnel = Tunnel::start().await;
+    let (_host, link, addrs, pin, ticket) = introduced(&tunnel).await;
+    let dialer = link.direct_dialer().expect("over QUIC");
+    let options = TransportOptions::default();
+    let pin = pin.parse().expect("a pin");
+
+    let wrong = "0".repeat(32);
+    let conn = dialer
+        .dial(&addrs, pin, options)
+        .await
+        .expect("a handshake");
+    assert_eq!(present(&conn, &wrong).await, Err(Reason::BadToken));
+    within(
+        WAIT,
+        "the wrong ticket's connection to close",
+        conn.closed(),
+    )
+    .await;
+
+    let conn = dialer
+        .dial(&addrs, pin, options)
+        .await
+        .expect("a handshake");
+    assert_eq!(present(&conn, &ticket).await, Ok(()), "the relay's ticket");
+    let again = dialer
+        .dial(&addrs, pin, options)
+        .await
+        .expect("a handshake");
+    assert_eq!(
+        present(&again, &ticket).await,
+        Err(Reason::BadToken),
+        "used twice"
+    );
+
+    // Only a relay says a token has ended: from a client, it is refused.
+    let ended = Resume::Ended { why: "x".into() };
+    assert!(
+        session(&conn, Some(ended)).await.is_none(),
+        "an ended from a client"
+    );
+    // A plain session on the admitted connection reaches the target.
+    assert!(session(&conn, None).await.is_some(), "a session on it");
+}
+
+/// Opens a session on `conn` with `resume`; its id once `ready`.
+async fn session(conn: &Conn, resume: Option<Resume>) -> Option<u64> {
+    let mut stream = conn.open().await.ok()?;
+    let open = Frame::Open {
+        session: 0,
+        client: None,
+        resume,
+        owner: Some("someone else".into()),
+        who: None,
+        direct: None,
+    };
+    write_frame(&mut stream.send, &open).await.ok()?;
+    match within(WAIT, "the host's answer", read_frame(&mut stream.recv)).await {
+        Ok(Frame::Ready { session, .. }) => Some(session),
+        _ => None,
+    }
+}
+
+/// 127.0.0.2 is this machine too, but nobody introduced it: its attempt
+/// gets no answer at all, not even a refusal.
+#[tokio::test]
+async fn an_address_nobody_introduced_gets_no_answer() {
+    let tunnel = Tunnel::start().await;
+    let (_host, _link, addrs, _pin, _ticket) = introduced(&tunnel).await;
+    let stranger = tunnel.raw_endpoint_at("127.0.0.2:0".parse().unwrap(), b"shellrelay-direct/1");
+    let host = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .copied()
+        .expect("an IPv4 address");
+    let attempt = stranger.connect(host, "host").expect("an attempt");
+    let answer = tokio::time::timeout(Duration::from_secs(3), attempt).await;
+    assert!(answer.is_err(), "the host answered a stranger: {answer:?}");
+}
