@@ -57,6 +57,11 @@
 //!    and both ends send again what the other lacks.
 //! 6. When ssh or sshd closes, the end of data travels the same way and
 //!    every hop lets go of the session.
+//! 7. Where the NATs allow, the relay has introduced client and host on
+//!    the way ([`protocol::Direct`]): the client dials the host from the
+//!    socket it reaches the relay with ([`net::transport::direct`]), and
+//!    the next sessions skip steps 3 and 4's relay, while a live
+//!    resumable one moves over as a resume would.
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
