@@ -176,3 +176,78 @@ async fn an_address_nobody_introduced_gets_no_answer() {
     let answer = tokio::time::timeout(Duration::from_secs(3), attempt).await;
     assert!(answer.is_err(), "the host answered a stranger: {answer:?}");
 }
+
+/// A client token holds at most 4 direct connections: the fifth is
+/// refused before its welcome (so the client stays on the relay), and a
+/// direct connection takes at most 64 sessions, the next refused so that
+/// the client opens it through the relay.
+#[tokio::test]
+async fn direct_connections_and_their_sessions_are_capped_with_a_refusal() {
+    let tunnel = Tunnel::start().await;
+    let _host = tunnel.host_direct("lab1", echo_server().await).await;
+    let link = client(&tunnel).await;
+    let dialer = link.direct_dialer().expect("over QUIC");
+    let mut admitted = Vec::new();
+    for i in 0..5 {
+        let Some(Direct::Meet { ticket, addrs, pin }) = ask(&link.conn).await else {
+            panic!("no introduction");
+        };
+        let addrs = shellrelay::protocol::direct::candidates(&addrs);
+        let options = TransportOptions::default();
+        let conn = dialer
+            .dial(&addrs, pin.parse().unwrap(), options)
+            .await
+            .expect("a handshake");
+        let answer = present(&conn, &ticket).await;
+        match i {
+            0..=3 => assert_eq!(answer, Ok(()), "connection {i}"),
+            _ => assert_eq!(answer, Err(Reason::Limit), "connection {i}"),
+        }
+        admitted.push(conn);
+    }
+    let conn = &admitted[0];
+    let mut held = Vec::new();
+    for i in 0..64 {
+        let stream = open_direct(conn).await;
+        assert!(
+            matches!(stream.1, Ok(Frame::Ready { .. })),
+            "session {i}: {:?}",
+            stream.1
+        );
+        held.push(stream.0);
+    }
+    let over = open_direct(conn).await.1;
+    assert!(
+        matches!(
+            &over,
+            Ok(Frame::Refused {
+                reason: Reason::Limit,
+                ..
+            })
+        ),
+        "the 65th: {over:?}"
+    );
+}
+
+/// Opens a plain session on `conn`: its stream and the host's answer.
+async fn open_direct(
+    conn: &Conn,
+) -> (
+    shellrelay::net::transport::Stream,
+    Result<Frame, shellrelay::protocol::FrameError>,
+) {
+    let mut stream = within(WAIT, "a stream", conn.open())
+        .await
+        .expect("a stream");
+    let open = Frame::Open {
+        session: 0,
+        client: None,
+        resume: None,
+        owner: None,
+        who: None,
+        direct: None,
+    };
+    write_frame(&mut stream.send, &open).await.expect("open");
+    let answer = within(WAIT, "an answer", read_frame(&mut stream.recv)).await;
+    (stream, answer)
+}

@@ -26,6 +26,11 @@ use crate::protocol::direct::{candidates, written};
 use crate::protocol::{read_frame, write_frame, Direct, Frame, Reason};
 use crate::session::backoff::Backoff;
 
+/// How long a new session waits for the direct path's `ready` (or four
+/// round trips, on a longer path) before the relay takes it: as long as a
+/// live session's silent path is given.
+pub const DIRECT_OPEN_WITHIN: Duration = crate::ops::defaults::SILENT_AFTER;
+
 /// Longest wait before the direct path is tried again after it failed
 /// or broke.
 pub const DIRECT_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
@@ -34,6 +39,17 @@ pub const DIRECT_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
 /// direct connections, or the relay is an older one) waits before asking
 /// again.
 pub const NOT_INTRODUCED_RETRY: Duration = Duration::from_secs(60);
+
+/// An introduction asked for and not yet answered; see [`DirectPath::ask`].
+pub(super) struct Asked(Option<Arc<DirectPath>>);
+
+impl Drop for Asked {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            path.retry_after(Duration::ZERO);
+        }
+    }
+}
 
 /// A direct connection to the host, up.
 #[derive(Clone)]
@@ -100,34 +116,39 @@ impl DirectPath {
 
     /// What to ask the relay in a session's `open`, if an introduction is
     /// due: none while a direct connection is up or being made, or while
-    /// backing off. `own` are the client's own addresses.
+    /// backing off. `own` are the client's own addresses. The guard
+    /// says the answer is still to come: dropped without
+    /// [`DirectPath::answered`] (the session failed, or lost a race), it
+    /// lets the next session ask.
     pub fn ask(
-        &self,
+        this: &Arc<Self>,
         dialer: Option<&DirectDialer>,
         own: &[std::net::SocketAddr],
-    ) -> Option<Direct> {
-        if self.mode == DirectMode::Off || dialer.is_none() || self.current().is_some() {
+    ) -> Option<(Direct, Asked)> {
+        if this.mode == DirectMode::Off || dialer.is_none() || this.current().is_some() {
             return None;
         }
-        let mut state = self.lock();
+        let mut state = this.lock();
         if state.trying || Instant::now() < state.next_try {
             return None;
         }
         state.trying = true;
-        Some(Direct::Ask {
+        let ask = Direct::Ask {
             addrs: written(own),
-        })
+        };
+        Some((ask, Asked(Some(this.clone()))))
     }
 
     /// The relay's answer to an ask: `meet` if it introduced, which is
     /// dialled with `dialer` in a task of `tasks`.
     pub fn answered(
         self: &Arc<Self>,
-        meet: Option<Direct>,
+        (meet, mut asked): (Option<Direct>, Asked),
         dialer: DirectDialer,
         host: String,
         (tasks, live): (&Tasks, &Trim),
     ) {
+        asked.0 = None;
         let Some(Direct::Meet { ticket, addrs, pin }) = meet else {
             debug!("not introduced to the host: through the relay only");
             self.retry_after(NOT_INTRODUCED_RETRY);
@@ -151,12 +172,6 @@ impl DirectPath {
                 }
             }
         });
-    }
-
-    /// The session that asked for an introduction failed before its
-    /// `ready`: the next session asks.
-    pub fn unanswered(&self) {
-        self.retry_after(Duration::ZERO);
     }
 
     fn retry_after(&self, delay: Duration) {
@@ -232,12 +247,12 @@ impl DirectPath {
 impl super::Forwarder {
     /// What to ask the relay for in the next session's `open`, and the
     /// dialler to take the answer with, if an introduction is due.
-    pub(super) async fn direct_ask(&self) -> Option<(Direct, DirectDialer)> {
+    pub(super) async fn direct_ask(&self) -> Option<(Direct, (DirectDialer, Asked))> {
         let state = self.link.lock().await;
         let link = state.current.as_ref()?;
         let dialer = link.direct_dialer()?;
-        let ask = self.direct.ask(Some(&dialer), &link.local_candidates())?;
-        Some((ask, dialer))
+        let (ask, asked) = DirectPath::ask(&self.direct, Some(&dialer), &link.local_candidates())?;
+        Some((ask, (dialer, asked)))
     }
 
     /// A session on the direct path, if one is up. `None` sends the session
@@ -249,23 +264,52 @@ impl super::Forwarder {
         let Some(Up { conn, host }) = self.direct.current() else {
             return Ok(None);
         };
-        match super::open_on(&conn, ask, None).await {
-            Ok(ready) => Ok(Some(super::Opened {
-                session: ready.session,
-                host,
-                conn,
-                stream: ready.stream,
-                resume: ready.resume,
-                direct: true,
-            })),
-            // The host's own answer: the relay would bring the same.
-            Err(err @ super::OpenError::Refused(_)) => Err(err),
-            Err(err) => {
-                warn!("the direct path failed a session ({err}); closing it, through the relay");
-                conn.close(Reason::Aborted, "the direct path failed a session");
-                Ok(None)
+        // A direct connection from which nothing at all comes in time is
+        // dead (it is watched only while sessions are live): the relay
+        // takes the session, and the connection goes. One that answers
+        // is given the session's whole setup time (its host may be slow
+        // to reach sshd).
+        let within = DIRECT_OPEN_WITHIN.max(conn.rtt().saturating_mul(4));
+        let open = super::open_on(&conn, ask, None);
+        tokio::pin!(open);
+        let mut heard = conn.heard();
+        let opened = loop {
+            tokio::select! {
+                opened = &mut open => break Ok(opened),
+                () = tokio::time::sleep(within) => {
+                    let now = conn.heard();
+                    if now == heard {
+                        break Err(());
+                    }
+                    heard = now;
+                }
             }
-        }
+        };
+        let err = match opened {
+            Ok(Ok(ready)) => {
+                return Ok(Some(super::Opened {
+                    session: ready.session,
+                    host,
+                    conn: conn.clone(),
+                    stream: ready.stream,
+                    resume: ready.resume,
+                    direct: true,
+                }))
+            }
+            // The host has no room for it directly: the relay's limits
+            // decide.
+            Ok(Err(super::OpenError::Refused(r))) if r.reason == Reason::Limit => {
+                debug!("{}", r.message);
+                return Ok(None);
+            }
+            // The host's own answer: the relay would bring the same.
+            Ok(Err(err @ super::OpenError::Refused(_))) => return Err(err),
+            Ok(Err(err)) => err.to_string(),
+            Err(()) => format!("nothing heard within {within:?}"),
+        };
+        warn!("the direct path failed a session ({err}); closing it, through the relay");
+        conn.close(Reason::Aborted, "the direct path failed a session");
+        Ok(None)
     }
 
     /// Resolves with the direct connection once one is up.

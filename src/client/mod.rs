@@ -209,18 +209,14 @@ impl Forwarder {
         loop {
             let (conn, host, fresh) = self.connection().await?;
             let asked = Instant::now();
-            let (introduce, dialer) = self.direct_ask().await.unzip();
-            let opened = open_on(&conn, ask, introduce).await;
-            if opened.is_err() && dialer.is_some() {
-                // Asked, and no answer: the next session asks again.
-                self.direct.unanswered();
-            }
-            match opened {
+            let (introduce, asking) = self.direct_ask().await.unzip();
+            match open_on(&conn, ask, introduce).await {
                 Ok(ready) => {
                     self.ready_after(asked.elapsed());
-                    if let Some(dialer) = dialer {
+                    if let Some((dialer, asking)) = asking {
                         let given = (&self.tasks, &self.live);
-                        (self.direct).answered(ready.direct, dialer, host.clone(), given);
+                        let answer = (ready.direct, asking);
+                        (self.direct).answered(answer, dialer, host.clone(), given);
                     }
                     return Ok(Opened {
                         session: ready.session,

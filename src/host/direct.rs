@@ -53,6 +53,22 @@ pub const MAX_DIRECT_SESSIONS: u32 = 64;
 /// sessions stall holds up its own others, nobody else's.
 pub const DIRECT_CONN_WINDOWS: u64 = 8;
 
+/// Direct connections being set up at once (handshake and ticket),
+/// before any is admitted: more attempts are dropped unanswered.
+pub const MAX_PENDING_DIRECT: usize = 16;
+
+/// Most client tokens the host remembers the relay said had ended, for
+/// [`ENDED_FOR`] each: their tickets are refused.
+const MAX_ENDED: usize = 1024;
+
+/// How long a client token the relay said had ended is refused a direct
+/// connection, whatever ticket it shows: longer than any ticket lives.
+const ENDED_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Streams a direct connection may open beyond its session limit, so that
+/// sessions over it get a refusal rather than wait for credit.
+const REFUSAL_STREAMS: u32 = 16;
+
 /// Session ids on direct connections start here, above any a relay gives
 /// out in years, so that logs never show one id for two sessions.
 const DIRECT_SESSION_IDS: u64 = 1 << 40;
@@ -100,6 +116,12 @@ pub(super) struct DirectPaths {
     /// Bytes direct connections that have closed carried.
     carried: AtomicU64,
     metrics: Arc<HostMetrics>,
+    /// Client tokens the relay said had ended, until when.
+    ended: Mutex<HashMap<String, Instant>>,
+    /// Places for direct connections being set up.
+    pending: Arc<tokio::sync::Semaphore>,
+    /// New sessions per client token on direct connections.
+    pub(super) rates: crate::ops::limits::Rates<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -143,6 +165,9 @@ impl DirectPaths {
             tasks,
             carried: AtomicU64::new(0),
             metrics,
+            ended: Mutex::default(),
+            pending: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DIRECT)),
+            rates: Default::default(),
         })
     }
 
@@ -208,14 +233,28 @@ impl DirectPaths {
         self.tasks.spawn(punches);
     }
 
+    /// A place for a direct connection to be set up in, if there is one.
+    pub fn pending(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.pending.clone().try_acquire_owned().ok()
+    }
+
     /// Takes `ticket` presented from `from`, once, if the relay gave it
-    /// lately for that address.
+    /// lately for that address and has not said its token ended since.
     fn take(&self, ticket: &str, from: SocketAddr) -> Option<Ticket> {
         let mut tickets = lock(&self.tickets);
         let fresh = |t: &Ticket| t.given.elapsed() < INTRODUCED_FOR;
         let known = tickets.get(ticket)?;
         if !fresh(known) || !known.addrs.iter().any(|a| a.ip() == from.ip()) {
             return None;
+        }
+        if let Some(owner) = &known.owner {
+            let ended = lock(&self.ended);
+            if ended
+                .get(owner)
+                .is_some_and(|until| *until > Instant::now())
+            {
+                return None;
+            }
         }
         let taken = tickets.remove(ticket)?;
         taken.used.store(true, Ordering::Relaxed);
@@ -248,6 +287,17 @@ impl DirectPaths {
     /// Closes the direct connections of the client token `owner` (its
     /// token revoked or expired, as the relay said: `why`).
     pub fn end_owner(&self, owner: &str, why: &str) {
+        {
+            let mut ended = lock(&self.ended);
+            let now = Instant::now();
+            ended.retain(|_, until| *until > now);
+            if ended.len() >= MAX_ENDED {
+                let first = (ended.iter().min_by_key(|(_, u)| **u)).map(|(k, _)| k.clone());
+                first.map(|k| ended.remove(&k));
+            }
+            ended.insert(owner.to_owned(), now + ENDED_FOR);
+        }
+        lock(&self.tickets).retain(|_, t| t.owner.as_deref() != Some(owner));
         let mut conns = lock(&self.conns);
         conns.retain(|(of, conn)| {
             let ended = of.as_deref() == Some(owner);
@@ -264,7 +314,7 @@ impl DirectPaths {
         self: &Arc<Self>,
         conn: &Conn,
         from: SocketAddr,
-    ) -> Option<(Admitted, u64, Stream)> {
+    ) -> Option<(Admitted, u64, Stream, Listed)> {
         let first = async {
             let mut control = conn.accept().await.ok()?;
             let frame = read_frame(&mut control.recv).await.ok()?;
@@ -284,7 +334,19 @@ impl DirectPaths {
             conn.close(Reason::BadToken, &refusal.message);
             return None;
         };
-        conn.admit(MAX_DIRECT_SESSIONS + 1);
+        // Its place first: a client told welcome must be able to stay.
+        let Some(listed) = Listed::new(self.clone(), ticket.owner.clone(), conn) else {
+            let refusal = Refusal::new(
+                Reason::Limit,
+                "the host has too many direct connections; through the relay",
+            );
+            let _ = write_frame(&mut control.send, &refusal.frame()).await;
+            conn.close(Reason::Limit, &refusal.message);
+            return None;
+        };
+        // Past the session limit, a stream is refused (and its session
+        // goes through the relay), not kept waiting for credit.
+        conn.admit(MAX_DIRECT_SESSIONS + 1 + REFUSAL_STREAMS);
         let window = u64::from(self.options.window());
         conn.set_receive_window(window * DIRECT_CONN_WINDOWS);
         let welcome = Frame::Welcome {
@@ -300,30 +362,28 @@ impl DirectPaths {
             client: from,
             paths: self.clone(),
         };
-        Some((admitted, ticket.expires_at, control))
+        Some((admitted, ticket.expires_at, control, listed))
     }
 }
 
 /// A direct connection's place in the list that [`DirectPaths::end_owner`]
 /// closes from; given up when dropped.
-pub(super) struct Listed<'a> {
-    paths: &'a DirectPaths,
+pub(super) struct Listed {
+    paths: Arc<DirectPaths>,
     conn: Conn,
 }
 
-impl<'a> Listed<'a> {
-    pub(super) fn new(
-        paths: &'a DirectPaths,
-        owner: Option<String>,
-        conn: &Conn,
-    ) -> Option<Listed<'a>> {
-        let mut conns = lock(&paths.conns);
-        conns.retain(|(_, c)| c.close_reason().is_none());
-        let of_client = conns.iter().filter(|(o, _)| *o == owner).count();
-        if conns.len() >= MAX_DIRECT_CONNS || of_client >= MAX_DIRECT_CONNS_PER_CLIENT {
-            return None;
+impl Listed {
+    fn new(paths: Arc<DirectPaths>, owner: Option<String>, conn: &Conn) -> Option<Listed> {
+        {
+            let mut conns = lock(&paths.conns);
+            conns.retain(|(_, c)| c.close_reason().is_none());
+            let of_client = conns.iter().filter(|(o, _)| *o == owner).count();
+            if conns.len() >= MAX_DIRECT_CONNS || of_client >= MAX_DIRECT_CONNS_PER_CLIENT {
+                return None;
+            }
+            conns.push((owner, conn.clone()));
         }
-        conns.push((owner, conn.clone()));
         Some(Listed {
             paths,
             conn: conn.clone(),
@@ -331,11 +391,50 @@ impl<'a> Listed<'a> {
     }
 }
 
-impl Drop for Listed<'_> {
+impl Drop for Listed {
     fn drop(&mut self) {
         let (tx, rx) = self.conn.traffic();
         self.paths.carried.fetch_add(tx + rx, Ordering::Relaxed);
         let mut conns = lock(&self.paths.conns);
         conns.retain(|(_, c)| !c.same(&self.conn));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(owner: &str, from: &str) -> Ticket {
+        Ticket {
+            owner: Some(owner.to_owned()),
+            who: None,
+            addrs: vec![from.parse().unwrap()],
+            expires_at: u64::MAX,
+            given: Instant::now(),
+            used: Arc::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ticket_works_once_from_its_address_and_never_for_an_ended_token() {
+        let paths =
+            DirectPaths::new(TransportOptions::default(), Tasks::new(), Arc::default()).unwrap();
+        let from: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let elsewhere: SocketAddr = "192.0.2.2:4000".parse().unwrap();
+        let put = |name: &str, t: Ticket| lock(&paths.tickets).insert(name.to_owned(), t);
+        put("a", ticket("alice", "192.0.2.1:1"));
+        assert!(paths.take("a", elsewhere).is_none(), "from another address");
+        assert!(paths.take("a", from).is_some(), "the port may differ");
+        assert!(paths.take("a", from).is_none(), "once");
+
+        // The relay says alice's token ended: her unused tickets go, and
+        // any the relay gave before it said so are refused too.
+        put("b", ticket("alice", "192.0.2.1:1"));
+        paths.end_owner("alice", "revoked");
+        assert!(paths.take("b", from).is_none());
+        put("c", ticket("alice", "192.0.2.1:1"));
+        assert!(paths.take("c", from).is_none());
+        put("d", ticket("bob", "192.0.2.1:1"));
+        assert!(paths.take("d", from).is_some(), "bob's is his own");
     }
 }

@@ -404,9 +404,15 @@ impl Registration<'_> {
                 }
                 stream = link.conn.accept() => stream,
                 Some(quic) = &mut back_to_quic => return Served::Moved(Box::new(quic)),
-                Some(incoming) = direct, if paths.is_some() => {
-                    let paths = paths.cloned().unwrap_or_else(|| unreachable!());
-                    tasks.spawn(direct_conns::serve(paths, sessions.clone(), incoming, trim.clone()));
+                Some(incoming) = direct => {
+                    // Only a listener (made from `paths`) brings one.
+                    let Some(paths) = paths.cloned() else { continue };
+                    let Some(pending) = paths.pending() else {
+                        incoming.ignore();
+                        continue;
+                    };
+                    let (ctx, on) = (sessions.clone(), (trim.clone(), shutdown.clone()));
+                    tasks.spawn(direct_conns::serve(paths, ctx, (incoming, pending), on));
                     continue;
                 }
                 quiet = &mut silent => {
@@ -429,7 +435,7 @@ impl Registration<'_> {
                     .entered();
                     // Counted from here, so that no QUIC move starts while a
                     // session is being set up.
-                    let origin = Origin::Relay(listener.clone());
+                    let origin = Origin::Relay(listener.as_ref().map(Arc::downgrade));
                     tasks.spawn(host_session(
                         sessions.clone(),
                         stream,

@@ -43,8 +43,10 @@ pub(super) struct Sessions {
 /// Where a session stream came from.
 pub(super) enum Origin {
     /// A relay, whose introductions punch from this listener (on the
-    /// endpoint of the agent's link to it), if it takes direct connections.
-    Relay(Option<Arc<DirectListener>>),
+    /// endpoint of the agent's link to it), if it takes direct connections
+    /// and the link still serves (a session outlives its link; the
+    /// listener goes with the link).
+    Relay(Option<std::sync::Weak<DirectListener>>),
     /// A direct connection, from this client.
     Direct(Arc<Admitted>),
 }
@@ -104,7 +106,9 @@ pub(super) async fn host_session(
     if let (Some(expect), Origin::Relay(Some(listener)), Some(paths)) =
         (direct, &origin, &ctx.direct)
     {
-        paths.expect(listener, expect, owner.clone(), who.clone());
+        if let Some(listener) = listener.upgrade() {
+            paths.expect(&listener, expect, owner.clone(), who.clone());
+        }
     }
     let span = tracing::Span::current();
     span.record("session", session);

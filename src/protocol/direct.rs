@@ -19,6 +19,10 @@ pub const MAX_CANDIDATES: usize = 4;
 pub const TICKET_HEX_LEN: usize = 32;
 
 /// One step of an introduction.
+///
+/// A `kind` this version does not know reads as [`Direct::Unknown`], and
+/// a missing list of addresses as an empty one, so that a later revision
+/// can add steps without making today's peers refuse the whole frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Direct {
@@ -29,11 +33,13 @@ pub enum Direct {
         /// The pin of the host's direct certificate (`sha256:…`).
         pin: String,
         /// The host's own addresses.
+        #[serde(default)]
         addrs: Vec<String>,
     },
     /// Client, in `open`: introduce it to the host; its own addresses.
     Ask {
         /// The client's own addresses.
+        #[serde(default)]
         addrs: Vec<String>,
     },
     /// Relay, in an `open` to a host: a client (the `open`'s `owner` and
@@ -43,6 +49,7 @@ pub enum Direct {
         /// The ticket the client will present.
         ticket: String,
         /// Where the client may connect from.
+        #[serde(default)]
         addrs: Vec<String>,
         /// Unix time at which the client's token expires.
         expires_at: u64,
@@ -53,14 +60,18 @@ pub enum Direct {
         /// The ticket to present, once.
         ticket: String,
         /// Where the host may be reached (first the address the relay sees).
+        #[serde(default)]
         addrs: Vec<String>,
         /// The pin of the host's direct certificate.
         pin: String,
     },
+    /// A step of a later revision: ignored.
+    #[serde(other)]
+    Unknown,
 }
 
-/// The addresses in `addrs` that parse, at most [`MAX_CANDIDATES`], without
-/// repeats.
+/// The addresses in `addrs` that parse and can be a peer's, at most
+/// [`MAX_CANDIDATES`], without repeats.
 pub fn candidates(addrs: &[String]) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     for addr in addrs {
@@ -68,12 +79,20 @@ pub fn candidates(addrs: &[String]) -> Vec<SocketAddr> {
             break;
         }
         if let Ok(addr) = addr.parse::<SocketAddr>() {
-            if !out.contains(&addr) {
+            if usable(addr) && !out.contains(&addr) {
                 out.push(addr);
             }
         }
     }
     out
+}
+
+/// Whether `addr` can be a peer's: not port 0, not an unspecified,
+/// multicast or broadcast address. (Loopback can: peers on one machine.)
+pub fn usable(addr: SocketAddr) -> bool {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
 }
 
 /// `addrs` as they go on the wire.
@@ -105,6 +124,29 @@ mod tests {
         assert_eq!(got.len(), MAX_CANDIDATES);
         assert_eq!(got[0], "1.2.3.4:5".parse().unwrap());
         assert_eq!(got[1], "[::1]:7".parse().unwrap());
+    }
+
+    #[test]
+    fn addresses_no_peer_can_have_are_dropped() {
+        let addrs: Vec<String> = [
+            "0.0.0.0:5",
+            "224.0.0.1:5",
+            "1.2.3.4:0",
+            "255.255.255.255:5",
+            "[::]:5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert!(candidates(&addrs).is_empty());
+    }
+
+    #[test]
+    fn an_unknown_step_or_missing_addresses_do_not_fail_the_frame() {
+        let unknown: Direct = serde_json::from_str(r#"{"kind":"later","x":1}"#).unwrap();
+        assert_eq!(unknown, Direct::Unknown);
+        let ask: Direct = serde_json::from_str(r#"{"kind":"ask"}"#).unwrap();
+        assert_eq!(ask, Direct::Ask { addrs: vec![] });
     }
 
     #[test]

@@ -177,16 +177,22 @@ impl DirectListener {
         }
     }
 
-    /// The next connection attempt from an introduced address; attempts
-    /// from anywhere else are dropped unanswered. `None` once the
-    /// endpoint has closed.
+    /// The next connection attempt from an introduced address that has
+    /// proven it is real; attempts from anywhere else are dropped
+    /// unanswered. An unproven one is asked to prove its address (a
+    /// stateless retry, one round trip) before any TLS work is done for
+    /// it, so that a forged source gets no more than the retry's one
+    /// packet. `None` once the endpoint has closed.
     pub async fn accept(&self) -> Option<DirectIncoming> {
         loop {
             let incoming = self.endpoint.accept().await?;
-            if self.introduced.allows(incoming.remote_address().ip()) {
+            if !self.introduced.allows(incoming.remote_address().ip()) {
+                incoming.ignore();
+            } else if !incoming.remote_address_validated() && incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
                 return Some(DirectIncoming(incoming));
             }
-            incoming.ignore();
         }
     }
 }
@@ -205,6 +211,11 @@ impl DirectIncoming {
     /// Where the attempt comes from.
     pub fn remote(&self) -> SocketAddr {
         self.0.remote_address()
+    }
+
+    /// Drops the attempt unanswered.
+    pub fn ignore(self) {
+        self.0.ignore();
     }
 
     /// Completes the handshake, within [`DIRECT_HANDSHAKE`].
