@@ -9,7 +9,6 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use support::bin::path_str;
 use support::direct::{ticker, ticker_over, Extra, Places, Rig};
-use support::traffic::{hash_to_end, hex, write_noise};
 use support::within;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -22,22 +21,7 @@ async fn the_first_session_starts_on_the_relay_and_the_next_goes_direct_byte_exa
     assert_eq!(rig.ssh_output("echo first").await, b"first\n");
     rig.direct_up().await;
     // 8 MiB of noise from the host, hashed at both ends.
-    let file = rig.sshd.dir.path().join("noise");
-    let want = {
-        let mut f = tokio::fs::File::create(&file).await.unwrap();
-        let hash = write_noise(&mut f, 7, 8 << 20).await;
-        tokio::io::AsyncWriteExt::flush(&mut f).await.unwrap();
-        hash
-    };
-    let mut child = rig
-        .ssh(&format!("cat {}", file.display()))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let (len, got) = within(support::WAIT, "the download", hash_to_end(&mut out)).await;
-    assert!(child.wait().await.unwrap().success());
-    assert_eq!((len, hex(&got)), (8 << 20, hex(&want)));
+    rig.download_checked(8 << 20, 7).await;
     assert_eq!(rig.host_paths(), ["relay", "direct"], "{}", rig.host.log());
 }
 

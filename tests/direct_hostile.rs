@@ -12,7 +12,9 @@ use std::time::Duration;
 use shellrelay::access::token::TokenSource;
 use shellrelay::net::transport::dial::{self, RelayLink};
 use shellrelay::net::transport::{Closed, Conn, TransportOptions};
-use shellrelay::protocol::{read_frame, write_frame, Direct, Frame, Reason, Resume, Role};
+use shellrelay::protocol::{
+    read_frame, write_frame, Direct, Frame, FrameError, Reason, Resume, Role,
+};
 use support::traffic::echo_server;
 use support::*;
 
@@ -30,20 +32,38 @@ async fn client(tunnel: &Tunnel) -> RelayLink {
 
 /// Opens a session asking for an introduction; the relay's answer to it.
 async fn ask(conn: &Conn) -> Option<Direct> {
-    let mut stream = conn.open().await.expect("a stream");
-    let open = Frame::Open {
-        session: 0,
-        client: None,
-        resume: None,
-        owner: None,
-        who: None,
-        direct: Some(Direct::Ask { addrs: vec![] }),
-    };
-    write_frame(&mut stream.send, &open).await.expect("open");
-    match within(WAIT, "ready", read_frame(&mut stream.recv)).await {
+    let ask = Direct::Ask { addrs: vec![] };
+    match open(conn, None, Some(ask)).await.1 {
         Ok(Frame::Ready { direct, .. }) => direct,
         other => panic!("not ready: {other:?}"),
     }
+}
+
+/// Opens a session on `conn` with `resume` and `direct`, and as some
+/// other token's (which the relay or host must not believe): its stream
+/// and the answer.
+async fn open(
+    conn: &Conn,
+    resume: Option<Resume>,
+    direct: Option<Direct>,
+) -> (
+    shellrelay::net::transport::Stream,
+    Result<Frame, FrameError>,
+) {
+    let mut stream = within(WAIT, "a stream", conn.open())
+        .await
+        .expect("a stream");
+    let open = Frame::Open {
+        session: 0,
+        client: None,
+        resume,
+        owner: Some("someone else".into()),
+        who: None,
+        direct,
+    };
+    write_frame(&mut stream.send, &open).await.expect("open");
+    let answer = within(WAIT, "an answer", read_frame(&mut stream.recv)).await;
+    (stream, answer)
 }
 
 /// A host agent that takes direct connections, and the relay's
@@ -144,17 +164,7 @@ async fn a_right_ticket_is_welcomed_once_and_a_wrong_one_closes_the_connection()
 
 /// Opens a session on `conn` with `resume`; its id once `ready`.
 async fn session(conn: &Conn, resume: Option<Resume>) -> Option<u64> {
-    let mut stream = conn.open().await.ok()?;
-    let open = Frame::Open {
-        session: 0,
-        client: None,
-        resume,
-        owner: Some("someone else".into()),
-        who: None,
-        direct: None,
-    };
-    write_frame(&mut stream.send, &open).await.ok()?;
-    match within(WAIT, "the host's answer", read_frame(&mut stream.recv)).await {
+    match open(conn, resume, None).await.1 {
         Ok(Frame::Ready { session, .. }) => Some(session),
         _ => None,
     }
@@ -208,7 +218,7 @@ async fn direct_connections_and_their_sessions_are_capped_with_a_refusal() {
     let conn = &admitted[0];
     let mut held = Vec::new();
     for i in 0..64 {
-        let stream = open_direct(conn).await;
+        let stream = open(conn, None, None).await;
         assert!(
             matches!(stream.1, Ok(Frame::Ready { .. })),
             "session {i}: {:?}",
@@ -216,7 +226,7 @@ async fn direct_connections_and_their_sessions_are_capped_with_a_refusal() {
         );
         held.push(stream.0);
     }
-    let over = open_direct(conn).await.1;
+    let over = open(conn, None, None).await.1;
     assert!(
         matches!(
             &over,
@@ -227,27 +237,4 @@ async fn direct_connections_and_their_sessions_are_capped_with_a_refusal() {
         ),
         "the 65th: {over:?}"
     );
-}
-
-/// Opens a plain session on `conn`: its stream and the host's answer.
-async fn open_direct(
-    conn: &Conn,
-) -> (
-    shellrelay::net::transport::Stream,
-    Result<Frame, shellrelay::protocol::FrameError>,
-) {
-    let mut stream = within(WAIT, "a stream", conn.open())
-        .await
-        .expect("a stream");
-    let open = Frame::Open {
-        session: 0,
-        client: None,
-        resume: None,
-        owner: None,
-        who: None,
-        direct: None,
-    };
-    write_frame(&mut stream.send, &open).await.expect("open");
-    let answer = within(WAIT, "an answer", read_frame(&mut stream.recv)).await;
-    (stream, answer)
 }

@@ -12,9 +12,7 @@ use std::io::Write;
 
 use support::direct::{ticker, Extra, Places, Rig};
 use support::natlab::{Layout, Nat, NatLab};
-use support::traffic::{hash_to_end, hex, write_noise};
 use support::wan::in_ns;
-use support::within;
 
 /// Peers over QUIC only: a first handshake slowed down (the machine
 /// busy, a neighbour discovery) must not make them fall back to TCP,
@@ -68,22 +66,7 @@ async fn pair(layout: Layout, want: Path) {
         rig.client.log()
     );
     // 1 MiB of noise from the host, on the path the client now takes.
-    let file = rig.sshd.dir.path().join("noise");
-    let hash = {
-        let mut f = tokio::fs::File::create(&file).await.unwrap();
-        let hash = write_noise(&mut f, 11, 1 << 20).await;
-        tokio::io::AsyncWriteExt::flush(&mut f).await.unwrap();
-        hash
-    };
-    let mut child = rig
-        .ssh(&format!("cat {}", file.display()))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let (len, got_hash) = within(support::WAIT, "the download", hash_to_end(&mut out)).await;
-    assert!(child.wait().await.unwrap().success());
-    assert_eq!((len, hex(&got_hash)), (1 << 20, hex(&hash)));
+    rig.download_checked(1 << 20, 11).await;
     let second = match want {
         Path::Direct => "direct",
         Path::Relay => "relay",

@@ -326,23 +326,13 @@ impl DirectPaths {
             _ => None,
         };
         let Some(ticket) = ticket else {
-            let refusal = Refusal::new(
-                Reason::BadToken,
-                "no such introduction: ask the relay for another",
-            );
-            let _ = write_frame(&mut control.send, &refusal.frame()).await;
-            conn.close(Reason::BadToken, &refusal.message);
-            return None;
+            let message = "no such introduction: ask the relay for another";
+            return refuse(&mut control, conn, Refusal::new(Reason::BadToken, message)).await;
         };
         // Its place first: a client told welcome must be able to stay.
         let Some(listed) = Listed::new(self.clone(), ticket.owner.clone(), conn) else {
-            let refusal = Refusal::new(
-                Reason::Limit,
-                "the host has too many direct connections; through the relay",
-            );
-            let _ = write_frame(&mut control.send, &refusal.frame()).await;
-            conn.close(Reason::Limit, &refusal.message);
-            return None;
+            let message = "the host has too many direct connections; through the relay";
+            return refuse(&mut control, conn, Refusal::new(Reason::Limit, message)).await;
         };
         // Past the session limit, a stream is refused (and its session
         // goes through the relay), not kept waiting for credit.
@@ -355,7 +345,8 @@ impl DirectPaths {
             expires_at: ticket.expires_at,
             relay: None,
         };
-        write_frame(&mut control.send, &welcome).await.ok()?;
+        let welcomed = tokio::time::timeout(OPEN_TIMEOUT, write_frame(&mut control.send, &welcome));
+        welcomed.await.ok()?.ok()?;
         let admitted = Admitted {
             owner: ticket.owner,
             who: ticket.who,
@@ -365,6 +356,19 @@ impl DirectPaths {
         Some((admitted, ticket.expires_at, control, listed))
     }
 }
+
+/// Says `refusal` on a direct connection's control stream and closes the
+/// connection with it; a client that grants no credit for the words is
+/// not waited for beyond [`REFUSAL_WAIT`]. Always `None`: nobody admitted.
+async fn refuse<T>(control: &mut Stream, conn: &Conn, refusal: Refusal) -> Option<T> {
+    let frame = refusal.frame();
+    let _ = tokio::time::timeout(REFUSAL_WAIT, write_frame(&mut control.send, &frame)).await;
+    conn.close(refusal.reason, &refusal.message);
+    None
+}
+
+/// How long a refusal's words may wait for the client's credit.
+const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A direct connection's place in the list that [`DirectPaths::end_owner`]
 /// closes from; given up when dropped.

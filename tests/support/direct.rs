@@ -158,6 +158,34 @@ impl Rig {
         out.stdout
     }
 
+    /// Downloads `len` bytes of noise (from `seed`) from the host with
+    /// `ssh host cat`, on whichever path the client takes, and checks
+    /// they came byte-exact (count and SHA-256).
+    pub async fn download_checked(&self, len: u64, seed: u64) {
+        use super::traffic::{hash_to_end, hex, write_noise};
+        let file = self.sshd.dir.path().join(format!("noise-{seed}"));
+        let want = {
+            let mut f = tokio::fs::File::create(&file).await.expect("noise file");
+            let hash = write_noise(&mut f, seed, len).await;
+            tokio::io::AsyncWriteExt::flush(&mut f)
+                .await
+                .expect("flush");
+            hash
+        };
+        let mut child = self
+            .ssh(&format!("cat {}", file.display()))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ssh runs");
+        let mut out = child.stdout.take().expect("stdout");
+        let (got, hash) = super::within(super::WAIT, "the download", hash_to_end(&mut out)).await;
+        assert!(
+            child.wait().await.expect("ssh exits").success(),
+            "the download's ssh"
+        );
+        assert_eq!((got, hex(&hash)), (len, hex(&want)), "the download");
+    }
+
     /// Waits until the client's direct path is up; how long that took
     /// after the line that says the path was asked for.
     pub async fn direct_up(&mut self) -> String {
