@@ -85,12 +85,16 @@ pub(super) async fn watch(state: Arc<State>) {
     }
 }
 
+/// How long the relay keeps trying to tell a host that a client token has
+/// ended, while the host is not registered (reconnecting) or does not
+/// take the word: its direct connections with that token, and sessions
+/// waiting for it, end only once it is told.
+const TELL_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Tells host `host`, on a stream of its own, that the client token
-/// `owner` has ended, and why.
+/// `owner` has ended, and why; tried again each second for [`TELL_FOR`]
+/// while the host is away or the word does not get through.
 async fn tell(state: Arc<State>, owner: String, host: String, why: String) {
-    let Some(target) = state.hosts.get(&host) else {
-        return;
-    };
     let open = Frame::Open {
         session: 0,
         client: None,
@@ -99,21 +103,30 @@ async fn tell(state: Arc<State>, owner: String, host: String, why: String) {
         who: None,
         direct: None,
     };
-    let told = tokio::time::timeout(HOST_SETUP_TIMEOUT, async {
-        let mut stream = target.conn.open().await.ok()?;
-        write_frame(&mut stream.send, &open).await.ok()?;
-        stream.send.finish().ok()?;
-        // Until the host has read it (it ends its side), or the deadline.
-        let _ = stream.send.stopped().await;
-        Some(())
-    })
-    .await;
-    match told {
-        Ok(Some(())) => {
-            info!(target: LOG_TARGET, host = %host, "told the host a client token has ended: {why}")
+    let deadline = tokio::time::Instant::now() + TELL_FOR;
+    loop {
+        if let Some(target) = state.hosts.get(&host) {
+            let told = tokio::time::timeout(HOST_SETUP_TIMEOUT, async {
+                let mut stream = target.conn.open().await.ok()?;
+                write_frame(&mut stream.send, &open).await.ok()?;
+                stream.send.finish().ok()?;
+                // Until the host has read it (it ends its side), or the deadline.
+                let _ = stream.send.stopped().await;
+                Some(())
+            })
+            .await;
+            if let Ok(Some(())) = told {
+                info!(target: LOG_TARGET, host = %host, "told the host a client token has ended: {why}");
+                return;
+            }
         }
-        _ => {
-            debug!(target: LOG_TARGET, host = %host, "could not tell the host a client token has ended")
+        if tokio::time::Instant::now() >= deadline {
+            debug!(target: LOG_TARGET, host = %host, "could not tell the host a client token has ended");
+            return;
+        }
+        tokio::select! {
+            _ = state.cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
     }
 }
