@@ -107,7 +107,7 @@ pub fn table(status: &Status) -> String {
         "BYTES TO HOST",
         "BYTES TO CLIENT",
     ];
-    let mut out = columns(&header, &hosts, 4);
+    let mut out = columns(&header, &hosts, 5);
     if !status.clients.is_empty() {
         let clients: Vec<Vec<String>> = status
             .clients
