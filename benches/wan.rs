@@ -4,11 +4,16 @@
 //! direct routed TCP with the kernel on cubic and on bbr. Prints bulk
 //! throughput through `ssh host cat` each way, the time of `ssh host
 //! true`, and keystroke echo p50/p95 through `ssh host cat`, idle and
-//! while a bulk download shares the tunnel. `SHELLRELAY_BENCH_QUICK=1`
-//! runs one path with short transfers.
+//! while a bulk download shares the tunnel. Then direct paths, in a lab
+//! where the relay is a detour (`wan/direct.rs`). `SHELLRELAY_BENCH_QUICK=1`
+//! runs one path with short transfers; `SHELLRELAY_BENCH_ONLY=direct` runs
+//! only the direct paths.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "wan/direct.rs"]
+mod direct;
 
 use std::net::Ipv4Addr;
 use std::process::Stdio;
@@ -304,9 +309,11 @@ async fn run() -> anyhow::Result<()> {
             ),
         ];
     }
-    // `SHELLRELAY_BENCH_ONLY=40` runs only the paths whose label has "40".
-    if let Ok(only) = std::env::var("SHELLRELAY_BENCH_ONLY") {
-        paths.retain(|(label, _)| label.contains(&only));
+    // `SHELLRELAY_BENCH_ONLY=40` runs only the paths whose label has "40";
+    // `=direct`, only the direct paths.
+    let only = std::env::var("SHELLRELAY_BENCH_ONLY").ok();
+    if let Some(only) = &only {
+        paths.retain(|(label, _)| label.contains(only));
     }
     println!("shellrelay WAN benchmark: {}", machine());
     println!(
@@ -414,6 +421,9 @@ async fn run() -> anyhow::Result<()> {
             )
             .await;
         }
+    }
+    if only.as_deref().is_none_or(|only| only == "direct") {
+        direct::run(quick).await?;
     }
     Ok(())
 }

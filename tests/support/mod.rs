@@ -9,6 +9,7 @@
 
 pub mod bin;
 pub mod bulk;
+pub mod detour;
 pub mod direct;
 pub mod http;
 pub mod natlab;

@@ -11,7 +11,8 @@
 //!
 //! The relay namespace forwards IP, so client and host also reach each
 //! other directly (routed TCP, the baseline). Dropping the lab stops the
-//! wires and deletes the namespaces.
+//! wires and deletes the namespaces. [`Lab::namespaces`] and [`Lab::join`]
+//! build other shapes from the same parts ([`super::detour`]).
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
@@ -47,10 +48,12 @@ pub struct Wire {
     pub loss: f64,
 }
 
-/// Packets a wire moved and dropped, both directions.
+/// Packets a wire moved and dropped, both directions, and the bytes (IP
+/// packets whole) it moved.
 #[derive(Debug, Default)]
 pub struct WireStats {
     pub forwarded: AtomicU64,
+    pub bytes: AtomicU64,
     pub lost: AtomicU64,
     pub queue_drops: AtomicU64,
 }
@@ -63,9 +66,16 @@ pub struct Lab {
     pub host: String,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    /// Per wire.
-    pub stats: [Arc<WireStats>; 2],
+    /// Per wire, in the order they were joined.
+    pub stats: Vec<Arc<WireStats>>,
+    /// Prefix of device names.
+    tag: String,
+    /// The lab's number in this process, which seeds its wires.
+    n: u64,
 }
+
+/// One end of a wire: namespace, address (a /24), device name suffix.
+pub type End<'a> = (&'a str, Ipv4Addr, &'a str);
 
 static LABS: AtomicU64 = AtomicU64::new(0);
 
@@ -90,6 +100,11 @@ pub fn in_ns(ns: &str, args: &[&str]) {
     let mut all = vec!["netns", "exec", ns];
     all.extend_from_slice(args);
     ip(&all);
+}
+
+/// Runs `cmd` (split at whitespace) inside `ns`, panicking on failure.
+pub fn run_in(ns: &str, cmd: &str) {
+    in_ns(ns, &cmd.split_whitespace().collect::<Vec<_>>());
 }
 
 /// `program` to run inside namespace `ns`, or here without one.
@@ -152,6 +167,27 @@ impl Lab {
 
     /// Builds the namespaces and both wires.
     pub fn start(wire: Wire) -> Lab {
+        let mut lab = Lab::namespaces();
+        let (client, relay, host) = (lab.client.clone(), lab.relay.clone(), lab.host.clone());
+        let never = Arc::new(AtomicBool::new(false));
+        let near = (client.as_str(), CLIENT, "c");
+        lab.join(near, (&relay, RELAY_CLIENT_SIDE, "r1"), wire, never.clone());
+        let near = (host.as_str(), HOST, "h");
+        lab.join(near, (&relay, RELAY_HOST_SIDE, "r2"), wire, never);
+        run_in(
+            &client,
+            &format!("ip route add default via {RELAY_CLIENT_SIDE}"),
+        );
+        run_in(
+            &host,
+            &format!("ip route add default via {RELAY_HOST_SIDE}"),
+        );
+        run_in(&relay, "sysctl -q -w net.ipv4.ip_forward=1");
+        lab
+    }
+
+    /// The three namespaces, each with its loopback up, and no wire yet.
+    pub fn namespaces() -> Lab {
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let tag = format!("srw{}x{n}", std::process::id() % 100_000);
         let (client, relay, host) = (format!("{tag}-c"), format!("{tag}-r"), format!("{tag}-h"));
@@ -159,71 +195,42 @@ impl Lab {
             ip(&["netns", "add", ns]);
             in_ns(ns, &["ip", "link", "set", "lo", "up"]);
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        let mut stats = Vec::new();
-        let ends = [
-            ((&client, CLIENT, "c"), (&relay, RELAY_CLIENT_SIDE, "r1")),
-            ((&host, HOST, "h"), (&relay, RELAY_HOST_SIDE, "r2")),
-        ];
-        for (w, (a, b)) in ends.into_iter().enumerate() {
-            let mut fds = Vec::new();
-            for (ns, addr, suffix) in [a, b] {
-                let dev = format!("{tag}{suffix}");
-                let fd = tun(&dev);
-                ip(&["link", "set", &dev, "netns", ns]);
-                in_ns(
-                    ns,
-                    &["ip", "addr", "add", &format!("{addr}/24"), "dev", &dev],
-                );
-                in_ns(ns, &["ip", "link", "set", &dev, "up"]);
-                fds.push(Arc::new(fd));
-            }
-            let st = Arc::new(WireStats::default());
-            for (from, to) in [(0, 1), (1, 0)] {
-                threads.extend(run_wire(
-                    fds[from].clone(),
-                    fds[to].clone(),
-                    wire,
-                    stop.clone(),
-                    st.clone(),
-                    (n << 8) + (w as u64) * 2 + from as u64,
-                ));
-            }
-            stats.push(st);
-        }
-        in_ns(
-            &client,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &RELAY_CLIENT_SIDE.to_string(),
-            ],
-        );
-        in_ns(
-            &host,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &RELAY_HOST_SIDE.to_string(),
-            ],
-        );
-        in_ns(&relay, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-        let [s0, s1] = <[Arc<WireStats>; 2]>::try_from(stats).unwrap_or_else(|_| unreachable!());
         Lab {
             client,
             relay,
             host,
-            stop,
-            threads,
-            stats: [s0, s1],
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            stats: Vec::new(),
+            tag,
+            n,
         }
+    }
+
+    /// Joins two namespaces by a wire that does `wire` both ways and drops
+    /// every packet while `cut` is set. Each end is a namespace, its
+    /// address (a /24) and a device name suffix (unique in the lab). Its
+    /// counts are pushed on [`Lab::stats`] and returned.
+    pub fn join(&mut self, a: End, b: End, wire: Wire, cut: Arc<AtomicBool>) -> Arc<WireStats> {
+        let w = self.stats.len() as u64;
+        let mut fds = Vec::new();
+        for (ns, addr, suffix) in [a, b] {
+            let dev = format!("{}{suffix}", self.tag);
+            let fd = tun(&dev);
+            ip(&["link", "set", &dev, "netns", ns]);
+            run_in(ns, &format!("ip addr add {addr}/24 dev {dev}"));
+            run_in(ns, &format!("ip link set {dev} up"));
+            fds.push(Arc::new(fd));
+        }
+        let st = Arc::new(WireStats::default());
+        for (from, to) in [(0, 1), (1, 0)] {
+            let ends = (fds[from].clone(), fds[to].clone());
+            let seed = (self.n << 8) + w * 2 + from as u64;
+            let run = (self.stop.clone(), cut.clone(), st.clone());
+            self.threads.extend(run_wire(ends, wire, run, seed));
+        }
+        self.stats.push(st.clone());
+        st
     }
 }
 
@@ -330,12 +337,12 @@ impl Drop for Lab {
 
 /// One direction of a wire: a reader that drops and schedules packets, and
 /// a writer that delivers each at its time.
+/// It stops once `stop` is set, and drops every packet (counted as lost)
+/// while `cut` is.
 fn run_wire(
-    from: Arc<OwnedFd>,
-    to: Arc<OwnedFd>,
+    (from, to): (Arc<OwnedFd>, Arc<OwnedFd>),
     wire: Wire,
-    stop: Arc<AtomicBool>,
-    stats: Arc<WireStats>,
+    (stop, cut, stats): (Arc<AtomicBool>, Arc<AtomicBool>, Arc<WireStats>),
     seed: u64,
 ) -> [JoinHandle<()>; 2] {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
@@ -361,7 +368,7 @@ fn run_wire(
                 if n <= 0 {
                     continue;
                 }
-                if rng.random::<f64>() < wire.loss {
+                if rng.random::<f64>() < wire.loss || cut.load(Ordering::Relaxed) {
                     stats.lost.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -395,6 +402,7 @@ fn run_wire(
             let n = unsafe { libc::write(to.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
             if n > 0 {
                 stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
     });
