@@ -191,6 +191,42 @@ impl Table {
     }
 }
 
+/// `perf record -g` on the relay while one transport's bulk transfers
+/// run, when `SHELLRELAY_BENCH_PERF=DIR` asks (as root, with a build that
+/// keeps symbols: `CARGO_PROFILE_BENCH_STRIP=none
+/// CARGO_PROFILE_BENCH_DEBUG=1`): `DIR/relay-quic.data` and
+/// `DIR/relay-tcp.data`, for `perf report -i`.
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(pid: u32, name: &str) -> Profile {
+        let Ok(dir) = std::env::var("SHELLRELAY_BENCH_PERF") else {
+            return Profile(None);
+        };
+        let out = std::path::Path::new(&dir).join(format!("relay-{name}.data"));
+        let child = std::process::Command::new("perf")
+            .args(["record", "--call-graph", "dwarf,16384", "-F", "999", "-q"])
+            .args(["-p", &pid.to_string(), "-o"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(child) => Profile(Some(child)),
+            Err(err) => {
+                eprintln!("perf did not start: {err}");
+                Profile(None)
+            }
+        }
+    }
+
+    fn stop(self) {
+        if let Some(mut child) = self.0 {
+            support::proc::signal(child.id(), "INT");
+            let _ = child.wait();
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else is taken.
     shellrelay::raise_fd_limit();
@@ -329,10 +365,12 @@ async fn run() -> anyhow::Result<()> {
     upload(tunnel, 16 << 20).await;
     download(sink, 16 << 20).await;
 
+    let profile = Profile::start(relay.pid(), "quic");
     let cpu0 = cpu_secs(relay.pid());
     let up = gbps(plan.bulk, upload(tunnel, plan.bulk).await);
     let down = gbps(plan.bulk, download(tunnel, plan.bulk).await);
     let cpu = cpu_secs(relay.pid()) - cpu0;
+    profile.stop();
     let (up_d, down_d) = (
         gbps(plan.bulk, upload(sink, plan.bulk).await),
         gbps(plan.bulk, download(sink, plan.bulk).await),
@@ -434,10 +472,12 @@ async fn run() -> anyhow::Result<()> {
         .parse()?;
     logged(&mut tcp_client, "connected to relay", "host").await;
     upload(over_tcp, 16 << 20).await;
+    let profile = Profile::start(relay.pid(), "tcp");
     let cpu0 = cpu_secs(relay.pid());
     let tcp_up = gbps(plan.bulk, upload(over_tcp, plan.bulk).await);
     let tcp_down = gbps(plan.bulk, download(over_tcp, plan.bulk).await);
     let tcp_cpu = cpu_secs(relay.pid()) - cpu0;
+    profile.stop();
     table.row(
         "TCP transport: 1 session, client to host",
         format!("{tcp_up:.2}"),
