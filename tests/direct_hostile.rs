@@ -104,15 +104,18 @@ async fn a_token_is_introduced_at_most_its_burst_at_once() {
     let _host = tunnel.host_direct("lab1", echo_server().await).await;
     let link = client(&tunnel).await;
     let mut met = 0;
+    let started = std::time::Instant::now();
     for _ in 0..12 {
         if let Some(Direct::Meet { .. }) = ask(&link.conn).await {
             met += 1;
         }
     }
-    // A burst of 8, and one a second after that.
+    // A burst of 8, and one a second after that (the asks take some
+    // milliseconds each; on a slow machine more).
+    let most = 8 + started.elapsed().as_secs() + 1;
     assert!(
-        (8..=9).contains(&met),
-        "{met} introductions of 12 asked at once"
+        met >= 8 && met <= most,
+        "{met} introductions of 12 asked, at most {most}"
     );
 }
 
