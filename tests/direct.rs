@@ -42,7 +42,7 @@ async fn a_live_session_moves_to_the_direct_path_and_loses_no_line() {
         rig.host
             .lines()
             .iter()
-            .any(|l| l.contains("session resumed")),
+            .any(|l| l.contains("session resumed") && l.contains("path=\"direct\"")),
         "{}",
         rig.host.log()
     );

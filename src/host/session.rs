@@ -130,6 +130,7 @@ pub(super) async fn host_session(
                 stream,
                 attempt,
                 peer_at: Position { received, fin },
+                path,
             };
             return take_up(&ctx, &id, owner.as_deref(), takeover, &proof, &client).await;
         }
@@ -341,9 +342,10 @@ impl NextStream for Resumes<'_> {
         session: &Resumable,
         takeover: Takeover,
     ) -> Option<(Stream, Position)> {
+        let path = takeover.path;
         let taken = take(session, takeover).await?;
         self.ctx.metrics.resume("resumed");
-        info!(target: LOG_TARGET, gap = ?Duration::ZERO, "session resumed");
+        info!(target: LOG_TARGET, gap = ?Duration::ZERO, path, "session resumed");
         Some(taken)
     }
 
@@ -381,9 +383,10 @@ impl NextStream for Resumes<'_> {
             };
             match next {
                 Ok(takeover) => {
+                    let path = takeover.path;
                     if let Some(taken) = take(session, takeover).await {
                         ctx.metrics.resume("resumed");
-                        info!(target: LOG_TARGET, gap = ?broke.elapsed(), "session resumed");
+                        info!(target: LOG_TARGET, gap = ?broke.elapsed(), path, "session resumed");
                         return Ok(taken);
                     }
                 }

@@ -82,6 +82,7 @@ async fn a_resume_whose_stream_fails_leaves_the_session_waiting_for_the_next() {
         stream: dead,
         attempt: 1,
         peer_at,
+        path: "relay",
     };
     let proof = client_key.prove(End::Client, 1, 5, false);
     assert!(parked.take_up(&id, Some("owner"), takeover, &proof).is_ok());
@@ -100,6 +101,7 @@ async fn a_resume_whose_stream_fails_leaves_the_session_waiting_for_the_next() {
         stream: host_end,
         attempt: 2,
         peer_at,
+        path: "relay",
     };
     let proof = client_key.prove(End::Client, 2, 5, false);
     let taken = parked.take_up(&id, Some("owner"), takeover, &proof);
@@ -257,6 +259,7 @@ async fn a_client_that_missed_the_last_acknowledgement_learns_it_finished() {
         stream: host_end,
         attempt,
         peer_at: Position { received, fin },
+        path: "relay",
     };
     assert!(parked.take_up(&id, Some("owner"), takeover, &proof).is_ok());
     assert_eq!(

@@ -19,6 +19,8 @@ pub struct Takeover {
     pub attempt: u64,
     /// Where the client is.
     pub peer_at: Position,
+    /// The path the stream came by, for log lines: `relay` or `direct`.
+    pub path: &'static str,
 }
 
 /// A resume not taken: why (for the client, and as a metric label), and
