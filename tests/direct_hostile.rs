@@ -179,12 +179,23 @@ async fn session(conn: &Conn, resume: Option<Resume>) -> Option<u64> {
 async fn an_address_nobody_introduced_gets_no_answer() {
     let tunnel = Tunnel::start().await;
     let (_host, _link, addrs, _pin, _ticket) = introduced(&tunnel).await;
-    let stranger = tunnel.raw_endpoint_at("127.0.0.2:0".parse().unwrap(), b"shellrelay-direct/1");
     let host = addrs
         .iter()
         .find(|a| a.is_ipv4())
         .copied()
         .expect("an IPv4 address");
+    let alpn = b"shellrelay-direct/1";
+    // From the introduced address the same attempt is answered (its TLS
+    // fails: this endpoint trusts the relay's certificate, not the
+    // host's): the host does listen there.
+    let known = tunnel.raw_endpoint_at("127.0.0.1:0".parse().unwrap(), alpn);
+    let attempt = known.connect(host, "host").expect("an attempt");
+    let answer = tokio::time::timeout(Duration::from_secs(3), attempt).await;
+    assert!(
+        answer.is_ok(),
+        "the host did not answer an introduced address"
+    );
+    let stranger = tunnel.raw_endpoint_at("127.0.0.2:0".parse().unwrap(), alpn);
     let attempt = stranger.connect(host, "host").expect("an attempt");
     let answer = tokio::time::timeout(Duration::from_secs(3), attempt).await;
     assert!(answer.is_err(), "the host answered a stranger: {answer:?}");

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::natlab::bind_udp;
-use super::wan::{run_in, Lab, Wire, CLIENT, HOST, RELAY_CLIENT_SIDE, RELAY_HOST_SIDE};
+use super::wan::{run_in, Lab, Wire, CLIENT, HOST};
 
 /// The client's end of the short wire.
 pub const SHORT_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 77, 3, 1);
@@ -46,23 +46,11 @@ pub struct Detour {
 impl Detour {
     /// Builds the namespaces, the three wires and the routes.
     pub fn start(long: Wire, short: Wire) -> Detour {
-        let mut lab = Lab::namespaces();
-        let (client, relay, host) = (lab.client.clone(), lab.relay.clone(), lab.host.clone());
-        let (never, cut) = (Arc::new(AtomicBool::new(false)), Arc::default());
-        let near = (client.as_str(), CLIENT, "c");
-        lab.join(near, (&relay, RELAY_CLIENT_SIDE, "r1"), long, never.clone());
-        let near = (host.as_str(), HOST, "h");
-        lab.join(near, (&relay, RELAY_HOST_SIDE, "r2"), long, never);
+        let mut lab = Lab::through_relay(long);
+        let (client, host) = (lab.client.clone(), lab.host.clone());
+        let cut = Arc::default();
         let near = (client.as_str(), SHORT_CLIENT, "cs");
         lab.join(near, (&host, SHORT_HOST, "hs"), short, Arc::clone(&cut));
-        run_in(
-            &client,
-            &format!("ip route add default via {RELAY_CLIENT_SIDE}"),
-        );
-        run_in(
-            &host,
-            &format!("ip route add default via {RELAY_HOST_SIDE}"),
-        );
         run_in(
             &client,
             &format!("ip route add {HOST}/32 via {SHORT_HOST} src {CLIENT}"),

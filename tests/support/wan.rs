@@ -165,8 +165,18 @@ impl Lab {
         None
     }
 
-    /// Builds the namespaces and both wires.
+    /// Builds the namespaces and both wires; the relay forwards between
+    /// them, so client and host reach each other through it.
     pub fn start(wire: Wire) -> Lab {
+        let lab = Lab::through_relay(wire);
+        run_in(&lab.relay, "sysctl -q -w net.ipv4.ip_forward=1");
+        lab
+    }
+
+    /// The namespaces, client and host each joined to the relay by a wire
+    /// like `wire` and routed through it by default; the relay forwards
+    /// nothing yet.
+    pub fn through_relay(wire: Wire) -> Lab {
         let mut lab = Lab::namespaces();
         let (client, relay, host) = (lab.client.clone(), lab.relay.clone(), lab.host.clone());
         let never = Arc::new(AtomicBool::new(false));
@@ -182,7 +192,6 @@ impl Lab {
             &host,
             &format!("ip route add default via {RELAY_HOST_SIDE}"),
         );
-        run_in(&relay, "sysctl -q -w net.ipv4.ip_forward=1");
         lab
     }
 

@@ -263,6 +263,9 @@ impl DirectDialer {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quic::transport_config(options)?;
         transport.initial_rtt(self.rtt.clamp(FIRST_RTT.0, FIRST_RTT.1));
+        // The client opens every stream on a direct connection: the host
+        // may open none, so it can make the client buffer nothing unasked.
+        transport.max_concurrent_bidi_streams(0u32.into());
         config.transport_config(Arc::new(transport));
         let local_v4 = matches!(self.endpoint.local_addr(), Ok(SocketAddr::V4(_)));
         let mut attempts: FuturesUnordered<_> = (addrs.iter())
