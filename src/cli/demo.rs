@@ -67,7 +67,9 @@ pub async fn run(
         resume_window: crate::session::resume::RESUME_WINDOW,
         max_waiting: Default::default(),
         metrics: None,
-        direct: Default::default(),
+        // Client and host share this machine: a direct path between them
+        // would carry nothing the relay does not, and add a move.
+        direct: crate::net::transport::direct::DirectMode::Off,
     };
     let client_config = ClientConfig {
         relays: vec![relay_at],
@@ -75,7 +77,9 @@ pub async fn run(
         token: TokenSource::Literal(mint(Role::Client)?),
         host: None,
         resume_window: crate::session::resume::RESUME_WINDOW,
-        direct: Default::default(),
+        // Client and host share this machine: a direct path between them
+        // would carry nothing the relay does not, and add a move.
+        direct: crate::net::transport::direct::DirectMode::Off,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
